@@ -1,0 +1,79 @@
+"""The FastAPI edge: app factory, lifespan, and the one exception handler.
+
+The API authenticates, validates, turns a request into a Job, enqueues it and
+waits for the replies; it never calls a provider.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.routes import chat, models
+from api.state import BrokerState
+from broker import config as config_module
+from broker.config import Config
+from broker.errors import BrokerError, InvalidRequest, ModelNotFound
+from broker.wire import json_encoder
+
+log = logging.getLogger(__name__)
+
+
+def error_response(err: BrokerError) -> Response:
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+        headers["retry-after-ms"] = str(int(err.retry_after_s * 1000))
+    return Response(json_encoder.encode(err.to_body()), status_code=err.status, headers=headers,
+                    media_type="application/json")
+
+
+async def _broker_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BrokerError)
+    return error_response(exc)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return error_response(ModelNotFound("Unknown request URL. Please check the URL and method.",
+                                            code="unknown_url"))
+    return error_response(InvalidRequest(str(exc.detail), status=exc.status_code, code=None))
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(BrokerError("The server had an error while processing your request."))
+
+
+def create_app(config: Config | None = None) -> FastAPI:
+    config = config or config_module.resolve(None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = BrokerState(config)
+        await state.start()
+        app.state.broker = state
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(title="llm-broker", version="0.1.0", lifespan=lifespan)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    app.add_exception_handler(BrokerError, _broker_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` with several processes: config comes from the environment."""
+    return create_app(config_module.resolve(os.environ.get("LLM_BROKER_CONFIG")))

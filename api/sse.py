@@ -1,0 +1,82 @@
+"""OpenAI SSE framing, keep-alives, and errors after the 200 (PROTOCOLS §8).
+
+Events are `data: <one-line JSON>\\n\\n`, the stream ends with `data: [DONE]`.
+The 200 is held back until the first reply (or `stream_first_byte_hold_s`), so
+a job that fails before producing anything still gets a real HTTP status the
+SDK can retry on. After the first byte the status cannot change: an error is
+then a `data: {"error": {...}}` event followed by `[DONE]`. Keep-alives are SSE
+comments, invisible to the SDK; never `event: ping` (SDKs yield it as a chunk).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi.responses import StreamingResponse
+
+from broker.errors import BrokerError, RequestTimeout, UpstreamError
+from broker.jobs import Chunk, Failed, Final, Reply
+from broker.replies import ReplyGap, Waiter
+from broker.wire import json_encoder
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
+HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def frame(events: list[bytes]) -> bytes:
+    return b"".join(b"data: " + event + b"\n\n" for event in events)
+
+
+def error_event(err: BrokerError) -> bytes:
+    return frame([json_encoder.encode(err.to_body())]) + DONE
+
+
+async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float) -> Reply | None:
+    """The first reply if it comes within the hold; raise its error if it is a failure."""
+    try:
+        reply = await waiter.next(max(min(hold_s, deadline - time.time()), 0))
+    except ReplyGap as exc:
+        raise UpstreamError(f"reply stream broken: {exc}") from None
+    if isinstance(reply, Failed):
+        raise BrokerError.from_info(reply.error)
+    return reply
+
+
+def stream_response(
+    waiter: Waiter,
+    first: Reply | None,
+    *,
+    keepalive_s: float,
+    deadline: float,
+    timeout_message: str,
+    on_close: Callable[[], None],
+) -> StreamingResponse:
+    async def events() -> AsyncIterator[bytes]:
+        reply = first
+        try:
+            while True:
+                match reply:
+                    case None:
+                        if time.time() >= deadline:
+                            yield error_event(RequestTimeout(timeout_message))
+                            return
+                        yield KEEPALIVE
+                    case Chunk(events=chunks):
+                        yield frame(chunks)
+                    case Final():
+                        yield DONE
+                        return
+                    case Failed(error=info):
+                        yield error_event(BrokerError.from_info(info))
+                        return
+                try:
+                    reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
+                except ReplyGap as exc:
+                    yield error_event(UpstreamError(f"reply stream broken: {exc}"))
+                    return
+        finally:
+            on_close()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=HEADERS)

@@ -1,0 +1,219 @@
+"""The one typed config and its loader.
+
+One YAML file decodes into this tree of Structs. `${ENV_VAR}` references are
+expanded before decoding; secrets become `Secret`, whose repr is redacted so a
+config never leaks a key into a log. Unknown fields are rejected (typos are the
+commonest config bug) and every error names the field path.
+
+Config is loaded once at start-up and passed down; nothing reads the
+environment at import time, so tests and `dev` mode never fight over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+
+class ConfigError(Exception):
+    """An invalid config file; the message names the file and the field path."""
+
+
+class Secret(str):
+    """A string that never shows itself in a repr or a traceback."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base for config Structs: unknown fields are typos, so they are errors."""
+
+
+class OpenAIProvider(Strict, tag_field="kind", tag="openai"):
+    """Any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, LocalAI, llama.cpp, OpenRouter…)."""
+
+    base_url: str
+    api_key: Secret | None = None
+    concurrency: int = 64
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 5.0
+    # Ask the upstream for a usage chunk on streams; off for servers that reject stream_options.
+    stream_usage: bool = True
+    headers: dict[str, str] = {}
+
+
+class MockProvider(Strict, tag_field="kind", tag="mock"):
+    """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
+
+    concurrency: int = 256
+    tokens: int = 16
+    token_delay_s: float = 0.0
+    first_token_delay_s: float = 0.0
+
+
+ProviderConfig = OpenAIProvider | MockProvider
+
+
+class Deployment(Strict):
+    """One place a public model can be served: a provider plus its model id."""
+
+    provider: str
+    model: str
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+class Tenant(Strict):
+    keys: list[str]
+    rpm: int | None = None
+    tpm: int | None = None
+    # Public model names this tenant may use; empty means all.
+    models: list[str] = []
+
+
+class ServerSettings(Strict, frozen=True):
+    # How long a request may wait in total (queue + upstream) before a timeout error.
+    request_timeout_s: float = 600.0
+    # SSE: hold the 200 back this long so early failures still get a real HTTP status.
+    stream_first_byte_hold_s: float = 2.0
+    # SSE comment keep-alive while a job waits (proxies drop idle connections).
+    keepalive_interval_s: float = 15.0
+    # Final results stay readable this long after a job ends.
+    result_ttl_s: int = 300
+
+
+class Config(Strict):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key this deployment owns (see broker/keys.py).
+    namespace: str = "llmb"
+    server: ServerSettings = ServerSettings()
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, list[Deployment]] = {}
+    tenants: dict[str, Tenant] = {}
+
+
+DEV_API_KEY = "sk-dev"
+
+
+def hash_key(api_key: str) -> str:
+    """The form keys take in config: never store a client key in clear."""
+    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def default_config(dev_api_key: str = DEV_API_KEY) -> Config:
+    """What `llm-broker dev` serves with no config file: the mock provider only."""
+    return validate(
+        {
+            "providers": {
+                "mock": {"kind": "mock"},
+                # Streams visibly token by token: handy to watch SSE work.
+                "mock-slow": {"kind": "mock", "tokens": 40, "token_delay_s": 0.05},
+            },
+            "models": {
+                "mock-chat": [{"provider": "mock", "model": "mock-chat"}],
+                "mock-chat-slow": [{"provider": "mock-slow", "model": "mock-chat-slow"}],
+                "gpt-4o-mini": [{"provider": "mock", "model": "gpt-4o-mini"}],
+            },
+            "tenants": {"dev": {"keys": [hash_key(dev_api_key)]}},
+        },
+        source="<built-in default>",
+    )
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(node: Any, path: str, env: dict[str, str], source: str) -> Any:
+    if isinstance(node, str):
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                raise ConfigError(f"{source}: environment variable {name} is not set - at `{path}`")
+            return env[name]
+        return _ENV_REF.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, f"{path}.{k}", env, source) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, f"{path}[{i}]", env, source) for i, v in enumerate(node)]
+    return node
+
+
+def _dec_hook(typ: type, obj: Any) -> Any:
+    if typ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def validate(raw: Any, *, source: str, env: dict[str, str] | None = None) -> Config:
+    expanded = _expand(raw if raw is not None else {}, "$", dict(os.environ) if env is None else env, source)
+    try:
+        config = msgspec.convert(expanded, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check_references(config, source)
+    return config
+
+
+def _check_references(config: Config, source: str) -> None:
+    for name, deployments in config.models.items():
+        if not deployments:
+            raise ConfigError(f"{source}: model has no deployments - at `$.models.{name}`")
+        for i, dep in enumerate(deployments):
+            if dep.provider not in config.providers:
+                raise ConfigError(
+                    f"{source}: unknown provider {dep.provider!r} (known: {sorted(config.providers)})"
+                    f" - at `$.models.{name}[{i}].provider`"
+                )
+    for name, tenant in config.tenants.items():
+        for i, key in enumerate(tenant.keys):
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", key):
+                raise ConfigError(
+                    f"{source}: keys must be 'sha256:<64 hex>' (see `llm-broker hash-key`)"
+                    f" - at `$.tenants.{name}.keys[{i}]`"
+                )
+        for model in tenant.models:
+            if model not in config.models:
+                raise ConfigError(f"{source}: unknown model {model!r} - at `$.tenants.{name}.models`")
+    for name, provider in config.providers.items():
+        if provider.concurrency < 1:
+            raise ConfigError(f"{source}: must be >= 1 - at `$.providers.{name}.concurrency`")
+
+
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping - at `$`")
+    return validate(raw, source=source, env=env)
+
+
+def resolve(path: str | None, env: dict[str, str] | None = None, *, dev_api_key: str = DEV_API_KEY) -> Config:
+    """--config PATH, else $LLM_BROKER_CONFIG, else the built-in default; $REDIS_URL overrides."""
+    env = dict(os.environ) if env is None else env
+    path = path or env.get("LLM_BROKER_CONFIG")
+    config = load(path, env) if path else default_config(dev_api_key)
+    if env.get("REDIS_URL"):
+        config = msgspec.structs.replace(config, redis_url=env["REDIS_URL"])
+    return config
+
+
+def with_redis_url(config: Config, redis_url: str) -> Config:
+    return msgspec.structs.replace(config, redis_url=redis_url)
+

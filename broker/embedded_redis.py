@@ -1,0 +1,90 @@
+"""An embedded Redis for `llm-broker dev` on a machine with no Redis configured.
+
+Preference order: a real `redis-server` from PATH (in a temp dir, on a free
+port, nothing persisted), else fakeredis's in-process TCP server, which speaks
+enough of the protocol (streams, consumer groups, pub/sub) for development.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import redis
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    url: str
+    description: str
+    _stop: Callable[[], None]
+
+    def stop(self) -> None:
+        self._stop()
+
+
+def start_embedded_redis(*, prefer_real: bool = True) -> EmbeddedRedis:
+    executable = shutil.which("redis-server") if prefer_real else None
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    if executable:
+        workdir = tempfile.mkdtemp(prefix="llm-broker-redis-")
+        proc = subprocess.Popen(
+            [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", workdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+        def stop_real() -> None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+        _wait_for_ping(url, stop_real)
+        return EmbeddedRedis(url, f"redis-server {executable} (temp dir {workdir}, port {port})", stop_real)
+
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
+    thread.start()
+
+    def stop_fake() -> None:
+        server.shutdown()
+        server.server_close()
+
+    _wait_for_ping(url, stop_fake)
+    return EmbeddedRedis(url, f"in-process fakeredis (port {port}; no redis-server on PATH)", stop_fake)
+
+
+def _wait_for_ping(url: str, on_failure: Callable[[], None], timeout_s: float = 10.0) -> None:
+    client = redis.Redis.from_url(url)
+    end = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > end:
+                    on_failure()
+                    raise RuntimeError(f"embedded Redis did not start on {url}") from None
+                time.sleep(0.05)
+    finally:
+        client.close()

@@ -1,0 +1,203 @@
+"""One error hierarchy for the whole broker, rendered OpenAI-shaped at the edge.
+
+    BrokerError                       status, type, code, retryable (class attributes)
+    ├─ InvalidRequest          400    invalid_request_error (param = the decode path)
+    ├─ AuthenticationFailed    401    invalid_api_key
+    ├─ PermissionDenied        403
+    ├─ ModelNotFound           404    model_not_found
+    ├─ RateLimited             429    rate_limit_exceeded (retry_after)
+    ├─ Unavailable             503    service_unavailable (Redis down, no worker; retry_after)
+    ├─ RequestTimeout          504    timeout (the job's deadline passed)
+    └─ UpstreamError           502    upstream_error (status from the upstream; retryable
+       │                              for 408/409/429/5xx/529 and transport failures)
+       └─ UpstreamTimeout      504
+
+Foreign exceptions are translated where they enter: provider adapters turn httpx
+errors and upstream bodies into `UpstreamError`s, the API turns
+`msgspec.ValidationError` into `InvalidRequest`. A `Failed` reply crossing Redis
+carries `ErrorInfo` and becomes the same class again on the API side, so an
+error raised in a worker reaches the client with its status intact.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import msgspec
+
+
+class ErrorInfo(msgspec.Struct, omit_defaults=True):
+    """The serialisable form of a BrokerError (crosses Redis inside `Failed`)."""
+
+    kind: str
+    message: str
+    status: int
+    type: str
+    code: str | None = None
+    param: str | None = None
+    retryable: bool = False
+    retry_after_s: float | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+class BrokerError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+    default_retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+        retryable: bool | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.retry_after_s = retry_after_s
+        self.retryable = self.default_retryable if retryable is None else retryable
+        if status is not None:
+            self.status = status  # type: ignore[misc]  # instance override of the class default
+
+    def to_info(self) -> ErrorInfo:
+        return ErrorInfo(
+            kind=type(self).__name__,
+            message=self.message,
+            status=self.status,
+            type=self.type,
+            code=self.code,
+            param=self.param,
+            retryable=self.retryable,
+            retry_after_s=self.retry_after_s,
+        )
+
+    def to_body(self) -> ErrorEnvelope:
+        return ErrorEnvelope(ErrorBody(self.message, self.type, self.param, self.code))
+
+    @staticmethod
+    def from_info(info: ErrorInfo) -> BrokerError:
+        cls = _BY_NAME.get(info.kind, BrokerError)
+        err = cls(
+            info.message,
+            param=info.param,
+            code=info.code,
+            retry_after_s=info.retry_after_s,
+            retryable=info.retryable,
+            status=info.status,
+        )
+        return err
+
+
+class InvalidRequest(BrokerError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(BrokerError):
+    status = 401
+    type = "invalid_request_error"  # OpenAI uses this type for 401s, not authentication_error
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(BrokerError):
+    status = 403
+    type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
+class ModelNotFound(BrokerError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class RateLimited(BrokerError):
+    status = 429
+    type = "requests"
+    default_code = "rate_limit_exceeded"
+    default_retryable = True
+
+
+class Unavailable(BrokerError):
+    status = 503
+    type = "service_unavailable_error"
+    default_code = "service_unavailable"
+    default_retryable = True
+
+
+class RequestTimeout(BrokerError):
+    status = 504
+    type = "timeout_error"
+    default_code = "timeout"
+
+
+class UpstreamError(BrokerError):
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+    @staticmethod
+    def for_status(status: int, message: str, **kw: object) -> UpstreamError:
+        """Map an upstream HTTP status to the status our client sees.
+
+        Client errors the upstream blames on the request (400, 404, 413, 422)
+        are the client's problem and keep their status; auth failures upstream
+        are *our* misconfiguration, so the client gets 502, not a 401 that would
+        make it doubt its own key.
+        """
+        retryable = status in (408, 409, 429) or status >= 500
+        if status in (400, 404, 413, 422):
+            mapped = status
+        elif status == 429:
+            mapped = 429
+        elif status in (503, 529):
+            mapped = 503
+        elif status == 504:
+            mapped = 504
+        else:
+            mapped = 502
+        return UpstreamError(message, status=mapped, retryable=retryable, **kw)  # type: ignore[arg-type]
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    default_code = "upstream_timeout"
+    default_retryable = True
+
+
+_BY_NAME: dict[str, type[BrokerError]] = {
+    cls.__name__: cls
+    for cls in (
+        BrokerError, InvalidRequest, AuthenticationFailed, PermissionDenied, ModelNotFound,
+        RateLimited, Unavailable, RequestTimeout, UpstreamError, UpstreamTimeout,
+    )
+}
+
+_SECRETISH = re.compile(r"(sk-|Bearer\s+|key[=:]\s*)[A-Za-z0-9_\-\.]{6,}", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Blank out anything that looks like a credential before it leaves the broker.
+
+    Upstreams sometimes echo part of the key they rejected; that key is ours, not
+    the client's, so it must never reach a response or a log line.
+    """
+    return _SECRETISH.sub(lambda m: m.group(1) + "***", text)

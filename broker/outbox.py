@@ -1,0 +1,140 @@
+"""Worker side of the reply path: coalesce replies per job, pipeline them per burst.
+
+A streaming job produces a chunk every few milliseconds; a PUBLISH per chunk
+would cost a Redis round trip each and wake the API once per token. Instead
+chunks go into a per-job buffer, and one flusher task per worker process sends
+everything buffered since its last round trip in a single pipeline: under load
+many jobs' chunks share one round trip and one job's burst becomes one
+message; when idle a chunk leaves as soon as it is produced.
+
+A job's end (final reply, result key with its TTL, XACK, XDEL) goes in the
+same pipeline, after the job's last chunk, so the entry is acknowledged only
+once the client's answer has been handed to Redis.
+
+Sequence numbers are assigned here, at flush time, in send order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from broker.errors import ErrorInfo
+from broker.jobs import Chunk, Failed, Final, Job, reply_encoder
+from broker.keys import WORKER_GROUP, Keys
+from broker.wire import Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Chunks:
+    job: Job
+    events: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _End:
+    job: Job
+    entry_id: bytes
+    stream: str
+    body: bytes
+    usage: Usage | None
+    error: ErrorInfo | None
+    done: asyncio.Future[None]
+
+
+class Outbox:
+    def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.result_ttl_s = result_ttl_s
+        self._ops: list[_Chunks | _End] = []
+        self._open: dict[str, _Chunks] = {}
+        self._seq: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_forever(), name="outbox")
+
+    async def aclose(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def chunk(self, job: Job, event: bytes) -> None:
+        """Queue one JSON-encoded SSE event for the job's client (non-blocking)."""
+        buffered = self._open.get(job.id)
+        if buffered is None:
+            buffered = self._open[job.id] = _Chunks(job)
+            self._ops.append(buffered)
+        buffered.events.append(event)
+        self._wake.set()
+
+    async def finish(
+        self,
+        job: Job,
+        entry_id: bytes,
+        stream: str,
+        *,
+        body: bytes = b"",
+        usage: Usage | None = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        """Send the job's terminal reply, store its result, ack and delete its entry; wait till done."""
+        self._open.pop(job.id, None)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ops.append(_End(job, entry_id, stream, body, usage, error, done))
+        self._wake.set()
+        await done
+
+    def _next_seq(self, job_id: str) -> int:
+        seq = self._seq.get(job_id, 0)
+        self._seq[job_id] = seq + 1
+        return seq
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._ops = self._ops, []
+            self._open.clear()
+            try:
+                await self._flush(ops)
+            except Exception as exc:
+                log.error("reply flush failed (%d ops): %s", len(ops), exc)
+                for op in ops:
+                    if isinstance(op, _End) and not op.done.done():
+                        op.done.set_exception(exc)
+
+    async def _flush(self, ops: list[_Chunks | _End]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for op in ops:
+            job = op.job
+            if isinstance(op, _Chunks):
+                reply = Chunk(job.id, job.attempt, self._next_seq(job.id), op.events)
+                pipe.publish(job.reply_to, reply_encoder.encode(reply))
+                continue
+            seq = self._next_seq(job.id)
+            del self._seq[job.id]
+            terminal = (
+                Failed(job.id, job.attempt, seq, op.error)
+                if op.error is not None
+                else Final(job.id, job.attempt, seq, op.body, op.usage)
+            )
+            encoded = reply_encoder.encode(terminal)
+            pipe.publish(job.reply_to, encoded)
+            pipe.set(self.keys.result(job.id), encoded, ex=self.result_ttl_s)
+            pipe.xack(op.stream, WORKER_GROUP, op.entry_id)
+            pipe.xdel(op.stream, op.entry_id)
+        await pipe.execute()
+        for op in ops:
+            if isinstance(op, _End) and not op.done.done():
+                op.done.set_result(None)

@@ -1,0 +1,136 @@
+"""One pub/sub connection per API process, fanned out in-process by job id.
+
+Thousands of open requests must not mean thousands of Redis connections, so
+each API process subscribes once, to its own channel (`Keys.replies`), and
+every job it enqueues names that channel in `Job.reply_to`. The listener task
+decodes each reply and hands it to the waiting request's queue.
+
+Ordering guarantee relied on: Redis delivers messages published on one
+connection to one subscriber in order, and the subscription exists before any
+job is enqueued (it is made at start-up), so no reply can be missed. If the
+pub/sub connection itself breaks, messages published meanwhile are gone: every
+waiting request is then failed with a clear 503 rather than left hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+
+from broker.errors import Unavailable
+from broker.jobs import Failed, Final, Reply, reply_decoder
+
+log = logging.getLogger(__name__)
+
+
+# Sequence number of a Failed the router makes up itself (no worker sent it).
+LOCAL_FAILURE = -1
+
+
+class ReplyGap(Exception):
+    """Replies arrived out of sequence: something between worker and API lost a message."""
+
+
+class Waiter:
+    """The replies of one job, in order; checks sequence numbers as they are taken."""
+
+    __slots__ = ("job_id", "queue", "_attempt", "_next_seq")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self._attempt = 0
+        self._next_seq = 0
+
+    async def next(self, timeout_s: float) -> Reply | None:
+        """The next reply, or None if none came within timeout_s."""
+        try:
+            reply = await asyncio.wait_for(self.queue.get(), timeout_s) if self.queue.empty() else self.queue.get_nowait()
+        except asyncio.TimeoutError:
+            return None
+        if reply.seq == LOCAL_FAILURE:
+            return reply
+        if reply.attempt != self._attempt:
+            # A new attempt (a retried job) starts its own sequence.
+            self._attempt, self._next_seq = reply.attempt, 0
+        if reply.seq != self._next_seq:
+            raise ReplyGap(f"expected reply {self._next_seq}, got {reply.seq}")
+        self._next_seq += 1
+        return reply
+
+
+class ReplyRouter:
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._waiters: dict[str, Waiter] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="reply-router")
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def open(self, job_id: str) -> Waiter:
+        """Register before XADD, so the first reply always finds its waiter."""
+        waiter = self._waiters[job_id] = Waiter(job_id)
+        return waiter
+
+    def close(self, job_id: str) -> None:
+        self._waiters.pop(job_id, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._ready.set()
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except Exception as exc:  # connection lost: fail the waiting, then resubscribe
+                log.warning("reply channel %s interrupted: %s", self.channel, exc)
+                self._fail_all("lost the connection to Redis while waiting for the reply")
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+                await asyncio.sleep(0.5)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            reply = reply_decoder.decode(data)
+        except Exception:
+            log.warning("undecodable reply on %s dropped", self.channel)
+            return
+        waiter = self._waiters.get(reply.job_id)
+        if waiter is not None:  # None: the client left; its job's replies go nowhere
+            waiter.queue.put_nowait(reply)
+
+    def _fail_all(self, message: str) -> None:
+        info = Unavailable(message).to_info()
+        for job_id, waiter in list(self._waiters.items()):
+            waiter.queue.put_nowait(Failed(job_id, 0, LOCAL_FAILURE, info))
+
+
+def is_terminal(reply: Reply) -> bool:
+    return isinstance(reply, (Final, Failed))
+

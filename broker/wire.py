@@ -1,0 +1,247 @@
+"""OpenAI wire types: request, response and chunk Structs shared by api and workers.
+
+Inbound bodies are lenient (unknown fields are ignored, so the next SDK release
+does not break clients) but what we do read is validated; the decode path of a
+`msgspec.ValidationError` becomes the OpenAI error's `param`. Optional fields
+default to UNSET so re-encoding a request forwards exactly what the client sent.
+See ../shared/PROTOCOLS.md §1 for every field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+# ---------------------------------------------------------------- request
+
+
+class TextPart(msgspec.Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageUrl(msgspec.Struct, omit_defaults=True):
+    url: str
+    detail: str | UnsetType = UNSET
+
+
+class ImageUrlPart(msgspec.Struct, tag_field="type", tag="image_url"):
+    image_url: ImageUrl
+
+
+class InputAudioPart(msgspec.Struct, tag_field="type", tag="input_audio"):
+    input_audio: dict[str, Any]  # {data, format}: passed through untouched
+
+
+class FilePart(msgspec.Struct, tag_field="type", tag="file"):
+    file: dict[str, Any]  # {file_id} | {file_data, filename}: passed through untouched
+
+
+class RefusalPart(msgspec.Struct, tag_field="type", tag="refusal"):
+    refusal: str
+
+
+ContentPart = TextPart | ImageUrlPart | InputAudioPart | FilePart | RefusalPart
+
+
+class FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str  # a JSON *string*, possibly invalid JSON, as OpenAI defines it
+
+
+class ToolCall(msgspec.Struct):
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | UnsetType = UNSET
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+    tool_call_id: str | UnsetType = UNSET
+    refusal: str | None | UnsetType = UNSET
+    function_call: FunctionCall | None | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        # msgspec turns these into ValidationErrors carrying the message's path.
+        if self.role == "tool" and self.tool_call_id is UNSET:
+            raise ValueError("tool messages require `tool_call_id`")
+        if self.role in ("system", "developer", "user", "tool") and self.content is None:
+            raise ValueError(f"{self.role} messages require `content`")
+
+    def text(self) -> str:
+        """The message's text parts joined (what a tokenizer estimate counts)."""
+        if isinstance(self.content, str):
+            return self.content
+        if not self.content:
+            return ""
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class FunctionDef(msgspec.Struct, omit_defaults=True):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_\-]{1,64}$")]
+    description: str | UnsetType = UNSET
+    parameters: dict[str, Any] | UnsetType = UNSET  # a JSON Schema: passed through untouched
+    strict: bool | None | UnsetType = UNSET
+
+
+class Tool(msgspec.Struct):
+    function: FunctionDef
+    type: str = "function"
+
+
+class StreamOptions(msgspec.Struct, omit_defaults=True):
+    include_usage: bool | UnsetType = UNSET
+    include_obfuscation: bool | UnsetType = UNSET
+
+
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class ChatRequest(msgspec.Struct, omit_defaults=True):
+    model: str
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None | UnsetType = UNSET
+    temperature: Temperature | None | UnsetType = UNSET
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None | UnsetType = UNSET
+    n: Annotated[int, Meta(ge=1, le=128)] | None | UnsetType = UNSET
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None | UnsetType = UNSET
+    max_tokens: PositiveInt | None | UnsetType = UNSET
+    max_completion_tokens: PositiveInt | None | UnsetType = UNSET
+    presence_penalty: Penalty | None | UnsetType = UNSET
+    frequency_penalty: Penalty | None | UnsetType = UNSET
+    logit_bias: dict[str, int] | None | UnsetType = UNSET
+    logprobs: bool | None | UnsetType = UNSET
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None | UnsetType = UNSET
+    seed: int | None | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    tools: list[Tool] | UnsetType = UNSET
+    tool_choice: str | dict[str, Any] | UnsetType = UNSET
+    parallel_tool_calls: bool | UnsetType = UNSET
+    response_format: dict[str, Any] | UnsetType = UNSET
+    metadata: dict[str, str] | None | UnsetType = UNSET
+    store: bool | None | UnsetType = UNSET
+    reasoning_effort: str | None | UnsetType = UNSET
+    service_tier: str | None | UnsetType = UNSET
+    modalities: list[str] | None | UnsetType = UNSET
+    prediction: dict[str, Any] | None | UnsetType = UNSET
+    verbosity: str | None | UnsetType = UNSET
+    prompt_cache_key: str | UnsetType = UNSET
+    safety_identifier: str | UnsetType = UNSET
+    # Common extensions of self-hosted servers (vLLM, llama.cpp, Ollama).
+    top_k: int | None | UnsetType = UNSET
+    min_p: float | None | UnsetType = UNSET
+    repetition_penalty: float | None | UnsetType = UNSET
+
+    def output_limit(self) -> int | None:
+        for value in (self.max_completion_tokens, self.max_tokens):
+            if isinstance(value, int):
+                return value
+        return None
+
+    def wants_usage_chunk(self) -> bool:
+        return isinstance(self.stream_options, StreamOptions) and self.stream_options.include_usage is True
+
+
+# ---------------------------------------------------------------- response
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, Any] | None | UnsetType = UNSET
+    completion_tokens_details: dict[str, Any] | None | UnsetType = UNSET
+
+
+class ResponseMessage(msgspec.Struct):
+    content: str | None
+    role: str = "assistant"
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+
+
+class Choice(msgspec.Struct):
+    index: int
+    message: ResponseMessage
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletion(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+    object: str = "chat.completion"
+    system_fingerprint: str | None | UnsetType = UNSET
+    service_tier: str | None | UnsetType = UNSET
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class DeltaFunction(msgspec.Struct, omit_defaults=True):
+    name: str | UnsetType = UNSET
+    arguments: str | UnsetType = UNSET
+
+
+class DeltaToolCall(msgspec.Struct, omit_defaults=True):
+    index: int
+    id: str | UnsetType = UNSET
+    type: str | UnsetType = UNSET
+    function: DeltaFunction | UnsetType = UNSET
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: str | UnsetType = UNSET
+    content: str | None | UnsetType = UNSET
+    refusal: str | None | UnsetType = UNSET
+    tool_calls: list[DeltaToolCall] | UnsetType = UNSET
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatChunk(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    object: str = "chat.completion.chunk"
+    usage: Usage | None | UnsetType = UNSET
+    system_fingerprint: str | None | UnsetType = UNSET
+
+
+# ---------------------------------------------------------------- models
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    created: int
+    owned_by: str
+    object: str = "model"
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+# Built once: msgspec's encoders and decoders are cheapest reused (docs/perf-tips.rst).
+json_encoder = msgspec.json.Encoder()
+chat_request_decoder = msgspec.json.Decoder(ChatRequest)

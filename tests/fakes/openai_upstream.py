@@ -1,0 +1,391 @@
+"""A protocol-faithful fake of OpenAI's Chat Completions API (PROTOCOLS §1, §3, §8).
+
+Tests use it as the real upstream on a real port, and the benchmark uses it as the
+baseline, so it must be both exact on the wire and cheap per request: bodies are
+decoded once with msgspec, responses are Structs encoded by one module-level
+encoder, and SSE events go straight to `send` (Starlette's StreamingResponse
+spawns a task group per stream on uvicorn's ASGI spec 2.3, which we don't need).
+
+The request's `model` picks a failure, so each failure mode is one request away:
+
+    fail-400 fail-429 fail-500 fail-503   plain HTTP errors with OpenAI bodies/headers
+    midstream-error                       200, three words, then an error event, no [DONE]
+    slow                                  waits 30 s before answering (timeouts)
+    hang-stream                           one chunk, then a 30 s stall, then the rest
+
+Run standalone (the benchmark does, in its own process):
+    python -m tests.fakes.openai_upstream --port 9100 --chunks 20 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import uvicorn
+from msgspec import UNSET, UnsetType
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from tests.fakes.openai_wire import (
+    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Function, Message,
+    NamedToolChoice, ToolCall, Usage,
+)
+
+STALL_S = 30.0
+TOOL_ARGUMENTS = '{"arg": "value"}'
+# How the arguments above are cut into stream fragments: concatenated they must equal it.
+TOOL_ARGUMENT_PIECES = ('{"', 'arg', '": "', 'value', '"}')
+
+
+class RecordedRequest(msgspec.Struct):
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+_encoder = msgspec.json.Encoder()
+_ids = itertools.count()
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{os.getpid():x}{next(_ids):08x}"
+
+
+# ---- errors (PROTOCOLS §3.1: all four keys, param/code may be null) ----
+
+
+def error_response(
+    status: int, message: str, type_: str, *, param: str | None = None,
+    code: str | None = None, headers: dict[str, str] | None = None,
+) -> Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    hdrs = {"x-request-id": _new_id("req_"), **(headers or {})}
+    return Response(_encoder.encode(body), status, hdrs, media_type="application/json")
+
+
+def _injected_error(model: str) -> Response | None:
+    match model:
+        case "fail-400":
+            return error_response(400, "Invalid value for 'messages': injected failure.",
+                                  "invalid_request_error", param="messages")
+        case "fail-429":
+            return error_response(
+                429, "Rate limit reached for fake-model on tokens per min (TPM): Limit 150000.",
+                "tokens", code="rate_limit_exceeded",
+                headers={"retry-after": "1", "x-ratelimit-limit-requests": "60",
+                         "x-ratelimit-remaining-requests": "0",
+                         "x-ratelimit-reset-requests": "1s",
+                         "x-ratelimit-limit-tokens": "150000",
+                         "x-ratelimit-remaining-tokens": "149984",
+                         "x-ratelimit-reset-tokens": "6ms"})
+        case "fail-500":
+            return error_response(500, "The server had an error while processing your request. "
+                                  "Sorry about that!", "server_error")
+        case "fail-503":
+            return error_response(503, "The engine is currently overloaded, please try again later.",
+                                  "service_unavailable_error", code="server_is_overloaded")
+    return None
+
+
+def _auth_error(request: Request, api_key: str) -> Response | None:
+    auth = request.headers.get("authorization", "")
+    if auth == f"Bearer {api_key}":
+        return None
+    given = auth.removeprefix("Bearer ").strip()
+    if not given:
+        return error_response(
+            401, "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            "invalid_request_error")
+    # Mask like OpenAI does: a key must never be echoed back whole.
+    masked = f"{given[:3]}{'*' * 4}{given[-4:]}" if len(given) > 8 else "****"
+    return error_response(401, f"Incorrect API key provided: {masked}.",
+                          "invalid_request_error", code="invalid_api_key")
+
+
+def _validation_param(err: msgspec.ValidationError) -> str | None:
+    # msgspec ends messages with "- at `$.messages[0].role`"; OpenAI's param is that path.
+    _, sep, path = str(err).rpartition("- at `$.")
+    return path.rstrip("`") if sep else None
+
+
+# ---- the completion itself ----
+
+
+def _prompt_tokens(req: ChatRequest) -> int:
+    n = 0
+    for m in req.messages:
+        if isinstance(m.content, str):
+            n += len(m.content.split())
+        elif m.content:
+            n += sum(len(str(p.get("text", "")).split()) for p in m.content)
+    return n
+
+
+def _forced_tool(req: ChatRequest) -> str | None:
+    if req.tools and isinstance(req.tool_choice, NamedToolChoice):
+        return req.tool_choice.function.name
+    return None
+
+
+class _Plan(msgspec.Struct):
+    """What one request will answer, computed once for both response shapes."""
+
+    id: str
+    created: int
+    model: str
+    words: list[str]
+    finish_reason: str
+    tool: str | None
+    prompt_tokens: int
+
+    def usage(self) -> Usage:
+        done = len(TOOL_ARGUMENT_PIECES) if self.tool else len(self.words)
+        return Usage(self.prompt_tokens, done, self.prompt_tokens + done)
+
+
+def _plan(req: ChatRequest, chunks: int) -> _Plan:
+    tool = _forced_tool(req)
+    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    n = chunks if limit is None else max(0, min(chunks, limit))
+    finish = "tool_calls" if tool else ("length" if n < chunks else "stop")
+    words = [f"tok{i}" if i == 0 else f" tok{i}" for i in range(n)]
+    return _Plan(_new_id("chatcmpl-"), int(time.time()), req.model, words, finish, tool,
+                 _prompt_tokens(req))
+
+
+def _completion(plan: _Plan) -> ChatCompletion:
+    if plan.tool:
+        call = ToolCall(id=f"call_{plan.id[9:]}", type="function",
+                        function=Function(plan.tool, TOOL_ARGUMENTS))
+        message = Message("assistant", None, tool_calls=[call])
+    else:
+        message = Message("assistant", "".join(plan.words))
+    return ChatCompletion(id=plan.id, created=plan.created, model=plan.model,
+                          choices=[Choice(0, message, finish_reason=plan.finish_reason)],
+                          usage=plan.usage())
+
+
+async def _sleep_unless_disconnected(receive: Receive, delay_s: float) -> bool:
+    """Sleep, but wake early (returning False) if the client goes away, so a stalled
+    response doesn't pin the server's shutdown for the whole stall."""
+    try:
+        message = await asyncio.wait_for(receive(), delay_s)
+    except TimeoutError:
+        return True
+    return message["type"] != "http.disconnect"
+
+
+def _deltas(plan: _Plan) -> list[Delta]:
+    if plan.tool:
+        first = ToolCall(0, f"call_{plan.id[9:]}", "function", Function(plan.tool, ""))
+        out = [Delta("assistant", None, [first], None)]
+        out += [Delta(tool_calls=[ToolCall(0, function=Function(arguments=p))])
+                for p in TOOL_ARGUMENT_PIECES]
+        return out
+    return [Delta("assistant", "", refusal=None)] + [Delta(content=w) for w in plan.words]
+
+
+async def _events(plan: _Plan, include_usage: bool, delay_s: float,
+                  receive: Receive) -> AsyncIterator[bytes]:
+    usage_field: None | UnsetType = None if include_usage else UNSET
+
+    def event(choices: list[ChunkChoice], usage: Usage | None | UnsetType = usage_field) -> bytes:
+        chunk = ChatChunk(id=plan.id, created=plan.created, model=plan.model, choices=choices,
+                          usage=usage)
+        return b"data: " + _encoder.encode(chunk) + b"\n\n"
+
+    deltas = _deltas(plan)
+    if plan.model == "midstream-error":
+        deltas = deltas[:4]  # role chunk + three words, then the error instead of a finish
+    for i, delta in enumerate(deltas):
+        if i and delay_s:
+            await asyncio.sleep(delay_s)
+        yield event([ChunkChoice(0, delta)])
+        if plan.model == "hang-stream" and i == 0:
+            if not await _sleep_unless_disconnected(receive, STALL_S):
+                return
+    if plan.model == "midstream-error":
+        yield MIDSTREAM_ERROR  # and no [DONE]: OpenAI just closes the stream (PROTOCOLS 8.3)
+        return
+    yield event([ChunkChoice(0, Delta(), finish_reason=plan.finish_reason)])
+    if include_usage:
+        yield event([], plan.usage())
+    yield b"data: [DONE]\n\n"
+
+
+MIDSTREAM_ERROR = (
+    b'data: {"error":{"message":"The server had an error while processing your request. '
+    b'Sorry about that!","type":"server_error","param":null,"code":null}}\n\n'
+)
+
+
+class EventStream(Response):
+    """An SSE response that writes each event straight to `send`, flushed one by one."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes]) -> None:
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for data in self.events:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# ---- app ----
+
+
+def create_app(*, api_key: str | None = None, chunks: int = 20,
+               chunk_delay_s: float = 0.0) -> Starlette:
+    requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
+
+    async def chat_completions(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            body = None
+        requests.append(RecordedRequest(request.method, request.url.path,
+                                        dict(request.headers), body))
+        if api_key is not None and (denied := _auth_error(request, api_key)):
+            return denied
+        if body is None:
+            return error_response(400, "We could not parse the JSON body of your request.",
+                                  "invalid_request_error")
+        try:
+            req = msgspec.convert(body, ChatRequest)
+        except msgspec.ValidationError as e:
+            return error_response(400, str(e), "invalid_request_error",
+                                  param=_validation_param(e))
+        if injected := _injected_error(req.model):
+            return injected
+        if req.model == "slow" or (req.model == "hang-stream" and not req.stream):
+            if not await _sleep_unless_disconnected(request.receive, STALL_S):
+                return Response(status_code=499)
+        plan = _plan(req, chunks)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return EventStream(_events(plan, include_usage, chunk_delay_s, request.receive))
+        if req.model == "midstream-error":
+            return _injected_error("fail-500")  # type: ignore[return-value]
+        return Response(_encoder.encode(_completion(plan)),
+                        headers={"x-request-id": _new_id("req_")},
+                        media_type="application/json")
+
+    created = int(time.time())
+    models_body = _encoder.encode({"object": "list", "data": [
+        {"id": "fake-model", "object": "model", "created": created, "owned_by": "fake"}]})
+
+    async def list_models(request: Request) -> Response:
+        requests.append(RecordedRequest(request.method, request.url.path,
+                                        dict(request.headers), None))
+        return Response(models_body, media_type="application/json")
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+    ])
+    app.state.requests = requests
+    return app
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory for multi-worker runs: each worker process rebuilds the app."""
+    key = os.environ.get("FAKE_UPSTREAM_API_KEY") or None
+    return create_app(api_key=key, chunks=int(os.environ.get("FAKE_UPSTREAM_CHUNKS", "20")),
+                      chunk_delay_s=float(os.environ.get("FAKE_UPSTREAM_CHUNK_DELAY_S", "0")))
+
+
+# ---- running it ----
+
+
+class UpstreamServer:
+    """The fake on 127.0.0.1:<free port>, served by uvicorn in a background thread
+    (as httpx's tests/conftest.py does). Usable as `with` or `async with`."""
+
+    def __init__(self, app: Starlette | None = None, **app_kwargs: Any) -> None:
+        self.app = app if app is not None else create_app(**app_kwargs)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        # The graceful timeout cancels requests still stalled (slow / hang-stream) at exit.
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off",
+                                access_log=False, timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name=f"fake-upstream-{self.port}", daemon=True)
+
+    @property
+    def requests(self) -> collections.deque[RecordedRequest]:
+        return self.app.state.requests  # type: ignore[no-any-return]
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("fake upstream failed to start")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> UpstreamServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> UpstreamServer:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--chunk-delay-s", type=float, default=0.0)
+    parser.add_argument("--api-key", default="")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    # Passed by environment so that every worker process (spawned) sees the same settings.
+    os.environ["FAKE_UPSTREAM_CHUNKS"] = str(args.chunks)
+    os.environ["FAKE_UPSTREAM_CHUNK_DELAY_S"] = str(args.chunk_delay_s)
+    os.environ["FAKE_UPSTREAM_API_KEY"] = args.api_key
+    uvicorn.run("tests.fakes.openai_upstream:app_from_env", factory=True, host=args.host,
+                port=args.port, workers=args.workers, loop="uvloop", http="httptools",
+                log_level="warning", access_log=False, lifespan="off")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""`llm-broker worker`: one process serving one provider's stream until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from redis.asyncio import Redis
+
+from broker.config import Config
+from workers.loop import Worker
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: Config, provider: str, *, concurrency: int | None = None, burst: bool = False) -> int:
+    redis = Redis.from_url(config.redis_url)
+    worker = Worker(config, provider, redis, concurrency=concurrency, burst=burst)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # First signal: stop pulling, finish what is in flight. Both end the process cleanly.
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await redis.aclose()
+    log.info("worker stopped after %d jobs", worker.jobs_done)
+    return worker.jobs_done

@@ -1,0 +1,24 @@
+"""Provider registry: config `kind` → adapter class. A new provider is one module and one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from broker.config import ProviderConfig
+from workers.providers.base import Capabilities, Provider
+from workers.providers.mock import MockProvider
+from workers.providers.openai import OpenAICompatible
+
+REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
+    "openai": OpenAICompatible,
+    "mock": MockProvider,
+}
+
+
+def build_provider(name: str, config: ProviderConfig) -> Provider:
+    kind = type(config).__struct_config__.tag
+    return REGISTRY[str(kind)](name, config)
+
+
+__all__ = ["REGISTRY", "Capabilities", "Provider", "build_provider"]
