@@ -33,7 +33,7 @@ def error_event(err: BrokerError) -> bytes:
     return frame([json_encoder.encode(err.to_body())]) + DONE
 
 
-async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float) -> Reply | None:
+async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float, timeout_message: str) -> Reply | None:
     """The first reply if it comes within the hold; raise its error if it is a failure."""
     try:
         reply = await waiter.next(max(min(hold_s, deadline - time.time()), 0))
@@ -41,6 +41,8 @@ async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float) -> Repl
         raise UpstreamError(f"reply stream broken: {exc}") from None
     if isinstance(reply, Failed):
         raise BrokerError.from_info(reply.error)
+    if reply is None and time.time() >= deadline:
+        raise RequestTimeout(timeout_message)
     return reply
 
 

@@ -179,3 +179,7 @@ def _dev_banner(config: config_module.Config, args: argparse.Namespace, redis_no
         f"  r = client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}])\n"
         f"  print(r.choices[0].message.content)\n\nCtrl-C stops everything."
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -159,9 +159,35 @@ def validate(raw: Any, *, source: str, env: dict[str, str] | None = None) -> Con
     try:
         config = msgspec.convert(expanded, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {_locate(expanded, exc)}") from None
     _check_references(config, source)
     return config
+
+
+_SECTIONS: dict[str, Any] = {"providers": ProviderConfig, "models": list[Deployment], "tenants": Tenant}
+
+
+def _locate(raw: Any, exc: msgspec.ValidationError) -> str:
+    """msgspec writes `$.providers[...]` for dict entries; name the entry instead.
+
+    Re-decode each entry of the keyed sections on its own to find the one at
+    fault, and splice its name into the path.
+    """
+    if "[...]" not in str(exc) or not isinstance(raw, dict):
+        return str(exc)
+    for section, entry_type in _SECTIONS.items():
+        entries = raw.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name, entry in entries.items():
+            try:
+                msgspec.convert(entry, entry_type, dec_hook=_dec_hook)
+            except msgspec.ValidationError as inner:
+                text = str(inner)
+                if " - at `$" not in text:  # msgspec leaves out a root path
+                    return f"{text} - at `$.{section}.{name}`"
+                return text.replace("- at `$", f"- at `$.{section}.{name}", 1)
+    return str(exc)
 
 
 def _check_references(config: Config, source: str) -> None:

@@ -58,7 +58,7 @@ async def chat_completions(request: Request) -> Response:
         deadline=_deadline(state, request, now),
     )
     timeout_message = (
-        f"Request timed out after {job.deadline - now:.0f}s waiting for provider {job.provider!r} "
+        f"Request timed out after {job.deadline - now:g}s waiting for provider {job.provider!r} "
         f"(model {job.model!r}); no worker finished it in time."
     )
     waiter = state.replies.open(job.id)
@@ -85,7 +85,7 @@ async def chat_completions(request: Request) -> Response:
 
     try:
         first = await sse.first_reply(waiter, hold_s=state.config.server.stream_first_byte_hold_s,
-                                      deadline=job.deadline)
+                                      deadline=job.deadline, timeout_message=timeout_message)
     except BaseException:
         state.replies.close(job.id)
         raise

@@ -1,0 +1,191 @@
+"""Shared fixtures: real Redis, broker processes on real ports, per-test key namespaces.
+
+Every test gets its own Redis key namespace (config `namespace`), so tests can
+share the machine's Redis without seeing each other's streams, and the keys are
+deleted afterwards. Broker processes are real `llm-broker` subprocesses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from broker.config import hash_key
+from broker.embedded_redis import free_port, start_embedded_redis
+
+
+
+def _find_redis() -> str:
+    """$LLM_BROKER_TEST_REDIS_URL, else the local Redis on 6379, else a redis-server we start.
+
+    Broker semantics are proven against real Redis only: with no redis-server
+    at all the suite stops with an instruction instead of falling back to fakeredis.
+    """
+    url = os.environ.get("LLM_BROKER_TEST_REDIS_URL")
+    if url:
+        return url
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
+        return "redis://127.0.0.1:6379/0"
+    except redis.ConnectionError:
+        pass
+    if not shutil.which("redis-server"):
+        raise pytest.UsageError(
+            "the tests need a Redis server: none answers on 127.0.0.1:6379 and redis-server is not on PATH "
+            "(install it, e.g. `apt-get install redis-server`, or set LLM_BROKER_TEST_REDIS_URL)"
+        )
+    embedded = start_embedded_redis()
+    atexit.register(embedded.stop)
+    return embedded.url
+
+
+REDIS_URL = _find_redis()
+TEST_KEY = "sk-test-key-0001"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _drop_namespace(ns: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    yield ns
+    _drop_namespace(ns)
+
+
+@pytest.fixture(scope="module")
+def module_namespace() -> Iterator[str]:
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    yield ns
+    _drop_namespace(ns)
+
+
+def write_config(path: Path, namespace: str, *, providers: dict[str, Any], models: dict[str, Any],
+                 server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None) -> Path:
+    doc: dict[str, Any] = {
+        "redis_url": REDIS_URL,
+        "namespace": namespace,
+        "providers": providers,
+        "models": models,
+        "tenants": tenants or {"test": {"keys": [hash_key(TEST_KEY)]}},
+    }
+    if server:
+        doc["server"] = server
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class Proc:
+    """A broker subprocess whose output is kept in a file for post-mortems."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", *args],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
+        )
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+def wait_for_http(url: str, proc: Proc, timeout_s: float = 20) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{proc.output()}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up:\n{proc.output()}")
+
+
+class Stack:
+    """API and worker processes sharing one config (and so one Redis namespace)."""
+
+    def __init__(self, config_path: Path, log_dir: Path) -> None:
+        self.config_path = config_path
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+        self.base_url = ""
+
+    def api(self, workers: int = 1) -> str:
+        port = free_port()
+        proc = Proc(["api", "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(port),
+                     "--workers", str(workers), "--log-level", "warning"],
+                    self.log_dir / f"api-{port}.log")
+        self.procs.append(proc)
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", proc)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self.base_url
+
+    def worker(self, provider: str, *extra: str) -> Proc:
+        proc = Proc(["worker", "--config", str(self.config_path), "--provider", provider, *extra],
+                    self.log_dir / f"worker-{provider}-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+def _stacks(directory: Path, namespace: str) -> Iterator[Any]:
+    stacks: list[Stack] = []
+
+    def make(providers: dict[str, Any], models: dict[str, Any], **kw: Any) -> Stack:
+        path = write_config(directory / f"config-{len(stacks)}.yaml", namespace,
+                            providers=providers, models=models, **kw)
+        stack = Stack(path, directory)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path, namespace: str) -> Iterator[Any]:
+    yield from _stacks(tmp_path, namespace)
+
+
+@pytest.fixture(scope="module")
+def module_stack_factory(tmp_path_factory: pytest.TempPathFactory, module_namespace: str) -> Iterator[Any]:
+    yield from _stacks(tmp_path_factory.mktemp("stack"), module_namespace)

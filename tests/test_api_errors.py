@@ -1,0 +1,132 @@
+"""Bad input gets an OpenAI-shaped error with the right status, through the real HTTP surface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import TEST_KEY
+
+PROVIDERS = {"mock": {"kind": "mock", "tokens": 4}, "idle": {"kind": "mock"}}
+MODELS = {
+    "mock-chat": [{"provider": "mock", "model": "m"}],
+    "unserved": [{"provider": "idle", "model": "m"}],  # no worker runs for `idle`
+}
+
+
+@pytest.fixture(scope="module")
+def base_url(module_stack_factory: Any) -> str:
+    stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5})
+    stack.worker("mock")
+    return str(stack.api())
+
+
+def post(base_url: str, body: Any, key: str | None = TEST_KEY, raw: bytes | None = None) -> httpx.Response:
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    if raw is not None:
+        return httpx.post(f"{base_url}/chat/completions", content=raw, headers=headers)
+    return httpx.post(f"{base_url}/chat/completions", json=body, headers=headers)
+
+
+def error_of(resp: httpx.Response) -> dict[str, Any]:
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return dict(body["error"])
+
+
+GOOD = {"model": "mock-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_missing_key_is_401(base_url: str) -> None:
+    resp = post(base_url, GOOD, key=None)
+    assert resp.status_code == 401
+    assert error_of(resp)["code"] == "invalid_api_key"
+
+
+def test_wrong_key_is_401_and_not_echoed(base_url: str) -> None:
+    resp = post(base_url, GOOD, key="sk-wrong-secret-value")
+    assert resp.status_code == 401
+    assert "sk-wrong-secret-value" not in resp.text
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0).models.list()
+
+
+def test_unknown_model_is_404_model_not_found(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-99", messages=[{"role": "user", "content": "x"}])
+    assert info.value.code == "model_not_found"
+    assert info.value.param == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "mock-chat"}, "messages"),
+        ({"model": "mock-chat", "messages": []}, "messages"),
+        ({"model": "mock-chat", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": "mock-chat", "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
+        ({**GOOD, "temperature": 3}, "temperature"),
+        ({**GOOD, "max_tokens": "lots"}, "max_tokens"),
+        ({**GOOD, "n": 0}, "n"),
+        ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({**GOOD, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+        ([1, 2, 3], None),
+    ],
+)
+def test_invalid_body_is_400_naming_the_field(base_url: str, body: Any, param: str | None) -> None:
+    resp = post(base_url, body)
+    assert resp.status_code == 400
+    error = error_of(resp)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    if param:
+        assert param in error["message"]
+
+
+def test_malformed_json_is_400(base_url: str) -> None:
+    resp = post(base_url, None, raw=b'{"model": "mock-chat", "messages": [')
+    assert resp.status_code == 400
+    assert "JSON" in error_of(resp)["message"]
+
+
+def test_empty_body_is_400(base_url: str) -> None:
+    resp = post(base_url, None, raw=b"")
+    assert resp.status_code == 400
+
+
+def test_unknown_fields_are_ignored_not_rejected(base_url: str) -> None:
+    resp = post(base_url, {**GOOD, "some_future_sdk_field": {"x": 1}})
+    assert resp.status_code == 200
+
+
+def test_unknown_route_is_openai_shaped_404(base_url: str) -> None:
+    resp = httpx.get(f"{base_url}/no-such-thing", headers={"authorization": f"Bearer {TEST_KEY}"})
+    assert resp.status_code == 404
+    error_of(resp)
+
+
+def test_job_nobody_serves_times_out_with_a_clear_504(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="unserved", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 504
+    assert info.value.code == "timeout"
+    assert "idle" in info.value.message  # names the provider it waited for
+
+
+def test_stream_nobody_serves_ends_with_a_timeout_error_event(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    # The hold (2s default) outlasts the 1.5s deadline, so the error still comes as an HTTP status.
+    with pytest.raises(openai.APIStatusError) as info:
+        list(client.chat.completions.create(
+            model="unserved", stream=True, messages=[{"role": "user", "content": "x"}]
+        ))
+    assert info.value.status_code == 504

@@ -1,0 +1,99 @@
+"""Config loading: typed, env-expanded, and every error names the field path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.config import ConfigError, MockProvider, OpenAIProvider, default_config, hash_key, load, resolve
+
+GOOD = """
+redis_url: redis://127.0.0.1:6379/0
+providers:
+  local-vllm: {kind: openai, base_url: "http://127.0.0.1:8000/v1", api_key: "${VLLM_KEY}", concurrency: 8}
+  mock: {kind: mock}
+models:
+  fast-chat:
+    - {provider: local-vllm, model: "Qwen/Qwen2.5-7B-Instruct", input_per_mtok: 0.1}
+tenants:
+  acme: {keys: ["%s"], rpm: 600}
+""" % hash_key("sk-acme")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_decodes_into_typed_structs(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD), env={"VLLM_KEY": "secret-123"})
+    provider = config.providers["local-vllm"]
+    assert isinstance(provider, OpenAIProvider) and isinstance(config.providers["mock"], MockProvider)
+    assert provider.api_key is not None and provider.api_key.reveal() == "secret-123"
+    assert provider.concurrency == 8
+    assert config.models["fast-chat"][0].model == "Qwen/Qwen2.5-7B-Instruct"
+    assert config.tenants["acme"].rpm == 600
+
+
+def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD), env={"VLLM_KEY": "secret-123"})
+    assert "secret-123" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("edit", "env", "expected"),
+    [
+        (("concurrency: 8", "concurency: 8"), {"VLLM_KEY": "k"}, "`$.providers.local-vllm`"),
+        (("kind: openai", "kind: anthropix"), {"VLLM_KEY": "k"}, "$.providers.local-vllm.kind"),
+        (("concurrency: 8", "concurrency: many"), {"VLLM_KEY": "k"}, "$.providers.local-vllm.concurrency"),
+        (("", ""), {}, "VLLM_KEY is not set - at `$.providers.local-vllm.api_key`"),
+        (("provider: local-vllm", "provider: nowhere"), {"VLLM_KEY": "k"}, "$.models.fast-chat[0].provider"),
+        (("rpm: 600", "rpm: 600, color: red"), {"VLLM_KEY": "k"}, "$.tenants.acme"),
+        (('keys: ["sha256:', 'keys: ["plain:'), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[0]"),
+        (("base_url", "base_uri"), {"VLLM_KEY": "k"}, "$.providers.local-vllm"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path: Path, edit: tuple[str, str], env: dict[str, str],
+                                      expected: str) -> None:
+    path = write(tmp_path, GOOD.replace(*edit, 1))
+    with pytest.raises(ConfigError) as info:
+        load(path, env=env)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unreadable_and_non_yaml_files_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.yaml", env={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(write(tmp_path, "providers: [unclosed"), env={})
+
+
+def test_invalid_config_fails_at_start_with_the_field_path(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("concurrency: 8", "concurrency: -1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "worker", "--config", str(path), "--provider", "mock"],
+        capture_output=True, text=True, env={"VLLM_KEY": "k", "PATH": "/usr/bin:/bin"}, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "$.providers.local-vllm.concurrency" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_default_config_serves_mock_models_to_the_dev_key() -> None:
+    config = default_config()
+    assert "mock-chat" in config.models
+    assert all(isinstance(p, MockProvider) for p in config.providers.values())
+    assert config.tenants["dev"].keys == [hash_key("sk-dev")]
+    assert default_config("sk-other").tenants["dev"].keys == [hash_key("sk-other")]
+
+
+def test_redis_url_env_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    config = resolve(str(path), env={"VLLM_KEY": "k", "REDIS_URL": "redis://elsewhere:6380/2"})
+    assert config.redis_url == "redis://elsewhere:6380/2"
+    assert resolve(None, env={"LLM_BROKER_CONFIG": str(path), "VLLM_KEY": "k"}).providers.keys() == {"local-vllm", "mock"}

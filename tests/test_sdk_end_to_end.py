@@ -1,0 +1,133 @@
+"""The unmodified official openai SDK against `llm-broker api` + a worker process on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import TEST_KEY
+from workers.providers.mock import mock_words
+
+PROVIDERS = {"mock": {"kind": "mock", "tokens": 12}}
+MODELS = {"mock-chat": [{"provider": "mock", "model": "mock-upstream-id"}]}
+
+
+@pytest.fixture(scope="module")
+def base_url(module_stack_factory: Any) -> str:
+    stack = module_stack_factory(PROVIDERS, MODELS)
+    stack.worker("mock")
+    return str(stack.api())
+
+
+def expected_text(prompt: str, tokens: int = 12) -> str:
+    return " ".join(mock_words(prompt, tokens))
+
+
+def test_sync_sdk_gets_a_chat_completion(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    result = client.chat.completions.create(
+        model="mock-chat", messages=[{"role": "user", "content": "tell me about foxes"}]
+    )
+    assert result.object == "chat.completion"
+    assert result.model == "mock-chat"  # the public name, not the upstream id
+    assert result.id.startswith("chatcmpl-")
+    assert result.choices[0].message.role == "assistant"
+    assert result.choices[0].message.content == expected_text("tell me about foxes")
+    assert result.choices[0].finish_reason == "stop"
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (4, 12, 16)
+
+
+def test_max_tokens_cuts_the_answer_with_finish_reason_length(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    result = client.chat.completions.create(
+        model="mock-chat", max_tokens=3, messages=[{"role": "user", "content": "short please"}]
+    )
+    assert result.choices[0].message.content == expected_text("short please", 3)
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage is not None and result.usage.completion_tokens == 3
+
+
+def test_async_sdk_runs_concurrent_requests(base_url: str) -> None:
+    async def main() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+        async with client:
+            results = await asyncio.gather(*(
+                client.chat.completions.create(model="mock-chat", messages=[{"role": "user", "content": f"q{i}"}])
+                for i in range(20)
+            ))
+        return [r.choices[0].message.content or "" for r in results]
+
+    answers = asyncio.run(main())
+    assert answers == [expected_text(f"q{i}") for i in range(20)]
+
+
+def test_streaming_sdk_gets_ordered_chunks_and_usage(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="mock-chat", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "stream it"}],
+    ))
+    assert len({c.id for c in chunks}) == 1
+    assert all(c.model == "mock-chat" and c.object == "chat.completion.chunk" for c in chunks)
+    content_chunks, usage_chunk = chunks[:-1], chunks[-1]
+    assert content_chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.choices[0].delta.role is None for c in content_chunks[1:])  # role only once
+    assert "".join(c.choices[0].delta.content or "" for c in content_chunks) == expected_text("stream it")
+    assert [c.choices[0].finish_reason for c in content_chunks][-1] == "stop"
+    assert all(c.choices[0].finish_reason is None for c in content_chunks[:-1])
+    assert usage_chunk.choices == []
+    assert usage_chunk.usage is not None and usage_chunk.usage.completion_tokens == 12
+
+
+def test_stream_accumulator_builds_the_same_message(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    with client.chat.completions.stream(
+        model="mock-chat", messages=[{"role": "user", "content": "accumulate"}]
+    ) as stream:
+        final = stream.get_final_completion()
+    # The SDK concatenates every string field of every delta: a repeated role would show here.
+    assert final.choices[0].message.role == "assistant"
+    assert final.choices[0].message.content == expected_text("accumulate")
+
+
+def test_async_streaming(base_url: str) -> None:
+    async def main() -> str:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+        async with client:
+            stream = await client.chat.completions.create(
+                model="mock-chat", stream=True, messages=[{"role": "user", "content": "async stream"}]
+            )
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert asyncio.run(main()) == expected_text("async stream")
+
+
+def test_raw_sse_framing_matches_openai(base_url: str) -> None:
+    with httpx.stream(
+        "POST", f"{base_url}/chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+        json={"model": "mock-chat", "stream": True, "messages": [{"role": "user", "content": "raw"}]},
+    ) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.headers["cache-control"] == "no-cache"
+        body = resp.read().decode()
+    events = body.split("\n\n")
+    assert events[-1] == ""
+    assert events[-2] == "data: [DONE]"
+    assert all(e.startswith("data: {") for e in events[:-2])
+    assert "event:" not in body  # OpenAI streams carry no event names
+
+
+def test_models_list_and_retrieve(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["mock-chat"]
+    assert models.data[0].owned_by == "mock"
+    assert client.models.retrieve("mock-chat").id == "mock-chat"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
