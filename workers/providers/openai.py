@@ -2,24 +2,23 @@
 
 The request already speaks the upstream's dialect, so translation is small:
 swap in the upstream model id, ask for a usage chunk on streams (we bill by
-it), and map errors. One pooled httpx.AsyncClient per provider keeps
-keep-alive connections to the upstream, bounded by `concurrency`.
+it), and map errors. One pooled HTTP client per provider keeps
+keep-alive connections (workers/providers/http.py), bounded by `concurrency`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
-import httpx
 import msgspec
 from msgspec import UNSET
 
 from broker.config import OpenAIProvider as OpenAIConfig
-from broker.errors import UpstreamError, UpstreamTimeout, redact
+from broker.errors import UpstreamError, redact
 from broker.wire import ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, StreamOptions, Usage, json_encoder
 from workers.providers.base import Capabilities
+from workers.providers.http import UpstreamHTTP
 from workers.providers.sse import SSEParser
 
 # ---------------------------------------------------------------- pure translation
@@ -61,7 +60,7 @@ def to_upstream(req: ChatRequest, *, model: str, stream: bool, stream_usage: boo
     return json_encoder.encode(msgspec.structs.replace(req, model=model, stream=stream, stream_options=options))
 
 
-def error_from_response(status: int, body: bytes, headers: httpx.Headers | dict[str, str]) -> UpstreamError:
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
     message = f"upstream returned HTTP {status}"
     code = param = None
     try:
@@ -83,7 +82,7 @@ def error_from_response(status: int, body: bytes, headers: httpx.Headers | dict[
     )
 
 
-def _retry_after_s(headers: httpx.Headers | dict[str, str]) -> float | None:
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after")
     try:
         return float(value) if value is not None else None
@@ -122,52 +121,33 @@ class OpenAICompatible:
     def __init__(self, name: str, config: OpenAIConfig) -> None:
         self.name = name
         self.config = config
-        headers = {"content-type": "application/json", **config.headers}
+        headers = dict(config.headers)
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key.reveal()}"
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
-        )
-
-    def _timeout(self, deadline: float) -> httpx.Timeout:
-        remaining = max(deadline - time.time(), 0.001)
-        return httpx.Timeout(min(self.config.timeout_s, remaining), connect=min(self.config.connect_timeout_s, remaining))
+        self._http = UpstreamHTTP(name, config.base_url, headers=headers, max_connections=config.concurrency,
+                                  timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s)
 
     async def complete(self, req: ChatRequest, *, model: str, deadline: float) -> ChatCompletion:
         body = to_upstream(req, model=model, stream=False, stream_usage=False)
-        try:
-            resp = await self._client.post("/chat/completions", content=body, timeout=self._timeout(deadline))
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"upstream {self.name} timed out") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"cannot reach upstream {self.name}: {type(exc).__name__}", retryable=True) from None
-        if resp.status_code >= 400:
-            raise error_from_response(resp.status_code, resp.content, resp.headers)
-        return from_upstream_completion(resp.content)
+        async with self._http.post("/chat/completions", body, deadline=deadline) as resp:
+            content = await resp.read()
+        if resp.status >= 400:
+            raise error_from_response(resp.status, content, resp.headers)
+        return from_upstream_completion(content)
 
     async def stream(self, req: ChatRequest, *, model: str, deadline: float) -> AsyncIterator[ChatChunk]:
         body = to_upstream(req, model=model, stream=True, stream_usage=self.config.stream_usage)
-        try:
-            async with self._client.stream(
-                "POST", "/chat/completions", content=body, timeout=self._timeout(deadline)
-            ) as resp:
-                if resp.status_code >= 400:
-                    raise error_from_response(resp.status_code, await resp.aread(), resp.headers)
-                parser = SSEParser()
-                async for raw in resp.aiter_raw():
-                    for event in parser.feed(raw):
-                        if event.data.startswith(b"[DONE]"):
-                            return
-                        yield from_upstream_event(event.data)
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"upstream {self.name} timed out") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream {self.name} connection failed: {type(exc).__name__}", retryable=True) from None
+        async with self._http.post("/chat/completions", body, deadline=deadline) as resp:
+            if resp.status >= 400:
+                raise error_from_response(resp.status, await resp.read(), resp.headers)
+            parser = SSEParser()
+            async for raw in resp.iter_chunks():
+                for event in parser.feed(raw):
+                    if event.data.startswith(b"[DONE]"):
+                        return
+                    yield from_upstream_event(event.data)
         # The body ended without [DONE]: a cut-off stream must not pass for a complete one.
         raise UpstreamError(f"upstream {self.name} ended the stream early", retryable=True)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
