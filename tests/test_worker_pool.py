@@ -88,3 +88,32 @@ def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: Any)
         # subscribed would show up here as a missing word.
         assert pieces == [words[0]] + [" " + w for w in words[1:]], i
         assert finish == "stop"
+
+
+def test_several_api_processes_and_workers_share_one_redis(stack_factory: Any) -> None:
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 6, "first_token_delay_s": 0.01}},
+                          {"m": [{"provider": "mock", "model": "m"}]})
+    stack.worker("mock", "--concurrency", "8")
+    stack.worker("mock", "--concurrency", "8")
+    urls = [stack.api(), stack.api(workers=2)]  # two separate servers, the second with two processes
+
+    async def main() -> list[tuple[int, str]]:
+        clients = [openai.AsyncOpenAI(base_url=u, api_key=TEST_KEY, max_retries=0, timeout=60) for u in urls]
+
+        async def one(i: int) -> tuple[int, str]:
+            client = clients[i % 2]
+            if i % 3 == 0:
+                stream = await client.chat.completions.create(
+                    model="m", stream=True, messages=[{"role": "user", "content": f"n{i}"}])
+                return i, "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            done = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"n{i}"}])
+            return i, done.choices[0].message.content or ""
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(120)))
+        finally:
+            for client in clients:
+                await client.close()
+
+    for i, text in asyncio.run(main()):
+        assert text == " ".join(mock_words(f"n{i}", 6)), i

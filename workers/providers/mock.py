@@ -79,9 +79,9 @@ class MockProvider:
         def chunk(choices: list[ChunkChoice]) -> ChatChunk:
             return ChatChunk("", created, model, choices)
 
-        yield chunk([ChunkChoice(i, Delta(role="assistant", content="", refusal=None)) for i in range(n)])
-        if self.config.first_token_delay_s:
+        if self.config.first_token_delay_s:  # time to first token: the prompt is being "read"
             await asyncio.sleep(self.config.first_token_delay_s)
+        yield chunk([ChunkChoice(i, Delta(role="assistant", content="", refusal=None)) for i in range(n)])
         for position in range(max(len(tokens) for tokens, _ in plans)):
             if position and self.config.token_delay_s:
                 await asyncio.sleep(self.config.token_delay_s)

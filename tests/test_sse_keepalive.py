@@ -1,0 +1,34 @@
+"""While a streamed job waits, the client sees SSE comments (invisible to the SDK), then the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+
+from tests.conftest import TEST_KEY
+
+
+def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: Any) -> None:
+    stack = stack_factory(
+        {"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.2}},
+        {"m": [{"provider": "mock", "model": "m"}]},
+        server={"stream_first_byte_hold_s": 0.1, "keepalive_interval_s": 0.2},
+    )
+    stack.worker("mock")
+    base_url = stack.api()
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "wait for it"}]}
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body,
+                      headers={"authorization": f"Bearer {TEST_KEY}"}) as resp:
+        assert resp.status_code == 200
+        text = resp.read().decode()
+    before_data = text[: text.index("data: ")]
+    assert before_data.count(": keep-alive\n\n") >= 3  # ~1.2 s of waiting at 0.2 s intervals
+    assert before_data.replace(": keep-alive\n\n", "") == ""
+    assert text.endswith("data: [DONE]\n\n")
+
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    chunks = list(client.chat.completions.create(**body))
+    assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
