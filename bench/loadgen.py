@@ -2,9 +2,10 @@
 
 The benchmark machine has two cores shared by the gateway, Redis, the fake upstream
 and this client, so every cycle spent here is stolen from what is measured. Hence a
-hand-written HTTP/1.1 client on asyncio streams instead of httpx or the openai SDK:
-one pre-built request, one keep-alive connection per concurrent worker, and SSE
-handled by counting `data:` events rather than decoding JSON.
+hand-written HTTP/1.1 client on a bare asyncio.Protocol instead of httpx or the
+openai SDK: one pre-built request, one keep-alive connection per concurrent worker,
+responses parsed in `data_received` (the worker wakes once per response, not once per
+read), and SSE handled by counting `data:` events rather than decoding JSON.
 
     python -m bench.loadgen --base-url http://127.0.0.1:8000/v1 --key sk-x \\
         --model fake-model -c 64 -n 2000 [--stream]
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import msgspec
@@ -71,83 +71,173 @@ def build_request(base_url: str, api_key: str, model: str, prompt: str, stream: 
     return head.encode() + body
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes]]:
-    raw = await reader.readuntil(b"\r\n\r\n")
-    status_line, *lines = raw[:-4].split(b"\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split(b" ", 2)[1]), headers
-
-
-async def _body_parts(reader: asyncio.StreamReader,
-                      headers: dict[bytes, bytes]) -> AsyncIterator[bytes]:
-    """Yields the body as it arrives: Content-Length, chunked, or until EOF."""
-    if b"chunked" in headers.get(b"transfer-encoding", b""):
-        while True:
-            size = int((await reader.readline()).split(b";", 1)[0], 16)
-            if size == 0:
-                while (await reader.readline()) not in (b"\r\n", b""):
-                    pass  # trailers
-                return
-            data = await reader.readexactly(size + 2)
-            yield data[:-2]
-    elif (length := headers.get(b"content-length")) is not None:
-        yield await reader.readexactly(int(length))
-    else:
-        yield await reader.read()
-
-
-class _SSECounter:
-    """Counts complete `data:` events; stops at `data: [DONE]`, flags `{"error"` events."""
+class _Dechunker:
+    """Decodes `Transfer-Encoding: chunked` incrementally from whatever bytes arrived."""
 
     def __init__(self) -> None:
         self.buf = b""
-        self.events = 0
+        self.finished = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.buf + data if self.buf else data
+        pos, out = 0, []
+        while True:
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0:
+                break
+            size = int(buf[pos:nl].split(b";", 1)[0], 16)
+            if size == 0:  # last chunk; the message ends at the blank line after trailers
+                self.finished = buf.find(b"\r\n\r\n", nl) >= 0
+                break
+            if len(buf) < nl + size + 4:
+                break
+            out.append(buf[nl + 2:nl + 2 + size])
+            pos = nl + size + 4
+        self.buf = buf[pos:]
+        return b"".join(out)
+
+
+class _SSECounter:
+    """Counts `data:` events by scanning for them rather than splitting events: a newline
+    can't occur inside one-line JSON, so every line-start `data:` is an event. The tail
+    of the previous piece is kept so a marker split across two reads is still seen."""
+
+    _EVENT, _DONE, _ERROR = b"\ndata:", b"\ndata: [DONE]", b'\ndata: {"error"'
+
+    def __init__(self) -> None:
+        self.tail = b"\n"  # the body starts at a line start
+        self.events = 0  # including the [DONE] line until `done` is set
         self.done = False
         self.error: bytes | None = None
 
     def feed(self, data: bytes) -> None:
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        self.buf += data
-        while not self.done and (end := self.buf.find(b"\n\n")) >= 0:
-            event, self.buf = self.buf[:end], self.buf[end + 2:]
-            if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
-                self.done = True
-            elif event.startswith(b"data:"):
-                if event[5:].lstrip().startswith(b'{"error"'):
-                    self.error = event
-                self.events += 1
-            # comments (": ping") and other fields are not chunks
+        seen = self.tail + data
+        self.events += seen.count(self._EVENT) - self.tail.count(self._EVENT)
+        if self.error is None and (at := seen.find(self._ERROR)) >= 0:
+            self.error = seen[at + 1:at + 200]
+        if not self.done and self._DONE in seen:
+            self.done = True
+            self.events -= 1
+        self.tail = seen[-(len(self._ERROR) - 1):]
 
 
-async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes,
-               stream: bool) -> tuple[_Result, bool]:
-    """One request on an open connection. Returns the result and whether to keep it."""
-    start = time.perf_counter()
-    writer.write(request)
-    status, headers = await _read_head(reader)
-    keep = headers.get(b"connection", b"").lower() != b"close"
-    if status != 200 or not stream:
-        body = b"".join([part async for part in _body_parts(reader, headers)])
-        if status != 200:
-            raise BadResponse(f"HTTP {status}: {body[:200]!r}")
-        if b'"choices"' not in body:
-            raise BadResponse(f"no choices: {body[:200]!r}")
-        return _Result(time.perf_counter() - start), keep
-    sse = _SSECounter()
-    ttft = None
-    async for part in _body_parts(reader, headers):
-        sse.feed(part)
-        if ttft is None and sse.events:
-            ttft = time.perf_counter() - start
-    if sse.error is not None:
-        raise BadResponse(f"stream error: {sse.error[:200]!r}")
-    if not sse.done:
-        raise BadResponse(f"stream ended without [DONE] after {sse.events} events")
-    return _Result(time.perf_counter() - start, ttft, sse.events), keep
+class _Exchange:
+    """One response, parsed as bytes arrive in `data_received`. The waiting worker is
+    woken once, when `done` resolves, instead of once per socket read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool) -> None:
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.start = time.perf_counter()
+        self.stream = stream
+        self.head = b""
+        self.status = 0
+        self.keep_alive = True
+        self.remaining: int | None = None  # Content-Length still to come
+        self.dechunker: _Dechunker | None = None
+        self.body: list[bytes] = []
+        self.sse: _SSECounter | None = None
+        self.ttft_s: float | None = None
+
+    def feed(self, data: bytes) -> None:
+        if not self.status:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            data = self.head[end + 4:]
+            self._parse_head(self.head[:end])
+        if self.dechunker is not None:
+            data = self.dechunker.feed(data)
+            finished = self.dechunker.finished
+        elif self.remaining is not None:
+            data = data[:self.remaining]
+            self.remaining -= len(data)
+            finished = self.remaining == 0
+        else:
+            finished = False  # body runs until the server closes
+        if self.sse is not None:
+            self.sse.feed(data)
+            if self.ttft_s is None and self.sse.events:
+                self.ttft_s = time.perf_counter() - self.start
+        elif data:
+            self.body.append(data)
+        if finished and not self.done.done():
+            self.done.set_result(None)
+
+    def _parse_head(self, head: bytes) -> None:
+        status_line, *lines = head.split(b"\r\n")
+        self.status = int(status_line.split(b" ", 2)[1])
+        for line in lines:
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                self.remaining = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value:
+                self.dechunker = _Dechunker()
+            elif name == b"connection" and value == b"close":
+                self.keep_alive = False
+        if self.stream and self.status == 200:
+            self.sse = _SSECounter()
+
+    def result(self) -> _Result:
+        latency_s = time.perf_counter() - self.start
+        body = b"".join(self.body)
+        if self.status != 200:
+            raise BadResponse(f"HTTP {self.status}: {body[:200]!r}")
+        if self.sse is None:
+            if b'"choices"' not in body:
+                raise BadResponse(f"no choices: {body[:200]!r}")
+            return _Result(latency_s)
+        if self.sse.error is not None:
+            raise BadResponse(f"stream error: {self.sse.error!r}")
+        if not self.sse.done:
+            raise BadResponse(f"stream ended without [DONE] after {self.sse.events} events")
+        return _Result(latency_s, self.ttft_s, self.sse.events)
+
+
+class _Connection(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 connection carrying one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        ex = self.exchange
+        if ex is None or ex.done.done():
+            return
+        if ex.status and ex.remaining is None and ex.dechunker is None:
+            ex.done.set_result(None)  # a body delimited by the close itself
+        else:
+            ex.done.set_exception(ConnectionResetError("connection closed mid-response"))
+
+    async def send(self, request: bytes, stream: bool, timeout_s: float) -> _Result:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self.exchange = ex = _Exchange(loop, stream)
+        transport = self.transport
+
+        def expire() -> None:
+            if not ex.done.done():
+                ex.done.set_exception(TimeoutError(f"no full response within {timeout_s}s"))
+            transport.abort()
+
+        timer = loop.call_later(timeout_s, expire)
+        try:
+            self.transport.write(request)
+            await ex.done
+        finally:
+            timer.cancel()
+        return ex.result()
 
 
 async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int, total: int,
@@ -166,23 +256,24 @@ async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int,
 
     async def worker() -> None:
         nonlocal remaining
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        conn: _Connection | None = None
+        loop = asyncio.get_running_loop()
         while remaining > 0 and time.perf_counter() < deadline:
             remaining -= 1
             try:
-                if conn is None:
-                    conn = await asyncio.open_connection(host, port)
-                result, keep = await asyncio.wait_for(_one(*conn, request, stream), timeout_s)
-                results.append(result)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    TimeoutError, BadResponse, ValueError, IndexError) as e:
+                if conn is None or conn.closed:
+                    _, conn = await loop.create_connection(_Connection, host, port)
+                results.append(await conn.send(request, stream, timeout_s))
+                if conn.exchange and not conn.exchange.keep_alive:
+                    conn.transport.close()  # type: ignore[union-attr]
+                    conn = None
+            except (OSError, BadResponse, ValueError, IndexError) as e:
                 errors.append(f"{type(e).__name__}: {e}")
-                keep = False
-            if not keep and conn is not None:
-                conn[1].close()
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()  # its state is unknown: never reuse it
                 conn = None
-        if conn is not None:
-            conn[1].close()
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
@@ -210,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-d", "--duration-s", type=float, default=None)
     p.add_argument("--stream", action="store_true")
     p.add_argument("--prompt", default="hello")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="per request")
     p.add_argument("--warmup", type=int, default=0, help="requests run first and not counted")
     p.add_argument("--json", action="store_true", help="print LoadStats as JSON")
     args = p.parse_args(argv)
@@ -221,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         return await run_load(args.base_url, args.key, args.model,
                               concurrency=args.concurrency, total=args.total,
                               stream=args.stream, prompt=args.prompt,
-                              duration_s=args.duration_s)
+                              duration_s=args.duration_s, timeout_s=args.timeout_s)
 
     try:
         import uvloop  # cheaper event loop: the client must stay out of the measurement

@@ -89,7 +89,7 @@ class ServerSettings(Strict, frozen=True):
     # SSE comment keep-alive while a job waits (proxies drop idle connections).
     keepalive_interval_s: float = 15.0
     # Final results stay readable this long after a job ends.
-    result_ttl_s: int = 300
+    result_ttl_s: int = 60
 
 
 class Config(Strict):
