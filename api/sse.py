@@ -35,13 +35,15 @@ def error_event(err: BrokerError) -> bytes:
 
 async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float, timeout_message: str) -> Reply | None:
     """The first reply if it comes within the hold; raise its error if it is a failure."""
+    remaining = deadline - time.time()
     try:
-        reply = await waiter.next(max(min(hold_s, deadline - time.time()), 0))
+        reply = await waiter.next(max(min(hold_s, remaining), 0))
     except ReplyGap as exc:
         raise UpstreamError(f"reply stream broken: {exc}") from None
     if isinstance(reply, Failed):
         raise BrokerError.from_info(reply.error)
-    if reply is None and time.time() >= deadline:
+    if reply is None and remaining <= hold_s:
+        # The deadline, not the hold, ended the wait (compared up front: timers may fire early).
         raise RequestTimeout(timeout_message)
     return reply
 
