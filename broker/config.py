@@ -81,7 +81,7 @@ class Tenant(Strict):
     models: list[str] = []
 
 
-class ServerSettings(Strict, frozen=True):
+class ServerSettings(Strict):
     # How long a request may wait in total (queue + upstream) before a timeout error.
     request_timeout_s: float = 600.0
     # SSE: hold the 200 back this long so early failures still get a real HTTP status.
@@ -96,7 +96,7 @@ class Config(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key this deployment owns (see broker/keys.py).
     namespace: str = "llmb"
-    server: ServerSettings = ServerSettings()
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, list[Deployment]] = {}
     tenants: dict[str, Tenant] = {}

@@ -104,13 +104,13 @@ class ReplyRouter:
                     if message is not None:
                         self._dispatch(message["data"])
             except asyncio.CancelledError:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except Exception as exc:  # connection lost: fail the waiting, then resubscribe
                 log.warning("reply channel %s interrupted: %s", self.channel, exc)
                 self._fail_all("lost the connection to Redis while waiting for the reply")
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
                 await asyncio.sleep(0.5)
