@@ -13,6 +13,7 @@ T = TypeVar("T")
 
 _AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+_LEADING_FIELD = re.compile(r"^`(?P<field>[^`]+)`")  # our own __post_init__ checks name the field first
 
 
 def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
@@ -25,8 +26,11 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         match = _AT_PATH.search(text)
         path = match.group("path") if match else ""
         missing = _MISSING.search(text)
+        leading = _LEADING_FIELD.match(text)
         if missing:
             path = f"{path}.{missing.group('field')}" if path else missing.group("field")
+        elif leading and not path:
+            path = leading.group("field")
         message = text[: match.start()] if match else text
         where = f" (at `{path}`)" if path else ""
         raise InvalidRequest(f"Invalid request body: {message}{where}.", param=path or None) from None

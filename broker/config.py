@@ -20,48 +20,15 @@ from typing import Any
 import msgspec
 import yaml
 
+from broker.capabilities import CapabilityOverrides
+from broker.config_types import Secret, Strict
+from broker.provider_settings import (
+    AnthropicProvider, GeminiProvider, MockProvider, OpenAIProvider, ProviderConfig,
+)
+
 
 class ConfigError(Exception):
     """An invalid config file; the message names the file and the field path."""
-
-
-class Secret(str):
-    """A string that never shows itself in a repr or a traceback."""
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def reveal(self) -> str:
-        return str.__str__(self)
-
-
-class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base for config Structs: unknown fields are typos, so they are errors."""
-
-
-class OpenAIProvider(Strict, tag_field="kind", tag="openai"):
-    """Any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, LocalAI, llama.cpp, OpenRouter…)."""
-
-    base_url: str
-    api_key: Secret | None = None
-    concurrency: int = 64
-    timeout_s: float = 600.0
-    connect_timeout_s: float = 5.0
-    # Ask the upstream for a usage chunk on streams; off for servers that reject stream_options.
-    stream_usage: bool = True
-    headers: dict[str, str] = {}
-
-
-class MockProvider(Strict, tag_field="kind", tag="mock"):
-    """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
-
-    concurrency: int = 256
-    tokens: int = 16
-    token_delay_s: float = 0.0
-    first_token_delay_s: float = 0.0
-
-
-ProviderConfig = OpenAIProvider | MockProvider
 
 
 class Deployment(Strict):
@@ -71,6 +38,8 @@ class Deployment(Strict):
     model: str
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    # Corrections to what the provider (or its profile) can do, e.g. {tools: false} for a small model.
+    capabilities: CapabilityOverrides = msgspec.field(default_factory=CapabilityOverrides)
 
 
 class Tenant(Strict):
@@ -79,6 +48,8 @@ class Tenant(Strict):
     tpm: int | None = None
     # Public model names this tenant may use; empty means all.
     models: list[str] = []
+    # May send `provider/model-id` to reach any model of a configured provider directly.
+    passthrough: bool = False
 
 
 class ServerSettings(Strict):
@@ -163,6 +134,10 @@ def validate(raw: Any, *, source: str, env: dict[str, str] | None = None) -> Con
     _check_references(config, source)
     return config
 
+
+__all__ = [
+    "AnthropicProvider", "GeminiProvider", "MockProvider", "OpenAIProvider", "ProviderConfig", "Secret", "Strict",
+]
 
 _SECTIONS: dict[str, Any] = {"providers": ProviderConfig, "models": list[Deployment], "tenants": Tenant}
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.config import ProviderConfig
-from workers.providers.base import Capabilities, Provider
+from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionProvider
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
 
@@ -21,4 +21,4 @@ def build_provider(name: str, config: ProviderConfig) -> Provider:
     return REGISTRY[str(kind)](name, config)
 
 
-__all__ = ["REGISTRY", "Capabilities", "Provider", "build_provider"]
+__all__ = ["REGISTRY", "EmbeddingsProvider", "Provider", "TextCompletionProvider", "build_provider"]

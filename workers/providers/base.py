@@ -1,36 +1,34 @@
 """The provider seam: what a worker needs from an upstream, and nothing more.
 
-An adapter receives the client's OpenAI-shaped request (already validated) and
-the upstream model id, and returns OpenAI-shaped results. Translation to and
-from the upstream's own protocol lives in the adapter's module as pure
-functions; the adapter wires an HTTP client to them. Adapters raise only
-`broker.errors.BrokerError`s (mostly `UpstreamError`), translated where the
-foreign exception enters, so the worker loop never sees an httpx exception.
+An adapter receives the client's OpenAI-shaped request (already validated, and
+only if its deployment has every capability the request needs: see
+broker/capabilities.py) and the upstream model id, and returns OpenAI-shaped
+results. Translation to and from the upstream's own protocol lives in the
+adapter's module as pure functions; the adapter wires the shared HTTP client
+(workers/providers/http.py) to them. Adapters raise only
+`broker.errors.BrokerError`s (mostly `UpstreamError`), so the worker loop never
+sees a foreign exception.
 
 The worker owns identity: it rewrites `id`, `model` and `created` on whatever
 the adapter returns, so adapters need not care what the client will see.
+
+Optional operations are separate small protocols, checked once when a worker
+starts (`supports`): a provider without embeddings simply does not implement
+`EmbeddingsProvider`, and routing never sends it an embeddings job.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import ClassVar, Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from broker.wire import ChatChunk, ChatCompletion, ChatRequest
+from broker.wire import ChatChunk, ChatCompletion, ChatRequest, CompletionRequest, EmbeddingRequest, TextCompletion
 
 
-class Capabilities(msgspec.Struct, frozen=True):
-    tools: bool = True
-    vision: bool = True
-    json_schema: bool = True
-    stream_usage: bool = True  # streams end with a usage chunk
-
-
+@runtime_checkable
 class Provider(Protocol):
-    capabilities: ClassVar[Capabilities]
-
     async def complete(self, req: ChatRequest, *, model: str, deadline: float) -> ChatCompletion:
         """One non-streaming completion. `deadline` is unix seconds."""
         ...
@@ -40,3 +38,25 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class EmbeddingsResult(msgspec.Struct):
+    vectors: list[list[float]]  # one per input, in input order
+    prompt_tokens: int
+
+
+@runtime_checkable
+class EmbeddingsProvider(Protocol):
+    async def embed(self, req: EmbeddingRequest, *, model: str, deadline: float) -> EmbeddingsResult:
+        """Float vectors; the worker applies `encoding_format`."""
+        ...
+
+
+@runtime_checkable
+class TextCompletionProvider(Protocol):
+    """Legacy /v1/completions: raw prompt continuation, no chat template."""
+
+    async def complete_text(self, req: CompletionRequest, *, model: str, deadline: float) -> TextCompletion: ...
+
+    def stream_text(self, req: CompletionRequest, *, model: str, deadline: float) -> AsyncIterator[TextCompletion]:
+        ...

@@ -13,13 +13,11 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
-from typing import ClassVar
 
 from broker.config import MockProvider as MockConfig
 from broker.wire import (
     ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
 )
-from workers.providers.base import Capabilities
 
 VOCABULARY = (
     "the quick brown fox jumps over a lazy dog while seven tired robots hum softly about "
@@ -43,8 +41,6 @@ def mock_words(prompt: str, count: int) -> list[str]:
 
 
 class MockProvider:
-    capabilities: ClassVar[Capabilities] = Capabilities(tools=False, vision=True, json_schema=False)
-
     def __init__(self, name: str, config: MockConfig) -> None:
         self.name = name
         self.config = config

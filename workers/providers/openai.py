@@ -9,7 +9,6 @@ keep-alive connections (workers/providers/http.py), bounded by `concurrency`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import ClassVar
 
 import msgspec
 from msgspec import UNSET
@@ -17,7 +16,6 @@ from msgspec import UNSET
 from broker.config import OpenAIProvider as OpenAIConfig
 from broker.errors import UpstreamError, redact
 from broker.wire import ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, StreamOptions, Usage, json_encoder
-from workers.providers.base import Capabilities
 from workers.providers.http import UpstreamHTTP
 from workers.providers.sse import SSEParser
 
@@ -116,8 +114,6 @@ def from_upstream_completion(body: bytes) -> ChatCompletion:
 
 
 class OpenAICompatible:
-    capabilities: ClassVar[Capabilities] = Capabilities()
-
     def __init__(self, name: str, config: OpenAIConfig) -> None:
         self.name = name
         self.config = config

@@ -1,4 +1,4 @@
-"""OpenAI wire types: request, response and chunk Structs shared by api and workers.
+"""OpenAI Chat Completions wire types: request, response and chunk Structs; models.
 
 Inbound bodies are lenient (unknown fields are ignored, so the next SDK release
 does not break clients) but what we do read is validated; the decode path of a
@@ -245,3 +245,5 @@ class ModelList(msgspec.Struct):
 # Built once: msgspec's encoders and decoders are cheapest reused (docs/perf-tips.rst).
 json_encoder = msgspec.json.Encoder()
 chat_request_decoder = msgspec.json.Decoder(ChatRequest)
+
+__all__ = ['ChatChunk', 'ChatCompletion', 'ChatRequest', 'Choice', 'ChunkChoice', 'ContentPart', 'Delta', 'DeltaFunction', 'DeltaToolCall', 'FilePart', 'FunctionCall', 'FunctionDef', 'ImageUrl', 'ImageUrlPart', 'InputAudioPart', 'Message', 'ModelCard', 'ModelList', 'Penalty', 'PositiveInt', 'RefusalPart', 'ResponseMessage', 'Role', 'StreamOptions', 'Temperature', 'TextPart', 'Tool', 'ToolCall', 'Usage', 'chat_request_decoder', 'json_encoder']

@@ -1,0 +1,74 @@
+"""Provider settings: one Struct per provider `kind`, a tagged union in config.
+
+Each knows its defaults, including what its deployments can do
+(`capabilities()`), so routing can decide without importing any adapter.
+"""
+
+from __future__ import annotations
+
+from broker.capabilities import Capabilities
+from broker.config_types import Secret, Strict
+from broker.profiles import PROFILES
+
+
+class _HTTPProvider(Strict, kw_only=True):
+    api_key: Secret | None = None
+    concurrency: int = 64  # jobs in flight per worker process = pooled keep-alive connections
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 5.0
+    headers: dict[str, str] = {}
+
+
+class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True):
+    """Any OpenAI-compatible upstream; `profile` names the server's quirks (broker/profiles.py)."""
+
+    base_url: str
+    profile: str = "generic"
+    # Ask the upstream for a usage chunk on streams (we account by it); off for servers that reject it.
+    stream_usage: bool = True
+    api_version: str | None = None  # Azure only: the `api-version` query parameter
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; known: {', '.join(sorted(PROFILES))}")
+        if PROFILES[self.profile].azure and not self.api_version:
+            raise ValueError("the azure profile needs `api_version`")
+
+    def capabilities(self) -> Capabilities:
+        return PROFILES[self.profile].capabilities
+
+
+class AnthropicProvider(_HTTPProvider, tag_field="kind", tag="anthropic", kw_only=True):
+    """Anthropic Messages API."""
+
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used when the client sends none.
+    default_max_tokens: int = 4096
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=False, embeddings=False)
+
+
+class GeminiProvider(_HTTPProvider, tag_field="kind", tag="gemini", kw_only=True):
+    """Google Gemini (Developer API, generateContent / streamGenerateContent / embedContent)."""
+
+    base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=False, embeddings=True)
+
+
+class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
+    """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
+
+    concurrency: int = 256
+    tokens: int = 16
+    token_delay_s: float = 0.0
+    first_token_delay_s: float = 0.0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=True, embeddings=True)
+
+
+ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | MockProvider
