@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import chat, models
+from api.routes import chat, completions, embeddings, models
 from api.state import BrokerState
 from broker import config as config_module
 from broker.config import Config
@@ -67,6 +67,8 @@ def create_app(config: Config | None = None) -> FastAPI:
 
     app = FastAPI(title="llm-broker", version="0.1.0", lifespan=lifespan)
     app.include_router(chat.router)
+    app.include_router(completions.router)
+    app.include_router(embeddings.router)
     app.include_router(models.router)
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -15,21 +15,35 @@ from __future__ import annotations
 import msgspec
 
 from broker.errors import ErrorInfo
-from broker.wire import ChatRequest, Usage
+from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Usage
 
 
 class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Exactly one of `request` (chat), `completion` (legacy) or `embedding` is set."""
+
     id: str
     tenant: str
     model: str  # the public name the client asked for
     provider: str  # the resolved deployment: which worker pool serves it...
     upstream_model: str  # ...and the model id that provider knows
-    request: ChatRequest
     reply_to: str  # pub/sub channel of the waiting API process
     created: float  # unix seconds
     deadline: float  # unix seconds; past it the job is dropped, not run
+    request: ChatRequest | None = None
     lane: str = "default"
     attempt: int = 1
+    completion: CompletionRequest | None = None
+    embedding: EmbeddingRequest | None = None
+
+    @property
+    def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:
+        payload = self.request or self.completion or self.embedding
+        assert payload is not None, "a job carries one request"
+        return payload
+
+    @property
+    def streams(self) -> bool:
+        return self.embedding is None and self.payload.stream  # type: ignore[union-attr]
 
 
 class Chunk(msgspec.Struct, tag="chunk", array_like=True):

@@ -1,29 +1,74 @@
 """Public model name → the deployment that serves it, and who may ask for it.
 
-Today a model group is served by its first deployment; the roadmap's
-strategies (priority, cheapest, least-busy, failover on retryable errors) plug
-in here without touching the API or the workers.
+A public model is a group of deployments; the first one that has every
+capability the request needs (broker/capabilities.py) and a large enough
+context window serves it. The roadmap's strategies (priority, cheapest,
+least-busy, failover on retryable errors) plug in here without touching the
+API or the workers.
+
+`provider/model-id` reaches a configured provider's model directly when the
+tenant has `passthrough: true` (a configured public name always wins).
 """
 
 from __future__ import annotations
 
+from broker.capabilities import Capabilities, Request, estimate_tokens, needs
 from broker.config import Config, Deployment, Tenant
-from broker.errors import ModelNotFound
+from broker.errors import InvalidRequest, ModelNotFound
+
+_WHAT = {
+    "chat": "chat completions",
+    "completions": "the legacy completions endpoint (/v1/completions)",
+    "embeddings": "embeddings",
+    "tools": "tools (function calling)",
+    "vision": "image inputs",
+    "json_schema": "JSON mode (response_format)",
+}
 
 
 class Router:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._provider_caps = {name: p.capabilities() for name, p in config.providers.items()}
+
+    def capabilities(self, deployment: Deployment) -> Capabilities:
+        return deployment.capabilities.apply(self._provider_caps[deployment.provider])
 
     def visible_models(self, tenant: Tenant) -> list[str]:
         names = tenant.models or list(self.config.models)
         return [n for n in names if n in self.config.models]
 
-    def resolve(self, tenant: Tenant, model: str) -> Deployment:
+    def deployments(self, tenant: Tenant, model: str) -> list[Deployment]:
         deployments = self.config.models.get(model)
-        if not deployments or (tenant.models and model not in tenant.models):
-            # OpenAI answers 404 for models that exist but are not yours, too: no probing.
-            raise ModelNotFound(
-                f"The model `{model}` does not exist or you do not have access to it.", param="model"
-            )
-        return deployments[0]
+        if deployments and (not tenant.models or model in tenant.models):
+            return deployments
+        provider, _, upstream_model = model.partition("/")
+        if tenant.passthrough and upstream_model and provider in self.config.providers:
+            return [Deployment(provider=provider, model=upstream_model)]
+        # OpenAI answers 404 for models that exist but are not yours, too: no probing.
+        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+    def resolve(self, tenant: Tenant, model: str, req: Request | None = None) -> Deployment:
+        candidates = self.deployments(tenant, model)
+        if req is None:
+            return candidates[0]
+        required = needs(req)
+        lacking: str | None = None
+        too_long: int | None = None
+        for deployment in candidates:
+            caps = self.capabilities(deployment)
+            missing = [c for c in required if not getattr(caps, c)]
+            if missing:
+                lacking = lacking or missing[0]
+                continue
+            if caps.max_context_tokens is not None and estimate_tokens(req) > caps.max_context_tokens:
+                too_long = caps.max_context_tokens
+                continue
+            return deployment
+        if lacking is not None:
+            raise InvalidRequest(f"The model `{model}` does not support {_WHAT[lacking]}.",
+                                 param=required[lacking], code="unsupported_capability")
+        raise InvalidRequest(
+            f"This model's maximum context length is {too_long} tokens; your request is longer.",
+            param="messages", code="context_length_exceeded",
+        )

@@ -1,7 +1,7 @@
 """The worker: XREADGROUP → adapter → publish → store → XACK, for one provider.
 
     run ─▶ _pull (XREADGROUP, at most `free slots` jobs) ─▶ _run_job (one task per job)
-           _run_job ─▶ _serve_stream | _serve_complete ─▶ Outbox.finish (publish+store+ack+del)
+           _run_job ─▶ handlers.serve (by job kind) ─▶ Outbox.finish (publish+store+ack+del)
 
 A semaphore-like slot count bounds jobs in flight per process. `stop()` stops
 pulling and lets in-flight jobs finish (bounded by `drain_timeout_s`); `burst`
@@ -17,7 +17,6 @@ import socket
 import time
 import uuid
 
-import msgspec
 from redis.asyncio import Redis
 
 from broker.config import Config
@@ -26,7 +25,7 @@ from broker.jobs import Job
 from broker.keys import Keys
 from broker.outbox import Outbox
 from broker.streams import ensure_group, read_jobs
-from broker.wire import ChatChunk, Usage, json_encoder
+from workers import handlers
 from workers.providers import Provider, build_provider
 
 log = logging.getLogger(__name__)
@@ -122,10 +121,7 @@ class Worker:
                     f"request timed out in the queue after {job.deadline - job.created:.0f}s "
                     f"waiting for a {job.provider} worker"
                 )
-            if job.request.stream:
-                usage = await self._serve_stream(job)
-            else:
-                body, usage = await self._serve_complete(job)
+            body, usage = await handlers.serve(self.provider, job, lambda event: self.outbox.chunk(job, event))
         except BrokerError as exc:
             error = exc.to_info()
         except Exception:
@@ -137,30 +133,3 @@ class Worker:
             await self.outbox.finish(job, entry_id, self.stream, body=body, usage=usage, error=error)
         except Exception as exc:  # Redis unreachable: the entry stays pending for reclaim
             log.error("could not finish job %s: %s", job.id, exc)
-
-    async def _serve_complete(self, job: Job) -> tuple[bytes, Usage | None]:
-        result = await self.provider.complete(job.request, model=job.upstream_model, deadline=job.deadline)
-        result = msgspec.structs.replace(
-            result, id=f"chatcmpl-{job.id}", model=job.model, created=int(job.created)
-        )
-        return json_encoder.encode(result), result.usage
-
-    async def _serve_stream(self, job: Job) -> Usage | None:
-        usage: Usage | None = None
-        wants_usage = job.request.wants_usage_chunk()
-        completion_id, created = f"chatcmpl-{job.id}", int(job.created)
-        async for chunk in self.provider.stream(job.request, model=job.upstream_model, deadline=job.deadline):
-            if isinstance(chunk.usage, Usage):
-                usage = chunk.usage
-                if not chunk.choices:
-                    if wants_usage:
-                        self._emit(job, ChatChunk(completion_id, created, job.model, [], usage=usage))
-                    continue
-            # OpenAI sends "usage": null on every chunk once include_usage is on.
-            chunk.usage = None if wants_usage else msgspec.UNSET
-            chunk.id, chunk.model, chunk.created = completion_id, job.model, created
-            self._emit(job, chunk)
-        return usage
-
-    def _emit(self, job: Job, chunk: ChatChunk) -> None:
-        self.outbox.chunk(job, json_encoder.encode(chunk))

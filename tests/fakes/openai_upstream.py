@@ -301,9 +301,29 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
                                         dict(request.headers), None))
         return Response(models_body, media_type="application/json")
 
+    async def azure_chat(request: Request) -> Response:
+        if "api-version" not in request.query_params:
+            return error_response(404, "Resource not found", "invalid_request_error")
+        if api_key is not None and request.headers.get("api-key") == api_key:
+            request.scope["headers"] = [*request.scope["headers"], (b"authorization", f"Bearer {api_key}".encode())]
+        return await chat_completions(Request(request.scope, request.receive))
+
+    def record(request: Request, body: Any) -> None:
+        requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers), body))
+
+    def guard(request: Request, body: Any) -> Response | None:
+        if api_key is not None and (denied := _auth_error(request, api_key)):
+            return denied
+        return _injected_error(str(body.get("model", "")))
+
+    from tests.fakes.openai_legacy import legacy_routes
+
     app = Starlette(routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        *legacy_routes(record, guard, chunks, EventStream),
+        # Azure OpenAI: deployment in the path, api-version required, key in `api-key`.
+        Route("/openai/deployments/{deployment}/chat/completions", azure_chat, methods=["POST"]),
     ])
     app.state.requests = requests
     return app

@@ -5,19 +5,29 @@ the same answer, different prompts differ), one word per token. Usage numbers
 are exact in its own tokenizer: a prompt token is a whitespace-separated word
 of the messages' text, a completion token is one emitted word. `max_tokens`
 cuts the answer short with finish_reason "length"; `n` gives n choices.
+
+It also does what clients test against: a tool call when `tool_choice` forces
+one (arguments fill the schema's string properties with words), a JSON object
+in JSON mode, legacy completions, and embeddings (unit vectors from the text's
+hash, `dimensions` long, 16 by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import math
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
-from broker.config import MockProvider as MockConfig
+from broker.provider_settings import MockProvider as MockSettings
 from broker.wire import (
-    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
+    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, CompletionRequest, Delta, DeltaFunction,
+    DeltaToolCall, EmbeddingRequest, FunctionCall, ResponseMessage, TextChoice, TextCompletion, ToolCall, Usage,
 )
+from workers.providers.base import EmbeddingsResult
 
 VOCABULARY = (
     "the quick brown fox jumps over a lazy dog while seven tired robots hum softly about "
@@ -26,8 +36,16 @@ VOCABULARY = (
 ).split()
 
 
+def count_words(texts: list[str]) -> int:
+    return sum(len(t.split()) for t in texts)
+
+
 def prompt_tokens(req: ChatRequest) -> int:
-    return sum(len(m.text().split()) for m in req.messages)
+    return count_words([m.text() for m in req.messages])
+
+
+def prompt_text(req: ChatRequest) -> str:
+    return "\n".join(m.text() for m in req.messages)
 
 
 def mock_words(prompt: str, count: int) -> list[str]:
@@ -40,59 +58,155 @@ def mock_words(prompt: str, count: int) -> list[str]:
     return words[:count]
 
 
-class MockProvider:
-    def __init__(self, name: str, config: MockConfig) -> None:
-        self.name = name
-        self.config = config
+def mock_vector(text: str, dimensions: int) -> list[float]:
+    raw: list[float] = []
+    digest = hashlib.blake2b(text.encode(), digest_size=64).digest()
+    while len(raw) < dimensions:
+        raw.extend(b / 127.5 - 1.0 for b in digest)
+        digest = hashlib.blake2b(digest, digest_size=64).digest()
+    norm = math.sqrt(sum(x * x for x in raw[:dimensions])) or 1.0
+    return [x / norm for x in raw[:dimensions]]
 
-    def _plan(self, req: ChatRequest, choice: int) -> tuple[list[str], str]:
-        prompt = "\n".join(m.text() for m in req.messages) + (f"#{choice}" if choice else "")
-        limit = req.output_limit()
-        count = self.config.tokens if limit is None else min(limit, self.config.tokens)
-        finish = "length" if limit is not None and limit < self.config.tokens else "stop"
-        words = mock_words(prompt, count)
+
+def _forced_tool(req: ChatRequest) -> tuple[str, dict[str, Any]] | None:
+    if not req.tools:
+        return None
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        name = choice.get("function", {}).get("name")
+    elif choice == "required":
+        name = req.tools[0].function.name
+    else:
+        return None
+    for tool in req.tools:
+        if tool.function.name == name:
+            params = tool.function.parameters
+            return name, params if isinstance(params, dict) else {}
+    return None
+
+
+class MockProvider:
+    def __init__(self, name: str, settings: MockSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    def _plan(self, prompt: str, limit: int | None, choice: int) -> tuple[list[str], str]:
+        configured = self.settings.tokens
+        count = configured if limit is None else min(limit, configured)
+        finish = "length" if limit is not None and limit < configured else "stop"
+        words = mock_words(prompt + (f"#{choice}" if choice else ""), count)
         return [w if i == 0 else " " + w for i, w in enumerate(words)], finish
 
-    def _usage(self, req: ChatRequest, completion: int) -> Usage:
-        prompt = prompt_tokens(req)
-        return Usage(prompt, completion, prompt + completion)
+    def _chat_plans(self, req: ChatRequest) -> list[tuple[list[str], str]]:
+        n = req.n if isinstance(req.n, int) else 1
+        return [self._plan(prompt_text(req), req.output_limit(), i) for i in range(n)]
+
+    async def _delay(self, tokens: int) -> None:
+        delay = self.settings.first_token_delay_s + self.settings.token_delay_s * max(tokens - 1, 0)
+        if delay:
+            await asyncio.sleep(delay)
+
+    # ---------------------------------------------------------------- chat
+
+    def _tool_call(self, req: ChatRequest, tool: tuple[str, dict[str, Any]]) -> ToolCall:
+        name, schema = tool
+        words = iter(mock_words(name + prompt_text(req), 64))
+        properties = schema.get("properties", {}) if isinstance(schema.get("properties"), dict) else {}
+        args = {key: next(words) for key, spec in properties.items() if spec.get("type", "string") == "string"}
+        return ToolCall(f"call_{hashlib.blake2b(name.encode(), digest_size=6).hexdigest()}",
+                        FunctionCall(name, json.dumps(args)))
 
     async def complete(self, req: ChatRequest, *, model: str, deadline: float) -> ChatCompletion:
-        n = req.n if isinstance(req.n, int) else 1
-        plans = [self._plan(req, i) for i in range(n)]
-        total = sum(len(tokens) for tokens, _ in plans)
-        await self._generation_delay(max(len(tokens) for tokens, _ in plans))
-        choices = [
-            Choice(i, ResponseMessage("".join(tokens)), finish) for i, (tokens, finish) in enumerate(plans)
-        ]
-        return ChatCompletion("", int(time.time()), model, choices, self._usage(req, total))
+        plans = self._chat_plans(req)
+        await self._delay(max(len(tokens) for tokens, _ in plans))
+        usage_out = sum(len(tokens) for tokens, _ in plans)
+        tool = _forced_tool(req)
+        choices = []
+        for i, (tokens, finish) in enumerate(plans):
+            if tool is not None:
+                message = ResponseMessage(None, tool_calls=[self._tool_call(req, tool)])
+                choices.append(Choice(i, message, "tool_calls"))
+            else:
+                choices.append(Choice(i, ResponseMessage(self._content(req, "".join(tokens))), finish))
+        return ChatCompletion("", int(time.time()), model, choices, self._usage(prompt_tokens(req), usage_out))
+
+    @staticmethod
+    def _content(req: ChatRequest, text: str) -> str:
+        wants_json = isinstance(req.response_format, dict) and req.response_format.get("type") in (
+            "json_object", "json_schema")
+        return json.dumps({"answer": text}) if wants_json else text
+
+    @staticmethod
+    def _usage(prompt: int, completion: int) -> Usage:
+        return Usage(prompt, completion, prompt + completion)
 
     async def stream(self, req: ChatRequest, *, model: str, deadline: float) -> AsyncIterator[ChatChunk]:
-        n = req.n if isinstance(req.n, int) else 1
-        plans = [self._plan(req, i) for i in range(n)]
+        plans = self._chat_plans(req)
         created = int(time.time())
 
         def chunk(choices: list[ChunkChoice]) -> ChatChunk:
             return ChatChunk("", created, model, choices)
 
-        if self.config.first_token_delay_s:  # time to first token: the prompt is being "read"
-            await asyncio.sleep(self.config.first_token_delay_s)
+        if self.settings.first_token_delay_s:  # time to first token: the prompt is being "read"
+            await asyncio.sleep(self.settings.first_token_delay_s)
+        n = len(plans)
         yield chunk([ChunkChoice(i, Delta(role="assistant", content="", refusal=None)) for i in range(n)])
-        for position in range(max(len(tokens) for tokens, _ in plans)):
-            if position and self.config.token_delay_s:
-                await asyncio.sleep(self.config.token_delay_s)
-            yield chunk([
-                ChunkChoice(i, Delta(content=tokens[position]))
-                for i, (tokens, _) in enumerate(plans) if position < len(tokens)
-            ])
-        yield chunk([ChunkChoice(i, Delta(), finish) for i, (_, finish) in enumerate(plans)])
-        usage = self._usage(req, sum(len(tokens) for tokens, _ in plans))
-        yield ChatChunk("", created, model, [], usage=usage)
+        tool = _forced_tool(req)
+        if tool is not None:
+            call = self._tool_call(req, tool)
+            yield chunk([ChunkChoice(i, Delta(tool_calls=[DeltaToolCall(
+                0, id=call.id, type="function", function=DeltaFunction(name=call.function.name, arguments=""))]))
+                for i in range(n)])
+            yield chunk([ChunkChoice(i, Delta(tool_calls=[DeltaToolCall(
+                0, function=DeltaFunction(arguments=call.function.arguments))])) for i in range(n)])
+            yield chunk([ChunkChoice(i, Delta(), "tool_calls") for i in range(n)])
+        else:
+            if isinstance(req.response_format, dict) and req.response_format.get("type") in (
+                    "json_object", "json_schema"):
+                plans = [([self._content(req, "".join(tokens))], finish) for tokens, finish in plans]
+            for position in range(max(len(tokens) for tokens, _ in plans)):
+                if position and self.settings.token_delay_s:
+                    await asyncio.sleep(self.settings.token_delay_s)
+                yield chunk([ChunkChoice(i, Delta(content=tokens[position]))
+                             for i, (tokens, _) in enumerate(plans) if position < len(tokens)])
+            yield chunk([ChunkChoice(i, Delta(), finish) for i, (_, finish) in enumerate(plans)])
+        completion = sum(len(tokens) for tokens, _ in self._chat_plans(req))
+        yield ChatChunk("", created, model, [], usage=self._usage(prompt_tokens(req), completion))
 
-    async def _generation_delay(self, tokens: int) -> None:
-        delay = self.config.first_token_delay_s + self.config.token_delay_s * max(tokens - 1, 0)
-        if delay:
-            await asyncio.sleep(delay)
+    # ---------------------------------------------------------------- legacy completions
+
+    def _text_plans(self, req: CompletionRequest) -> list[tuple[list[str], str]]:
+        n = req.n if isinstance(req.n, int) else 1
+        return [self._plan(p, req.output_limit(), i) for p in req.prompts() for i in range(n)]
+
+    async def complete_text(self, req: CompletionRequest, *, model: str, deadline: float) -> TextCompletion:
+        plans = self._text_plans(req)
+        await self._delay(max(len(tokens) for tokens, _ in plans))
+        choices = [TextChoice(i, "".join(tokens), finish) for i, (tokens, finish) in enumerate(plans)]
+        usage = self._usage(count_words(req.prompts()), sum(len(t) for t, _ in plans))
+        return TextCompletion("", int(time.time()), model, choices, usage=usage)
+
+    async def stream_text(self, req: CompletionRequest, *, model: str, deadline: float) -> AsyncIterator[TextCompletion]:
+        plans = self._text_plans(req)
+        created = int(time.time())
+        if self.settings.first_token_delay_s:
+            await asyncio.sleep(self.settings.first_token_delay_s)
+        for position in range(max(len(tokens) for tokens, _ in plans)):
+            if position and self.settings.token_delay_s:
+                await asyncio.sleep(self.settings.token_delay_s)
+            yield TextCompletion("", created, model, [
+                TextChoice(i, tokens[position]) for i, (tokens, _) in enumerate(plans) if position < len(tokens)])
+        yield TextCompletion("", created, model, [TextChoice(i, "", finish) for i, (_, finish) in enumerate(plans)])
+        usage = self._usage(count_words(req.prompts()), sum(len(t) for t, _ in plans))
+        yield TextCompletion("", created, model, [], usage=usage)
+
+    # ---------------------------------------------------------------- embeddings
+
+    async def embed(self, req: EmbeddingRequest, *, model: str, deadline: float) -> EmbeddingsResult:
+        dimensions = req.dimensions if isinstance(req.dimensions, int) else 16
+        texts = req.texts()
+        return EmbeddingsResult([mock_vector(t, dimensions) for t in texts], count_words(texts))
 
     async def aclose(self) -> None:
         return None
+

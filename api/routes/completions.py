@@ -1,0 +1,12 @@
+"""POST /v1/completions (legacy text completions)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api import dispatch
+from broker.wire import CompletionRequest, completion_request_decoder
+
+router = APIRouter()
+router.add_api_route("/v1/completions", dispatch.endpoint(completion_request_decoder), methods=["POST"],
+                     openapi_extra=dispatch.openapi_body(CompletionRequest))

@@ -1,0 +1,179 @@
+"""Pure translation for OpenAI-compatible upstreams: request shaping by profile, responses, errors.
+
+No I/O here, so golden tests check it from recorded payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+from msgspec import UNSET
+
+from broker.errors import UpstreamError, redact
+from broker.profiles import Profile
+from broker.wire import (
+    ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, CompletionRequest, EmbeddingRequest, StreamOptions,
+    TextChoice, TextCompletion, Usage, json_encoder,
+)
+
+
+class UpstreamErrorBody(msgspec.Struct):
+    message: str = ""
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None  # vLLM and OpenRouter send an int
+
+
+class UpstreamErrorEnvelope(msgspec.Struct):
+    error: UpstreamErrorBody | str | None = None
+    message: str | None = None  # older vLLM: a flat error object
+
+
+class ChatEvent(msgspec.Struct):
+    """One `data:` event of an upstream chat stream: a chunk, or an error after the 200."""
+
+    id: str = ""
+    created: int = 0
+    model: str = ""
+    choices: list[ChunkChoice] = []
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    error: UpstreamErrorBody | None = None
+
+
+class TextEvent(msgspec.Struct):
+    id: str = ""
+    created: int = 0
+    model: str = ""
+    choices: list[TextChoice] = []
+    usage: Usage | None = None
+    error: UpstreamErrorBody | None = None
+
+
+class UpstreamEmbedding(msgspec.Struct):
+    index: int
+    embedding: list[float]
+
+
+class UpstreamEmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class UpstreamEmbeddings(msgspec.Struct):
+    data: list[UpstreamEmbedding]
+    usage: UpstreamEmbeddingUsage | None = None
+
+
+_chat_event = msgspec.json.Decoder(ChatEvent)
+_text_event = msgspec.json.Decoder(TextEvent)
+_chat_completion = msgspec.json.Decoder(ChatCompletion)
+_text_completion = msgspec.json.Decoder(TextCompletion)
+_embeddings = msgspec.json.Decoder(UpstreamEmbeddings)
+_error = msgspec.json.Decoder(UpstreamErrorEnvelope)
+
+R = TypeVar("R", ChatRequest, CompletionRequest)
+
+
+def shape_request(req: R, *, model: str, stream: bool, stream_usage: bool, profile: Profile) -> bytes:
+    """The upstream body: its model id, usage asked for on streams, and the profile's adaptations."""
+    options = req.stream_options if stream else UNSET  # OpenAI rejects stream_options without stream
+    if stream and stream_usage and profile.stream_usage:
+        options = StreamOptions(include_usage=True)
+    elif not profile.stream_usage:
+        options = UNSET
+    shaped = msgspec.structs.replace(req, model=model, stream=stream, stream_options=options)
+    if not (profile.drop or profile.rename or not profile.max_completion_tokens):
+        return json_encoder.encode(shaped)  # the common case: no dict round trip
+    return json_encoder.encode(adapt(msgspec.to_builtins(shaped), profile))
+
+
+def adapt(body: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    for name in profile.drop:
+        body.pop(name, None)
+    for ours, theirs in profile.rename:
+        if ours in body:
+            body[theirs] = body.pop(ours)
+    if not profile.max_completion_tokens and "max_completion_tokens" in body:
+        limit = body.pop("max_completion_tokens")
+        body.setdefault("max_tokens", limit)
+    return body
+
+
+def shape_embeddings(req: EmbeddingRequest, *, model: str, profile: Profile) -> bytes:
+    # Always floats from the upstream: the worker encodes for the client.
+    shaped = msgspec.structs.replace(req, model=model, encoding_format="float")
+    return json_encoder.encode(adapt(msgspec.to_builtins(shaped), profile))
+
+
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    message = f"upstream returned HTTP {status}"
+    code = param = None
+    try:
+        envelope = _error.decode(body)
+        detail = envelope.error
+        if isinstance(detail, UpstreamErrorBody):
+            message = detail.message or message
+            param = detail.param
+            code = detail.code if isinstance(detail.code, str) else None
+        elif isinstance(detail, str):
+            message = detail
+        elif envelope.message:
+            message = envelope.message
+    except msgspec.DecodeError:
+        pass
+    return UpstreamError.for_status(status, f"upstream error ({status}): {redact(message)}", param=param, code=code,
+                                    retry_after_s=retry_after_s(headers))
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], data: bytes, what: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"upstream sent an invalid {what}: {exc}", retryable=True) from None
+
+
+def _raise_if_error(error: UpstreamErrorBody | None) -> None:
+    if error is not None:
+        raise UpstreamError(f"upstream error mid-stream: {redact(error.message or 'unknown error')}",
+                            code=error.code if isinstance(error.code, str) else None, retryable=True)
+
+
+def chat_chunk(data: bytes) -> ChatChunk:
+    event: ChatEvent = _decode(_chat_event, data, "stream event")
+    _raise_if_error(event.error)
+    return ChatChunk(event.id, event.created, event.model, event.choices, usage=event.usage or UNSET,
+                     system_fingerprint=event.system_fingerprint or UNSET)
+
+
+def text_chunk(data: bytes) -> TextCompletion:
+    event: TextEvent = _decode(_text_event, data, "stream event")
+    _raise_if_error(event.error)
+    return TextCompletion(event.id, event.created, event.model, event.choices, usage=event.usage or UNSET)
+
+
+def chat_completion(body: bytes) -> ChatCompletion:
+    result: ChatCompletion = _decode(_chat_completion, body, "completion")
+    return result
+
+
+def text_completion(body: bytes) -> TextCompletion:
+    result: TextCompletion = _decode(_text_completion, body, "completion")
+    return result
+
+
+def embeddings(body: bytes, inputs: int) -> tuple[list[list[float]], int]:
+    result: UpstreamEmbeddings = _decode(_embeddings, body, "embeddings response")
+    vectors = [item.embedding for item in sorted(result.data, key=lambda item: item.index)]
+    if len(vectors) != inputs:
+        raise UpstreamError(f"upstream returned {len(vectors)} embeddings for {inputs} inputs", retryable=True)
+    return vectors, result.usage.prompt_tokens if result.usage else 0
