@@ -34,6 +34,8 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     attempt: int = 1
     completion: CompletionRequest | None = None
     embedding: EmbeddingRequest | None = None
+    # Tokens charged to the tenant's TPM bucket at admission; reconciled with real usage at the end.
+    estimated_tokens: int = 0
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:
