@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.config import ProviderConfig
+from workers.providers.anthropic import AnthropicMessages
 from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionProvider
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
@@ -13,6 +14,7 @@ from workers.providers.openai import OpenAICompatible
 REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "openai": OpenAICompatible,
     "mock": MockProvider,
+    "anthropic": AnthropicMessages,
 }
 
 

@@ -1,0 +1,247 @@
+"""A protocol-faithful fake of Anthropic's Messages API (PROTOCOLS §5), on a real port.
+
+It checks what the real API checks (headers; the request rules in anthropic_rules.py,
+answered with the same 400 `invalid_request_error` bodies), records every request,
+and answers like Claude on the wire: the JSON message of §5.2, or the event
+sequence of §5.3 with `event:` lines (message_start with usage, ping,
+content_block_start/delta/stop per block, message_delta with stop_reason and
+cumulative output_tokens, message_stop).
+
+What it answers:
+    tool_choice {"type":"tool"} / "any"   a call of that tool (any: a weather tool, else the first)
+    tools + a prompt about "weather"      "I'll check the weather." and a call; two calls for "two cities"
+                                          (one if disable_parallel_tool_use)
+    a tool_result turn                    text quoting the results
+    otherwise                             "I see N image(s)." (if any) + "You said: <the prompt>"
+`max_tokens` and `stop_sequences` cut the text as the API does; a system prompt
+mentioning "cache" reports cache read/creation tokens.
+
+The model name injects failures:
+    overloaded 529 overloaded_error · rate-limited 429 + retry-after · bad 400 · server-error 500
+    midstream-error   200, some text, then `event: error` (overloaded_error), no message_stop
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.fakes.anthropic_rules import Invalid, validate
+from tests.fakes.openai_upstream import EventStream, RecordedRequest, UpstreamServer
+
+CITIES = ("Paris", "Tokyo")
+_ids = itertools.count()
+_encoder = msgspec.json.Encoder()
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{os.getpid():x}{next(_ids):012x}"
+
+
+def error_response(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    request_id = _new_id("req_")
+    body = {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
+    return Response(_encoder.encode(body), status, {"request-id": request_id, **(headers or {})},
+                    media_type="application/json")
+
+
+INJECTED = {
+    "overloaded": (529, "overloaded_error", "Overloaded", {}),
+    "rate-limited": (429, "rate_limit_error", "This request would exceed the rate limit for your organization "
+                     "of 50 requests per minute.", {"retry-after": "7",
+                                                   "anthropic-ratelimit-requests-limit": "50",
+                                                   "anthropic-ratelimit-requests-remaining": "0"}),
+    "bad": (400, "invalid_request_error", "messages.0.content: injected invalid request", {}),
+    "server-error": (500, "api_error", "Internal server error", {}),
+}
+
+
+# ---- reading the request ----
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    out: list[str] = []
+    for block in content or []:
+        if block.get("type") == "text":
+            out.append(block["text"])
+        elif block.get("type") == "tool_result":
+            out.extend(_texts(block.get("content")))
+    return out
+
+
+def _system_text(system: Any) -> str:
+    return system if isinstance(system, str) else " ".join(b["text"] for b in system or [])
+
+
+def _sample(schema: dict[str, Any], city: str) -> dict[str, Any]:
+    """An input that fits the tool's schema: properties filled by type, a city where a place is wanted."""
+    props = schema.get("properties") or {}
+    if not props:
+        return {"answer": f"the weather in {city} is sunny"}
+    by_type = {"integer": 3, "number": 21.5, "boolean": True, "array": ["sample"], "object": {}}
+    return {name: (city if p.get("type", "string") == "string" and name in ("location", "city") else
+                   by_type.get(p.get("type", "string"), "sample"))
+            for name, p in props.items()}
+
+
+class Answer(msgspec.Struct):
+    blocks: list[dict[str, Any]]
+    stop_reason: str
+    stop_sequence: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_read: int
+    cache_write: int
+
+
+def plan(body: dict[str, Any]) -> Answer:
+    last = body["messages"][-1]
+    prompt = " ".join(_texts(last["content"])) if last["role"] == "user" else ""
+    last_blocks = last["content"] if isinstance(last["content"], list) else []
+    results = [b for b in last_blocks if b.get("type") == "tool_result"]
+    tools = {t["name"]: t for t in body.get("tools") or []}
+    choice = body.get("tool_choice") or {"type": "auto"}
+    parallel = not choice.get("disable_parallel_tool_use", False)
+    weather = next((n for n in tools if "weather" in n), next(iter(tools), None))
+    blocks: list[dict[str, Any]] = []
+    called: list[str] = []
+    if tools and choice["type"] == "tool":
+        called = [choice["name"]]
+    elif tools and (choice["type"] == "any" or (choice["type"] == "auto" and "weather" in prompt.lower()
+                                                and not results)):
+        if choice["type"] == "auto":  # unforced, Claude usually says something before calling
+            blocks.append({"type": "text", "text": "I'll check the weather."})
+        assert weather is not None
+        called = [weather, weather] if "two cities" in prompt.lower() and parallel else [weather]
+    for name, city in zip(called, CITIES):
+        blocks.append({"type": "tool_use", "id": _new_id("toolu_"), "name": name,
+                       "input": _sample(tools[name]["input_schema"], city)})
+    stop_reason, stop_sequence = ("tool_use" if called else "end_turn"), None
+    output_tokens = 10 * len(called)
+    if not called:
+        if results:
+            text = "Tool results: " + "; ".join(" ".join(_texts(r.get("content"))) for r in results)
+        else:
+            images = sum(1 for b in last_blocks if b.get("type") == "image")
+            text = (f"I see {images} image(s). " if images else "") + f"You said: {prompt}"
+        for seq in body.get("stop_sequences") or []:
+            if seq in text:
+                text, stop_reason, stop_sequence = text[:text.index(seq)], "stop_sequence", seq
+        words = text.split(" ")
+        if len(words) > body["max_tokens"]:
+            words, stop_reason, stop_sequence = words[:body["max_tokens"]], "max_tokens", None
+        blocks.append({"type": "text", "text": " ".join(words)})
+        output_tokens = len(words)
+    cached = "cache" in _system_text(body.get("system"))
+    prompt_words = sum(len(t.split()) for m in body["messages"] for t in _texts(m["content"]))
+    return Answer(blocks, stop_reason, stop_sequence, prompt_words + len(_system_text(body.get("system")).split()),
+                  output_tokens, 100 if cached else 0, 20 if cached else 0)
+
+
+# ---- answering ----
+
+
+def message(body: dict[str, Any], answer: Answer) -> dict[str, Any]:
+    return {
+        "id": _new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
+        "content": answer.blocks, "stop_reason": answer.stop_reason, "stop_sequence": answer.stop_sequence,
+        "usage": {"input_tokens": answer.input_tokens, "cache_creation_input_tokens": answer.cache_write,
+                  "cache_read_input_tokens": answer.cache_read, "output_tokens": answer.output_tokens,
+                  "service_tier": "standard"},
+    }
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + _encoder.encode({"type": event, **data}) + b"\n\n"
+
+
+def fragments(text: str, size: int) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+async def events(body: dict[str, Any], answer: Answer, *, fail_midway: bool = False) -> AsyncIterator[bytes]:
+    start = message(body, answer)
+    start.update(content=[], stop_reason=None, stop_sequence=None)
+    start["usage"] = {**start["usage"], "output_tokens": 1}
+    yield sse("message_start", {"message": start})
+    for index, block in enumerate(answer.blocks):
+        if block["type"] == "text":
+            yield sse("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+            pieces = [{"type": "text_delta", "text": w} for w in fragments(block["text"], 6)]
+        else:
+            opening = {**block, "input": {}}
+            yield sse("content_block_start", {"index": index, "content_block": opening})
+            # As recorded from the API: an empty fragment first, then the JSON in arbitrary slices.
+            raw = json.dumps(block["input"])
+            pieces = [{"type": "input_json_delta", "partial_json": p} for p in ["", *fragments(raw, 7)]]
+        if index == 0:
+            yield sse("ping", {})
+        for n, delta in enumerate(pieces):
+            if fail_midway and n == 2:
+                yield sse("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
+                return
+            yield sse("content_block_delta", {"index": index, "delta": delta})
+        yield sse("content_block_stop", {"index": index})
+    yield sse("message_delta", {"delta": {"stop_reason": answer.stop_reason, "stop_sequence": answer.stop_sequence},
+                                "usage": {"output_tokens": answer.output_tokens}})
+    yield sse("message_stop", {})
+
+
+def create_app(*, api_key: str, anthropic_version: str = "2023-06-01") -> Starlette:
+    requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
+
+    async def messages(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers), body))
+        given = request.headers.get("x-api-key")
+        if not given:
+            return error_response(401, "authentication_error", "x-api-key header is required")
+        if given != api_key:
+            return error_response(401, "authentication_error", "invalid x-api-key")
+        if request.headers.get("anthropic-version") != anthropic_version:
+            return error_response(400, "invalid_request_error", "anthropic-version: header is required")
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return error_response(400, "invalid_request_error", "content-type must be application/json")
+        try:
+            validate(body)
+        except Invalid as exc:
+            return error_response(400, "invalid_request_error", str(exc))
+        if injected := INJECTED.get(body["model"]):
+            status, kind, text, headers = injected
+            return error_response(status, kind, text, headers)
+        answer = plan(body)
+        if body.get("stream"):
+            return EventStream(events(body, answer, fail_midway=body["model"] == "midstream-error"))
+        if body["model"] == "midstream-error":
+            return error_response(500, "api_error", "Internal server error")
+        return Response(_encoder.encode(message(body, answer)), headers={"request-id": _new_id("req_")},
+                        media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    app.state.requests = requests
+    return app
+
+
+def anthropic_server(*, api_key: str) -> UpstreamServer:
+    """The fake on a free port (not started: use it as a context manager).
+
+    Its `base_url` ends in /v1 (OpenAI style); an `anthropic` provider takes the bare
+    origin, `http://127.0.0.1:{port}`, as for https://api.anthropic.com.
+    """
+    return UpstreamServer(app=create_app(api_key=api_key))
