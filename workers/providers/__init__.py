@@ -8,12 +8,14 @@ from typing import Any
 from broker.config import ProviderConfig
 from workers.providers.anthropic import AnthropicMessages
 from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionProvider
+from workers.providers.gemini import GeminiGenerateContent
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
 
 REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "openai": OpenAICompatible,
     "mock": MockProvider,
+    "gemini": GeminiGenerateContent,
     "anthropic": AnthropicMessages,
 }
 
