@@ -7,6 +7,7 @@ waits for the replies; it never calls a provider.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def error_response(err: BrokerError) -> Response:
-    headers = {}
+    headers = dict(err.headers)
     if err.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
-        headers["retry-after-ms"] = str(int(err.retry_after_s * 1000))
+        # Rounded up: a client that retries a moment too early only meets another 429.
+        headers["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
+        headers["retry-after-ms"] = str(math.ceil(err.retry_after_s * 1000))
     return Response(json_encoder.encode(err.to_body()), status_code=err.status, headers=headers,
                     media_type="application/json")
 

@@ -8,9 +8,11 @@ body or an SSE stream.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import msgspec
@@ -18,28 +20,52 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import sse
+from api import limits, sse
 from api.auth import Principal
 from api.decode import decode_body
 from api.state import BrokerState
 from broker.capabilities import Request as Payload
-from broker.errors import BrokerError, RequestTimeout, Unavailable, UpstreamError
+from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable, UpstreamError
 from broker.jobs import Failed, Final, Job
 from broker.replies import ReplyGap
+from broker.keys import LANES
 from broker.streams import enqueue
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 
-def _deadline(state: BrokerState, request: Request, now: float) -> float:
+PRIORITY_HEADER = "x-priority"
+TIMEOUT_HEADER = "x-request-timeout"
+
+
+def _timeout_s(state: BrokerState, request: Request) -> float:
+    """config default, lowered by `X-Request-Timeout` (seconds) and by the SDK's own read timeout."""
     timeout = state.config.server.request_timeout_s
+    asked = request.headers.get(TIMEOUT_HEADER)
+    if asked is not None:
+        try:
+            value = float(asked)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 86_400:
+            raise InvalidRequest(f"`X-Request-Timeout` must be a number of seconds in (0, 86400], got {asked!r}.",
+                                 param="X-Request-Timeout")
+        timeout = min(timeout, value)
     # The OpenAI SDK announces how long it will wait; no point working longer.
     client_timeout = request.headers.get("x-stainless-read-timeout")
     if client_timeout:
-        try:
+        with suppress(ValueError):
             timeout = min(timeout, float(client_timeout))
-        except ValueError:
-            pass
-    return now + timeout
+    return timeout
+
+
+def _lane(request: Request, principal: Principal) -> str:
+    lane = request.headers.get(PRIORITY_HEADER)
+    if lane is None:
+        return principal.tenant.lane
+    lane = lane.strip().lower()
+    if lane not in LANES:
+        raise InvalidRequest(f"`X-Priority` must be one of {', '.join(LANES)}, got {lane!r}.", param="X-Priority")
+    return lane
 
 
 def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
@@ -53,14 +79,21 @@ def new_job(state: BrokerState, request: Request, principal: Principal, payload:
         upstream_model=deployment.model,
         reply_to=state.replies.channel,
         created=now,
-        deadline=_deadline(state, request, now),
+        deadline=now + _timeout_s(state, request),
+        lane=_lane(request, principal),
         request=payload if isinstance(payload, ChatRequest) else None,
         completion=payload if isinstance(payload, CompletionRequest) else None,
         embedding=payload if isinstance(payload, EmbeddingRequest) else None,
     )
 
 
-async def run(state: BrokerState, job: Job) -> Response:
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body is already read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def run(state: BrokerState, request: Request, job: Job) -> Response:
     """Enqueue the job and answer with its result: a JSON body, or an SSE stream."""
     timeout_message = (
         f"Request timed out after {job.deadline - job.created:g}s waiting for provider {job.provider!r} "
@@ -68,17 +101,29 @@ async def run(state: BrokerState, job: Job) -> Response:
     )
     waiter = state.replies.open(job.id)
     try:
-        await enqueue(state.redis, state.keys, job)
+        await enqueue(state.scripts, state.keys, state.config.queue, job,
+                      ms_left=int((job.deadline - time.time()) * 1000))
     except RedisError:
         state.replies.close(job.id)
         raise Unavailable("The broker's queue is unavailable; please retry shortly.", retry_after_s=1) from None
+    except BaseException:
+        state.replies.close(job.id)
+        raise
 
     if not job.streams:
+        gone = asyncio.ensure_future(_client_gone(request))
+        answer = asyncio.ensure_future(waiter.next(max(job.deadline - time.time(), 0)))
         try:
-            reply = await waiter.next(max(job.deadline - time.time(), 0))
+            await asyncio.wait({gone, answer}, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                answer.cancel()
+                state.cancel_job(job.provider, job.id, job.deadline)
+                return Response(status_code=499)  # nobody reads it; uvicorn drops it
+            reply = answer.result()
         except ReplyGap as exc:
             raise UpstreamError(f"reply stream broken: {exc}") from None
         finally:
+            gone.cancel()
             state.replies.close(job.id)
         match reply:
             case Final(body=body):
@@ -94,14 +139,14 @@ async def run(state: BrokerState, job: Job) -> Response:
     except BaseException:
         state.replies.close(job.id)
         raise
-    return sse.stream_response(
-        waiter,
-        first,
-        keepalive_s=state.config.server.keepalive_interval_s,
-        deadline=job.deadline,
-        timeout_message=timeout_message,
-        on_close=lambda: state.replies.close(job.id),
-    )
+
+    def on_close(finished: bool) -> None:
+        state.replies.close(job.id)
+        if not finished:
+            state.cancel_job(job.provider, job.id, job.deadline)
+
+    return sse.stream_response(waiter, first, keepalive_s=state.config.server.keepalive_interval_s,
+                               deadline=job.deadline, timeout_message=timeout_message, on_close=on_close)
 
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)
@@ -114,7 +159,8 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         state: BrokerState = request.app.state.broker
         principal = state.auth.authenticate(request.headers.get("authorization"))
         payload = decode_body(await request.body(), decoder)
-        return await run(state, new_job(state, request, principal, payload))
+        job = new_job(state, request, principal, payload)
+        return await limits.admitted(state, principal, job, lambda: run(state, request, job))
 
     return handle
 

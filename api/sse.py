@@ -55,24 +55,28 @@ def stream_response(
     keepalive_s: float,
     deadline: float,
     timeout_message: str,
-    on_close: Callable[[], None],
+    on_close: Callable[[bool], None],
 ) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         reply = first
+        finished = False  # False when the generator is closed early: the client left
         try:
             while True:
                 match reply:
                     case None:
                         if time.time() >= deadline:
+                            finished = True  # the worker drops the job itself once past its deadline
                             yield error_event(RequestTimeout(timeout_message))
                             return
                         yield KEEPALIVE
                     case Chunk(events=chunks):
                         yield frame(chunks)
                     case Final():
+                        finished = True
                         yield DONE
                         return
                     case Failed(error=info):
+                        finished = True
                         yield error_event(BrokerError.from_info(info))
                         return
                 try:
@@ -81,6 +85,6 @@ def stream_response(
                     yield error_event(UpstreamError(f"reply stream broken: {exc}"))
                     return
         finally:
-            on_close()
+            on_close(finished)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=HEADERS)

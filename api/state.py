@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -10,8 +11,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from api.auth import Authenticator
 from broker.config import Config
 from broker.keys import Keys
+from broker.ratelimit import Limiter
 from broker.replies import ReplyRouter
 from broker.routing import Router
+from broker.streams import QueueScripts
 
 # Enough for bursts of concurrent XADDs; requests wait for a connection rather
 # than opening thousands (waiting requests hold no connection at all).
@@ -30,9 +33,27 @@ class BrokerState:
             connection_pool=BlockingConnectionPool.from_url(config.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5)
         )
         self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance))
+        self.limiter = Limiter(self.redis, self.keys)
+        self.scripts = QueueScripts(self.redis)
+        # Fire-and-forget cancellations: held here so they are not garbage-collected mid-flight.
+        self.background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        await self.scripts.load()
         await self.replies.start()
+
+    def cancel_job(self, provider: str, job_id: str, deadline: float) -> None:
+        """The client left: drop its job if still queued, abort it if running (never blocks the caller)."""
+        async def cancel() -> None:
+            ttl_ms = max(int((deadline - time.time()) * 1000), 1)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(self.keys.cancelled(provider, job_id), 1, px=ttl_ms)  # pull.lua skips it
+            pipe.publish(self.keys.cancel_channel(provider), job_id)  # the running worker aborts it
+            await pipe.execute()
+
+        task = asyncio.create_task(cancel())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def aclose(self) -> None:
         await self.replies.stop()

@@ -15,13 +15,14 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import yaml
 
 from broker.capabilities import CapabilityOverrides
 from broker.config_types import Secret, Strict
+from broker.keys import LANES
 from broker.provider_settings import (
     AnthropicProvider, GeminiProvider, MockProvider, OpenAIProvider, ProviderConfig,
 )
@@ -44,12 +45,16 @@ class Deployment(Strict):
 
 class Tenant(Strict):
     keys: list[str]
-    rpm: int | None = None
-    tpm: int | None = None
+    # Limits enforced per tenant across all API processes (broker/ratelimit.py); None = unlimited.
+    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1)] | None = None  # requests in flight
     # Public model names this tenant may use; empty means all.
     models: list[str] = []
     # May send `provider/model-id` to reach any model of a configured provider directly.
     passthrough: bool = False
+    # Priority lane of this tenant's requests unless they send `X-Priority`.
+    lane: str = "default"
 
 
 class ServerSettings(Strict):
@@ -63,11 +68,31 @@ class ServerSettings(Strict):
     result_ttl_s: int = 60
 
 
+class QueueSettings(Strict):
+    # Each lane's share of pulls while several lanes have work (smooth weighted
+    # round robin): interactive gets 8 of every 13, batch still 1, so none starves.
+    lane_weights: dict[str, int] = msgspec.field(
+        default_factory=lambda: {"interactive": 8, "default": 4, "batch": 1})
+    # Below this many waiting jobs a lane never rejects (drain-rate estimates are noisy when small).
+    min_queue: int = 64
+    # Workers refresh their liveness and their jobs' leases this often...
+    heartbeat_interval_s: float = 2.0
+    # ...so a job pending this long without a refresh belongs to a dead worker and is reclaimed.
+    claim_idle_s: float = 15.0
+    # Deliveries before a job goes to the dead-letter stream and its client gets an error.
+    max_attempts: int = 3
+    # A worker counts as live this long after its last heartbeat (none live: 503 at the door).
+    worker_ttl_s: float = 10.0
+    # SIGTERM: how long a worker lets in-flight jobs finish before leaving them for reclaim.
+    drain_timeout_s: float = 30.0
+
+
 class Config(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key this deployment owns (see broker/keys.py).
     namespace: str = "llmb"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, list[Deployment]] = {}
     tenants: dict[str, Tenant] = {}
@@ -185,6 +210,14 @@ def _check_references(config: Config, source: str) -> None:
         for model in tenant.models:
             if model not in config.models:
                 raise ConfigError(f"{source}: unknown model {model!r} - at `$.tenants.{name}.models`")
+    if set(config.queue.lane_weights) != set(LANES) or min(config.queue.lane_weights.values()) < 1:
+        raise ConfigError(f"{source}: needs a weight >= 1 for each of {', '.join(LANES)} - at `$.queue.lane_weights`")
+    for name, tenant in config.tenants.items():
+        if tenant.lane not in LANES:
+            raise ConfigError(f"{source}: lane must be one of {', '.join(LANES)} - at `$.tenants.{name}.lane`")
+    if config.queue.claim_idle_s <= 2 * config.queue.heartbeat_interval_s:
+        raise ConfigError(f"{source}: must exceed twice heartbeat_interval_s, or live jobs get reclaimed"
+                          " - at `$.queue.claim_idle_s`")
     for name, provider in config.providers.items():
         if provider.concurrency < 1:
             raise ConfigError(f"{source}: must be >= 1 - at `$.providers.{name}.concurrency`")

@@ -5,7 +5,8 @@
     ├─ AuthenticationFailed    401    invalid_api_key
     ├─ PermissionDenied        403
     ├─ ModelNotFound           404    model_not_found
-    ├─ RateLimited             429    rate_limit_exceeded (retry_after)
+    ├─ RateLimited             429    rate_limit_exceeded, type requests (retry_after)
+    │  └─ TokensRateLimited    429    type tokens (the tokens-per-minute limit)
     ├─ Unavailable             503    service_unavailable (Redis down, no worker; retry_after)
     ├─ RequestTimeout          504    timeout (the job's deadline passed)
     └─ UpstreamError           502    upstream_error (status from the upstream; retryable
@@ -66,6 +67,7 @@ class BrokerError(Exception):
         retry_after_s: float | None = None,
         retryable: bool | None = None,
         status: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -73,6 +75,8 @@ class BrokerError(Exception):
         self.code = code if code is not None else self.default_code
         self.retry_after_s = retry_after_s
         self.retryable = self.default_retryable if retryable is None else retryable
+        # Extra response headers (x-ratelimit-*); edge-only, so not carried in ErrorInfo.
+        self.headers = dict(headers or {})
         if status is not None:
             self.status = status  # type: ignore[misc]  # instance override of the class default
 
@@ -135,6 +139,10 @@ class RateLimited(BrokerError):
     default_retryable = True
 
 
+class TokensRateLimited(RateLimited):
+    type = "tokens"
+
+
 class Unavailable(BrokerError):
     status = 503
     type = "service_unavailable_error"
@@ -187,7 +195,7 @@ _BY_NAME: dict[str, type[BrokerError]] = {
     cls.__name__: cls
     for cls in (
         BrokerError, InvalidRequest, AuthenticationFailed, PermissionDenied, ModelNotFound,
-        RateLimited, Unavailable, RequestTimeout, UpstreamError, UpstreamTimeout,
+        RateLimited, TokensRateLimited, Unavailable, RequestTimeout, UpstreamError, UpstreamTimeout,
     )
 }
 

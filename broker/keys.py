@@ -1,13 +1,26 @@
 """Every Redis key name the broker uses, each with its owner and bound.
 
 All keys start with the configured namespace, so several deployments (or test
-runs) can share one Redis without touching each other's data.
+runs) share one Redis without touching each other's data. A provider's queue
+keys carry its name as a hash tag (`{mock}`): the Lua scripts touch several of
+them at once, which Redis Cluster allows only within one slot.
 
-| key                               | type    | owner            | bound |
-|-----------------------------------|---------|------------------|-------|
-| {ns}:jobs:{provider}:{lane}       | stream  | API adds, worker | entries XDEL'd on finish; MAXLEN ~ cap |
-| {ns}:result:{job_id}              | string  | worker           | TTL server.result_ttl_s |
-| {ns}:replies:{api_instance}       | channel | API subscribes   | pub/sub: holds nothing |
+| key                                   | type    | owner / writer          | bound |
+|---------------------------------------|---------|-------------------------|-------|
+| {ns}:{p}:q:{lane}:{tenant}            | stream  | enqueue.lua, workers    | entries XDEL'd at finish; key DEL'd when empty |
+| {ns}:{p}:active:{lane}                | zset    | enqueue.lua, pull.lua   | tenants with queued or running jobs in the lane |
+| {ns}:{p}:sched                        | hash    | pull.lua                | one field per lane (weighted round robin state) + turn |
+| {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | one counter per lane: jobs waiting, not yet pulled |
+| {ns}:{p}:drain                        | hash    | pull.lua                | drain-rate estimate: 3 fields |
+| {ns}:{p}:workers                      | zset    | worker heartbeats       | live workers; entries older than a minute trimmed |
+| {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
+| {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
+| {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
+| {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s |
+| {ns}:replies:{api_instance}           | channel | API subscribes          | pub/sub: holds nothing |
+| {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
+| {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
+| {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API)      | <= max_concurrent ids; TTL = its latest slot deadline |
 """
 
 from __future__ import annotations
@@ -16,11 +29,13 @@ from __future__ import annotations
 # each job goes to exactly one worker.
 WORKER_GROUP = "workers"
 
-# Safety cap on a job stream (approximate trim, O(1) amortised). Finished jobs
-# are deleted individually, so the stream length is the real backlog; the cap
-# only matters if workers are gone for a long time, and admission control in
-# front of it (429 at the door) keeps it from being reached.
+# Safety cap on one tenant's lane stream (approximate trim). Finished jobs are
+# deleted individually, so a stream holds only its backlog and jobs in flight;
+# admission control rejects long before the cap matters.
 STREAM_MAXLEN = 100_000
+
+# Jobs that failed on every attempt, kept for inspection.
+DEAD_LETTER_MAXLEN = 10_000
 
 LANES = ("interactive", "default", "batch")
 
@@ -29,11 +44,52 @@ class Keys:
     def __init__(self, namespace: str) -> None:
         self.ns = namespace
 
-    def jobs(self, provider: str, lane: str = "default") -> str:
-        return f"{self.ns}:jobs:{provider}:{lane}"
+    def provider(self, provider: str) -> str:
+        """Prefix of a provider's queue keys (hash-tagged: one Cluster slot per provider)."""
+        return f"{self.ns}:{{{provider}}}:"
+
+    def queue(self, provider: str, lane: str, tenant: str) -> str:
+        return f"{self.provider(provider)}q:{lane}:{tenant}"
+
+    def active(self, provider: str, lane: str) -> str:
+        return f"{self.provider(provider)}active:{lane}"
+
+    def backlog(self, provider: str) -> str:
+        return f"{self.provider(provider)}backlog"
+
+    def drain(self, provider: str) -> str:
+        return f"{self.provider(provider)}drain"
+
+    def workers(self, provider: str) -> str:
+        return f"{self.provider(provider)}workers"
+
+    def cancelled(self, provider: str, job_id: str) -> str:
+        return f"{self.provider(provider)}cancelled:{job_id}"
+
+    def dead_letters(self, provider: str) -> str:
+        return f"{self.provider(provider)}dead"
+
+    def bell(self, provider: str) -> str:
+        return f"{self.provider(provider)}bell"
+
+    def cancel_channel(self, provider: str) -> str:
+        return f"{self.provider(provider)}cancel"
 
     def result(self, job_id: str) -> str:
         return f"{self.ns}:result:{job_id}"
 
     def replies(self, instance: str) -> str:
         return f"{self.ns}:replies:{instance}"
+
+    # Rate-limit keys (broker/ratelimit.py) are hash-tagged by tenant: one admission
+    # script touches all three. A bucket holds the instant it is full again and
+    # expires then, so an idle tenant costs nothing.
+    def rate_requests(self, tenant: str) -> str:
+        return f"{self.ns}:rl:{{{tenant}}}:rpm"
+
+    def rate_tokens(self, tenant: str) -> str:
+        return f"{self.ns}:rl:{{{tenant}}}:tpm"
+
+    def in_flight(self, tenant: str) -> str:
+        # Request ids scored by deadline (ms): slots of a crashed API process expire with them.
+        return f"{self.ns}:rl:{{{tenant}}}:inflight"

@@ -7,9 +7,9 @@ everything buffered since its last round trip in a single pipeline: under load
 many jobs' chunks share one round trip and one job's burst becomes one
 message; when idle a chunk leaves as soon as it is produced.
 
-A job's end (final reply, result key with its TTL, XACK, XDEL) goes in the
-same pipeline, after the job's last chunk, so the entry is acknowledged only
-once the client's answer has been handed to Redis.
+A job's end (finish.lua: final reply, result key with its TTL, XACK, XDEL;
+and the tenant's token bucket settled with the real usage) goes in the same pipeline, after the job's last chunk, so the entry is
+acknowledged only once the client's answer has been handed to Redis.
 
 Sequence numbers are assigned here, at flush time, in send order.
 """
@@ -21,10 +21,14 @@ import logging
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from broker.errors import ErrorInfo
 from broker.jobs import Chunk, Failed, Final, Job, reply_encoder
-from broker.keys import WORKER_GROUP, Keys
+from broker.config import Tenant
+from broker.keys import Keys
+from broker.ratelimit import reconcile_into
+from broker.streams import QueueScripts
 from broker.wire import Usage
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ class _Chunks:
 class _End:
     job: Job
     entry_id: bytes
-    stream: str
+    stream: str | bytes
     body: bytes
     usage: Usage | None
     error: ErrorInfo | None
@@ -48,9 +52,12 @@ class _End:
 
 
 class Outbox:
-    def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, scripts: QueueScripts, *, result_ttl_s: int,
+                 tenants: dict[str, Tenant]) -> None:
         self.redis = redis
         self.keys = keys
+        self.scripts = scripts
+        self.tenants = tenants
         self.result_ttl_s = result_ttl_s
         self._ops: list[_Chunks | _End] = []
         self._open: dict[str, _Chunks] = {}
@@ -82,7 +89,7 @@ class Outbox:
         self,
         job: Job,
         entry_id: bytes,
-        stream: str,
+        stream: str | bytes,
         *,
         body: bytes = b"",
         usage: Usage | None = None,
@@ -129,12 +136,20 @@ class Outbox:
                 if op.error is not None
                 else Final(job.id, job.attempt, seq, op.body, op.usage)
             )
-            encoded = reply_encoder.encode(terminal)
-            pipe.publish(job.reply_to, encoded)
-            pipe.set(self.keys.result(job.id), encoded, ex=self.result_ttl_s)
-            pipe.xack(op.stream, WORKER_GROUP, op.entry_id)
-            pipe.xdel(op.stream, op.entry_id)
-        await pipe.execute()
+            # evalsha straight into the pipeline: redis-py would otherwise check
+            # SCRIPT EXISTS before every pipeline, a round trip per flush.
+            pipe.evalsha(self.scripts.finish.sha, 3, op.stream, self.keys.active(job.provider, job.lane),  # type: ignore[arg-type]
+                         self.keys.result(job.id), op.entry_id, job.tenant, job.reply_to,  # type: ignore[arg-type]
+                         reply_encoder.encode(terminal), self.result_ttl_s)  # type: ignore[arg-type]
+            tenant = self.tenants.get(job.tenant)
+            if tenant is not None and op.usage is not None:
+                # The TPM bucket was charged an estimate at admission; settle it with what was used.
+                reconcile_into(pipe, self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens)
+        try:
+            await pipe.execute()
+        except NoScriptError:  # Redis restarted and lost its scripts: load them, send again
+            await self.scripts.load()
+            await pipe.execute()
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)

@@ -20,7 +20,7 @@ import logging
 from redis.asyncio import Redis
 
 from broker.errors import Unavailable
-from broker.jobs import Failed, Final, Reply, reply_decoder
+from broker.jobs import Chunk, Failed, Final, Reply, reply_decoder
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +33,57 @@ class ReplyGap(Exception):
     """Replies arrived out of sequence: something between worker and API lost a message."""
 
 
-class Waiter:
-    """The replies of one job, in order; checks sequence numbers as they are taken."""
+class AttemptRestarted(ReplyGap):
+    """A retried job started over after part of an earlier attempt's stream reached the client."""
 
-    __slots__ = ("job_id", "queue", "_attempt", "_next_seq")
+
+class Waiter:
+    """The replies of one job, in order; checks attempts and sequence numbers as they are taken.
+
+    A job reclaimed from a dead worker runs again with attempt + 1 and its own
+    sequence from 0. Before any chunk reached the client the new attempt simply
+    takes over; after, splicing two attempts would duplicate or garble output,
+    so the stream ends with an explicit error instead (`AttemptRestarted`).
+    Replies of an older attempt (a presumed-dead worker that was only slow) are dropped.
+    """
+
+    __slots__ = ("job_id", "queue", "_attempt", "_next_seq", "_streamed")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._attempt = 0
         self._next_seq = 0
+        self._streamed = False
 
     async def next(self, timeout_s: float) -> Reply | None:
         """The next reply, or None if none came within timeout_s."""
-        try:
-            reply = await asyncio.wait_for(self.queue.get(), timeout_s) if self.queue.empty() else self.queue.get_nowait()
-        except asyncio.TimeoutError:
-            return None
-        if reply.seq == LOCAL_FAILURE:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            if self.queue.empty():
+                try:
+                    reply = await asyncio.wait_for(self.queue.get(),
+                                                   max(deadline - asyncio.get_running_loop().time(), 0))
+                except asyncio.TimeoutError:
+                    return None
+            else:
+                reply = self.queue.get_nowait()
+            if reply.seq == LOCAL_FAILURE:
+                return reply
+            if reply.attempt < self._attempt:
+                continue
+            if reply.attempt > self._attempt:
+                if self._streamed:
+                    raise AttemptRestarted(
+                        "the worker running this request stopped mid-stream and the request was retried "
+                        "from the start; the output already sent cannot be continued")
+                self._attempt, self._next_seq = reply.attempt, 0
+            if reply.seq != self._next_seq:
+                raise ReplyGap(f"expected reply {self._next_seq}, got {reply.seq}")
+            self._next_seq += 1
+            if isinstance(reply, Chunk):
+                self._streamed = True
             return reply
-        if reply.attempt != self._attempt:
-            # A new attempt (a retried job) starts its own sequence.
-            self._attempt, self._next_seq = reply.attempt, 0
-        if reply.seq != self._next_seq:
-            raise ReplyGap(f"expected reply {self._next_seq}, got {reply.seq}")
-        self._next_seq += 1
-        return reply
 
 
 class ReplyRouter:

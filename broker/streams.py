@@ -1,52 +1,141 @@
-"""Job streams: XADD on the API side, consumer groups and XREADGROUP on the worker side.
+"""Job queues on Redis Streams: admission + enqueue, fair pulls, heartbeats, reclaim.
 
-One stream per provider and lane (`Keys.jobs`), one consumer group per stream,
-so each job is delivered to exactly one worker. A finished job's entry is
-XACK'd and XDEL'd in the same pipeline as its final reply (see
-`replies.ReplyPublisher`), so the stream holds only the backlog and jobs in
-flight; `STREAM_MAXLEN` is a safety cap on top.
+Each provider has one stream per (lane, tenant) — `Keys.queue` — each with the
+consumer group "workers", so a job goes to exactly one worker. The steps that
+must be atomic are Lua scripts (broker/lua/), registered once:
+
+    enqueue.lua  API: live workers? room before the deadline? → XADD, mark the
+                 tenant active, count the backlog, ring the workers' bell
+    pull.lua     worker: lanes by weighted round robin, tenants in a lane by
+                 round robin, one job per turn; drops cancelled jobs; measures
+                 the drain rate while work waits
+    finish.lua   worker: reply, result with TTL, XACK, XDEL, retire empty streams
+    reclaim.lua  worker: XAUTOCLAIM what dead workers left, with delivery counts
+
+Why per-tenant streams: a single FIFO per lane cannot let tenant B pass a
+1,000-job backlog of tenant A; per-tenant streams with round robin can, and
+an empty stream is deleted, so idle tenants cost no memory.
 """
 
 from __future__ import annotations
 
+from importlib import resources
+from typing import Any
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
 
-from broker.jobs import Job, job_decoder, job_encoder
-from broker.keys import STREAM_MAXLEN, WORKER_GROUP, Keys
+from broker.config import QueueSettings
+from broker.errors import RateLimited, Unavailable
+from broker.jobs import Job, job_encoder
+from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
 
-JOB_FIELD = b"job"
+
+def _script(name: str) -> str:
+    return resources.files("broker").joinpath(f"lua/{name}.lua").read_text()
 
 
-async def enqueue(redis: Redis, keys: Keys, job: Job) -> bytes:
-    entry_id: bytes = await redis.xadd(
-        keys.jobs(job.provider, job.lane),
-        {JOB_FIELD: job_encoder.encode(job)},
-        maxlen=STREAM_MAXLEN,
-        approximate=True,
+class QueueScripts:
+    """The Lua scripts, registered once per Redis client (EVALSHA afterwards)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.enqueue: AsyncScript = redis.register_script(_script("enqueue"))
+        self.pull: AsyncScript = redis.register_script(_script("pull"))
+        self.finish: AsyncScript = redis.register_script(_script("finish"))
+        self.reclaim: AsyncScript = redis.register_script(_script("reclaim"))
+
+    async def load(self) -> None:
+        """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
+        for script in (self.enqueue, self.pull, self.finish, self.reclaim):
+            await script.registered_client.script_load(script.script)
+
+
+def lanes_at_or_above(lane: str) -> tuple[str, ...]:
+    """Lanes whose backlog is served before or with `lane` (its queue wait)."""
+    return LANES[: LANES.index(lane) + 1]
+
+
+async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: Job, *, ms_left: int) -> bytes:
+    """Admit and enqueue, or raise: 503 when no worker serves the provider, 429 when the lane is full."""
+    p = job.provider
+    result = await scripts.enqueue(
+        keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
+              keys.workers(p)],
+        args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
+              queue.min_queue, STREAM_MAXLEN, keys.bell(p), *lanes_at_or_above(job.lane)],
     )
-    return entry_id
+    status = result[0].decode()
+    if status == "ok":
+        entry_id: bytes = result[1]
+        return entry_id
+    if status == "no_workers":
+        raise Unavailable(f"No worker is serving provider {p!r} right now; please retry shortly.",
+                          retry_after_s=queue.heartbeat_interval_s)
+    retry_after_ms, backlog, rate = int(result[1]), int(result[2]), float(result[3])
+    raise RateLimited(
+        f"The {job.lane!r} queue of provider {p!r} is full: {backlog} requests ahead drain at about "
+        f"{rate:.1f}/s, which is past this request's deadline. Please retry later.",
+        code="queue_full", retry_after_s=max(retry_after_ms / 1000, 1.0),
+    )
 
 
-async def ensure_group(redis: Redis, stream: str) -> None:
-    # id="0": a group created after jobs were queued still delivers them.
-    try:
-        await redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+class Pulled:
+    __slots__ = ("stream", "entry_id", "job_id", "payload", "delivered")
+
+    def __init__(self, stream: str, entry_id: bytes, job_id: str, payload: bytes, delivered: int = 1) -> None:
+        self.stream = stream
+        self.entry_id = entry_id
+        self.job_id = job_id
+        self.payload = payload
+        self.delivered = delivered
 
 
-async def read_jobs(
-    redis: Redis, stream: str, consumer: str, *, count: int, block_ms: int
-) -> list[tuple[bytes, Job | None]]:
-    """New entries for this consumer; an undecodable entry comes back as None (to be dropped)."""
-    response = await redis.xreadgroup(WORKER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
-    jobs: list[tuple[bytes, Job | None]] = []
-    for _stream, entries in response or ():
-        for entry_id, fields in entries:
-            try:
-                jobs.append((entry_id, job_decoder.decode(fields[JOB_FIELD])))
-            except Exception:  # a corrupt or foreign entry must not kill the worker
-                jobs.append((entry_id, None))
-    return jobs
+def _fields(raw: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(raw[::2], raw[1::2]))
+
+
+async def pull(scripts: QueueScripts, keys: Keys, queue: QueueSettings, provider: str, consumer: str,
+               count: int) -> list[Pulled]:
+    weights = [queue.lane_weights[lane] for lane in LANES]
+    rows = await scripts.pull(
+        keys=[f"{keys.provider(provider)}sched", keys.backlog(provider), keys.drain(provider)],
+        args=[keys.provider(provider), consumer, count, len(LANES), *LANES, *weights],
+    )
+    pulled = []
+    for stream, entry_id, raw in rows:
+        fields = _fields(raw)
+        pulled.append(Pulled(stream.decode(), entry_id, fields[b"id"].decode(), fields[b"job"]))
+    return pulled
+
+
+async def reclaim(scripts: QueueScripts, redis: Redis, keys: Keys, queue: QueueSettings, provider: str,
+                  consumer: str, count: int) -> list[Pulled]:
+    """Entries idle past `claim_idle_s` on any of the provider's streams, now ours."""
+    streams: list[str] = []
+    for lane in LANES:
+        tenants = await redis.zrange(keys.active(provider, lane), 0, -1)
+        streams += [keys.queue(provider, lane, t.decode()) for t in tenants]
+    claimed: list[Pulled] = []
+    for stream in streams:
+        rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count])
+        for entry_id, raw, delivered in rows:
+            fields = _fields(raw)
+            claimed.append(Pulled(stream, entry_id, fields[b"id"].decode(), fields[b"job"], int(delivered)))
+    return claimed
+
+
+async def heartbeat(redis: Redis, keys: Keys, provider: str, consumer: str,
+                    in_flight: dict[str, list[bytes]]) -> None:
+    """Say we are alive, and reset the idle time of the entries we hold (so nobody reclaims them)."""
+    seconds, micros = await redis.time()  # the server's clock, which enqueue.lua compares against
+    now = seconds * 1000 + micros // 1000
+    pipe = redis.pipeline(transaction=False)
+    pipe.zadd(keys.workers(provider), {consumer: now})
+    pipe.zremrangebyscore(keys.workers(provider), "-inf", now - 60_000)
+    for stream, entry_ids in in_flight.items():
+        if entry_ids:
+            pipe.xclaim(stream, WORKER_GROUP, consumer, 0, list[Any](entry_ids), justid=True)
+    await pipe.execute()
+
+
+async def leave(redis: Redis, keys: Keys, provider: str, consumer: str) -> None:
+    await redis.zrem(keys.workers(provider), consumer)

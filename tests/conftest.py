@@ -25,6 +25,7 @@ import yaml
 
 from broker.config import hash_key
 from broker.embedded_redis import free_port, start_embedded_redis
+from broker.keys import Keys
 
 
 
@@ -80,7 +81,8 @@ def module_namespace() -> Iterator[str]:
 
 
 def write_config(path: Path, namespace: str, *, providers: dict[str, Any], models: dict[str, Any],
-                 server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None) -> Path:
+                 server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None,
+                 queue: dict[str, Any] | None = None) -> Path:
     doc: dict[str, Any] = {
         "redis_url": REDIS_URL,
         "namespace": namespace,
@@ -90,6 +92,8 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
     }
     if server:
         doc["server"] = server
+    if queue:
+        doc["queue"] = queue
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -110,6 +114,11 @@ class Proc:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash)."""
+        self.popen.kill()
+        self.popen.wait()
 
     def stop(self, timeout: float = 15) -> int:
         if self.popen.poll() is None:
@@ -155,10 +164,20 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{port}/v1"
         return self.base_url
 
-    def worker(self, provider: str, *extra: str) -> Proc:
+    def worker(self, provider: str, *extra: str, wait: bool = True) -> Proc:
+        """A worker process; by default returns once it is registered as live (the API admits jobs then)."""
+        live_key = Keys(yaml.safe_load(self.config_path.read_text())["namespace"]).workers(provider)
+        client = redis.Redis.from_url(REDIS_URL)
+        before = client.zcard(live_key)
         proc = Proc(["worker", "--config", str(self.config_path), "--provider", provider, *extra],
                     self.log_dir / f"worker-{provider}-{len(self.procs)}.log")
         self.procs.append(proc)
+        end = time.monotonic() + 20
+        while wait and client.zcard(live_key) <= before:
+            if proc.popen.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"worker did not register:\n{proc.output()}")
+            time.sleep(0.05)
+        client.close()
         return proc
 
     def stop(self) -> None:

@@ -10,10 +10,12 @@ import pytest
 
 from tests.conftest import TEST_KEY
 
-PROVIDERS = {"mock": {"kind": "mock", "tokens": 4}, "idle": {"kind": "mock"}}
+PROVIDERS = {"mock": {"kind": "mock", "tokens": 4}, "idle": {"kind": "mock"},
+             "slowpoke": {"kind": "mock", "first_token_delay_s": 5}}
 MODELS = {
     "mock-chat": [{"provider": "mock", "model": "m"}],
     "unserved": [{"provider": "idle", "model": "m"}],  # no worker runs for `idle`
+    "slow": [{"provider": "slowpoke", "model": "m"}],  # answers after the 1.5 s deadline
 }
 
 
@@ -21,6 +23,7 @@ MODELS = {
 def base_url(module_stack_factory: Any) -> str:
     stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5})
     stack.worker("mock")
+    stack.worker("slowpoke")
     return str(stack.api())
 
 
@@ -113,20 +116,36 @@ def test_unknown_route_is_openai_shaped_404(base_url: str) -> None:
     error_of(resp)
 
 
-def test_job_nobody_serves_times_out_with_a_clear_504(base_url: str) -> None:
+def test_provider_without_live_workers_is_503_with_retry_after(base_url: str) -> None:
+    resp = post(base_url, {"model": "unserved", "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status_code == 503
+    assert int(resp.headers["retry-after"]) >= 1
+    assert "idle" in error_of(resp)["message"]  # names the provider nobody serves
+
+
+def test_job_past_its_deadline_is_a_clear_504(base_url: str) -> None:
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     with pytest.raises(openai.InternalServerError) as info:
-        client.chat.completions.create(model="unserved", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 504
     assert info.value.code == "timeout"
-    assert "idle" in info.value.message  # names the provider it waited for
+    assert "slowpoke" in info.value.message  # names the provider it waited for
 
 
-def test_stream_nobody_serves_ends_with_a_timeout_error_event(base_url: str) -> None:
+def test_stream_past_its_deadline_before_the_first_byte_is_a_504(base_url: str) -> None:
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     # The hold (2s default) outlasts the 1.5s deadline, so the error still comes as an HTTP status.
     with pytest.raises(openai.APIStatusError) as info:
         list(client.chat.completions.create(
-            model="unserved", stream=True, messages=[{"role": "user", "content": "x"}]
+            model="slow", stream=True, messages=[{"role": "user", "content": "x"}]
         ))
     assert info.value.status_code == 504
+
+
+def test_request_timeout_and_priority_headers_are_validated(base_url: str) -> None:
+    resp = httpx.post(f"{base_url}/chat/completions", json=GOOD,
+                      headers={"authorization": f"Bearer {TEST_KEY}", "x-request-timeout": "soon"})
+    assert resp.status_code == 400 and error_of(resp)["param"] == "X-Request-Timeout"
+    resp = httpx.post(f"{base_url}/chat/completions", json=GOOD,
+                      headers={"authorization": f"Bearer {TEST_KEY}", "x-priority": "urgent"})
+    assert resp.status_code == 400 and error_of(resp)["param"] == "X-Priority"

@@ -10,7 +10,7 @@ import httpx
 import openai
 import redis
 
-from broker.keys import WORKER_GROUP, Keys
+from broker.keys import Keys
 from tests.conftest import REDIS_URL, TEST_KEY
 from workers.providers.mock import mock_words
 
@@ -52,9 +52,11 @@ def test_two_workers_never_share_a_job(stack_factory: Any, namespace: str) -> No
     assert min(done) > 0, done  # and both workers took part
 
     client = redis.Redis.from_url(REDIS_URL)
-    stream = Keys(namespace).jobs("mock")
-    assert client.xlen(stream) == 0  # finished entries are deleted, not just acked
-    assert client.xpending(stream, WORKER_GROUP)["pending"] == 0
+    keys = Keys(namespace)
+    # Finished entries are deleted, not just acked, and the emptied stream with them.
+    assert list(client.scan_iter(match=keys.queue("mock", "*", "*"))) == []
+    assert client.zcard(keys.active("mock", "default")) == 0
+    assert int(client.hget(keys.backlog("mock"), "default") or 0) == 0
 
 
 def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: Any) -> None:

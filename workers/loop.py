@@ -1,11 +1,16 @@
-"""The worker: XREADGROUP → adapter → publish → store → XACK, for one provider.
+"""The worker: pull → adapter → publish → finish, for one provider.
 
-    run ─▶ _pull (XREADGROUP, at most `free slots` jobs) ─▶ _run_job (one task per job)
-           _run_job ─▶ handlers.serve (by job kind) ─▶ Outbox.finish (publish+store+ack+del)
+    run ─▶ pull.lua (fair, at most `free slots` jobs) ─▶ _run_job (one task per job)
+           _run_job ─▶ handlers.serve (by job kind) ─▶ Outbox.finish (finish.lua)
+    _listen     bell (work arrived) and cancel (client left) channels, one pub/sub connection
+    _heartbeat  liveness + lease refresh of held entries; reclaims dead workers' jobs
 
-A semaphore-like slot count bounds jobs in flight per process. `stop()` stops
-pulling and lets in-flight jobs finish (bounded by `drain_timeout_s`); `burst`
-mode drains what is queued and returns, which makes tests deterministic.
+Delivery: a job is acknowledged only by finish.lua. A worker that dies leaves
+its entries pending; once idle past `claim_idle_s` (live workers refresh theirs
+every heartbeat) another worker claims and reruns them with attempt + 1, and
+after `max_attempts` deliveries a job goes to the dead-letter stream and its
+client gets an error. `stop()` (SIGTERM) stops pulling and lets in-flight jobs
+finish within `drain_timeout_s`; `burst` mode drains the queue and returns.
 """
 
 from __future__ import annotations
@@ -16,63 +21,79 @@ import os
 import socket
 import time
 import uuid
+from contextlib import suppress
 
+import msgspec
 from redis.asyncio import Redis
 
 from broker.config import Config
 from broker.errors import BrokerError, ErrorInfo, RequestTimeout
-from broker.jobs import Job
-from broker.keys import Keys
+from broker.jobs import Job, job_decoder
+from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
-from broker.streams import ensure_group, read_jobs
+from broker.streams import Pulled, QueueScripts, heartbeat, leave, pull, reclaim
 from workers import handlers
 from workers.providers import Provider, build_provider
 
 log = logging.getLogger(__name__)
 
+CLIENT_GONE = ErrorInfo(kind="BrokerError", message="the client disconnected; the job was cancelled",
+                        status=499, type="cancelled", code="client_disconnected")
+
 
 class Worker:
-    def __init__(
-        self,
-        config: Config,
-        provider_name: str,
-        redis: Redis,
-        *,
-        concurrency: int | None = None,
-        burst: bool = False,
-        drain_timeout_s: float = 30.0,
-        block_ms: int = 1000,
-    ) -> None:
+    def __init__(self, config: Config, provider_name: str, redis: Redis, *, concurrency: int | None = None,
+                 burst: bool = False) -> None:
         if provider_name not in config.providers:
             raise ValueError(f"unknown provider {provider_name!r}; configured: {sorted(config.providers)}")
         self.config = config
+        self.queue = config.queue
         self.provider_name = provider_name
         self.redis = redis
         self.keys = Keys(config.namespace)
         self.concurrency = concurrency or config.providers[provider_name].concurrency
         self.burst = burst
-        self.drain_timeout_s = drain_timeout_s
-        self.block_ms = block_ms
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.stream = self.keys.jobs(provider_name)
         self.provider: Provider = build_provider(provider_name, config.providers[provider_name])
-        self.outbox = Outbox(redis, self.keys, result_ttl_s=config.server.result_ttl_s)
+        self.scripts = QueueScripts(redis)
+        self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
+                             tenants=config.tenants)
         self.jobs_done = 0
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, tuple[asyncio.Task[None], Pulled]] = {}
+        self._cancelled: set[str] = set()
         self._slot_freed = asyncio.Event()
+        self._bell = asyncio.Event()
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        await ensure_group(self.redis, self.stream)
+        await self.scripts.load()
+        await self._beat()  # live before the first pull, so the API admits jobs for us
         self.outbox.start()
-        log.info("worker %s serving %s (concurrency %d)", self.consumer, self.stream, self.concurrency)
+        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeats())]
+        log.info("worker %s serving provider %s (concurrency %d)", self.consumer, self.provider_name,
+                 self.concurrency)
         try:
             while not self._stopping.is_set():
-                pulled = await self._pull()
-                if self.burst and not pulled and not self._in_flight:
-                    break
+                free = self.concurrency - len(self._in_flight)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await self._until(self._slot_freed, timeout_s=1.0)
+                    continue
+                self._bell.clear()  # before pulling: a bell rung during the pull is not lost
+                pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer,
+                                    min(free, 64))
+                for item in pulled:
+                    self._start(item)
+                if not pulled:
+                    if self.burst and not self._in_flight:
+                        break
+                    await self._until(self._bell, timeout_s=0.05 if self.burst else 1.0)
         finally:
+            for helper in helpers:
+                helper.cancel()
             await self._drain()
+            with suppress(Exception):
+                await leave(self.redis, self.keys, self.provider_name, self.consumer)
             await self.outbox.aclose()
             await self.provider.aclose()
 
@@ -80,56 +101,126 @@ class Worker:
         """Stop pulling new jobs; `run` returns once in-flight jobs are done."""
         self._stopping.set()
 
-    async def _pull(self) -> int:
-        free = self.concurrency - len(self._in_flight)
-        if free <= 0:
-            self._slot_freed.clear()
-            stop = asyncio.ensure_future(self._stopping.wait())
-            freed = asyncio.ensure_future(self._slot_freed.wait())
-            await asyncio.wait({stop, freed}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel(), freed.cancel()
-            return 0
-        block = 50 if self.burst else self.block_ms
-        jobs = await read_jobs(self.redis, self.stream, self.consumer, count=min(free, 128), block_ms=block)
-        for entry_id, job in jobs:
-            task = asyncio.create_task(self._run_job(entry_id, job))
-            self._in_flight.add(task)
-            task.add_done_callback(self._job_done)
-        return len(jobs)
+    async def _until(self, event: asyncio.Event, *, timeout_s: float) -> None:
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())]
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
 
-    def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+    # ---------------------------------------------------------------- jobs
+
+    def _start(self, item: Pulled, *, attempt: int = 1) -> None:
+        try:
+            job = job_decoder.decode(item.payload)
+        except msgspec.DecodeError:
+            log.error("dropping undecodable entry %r on %s", item.entry_id, item.stream)
+            job = None
+        task = asyncio.create_task(self._run_job(item, job, attempt))
+        self._in_flight[item.job_id] = (task, item)
+        task.add_done_callback(lambda _: self._job_done(item.job_id))
+
+    def _job_done(self, job_id: str) -> None:
+        self._in_flight.pop(job_id, None)
+        self._cancelled.discard(job_id)
         self.jobs_done += 1
         self._slot_freed.set()
 
-    async def _drain(self) -> None:
-        if self._in_flight:
-            done, pending = await asyncio.wait(self._in_flight, timeout=self.drain_timeout_s)
-            for task in pending:  # left unacked: another worker reclaims them
-                task.cancel()
-
-    async def _run_job(self, entry_id: bytes, job: Job | None) -> None:
+    async def _run_job(self, item: Pulled, job: Job | None, attempt: int) -> None:
         if job is None:
-            log.error("dropping undecodable entry %r on %s", entry_id, self.stream)
-            await self.redis.xack(self.stream, "workers", entry_id)
-            await self.redis.xdel(self.stream, entry_id)
+            await self.redis.xack(item.stream, WORKER_GROUP, item.entry_id)
+            await self.redis.xdel(item.stream, item.entry_id)
             return
+        job.attempt = attempt
         body, usage, error = b"", None, None
         try:
             if time.time() >= job.deadline:
-                raise RequestTimeout(
-                    f"request timed out in the queue after {job.deadline - job.created:.0f}s "
-                    f"waiting for a {job.provider} worker"
-                )
+                raise RequestTimeout(f"request timed out in the queue after {job.deadline - job.created:.0f}s "
+                                     f"waiting for a {job.provider} worker")
+            if attempt > self.queue.max_attempts:
+                raise BrokerError(f"the job failed on every attempt ({self.queue.max_attempts}): the workers "
+                                  "running it stopped responding", code="attempts_exhausted")
             body, usage = await handlers.serve(self.provider, job, lambda event: self.outbox.chunk(job, event))
+        except asyncio.CancelledError:
+            if job.id not in self._cancelled:
+                raise  # shutdown: leave the entry pending, another worker reclaims it
+            error = CLIENT_GONE  # the upstream call is aborted; its tokens are not spent
         except BrokerError as exc:
             error = exc.to_info()
         except Exception:
             log.exception("job %s failed in provider %s", job.id, self.provider_name)
-            error = ErrorInfo(
-                kind="BrokerError", message="internal error in the worker", status=500, type="server_error"
-            )
+            error = ErrorInfo(kind="BrokerError", message="internal error in the worker", status=500,
+                              type="server_error")
+        if error is not None and error.code == "attempts_exhausted":
+            await self._dead_letter(item, error)
         try:
-            await self.outbox.finish(job, entry_id, self.stream, body=body, usage=usage, error=error)
+            await self.outbox.finish(job, item.entry_id, item.stream, body=body, usage=usage, error=error)
         except Exception as exc:  # Redis unreachable: the entry stays pending for reclaim
             log.error("could not finish job %s: %s", job.id, exc)
+
+    async def _dead_letter(self, item: Pulled, error: ErrorInfo) -> None:
+        with suppress(Exception):
+            await self.redis.xadd(self.keys.dead_letters(self.provider_name),
+                                  {"job": item.payload, "stream": item.stream, "error": error.message},
+                                  maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+
+    async def _drain(self) -> None:
+        tasks = [task for task, _ in self._in_flight.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.queue.drain_timeout_s)
+            for task in pending:  # left unacknowledged: another worker reclaims them
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ---------------------------------------------------------------- background
+
+    async def _listen(self) -> None:
+        """Bell: work arrived (wake the pull loop). Cancel: a client left (abort its job)."""
+        bell, cancel = self.keys.bell(self.provider_name), self.keys.cancel_channel(self.provider_name)
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(bell, cancel)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    if message["channel"].decode() == bell:
+                        self._bell.set()
+                    else:
+                        self._cancel(message["data"].decode())
+            except asyncio.CancelledError:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise
+            except Exception as exc:
+                log.warning("worker channels interrupted: %s", exc)
+                with suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(0.5)
+
+    def _cancel(self, job_id: str) -> None:
+        running = self._in_flight.get(job_id)
+        if running is not None:
+            self._cancelled.add(job_id)
+            running[0].cancel()
+
+    async def _beat(self) -> None:
+        held: dict[str, list[bytes]] = {}
+        for _, item in self._in_flight.values():
+            held.setdefault(item.stream, []).append(item.entry_id)
+        await heartbeat(self.redis, self.keys, self.provider_name, self.consumer, held)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.queue.heartbeat_interval_s)
+            try:
+                await self._beat()
+                free = self.concurrency - len(self._in_flight)
+                if free > 0 and not self._stopping.is_set():
+                    for item in await reclaim(self.scripts, self.redis, self.keys, self.queue,
+                                              self.provider_name, self.consumer, free):
+                        if item.job_id in self._in_flight:
+                            continue  # our own entry: still running, only its lease lapsed
+                        log.warning("reclaimed job %s (delivery %d) from a dead worker", item.job_id, item.delivered)
+                        self._start(item, attempt=item.delivered)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)

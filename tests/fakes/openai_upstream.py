@@ -180,6 +180,10 @@ def _completion(plan: _Plan) -> ChatCompletion:
                           usage=plan.usage())
 
 
+# When a stalled request saw its client go away (time.time()): cancellation tests read it.
+DISCONNECTS: collections.deque[float] = collections.deque(maxlen=1000)
+
+
 async def _sleep_unless_disconnected(receive: Receive, delay_s: float) -> bool:
     """Sleep, but wake early (returning False) if the client goes away, so a stalled
     response doesn't pin the server's shutdown for the whole stall."""
@@ -187,7 +191,10 @@ async def _sleep_unless_disconnected(receive: Receive, delay_s: float) -> bool:
         message = await asyncio.wait_for(receive(), delay_s)
     except TimeoutError:
         return True
-    return message["type"] != "http.disconnect"
+    if message["type"] == "http.disconnect":
+        DISCONNECTS.append(time.time())
+        return False
+    return True
 
 
 def _deltas(plan: _Plan) -> list[Delta]:

@@ -1,0 +1,65 @@
+"""Rate limits at the door: admit a job, put the x-ratelimit-* headers on whatever answers it,
+and free its concurrency slot when the answer is over.
+
+The slot is freed when the JSON body is ready, when the error is raised, or (for
+SSE) when the stream's generator ends: finished, failed or the client gone. If
+this process dies first, the slot expires at the job's deadline
+(broker/ratelimit.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+
+from fastapi.responses import Response, StreamingResponse
+from redis.exceptions import RedisError
+
+from api.auth import Principal
+from api.state import BrokerState
+from broker.errors import BrokerError, Unavailable
+from broker.jobs import Job
+from broker.ratelimit import Admission, estimate_request_tokens
+
+log = logging.getLogger(__name__)
+
+
+async def admitted(state: BrokerState, principal: Principal, job: Job,
+                   respond: Callable[[], Awaitable[Response]]) -> Response:
+    """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
+    try:
+        admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
+                                              estimate_request_tokens(job.payload), job.id, job.deadline)
+    except RedisError:
+        raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
+    job.estimated_tokens = admission.tokens
+    try:
+        response = await respond()
+    except BaseException as exc:
+        if isinstance(exc, BrokerError):
+            exc.headers = {**admission.headers, **exc.headers}
+        await _release(state, admission)
+        raise
+    response.headers.update(admission.headers)
+    if isinstance(response, StreamingResponse) and admission.holds_slot:
+        response.body_iterator = _release_after(response.body_iterator, state, admission)
+    else:
+        await _release(state, admission)
+    return response
+
+
+async def _release_after(body: AsyncIterable[str | bytes | memoryview], state: BrokerState,
+                         admission: Admission) -> AsyncIterator[str | bytes | memoryview]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        await _release(state, admission)
+
+
+async def _release(state: BrokerState, admission: Admission) -> None:
+    try:
+        await state.limiter.release(admission)
+    except RedisError:
+        # Not fatal: the slot expires at the job's deadline anyway.
+        log.warning("could not release the concurrency slot of %s", admission.request_id)

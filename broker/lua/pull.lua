@@ -1,0 +1,94 @@
+-- Take up to `count` jobs for one worker, fairly (broker/streams.py `pull`).
+-- Lanes: smooth weighted round robin (nginx's), so every lane with work gets
+-- its weight's share and none starves. Tenants within a lane: round robin, one
+-- job per turn, so a flood from one tenant waits behind one job of each other.
+-- Entries of cancelled jobs are dropped here, before any worker runs them.
+-- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
+-- ARGV: 1 provider key prefix, 2 consumer, 3 count, 4 n lanes, 5.. lanes, then weights
+-- Returns {{stream, entry id, fields}, ...}
+local prefix, consumer, want = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local nl = tonumber(ARGV[4])
+local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
+for i = 1, nl do
+  lanes[i] = ARGV[4 + i]
+  weights[i] = tonumber(ARGV[4 + nl + i])
+  members[i] = redis.call('ZCARD', prefix .. 'active:' .. lanes[i])
+  misses[i] = 0
+  done[i] = members[i] == 0
+end
+local out, taken, guard = {}, 0, 0
+while taken < want and guard < 100000 do
+  guard = guard + 1
+  local total, best, best_weight = 0, nil, nil
+  local current = {}
+  for i = 1, nl do
+    if not done[i] then
+      current[i] = tonumber(redis.call('HGET', KEYS[1], lanes[i]) or '0') + weights[i]
+      total = total + weights[i]
+      if best == nil or current[i] > best_weight then best, best_weight = i, current[i] end
+    end
+  end
+  if best == nil then break end
+  for i, value in pairs(current) do
+    if i == best then value = value - total end
+    redis.call('HSET', KEYS[1], lanes[i], value)
+  end
+  local lane = lanes[best]
+  local active = prefix .. 'active:' .. lane
+  local tenant = redis.call('ZRANGE', active, 0, 0)[1]
+  if not tenant then
+    done[best] = true
+  else
+    local stream = prefix .. 'q:' .. lane .. ':' .. tenant
+    local turn = redis.call('HINCRBY', KEYS[1], 'turn', 1)
+    local got = nil
+    if redis.call('EXISTS', stream) == 1 then
+      got = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+    end
+    if got then
+      local entry = got[1][2][1]
+      redis.call('HINCRBY', KEYS[2], lane, -1)
+      redis.call('ZADD', active, turn, tenant)  -- to the back of the lane's round robin
+      local fields = entry[2]
+      if redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
+        redis.call('XACK', stream, 'workers', entry[1])
+        redis.call('XDEL', stream, entry[1])
+      else
+        out[#out + 1] = {stream, entry[1], fields}
+        taken = taken + 1
+      end
+    else
+      if redis.call('XLEN', stream) == 0 then
+        redis.call('ZREM', active, tenant)
+        redis.call('DEL', stream)  -- its consumer group goes too; enqueue.lua recreates both
+      else
+        redis.call('ZADD', active, turn, tenant)  -- only running jobs left: skip for now
+      end
+      misses[best] = misses[best] + 1
+      if misses[best] >= members[best] then done[best] = true end
+    end
+  end
+end
+-- Drain rate (jobs/s), measured only over intervals in which work kept waiting:
+-- then pulls are limited by capacity, not by arrivals (enqueue.lua uses it).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local waiting = 0
+for i = 1, nl do waiting = waiting + tonumber(redis.call('HGET', KEYS[2], lanes[i]) or '0') end
+if waiting > 0 and taken > 0 then
+  local since = tonumber(redis.call('HGET', KEYS[3], 'since') or '0')
+  if since == 0 then
+    redis.call('HSET', KEYS[3], 'since', now, 'count', 0)
+  else
+    local count = redis.call('HINCRBY', KEYS[3], 'count', taken)
+    if now - since >= 1000 then
+      local sample = count * 1000 / (now - since)
+      local rate = tonumber(redis.call('HGET', KEYS[3], 'rate') or '0')
+      if rate > 0 then rate = 0.7 * rate + 0.3 * sample else rate = sample end
+      redis.call('HSET', KEYS[3], 'rate', tostring(rate), 'since', now, 'count', 0)
+    end
+  end
+elseif waiting == 0 then
+  redis.call('HSET', KEYS[3], 'since', 0, 'count', 0)
+end
+return out

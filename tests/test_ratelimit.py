@@ -1,0 +1,289 @@
+"""Per-tenant RPM / TPM / concurrency limits: real Redis, real API and worker processes, the official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from broker.config import Tenant, hash_key
+from broker.errors import RateLimited, TokensRateLimited
+from broker.keys import Keys
+from broker.ratelimit import (
+    DEFAULT_OUTPUT_TOKENS, SLOT_GRACE_S, Limiter, estimate_request_tokens, go_duration, reconcile, reconcile_into,
+)
+from broker.wire import ChatRequest, Message
+from tests.conftest import REDIS_URL
+
+TENANTS: dict[str, dict[str, Any]] = {
+    "burst": {"rpm": 60},
+    "tokens": {"tpm": 1000},
+    "conc": {"max_concurrent": 2},
+    "headers": {"rpm": 60, "tpm": 10000},
+    "sdk": {"rpm": 1},
+    "free": {},
+}
+GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
+
+
+def key_of(tenant: str) -> str:
+    return f"sk-{tenant}-0123456789"
+
+
+class Deployment:
+    def __init__(self, urls: list[str], namespace: str) -> None:
+        self.urls = urls
+        self.keys = Keys(namespace)
+        self.redis = redis.Redis.from_url(REDIS_URL)
+
+    def in_flight(self, tenant: str) -> int:
+        return int(self.redis.zcard(self.keys.in_flight(tenant)))
+
+    def wait_for(self, condition: Any, timeout_s: float = 5) -> None:
+        end = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < end, "condition not met in time"
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def deployment(module_stack_factory: Any, module_namespace: str) -> Iterator[Deployment]:
+    stack = module_stack_factory(
+        {"mock": {"kind": "mock", "tokens": 4}, "slow": {"kind": "mock", "tokens": 4, "first_token_delay_s": 0.5,
+                                                        "token_delay_s": 0.15}},
+        {"mock-chat": [{"provider": "mock", "model": "m"}], "slow-chat": [{"provider": "slow", "model": "s"}]},
+        tenants={name: {"keys": [hash_key(key_of(name))], **limits} for name, limits in TENANTS.items()},
+    )
+    stack.worker("mock")
+    stack.worker("slow")
+    urls = [stack.api(), stack.api()]  # two API processes sharing the buckets
+    yield Deployment(urls, module_namespace)
+
+
+def chat(url: str, tenant: str, client: httpx.AsyncClient, **body: Any) -> Any:
+    return client.post(f"{url}/chat/completions", headers={"authorization": f"Bearer {key_of(tenant)}"},
+                       json={"model": "mock-chat", "messages": [{"role": "user", "content": "hi"}], **body})
+
+
+class Raw:
+    def __init__(self, port: int, status: int, head: str, body: bytes) -> None:
+        self.port, self.status_code, self.body = port, status, body
+        self.headers = dict(line.split(": ", 1) for line in head.lower().split("\r\n")[1:])
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def burst(urls: list[str], tenant: str, count: int) -> list[Raw]:
+    """`count` chat requests written at once on connections opened beforehand.
+
+    A bucket refills while a burst is in flight (1 request a second at 60 RPM), so
+    "exactly 60" needs the requests to reach the servers within well under a
+    second; an HTTP client library spends milliseconds of CPU per request, this
+    only writes prepared bytes.
+    """
+    body = json.dumps({"model": "mock-chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    ports = [httpx.URL(url).port or 80 for url in urls]
+    conns = [(ports[i % len(ports)], *await asyncio.open_connection("127.0.0.1", ports[i % len(ports)]))
+             for i in range(count)]
+    for port, _reader, writer in conns:
+        writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+                     f"authorization: Bearer {key_of(tenant)}\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+
+    async def answer(port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Raw:
+        head, _, rest = (await reader.read()).partition(b"\r\n\r\n")  # the server closes after one response
+        writer.close()
+        return Raw(port, int(head.split()[1]), head.decode(), rest)
+
+    return await asyncio.gather(*(answer(*conn) for conn in conns))
+
+
+def test_60_rpm_admits_exactly_60_of_200_concurrent_requests_across_two_api_processes(deployment: Deployment) -> None:
+    responses = asyncio.run(burst(deployment.urls, "burst", 200))
+    ok = [r for r in responses if r.status_code == 200]
+    limited = [r for r in responses if r.status_code == 429]
+    # Each process got 100 requests: limits counted per process would have admitted 120.
+    assert {r.port for r in responses} == {httpx.URL(u).port for u in deployment.urls}
+    assert (len(ok), len(limited)) == (60, 140)
+    for r in limited:
+        assert r.json()["error"]["type"] == "requests"
+        assert r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert r.json()["error"]["message"].startswith("Rate limit reached for requests per min (RPM): Limit 60, ")
+        assert int(r.headers["retry-after"]) >= 1
+        assert 0 < int(r.headers["retry-after-ms"]) <= 1000 * int(r.headers["retry-after"])
+        assert r.headers["x-ratelimit-limit-requests"] == "60"
+        assert r.headers["x-ratelimit-remaining-requests"] == "0"
+        assert GO_DURATION.match(r.headers["x-ratelimit-reset-requests"])
+    for r in ok:
+        assert r.headers["x-ratelimit-limit-requests"] == "60"
+
+
+def test_a_request_estimated_above_the_remaining_tokens_gets_429_tokens(deployment: Deployment) -> None:
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # 3 prompt tokens + max_tokens 600 = 603; held in flight, so no reconciliation credits it back early.
+            first = asyncio.create_task(chat(deployment.urls[0], "tokens", client, model="slow-chat", max_tokens=600))
+            await asyncio.to_thread(deployment.wait_for,
+                                    lambda: deployment.redis.exists(deployment.keys.rate_tokens("tokens")))
+            second = await chat(deployment.urls[1], "tokens", client, max_tokens=600)
+            return await first, second
+
+    first, second = asyncio.run(main())
+    assert first.status_code == 200
+    assert second.status_code == 429
+    error = second.json()["error"]
+    assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
+    assert re.match(r"Rate limit reached for tokens per min \(TPM\): Limit 1000, Used 60[23], Requested 603\. "
+                    r"Please try again in 12\.\d+s\.$", error["message"]), error["message"]
+    assert second.headers["retry-after"] == "13"
+    assert second.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert second.headers["x-ratelimit-remaining-tokens"] in ("397", "398")
+
+
+def test_max_concurrent_2_rejects_a_third_request_and_frees_slots_when_responses_end(deployment: Deployment) -> None:
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            slow = [asyncio.create_task(chat(url, "conc", client, model="slow-chat")) for url in deployment.urls]
+            await asyncio.to_thread(deployment.wait_for, lambda: deployment.in_flight("conc") == 2)
+            third = await chat(deployment.urls[0], "conc", client)
+            assert third.status_code == 429
+            assert third.json()["error"]["type"] == "requests"
+            assert third.json()["error"]["message"].startswith("Rate limit reached for concurrent requests: Limit 2, "
+                                                              "Used 2, Requested 1.")
+            assert third.headers["retry-after"] == "1"
+            assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
+            assert deployment.in_flight("conc") == 0
+            # A stream holds its slot until its last event (0.45 s after its first here), then frees it.
+            async with client.stream("POST", f"{deployment.urls[1]}/chat/completions",
+                                     headers={"authorization": f"Bearer {key_of('conc')}"},
+                                     json={"model": "slow-chat", "stream": True,
+                                           "messages": [{"role": "user", "content": "hi"}]}) as stream:
+                assert stream.status_code == 200
+                assert deployment.in_flight("conc") == 1
+                body = (await stream.aread()).decode()
+            assert body.endswith("data: [DONE]\n\n")
+            await asyncio.to_thread(deployment.wait_for, lambda: deployment.in_flight("conc") == 0)
+
+    asyncio.run(main())
+
+
+def test_success_headers_carry_limits_remaining_and_time_until_full(deployment: Deployment) -> None:
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            first = await chat(deployment.urls[0], "headers", client, max_tokens=10)
+            streamed = await chat(deployment.urls[1], "headers", client, max_tokens=10, stream=True)
+            free = await chat(deployment.urls[0], "free", client)
+            return first, streamed, free
+
+    first, streamed, free = asyncio.run(main())
+    assert first.status_code == 200
+    # 3 prompt tokens ("hi": 2 chars // 4, + 3 for the message) + max_tokens 10 = 13 tokens;
+    # at 10000 TPM a token refills in 6 ms, so the bucket is full again in 78 ms.
+    assert {k: v for k, v in first.headers.items() if k.startswith("x-ratelimit-")} == {
+        "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59", "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-limit-tokens": "10000", "x-ratelimit-remaining-tokens": "9987", "x-ratelimit-reset-tokens": "78ms",
+    }
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "58"
+    assert 9974 <= int(streamed.headers["x-ratelimit-remaining-tokens"]) <= 9987
+    assert GO_DURATION.match(streamed.headers["x-ratelimit-reset-requests"])
+    assert GO_DURATION.match(streamed.headers["x-ratelimit-reset-tokens"])
+    assert not [k for k in free.headers if k.startswith("x-ratelimit-")]
+
+
+def test_go_duration_matches_openai_reset_headers() -> None:
+    cases = {0: "0s", 12: "12ms", 999: "999ms", 1000: "1s", 1500: "1.5s", 17_280: "17.28s", 61_001: "1m1.001s",
+             90_000: "1m30s", 360_000: "6m0s", 3_600_000: "1h0m0s", 3_725_500: "1h2m5.5s"}
+    assert {ms: go_duration(ms) for ms in cases} == cases
+
+
+def test_token_estimate_is_prompt_plus_output_limit_per_choice() -> None:
+    def req(**kw: Any) -> ChatRequest:
+        return ChatRequest(model="m", messages=[Message(role="user", content="x" * 40)], **kw)
+
+    assert estimate_request_tokens(req()) == 13 + DEFAULT_OUTPUT_TOKENS
+    assert estimate_request_tokens(req(max_tokens=100, n=3)) == 13 + 300
+    assert estimate_request_tokens(req(max_completion_tokens=50, max_tokens=100)) == 13 + 50
+    assert estimate_request_tokens(req(max_tokens=1_000_000)) == 13 + 4096
+
+
+@pytest.fixture
+async def limiter(namespace: str) -> Any:
+    client = AsyncRedis.from_url(REDIS_URL)
+    yield Limiter(client, Keys(namespace))
+    await client.aclose()
+
+
+async def remaining_tokens(limiter: Limiter, tenant: Tenant) -> int:
+    try:
+        headers = (await limiter.admit("t", tenant, 0, "peek", time.time() + 60)).headers
+    except RateLimited as exc:  # a bucket in debt turns away even an empty request
+        headers = exc.headers
+    return int(headers["x-ratelimit-remaining-tokens"])
+
+
+async def test_reconcile_credits_back_and_debits_the_difference(limiter: Limiter) -> None:
+    tenant = Tenant(keys=[], tpm=6000)  # 100 tokens a second
+    await limiter.admit("t", tenant, 3000, "a", time.time() + 60)
+    await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=3000, actual=1000)
+    assert 5000 <= await remaining_tokens(limiter, tenant) <= 5100
+    pipe = limiter.redis.pipeline(transaction=False)
+    reconcile_into(pipe, limiter.keys, "t", tenant, estimated=100, actual=1100)
+    await pipe.execute()
+    assert 4000 <= await remaining_tokens(limiter, tenant) <= 4100
+    # Usage far above the estimate is a debt: the bucket stays empty (and its key alive) past a minute.
+    await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=0, actual=10_000)
+    assert await remaining_tokens(limiter, tenant) == 0
+    assert await limiter.redis.pttl(limiter.keys.rate_tokens("t")) > 60_000
+    with pytest.raises(TokensRateLimited):
+        await limiter.admit("t", tenant, 1, "b", time.time() + 60)
+    # A credit to a full (absent) bucket changes nothing and leaves no key behind.
+    await reconcile(limiter.redis, limiter.keys, "u", tenant, estimated=500, actual=0)
+    assert not await limiter.redis.exists(limiter.keys.rate_tokens("u"))
+
+
+async def test_a_rejection_charges_no_bucket(limiter: Limiter) -> None:
+    tenant = Tenant(keys=[], rpm=10, tpm=100)
+    await limiter.admit("t", tenant, 80, "a", time.time() + 60)
+    with pytest.raises(TokensRateLimited) as info:
+        await limiter.admit("t", tenant, 30, "b", time.time() + 60)
+    assert info.value.headers["x-ratelimit-remaining-requests"] == "9"
+    admission = await limiter.admit("t", tenant, 20, "c", time.time() + 60)
+    assert admission.headers["x-ratelimit-remaining-requests"] == "8"
+
+
+async def test_a_crashed_processs_concurrency_slot_expires_at_its_deadline(limiter: Limiter) -> None:
+    tenant = Tenant(keys=[], max_concurrent=1)
+    # Never released, as if its API process died: the slot lives until the deadline (+ grace) only.
+    await limiter.admit("t", tenant, 1, "lost", time.time() - SLOT_GRACE_S + 0.2)
+    with pytest.raises(RateLimited):
+        await limiter.admit("t", tenant, 1, "next", time.time() + 60)
+    await asyncio.sleep(0.3)
+    admission = await limiter.admit("t", tenant, 1, "next", time.time() + 60)
+    await limiter.release(admission)
+    assert await limiter.redis.zcard(limiter.keys.in_flight("t")) == 0
+
+
+def test_the_openai_sdk_raises_rate_limit_error_with_retry_after(deployment: Deployment) -> None:
+    client = openai.OpenAI(base_url=deployment.urls[0], api_key=key_of("sdk"), max_retries=0)
+    messages: Any = [{"role": "user", "content": "hi"}]
+    raw = client.chat.completions.with_raw_response.create(model="mock-chat", messages=messages)
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    assert raw.parse().choices[0].message.content
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="mock-chat", messages=messages)
+    assert info.value.status_code == 429
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.type == "requests"
+    assert info.value.response.headers["retry-after"] in ("59", "60")
+    assert info.value.response.headers["x-ratelimit-reset-requests"].endswith("s")
