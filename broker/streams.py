@@ -49,11 +49,6 @@ class QueueScripts:
             await script.registered_client.script_load(script.script)
 
 
-def lanes_at_or_above(lane: str) -> tuple[str, ...]:
-    """Lanes whose backlog is served before or with `lane` (its queue wait)."""
-    return LANES[: LANES.index(lane) + 1]
-
-
 async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: Job, *, ms_left: int) -> bytes:
     """Admit and enqueue, or raise: 503 when no worker serves the provider, 429 when the lane is full."""
     p = job.provider
@@ -61,7 +56,8 @@ async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: 
         keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
               keys.workers(p)],
         args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
-              queue.min_queue, STREAM_MAXLEN, keys.bell(p), *lanes_at_or_above(job.lane)],
+              queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
+              *(queue.lane_weights[lane] for lane in LANES)],
     )
     status = result[0].decode()
     if status == "ok":
@@ -72,7 +68,7 @@ async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: 
                           retry_after_s=queue.heartbeat_interval_s)
     retry_after_ms, backlog, rate = int(result[1]), int(result[2]), float(result[3])
     raise RateLimited(
-        f"The {job.lane!r} queue of provider {p!r} is full: {backlog} requests ahead drain at about "
+        f"The {job.lane!r} queue of provider {p!r} is full: {backlog} requests waiting drain at about "
         f"{rate:.1f}/s, which is past this request's deadline. Please retry later.",
         code="queue_full", retry_after_s=max(retry_after_ms / 1000, 1.0),
     )

@@ -3,32 +3,49 @@
 --       4 drain hash, 5 workers zset
 -- ARGV: 1 tenant, 2 lane, 3 job id, 4 job (msgpack), 5 ms left before the job's deadline,
 --       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
---       10.. lanes served before or with this one (their backlog is ahead of us)
+--       10 n lanes, then the lane names, then their weights
 -- Returns {'ok', entry id} | {'no_workers'} | {'full', retry_after_ms, backlog, rate}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf') == 0 then
   return {'no_workers'}
 end
-local ahead = 0
-for i = 10, #ARGV do
-  ahead = ahead + tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+-- While several lanes have work each drains at its weighted share of the
+-- measured rate (pull.lua's smooth weighted round robin). The rate is measured
+-- only while workers are saturated, so it is real capacity; below min_queue
+-- waiting jobs a lane never rejects.
+local lane, nl = ARGV[2], tonumber(ARGV[10])
+local mine, my_weight, weights = 0, 1, 0
+for i = 1, nl do
+  local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
+  local waiting = tonumber(redis.call('HGET', KEYS[3], name) or '0')
+  if name == lane then
+    mine, my_weight = waiting, weight
+    weights = weights + weight
+  elseif waiting > 0 then
+    weights = weights + weight
+  end
 end
--- The drain rate is measured only while workers are saturated (pull.lua), so it
--- is the lane's real capacity; below min_queue we never reject.
+-- Within the lane tenants take turns, so ahead of this job are at most the
+-- lane's whole backlog and at most one job per active tenant for each of this
+-- tenant's own waiting jobs. Admit only what should start within 80% of the
+-- time left (the rest is for the work itself, and for a noisy estimate).
 local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
-if ahead >= tonumber(ARGV[7]) and rate > 0 then
-  local wait_ms = ahead / rate * 1000
-  local left = tonumber(ARGV[5])
+if mine >= tonumber(ARGV[7]) and rate > 0 then
+  local own = redis.call('XLEN', KEYS[1])
+  local ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
+  local wait_ms = ahead / (rate * my_weight / weights) * 1000
+  local left = tonumber(ARGV[5]) * 0.8
   if wait_ms > left then
-    return {'full', tostring(math.ceil(wait_ms - left)), tostring(ahead), tostring(rate)}
+    return {'full', tostring(math.ceil(wait_ms - left)), tostring(mine), tostring(rate * my_weight / weights)}
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'job', ARGV[4])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', now + tonumber(ARGV[5]),
+                      'job', ARGV[4])
 redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('PUBLISH', ARGV[9], ARGV[2])
+redis.call('HINCRBY', KEYS[3], lane, 1)
+redis.call('PUBLISH', ARGV[9], lane)
 return {'ok', id}

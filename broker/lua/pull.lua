@@ -2,7 +2,9 @@
 -- Lanes: smooth weighted round robin (nginx's), so every lane with work gets
 -- its weight's share and none starves. Tenants within a lane: round robin, one
 -- job per turn, so a flood from one tenant waits behind one job of each other.
--- Entries of cancelled jobs are dropped here, before any worker runs them.
+-- Entries of cancelled jobs, and of jobs already past their deadline (their
+-- client has had its timeout error from the API), are dropped here, unrun and
+-- uncounted, so the drain rate measures real work only.
 -- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
 -- ARGV: 1 provider key prefix, 2 consumer, 3 count, 4 n lanes, 5.. lanes, then weights
 -- Returns {{stream, entry id, fields}, ...}
@@ -16,6 +18,8 @@ for i = 1, nl do
   misses[i] = 0
   done[i] = members[i] == 0
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out, taken, guard = {}, 0, 0
 while taken < want and guard < 100000 do
   guard = guard + 1
@@ -49,8 +53,8 @@ while taken < want and guard < 100000 do
       local entry = got[1][2][1]
       redis.call('HINCRBY', KEYS[2], lane, -1)
       redis.call('ZADD', active, turn, tenant)  -- to the back of the lane's round robin
-      local fields = entry[2]
-      if redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
+      local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
+      if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
         redis.call('XACK', stream, 'workers', entry[1])
         redis.call('XDEL', stream, entry[1])
       else
@@ -71,8 +75,6 @@ while taken < want and guard < 100000 do
 end
 -- Drain rate (jobs/s), measured only over intervals in which work kept waiting:
 -- then pulls are limited by capacity, not by arrivals (enqueue.lua uses it).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local waiting = 0
 for i = 1, nl do waiting = waiting + tonumber(redis.call('HGET', KEYS[2], lanes[i]) or '0') end
 if waiting > 0 and taken > 0 then
@@ -81,7 +83,7 @@ if waiting > 0 and taken > 0 then
     redis.call('HSET', KEYS[3], 'since', now, 'count', 0)
   else
     local count = redis.call('HINCRBY', KEYS[3], 'count', taken)
-    if now - since >= 1000 then
+    if now - since >= 250 then  -- short windows: a fresh overload is measured within a blink
       local sample = count * 1000 / (now - since)
       local rate = tonumber(redis.call('HGET', KEYS[3], 'rate') or '0')
       if rate > 0 then rate = 0.7 * rate + 0.3 * sample else rate = sample end

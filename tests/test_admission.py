@@ -1,0 +1,101 @@
+"""Backpressure at the door, and Redis memory that returns to its baseline after heavy use."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+import redis
+
+from bench.loadgen import run_load
+from tests.conftest import REDIS_URL, TEST_KEY
+from tests.fakes.openai_upstream import UpstreamServer
+
+HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
+
+
+def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_factory: Any) -> None:
+    # Two slots of 0.2 s each: the lane drains ~10 jobs/s.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.2}},
+                          {"m": [{"provider": "mock", "model": "m"}]}, queue={"min_queue": 5})
+    stack.worker("mock", "--concurrency", "2")
+    base_url = stack.api()
+
+    async def send(http: aiohttp.ClientSession, i: int, timeout_s: float) -> tuple[int, dict[str, Any], Any]:
+        body = {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}
+        async with http.post(f"{base_url}/chat/completions", json=body,
+                             headers={**HEADERS, "x-request-timeout": str(timeout_s)}) as resp:
+            return resp.status, dict(resp.headers), await resp.json()
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            # A backlog with a generous deadline: admitted, and the drain rate gets measured.
+            patient = [asyncio.ensure_future(send(http, i, 60)) for i in range(40)]
+            await asyncio.sleep(2.0)
+            # ~20 jobs ahead at ~10/s is ~2 s of waiting: a 1 s deadline cannot be met.
+            hurried = await asyncio.gather(*(send(http, 100 + i, 1.0) for i in range(20)))
+            return list(await asyncio.gather(*patient)), list(hurried)
+
+    patient, hurried = asyncio.run(main())
+    assert {status for status, _, _ in patient} == {200}
+    rejected = [(h, b) for status, h, b in hurried if status == 429]
+    assert len(rejected) >= 15, [s for s, _, _ in hurried]
+    headers, body = rejected[0]
+    assert body["error"]["code"] == "queue_full" and "drain" in body["error"]["message"]
+    assert int(headers["Retry-After"]) >= 1
+    assert not [s for s, _, _ in hurried if s == 504]  # rejected up front, not left to time out
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(chunks=3) as server:
+        yield server
+
+
+def namespace_keys(namespace: str) -> set[bytes]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return set(client.scan_iter(match=f"{namespace}:*", count=1000))
+    finally:
+        client.close()
+
+
+def test_keys_return_to_baseline_after_5000_jobs(stack_factory: Any, namespace: str,
+                                                 upstream: UpstreamServer) -> None:
+    stack = stack_factory(
+        {"mock": {"kind": "mock", "tokens": 4},
+         "up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 64}},
+        {"m": [{"provider": "mock", "model": "m"}], "broken": [{"provider": "up", "model": "fail-500"}],
+         "slow": [{"provider": "up", "model": "slow"}]},
+        server={"result_ttl_s": 1},
+    )
+    stack.worker("mock")
+    stack.worker("up")
+    base_url = stack.api()
+    client = httpx.Client(base_url=base_url, headers=HEADERS, timeout=30)
+    for model, status in (("m", 200), ("broken", 502)):
+        warm = client.post("/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "w"}]})
+        assert warm.status_code == status
+    time.sleep(1.5)  # the warm-ups' results expire; what is left is per-provider state, bounded by design
+    baseline = namespace_keys(namespace)
+
+    async def load() -> None:
+        finished = await run_load(base_url, TEST_KEY, "m", concurrency=64, total=4000, stream=False)
+        streamed = await run_load(base_url, TEST_KEY, "m", concurrency=64, total=1000, stream=True)
+        assert (finished.requests, finished.errors, streamed.requests, streamed.errors) == (4000, 0, 1000, 0)
+
+    asyncio.run(load())
+    for i in range(30):  # failed jobs
+        resp = client.post("/chat/completions", json={"model": "broken", "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status_code == 502
+    for i in range(10):  # cancelled jobs: the client gives up while the upstream stalls
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/chat/completions", json={"model": "slow", "messages": [{"role": "user", "content": "x"}]},
+                        headers={"x-request-timeout": "2"}, timeout=httpx.Timeout(10, read=0.2))
+    time.sleep(2.5)  # results (1 s) and cancellation markers (the 2 s deadline) expire
+    assert namespace_keys(namespace) == baseline
