@@ -123,7 +123,9 @@ def main() -> None:
         f"redis_url: {redis_url}\nnamespace: {namespace}\n"
         f"providers:\n  up: {{kind: openai, base_url: '{upstream_url}', api_key: fake, concurrency: 256}}\n"
         "models:\n  fake-model: [{provider: up, model: fake-model}]\n"
-        f"tenants:\n  bench: {{keys: ['{hash_key(BROKER_KEY)}']}}\n"
+        # Limits high enough never to bite, so every request pays for the rate-limit round trip.
+        f"tenants:\n  bench: {{keys: ['{hash_key(BROKER_KEY)}'], rpm: 100000000, tpm: 100000000000, "
+        "max_concurrent: 100000}\n"
     )
     r = redis.Redis.from_url(redis_url)
     memory_before = r.info("memory")["used_memory"]

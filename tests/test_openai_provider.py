@@ -2,7 +2,9 @@
 
 The SDK talks to the broker; a worker process talks to the fake. Each answer is
 compared with what the same SDK gets from the fake directly: the gateway must
-be invisible except for the model name and the id.
+be invisible except for the model name and the ids. The fake enforces OpenAI's
+request rules (tests/fakes/openai_rules.py), so a follow-up turn it accepts is
+one OpenAI would accept.
 """
 
 from __future__ import annotations
@@ -61,10 +63,38 @@ def direct(upstream: UpstreamServer) -> openai.OpenAI:
 
 
 MESSAGES: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+TWO_CITIES: Any = [{"role": "user", "content": "What's the weather in two cities, Paris and Tokyo?"}]
+WEATHER: Any = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+PNG_DATA_URL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+                "AAAABJRU5ErkJggg==")
 
 
 def last_request(upstream: UpstreamServer) -> Any:
     return upstream.requests[-1]
+
+
+def calls_of(completion: Any) -> list[tuple[str, Any]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in completion.choices[0].message.tool_calls or []]
+
+
+def without_ids(value: Any) -> Any:
+    """A model_dump with tool-call ids blanked: each request gets fresh ones, everything else must match."""
+    if isinstance(value, dict):
+        return {k: ("<id>" if k == "id" and isinstance(v, str) and v.startswith("call_") else without_ids(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_ids(v) for v in value]
+    return value
+
+
+def message(completion: Any) -> Any:
+    return without_ids(completion.choices[0].message.model_dump())
+
+
+def deltas(chunks: list[Any]) -> list[Any]:
+    return [(without_ids(c.choices[0].delta.model_dump()), c.choices[0].finish_reason) for c in chunks if c.choices]
 
 
 def test_completion_matches_the_upstream_and_sends_its_model_id_and_key(
@@ -163,6 +193,7 @@ def test_upstream_auth_failure_is_a_502_that_never_shows_the_upstream_key(base_u
     assert resp.status_code == 502
     assert "sk-wrong-key-987654321" not in resp.text and "987654321" not in resp.text
     assert resp.json()["error"]["type"] == "upstream_error"
+    assert resp.json()["error"]["code"] == "upstream_error"  # not the upstream's invalid_api_key: our key, not theirs
 
 
 def test_upstream_timeout_is_a_504(client: openai.OpenAI) -> None:
@@ -170,3 +201,138 @@ def test_upstream_timeout_is_a_504(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="slow", messages=MESSAGES)
     assert info.value.status_code == 504
     assert info.value.code == "upstream_timeout"
+
+
+# ---------------------------------------------------------------- tools
+
+
+def test_tool_call_without_streaming_matches_the_upstream(
+    client: openai.OpenAI, direct: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    reply = client.chat.completions.create(model="chat", messages=MESSAGES, tools=WEATHER, tool_choice="required")
+    assert last_request(upstream).body["tools"] == WEATHER and last_request(upstream).body["tool_choice"] == "required"
+    expected = direct.chat.completions.create(model="fake-model", messages=MESSAGES, tools=WEATHER,
+                                              tool_choice="required")
+    assert reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+    assert calls_of(reply) == calls_of(expected) == [("get_weather", {"arg": "value"})]
+    assert message(reply) == message(expected)
+    assert reply.usage == expected.usage
+
+
+def test_message_annotations_survive_the_broker(client: openai.OpenAI, direct: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="chat", messages=MESSAGES)
+    expected = direct.chat.completions.create(model="fake-model", messages=MESSAGES)
+    assert reply.choices[0].message.annotations == expected.choices[0].message.annotations == []
+
+
+def test_two_parallel_tool_calls_without_streaming(
+    client: openai.OpenAI, direct: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    reply = client.chat.completions.create(model="chat", messages=TWO_CITIES, tools=WEATHER)
+    expected = direct.chat.completions.create(model="fake-model", messages=TWO_CITIES, tools=WEATHER)
+    assert calls_of(reply) == calls_of(expected) == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Tokyo"})]
+    assert message(reply) == message(expected)
+    ids = [c.id for c in reply.choices[0].message.tool_calls or []]
+    assert len(set(ids)) == 2 and all(i.startswith("call_") for i in ids)
+    assert reply.choices[0].finish_reason == "tool_calls" and reply.usage == expected.usage
+    # parallel_tool_calls: false reaches the upstream, which then makes one call.
+    single = client.chat.completions.create(model="chat", messages=TWO_CITIES, tools=WEATHER,
+                                            parallel_tool_calls=False)
+    assert last_request(upstream).body["parallel_tool_calls"] is False
+    assert calls_of(single) == [("get_weather", {"city": "Paris"})]
+
+
+def test_two_parallel_tool_calls_stream_through_the_sdk_accumulator(
+    client: openai.OpenAI, direct: openai.OpenAI
+) -> None:
+    with client.chat.completions.stream(model="chat", messages=TWO_CITIES, tools=WEATHER) as stream:
+        final = stream.get_final_completion()
+    message = final.choices[0].message
+    assert final.choices[0].finish_reason == "tool_calls" and message.role == "assistant"
+    assert len(message.tool_calls or []) == 2
+    assert [c.function.name for c in message.tool_calls or []] == ["get_weather", "get_weather"]  # never doubled
+    assert calls_of(final) == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Tokyo"})]
+    assert all(c.id.startswith("call_") and c.id.count("call_") == 1 for c in message.tool_calls or [])
+
+    chunks = list(client.chat.completions.create(model="chat", messages=TWO_CITIES, tools=WEATHER, stream=True))
+    expected = list(direct.chat.completions.create(model="fake-model", messages=TWO_CITIES, tools=WEATHER,
+                                                   stream=True))
+    assert deltas(chunks) == deltas(expected)
+    fragments = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [t.index for t in fragments if t.id] == [0, 1]  # each call opens once, the second after the first
+    assert all(t.function and t.function.name is None for t in fragments if not t.id)
+
+
+def test_follow_up_turn_with_both_tool_results_is_accepted(
+    client: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    first = client.chat.completions.create(model="chat", messages=TWO_CITIES, tools=WEATHER)
+    calls = first.choices[0].message.tool_calls or []
+    cities = [city for _, city in calls_of(first)]
+    turn: Any = [*TWO_CITIES, first.choices[0].message.model_dump(exclude_none=True),
+                 *({"role": "tool", "tool_call_id": c.id, "content": f"sunny in {city['city']}"}
+                   for c, city in zip(calls, cities))]
+    answer = client.chat.completions.create(model="chat", messages=turn, tools=WEATHER)
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content
+    sent = last_request(upstream).body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
+    assert [m["tool_call_id"] for m in sent[2:]] == [c.id for c in calls]
+    assert [c["id"] for c in sent[1]["tool_calls"]] == [c.id for c in calls]
+    # Leaving one result out is a 400 from OpenAI; it keeps its status and param through the broker.
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="chat", messages=turn[:-1], tools=WEATHER)
+    assert info.value.param == "messages.[1].role" and calls[1].id in info.value.message
+
+
+# ---------------------------------------------------------------- images and JSON mode
+
+
+@pytest.mark.parametrize("url", [PNG_DATA_URL, "https://upload.wikimedia.org/wikipedia/commons/a/a7/Camponotus_flavomarginatus_ant.jpg"])
+def test_image_input_reaches_the_upstream_unchanged(
+    client: openai.OpenAI, direct: openai.OpenAI, upstream: UpstreamServer, url: str
+) -> None:
+    messages: Any = [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": url, "detail": "low"}}]}]
+    reply = client.chat.completions.create(model="chat", messages=messages)
+    assert last_request(upstream).body["messages"] == messages
+    expected = direct.chat.completions.create(model="fake-model", messages=messages)
+    assert reply.choices[0].message.content == expected.choices[0].message.content
+    assert reply.usage == expected.usage and reply.usage is not None and reply.usage.prompt_tokens > 85
+
+
+def test_json_object_mode_answers_a_json_object(
+    client: openai.OpenAI, direct: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    messages: Any = [{"role": "user", "content": "Answer in JSON, please."}]
+    fmt: Any = {"type": "json_object"}
+    reply = client.chat.completions.create(model="chat", messages=messages, response_format=fmt)
+    assert last_request(upstream).body["response_format"] == fmt
+    expected = direct.chat.completions.create(model="fake-model", messages=messages, response_format=fmt)
+    assert reply.choices[0].message.content == expected.choices[0].message.content
+    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+    streamed = list(client.chat.completions.create(model="chat", messages=messages, response_format=fmt, stream=True))
+    assert json.loads("".join(c.choices[0].delta.content or "" for c in streamed if c.choices)) == json.loads(
+        reply.choices[0].message.content or "")
+    # OpenAI's own rule: json_object needs the word JSON in the messages.
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="chat", messages=MESSAGES, response_format=fmt)
+    assert info.value.param == "messages"
+
+
+def test_json_schema_mode_fills_the_required_properties(
+    client: openai.OpenAI, direct: openai.OpenAI, upstream: UpstreamServer
+) -> None:
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "weather", "strict": True, "schema": {
+        "type": "object", "additionalProperties": False, "required": ["city", "temperature", "units"],
+        "properties": {"city": {"type": "string"}, "temperature": {"type": "number"},
+                       "units": {"type": "string", "enum": ["c", "f"]}}}}}
+    reply = client.chat.completions.create(model="chat", messages=MESSAGES, response_format=fmt)
+    assert last_request(upstream).body["response_format"] == fmt
+    document = json.loads(reply.choices[0].message.content or "")
+    assert set(document) == {"city", "temperature", "units"} and document["units"] in ("c", "f")
+    expected = direct.chat.completions.create(model="fake-model", messages=MESSAGES, response_format=fmt)
+    assert reply.choices[0].message.content == expected.choices[0].message.content
+    with client.chat.completions.stream(model="chat", messages=MESSAGES, response_format=fmt) as stream:
+        final = stream.get_final_completion()
+    assert json.loads(final.choices[0].message.content or "") == document

@@ -168,6 +168,7 @@ class ResponseMessage(msgspec.Struct):
     role: str = "assistant"
     refusal: str | None = None
     tool_calls: list[ToolCall] | UnsetType = UNSET
+    annotations: list[dict[str, Any]] | UnsetType = UNSET  # e.g. url citations: passed through untouched
 
 
 class Choice(msgspec.Struct):

@@ -6,7 +6,9 @@ decoded once with msgspec, responses are Structs encoded by one module-level
 encoder, and SSE events go straight to `send` (Starlette's StreamingResponse
 spawns a task group per stream on uvicorn's ASGI spec 2.3, which we don't need).
 
-The request's `model` picks a failure, so each failure mode is one request away:
+What it answers (tool calls, parallel tool calls, JSON) and the request rules it
+enforces live in openai_rules.py. The request's `model` picks a failure, so each
+failure mode is one request away:
 
     fail-400 fail-429 fail-500 fail-503   plain HTTP errors with OpenAI bodies/headers
     midstream-error                       200, three words, then an error event, no [DONE]
@@ -39,15 +41,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.fakes.openai_rules import Answer, Call, Invalid, answer, pieces, prompt_tokens, validate
 from tests.fakes.openai_wire import (
-    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Function, Message,
-    NamedToolChoice, ToolCall, Usage,
+    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Function, Message, ToolCall, Usage,
 )
 
 STALL_S = 30.0
-TOOL_ARGUMENTS = '{"arg": "value"}'
-# How the arguments above are cut into stream fragments: concatenated they must equal it.
-TOOL_ARGUMENT_PIECES = ('{"', 'arg', '": "', 'value', '"}')
 
 
 class RecordedRequest(msgspec.Struct):
@@ -126,55 +125,36 @@ def _validation_param(err: msgspec.ValidationError) -> str | None:
 # ---- the completion itself ----
 
 
-def _prompt_tokens(req: ChatRequest) -> int:
-    n = 0
-    for m in req.messages:
-        if isinstance(m.content, str):
-            n += len(m.content.split())
-        elif m.content:
-            n += sum(len(str(p.get("text", "")).split()) for p in m.content)
-    return n
-
-
-def _forced_tool(req: ChatRequest) -> str | None:
-    if req.tools and isinstance(req.tool_choice, NamedToolChoice):
-        return req.tool_choice.function.name
-    return None
-
-
 class _Plan(msgspec.Struct):
     """What one request will answer, computed once for both response shapes."""
 
     id: str
     created: int
     model: str
-    words: list[str]
-    finish_reason: str
-    tool: str | None
+    answer: Answer
     prompt_tokens: int
 
+    @property
+    def finish_reason(self) -> str:
+        return self.answer.finish_reason
+
     def usage(self) -> Usage:
-        done = len(TOOL_ARGUMENT_PIECES) if self.tool else len(self.words)
+        done = self.answer.completion_tokens()
         return Usage(self.prompt_tokens, done, self.prompt_tokens + done)
 
 
 def _plan(req: ChatRequest, chunks: int) -> _Plan:
-    tool = _forced_tool(req)
-    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    n = chunks if limit is None else max(0, min(chunks, limit))
-    finish = "tool_calls" if tool else ("length" if n < chunks else "stop")
-    words = [f"tok{i}" if i == 0 else f" tok{i}" for i in range(n)]
-    return _Plan(_new_id("chatcmpl-"), int(time.time()), req.model, words, finish, tool,
-                 _prompt_tokens(req))
+    return _Plan(_new_id("chatcmpl-"), int(time.time()), req.model, answer(req, chunks, _new_id),
+                 prompt_tokens(req))
 
 
 def _completion(plan: _Plan) -> ChatCompletion:
-    if plan.tool:
-        call = ToolCall(id=f"call_{plan.id[9:]}", type="function",
-                        function=Function(plan.tool, TOOL_ARGUMENTS))
-        message = Message("assistant", None, tool_calls=[call])
+    if plan.answer.calls:
+        calls = [ToolCall(id=c.id, type="function", function=Function(c.name, c.arguments))
+                 for c in plan.answer.calls]
+        message = Message("assistant", None, tool_calls=calls)
     else:
-        message = Message("assistant", "".join(plan.words))
+        message = Message("assistant", "".join(plan.answer.pieces))
     return ChatCompletion(id=plan.id, created=plan.created, model=plan.model,
                           choices=[Choice(0, message, finish_reason=plan.finish_reason)],
                           usage=plan.usage())
@@ -197,14 +177,20 @@ async def _sleep_unless_disconnected(receive: Receive, delay_s: float) -> bool:
     return True
 
 
+def _call_deltas(index: int, call: Call) -> list[Delta]:
+    # As OpenAI streams a call (PROTOCOLS §1.4): id, type and name once, in the opening
+    # fragment with arguments "", then only index + argument pieces; calls one after another.
+    opening = [ToolCall(index, call.id, "function", Function(call.name, ""))]
+    return [Delta(tool_calls=opening)] + [Delta(tool_calls=[ToolCall(index, function=Function(arguments=p))])
+                                          for p in pieces(call.arguments)]
+
+
 def _deltas(plan: _Plan) -> list[Delta]:
-    if plan.tool:
-        first = ToolCall(0, f"call_{plan.id[9:]}", "function", Function(plan.tool, ""))
-        out = [Delta("assistant", None, [first], None)]
-        out += [Delta(tool_calls=[ToolCall(0, function=Function(arguments=p))])
-                for p in TOOL_ARGUMENT_PIECES]
+    if plan.answer.calls:
+        out = [d for i, call in enumerate(plan.answer.calls) for d in _call_deltas(i, call)]
+        out[0] = Delta("assistant", None, out[0].tool_calls, None)  # the role rides on the first fragment
         return out
-    return [Delta("assistant", "", refusal=None)] + [Delta(content=w) for w in plan.words]
+    return [Delta("assistant", "", refusal=None)] + [Delta(content=w) for w in plan.answer.pieces]
 
 
 async def _events(plan: _Plan, include_usage: bool, delay_s: float,
@@ -286,6 +272,10 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
                                   param=_validation_param(e))
         if injected := _injected_error(req.model):
             return injected
+        try:
+            validate(req)
+        except Invalid as e:
+            return error_response(400, e.message, "invalid_request_error", param=e.param, code=e.code)
         if req.model == "slow" or (req.model == "hang-stream" and not req.stream):
             if not await _sleep_unless_disconnected(request.receive, STALL_S):
                 return Response(status_code=499)

@@ -28,20 +28,58 @@ class _StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
-class _Message(msgspec.Struct):
+class _CalledFunction(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class _CallIn(msgspec.Struct):
+    """An assistant message's earlier tool call, as the client sends it back."""
+
+    id: str
+    function: _CalledFunction
+    type: str = "function"
+
+
+class InMessage(msgspec.Struct):
     role: str
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[_CallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(msgspec.Struct):
+    function: FunctionDef
+    type: str = "function"
+
+
+class JsonSchemaFormat(msgspec.Struct):
+    name: str  # required by OpenAI, as is the schema in practice
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct):
+    type: str  # text | json_object | json_schema
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatRequest(msgspec.Struct):
     model: str
-    messages: list[_Message]
+    messages: list[InMessage]
     stream: bool = False
     stream_options: _StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolDef] | None = None
     tool_choice: str | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
 
 class Function(msgspec.Struct):

@@ -75,7 +75,9 @@ class OpenAICompatible:
         return tr.chat_completion(body)
 
     def stream(self, req: ChatRequest, *, model: str, deadline: float) -> AsyncIterator[ChatChunk]:
-        return self._events("chat/completions", model, self._shape(req, model, True), deadline, tr.chat_chunk)
+        repair = tr.StreamRepair()
+        return self._events("chat/completions", model, self._shape(req, model, True), deadline,
+                            lambda data: repair(tr.chat_chunk(data)))
 
     async def complete_text(self, req: CompletionRequest, *, model: str, deadline: float) -> TextCompletion:
         body = await self._post("completions", model, self._shape(req, model, False), deadline)

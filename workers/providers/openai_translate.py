@@ -80,7 +80,9 @@ def shape_request(req: R, *, model: str, stream: bool, stream_usage: bool, profi
     """The upstream body: its model id, usage asked for on streams, and the profile's adaptations."""
     options = req.stream_options if stream else UNSET  # OpenAI rejects stream_options without stream
     if stream and stream_usage and profile.stream_usage:
-        options = StreamOptions(include_usage=True)
+        # Add include_usage, keep the client's other options (include_obfuscation: false saves bytes).
+        given = req.stream_options if isinstance(req.stream_options, StreamOptions) else StreamOptions()
+        options = msgspec.structs.replace(given, include_usage=True)
     elif not profile.stream_usage:
         options = UNSET
     shaped = msgspec.structs.replace(req, model=model, stream=stream, stream_options=options)
@@ -116,7 +118,9 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
         if isinstance(detail, UpstreamErrorBody):
             message = detail.message or message
             param = detail.param
-            code = detail.code if isinstance(detail.code, str) else None
+            # An upstream 401/403 is our credential's problem: its `invalid_api_key` code would make
+            # the client doubt its own key (the status becomes 502 for the same reason).
+            code = detail.code if isinstance(detail.code, str) and status not in (401, 403) else None
         elif isinstance(detail, str):
             message = detail
         elif envelope.message:
@@ -177,3 +181,43 @@ def embeddings(body: bytes, inputs: int) -> tuple[list[list[float]], int]:
     if len(vectors) != inputs:
         raise UpstreamError(f"upstream returned {len(vectors)} embeddings for {inputs} inputs", retryable=True)
     return vectors, result.usage.prompt_tokens if result.usage else 0
+
+
+class StreamRepair:
+    """Per-stream fixes that make a compatible server's deltas safe for the SDK's accumulator.
+
+    The openai SDK concatenates every string field of every delta and matches
+    tool calls by `index` (PROTOCOLS §1.4). Some servers (older Ollama) repeat
+    `role` on every chunk and send each parallel call whole at index 0, which
+    the SDK would merge into "assistantassistant" and one garbled call. Here
+    `role` is kept only on a choice's first delta, and each new tool-call id
+    gets the next index; fragments without an id follow their call's index.
+    OpenAI's own streams pass through unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._has_role: set[int] = set()
+        self._by_id: dict[tuple[int, str], int] = {}
+        self._current: dict[tuple[int, int], int] = {}
+        self._next: dict[int, int] = {}
+
+    def __call__(self, chunk: ChatChunk) -> ChatChunk:
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.role is not UNSET:
+                if choice.index in self._has_role:
+                    delta.role = UNSET
+                else:
+                    self._has_role.add(choice.index)
+            if isinstance(delta.tool_calls, list):
+                for call in delta.tool_calls:
+                    if isinstance(call.id, str):
+                        key = (choice.index, call.id)
+                        if key not in self._by_id:
+                            self._by_id[key] = self._next.get(choice.index, 0)
+                            self._next[choice.index] = self._by_id[key] + 1
+                        self._current[(choice.index, call.index)] = self._by_id[key]
+                        call.index = self._by_id[key]
+                    else:
+                        call.index = self._current.get((choice.index, call.index), call.index)
+        return chunk
