@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -123,6 +124,7 @@ class Outbox:
 
     async def _flush(self, ops: list[_Chunks | _End]) -> None:
         pipe = self.redis.pipeline(transaction=False)
+        finishes: list[tuple[int, list[Any], list[Any]]] = []  # (pipeline position, keys, args)
         for op in ops:
             job = op.job
             if isinstance(op, _Chunks):
@@ -136,20 +138,27 @@ class Outbox:
                 if op.error is not None
                 else Final(job.id, job.attempt, seq, op.body, op.usage)
             )
-            # evalsha straight into the pipeline: redis-py would otherwise check
-            # SCRIPT EXISTS before every pipeline, a round trip per flush.
-            pipe.evalsha(self.scripts.finish.sha, 3, op.stream, self.keys.active(job.provider, job.lane),  # type: ignore[arg-type]
-                         self.keys.result(job.id), op.entry_id, job.tenant, job.reply_to,  # type: ignore[arg-type]
-                         reply_encoder.encode(terminal), self.result_ttl_s)  # type: ignore[arg-type]
             tenant = self.tenants.get(job.tenant)
             if tenant is not None and op.usage is not None:
-                # The TPM bucket was charged an estimate at admission; settle it with what was used.
+                # The TPM bucket was charged an estimate at admission; settle it with what was used,
+                # before the reply goes out, so the client's next request already sees it.
                 reconcile_into(pipe, self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens)
-        try:
-            await pipe.execute()
-        except NoScriptError:  # Redis restarted and lost its scripts: load them, send again
-            await self.scripts.load()
-            await pipe.execute()
+            keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id)]
+            args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
+                               self.result_ttl_s]
+            # evalsha straight into the pipeline: redis-py would otherwise check
+            # SCRIPT EXISTS before every pipeline, a round trip per flush.
+            finishes.append((len(pipe), keys, args))
+            pipe.evalsha(self.scripts.finish.sha, len(keys), *keys, *args)
+        results = await pipe.execute(raise_on_error=False)
+        for position, keys, args in finishes:
+            if isinstance(results[position], NoScriptError):
+                # Redis restarted and lost its scripts: only these commands failed (the chunks before
+                # them went out), so send just these again; the script object reloads itself.
+                await self.scripts.finish(keys=keys, args=args)
+        failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
+        if failures:
+            raise failures[0]
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)

@@ -147,3 +147,14 @@ def test_sigterm_api_lets_open_streams_finish(stack_factory: Any) -> None:
     # uvicorn re-raises the signal once shut down, so the exit status is "terminated by SIGTERM".
     assert api.popen.wait(20) in (0, -signal.SIGTERM)
     assert "Traceback" not in api.output()
+
+
+def test_redis_forgetting_its_scripts_is_survived(stack_factory: Any) -> None:
+    # A Redis restart (or SCRIPT FLUSH) drops every loaded script; EVALSHA then fails with NOSCRIPT.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]})
+    stack.worker("mock")
+    client = openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0)
+    ask_once = lambda: client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])  # noqa: E731
+    assert ask_once().choices[0].message.content
+    redis.Redis.from_url(REDIS_URL).script_flush()
+    assert ask_once().choices[0].message.content == " ".join(mock_words("hi", 3))

@@ -30,6 +30,7 @@ TENANTS: dict[str, dict[str, Any]] = {
     "conc": {"max_concurrent": 2},
     "headers": {"rpm": 60, "tpm": 10000},
     "sdk": {"rpm": 1},
+    "settle": {"tpm": 100000},
     "free": {},
 }
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
@@ -287,3 +288,21 @@ def test_the_openai_sdk_raises_rate_limit_error_with_retry_after(deployment: Dep
     assert info.value.type == "requests"
     assert info.value.response.headers["retry-after"] in ("59", "60")
     assert info.value.response.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_the_worker_settles_the_token_bucket_with_real_usage(deployment: Deployment) -> None:
+    async def main() -> tuple[int, int, int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Estimated at ~4,000 tokens (the output limit), used ~20 (the mock says 4 + the prompt).
+            first = await chat(deployment.urls[0], "settle", client, max_tokens=4000)
+            second = await chat(deployment.urls[1], "settle", client, max_tokens=4000)
+            return (int(first.headers["x-ratelimit-remaining-tokens"]),
+                    int(second.headers["x-ratelimit-remaining-tokens"]), first.json()["usage"]["total_tokens"])
+
+    after_first, after_second, used = asyncio.run(main())
+    estimate = after_first and 100000 - after_first
+    # Unsettled, the second request would see both estimates gone (~92,000 left); settled, only the
+    # first request's real usage and the second's estimate (~96,000, plus some refill).
+    assert used < 50
+    assert after_second >= 100000 - used - estimate - 50
+    assert after_second > after_first - estimate + 3000
