@@ -24,9 +24,6 @@ from collections.abc import Iterator
 from broker import config as config_module
 from broker.config import ConfigError
 
-COMMANDS = ("dev", "api", "worker", "hash-key", "check-config")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-broker", description="OpenAI-compatible LLM gateway on Redis")
     sub = parser.add_subparsers(dest="command", required=True)

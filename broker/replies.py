@@ -20,7 +20,7 @@ import logging
 from redis.asyncio import Redis
 
 from broker.errors import Unavailable
-from broker.jobs import Chunk, Failed, Final, Reply, reply_decoder
+from broker.jobs import Chunk, Failed, Reply, reply_decoder
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,6 @@ class ReplyRouter:
     def close(self, job_id: str) -> None:
         self._waiters.pop(job_id, None)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
     async def _listen(self) -> None:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -154,8 +150,4 @@ class ReplyRouter:
         info = Unavailable(message).to_info()
         for job_id, waiter in list(self._waiters.items()):
             waiter.queue.put_nowait(Failed(job_id, 0, LOCAL_FAILURE, info))
-
-
-def is_terminal(reply: Reply) -> bool:
-    return isinstance(reply, (Final, Failed))
 
