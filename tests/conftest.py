@@ -82,9 +82,9 @@ def module_namespace() -> Iterator[str]:
 
 def write_config(path: Path, namespace: str, *, providers: dict[str, Any], models: dict[str, Any],
                  server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None,
-                 queue: dict[str, Any] | None = None) -> Path:
+                 queue: dict[str, Any] | None = None, redis_url: str = REDIS_URL) -> Path:
     doc: dict[str, Any] = {
-        "redis_url": REDIS_URL,
+        "redis_url": redis_url,
         "namespace": namespace,
         "providers": providers,
         "models": models,
@@ -166,8 +166,9 @@ class Stack:
 
     def worker(self, provider: str, *extra: str, wait: bool = True) -> Proc:
         """A worker process; by default returns once it is registered as live (the API admits jobs then)."""
-        live_key = Keys(yaml.safe_load(self.config_path.read_text())["namespace"]).workers(provider)
-        client = redis.Redis.from_url(REDIS_URL)
+        config = yaml.safe_load(self.config_path.read_text())
+        live_key = Keys(config["namespace"]).workers(provider)
+        client = redis.Redis.from_url(config["redis_url"])
         before = client.zcard(live_key)
         proc = Proc(["worker", "--config", str(self.config_path), "--provider", provider, *extra],
                     self.log_dir / f"worker-{provider}-{len(self.procs)}.log")

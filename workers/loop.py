@@ -25,6 +25,7 @@ from contextlib import suppress
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from broker.config import Config
 from broker.errors import BrokerError, ErrorInfo, RequestTimeout
@@ -80,8 +81,13 @@ class Worker:
                     await self._until(self._slot_freed, timeout_s=1.0)
                     continue
                 self._bell.clear()  # before pulling: a bell rung during the pull is not lost
-                pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer,
-                                    min(free, 64))
+                try:
+                    pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer,
+                                        min(free, 64))
+                except RedisError as exc:  # Redis restarting or unreachable: keep the jobs we hold, retry
+                    log.warning("cannot pull jobs: %s", exc)
+                    await self._until(self._stopping, timeout_s=1.0)
+                    continue
                 for item in pulled:
                     self._start(item)
                 if not pulled:
