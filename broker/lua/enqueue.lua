@@ -28,14 +28,14 @@ for i = 1, nl do
 end
 -- Within the lane tenants take turns, so ahead of this job are at most the
 -- lane's whole backlog and at most one job per active tenant for each of this
--- tenant's own waiting jobs. Admit only what should start within 80% of the
+-- tenant's own waiting jobs. Admit only what should start within 70% of the
 -- time left (the rest is for the work itself, and for a noisy estimate).
 local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
 if mine >= tonumber(ARGV[7]) and rate > 0 then
   local own = redis.call('XLEN', KEYS[1])
   local ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
   local wait_ms = ahead / (rate * my_weight / weights) * 1000
-  local left = tonumber(ARGV[5]) * 0.8
+  local left = tonumber(ARGV[5]) * 0.7
   if wait_ms > left then
     return {'full', tostring(math.ceil(wait_ms - left)), tostring(mine), tostring(rate * my_weight / weights)}
   end

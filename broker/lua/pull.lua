@@ -33,10 +33,6 @@ while taken < want and guard < 100000 do
     end
   end
   if best == nil then break end
-  for i, value in pairs(current) do
-    if i == best then value = value - total end
-    redis.call('HSET', KEYS[1], lanes[i], value)
-  end
   local lane = lanes[best]
   local active = prefix .. 'active:' .. lane
   local tenant = redis.call('ZRANGE', active, 0, 0)[1]
@@ -60,6 +56,14 @@ while taken < want and guard < 100000 do
       else
         out[#out + 1] = {stream, entry[1], fields}
         taken = taken + 1
+        misses[best] = 0  -- the lane is exhausted only after a full cycle of its tenants yields nothing
+        -- Only a job taken counts as the lane's turn. A lane whose head tenant had
+        -- only running jobs, or only dead ones, keeps its weight: otherwise a lane
+        -- with many busy tenants would lose its share to those misses.
+        for i, value in pairs(current) do
+          if i == best then value = value - total end
+          redis.call('HSET', KEYS[1], lanes[i], value)
+        end
       end
     else
       if redis.call('XLEN', stream) == 0 then
