@@ -19,7 +19,8 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     embeddings: bool = False
     tools: bool = True
     vision: bool = True
-    json_schema: bool = True  # response_format json_object / json_schema
+    json_object: bool = True  # response_format {"type": "json_object"}
+    json_schema: bool = True  # response_format {"type": "json_schema"} (structured outputs)
     max_context_tokens: int | None = None
 
 
@@ -31,6 +32,7 @@ class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     embeddings: bool | None = None
     tools: bool | None = None
     vision: bool | None = None
+    json_object: bool | None = None
     json_schema: bool | None = None
     max_context_tokens: int | None = None
 
@@ -52,7 +54,7 @@ def needs(req: Request) -> dict[str, str]:
     if req.tools:
         required["tools"] = "tools"
     if isinstance(req.response_format, dict) and req.response_format.get("type") in ("json_object", "json_schema"):
-        required["json_schema"] = "response_format"
+        required[req.response_format["type"]] = "response_format"
     if any(isinstance(m.content, list) and any(isinstance(p, ImageUrlPart) for p in m.content)
            for m in req.messages):
         required["vision"] = "messages"

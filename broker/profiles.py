@@ -42,8 +42,10 @@ PROFILES: dict[str, Profile] = {
     "mistral": Profile(rename=(("seed", "random_seed"),), drop=frozenset({"logit_bias", "user"}),
                        stream_usage=False, max_completion_tokens=False,
                        capabilities=Capabilities(completions=False, embeddings=True)),
+    # DeepSeek: JSON mode is json_object only; no images.
     "deepseek": Profile(drop=frozenset({"logit_bias", "n"}), max_completion_tokens=False,
-                        capabilities=Capabilities(completions=False, embeddings=False, vision=False)),
+                        capabilities=Capabilities(completions=False, embeddings=False, vision=False,
+                                                  json_schema=False)),
     # Groq: no logprobs, logit_bias; n must be 1.
     "groq": Profile(drop=frozenset({"logprobs", "top_logprobs", "logit_bias", "n"}),
                     capabilities=Capabilities(completions=False, embeddings=False)),

@@ -22,7 +22,8 @@ _WHAT = {
     "embeddings": "embeddings",
     "tools": "tools (function calling)",
     "vision": "image inputs",
-    "json_schema": "JSON mode (response_format)",
+    "json_object": "JSON mode (response_format json_object)",
+    "json_schema": "structured outputs (response_format json_schema)",
 }
 
 

@@ -44,6 +44,7 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
         "up-ollama": [{"provider": "up-ollama", "model": "llama3"}],
         "up-mistral": [{"provider": "up-mistral", "model": "mistral-small"}],
         "up-azure": [{"provider": "up-azure", "model": "my-gpt-deployment"}],
+        "json-object-only": [{"provider": "mock", "model": "m", "capabilities": {"json_schema": False}}],
         # Two deployments: the first can't do tools, so tool requests go to the second.
         "mixed": [{"provider": "mock", "model": "m", "capabilities": {"tools": False}},
                   {"provider": "up", "model": "fake-model"}],
@@ -185,3 +186,13 @@ def test_passthrough_names_reach_a_provider_model_directly(base_url: str, upstre
     plain = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         plain.chat.completions.create(model="up/some-upstream-model", messages=USER)
+
+
+def test_json_object_and_json_schema_are_separate_capabilities(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model="json-object-only", messages=USER,
+                                            response_format={"type": "json_object"})
+    assert json.loads(result.choices[0].message.content or "")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="json-object-only", messages=USER, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
+    assert info.value.param == "response_format" and "structured outputs" in info.value.message
