@@ -42,9 +42,12 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) >= 2 else (values[0] if values else 0.0)
 
 
-async def offer(base_url: str, rate: float, seconds: float, deadline_s: float) -> list[tuple[str, str, int, float]]:
+Result = tuple[str, str, int, float, float]  # tenant, lane, status, seconds taken, offset of its start in the run
+
+
+async def offer(base_url: str, rate: float, seconds: float, deadline_s: float) -> list[Result]:
     """Open loop: requests start on schedule whatever happened to earlier ones."""
-    results: list[tuple[str, str, int, float]] = []
+    results: list[Result] = []
     rng = random.Random(7)
 
     async def one(http: aiohttp.ClientSession, tenant: str, lane: str) -> None:
@@ -61,12 +64,12 @@ async def offer(base_url: str, rate: float, seconds: float, deadline_s: float) -
                 status = 504 if b'"timeout' in text else 502
         except aiohttp.ClientError:
             status = 0
-        results.append((tenant, lane, status, time.perf_counter() - began))
+        results.append((tenant, lane, status, time.perf_counter() - began, began - start_at))
 
+    start_at = time.perf_counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(deadline_s + 30)) as http:
         tasks = []
-        start_at = time.perf_counter()
         for i in range(int(rate * seconds)):
             await asyncio.sleep(max(0.0, start_at + i / rate - time.perf_counter()))
             tenant = "flood" if rng.random() < 0.8 else "steady"
@@ -123,8 +126,8 @@ def main() -> None:
         for proc in procs:
             stop(proc)
 
-    statuses = Counter(status for _, _, status, _ in results)  # streams that failed after their 200 count as 5xx
-    served = [(t, lane, s) for t, lane, status, s in results if status == 200]
+    statuses = Counter(status for _, _, status, _, _ in results)  # streams that failed after their 200 count as 5xx
+    served = [(t, lane, s) for t, lane, status, s, _ in results if status == 200]
     print(f"\noffered {len(results)}: admitted and answered {statuses[200]}, rejected at the door "
           f"{statuses[429]} (429) / {statuses[503]} (503), timed out {statuses[504]}, other {len(results) - statuses[200] - statuses[429] - statuses[503] - statuses[504]}")
     print(f"served {statuses[200] / opts.seconds:.0f} req/s of a {capacity:.0f} req/s upstream")
@@ -135,15 +138,19 @@ def main() -> None:
         by_lane[lane].append(seconds)
         by_tenant[tenant].append(seconds)
     for lane in LANES:
-        offered = sum(1 for _, ln, _, _ in results if ln == lane)
+        offered = sum(1 for _, ln, _, _, _ in results if ln == lane)
         values = by_lane[lane]
         print(f"  lane {lane:<12} served {len(values):>5}/{offered:<5} p50 {statistics.median(values or [0]) * 1000:7.0f} ms"
               f"  p99 {p99(values) * 1000:7.0f} ms")
     for tenant in TENANTS:
-        offered = sum(1 for t, _, _, _ in results if t == tenant)
+        offered = sum(1 for t, _, _, _, _ in results if t == tenant)
         values = by_tenant[tenant]
         print(f"  tenant {tenant:<10} served {len(values):>5}/{offered:<5} p50 {statistics.median(values or [0]) * 1000:7.0f} ms"
               f"  p99 {p99(values) * 1000:7.0f} ms")
+    late = Counter(int(offset) for _, _, status, _, offset in results if status == 504)
+    if late:
+        print("  timed out, by second of the run they were sent in: "
+              + ", ".join(f"{second}s: {late[second]}" for second in sorted(late)))
     print(f"\nRedis used_memory {memory_before / 1e6:.2f} MB before, {memory_after / 1e6:.2f} MB after; "
           f"{leftover} keys left in the namespace (per-provider state + results until their TTL)")
 

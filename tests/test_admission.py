@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 import redis
 
 from bench.loadgen import run_load
+from broker.config import hash_key
+from broker.keys import Keys
 from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 
@@ -49,6 +52,44 @@ def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_
     assert body["error"]["code"] == "queue_full" and "drain" in body["error"]["message"]
     assert int(headers["Retry-After"]) >= 1
     assert not [s for s, _, _ in hurried if s == 504]  # rejected up front, not left to time out
+
+
+def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory: Any, namespace: str) -> None:
+    # Two tenants share a lane that drains ~10 jobs/s; taking turns, each queue drains at ~5/s.
+    keys = {"a": "sk-tenant-a-000001", "b": "sk-tenant-b-000001"}
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.2}},
+                          {"m": [{"provider": "mock", "model": "m"}]}, queue={"min_queue": 5},
+                          tenants={name: {"keys": [hash_key(key)]} for name, key in keys.items()})
+    stack.worker("mock", "--concurrency", "2")
+    base_url = stack.api()
+
+    async def send(http: aiohttp.ClientSession, tenant: str, i: int, timeout_s: float) -> tuple[int, Any]:
+        body = {"model": "m", "messages": [{"role": "user", "content": f"{tenant}{i}"}]}
+        async with http.post(f"{base_url}/chat/completions", json=body,
+                             headers={"authorization": f"Bearer {keys[tenant]}",
+                                      "x-request-timeout": str(timeout_s)}) as resp:
+            return resp.status, await resp.json()
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            patient = [asyncio.ensure_future(send(http, t, i, 60)) for i in range(30) for t in keys]
+            await asyncio.sleep(2.5)
+            drain = {k.decode(): float(v) for k, v in
+                     redis.Redis.from_url(REDIS_URL).hgetall(Keys(namespace).drain("mock")).items()
+                     if k.endswith(b"rate")}
+            # A's ~18 waiting jobs drain at ~5/s: ~3.6 s, past 70% of a 3 s deadline.
+            hurried = await send(http, "a", 100, 3.0)
+            await asyncio.gather(*patient)
+            return [drain], [hurried]
+
+    (drain,), ((status, body),) = asyncio.run(main())
+    assert 7 <= drain["rate"] <= 13, drain
+    for tenant in keys:
+        assert 0.3 * drain["rate"] <= drain[f"default:{tenant}:rate"] <= 0.7 * drain["rate"], drain
+    assert status == 429 and body["error"]["code"] == "queue_full", body
+    # The door used A's own measured rate, not the lane's.
+    quoted = re.search(r"ahead of this one drain at about ([0-9.]+)/s", body["error"]["message"])
+    assert quoted and float(quoted[1]) <= 0.7 * drain["rate"], body
 
 
 @pytest.fixture

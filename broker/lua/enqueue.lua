@@ -4,7 +4,7 @@
 -- ARGV: 1 tenant, 2 lane, 3 job id, 4 job (msgpack), 5 ms left before the job's deadline,
 --       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
 --       10 n lanes, then the lane names, then their weights
--- Returns {'ok', entry id} | {'no_workers'} | {'full', retry_after_ms, backlog, rate}
+-- Returns {'ok', entry id} | {'no_workers'} | {'full', retry_after_ms, jobs ahead, their drain rate}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf') == 0 then
@@ -26,18 +26,29 @@ for i = 1, nl do
     weights = weights + weight
   end
 end
--- Within the lane tenants take turns, so ahead of this job are at most the
--- lane's whole backlog and at most one job per active tenant for each of this
--- tenant's own waiting jobs. Admit only what should start within 70% of the
--- time left (the rest is for the work itself, and for a noisy estimate).
+-- Admit only what should start within 70% of the time left (the rest is for
+-- the work itself, and for a noisy estimate). The best estimate is how fast
+-- this tenant's own queue in this lane has been draining (pull.lua measures
+-- it while the queue had work): that rate already reflects the other tenants
+-- and lanes competing with it, including the ones that arrive later and are
+-- served first. Before it has been measured: the lane's weighted share of the
+-- provider's rate, with tenants taking turns.
 local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
-if mine >= tonumber(ARGV[7]) and rate > 0 then
-  local own = redis.call('XLEN', KEYS[1])
-  local ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
-  local wait_ms = ahead / (rate * my_weight / weights) * 1000
-  local left = tonumber(ARGV[5]) * 0.7
-  if wait_ms > left then
-    return {'full', tostring(math.ceil(wait_ms - left)), tostring(mine), tostring(rate * my_weight / weights)}
+local own_field = lane .. ':' .. ARGV[1]
+local own = tonumber(redis.call('HGET', KEYS[3], own_field) or '0')
+if mine >= tonumber(ARGV[7]) then
+  local own_rate = tonumber(redis.call('HGET', KEYS[4], own_field .. ':rate') or '0')
+  local ahead, drain = own + 1, own_rate
+  if own_rate <= 0 and rate > 0 then
+    ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
+    drain = rate * my_weight / weights
+  end
+  if drain > 0 then
+    local wait_ms = ahead / drain * 1000
+    local left = tonumber(ARGV[5]) * 0.7
+    if wait_ms > left then
+      return {'full', tostring(math.ceil(wait_ms - left)), tostring(ahead - 1), tostring(drain)}
+    end
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -47,5 +58,6 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3
                       'job', ARGV[4])
 redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
 redis.call('HINCRBY', KEYS[3], lane, 1)
+redis.call('HINCRBY', KEYS[3], own_field, 1)
 redis.call('PUBLISH', ARGV[9], lane)
 return {'ok', id}

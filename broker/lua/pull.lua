@@ -21,6 +21,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out, taken, guard = {}, 0, 0
+local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
 while taken < want and guard < 100000 do
   guard = guard + 1
   local total, best, best_weight = 0, nil, nil
@@ -48,6 +49,8 @@ while taken < want and guard < 100000 do
     if got then
       local entry = got[1][2][1]
       redis.call('HINCRBY', KEYS[2], lane, -1)
+      local own_field = lane .. ':' .. tenant
+      if redis.call('HINCRBY', KEYS[2], own_field, -1) <= 0 then redis.call('HDEL', KEYS[2], own_field) end
       redis.call('ZADD', active, turn, tenant)  -- to the back of the lane's round robin
       local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
       if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
@@ -56,6 +59,7 @@ while taken < want and guard < 100000 do
       else
         out[#out + 1] = {stream, entry[1], fields}
         taken = taken + 1
+        taken_from[own_field] = (taken_from[own_field] or 0) + 1
         misses[best] = 0  -- the lane is exhausted only after a full cycle of its tenants yields nothing
         -- Only a job taken counts as the lane's turn. A lane whose head tenant had
         -- only running jobs, or only dead ones, keeps its weight: otherwise a lane
@@ -77,24 +81,32 @@ while taken < want and guard < 100000 do
     end
   end
 end
--- Drain rate (jobs/s), measured only over intervals in which work kept waiting:
--- then pulls are limited by capacity, not by arrivals (enqueue.lua uses it).
+-- Drain rates (jobs/s), measured only over intervals in which work kept
+-- waiting: then pulls are limited by capacity and competition, not by
+-- arrivals. One for the provider, one per tenant queue of a lane (fields
+-- '<lane>:<tenant>:rate|since|count'); enqueue.lua uses them.
+local function measure(prefix_, still_waiting, n)
+  if still_waiting > 0 and n > 0 then
+    local since = tonumber(redis.call('HGET', KEYS[3], prefix_ .. 'since') or '0')
+    if since == 0 then
+      redis.call('HSET', KEYS[3], prefix_ .. 'since', now, prefix_ .. 'count', 0)
+    else
+      local count = redis.call('HINCRBY', KEYS[3], prefix_ .. 'count', n)
+      if now - since >= 250 then  -- short windows: a fresh overload is measured within a blink
+        local sample = count * 1000 / (now - since)
+        local rate = tonumber(redis.call('HGET', KEYS[3], prefix_ .. 'rate') or '0')
+        if rate > 0 then rate = 0.7 * rate + 0.3 * sample else rate = sample end
+        redis.call('HSET', KEYS[3], prefix_ .. 'rate', tostring(rate), prefix_ .. 'since', now, prefix_ .. 'count', 0)
+      end
+    end
+  elseif still_waiting == 0 then
+    redis.call('HSET', KEYS[3], prefix_ .. 'since', 0, prefix_ .. 'count', 0)
+  end
+end
 local waiting = 0
 for i = 1, nl do waiting = waiting + tonumber(redis.call('HGET', KEYS[2], lanes[i]) or '0') end
-if waiting > 0 and taken > 0 then
-  local since = tonumber(redis.call('HGET', KEYS[3], 'since') or '0')
-  if since == 0 then
-    redis.call('HSET', KEYS[3], 'since', now, 'count', 0)
-  else
-    local count = redis.call('HINCRBY', KEYS[3], 'count', taken)
-    if now - since >= 250 then  -- short windows: a fresh overload is measured within a blink
-      local sample = count * 1000 / (now - since)
-      local rate = tonumber(redis.call('HGET', KEYS[3], 'rate') or '0')
-      if rate > 0 then rate = 0.7 * rate + 0.3 * sample else rate = sample end
-      redis.call('HSET', KEYS[3], 'rate', tostring(rate), 'since', now, 'count', 0)
-    end
-  end
-elseif waiting == 0 then
-  redis.call('HSET', KEYS[3], 'since', 0, 'count', 0)
+measure('', waiting, taken)
+for own_field, n in pairs(taken_from) do
+  measure(own_field .. ':', tonumber(redis.call('HGET', KEYS[2], own_field) or '0'), n)
 end
 return out
