@@ -25,7 +25,7 @@ from api.auth import Principal
 from api.decode import decode_body
 from api.state import BrokerState
 from broker.capabilities import Request as Payload
-from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable, UpstreamError
+from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
 from broker.jobs import Failed, Final, Job
 from broker.replies import ReplyGap
 from broker.keys import LANES
@@ -121,7 +121,7 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
                 return Response(status_code=499)  # nobody reads it; uvicorn drops it
             reply = answer.result()
         except ReplyGap as exc:
-            raise UpstreamError(f"reply stream broken: {exc}") from None
+            raise exc.as_error() from None
         finally:
             gone.cancel()
             state.replies.close(job.id)

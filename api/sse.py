@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 
-from broker.errors import BrokerError, RequestTimeout, UpstreamError
+from broker.errors import BrokerError, RequestTimeout
 from broker.jobs import Chunk, Failed, Final, Reply
 from broker.replies import ReplyGap, Waiter
 from broker.wire import json_encoder
@@ -39,7 +39,7 @@ async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float, timeout
     try:
         reply = await waiter.next(max(min(hold_s, remaining), 0))
     except ReplyGap as exc:
-        raise UpstreamError(f"reply stream broken: {exc}") from None
+        raise exc.as_error() from None
     if isinstance(reply, Failed):
         raise BrokerError.from_info(reply.error)
     if reply is None and remaining <= hold_s:
@@ -82,7 +82,7 @@ def stream_response(
                 try:
                     reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
                 except ReplyGap as exc:
-                    yield error_event(UpstreamError(f"reply stream broken: {exc}"))
+                    yield error_event(exc.as_error())
                     return
         finally:
             on_close(finished)

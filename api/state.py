@@ -32,7 +32,7 @@ class BrokerState:
         self.redis = Redis(
             connection_pool=BlockingConnectionPool.from_url(config.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5)
         )
-        self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance))
+        self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance), self.keys.result)
         self.limiter = Limiter(self.redis, self.keys)
         self.scripts = QueueScripts(self.redis)
         # Fire-and-forget cancellations: held here so they are not garbage-collected mid-flight.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,51 @@ def test_requests_work_again_after_redis_restarts(stack_factory: Any, own_redis:
     assert worker.popen.poll() is None  # the worker rode it out
     stream = httpx.post(f"{base_url}/chat/completions", json={**body, "stream": True}, headers=headers)
     assert stream.text.endswith("data: [DONE]\n\n")
+
+
+def kill_pubsub_clients(url: str, seconds: float) -> None:
+    """Break every pub/sub connection (the API's reply channel among them), again and again."""
+    client = redis.Redis.from_url(url)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        time.sleep(0.03)
+    client.close()
+
+
+def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redis: RedisServer) -> None:
+    # Each answer takes ~1 s; the API's pub/sub connection is cut repeatedly around the time
+    # the answers are published, so some replies are published while nobody listens.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 5, "first_token_delay_s": 0.8}},
+                          {"m": [{"provider": "mock", "model": "m"}]}, redis_url=own_redis.url)
+    stack.worker("mock")
+    base_url = stack.api()
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+    bodies = [{"model": "m", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(6)]
+    expected = [httpx.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=10).json()
+                for body in bodies]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(httpx.post, f"{base_url}/chat/completions", json=body, headers=headers, timeout=20)
+                   for body in bodies]
+        streams = [pool.submit(httpx.post, f"{base_url}/chat/completions", json={**body, "stream": True},
+                               headers=headers, timeout=20) for body in bodies[:2]]
+        time.sleep(0.5)
+        kill_pubsub_clients(own_redis.url, 1.0)
+        for answer, reference in zip(answers, expected):
+            resp = answer.result()
+            # Not a 503: the lost final reply was read back from the job's result key.
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["choices"] == reference["choices"]
+        for stream, reference in zip(streams, expected):
+            resp = stream.result()
+            if resp.status_code == 503:  # lost before the first byte: a plain retryable error
+                assert resp.json()["error"]["code"] == "reply_lost"
+                continue
+            assert resp.text.endswith("data: [DONE]\n\n")
+            events = [json.loads(line[6:]) for line in resp.text.split("\n\n") if line.startswith("data: {")]
+            if any("error" in event for event in events):  # lost mid-stream: an explicit error event
+                assert [e["error"]["code"] for e in events if "error" in e] == ["reply_lost"]
+                continue
+            content = "".join(choice["delta"].get("content") or "" for e in events for choice in e["choices"])
+            assert content == reference["choices"][0]["message"]["content"]
