@@ -40,6 +40,7 @@ class BrokerState:
 
     async def start(self) -> None:
         await self.scripts.load()
+        await self.limiter.load()
         await self.replies.start()
 
     def cancel_job(self, provider: str, job_id: str, deadline: float) -> None:

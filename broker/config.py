@@ -120,7 +120,8 @@ def default_config(dev_api_key: str = DEV_API_KEY) -> Config:
                 "mock-chat-slow": [{"provider": "mock-slow", "model": "mock-chat-slow"}],
                 "gpt-4o-mini": [{"provider": "mock", "model": "gpt-4o-mini"}],
             },
-            "tenants": {"dev": {"keys": [hash_key(dev_api_key)]}},
+            # Limits far above what a laptop serves, so every answer shows the x-ratelimit-* headers.
+            "tenants": {"dev": {"keys": [hash_key(dev_api_key)], "rpm": 100_000, "tpm": 100_000_000}},
         },
         source="<built-in default>",
     )

@@ -35,7 +35,12 @@ def run_dev(tmp_path: Path, path_env: str) -> None:
             assert f"http://127.0.0.1:{port}/v1" in banner and "sk-dev" in banner
 
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-dev", max_retries=0)
-            answer = client.chat.completions.create(model="mock-chat", messages=[{"role": "user", "content": "hi"}])
+            raw = client.chat.completions.with_raw_response.create(
+                model="mock-chat", messages=[{"role": "user", "content": "hi"}])
+            # The dev tenant's limits are generous but real: the bucket counted this request.
+            assert raw.headers["x-ratelimit-limit-requests"] == "100000"
+            assert raw.headers["x-ratelimit-remaining-requests"] == "99999"
+            answer = raw.parse()
             assert answer.choices[0].message.content
             streamed = "".join(
                 c.choices[0].delta.content or ""
