@@ -9,19 +9,20 @@ from broker.errors import AuthenticationFailed
 
 
 class Principal:
-    __slots__ = ("tenant_name", "tenant")
+    __slots__ = ("tenant_name", "tenant", "key_name")
 
-    def __init__(self, tenant_name: str, tenant: Tenant) -> None:
+    def __init__(self, tenant_name: str, tenant: Tenant, key_name: str) -> None:
         self.tenant_name = tenant_name
         self.tenant = tenant
+        self.key_name = key_name  # never the key itself: its name, or the first hex digits of its hash
 
 
 class Authenticator:
     def __init__(self, config: Config) -> None:
         self._by_hash: dict[str, Principal] = {}
         for name, tenant in config.tenants.items():
-            for key in tenant.keys:
-                self._by_hash[key.removeprefix("sha256:")] = Principal(name, tenant)
+            for key in tenant.api_keys():
+                self._by_hash[key.key.removeprefix("sha256:")] = Principal(name, tenant, key.name)
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization[:7].lower() == "bearer ":

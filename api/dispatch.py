@@ -74,6 +74,7 @@ def new_job(state: BrokerState, request: Request, principal: Principal, payload:
     return Job(
         id=uuid.uuid4().hex,
         tenant=principal.tenant_name,
+        key=principal.key_name,
         model=payload.model,
         provider=deployment.provider,
         upstream_model=deployment.model,

@@ -29,7 +29,8 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
     try:
         admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
-                                              estimate_request_tokens(job.payload), job.id, job.deadline)
+                                              estimate_request_tokens(job.payload), job.id, job.deadline,
+                                              key=principal.key_name)
     except RedisError:
         raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
     job.estimated_tokens = admission.tokens

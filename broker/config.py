@@ -43,18 +43,44 @@ class Deployment(Strict):
     capabilities: CapabilityOverrides = msgspec.field(default_factory=CapabilityOverrides)
 
 
-class Tenant(Strict):
-    keys: list[str]
-    # Limits enforced per tenant across all API processes (broker/ratelimit.py); None = unlimited.
+class Limits(Strict):
+    # Enforced across all API processes (broker/ratelimit.py); None = unlimited.
     rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
     tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_concurrent: Annotated[int, msgspec.Meta(ge=1)] | None = None  # requests in flight
+
+    def limited(self) -> bool:
+        return bool(self.rpm or self.tpm or self.max_concurrent)
+
+
+class ApiKey(Limits, kw_only=True):
+    """A key with a name (in errors, and in the usage ledger to come) and limits of its own,
+    enforced on top of its tenant's: a CI key can be held to 60 RPM inside a 600 RPM tenant."""
+
+    key: str  # sha256:<64 hex>
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class Tenant(Limits, kw_only=True):
+    # A key is its hash, or an ApiKey with a name and optional limits of its own.
+    keys: list[str | ApiKey]
     # Public model names this tenant may use; empty means all.
     models: list[str] = []
     # May send `provider/model-id` to reach any model of a configured provider directly.
     passthrough: bool = False
     # Priority lane of this tenant's requests unless they send `X-Priority`.
     lane: str = "default"
+
+    def api_keys(self) -> list[ApiKey]:
+        """Every key as an ApiKey; a bare hash is named after its first hex digits."""
+        return [k if isinstance(k, ApiKey) else ApiKey(key=k, name=k.removeprefix("sha256:")[:12])
+                for k in self.keys]
+
+    def api_key(self, name: str | None) -> ApiKey | None:
+        """The named key if it has limits of its own (the only keys ratelimit.py needs)."""
+        if name is None:
+            return None
+        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name and k.limited()), None)
 
 
 class ServerSettings(Strict):
@@ -202,12 +228,16 @@ def _check_references(config: Config, source: str) -> None:
                     f" - at `$.models.{name}[{i}].provider`"
                 )
     for name, tenant in config.tenants.items():
-        for i, key in enumerate(tenant.keys):
-            if not re.fullmatch(r"sha256:[0-9a-f]{64}", key):
+        seen: set[str] = set()
+        for i, key in enumerate(tenant.api_keys()):
+            where = f"$.tenants.{name}.keys[{i}]" + ("" if isinstance(tenant.keys[i], str) else ".key")
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", key.key):
                 raise ConfigError(
-                    f"{source}: keys must be 'sha256:<64 hex>' (see `llm-broker hash-key`)"
-                    f" - at `$.tenants.{name}.keys[{i}]`"
+                    f"{source}: keys must be 'sha256:<64 hex>' (see `llm-broker hash-key`) - at `{where}`"
                 )
+            if key.name in seen:
+                raise ConfigError(f"{source}: duplicate key name {key.name!r} - at `$.tenants.{name}.keys[{i}].name`")
+            seen.add(key.name)
         for model in tenant.models:
             if model not in config.models:
                 raise ConfigError(f"{source}: unknown model {model!r} - at `$.tenants.{name}.models`")

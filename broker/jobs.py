@@ -34,8 +34,10 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     attempt: int = 1
     completion: CompletionRequest | None = None
     embedding: EmbeddingRequest | None = None
-    # Tokens charged to the tenant's TPM bucket at admission; reconciled with real usage at the end.
+    # Tokens charged to the TPM buckets at admission; reconciled with real usage at the end.
     estimated_tokens: int = 0
+    # Name of the API key that sent it (its own limits, if any, are reconciled too; the usage ledger's key).
+    key: str | None = None
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:

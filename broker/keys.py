@@ -21,6 +21,7 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
 | {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
 | {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API)      | <= max_concurrent ids; TTL = its latest slot deadline |
+| {ns}:rl:{tenant}:key:{name}:*         | as above | ratelimit.py           | the same three, for a key with limits of its own |
 """
 
 from __future__ import annotations
@@ -82,14 +83,17 @@ class Keys:
         return f"{self.ns}:replies:{instance}"
 
     # Rate-limit keys (broker/ratelimit.py) are hash-tagged by tenant: one admission
-    # script touches all three. A bucket holds the instant it is full again and
-    # expires then, so an idle tenant costs nothing.
-    def rate_requests(self, tenant: str) -> str:
-        return f"{self.ns}:rl:{{{tenant}}}:rpm"
+    # script touches the tenant's buckets and its key's. A bucket holds the instant
+    # it is full again and expires then, so an idle tenant costs nothing.
+    def _limit(self, tenant: str, key: str | None) -> str:
+        return f"{self.ns}:rl:{{{tenant}}}:" + (f"key:{key}:" if key else "")
 
-    def rate_tokens(self, tenant: str) -> str:
-        return f"{self.ns}:rl:{{{tenant}}}:tpm"
+    def rate_requests(self, tenant: str, key: str | None = None) -> str:
+        return self._limit(tenant, key) + "rpm"
 
-    def in_flight(self, tenant: str) -> str:
+    def rate_tokens(self, tenant: str, key: str | None = None) -> str:
+        return self._limit(tenant, key) + "tpm"
+
+    def in_flight(self, tenant: str, key: str | None = None) -> str:
         # Request ids scored by deadline (ms): slots of a crashed API process expire with them.
-        return f"{self.ns}:rl:{{{tenant}}}:inflight"
+        return self._limit(tenant, key) + "inflight"

@@ -142,7 +142,8 @@ class Outbox:
             if tenant is not None and op.usage is not None:
                 # The TPM bucket was charged an estimate at admission; settle it with what was used,
                 # before the reply goes out, so the client's next request already sees it.
-                reconcile_into(pipe, self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens)
+                reconcile_into(pipe, self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens,
+                               key=job.key)
             keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id)]
             args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
                                self.result_ttl_s]

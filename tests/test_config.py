@@ -19,8 +19,8 @@ models:
   fast-chat:
     - {provider: local-vllm, model: "Qwen/Qwen2.5-7B-Instruct", input_per_mtok: 0.1}
 tenants:
-  acme: {keys: ["%s"], rpm: 600}
-""" % hash_key("sk-acme")
+  acme: {keys: ["%s", {key: "%s", name: ci, rpm: 60}], rpm: 600}
+""" % (hash_key("sk-acme"), hash_key("sk-acme-ci"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -37,6 +37,8 @@ def test_good_config_decodes_into_typed_structs(tmp_path: Path) -> None:
     assert provider.concurrency == 8
     assert config.models["fast-chat"][0].model == "Qwen/Qwen2.5-7B-Instruct"
     assert config.tenants["acme"].rpm == 600
+    ci = config.tenants["acme"].api_key("ci")
+    assert ci is not None and ci.rpm == 60 and ci.key == hash_key("sk-acme-ci")
 
 
 def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
@@ -55,6 +57,12 @@ def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
         (("rpm: 600", "rpm: 600, color: red"), {"VLLM_KEY": "k"}, "$.tenants.acme"),
         (('keys: ["sha256:', 'keys: ["plain:'), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[0]"),
         (("base_url", "base_uri"), {"VLLM_KEY": "k"}, "$.providers.local-vllm"),
+        (('{key: "sha256:', '{key: "plain:'), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1].key"),
+        (("name: ci, rpm: 60", "name: ci, rpm: 0"), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1].rpm"),
+        (("name: ci", "name: 'c i'"), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1].name"),
+        (("name: ci", "name: ci, colour: red"), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1]"),
+        (("name: ci, rpm: 60}", "name: ci}, {key: '%s', name: ci}" % hash_key("x")), {"VLLM_KEY": "k"},
+         "duplicate key name 'ci' - at `$.tenants.acme.keys[2].name`"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, edit: tuple[str, str], env: dict[str, str],

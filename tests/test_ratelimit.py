@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from broker.config import Tenant, hash_key
+from broker.config import ApiKey, Tenant, hash_key
 from broker.errors import RateLimited, TokensRateLimited
 from broker.keys import Keys
 from broker.ratelimit import (
@@ -32,7 +32,9 @@ TENANTS: dict[str, dict[str, Any]] = {
     "sdk": {"rpm": 1},
     "settle": {"tpm": 100000},
     "free": {},
+    "keyed": {"rpm": 60},  # plus the `ci` key, held to 2 RPM of its own
 }
+CI_KEY = "sk-keyed-ci-0123456789"
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
 
 
@@ -62,7 +64,9 @@ def deployment(module_stack_factory: Any, module_namespace: str) -> Iterator[Dep
         {"mock": {"kind": "mock", "tokens": 4}, "slow": {"kind": "mock", "tokens": 4, "first_token_delay_s": 0.5,
                                                         "token_delay_s": 0.15}},
         {"mock-chat": [{"provider": "mock", "model": "m"}], "slow-chat": [{"provider": "slow", "model": "s"}]},
-        tenants={name: {"keys": [hash_key(key_of(name))], **limits} for name, limits in TENANTS.items()},
+        tenants={name: {"keys": [hash_key(key_of(name))]
+                        + ([{"key": hash_key(CI_KEY), "name": "ci", "rpm": 2}] if name == "keyed" else []),
+                        **limits} for name, limits in TENANTS.items()},
     )
     stack.worker("mock")
     stack.worker("slow")
@@ -306,3 +310,66 @@ def test_the_worker_settles_the_token_bucket_with_real_usage(deployment: Deploym
     assert used < 50
     assert after_second >= 100000 - used - estimate - 50
     assert after_second > after_first - estimate + 3000
+
+
+def test_a_key_with_its_own_limit_is_held_to_it_inside_its_tenants(deployment: Deployment) -> None:
+    messages: Any = [{"role": "user", "content": "hi"}]
+    ci = openai.OpenAI(base_url=deployment.urls[0], api_key=CI_KEY, max_retries=0)
+    for remaining in ("1", "0"):
+        raw = ci.chat.completions.with_raw_response.create(model="mock-chat", messages=messages)
+        # The tighter of the two limits is the one shown: the key's 2 RPM, not the tenant's 60.
+        assert (raw.headers["x-ratelimit-limit-requests"], raw.headers["x-ratelimit-remaining-requests"]) \
+            == ("2", remaining)
+    with pytest.raises(openai.RateLimitError) as info:
+        ci.chat.completions.create(model="mock-chat", messages=messages)
+    assert "Rate limit reached for requests per min (RPM) of key 'ci': Limit 2, Used 2" in info.value.message
+    # The tenant's other key is not held to ci's limit; the tenant bucket counted ci's two requests
+    # (and not the refused third), so 60 - 3 are left (58 if a second's refill came in between).
+    other = openai.OpenAI(base_url=deployment.urls[1], api_key=key_of("keyed"), max_retries=0)
+    raw = other.chat.completions.with_raw_response.create(model="mock-chat", messages=messages)
+    assert raw.headers["x-ratelimit-limit-requests"] == "60"
+    assert raw.headers["x-ratelimit-remaining-requests"] in ("57", "58")
+
+
+def keyed_tenant(**key_limits: int) -> Tenant:
+    return Tenant(keys=[hash_key("plain"), ApiKey(key=hash_key("ci"), name="ci", **key_limits)], rpm=3, tpm=6000,
+                  max_concurrent=5)
+
+
+async def test_tenant_and_key_limits_are_charged_together_or_not_at_all(limiter: Limiter) -> None:
+    tenant = keyed_tenant(rpm=2)
+    for request in ("a", "b"):
+        await limiter.admit("t", tenant, 1, request, time.time() + 60, key="ci")
+    with pytest.raises(RateLimited) as info:  # refused by the key: the tenant is not charged
+        await limiter.admit("t", tenant, 1, "c", time.time() + 60, key="ci")
+    assert "of key 'ci'" in info.value.message
+    plain_name = tenant.api_keys()[0].name  # a bare hash is named after its first hex digits
+    assert plain_name == hash_key("plain")[7:19]
+    plain = await limiter.admit("t", tenant, 1, "d", time.time() + 60, key=plain_name)
+    assert plain.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(RateLimited) as info:  # now refused by the tenant
+        await limiter.admit("t", tenant, 1, "e", time.time() + 60, key=plain_name)
+    assert info.value.message.startswith("Rate limit reached for requests per min (RPM): Limit 3, Used 3")
+
+
+async def test_a_keys_concurrency_slot_is_released_with_the_tenants(limiter: Limiter) -> None:
+    tenant = keyed_tenant(max_concurrent=1)
+    first = await limiter.admit("t", tenant, 1, "a", time.time() + 60, key="ci")
+    assert len(first.slots) == 2
+    with pytest.raises(RateLimited) as info:
+        await limiter.admit("t", tenant, 1, "b", time.time() + 60, key="ci")
+    assert info.value.message.startswith("Rate limit reached for concurrent requests of key 'ci': Limit 1, Used 1")
+    await limiter.release(first)
+    for key in (None, "ci"):
+        assert await limiter.redis.zcard(limiter.keys.in_flight("t", key)) == 0
+
+
+async def test_reconcile_settles_the_keys_token_bucket_too(limiter: Limiter) -> None:
+    tenant = keyed_tenant(tpm=600)  # the key: 10 tokens a second; the tenant: 100
+    admission = await limiter.admit("t", tenant, 400, "a", time.time() + 60, key="ci")
+    assert admission.headers["x-ratelimit-remaining-tokens"] in ("200", "201")
+    await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=400, actual=100, key="ci")
+    key_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t", "ci"))
+    tenant_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t"))
+    # 100 tokens left to refill: 10 s for the key at 10/s, 1 s for the tenant at 100/s.
+    assert 9_000 < key_state <= 10_000 and 900 < tenant_state <= 1_000
