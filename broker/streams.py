@@ -19,7 +19,6 @@ an empty stream is deleted, so idle tenants cost no memory.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -28,20 +27,17 @@ from broker.config import QueueSettings
 from broker.errors import RateLimited, Unavailable
 from broker.jobs import Job, job_encoder
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
-
-
-def _script(name: str) -> str:
-    return resources.files("broker").joinpath(f"lua/{name}.lua").read_text()
+from broker.scripts import lua_script
 
 
 class QueueScripts:
     """The Lua scripts, registered once per Redis client (EVALSHA afterwards)."""
 
     def __init__(self, redis: Redis) -> None:
-        self.enqueue: AsyncScript = redis.register_script(_script("enqueue"))
-        self.pull: AsyncScript = redis.register_script(_script("pull"))
-        self.finish: AsyncScript = redis.register_script(_script("finish"))
-        self.reclaim: AsyncScript = redis.register_script(_script("reclaim"))
+        self.enqueue: AsyncScript = redis.register_script(lua_script("enqueue"))
+        self.pull: AsyncScript = redis.register_script(lua_script("pull"))
+        self.finish: AsyncScript = redis.register_script(lua_script("finish"))
+        self.reclaim: AsyncScript = redis.register_script(lua_script("reclaim"))
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
