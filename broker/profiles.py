@@ -19,6 +19,8 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     stream_usage: bool = True
     # Request fields the server rejects or mishandles: dropped before sending.
     drop: frozenset[str] = frozenset()
+    # Fields of each message the server rejects: dropped before sending (a message's `name` is only a hint).
+    drop_message_fields: frozenset[str] = frozenset()
     # Request fields the server knows under another name.
     rename: tuple[tuple[str, str], ...] = ()
     # Knows max_completion_tokens; if not, it is sent as max_tokens.
@@ -46,8 +48,9 @@ PROFILES: dict[str, Profile] = {
     "deepseek": Profile(drop=frozenset({"logit_bias", "n"}), max_completion_tokens=False,
                         capabilities=Capabilities(completions=False, embeddings=False, vision=False,
                                                   json_schema=False)),
-    # Groq: no logprobs, logit_bias; n must be 1.
+    # Groq: no logprobs, logit_bias or messages[].name (400 if supplied); n must be 1.
     "groq": Profile(drop=frozenset({"logprobs", "top_logprobs", "logit_bias", "n"}),
+                    drop_message_fields=frozenset({"name"}),
                     capabilities=Capabilities(completions=False, embeddings=False)),
     "together": Profile(),
     "openrouter": Profile(capabilities=Capabilities(completions=True, embeddings=False)),

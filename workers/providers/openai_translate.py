@@ -86,7 +86,7 @@ def shape_request(req: R, *, model: str, stream: bool, stream_usage: bool, profi
     elif not profile.stream_usage:
         options = UNSET
     shaped = msgspec.structs.replace(req, model=model, stream=stream, stream_options=options)
-    if not (profile.drop or profile.rename or not profile.max_completion_tokens):
+    if not (profile.drop or profile.rename or profile.drop_message_fields or not profile.max_completion_tokens):
         return json_encoder.encode(shaped)  # the common case: no dict round trip
     return json_encoder.encode(adapt(msgspec.to_builtins(shaped), profile))
 
@@ -94,6 +94,10 @@ def shape_request(req: R, *, model: str, stream: bool, stream_usage: bool, profi
 def adapt(body: dict[str, Any], profile: Profile) -> dict[str, Any]:
     for name in profile.drop:
         body.pop(name, None)
+    if profile.drop_message_fields and isinstance(body.get("messages"), list):
+        for message in body["messages"]:
+            for name in profile.drop_message_fields:
+                message.pop(name, None)
     for ours, theirs in profile.rename:
         if ours in body:
             body[theirs] = body.pop(ours)
