@@ -103,7 +103,8 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
     waiter = state.replies.open(job.id)
     try:
         await enqueue(state.scripts, state.keys, state.config.queue, job,
-                      ms_left=int((job.deadline - time.time()) * 1000))
+                      ms_left=int((job.deadline - time.time()) * 1000),
+                      worker_slots=state.config.providers[job.provider].concurrency)
     except RedisError:
         state.replies.close(job.id)
         raise Unavailable("The broker's queue is unavailable; please retry shortly.", retry_after_s=1) from None

@@ -101,6 +101,9 @@ class QueueSettings(Strict):
         default_factory=lambda: {"interactive": 8, "default": 4, "batch": 1})
     # Below this many waiting jobs a lane never rejects (drain-rate estimates are noisy when small).
     min_queue: int = 64
+    # Until a provider's drain rate has first been measured (it is kept in Redis from then on),
+    # admission assumes each live worker finishes `concurrency` jobs per this many seconds.
+    assumed_service_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     # Workers refresh their liveness and their jobs' leases this often...
     heartbeat_interval_s: float = 2.0
     # ...so a job pending this long without a refresh belongs to a dead worker and is reclaimed.

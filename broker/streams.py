@@ -45,15 +45,21 @@ class QueueScripts:
             await script.registered_client.script_load(script.script)
 
 
-async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: Job, *, ms_left: int) -> bytes:
-    """Admit and enqueue, or raise: 503 when no worker serves the provider, 429 when the lane is full."""
+async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: Job, *, ms_left: int,
+                  worker_slots: int) -> bytes:
+    """Admit and enqueue, or raise: 503 when no worker serves the provider, 429 when the lane is full.
+
+    `worker_slots` is the provider's configured concurrency per worker: with `assumed_service_s`,
+    the drain rate assumed before one has ever been measured.
+    """
     p = job.provider
+    cold_rate_per_worker = worker_slots / queue.assumed_service_s
     result = await scripts.enqueue(
         keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
               keys.workers(p)],
         args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
               queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
-              *(queue.lane_weights[lane] for lane in LANES)],
+              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker],
     )
     status = result[0].decode()
     if status == "ok":

@@ -54,6 +54,32 @@ def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_
     assert not [s for s, _, _ in hurried if s == 504]  # rejected up front, not left to time out
 
 
+def test_a_first_burst_is_admitted_by_the_assumed_rate_before_any_is_measured(stack_factory: Any) -> None:
+    # A fresh deployment: no drain rate measured yet. Two slots of 0.5 s, assumed as such: 4 jobs/s.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.5, "concurrency": 2}},
+                          {"m": [{"provider": "mock", "model": "m"}]},
+                          queue={"min_queue": 2, "assumed_service_s": 0.5})
+    stack.worker("mock")
+    base_url = stack.api()
+
+    async def main() -> list[tuple[int, Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            async def send(i: int) -> tuple[int, Any]:
+                body = {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}
+                async with http.post(f"{base_url}/chat/completions", json=body,
+                                     headers={**HEADERS, "x-request-timeout": "5"}) as resp:
+                    return resp.status, await resp.json()
+            return list(await asyncio.gather(*(send(i) for i in range(40))))
+
+    answers = asyncio.run(main())
+    statuses = [status for status, _ in answers]
+    # ~16 fit in 70% of 5 s at 4/s (the last starts at ~3.5 s). Admitting all 40 (as when the
+    # assumed rate is far too high) answers ~18 and leaves ~22 to time out.
+    assert 10 <= statuses.count(200) <= 24, statuses
+    assert statuses.count(429) == 40 - statuses.count(200), statuses
+    assert {body["error"]["code"] for status, body in answers if status == 429} == {"queue_full"}
+
+
 def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory: Any, namespace: str) -> None:
     # Two tenants share a lane that drains ~10 jobs/s; taking turns, each queue drains at ~5/s.
     keys = {"a": "sk-tenant-a-000001", "b": "sk-tenant-b-000001"}

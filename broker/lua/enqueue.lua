@@ -3,11 +3,13 @@
 --       4 drain hash, 5 workers zset
 -- ARGV: 1 tenant, 2 lane, 3 job id, 4 job (msgpack), 5 ms left before the job's deadline,
 --       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
---       10 n lanes, then the lane names, then their weights
+--       10 n lanes, then the lane names, then their weights, then the jobs/s one worker is
+--       assumed to drain before the provider's rate has ever been measured
 -- Returns {'ok', entry id} | {'no_workers'} | {'full', retry_after_ms, jobs ahead, their drain rate}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf') == 0 then
+local live_workers = redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf')
+if live_workers == 0 then
   return {'no_workers'}
 end
 -- While several lanes have work each drains at its weighted share of the
@@ -32,23 +34,25 @@ end
 -- it while the queue had work): that rate already reflects the other tenants
 -- and lanes competing with it, including the ones that arrive later and are
 -- served first. Before it has been measured: the lane's weighted share of the
--- provider's rate, with tenants taking turns.
+-- provider's rate, with tenants taking turns. And before even that has ever
+-- been measured (a provider's first saturation): a cautious guess from the
+-- live workers' slots, so a first burst of short-deadline requests is not
+-- all admitted to time out.
 local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
+if rate <= 0 then rate = live_workers * tonumber(ARGV[11 + 2 * nl]) end
 local own_field = lane .. ':' .. ARGV[1]
 local own = tonumber(redis.call('HGET', KEYS[3], own_field) or '0')
 if mine >= tonumber(ARGV[7]) then
   local own_rate = tonumber(redis.call('HGET', KEYS[4], own_field .. ':rate') or '0')
   local ahead, drain = own + 1, own_rate
-  if own_rate <= 0 and rate > 0 then
+  if own_rate <= 0 then
     ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
     drain = rate * my_weight / weights
   end
-  if drain > 0 then
-    local wait_ms = ahead / drain * 1000
-    local left = tonumber(ARGV[5]) * 0.7
-    if wait_ms > left then
-      return {'full', tostring(math.ceil(wait_ms - left)), tostring(ahead - 1), tostring(drain)}
-    end
+  local wait_ms = ahead / drain * 1000
+  local left = tonumber(ARGV[5]) * 0.7
+  if wait_ms > left then
+    return {'full', tostring(math.ceil(wait_ms - left)), tostring(ahead - 1), tostring(drain)}
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
