@@ -1,4 +1,4 @@
-"""Request bodies → wire Structs, with msgspec's error path as the OpenAI `param`."""
+"""Request bodies → wire Structs, with msgspec's error path as the OpenAI `param`; size-capped reads."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 from typing import TypeVar
 
 import msgspec
+from starlette.requests import Request
 
 from broker.errors import InvalidRequest
 
@@ -14,6 +15,29 @@ T = TypeVar("T")
 _AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 _LEADING_FIELD = re.compile(r"^`(?P<field>[^`]+)`")  # our own __post_init__ checks name the field first
+
+
+def _too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(f"The request body is larger than this server accepts ({limit:,} bytes).",
+                          status=413, code="request_too_large")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with a 413 as soon as it is known to exceed `limit` bytes.
+
+    Content-Length is checked first; a chunked body is counted as it arrives, so
+    an oversized one is never held in memory whole.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(part)
+    return b"".join(parts)
 
 
 def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from api import limits, sse
 from api.auth import Principal
-from api.decode import decode_body
+from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker.capabilities import Request as Payload
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
@@ -160,7 +160,7 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
     async def handle(request: Request) -> Response:
         state: BrokerState = request.app.state.broker
         principal = state.auth.authenticate(request.headers.get("authorization"))
-        payload = decode_body(await request.body(), decoder)
+        payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
         job = new_job(state, request, principal, payload)
         return await limits.admitted(state, principal, job, lambda: run(state, request, job))
 

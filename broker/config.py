@@ -92,6 +92,8 @@ class ServerSettings(Strict):
     keepalive_interval_s: float = 15.0
     # Final results stay readable this long after a job ends.
     result_ttl_s: int = 60
+    # Larger request bodies get a 413 before they are read whole (each body is queued in Redis).
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
 
 
 class QueueSettings(Strict):

@@ -21,7 +21,7 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: Any) -> str:
-    stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5})
+    stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5, "max_body_bytes": 64 * 1024})
     stack.worker("mock")
     stack.worker("slowpoke")
     return str(stack.api())
@@ -149,3 +149,21 @@ def test_request_timeout_and_priority_headers_are_validated(base_url: str) -> No
     resp = httpx.post(f"{base_url}/chat/completions", json=GOOD,
                       headers={"authorization": f"Bearer {TEST_KEY}", "x-priority": "urgent"})
     assert resp.status_code == 400 and error_of(resp)["param"] == "X-Priority"
+
+
+def test_an_oversized_body_is_413_whether_its_length_is_declared_or_not(base_url: str) -> None:
+    big = {"model": "mock-chat", "messages": [{"role": "user", "content": "x" * 100_000}]}
+    declared = post(base_url, big)
+    assert declared.status_code == 413
+    assert error_of(declared)["code"] == "request_too_large"
+
+    def chunks() -> Any:  # no Content-Length: sent chunked, counted as it arrives
+        for _ in range(100):
+            yield b" " * 1024
+    chunked = httpx.post(f"{base_url}/chat/completions", content=chunks(),
+                         headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert error_of(chunked)["type"] == "invalid_request_error"
+    # Just under the limit is served.
+    fits = {"model": "mock-chat", "messages": [{"role": "user", "content": "x" * 60_000}]}
+    assert post(base_url, fits).status_code == 200
