@@ -58,7 +58,7 @@ class ApiKey(Limits, kw_only=True):
     enforced on top of its tenant's: a CI key can be held to 60 RPM inside a 600 RPM tenant."""
 
     key: str  # sha256:<64 hex>
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # like NAME below
 
 
 class Tenant(Limits, kw_only=True):
@@ -222,7 +222,16 @@ def _locate(raw: Any, exc: msgspec.ValidationError) -> str:
     return str(exc)
 
 
+# Provider and tenant names become parts of Redis keys and hash tags (broker/keys.py): no braces, no spaces.
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _check_references(config: Config, source: str) -> None:
+    for section, names in (("providers", config.providers), ("tenants", config.tenants)):
+        for name in names:
+            if not NAME.fullmatch(name):
+                raise ConfigError(f"{source}: a name may hold only letters, digits, '_', '.' and '-' (1 to 64)"
+                                  f" - at `$.{section}.{name}`")
     for name, deployments in config.models.items():
         if not deployments:
             raise ConfigError(f"{source}: model has no deployments - at `$.models.{name}`")

@@ -60,6 +60,8 @@ def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
         (('{key: "sha256:', '{key: "plain:'), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1].key"),
         (("name: ci, rpm: 60", "name: ci, rpm: 0"), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1].rpm"),
         (("name: ci", "name: 'c i'"), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1].name"),
+        (("acme:", "'ac{me}':"), {"VLLM_KEY": "k"}, "a name may hold only letters, digits"),
+        (("  mock: {kind: mock}", "  'mo ck': {kind: mock}"), {"VLLM_KEY": "k"}, "- at `$.providers.mo ck`"),
         (("name: ci", "name: ci, colour: red"), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1]"),
         (("name: ci, rpm: 60}", "name: ci}, {key: '%s', name: ci}" % hash_key("x")), {"VLLM_KEY": "k"},
          "duplicate key name 'ci' - at `$.tenants.acme.keys[2].name`"),
