@@ -132,13 +132,14 @@ def _headers(scopes: list[Scope], states: list[_ScopeState]) -> dict[str, str]:
 
     With both a tenant and a key limit, each header triple shows the tighter one (fewer remaining).
     """
+    pairs = list(zip(scopes, states))
     headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        shown = [(getattr(st, f"{kind}_remaining"), getattr(st, f"{kind}_reset_ms"), limit)
-                 for scope, st in zip(scopes, states)
-                 if (limit := (scope.limits.rpm if kind == "requests" else scope.limits.tpm))]
-        if shown:
-            remaining, reset_ms, limit = min(shown, key=lambda row: (row[0], -row[1]))
+    for kind, rows in (
+        ("requests", [(st.requests_remaining, st.requests_reset_ms, sc.limits.rpm) for sc, st in pairs if sc.limits.rpm]),
+        ("tokens", [(st.tokens_remaining, st.tokens_reset_ms, sc.limits.tpm) for sc, st in pairs if sc.limits.tpm]),
+    ):
+        if rows:
+            remaining, reset_ms, limit = min(rows, key=lambda row: (row[0], -row[1]))
             headers[f"x-ratelimit-limit-{kind}"] = str(limit)
             headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
             headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset_ms)
