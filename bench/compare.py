@@ -66,6 +66,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, 9)
 
 
+def drop_namespace(r: redis.Redis, namespace: str) -> None:
+    """A bench's namespace is its own (random): leave nothing of it behind once its figures are taken."""
+    keys = list(r.scan_iter(match=f"{namespace}:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        r.unlink(*keys[i:i + 1000])
+
+
 def measure(name: str, base_url: str, key: str, model: str, opts: argparse.Namespace) -> dict[str, LoadStats]:
     results = {}
     for mode, stream, total in (("non-stream", False, opts.requests), ("stream", True, opts.stream_requests)):
@@ -154,6 +161,7 @@ def main() -> None:
     finally:
         for proc in procs:
             stop(proc)
+        drop_namespace(r, namespace)
 
     print("\nsummary (c=%d)" % opts.concurrency)
     for mode in ("non-stream", "stream"):

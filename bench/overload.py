@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from bench.compare import start, stop, wait_ready
+from bench.compare import drop_namespace, start, stop, wait_ready
 from broker.config import hash_key
 from broker.embedded_redis import free_port
 
@@ -125,6 +125,7 @@ def main() -> None:
     finally:
         for proc in procs:
             stop(proc)
+        drop_namespace(r, namespace)
 
     statuses = Counter(status for _, _, status, _, _ in results)  # streams that failed after their 200 count as 5xx
     served = [(t, lane, s) for t, lane, status, s, _ in results if status == 200]
