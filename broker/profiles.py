@@ -19,6 +19,8 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     stream_usage: bool = True
     # Request fields the server rejects or mishandles: dropped before sending.
     drop: frozenset[str] = frozenset()
+    # The chat request fields a strict server accepts (it answers 422 to any other); None = it ignores extras.
+    chat_fields: frozenset[str] | None = None
     # Fields of each message the server rejects: dropped before sending (a message's `name` is only a hint).
     drop_message_fields: frozenset[str] = frozenset()
     # Request fields the server knows under another name.
@@ -40,9 +42,16 @@ PROFILES: dict[str, Profile] = {
                       max_completion_tokens=False),
     "localai": Profile(max_completion_tokens=False),
     "llamacpp": Profile(max_completion_tokens=False),
-    # Mistral: `random_seed` for seed; no logit_bias; no stream_options (usage comes in the last chunk).
-    "mistral": Profile(rename=(("seed", "random_seed"),), drop=frozenset({"logit_bias", "user"}),
+    # Mistral: strict schema, 422 `extra_forbidden` for any field it does not know, `name` on a
+    # user message included; `random_seed` for seed; no stream_options (usage comes in the last chunk).
+    # Embeddings: no `user`; `dimensions` is `output_dimension`.
+    "mistral": Profile(rename=(("seed", "random_seed"), ("dimensions", "output_dimension")), drop=frozenset({"user"}),
                        stream_usage=False, max_completion_tokens=False,
+                       chat_fields=frozenset({
+                           "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop",
+                           "random_seed", "response_format", "tools", "tool_choice", "presence_penalty",
+                           "frequency_penalty", "n", "prediction", "parallel_tool_calls"}),
+                       drop_message_fields=frozenset({"name"}),
                        capabilities=Capabilities(completions=False, embeddings=True)),
     # DeepSeek: JSON mode is json_object only; no images.
     "deepseek": Profile(drop=frozenset({"logit_bias", "n"}), max_completion_tokens=False,

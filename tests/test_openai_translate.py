@@ -21,8 +21,10 @@ from openai.types.chat import ChatCompletionChunk
 
 from broker.errors import UpstreamError
 from broker.profiles import PROFILES
-from broker.wire import chat_request_decoder, json_encoder
-from workers.providers.openai_translate import StreamRepair, chat_chunk, error_from_response, shape_request
+from broker.wire import chat_request_decoder, embedding_request_decoder, json_encoder
+from workers.providers.openai_translate import (
+    StreamRepair, chat_chunk, error_from_response, shape_embeddings, shape_request,
+)
 from workers.providers.sse import SSEParser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "openai"
@@ -50,6 +52,15 @@ def test_request_becomes_the_exact_upstream_body_for_its_profile(name: str, inde
     body = shape_request(req, model=case["model"], stream=case["stream"], stream_usage=case["stream_usage"],
                          profile=PROFILES[doc["profile"]])
     assert json.loads(body) == case["upstream"], case["name"]
+
+
+def test_mistral_embeddings_know_dimensions_as_output_dimension_and_take_no_user() -> None:
+    req = embedding_request_decoder.decode(json.dumps(
+        {"model": "public", "input": ["a", "b"], "dimensions": 256, "user": "u-1", "encoding_format": "base64"}))
+    body = json.loads(shape_embeddings(req, model="codestral-embed", profile=PROFILES["mistral"]))
+    # Floats from the upstream whatever the client asked: the worker encodes base64 itself.
+    assert body == {"model": "codestral-embed", "input": ["a", "b"], "output_dimension": 256,
+                    "encoding_format": "float"}
 
 
 def test_image_parts_and_tool_turns_are_forwarded_byte_for_byte() -> None:

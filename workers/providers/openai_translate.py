@@ -86,9 +86,13 @@ def shape_request(req: R, *, model: str, stream: bool, stream_usage: bool, profi
     elif not profile.stream_usage:
         options = UNSET
     shaped = msgspec.structs.replace(req, model=model, stream=stream, stream_options=options)
-    if not (profile.drop or profile.rename or profile.drop_message_fields or not profile.max_completion_tokens):
+    if not (profile.drop or profile.rename or profile.drop_message_fields or profile.chat_fields is not None
+            or not profile.max_completion_tokens):
         return json_encoder.encode(shaped)  # the common case: no dict round trip
-    return json_encoder.encode(adapt(msgspec.to_builtins(shaped), profile))
+    body = adapt(msgspec.to_builtins(shaped), profile)
+    if profile.chat_fields is not None and isinstance(req, ChatRequest):
+        body = {name: value for name, value in body.items() if name in profile.chat_fields}
+    return json_encoder.encode(body)
 
 
 def adapt(body: dict[str, Any], profile: Profile) -> dict[str, Any]:
