@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import TEST_KEY
 from tests.fakes.anthropic_upstream import anthropic_server
-from tests.fakes.openai_upstream import RecordedRequest, UpstreamServer
+from tests.fakes.server import FakeServer, RecordedRequest
 
 UPSTREAM_KEY = "sk-ant-api03-upstream-secret-abcdef123456"
 PUBLIC_MODELS = {
@@ -37,13 +37,13 @@ PNG = base64.b64encode(bytes.fromhex(
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
+def upstream() -> Iterator[FakeServer]:
     with anthropic_server(api_key=UPSTREAM_KEY) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: Any, upstream: FakeServer) -> str:
     origin = f"http://127.0.0.1:{upstream.port}"  # like https://api.anthropic.com: no /v1
     providers = {
         "claude": {"kind": "anthropic", "base_url": origin, "api_key": UPSTREAM_KEY, "timeout_s": 10},
@@ -62,12 +62,12 @@ def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
 
 
-def sent(upstream: UpstreamServer) -> RecordedRequest:
+def sent(upstream: FakeServer) -> RecordedRequest:
     return upstream.requests[-1]
 
 
 def test_chat_hoists_the_system_prompt_and_sends_the_anthropic_headers(
-    client: openai.OpenAI, upstream: UpstreamServer
+    client: openai.OpenAI, upstream: FakeServer
 ) -> None:
     reply = client.chat.completions.create(model="claude", temperature=0.3, messages=[
         {"role": "system", "content": "Be brief, use the cache."}, {"role": "user", "content": "hello there"}])
@@ -85,7 +85,7 @@ def test_chat_hoists_the_system_prompt_and_sends_the_anthropic_headers(
 
 
 def test_stream_gives_the_same_answer_a_finish_reason_and_a_usage_chunk(
-    client: openai.OpenAI, upstream: UpstreamServer
+    client: openai.OpenAI, upstream: FakeServer
 ) -> None:
     messages: Any = [{"role": "user", "content": "tell me a story about streams"}]
     whole = client.chat.completions.create(model="claude", messages=messages)
@@ -99,7 +99,7 @@ def test_stream_gives_the_same_answer_a_finish_reason_and_a_usage_chunk(
 
 
 def test_max_tokens_and_stop_sequences_reach_anthropic_and_come_back_as_finish_reasons(
-    client: openai.OpenAI, upstream: UpstreamServer
+    client: openai.OpenAI, upstream: FakeServer
 ) -> None:
     messages: Any = [{"role": "user", "content": "one two three four five"}]
     cut = client.chat.completions.create(model="claude", messages=messages, max_completion_tokens=3)
@@ -111,7 +111,7 @@ def test_max_tokens_and_stop_sequences_reach_anthropic_and_come_back_as_finish_r
     assert stopped.choices[0].message.content == "You said: one two three "
 
 
-def test_tool_call_without_streaming(client: openai.OpenAI, upstream: UpstreamServer) -> None:
+def test_tool_call_without_streaming(client: openai.OpenAI, upstream: FakeServer) -> None:
     reply = client.chat.completions.create(model="claude", tools=WEATHER, messages=[
         {"role": "user", "content": "What's the weather in Paris?"}])
     assert sent(upstream).body["tools"] == [{"name": "get_weather", "description": "Current weather in a city",
@@ -140,14 +140,14 @@ def test_two_parallel_tool_calls_stream_through_the_sdk_accumulator(client: open
     assert all(t.function is None or t.function.name is None for t in fragments if not t.id)
 
 
-def test_parallel_tool_calls_false_asks_for_one_call(client: openai.OpenAI, upstream: UpstreamServer) -> None:
+def test_parallel_tool_calls_false_asks_for_one_call(client: openai.OpenAI, upstream: FakeServer) -> None:
     reply = client.chat.completions.create(model="claude", tools=WEATHER, parallel_tool_calls=False, messages=[
         {"role": "user", "content": "Weather in two cities, please."}])
     assert sent(upstream).body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     assert len(reply.choices[0].message.tool_calls or []) == 1
 
 
-def test_tool_results_go_back_as_one_valid_user_turn(client: openai.OpenAI, upstream: UpstreamServer) -> None:
+def test_tool_results_go_back_as_one_valid_user_turn(client: openai.OpenAI, upstream: FakeServer) -> None:
     messages: Any = [{"role": "user", "content": "Weather in two cities, please."}]
     first = client.chat.completions.create(model="claude", messages=messages, tools=WEATHER)
     calls = first.choices[0].message.tool_calls or []
@@ -165,7 +165,7 @@ def test_tool_results_go_back_as_one_valid_user_turn(client: openai.OpenAI, upst
                                    {"type": "tool_result", "tool_use_id": calls[1].id, "content": "22C, sunny"}]
 
 
-def test_data_url_image_becomes_a_base64_block(client: openai.OpenAI, upstream: UpstreamServer) -> None:
+def test_data_url_image_becomes_a_base64_block(client: openai.OpenAI, upstream: FakeServer) -> None:
     reply = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}", "detail": "low"}}]}])
@@ -176,7 +176,7 @@ def test_data_url_image_becomes_a_base64_block(client: openai.OpenAI, upstream: 
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_json_mode_answers_parseable_json(client: openai.OpenAI, upstream: UpstreamServer, stream: bool) -> None:
+def test_json_mode_answers_parseable_json(client: openai.OpenAI, upstream: FakeServer, stream: bool) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}, "rain_mm": {"type": "number"}},
               "required": ["city", "rain_mm"]}
     kwargs: Any = {"model": "claude", "messages": [{"role": "user", "content": "Rain in Paris as JSON"}],

@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.fakes.anthropic_rules import Invalid, validate
-from tests.fakes.openai_upstream import EventStream, RecordedRequest, UpstreamServer
+from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 
 CITIES = ("Paris", "Tokyo")
 _ids = itertools.count()
@@ -238,10 +238,10 @@ def create_app(*, api_key: str, anthropic_version: str = "2023-06-01") -> Starle
     return app
 
 
-def anthropic_server(*, api_key: str) -> UpstreamServer:
+def anthropic_server(*, api_key: str) -> FakeServer:
     """The fake on a free port (not started: use it as a context manager).
 
     Its `base_url` ends in /v1 (OpenAI style); an `anthropic` provider takes the bare
     origin, `http://127.0.0.1:{port}`, as for https://api.anthropic.com.
     """
-    return UpstreamServer(app=create_app(api_key=api_key))
+    return FakeServer(create_app(api_key=api_key))

@@ -39,7 +39,7 @@ from starlette.routing import Route
 from tests.fakes.gemini_wire import (
     BatchEmbedContentsRequest, GenerateContentRequest, validate,
 )
-from tests.fakes.openai_upstream import EventStream, RecordedRequest, UpstreamServer
+from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 
 EMBEDDING_DIMENSIONS = 768
 THOUGHTS = 7  # thoughtsTokenCount of the "thinking" model
@@ -284,7 +284,7 @@ def create_app(*, api_key: str) -> Starlette:
     return app
 
 
-class GeminiServer(UpstreamServer):
+class GeminiServer(FakeServer):
     """The fake on a free port; `base_url` is the v1beta root a `kind: gemini` provider takes."""
 
     def __init__(self, api_key: str) -> None:

@@ -26,8 +26,6 @@ import asyncio
 import collections
 import itertools
 import os
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,21 +37,15 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive
 
 from tests.fakes.openai_rules import Answer, Call, Invalid, answer, pieces, prompt_tokens, validate
 from tests.fakes.openai_wire import (
     ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Function, Message, ToolCall, Usage,
 )
+from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 
 STALL_S = 30.0
-
-
-class RecordedRequest(msgspec.Struct):
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
 
 
 _encoder = msgspec.json.Encoder()
@@ -227,24 +219,6 @@ MIDSTREAM_ERROR = (
 )
 
 
-class EventStream(Response):
-    """An SSE response that writes each event straight to `send`, flushed one by one."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
-        self.events = events
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async for data in self.events:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
 # ---- app ----
 
 
@@ -336,54 +310,11 @@ def app_from_env() -> Starlette:
 # ---- running it ----
 
 
-class UpstreamServer:
-    """The fake on 127.0.0.1:<free port>, served by uvicorn in a background thread
-    (as httpx's tests/conftest.py does). Usable as `with` or `async with`."""
+class UpstreamServer(FakeServer):
+    """The OpenAI fake, served; `UpstreamServer(chunks=3)` takes create_app's options."""
 
     def __init__(self, app: Starlette | None = None, **app_kwargs: Any) -> None:
-        self.app = app if app is not None else create_app(**app_kwargs)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        # The graceful timeout cancels requests still stalled (slow / hang-stream) at exit.
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off",
-                                access_log=False, timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=f"fake-upstream-{self.port}", daemon=True)
-
-    @property
-    def requests(self) -> collections.deque[RecordedRequest]:
-        return self.app.state.requests  # type: ignore[no-any-return]
-
-    def start(self) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("fake upstream failed to start")
-            time.sleep(0.005)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
-
-    def __enter__(self) -> UpstreamServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> UpstreamServer:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
+        super().__init__(app if app is not None else create_app(**app_kwargs))
 
 
 def main(argv: list[str] | None = None) -> None:
