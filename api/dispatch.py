@@ -37,8 +37,9 @@ PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "x-request-timeout"
 
 
-def _timeout_s(state: BrokerState, request: Request) -> float:
-    """config default, lowered by `X-Request-Timeout` (seconds) and by the SDK's own read timeout."""
+def _timeout_s(state: BrokerState, request: Request, *, streams: bool) -> float:
+    """config default, lowered by `X-Request-Timeout` (seconds) and, for a non-streaming request,
+    by the SDK's own read timeout."""
     timeout = state.config.server.request_timeout_s
     asked = request.headers.get(TIMEOUT_HEADER)
     if asked is not None:
@@ -50,9 +51,11 @@ def _timeout_s(state: BrokerState, request: Request) -> float:
             raise InvalidRequest(f"`X-Request-Timeout` must be a number of seconds in (0, 86400], got {asked!r}.",
                                  param="X-Request-Timeout")
         timeout = min(timeout, value)
-    # The OpenAI SDK announces how long it will wait; no point working longer.
+    # The OpenAI SDK announces how long it will wait for a read; for a non-streaming answer that is
+    # the whole wait, so no point working longer. A stream only needs a byte that often, which its
+    # chunks and keep-alive comments give it: cutting it at that time would break long streams.
     client_timeout = request.headers.get("x-stainless-read-timeout")
-    if client_timeout:
+    if client_timeout and not streams:
         with suppress(ValueError):
             timeout = min(timeout, float(client_timeout))
     return timeout
@@ -70,6 +73,7 @@ def _lane(request: Request, principal: Principal) -> str:
 
 def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
     deployment = state.router.resolve(principal.tenant, payload.model, payload)
+    streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
     now = time.time()
     return Job(
         id=uuid.uuid4().hex,
@@ -80,7 +84,7 @@ def new_job(state: BrokerState, request: Request, principal: Principal, payload:
         upstream_model=deployment.model,
         reply_to=state.replies.channel,
         created=now,
-        deadline=now + _timeout_s(state, request),
+        deadline=now + _timeout_s(state, request, streams=streams),
         lane=_lane(request, principal),
         request=payload if isinstance(payload, ChatRequest) else None,
         completion=payload if isinstance(payload, CompletionRequest) else None,

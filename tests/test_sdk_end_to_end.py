@@ -12,14 +12,17 @@ import pytest
 from tests.conftest import TEST_KEY
 from workers.providers.mock import mock_words
 
-PROVIDERS = {"mock": {"kind": "mock", "tokens": 12}}
-MODELS = {"mock-chat": [{"provider": "mock", "model": "mock-upstream-id"}]}
+PROVIDERS = {"mock": {"kind": "mock", "tokens": 12},
+             "mock-slow": {"kind": "mock", "tokens": 30, "token_delay_s": 0.07}}  # ~2 s a stream
+MODELS = {"mock-chat": [{"provider": "mock", "model": "mock-upstream-id"}],
+          "slow-chat": [{"provider": "mock-slow", "model": "slow-id"}]}
 
 
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: Any) -> str:
     stack = module_stack_factory(PROVIDERS, MODELS)
     stack.worker("mock")
+    stack.worker("mock-slow")
     return str(stack.api())
 
 
@@ -126,8 +129,25 @@ def test_raw_sse_framing_matches_openai(base_url: str) -> None:
 def test_models_list_and_retrieve(base_url: str) -> None:
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     models = client.models.list()
-    assert [m.id for m in models.data] == ["mock-chat"]
-    assert models.data[0].owned_by == "mock"
+    assert [(m.id, m.owned_by) for m in models.data] == [("mock-chat", "mock"), ("slow-chat", "mock-slow")]
     assert client.models.retrieve("mock-chat").id == "mock-chat"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_a_stream_outlives_the_sdks_read_timeout_as_it_would_against_openai(base_url: str) -> None:
+    # The SDK's timeout bounds each read, and chunks come every 70 ms: a 2 s stream is fine
+    # with timeout=1 against OpenAI, so it must be through the broker too.
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0, timeout=1.0)
+    stream = client.chat.completions.create(model="slow-chat", stream=True,
+                                            messages=[{"role": "user", "content": "take your time"}])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == expected_text("take your time", 30)
+
+
+def test_a_non_streaming_request_is_not_worked_on_past_the_sdks_timeout(base_url: str) -> None:
+    # Without streaming the SDK's read timeout is its whole wait: the broker's deadline follows it.
+    resp = httpx.post(f"{base_url}/chat/completions", timeout=10,
+                      headers={"authorization": f"Bearer {TEST_KEY}", "x-stainless-read-timeout": "1"},
+                      json={"model": "slow-chat", "messages": [{"role": "user", "content": "too slow"}]})
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
