@@ -54,11 +54,18 @@ def _timeout_s(state: BrokerState, request: Request, *, streams: bool) -> float:
     # The OpenAI SDK announces how long it will wait for a read; for a non-streaming answer that is
     # the whole wait, so no point working longer. A stream only needs a byte that often, which its
     # chunks and keep-alive comments give it: cutting it at that time would break long streams.
-    client_timeout = request.headers.get("x-stainless-read-timeout")
-    if client_timeout and not streams:
-        with suppress(ValueError):
-            timeout = min(timeout, float(client_timeout))
+    client_timeout = _sdk_read_timeout(request)
+    if client_timeout is not None and not streams:
+        timeout = min(timeout, client_timeout)
     return timeout
+
+
+def _sdk_read_timeout(request: Request) -> float | None:
+    with suppress(ValueError):
+        value = float(request.headers.get("x-stainless-read-timeout") or "nan")
+        if value > 0:
+            return value
+    return None
 
 
 def _lane(request: Request, principal: Principal) -> str:
@@ -139,9 +146,12 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
             case _:
                 raise RequestTimeout(timeout_message)
 
+    # A stream waiting in the queue must show a byte more often than the client's read timeout.
+    hold_s, keepalive_s = state.config.server.stream_first_byte_hold_s, state.config.server.keepalive_interval_s
+    if (read_timeout := _sdk_read_timeout(request)) is not None:
+        hold_s, keepalive_s = min(hold_s, read_timeout / 2), min(keepalive_s, read_timeout / 2)
     try:
-        first = await sse.first_reply(waiter, hold_s=state.config.server.stream_first_byte_hold_s,
-                                      deadline=job.deadline, timeout_message=timeout_message)
+        first = await sse.first_reply(waiter, hold_s=hold_s, deadline=job.deadline, timeout_message=timeout_message)
     except BaseException:
         state.replies.close(job.id)
         raise
@@ -151,7 +161,7 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
         if not finished:
             state.cancel_job(job.provider, job.id, job.deadline)
 
-    return sse.stream_response(waiter, first, keepalive_s=state.config.server.keepalive_interval_s,
+    return sse.stream_response(waiter, first, keepalive_s=keepalive_s,
                                deadline=job.deadline, timeout_message=timeout_message, on_close=on_close)
 
 

@@ -13,9 +13,11 @@ from tests.conftest import TEST_KEY
 from workers.providers.mock import mock_words
 
 PROVIDERS = {"mock": {"kind": "mock", "tokens": 12},
-             "mock-slow": {"kind": "mock", "tokens": 30, "token_delay_s": 0.07}}  # ~2 s a stream
+             "mock-slow": {"kind": "mock", "tokens": 30, "token_delay_s": 0.07},  # ~2 s a stream
+             "mock-late": {"kind": "mock", "tokens": 3, "first_token_delay_s": 2.5}}  # a long queue wait, say
 MODELS = {"mock-chat": [{"provider": "mock", "model": "mock-upstream-id"}],
-          "slow-chat": [{"provider": "mock-slow", "model": "slow-id"}]}
+          "slow-chat": [{"provider": "mock-slow", "model": "slow-id"}],
+          "late-chat": [{"provider": "mock-late", "model": "late-id"}]}
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,7 @@ def base_url(module_stack_factory: Any) -> str:
     stack = module_stack_factory(PROVIDERS, MODELS)
     stack.worker("mock")
     stack.worker("mock-slow")
+    stack.worker("mock-late")
     return str(stack.api())
 
 
@@ -129,7 +132,8 @@ def test_raw_sse_framing_matches_openai(base_url: str) -> None:
 def test_models_list_and_retrieve(base_url: str) -> None:
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     models = client.models.list()
-    assert [(m.id, m.owned_by) for m in models.data] == [("mock-chat", "mock"), ("slow-chat", "mock-slow")]
+    assert [(m.id, m.owned_by) for m in models.data] == [  # sorted by id
+        ("late-chat", "mock-late"), ("mock-chat", "mock"), ("slow-chat", "mock-slow")]
     assert client.models.retrieve("mock-chat").id == "mock-chat"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
@@ -143,6 +147,15 @@ def test_a_stream_outlives_the_sdks_read_timeout_as_it_would_against_openai(base
                                             messages=[{"role": "user", "content": "take your time"}])
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == expected_text("take your time", 30)
+
+
+def test_a_stream_slow_to_start_keeps_the_sdks_read_timeout_from_firing(base_url: str) -> None:
+    # 2.5 s before the first token, a 1 s read timeout: the 200 and keep-alive comments come
+    # every half of it, so the client keeps reading (the default hold and keep-alive would be 2 s, 15 s).
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0, timeout=1.0)
+    stream = client.chat.completions.create(model="late-chat", stream=True,
+                                            messages=[{"role": "user", "content": "whenever"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected_text("whenever", 3)
 
 
 def test_a_non_streaming_request_is_not_worked_on_past_the_sdks_timeout(base_url: str) -> None:
