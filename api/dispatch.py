@@ -176,7 +176,15 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         principal = state.auth.authenticate(request.headers.get("authorization"))
         payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
         job = new_job(state, request, principal, payload)
-        return await limits.admitted(state, principal, job, lambda: run(state, request, job))
+        # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
+        request_id = {"x-request-id": f"req_{job.id}"}
+        try:
+            response = await limits.admitted(state, principal, job, lambda: run(state, request, job))
+        except BrokerError as exc:
+            exc.headers.update(request_id)
+            raise
+        response.headers.update(request_id)
+        return response
 
     return handle
 

@@ -164,3 +164,18 @@ def test_a_non_streaming_request_is_not_worked_on_past_the_sdks_timeout(base_url
                       headers={"authorization": f"Bearer {TEST_KEY}", "x-stainless-read-timeout": "1"},
                       json={"model": "slow-chat", "messages": [{"role": "user", "content": "too slow"}]})
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
+
+
+def test_every_answer_and_error_carries_a_request_id(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    completion = client.chat.completions.create(model="mock-chat", messages=[{"role": "user", "content": "id?"}])
+    stream = client.chat.completions.create(model="mock-chat", stream=True,
+                                            messages=[{"role": "user", "content": "id?"}])
+    list(stream)
+    assert completion._request_id and completion._request_id.startswith("req_")
+    assert stream.response.headers["x-request-id"].startswith("req_")
+    assert completion._request_id != stream.response.headers["x-request-id"]
+    timeout = httpx.post(f"{base_url}/chat/completions", timeout=10,
+                         headers={"authorization": f"Bearer {TEST_KEY}", "x-request-timeout": "0.5"},
+                         json={"model": "late-chat", "messages": [{"role": "user", "content": "x"}]})
+    assert timeout.status_code == 504 and timeout.headers["x-request-id"].startswith("req_")
