@@ -40,11 +40,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+_raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _with_extras(payload: T, body: bytes) -> T:
+    """Fields the Struct does not model, kept in its `extra_body` (if it has one) as sent.
+
+    A second pass over the body, but a shallow one: values stay undecoded bytes
+    unless they are extras.
+    """
+    known = getattr(type(payload), "__struct_fields__", ())
+    if "extra_body" not in known:
+        return payload
+    extras = {name: msgspec.json.decode(raw) for name, raw in _raw_fields.decode(body).items() if name not in known}
+    if not extras:
+        return payload
+    sent = getattr(payload, "extra_body")
+    merged = {**sent, **extras} if isinstance(sent, dict) else extras
+    return msgspec.structs.replace(payload, extra_body=merged)  # type: ignore[type-var]
+
+
 def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
-        return decoder.decode(body)
+        return _with_extras(decoder.decode(body), body)
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _AT_PATH.search(text)

@@ -169,6 +169,21 @@ def test_profiles_adapt_the_request_to_the_server(client: openai.OpenAI, upstrea
     assert "stream_options" not in upstream.requests[-1].body  # Mistral has none
 
 
+def test_extra_body_reaches_an_openai_compatible_server_as_top_level_fields(client: openai.OpenAI,
+                                                                              upstream: UpstreamServer) -> None:
+    # vLLM-style extensions the broker does not model travel as the client sent them...
+    extra = {"guided_json": {"type": "object", "properties": {"city": {"type": "string"}}},
+             "chat_template_kwargs": {"enable_thinking": False}}
+    list(client.chat.completions.create(model="up", messages=USER, stream=True, extra_body=extra))
+    sent = upstream.requests[-1].body
+    assert {k: sent[k] for k in extra} == extra and "extra_body" not in sent
+    client.completions.create(model="up", prompt="say hi", extra_body={"skip_special_tokens": False})
+    assert upstream.requests[-1].body["skip_special_tokens"] is False
+    # ...but not to a strict server, which would refuse the whole request for them.
+    client.chat.completions.create(model="up-mistral", messages=USER, extra_body=extra)
+    assert not set(extra) & set(upstream.requests[-1].body)
+
+
 def test_azure_profile_uses_the_deployment_path_and_api_key_header(client: openai.OpenAI,
                                                                    upstream: UpstreamServer) -> None:
     result = client.chat.completions.create(model="up-azure", messages=USER)

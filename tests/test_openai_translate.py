@@ -19,6 +19,7 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
+from api.decode import decode_body
 from broker.errors import UpstreamError
 from broker.profiles import PROFILES
 from broker.wire import chat_request_decoder, embedding_request_decoder, json_encoder
@@ -52,6 +53,16 @@ def test_request_becomes_the_exact_upstream_body_for_its_profile(name: str, inde
     body = shape_request(req, model=case["model"], stream=case["stream"], stream_usage=case["stream_usage"],
                          profile=PROFILES[doc["profile"]])
     assert json.loads(body) == case["upstream"], case["name"]
+
+
+def test_extras_go_top_level_but_never_override_a_field_the_broker_set() -> None:
+    req = decode_body(json.dumps({"model": "public", "messages": [{"role": "user", "content": "hi"}],
+                                  "top_k": 5, "guided_choice": ["a", "b"],
+                                  "extra_body": {"model": "sneaky", "priority": 3}}).encode(), chat_request_decoder)
+    body = json.loads(shape_request(req, model="served-id", stream=False, stream_usage=True,
+                                    profile=PROFILES["vllm"]))
+    assert body == {"model": "served-id", "messages": [{"role": "user", "content": "hi"}], "top_k": 5,
+                    "guided_choice": ["a", "b"], "priority": 3}
 
 
 def test_mistral_embeddings_know_dimensions_as_output_dimension_and_take_no_user() -> None:

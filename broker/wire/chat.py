@@ -1,7 +1,8 @@
 """OpenAI Chat Completions wire types: request, response and chunk Structs; models.
 
-Inbound bodies are lenient (unknown fields are ignored, so the next SDK release
-does not break clients) but what we do read is validated; the decode path of a
+Inbound bodies are lenient (a field we do not model is kept aside in
+`extra_body` for OpenAI-compatible upstreams, so the next SDK release or a
+server's own extensions do not break clients) but what we do read is validated; the decode path of a
 `msgspec.ValidationError` becomes the OpenAI error's `param`. Optional fields
 default to UNSET so re-encoding a request forwards exactly what the client sent.
 See ../shared/PROTOCOLS.md §1 for every field.
@@ -141,6 +142,10 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     top_k: int | None | UnsetType = UNSET
     min_p: float | None | UnsetType = UNSET
     repetition_penalty: float | None | UnsetType = UNSET
+    # Every other field the client sent (the SDK's `extra_body`: vLLM's `guided_json`,
+    # `chat_template_kwargs`, OpenRouter's `provider`...), filled in by api/decode.py.
+    # Forwarded to OpenAI-compatible upstreams only, never as a field of its own.
+    extra_body: dict[str, Any] | UnsetType = UNSET
 
     def output_limit(self) -> int | None:
         for value in (self.max_completion_tokens, self.max_tokens):

@@ -52,6 +52,7 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     frequency_penalty: Penalty | None | UnsetType = UNSET
     seed: int | None | UnsetType = UNSET
     user: str | UnsetType = UNSET
+    extra_body: dict[str, Any] | UnsetType = UNSET  # as ChatRequest.extra_body
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, list):

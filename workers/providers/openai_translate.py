@@ -85,11 +85,15 @@ def shape_request(req: R, *, model: str, stream: bool, stream_usage: bool, profi
         options = msgspec.structs.replace(given, include_usage=True)
     elif not profile.stream_usage:
         options = UNSET
-    shaped = msgspec.structs.replace(req, model=model, stream=stream, stream_options=options)
-    if not (profile.drop or profile.rename or profile.drop_message_fields or profile.chat_fields is not None
-            or not profile.max_completion_tokens):
+    extras = req.extra_body if isinstance(req.extra_body, dict) else None
+    shaped = msgspec.structs.replace(req, model=model, stream=stream, stream_options=options, extra_body=UNSET)
+    if extras is None and not (profile.drop or profile.rename or profile.drop_message_fields
+                               or profile.chat_fields is not None or not profile.max_completion_tokens):
         return json_encoder.encode(shaped)  # the common case: no dict round trip
-    body = adapt(msgspec.to_builtins(shaped), profile)
+    body = msgspec.to_builtins(shaped)
+    if extras:  # the client's own extensions go to the server as top-level fields; ours win a clash
+        body = {**extras, **body}
+    body = adapt(body, profile)
     if profile.chat_fields is not None and isinstance(req, ChatRequest):
         body = {name: value for name, value in body.items() if name in profile.chat_fields}
     return json_encoder.encode(body)
