@@ -32,6 +32,10 @@ def error_response(err: BrokerError) -> Response:
         # Rounded up: a client that retries a moment too early only meets another 429.
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
         headers["retry-after-ms"] = str(math.ceil(err.retry_after_s * 1000))
+    if not err.retryable and (err.status in (408, 409, 429) or err.status >= 500):
+        # The OpenAI SDK retries these statuses unless told otherwise: an upstream refusing our
+        # own key, a job that failed on every attempt or ran out its deadline will not do better.
+        headers["x-should-retry"] = "false"
     return Response(json_encoder.encode(err.to_body()), status_code=err.status, headers=headers,
                     media_type="application/json")
 

@@ -120,6 +120,7 @@ def test_provider_without_live_workers_is_503_with_retry_after(base_url: str) ->
     resp = post(base_url, {"model": "unserved", "messages": [{"role": "user", "content": "x"}]})
     assert resp.status_code == 503
     assert int(resp.headers["retry-after"]) >= 1
+    assert "x-should-retry" not in resp.headers  # worth retrying: the SDK's default stands
     assert "idle" in error_of(resp)["message"]  # names the provider nobody serves
 
 
@@ -130,6 +131,8 @@ def test_job_past_its_deadline_is_a_clear_504(base_url: str) -> None:
     assert info.value.status_code == 504
     assert info.value.code == "timeout"
     assert "slowpoke" in info.value.message  # names the provider it waited for
+    # Its own deadline ran out: the SDK (which retries 5xx by default) is told not to try again.
+    assert info.value.response.headers["x-should-retry"] == "false"
 
 
 def test_stream_past_its_deadline_before_the_first_byte_is_a_504(base_url: str) -> None:

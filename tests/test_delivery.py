@@ -100,6 +100,7 @@ def test_job_failing_on_every_attempt_goes_to_the_dead_letter_stream(stack_facto
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "unlucky"}])
     assert info.value.code == "attempts_exhausted"
+    assert info.value.response.headers["x-should-retry"] == "false"  # a job that kills workers stays dead
     dead = redis.Redis.from_url(REDIS_URL).xrange(Keys(namespace).dead_letters("mock"))
     assert len(dead) == 1 and b"every attempt" in dead[0][1][b"error"]
 

@@ -194,6 +194,7 @@ def test_upstream_auth_failure_is_a_502_that_never_shows_the_upstream_key(base_u
     assert "sk-wrong-key-987654321" not in resp.text and "987654321" not in resp.text
     assert resp.json()["error"]["type"] == "upstream_error"
     assert resp.json()["error"]["code"] == "upstream_error"  # not the upstream's invalid_api_key: our key, not theirs
+    assert resp.headers["x-should-retry"] == "false"  # a retry meets the same wrong key
 
 
 def test_upstream_timeout_is_a_504(client: openai.OpenAI) -> None:
