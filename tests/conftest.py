@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 import yaml
@@ -209,3 +210,9 @@ def stack_factory(tmp_path: Path, namespace: str) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def module_stack_factory(tmp_path_factory: pytest.TempPathFactory, module_namespace: str) -> Iterator[Any]:
     yield from _stacks(tmp_path_factory.mktemp("stack"), module_namespace)
+
+
+@pytest.fixture
+def client(base_url: str) -> openai.OpenAI:
+    """The official SDK against the module's `base_url` fixture (its own broker stack)."""
+    return openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)

@@ -57,11 +57,6 @@ def base_url(module_stack_factory: Any, upstream: FakeServer) -> str:
     return str(stack.api())
 
 
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
-
-
 def sent(upstream: FakeServer) -> RecordedRequest:
     return upstream.requests[-1]
 

@@ -57,11 +57,6 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
     return str(stack.api())
 
 
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
-
-
 USER: Any = [{"role": "user", "content": "what is the weather in Paris"}]
 WEATHER: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]

@@ -21,7 +21,6 @@ from broker.config import GeminiProvider
 from broker.config_types import Secret
 from broker.errors import InvalidRequest
 from broker.wire import EmbeddingRequest, embedding_request_decoder
-from tests.conftest import TEST_KEY
 from tests.fakes.gemini_upstream import GeminiServer, embedding
 from workers.providers.gemini import GeminiGenerateContent
 
@@ -52,11 +51,6 @@ def base_url(module_stack_factory: Any, upstream: GeminiServer) -> str:
     stack = module_stack_factory(providers, models)
     stack.worker("gemini")
     return str(stack.api())
-
-
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
 
 
 def sent(upstream: GeminiServer) -> Any:

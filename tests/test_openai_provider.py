@@ -53,11 +53,6 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
 
 
 @pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
-
-
-@pytest.fixture
 def direct(upstream: UpstreamServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=upstream.base_url, api_key=UPSTREAM_KEY, max_retries=0)
 
