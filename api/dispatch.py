@@ -161,8 +161,10 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
         if not finished:
             state.cancel_job(job.provider, job.id, job.deadline)
 
-    return sse.stream_response(waiter, first, keepalive_s=keepalive_s,
-                               deadline=job.deadline, timeout_message=timeout_message, on_close=on_close)
+    response = sse.stream_response(waiter, first, keepalive_s=keepalive_s,
+                                   deadline=job.deadline, timeout_message=timeout_message)
+    response.on_close(on_close)
+    return response
 
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)

@@ -2,20 +2,25 @@
 and free its concurrency slot when the answer is over.
 
 The slot is freed when the JSON body is ready, when the error is raised, or (for
-SSE) when the stream's generator ends: finished, failed or the client gone. If
+SSE) when the stream's response ends: finished, failed or the client gone. The
+release runs in a task of its own (`BrokerState.spawn`): a client that leaves
+cancels the request, and a release awaited inside that cancelled request would
+never be sent, leaving the tenant one slot short until the job's deadline. If
 this process dies first, the slot expires at the job's deadline
 (broker/ratelimit.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from api.auth import Principal
+from api.sse import EventStream
 from api.state import BrokerState
 from broker.errors import BrokerError, Unavailable
 from broker.jobs import Job
@@ -42,23 +47,23 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
         await _release(state, admission)
         raise
     response.headers.update(admission.headers)
-    if isinstance(response, StreamingResponse) and admission.holds_slot:
-        response.body_iterator = _release_after(response.body_iterator, state, admission)
+    if isinstance(response, EventStream) and admission.holds_slot:
+        def release(_finished: bool) -> None:
+            state.spawn(_release_now(state, admission))
+
+        response.on_close(release)
     else:
         await _release(state, admission)
     return response
 
 
-async def _release_after(body: AsyncIterable[str | bytes | memoryview], state: BrokerState,
-                         admission: Admission) -> AsyncIterator[str | bytes | memoryview]:
-    try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        await _release(state, admission)
-
-
 async def _release(state: BrokerState, admission: Admission) -> None:
+    """Free the slots; waits for it unless the caller is cancelled, which the release outlives."""
+    if admission.holds_slot:
+        await asyncio.shield(state.spawn(_release_now(state, admission)))
+
+
+async def _release_now(state: BrokerState, admission: Admission) -> None:
     try:
         await state.limiter.release(admission)
     except RedisError:

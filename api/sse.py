@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from broker.errors import BrokerError, RequestTimeout
 from broker.jobs import Chunk, Failed, Final, Reply
@@ -48,6 +49,35 @@ async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float, timeout
     return reply
 
 
+class EventStream(StreamingResponse):
+    """An SSE response that runs its close callbacks exactly once, however it ends.
+
+    Not in the body generator's `finally`: a client that leaves before the first
+    event means the generator is never started (so its `finally` never runs),
+    and one that leaves while an event is being written leaves the generator
+    suspended until garbage collection. `__call__` always returns or raises.
+    The callbacks are plain functions: the request is being cancelled, so any
+    Redis work they start must run in a task of its own (`BrokerState.spawn`).
+    """
+
+    def __init__(self, content: AsyncIterator[bytes]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=HEADERS)
+        self.finished = False  # the job ended (answer, error or deadline); False: the client left first
+        self._on_close: list[Callable[[bool], None]] = []
+
+    def on_close(self, callback: Callable[[bool], None]) -> None:
+        """`callback(finished)` when the response is over."""
+        self._on_close.append(callback)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            callbacks, self._on_close = self._on_close, []
+            for callback in callbacks:
+                callback(self.finished)
+
+
 def stream_response(
     waiter: Waiter,
     first: Reply | None,
@@ -55,36 +85,32 @@ def stream_response(
     keepalive_s: float,
     deadline: float,
     timeout_message: str,
-    on_close: Callable[[bool], None],
-) -> StreamingResponse:
+) -> EventStream:
     async def events() -> AsyncIterator[bytes]:
         reply = first
-        finished = False  # False when the generator is closed early: the client left
-        try:
-            while True:
-                match reply:
-                    case None:
-                        if time.time() >= deadline:
-                            finished = True  # the worker drops the job itself once past its deadline
-                            yield error_event(RequestTimeout(timeout_message))
-                            return
-                        yield KEEPALIVE
-                    case Chunk(events=chunks):
-                        yield frame(chunks)
-                    case Final():
-                        finished = True
-                        yield DONE
+        while True:
+            match reply:
+                case None:
+                    if time.time() >= deadline:
+                        response.finished = True  # the worker drops the job itself once past its deadline
+                        yield error_event(RequestTimeout(timeout_message))
                         return
-                    case Failed(error=info):
-                        finished = True
-                        yield error_event(BrokerError.from_info(info))
-                        return
-                try:
-                    reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
-                except ReplyGap as exc:
-                    yield error_event(exc.as_error())
+                    yield KEEPALIVE
+                case Chunk(events=chunks):
+                    yield frame(chunks)
+                case Final():
+                    response.finished = True
+                    yield DONE
                     return
-        finally:
-            on_close(finished)
+                case Failed(error=info):
+                    response.finished = True
+                    yield error_event(BrokerError.from_info(info))
+                    return
+            try:
+                reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
+            except ReplyGap as exc:
+                yield error_event(exc.as_error())
+                return
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=HEADERS)
+    response = EventStream(events())
+    return response

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -35,13 +37,27 @@ class BrokerState:
         self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance), self.keys.result)
         self.limiter = Limiter(self.redis, self.keys)
         self.scripts = QueueScripts(self.redis)
-        # Fire-and-forget cancellations: held here so they are not garbage-collected mid-flight.
-        self.background: set[asyncio.Task[None]] = set()
+        # Cleanup that must reach Redis even when its request was cancelled: held here so the
+        # tasks are not garbage-collected mid-flight, and awaited before Redis is closed.
+        self.background: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await self.scripts.load()
         await self.limiter.load()
         await self.replies.start()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `work` in its own task, outside the caller's cancellation.
+
+        A client that disconnects cancels its request's task (Starlette cancels
+        the stream's scope), and every later `await` in that task is cancelled
+        again at once: cleanup awaited there never reaches Redis. A task of its
+        own finishes whatever happens to the request.
+        """
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     def cancel_job(self, provider: str, job_id: str, deadline: float) -> None:
         """The client left: drop its job if still queued, abort it if running (never blocks the caller)."""
@@ -52,10 +68,10 @@ class BrokerState:
             pipe.publish(self.keys.cancel_channel(provider), job_id)  # the running worker aborts it
             await pipe.execute()
 
-        task = asyncio.create_task(cancel())
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self.spawn(cancel())
 
     async def aclose(self) -> None:
+        if self.background:  # releases and cancellations still on their way to Redis
+            await asyncio.wait(set(self.background), timeout=5)
         await self.replies.stop()
         await self.redis.aclose()

@@ -22,6 +22,7 @@ TENANTS: dict[str, dict[str, Any]] = {
     "burst": {"rpm": 60},
     "tokens": {"tpm": 1000},
     "conc": {"max_concurrent": 2},
+    "leaver": {"max_concurrent": 2},
     "headers": {"rpm": 60, "tpm": 10000},
     "sdk": {"rpm": 1},
     "settle": {"tpm": 100000},
@@ -172,6 +173,44 @@ def test_max_concurrent_2_rejects_a_third_request_and_frees_slots_when_responses
                 body = (await stream.aread()).decode()
             assert body.endswith("data: [DONE]\n\n")
             await asyncio.to_thread(deployment.wait_for, lambda: deployment.in_flight("conc") == 0)
+
+    asyncio.run(main())
+
+
+def test_streams_whose_clients_disconnect_free_their_slots_at_once(deployment: Deployment) -> None:
+    """The slot's release must survive the cancellation that a disconnect throws into the stream."""
+    async def leave_after_first_chunk(url: str, client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", f"{url}/chat/completions",
+                                 headers={"authorization": f"Bearer {key_of('leaver')}"},
+                                 json={"model": "slow-chat", "stream": True,
+                                       "messages": [{"role": "user", "content": "hi"}]}) as stream:
+            assert stream.status_code == 200
+            async for _ in stream.aiter_bytes():
+                break  # and the connection is dropped mid-stream
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            await asyncio.gather(*(leave_after_first_chunk(url, client) for url in deployment.urls))
+        await asyncio.to_thread(deployment.wait_for, lambda: deployment.in_flight("leaver") == 0, 3)
+        async with httpx.AsyncClient(timeout=30) as client:
+            after = await chat(deployment.urls[0], "leaver", client)
+        assert after.status_code == 200, after.text
+
+    async def leave_during_the_first_byte_hold(url: str) -> None:
+        # Gone before the 200 is sent: the stream's body is never iterated at all.
+        port = httpx.URL(url).port
+        body = json.dumps({"model": "slow-chat", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                     f"authorization: Bearer {key_of('leaver')}\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(body)}\r\n\r\n{body}".encode())
+        await writer.drain()
+        await asyncio.to_thread(deployment.wait_for, lambda: deployment.in_flight("leaver") >= 1)
+        writer.close()
+
+    async def then() -> None:
+        await asyncio.gather(*(leave_during_the_first_byte_hold(url) for url in deployment.urls))
+        await asyncio.to_thread(deployment.wait_for, lambda: deployment.in_flight("leaver") == 0, 3)
 
     asyncio.run(main())
 
