@@ -36,6 +36,11 @@ from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "x-request-timeout"
 
+# Timings a client sends (X-Request-Timeout, the SDK's x-stainless-read-timeout) count as at least
+# this much. Keep-alives and the first-byte hold follow half the SDK's read timeout: a microsecond
+# there made the API write keep-alive comments in a busy loop.
+MIN_CLIENT_TIMING_S = 1.0
+
 
 def _timeout_s(state: BrokerState, request: Request, *, streams: bool) -> float:
     """config default, lowered by `X-Request-Timeout` (seconds) and, for a non-streaming request,
@@ -50,7 +55,7 @@ def _timeout_s(state: BrokerState, request: Request, *, streams: bool) -> float:
         if not 0 < value <= 86_400:
             raise InvalidRequest(f"`X-Request-Timeout` must be a number of seconds in (0, 86400], got {asked!r}.",
                                  param="X-Request-Timeout")
-        timeout = min(timeout, value)
+        timeout = min(timeout, max(value, MIN_CLIENT_TIMING_S))
     # The OpenAI SDK announces how long it will wait for a read; for a non-streaming answer that is
     # the whole wait, so no point working longer. A stream only needs a byte that often, which its
     # chunks and keep-alive comments give it: cutting it at that time would break long streams.
@@ -63,8 +68,8 @@ def _timeout_s(state: BrokerState, request: Request, *, streams: bool) -> float:
 def _sdk_read_timeout(request: Request) -> float | None:
     with suppress(ValueError):
         value = float(request.headers.get("x-stainless-read-timeout") or "nan")
-        if value > 0:
-            return value
+        if value > 0:  # also false for NaN
+            return max(value, MIN_CLIENT_TIMING_S)
     return None
 
 

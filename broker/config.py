@@ -85,13 +85,13 @@ class Tenant(Limits, kw_only=True):
 
 class ServerSettings(Strict):
     # How long a request may wait in total (queue + upstream) before a timeout error.
-    request_timeout_s: float = 600.0
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     # SSE: hold the 200 back this long so early failures still get a real HTTP status.
-    stream_first_byte_hold_s: float = 2.0
+    stream_first_byte_hold_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     # SSE comment keep-alive while a job waits (proxies drop idle connections).
-    keepalive_interval_s: float = 15.0
+    keepalive_interval_s: Annotated[float, msgspec.Meta(ge=0.1)] = 15.0  # never a busy loop of comments
     # Final results stay readable this long after a job ends.
-    result_ttl_s: int = 60
+    result_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 60  # Redis refuses SET ... EX 0
     # Larger request bodies get a 413 before they are read whole (each body is queued in Redis).
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
 
@@ -102,20 +102,20 @@ class QueueSettings(Strict):
     lane_weights: dict[str, int] = msgspec.field(
         default_factory=lambda: {"interactive": 8, "default": 4, "batch": 1})
     # Below this many waiting jobs a lane never rejects (drain-rate estimates are noisy when small).
-    min_queue: int = 64
+    min_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     # Until a provider's drain rate has first been measured (it is kept in Redis from then on),
     # admission assumes each live worker finishes `concurrency` jobs per this many seconds.
     assumed_service_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     # Workers refresh their liveness and their jobs' leases this often...
-    heartbeat_interval_s: float = 2.0
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     # ...so a job pending this long without a refresh belongs to a dead worker and is reclaimed.
-    claim_idle_s: float = 15.0
+    claim_idle_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     # Deliveries before a job goes to the dead-letter stream and its client gets an error.
-    max_attempts: int = 3
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
     # A worker counts as live this long after its last heartbeat (none live: 503 at the door).
-    worker_ttl_s: float = 10.0
+    worker_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     # SIGTERM: how long a worker lets in-flight jobs finish before leaving them for reclaim.
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
 class Config(Strict):

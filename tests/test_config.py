@@ -65,6 +65,13 @@ def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
         (("name: ci", "name: ci, colour: red"), {"VLLM_KEY": "k"}, "$.tenants.acme.keys[1]"),
         (("name: ci, rpm: 60}", "name: ci}, {key: '%s', name: ci}" % hash_key("x")), {"VLLM_KEY": "k"},
          "duplicate key name 'ci' - at `$.tenants.acme.keys[2].name`"),
+        # Values Redis or the event loop cannot live with: SET EX 0, a keep-alive busy loop, no heartbeat.
+        (("redis_url:", "server: {result_ttl_s: 0}\nredis_url:"), {"VLLM_KEY": "k"}, "$.server.result_ttl_s"),
+        (("redis_url:", "server: {keepalive_interval_s: 0}\nredis_url:"), {"VLLM_KEY": "k"},
+         "$.server.keepalive_interval_s"),
+        (("redis_url:", "queue: {heartbeat_interval_s: 0}\nredis_url:"), {"VLLM_KEY": "k"},
+         "$.queue.heartbeat_interval_s"),
+        (("redis_url:", "queue: {max_attempts: 0}\nredis_url:"), {"VLLM_KEY": "k"}, "$.queue.max_attempts"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, edit: tuple[str, str], env: dict[str, str],

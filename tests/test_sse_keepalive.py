@@ -32,3 +32,18 @@ def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: A
     chunks = list(client.chat.completions.create(**body))
     assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_tiny_sdk_read_timeout_cannot_make_keepalives_a_busy_loop(stack_factory: Any) -> None:
+    # Keep-alives follow half the SDK's read timeout; a client-sent microsecond is floored at 1 s.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 2.0}},
+                          {"m": [{"provider": "mock", "model": "m"}]})
+    stack.worker("mock")
+    base_url = stack.api()
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "slow start"}]}
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=10,
+                      headers={"authorization": f"Bearer {TEST_KEY}", "x-stainless-read-timeout": "0.000001"}) as resp:
+        assert resp.status_code == 200
+        text = resp.read().decode()
+    assert text.endswith("data: [DONE]\n\n")
+    assert 1 <= text.count(": keep-alive\n\n") <= 5  # every 0.5 s over a 2 s wait
