@@ -116,11 +116,12 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
         f"Request timed out after {job.deadline - job.created:g}s waiting for provider {job.provider!r} "
         f"(model {job.model!r}); no worker finished it in time."
     )
-    waiter = state.replies.open(job.id)
+    waiter = state.replies.open(job.id, abandon=lambda: state.cancel_job(job.provider, job.id, job.deadline))
     try:
-        await enqueue(state.scripts, state.keys, state.config.queue, job,
-                      ms_left=int((job.deadline - time.time()) * 1000),
-                      worker_slots=state.config.providers[job.provider].concurrency)
+        entry_id = await enqueue(state.scripts, state.keys, state.config.queue, job,
+                                 ms_left=int((job.deadline - time.time()) * 1000),
+                                 worker_slots=state.config.providers[job.provider].concurrency)
+        waiter.entry = (state.keys.queue(job.provider, job.lane, job.tenant), entry_id)
     except RedisError:
         state.replies.close(job.id)
         raise Unavailable("The broker's queue is unavailable; please retry shortly.", retry_after_s=1) from None

@@ -34,7 +34,8 @@ class BrokerState:
         self.redis = Redis(
             connection_pool=BlockingConnectionPool.from_url(config.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5)
         )
-        self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance), self.keys.result)
+        self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance), self.keys.result,
+                                   max_buffered_bytes=config.server.stream_buffer_bytes)
         self.limiter = Limiter(self.redis, self.keys)
         self.scripts = QueueScripts(self.redis)
         # Cleanup that must reach Redis even when its request was cancelled: held here so the

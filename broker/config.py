@@ -94,6 +94,9 @@ class ServerSettings(Strict):
     result_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 60  # Redis refuses SET ... EX 0
     # Larger request bodies get a 413 before they are read whole (each body is queued in Redis).
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    # Stream events one client may leave unread (it reads slower than its job writes); past this its
+    # stream ends with an error and its job is cancelled, so a slow reader cannot grow the API's memory.
+    stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
 
 
 class QueueSettings(Strict):

@@ -17,6 +17,20 @@ that ends later is heard on the new subscription. A stream that lost chunks
 in the gap fails its sequence check and ends with an explicit error, never a
 silently shortened answer. If Redis stays unreachable for
 `RECOVERY_GRACE_S`, the waiting requests get a clear 503 instead of hanging.
+A Redis that comes back *without its data* (no AOF, a failover to an empty
+replica) is noticed the same way: a waiting job with neither its stream entry
+nor a result was lost, and its client gets a retryable 503 at once instead of
+waiting out its deadline.
+
+Whenever the router gives up on a job for its client (Redis gone too long, job
+lost, a reader too slow), it calls the waiter's `abandon` so the job is
+cancelled and no tokens are spent on an answer nobody will read. While Redis
+is down that waits for the reconnection, before the workers pull again.
+
+Pub/sub gives no backpressure: a client reading slower than its job produces
+would make its queue grow without limit. Each waiter holds at most
+`max_buffered_bytes` of stream events; past that its stream ends with an
+explicit error and its job is cancelled.
 """
 
 from __future__ import annotations
@@ -25,10 +39,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
 
-from broker.errors import BrokerError, Unavailable
+from broker.errors import BrokerError, InvalidRequest, Unavailable
 from broker.jobs import Chunk, Failed, Reply, reply_decoder
 
 log = logging.getLogger(__name__)
@@ -62,14 +77,29 @@ class Waiter:
     Replies of an older attempt (a presumed-dead worker that was only slow) are dropped.
     """
 
-    __slots__ = ("job_id", "queue", "_attempt", "_next_seq", "_streamed")
+    __slots__ = ("job_id", "queue", "abandon", "entry", "buffered", "given_up", "_attempt", "_next_seq",
+                 "_streamed")
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, abandon: Callable[[], None]) -> None:
         self.job_id = job_id
         self.queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self.abandon = abandon  # cancels the job: called when the router gives up on it
+        self.entry: tuple[str, bytes] | None = None  # (stream, entry id) once enqueued
+        self.buffered = 0  # bytes of stream events queued and not yet taken
+        self.given_up = False  # a local failure was queued: later replies are dropped
         self._attempt = 0
         self._next_seq = 0
         self._streamed = False
+
+    def give_up(self, error: BrokerError) -> None:
+        """End this job's replies with `error` (queued after nothing: what was buffered is dropped)."""
+        if self.given_up:
+            return
+        self.given_up = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.buffered = 0
+        self.queue.put_nowait(Failed(self.job_id, 0, LOCAL_FAILURE, error.to_info()))
 
     async def next(self, timeout_s: float) -> Reply | None:
         """The next reply, or None if none came within timeout_s."""
@@ -83,6 +113,8 @@ class Waiter:
                     return None
             else:
                 reply = self.queue.get_nowait()
+            if isinstance(reply, Chunk):
+                self.buffered -= event_bytes(reply)
             if reply.seq == LOCAL_FAILURE:
                 return reply
             if reply.attempt < self._attempt:
@@ -102,12 +134,25 @@ class Waiter:
             return reply
 
 
+def event_bytes(chunk: Chunk) -> int:
+    return sum(len(event) for event in chunk.events)
+
+
+def _too_slow(limit: int) -> BrokerError:
+    return InvalidRequest(f"The client read this stream too slowly: more than {limit:,} bytes of it were waiting "
+                          "to be sent, so the stream was ended and its request cancelled.", code="client_too_slow")
+
+
 class ReplyRouter:
-    def __init__(self, redis: Redis, channel: str, result_key: Callable[[str], str]) -> None:
+    def __init__(self, redis: Redis, channel: str, result_key: Callable[[str], str], *,
+                 max_buffered_bytes: int) -> None:
         self.redis = redis
         self.channel = channel
         self.result_key = result_key
+        self.max_buffered_bytes = max_buffered_bytes
         self._waiters: dict[str, Waiter] = {}
+        # Jobs given up while Redis was unreachable: cancelled as soon as it answers again.
+        self._to_abandon: list[Waiter] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -123,9 +168,12 @@ class ReplyRouter:
             except asyncio.CancelledError:
                 pass
 
-    def open(self, job_id: str) -> Waiter:
-        """Register before XADD, so the first reply always finds its waiter."""
-        waiter = self._waiters[job_id] = Waiter(job_id)
+    def open(self, job_id: str, abandon: Callable[[], None]) -> Waiter:
+        """Register before XADD, so the first reply always finds its waiter.
+
+        `abandon` cancels the job; the router calls it when it gives up on the job for its client.
+        """
+        waiter = self._waiters[job_id] = Waiter(job_id, abandon)
         return waiter
 
     def close(self, job_id: str) -> None:
@@ -138,6 +186,7 @@ class ReplyRouter:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                self._abandon_given_up()
                 if lost_at is not None:
                     await self._recover()
                     log.warning("reply channel %s recovered after %.1f s", self.channel, time.monotonic() - lost_at)
@@ -147,6 +196,9 @@ class ReplyRouter:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None:
                         self._dispatch(message["data"])
+                    # A backlog of buffered messages is read without suspending: let the requests
+                    # run between two, or one burst would starve every other stream of this process.
+                    await asyncio.sleep(0)
             except asyncio.CancelledError:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
@@ -164,17 +216,34 @@ class ReplyRouter:
                 await asyncio.sleep(0.1 if time.monotonic() - lost_at < 1 else 0.5)
 
     async def _recover(self) -> None:
-        """Hand each waiting job the terminal reply it may have missed (subscribed first, so none is lost)."""
-        job_ids = list(self._waiters)
-        if not job_ids:
+        """After a reconnection: hand each waiting job the terminal reply it may have missed (subscribed
+        first, so none is lost), and fail at once the jobs Redis no longer has."""
+        waiters = list(self._waiters.values())
+        if not waiters:
             return
         async with self.redis.pipeline(transaction=False) as pipe:  # not MGET: result keys span cluster slots
-            for job_id in job_ids:
-                pipe.get(self.result_key(job_id))
-            stored = await pipe.execute()
-        for raw in stored:
-            if raw is not None:
-                self._dispatch(raw)
+            for waiter in waiters:
+                # The entry first: finish.lua deletes it and stores the result in one step, so a job
+                # that ends between the two reads is still seen by one of them.
+                if waiter.entry is not None:
+                    stream, entry_id = waiter.entry
+                    pipe.xrange(stream, entry_id, entry_id, count=1)
+                pipe.get(self.result_key(waiter.job_id))
+            found: list[Any] = await pipe.execute()
+        lost = 0
+        for waiter in waiters:
+            entry = found.pop(0) if waiter.entry is not None else None
+            result = found.pop(0)
+            if result is not None:
+                self._dispatch(result)
+            elif waiter.entry is not None and not entry:
+                lost += 1
+                waiter.give_up(Unavailable("Redis lost this request's job (it restarted without its data); "
+                                           "please retry", code="job_lost"))
+                waiter.abandon()  # a worker may still hold it in memory
+        if lost:
+            log.error("Redis lost %d waiting jobs (restarted without its data); their clients were told to retry",
+                      lost)
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -183,11 +252,25 @@ class ReplyRouter:
             log.warning("undecodable reply on %s dropped", self.channel)
             return
         waiter = self._waiters.get(reply.job_id)
-        if waiter is not None:  # None: the client left; its job's replies go nowhere
-            waiter.queue.put_nowait(reply)
+        if waiter is None or waiter.given_up:  # the client left, or was told why not: nobody reads it
+            return
+        if isinstance(reply, Chunk):
+            waiter.buffered += event_bytes(reply)
+            if waiter.buffered > self.max_buffered_bytes:
+                waiter.give_up(_too_slow(self.max_buffered_bytes))
+                waiter.abandon()
+                return
+        waiter.queue.put_nowait(reply)
 
     def _fail_all(self, message: str) -> None:
-        info = Unavailable(message).to_info()
-        for job_id, waiter in list(self._waiters.items()):
-            waiter.queue.put_nowait(Failed(job_id, 0, LOCAL_FAILURE, info))
+        error = Unavailable(message)
+        for waiter in list(self._waiters.values()):
+            if not waiter.given_up:
+                waiter.give_up(error)
+                self._to_abandon.append(waiter)  # cancelled once Redis answers again
 
+    def _abandon_given_up(self) -> None:
+        """Cancel the jobs whose clients were failed while Redis was away, before workers can run them."""
+        waiters, self._to_abandon = self._to_abandon, []
+        for waiter in waiters:
+            waiter.abandon()
