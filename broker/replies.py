@@ -213,7 +213,9 @@ class ReplyRouter:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
-                await asyncio.sleep(0.1 if time.monotonic() - lost_at < 1 else 0.5)
+                # Often: once Redis is back, the requests failed meanwhile must have their jobs cancelled
+                # before workers pull again (they pause a second after an outage for this).
+                await asyncio.sleep(0.1)
 
     async def _recover(self) -> None:
         """After a reconnection: hand each waiting job the terminal reply it may have missed (subscribed

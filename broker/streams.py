@@ -114,7 +114,8 @@ async def reclaim(scripts: QueueScripts, redis: Redis, keys: Keys, queue: QueueS
         streams += [keys.queue(provider, lane, t.decode()) for t in tenants]
     claimed: list[Pulled] = []
     for stream in streams:
-        rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count])
+        rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count,
+                                                          keys.provider(provider)])
         for entry_id, raw, delivered in rows:
             fields = _fields(raw)
             claimed.append(Pulled(stream, entry_id, fields[b"id"].decode(), fields[b"job"], int(delivered)))
@@ -132,7 +133,22 @@ async def heartbeat(redis: Redis, keys: Keys, provider: str, consumer: str,
     for stream, entry_ids in in_flight.items():
         if entry_ids:
             pipe.xclaim(stream, WORKER_GROUP, consumer, 0, list[Any](entry_ids), justid=True)
-    await pipe.execute()
+    for result in await pipe.execute(raise_on_error=False):
+        # NOGROUP: the stream is gone with its group: its jobs finished (finish.lua retired the
+        # emptied stream after the snapshot of held entries was taken) or Redis lost its data.
+        # Nothing is left to keep alive there; any other error is real.
+        if isinstance(result, Exception) and not str(result).startswith("NOGROUP"):
+            raise result
+
+
+async def cancelled(redis: Redis, keys: Keys, provider: str, job_ids: list[str]) -> list[str]:
+    """Those of `job_ids` whose cancellation marker is set (a cancel message may have been missed)."""
+    if not job_ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.exists(keys.cancelled(provider, job_id))
+    return [job_id for job_id, marked in zip(job_ids, await pipe.execute()) if marked]
 
 
 async def leave(redis: Redis, keys: Keys, provider: str, consumer: str) -> None:

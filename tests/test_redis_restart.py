@@ -17,20 +17,24 @@ import redis
 
 from broker.embedded_redis import free_port
 from tests.conftest import TEST_KEY
+from tests.fakes import openai_upstream
+from tests.fakes.openai_upstream import UpstreamServer
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         self.port = free_port()
         self.directory = directory
+        self.persistent = persistent  # AOF, fsync'd on every write: a restart keeps everything
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
              "--dir", str(self.directory)], stdout=subprocess.DEVNULL)
         end = time.monotonic() + 10
         while True:
@@ -53,6 +57,28 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, persistent=True)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(chunks=4) as server:
+        yield server
+
+
+def sent_upstream(upstream: UpstreamServer, marker: str) -> int:
+    return sum(1 for r in upstream.requests if r.body and marker in str(r.body.get("messages")))
+
+
+def chat(model: str, marker: str, *, stream: bool = False) -> dict[str, Any]:
+    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": marker}]}
 
 
 def test_requests_work_again_after_redis_restarts(stack_factory: Any, own_redis: RedisServer) -> None:
@@ -128,3 +154,79 @@ def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redi
                 continue
             content = "".join(choice["delta"].get("content") or "" for e in events for choice in e["choices"])
             assert content == reference["choices"][0]["message"]["content"]
+
+
+def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
+    stack_factory: Any, own_redis: RedisServer, upstream: UpstreamServer
+) -> None:
+    # One job runs (the upstream takes 30 s), one waits in the queue behind it; Redis then restarts
+    # empty (no AOF, or a failover to an empty replica). Both jobs are gone from Redis: their clients
+    # hear so at once, not when their 600 s deadline passes, and the running upstream call is aborted.
+    stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},
+                          {"slow": [{"provider": "up", "model": "slow"}],
+                           "quick": [{"provider": "up", "model": "fake-model"}]},
+                          redis_url=own_redis.url, queue={"heartbeat_interval_s": 0.3})
+    stack.worker("up")
+    base_url = stack.api()
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("slow", "running"),
+                              headers=headers, timeout=60)
+        end = time.monotonic() + 10
+        while not sent_upstream(upstream, "running"):
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        queued = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("quick", "queued"),
+                             headers=headers, timeout=60)
+        time.sleep(0.3)
+        disconnects = len(openai_upstream.DISCONNECTS)
+        own_redis.kill()
+        own_redis.start()  # same port, empty
+        restarted = time.monotonic()
+        for answer in (running.result(), queued.result()):
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "job_lost"
+        assert time.monotonic() - restarted < 5
+    end = time.monotonic() + 5
+    while len(openai_upstream.DISCONNECTS) <= disconnects:  # the worker was told to stop paying for it
+        assert time.monotonic() < end, "the running upstream call was never aborted"
+        time.sleep(0.02)
+    assert sent_upstream(upstream, "queued") == 0
+
+
+def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(
+    stack_factory: Any, persistent_redis: RedisServer
+) -> None:
+    # Redis (with AOF: its queue survives) is away longer than the API waits for it. The API fails the
+    # waiting requests with 503; when Redis returns, their queued jobs must not be run for nobody,
+    # and neither must the job that was running when Redis left (it is reclaimed after claim_idle_s).
+    with UpstreamServer(chunks=4, chunk_delay_s=0.75) as upstream:  # a stream takes 3 s
+        stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},
+                              {"m": [{"provider": "up", "model": "fake-model"}]}, redis_url=persistent_redis.url,
+                              queue={"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0})
+        stack.worker("up")
+        base_url = stack.api()
+        headers = {"authorization": f"Bearer {TEST_KEY}"}
+        markers = [f"queued-{i}" for i in range(5)]
+        with ThreadPoolExecutor(8) as pool:
+            holder = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("m", "holder", stream=True),
+                                 headers=headers, timeout=60)
+            end = time.monotonic() + 10
+            while not sent_upstream(upstream, "holder"):
+                assert time.monotonic() < end
+                time.sleep(0.02)
+            waiting = [pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("m", marker),
+                                   headers=headers, timeout=60) for marker in markers]
+            time.sleep(0.5)
+            persistent_redis.kill()  # the holder's stream ends meanwhile, and its worker is free again
+            time.sleep(6.5)  # past the API's 5 s grace: it fails the waiting requests
+            for answer in waiting:
+                resp = answer.result()
+                assert resp.status_code == 503, resp.text
+            persistent_redis.start()  # with its AOF: the queued jobs and the holder's pending entry are back
+            assert "error" in holder.result().text
+        time.sleep(4)  # the worker has long resumed pulling, and reclaimed what it left pending
+        assert [sent_upstream(upstream, marker) for marker in markers] == [0] * len(markers)
+        assert sent_upstream(upstream, "holder") == 1
+        after = httpx.post(f"{base_url}/chat/completions", json=chat("m", "afterwards"), headers=headers, timeout=20)
+        assert after.status_code == 200, after.text

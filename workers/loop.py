@@ -32,11 +32,16 @@ from broker.errors import BrokerError, ErrorInfo, RequestTimeout
 from broker.jobs import Job, job_decoder
 from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
-from broker.streams import Pulled, QueueScripts, heartbeat, leave, pull, reclaim
+from broker.streams import Pulled, QueueScripts, cancelled, heartbeat, leave, pull, reclaim
 from workers import handlers
 from workers.providers import Provider, build_provider
 
 log = logging.getLogger(__name__)
+
+# While Redis is unreachable, try it this often; once it answers, wait this long before pulling (see
+# `_until_redis_is_back`): API processes retry their reply channel every 0.1 s.
+OUTAGE_RETRY_S = 0.25
+RESUME_AFTER_OUTAGE_S = 1.0
 
 CLIENT_GONE = ErrorInfo(kind="BrokerError", message="the client disconnected; the job was cancelled",
                         status=499, type="cancelled", code="client_disconnected")
@@ -65,6 +70,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._bell = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._redis_lost = False  # a pull or heartbeat failed: pause before the next pull
 
     async def run(self) -> None:
         await self.scripts.load()
@@ -80,13 +86,15 @@ class Worker:
                     self._slot_freed.clear()
                     await self._until(self._slot_freed, timeout_s=1.0)
                     continue
+                if self._redis_lost:
+                    await self._until_redis_is_back()
                 self._bell.clear()  # before pulling: a bell rung during the pull is not lost
                 try:
                     pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer,
                                         min(free, 64))
                 except RedisError as exc:  # Redis restarting or unreachable: keep the jobs we hold, retry
                     log.warning("cannot pull jobs: %s", exc)
-                    await self._until(self._stopping, timeout_s=1.0)
+                    self._redis_lost = True
                     continue
                 for item in pulled:
                     self._start(item)
@@ -106,6 +114,21 @@ class Worker:
     def stop(self) -> None:
         """Stop pulling new jobs; `run` returns once in-flight jobs are done."""
         self._stopping.set()
+
+    async def _until_redis_is_back(self) -> None:
+        """Wait for Redis, then a moment more before pulling again.
+
+        API processes fail the requests that waited through a long outage and
+        cancel their jobs once Redis answers again; the pause lets them mark those
+        jobs (pull.lua then drops them) before any upstream call is paid for.
+        """
+        while not self._stopping.is_set():
+            await self._until(self._stopping, timeout_s=OUTAGE_RETRY_S)
+            with suppress(RedisError):
+                await self.redis.ping()
+                break
+        await self._until(self._stopping, timeout_s=RESUME_AFTER_OUTAGE_S)
+        self._redis_lost = False
 
     async def _until(self, event: asyncio.Event, *, timeout_s: float) -> None:
         waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())]
@@ -186,6 +209,9 @@ class Worker:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(bell, cancel)
+                # Cancellations published while we were not subscribed are lost: their markers are not.
+                for job_id in await cancelled(self.redis, self.keys, self.provider_name, list(self._in_flight)):
+                    self._cancel(job_id)
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is None:
@@ -230,3 +256,4 @@ class Worker:
                         self._start(item, attempt=item.delivered)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+                self._redis_lost = self._redis_lost or isinstance(exc, RedisError)

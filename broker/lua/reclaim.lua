@@ -1,12 +1,17 @@
 -- Claim entries a dead worker left pending (idle past the limit: live workers
--- refresh theirs with heartbeats), with how often each was delivered.
--- KEYS: 1 stream   ARGV: 1 consumer, 2 min idle ms, 3 count
+-- refresh theirs with heartbeats), with how often each was delivered. Jobs
+-- cancelled meanwhile (their client left, or was failed during a Redis outage)
+-- are dropped here, as pull.lua drops them, instead of being run again.
+-- KEYS: 1 stream   ARGV: 1 consumer, 2 min idle ms, 3 count, 4 provider key prefix
 -- Returns {{entry id, fields, times delivered}, ...}
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], '0-0', 'COUNT', ARGV[3])
 local out = {}
 for _, entry in ipairs(claimed[2]) do
-  if entry and entry[2] then
+  if entry and entry[2] and redis.call('EXISTS', ARGV[4] .. 'cancelled:' .. entry[2][2]) == 1 then
+    redis.call('XACK', KEYS[1], 'workers', entry[1])
+    redis.call('XDEL', KEYS[1], entry[1])
+  elseif entry and entry[2] then
     local info = redis.call('XPENDING', KEYS[1], 'workers', 'IDLE', 0, entry[1], entry[1], 1)
     local delivered = 1
     if info[1] then delivered = info[1][4] end
