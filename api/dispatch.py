@@ -124,7 +124,11 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
         waiter.entry = (state.keys.queue(job.provider, job.lane, job.tenant), entry_id)
     except RedisError:
         state.replies.close(job.id)
-        raise Unavailable("The broker's queue is unavailable; please retry shortly.", retry_after_s=1) from None
+        raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
+                                           retry_after_s=1)) from None
+    except BrokerError as refused:  # no live worker, or the queue is full
+        state.replies.close(job.id)
+        raise limits.NotQueued(refused) from None
     except BaseException:
         state.replies.close(job.id)
         raise

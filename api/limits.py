@@ -41,6 +41,11 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
     job.estimated_tokens = admission.tokens
     try:
         response = await respond()
+    except NotQueued as refused:
+        # Nothing will run: the request costs the tenant nothing (its headers still say where it stands).
+        await asyncio.shield(state.spawn(_refund(state, admission)))
+        refused.error.headers = {**admission.headers, **refused.error.headers}
+        raise refused.error from None
     except BaseException as exc:
         if isinstance(exc, BrokerError):
             exc.headers = {**admission.headers, **exc.headers}
@@ -55,6 +60,23 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
     else:
         await _release(state, admission)
     return response
+
+
+class NotQueued(Exception):
+    """`error` refused the request before its job was queued: the limits' charges are refunded."""
+
+    def __init__(self, error: BrokerError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _refund(state: BrokerState, admission: Admission) -> None:
+    if not (admission.charges or admission.slots):
+        return
+    try:
+        await state.limiter.refund(admission)
+    except RedisError:
+        log.warning("could not refund the rate-limit charge of refused request %s", admission.request_id)
 
 
 async def _release(state: BrokerState, admission: Admission) -> None:

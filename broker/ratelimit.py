@@ -105,6 +105,14 @@ def scopes_of(keys: Keys, tenant_name: str, tenant: Tenant, key_name: str | None
     return scopes
 
 
+class Charge(msgspec.Struct, array_like=True, frozen=True):
+    """What one bucket was debited: refunded whole if the request is refused after all."""
+
+    bucket: str  # Redis key
+    limit: int  # per minute
+    cost: int  # 1 request, or the estimated tokens
+
+
 class Admission(msgspec.Struct, kw_only=True):
     """An admitted request: what it was charged and the headers its response carries."""
 
@@ -112,6 +120,7 @@ class Admission(msgspec.Struct, kw_only=True):
     request_id: str
     tokens: int  # charged to the TPM buckets; becomes Job.estimated_tokens
     slots: list[str] = []  # in-flight ZSETs holding a slot of this request, released when it ends
+    charges: list[Charge] = []
     headers: dict[str, str] = {}
 
     @property
@@ -204,8 +213,24 @@ class Limiter:
         headers = _headers(scopes, states)
         if not admitted:
             raise _rejection(scopes[culprit - 1], states[culprit - 1], reason, wait_ms, tokens, headers)
+        charges = [Charge(bucket, limit, cost) for scope in scopes
+                   for bucket, limit, cost in ((scope.requests, scope.limits.rpm, 1),
+                                               (scope.tokens, scope.limits.tpm, tokens))
+                   if limit and cost > 0]
         return Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens, headers=headers,
-                         slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent])
+                         slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent],
+                         charges=charges)
+
+    async def refund(self, admission: Admission) -> None:
+        """The request was refused before anything was queued (no worker, queue full, Redis down):
+        give back every bucket's charge and its slots, as if it had never been admitted."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for charge in admission.charges:
+                # The settlement script, run backwards: the whole charge is credited.
+                pipe.eval(_RECONCILE, 1, charge.bucket, str(charge.limit), str(-charge.cost))
+            for slots in admission.slots:
+                pipe.zrem(slots, admission.request_id)
+            await pipe.execute()
 
     async def release(self, admission: Admission) -> None:
         """The response ended (completed, failed or the client left): free its concurrency slots."""

@@ -23,6 +23,7 @@ TENANTS: dict[str, dict[str, Any]] = {
     "tokens": {"tpm": 1000},
     "conc": {"max_concurrent": 2},
     "leaver": {"max_concurrent": 2},
+    "refused": {"rpm": 2, "tpm": 3000, "max_concurrent": 1},
     "headers": {"rpm": 60, "tpm": 10000},
     "sdk": {"rpm": 1},
     "settle": {"tpm": 100000},
@@ -57,8 +58,10 @@ class Deployment:
 def deployment(module_stack_factory: Any, module_namespace: str) -> Iterator[Deployment]:
     stack = module_stack_factory(
         {"mock": {"kind": "mock", "tokens": 4}, "slow": {"kind": "mock", "tokens": 4, "first_token_delay_s": 0.5,
-                                                        "token_delay_s": 0.15}},
-        {"mock-chat": [{"provider": "mock", "model": "m"}], "slow-chat": [{"provider": "slow", "model": "s"}]},
+                                                        "token_delay_s": 0.15},
+         "unserved": {"kind": "mock"}},  # no worker ever serves it
+        {"mock-chat": [{"provider": "mock", "model": "m"}], "slow-chat": [{"provider": "slow", "model": "s"}],
+         "unserved-chat": [{"provider": "unserved", "model": "u"}]},
         tenants={name: {"keys": [hash_key(key_of(name))]
                         + ([{"key": hash_key(CI_KEY), "name": "ci", "rpm": 2}] if name == "keyed" else []),
                         **limits} for name, limits in TENANTS.items()},
@@ -213,6 +216,21 @@ def test_streams_whose_clients_disconnect_free_their_slots_at_once(deployment: D
         await asyncio.to_thread(deployment.wait_for, lambda: deployment.in_flight("leaver") == 0, 3)
 
     asyncio.run(main())
+
+
+def test_a_request_refused_before_it_was_queued_is_not_charged(deployment: Deployment) -> None:
+    # No worker serves the model: three 503s in a row, not two 503s and a 429, and nothing spent.
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return [await chat(deployment.urls[i % 2], "refused", client, model="unserved-chat", max_tokens=1000)
+                    for i in range(3)]
+
+    for refused in asyncio.run(main()):
+        assert refused.status_code == 503, refused.text
+        assert "No worker is serving provider 'unserved'" in refused.json()["error"]["message"]
+    assert not deployment.redis.exists(deployment.keys.rate_requests("refused"))
+    assert not deployment.redis.exists(deployment.keys.rate_tokens("refused"))
+    assert deployment.in_flight("refused") == 0
 
 
 def test_success_headers_carry_limits_remaining_and_time_until_full(deployment: Deployment) -> None:
