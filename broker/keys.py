@@ -11,7 +11,7 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:active:{lane}                | zset    | enqueue.lua, pull.lua   | tenants with queued or running jobs in the lane |
 | {ns}:{p}:sched                        | hash    | pull.lua                | one field per lane (weighted round robin state) + turn |
 | {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: per lane, per lane:tenant (deleted at 0) |
-| {ns}:{p}:drain                        | hash    | pull.lua                | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config) |
+| {ns}:{p}:drain                        | hash    | pull.lua, finish.lua    | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config); service_ms |
 | {ns}:{p}:workers                      | zset    | worker heartbeats       | live workers; entries older than a minute trimmed |
 | {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
 | {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |

@@ -49,6 +49,7 @@ class _End:
     body: bytes
     usage: Usage | None
     error: ErrorInfo | None
+    service_ms: int
     done: asyncio.Future[None]
 
 
@@ -95,11 +96,15 @@ class Outbox:
         body: bytes = b"",
         usage: Usage | None = None,
         error: ErrorInfo | None = None,
+        service_ms: int = 0,
     ) -> None:
-        """Send the job's terminal reply, store its result, ack and delete its entry; wait till done."""
+        """Send the job's terminal reply, store its result, ack and delete its entry; wait till done.
+
+        `service_ms`: how long the job ran, for the provider's average (0: not a measure of the work).
+        """
         self._open.pop(job.id, None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ops.append(_End(job, entry_id, stream, body, usage, error, done))
+        self._ops.append(_End(job, entry_id, stream, body, usage, error, service_ms, done))
         self._wake.set()
         await done
 
@@ -144,9 +149,10 @@ class Outbox:
                 # before the reply goes out, so the client's next request already sees it.
                 reconcile_into(pipe, self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens,
                                key=job.key)
-            keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id)]
+            keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id),
+                               self.keys.drain(job.provider)]
             args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
-                               self.result_ttl_s]
+                               self.result_ttl_s, op.service_ms]
             # evalsha straight into the pipeline: redis-py would otherwise check
             # SCRIPT EXISTS before every pipeline, a round trip per flush.
             finishes.append((len(pipe), keys, args))

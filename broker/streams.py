@@ -68,10 +68,11 @@ async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: 
     if status == "no_workers":
         raise Unavailable(f"No worker is serving provider {p!r} right now; please retry shortly.",
                           retry_after_s=queue.heartbeat_interval_s)
-    retry_after_ms, ahead, rate = int(result[1]), int(result[2]), float(result[3])
+    retry_after_ms, ahead, rate, service_ms = int(result[1]), int(result[2]), float(result[3]), float(result[4])
+    work = f" and take about {service_ms / 1000:.1f}s each" if service_ms > 0 else ""
     raise RateLimited(
         f"The {job.lane!r} queue of provider {p!r} is full: the {ahead} requests ahead of this one drain at "
-        f"about {rate:.1f}/s, which is past this request's deadline. Please retry later.",
+        f"about {rate:.1f}/s{work}, so this one would finish past its deadline. Please retry later.",
         code="queue_full", retry_after_s=max(retry_after_ms / 1000, 1.0),
     )
 

@@ -80,6 +80,35 @@ def test_a_first_burst_is_admitted_by_the_assumed_rate_before_any_is_measured(st
     assert {body["error"]["code"] for status, body in answers if status == 429} == {"queue_full"}
 
 
+def test_jobs_that_would_start_in_time_but_finish_too_late_are_refused_at_the_door(stack_factory: Any) -> None:
+    # One slot, 2 s a job, 8 requests at once with a 5 s deadline: two can finish in time (at ~2 s
+    # and ~4 s). A third would start at ~4 s, within 70% of its deadline, and finish at ~6 s:
+    # admitting by the start only turns it into a 504 five seconds later.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 2.0, "concurrency": 1}},
+                          {"m": [{"provider": "mock", "model": "m"}]},
+                          queue={"min_queue": 0, "assumed_service_s": 2.0})
+    stack.worker("mock")
+    base_url = stack.api()
+
+    async def send(http: aiohttp.ClientSession, prompt: str, timeout_s: float) -> tuple[int, Any]:
+        async with http.post(f"{base_url}/chat/completions",
+                             json={"model": "m", "messages": [{"role": "user", "content": prompt}]},
+                             headers={**HEADERS, "x-request-timeout": str(timeout_s)}) as resp:
+            return resp.status, await resp.json()
+
+    async def main() -> list[tuple[int, Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            assert (await send(http, "measures the service time", 60))[0] == 200
+            return list(await asyncio.gather(*(send(http, f"q{i}", 5.0) for i in range(8))))
+
+    answers = asyncio.run(main())
+    statuses = sorted(status for status, _ in answers)
+    assert 504 not in statuses and 1 <= statuses.count(200) <= 2, statuses
+    assert statuses.count(429) == 8 - statuses.count(200), statuses
+    messages = [body["error"]["message"] for status, body in answers if status == 429]
+    assert all("take about 2.0s each" in m for m in messages), messages
+
+
 def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory: Any, namespace: str) -> None:
     # Two tenants share a lane that drains ~10 jobs/s; taking turns, each queue drains at ~5/s.
     keys = {"a": "sk-tenant-a-000001", "b": "sk-tenant-b-000001"}

@@ -161,6 +161,7 @@ class Worker:
             return
         job.attempt = attempt
         body, usage, error = b"", None, None
+        started = time.monotonic()
         try:
             if time.time() >= job.deadline:
                 raise RequestTimeout(f"request timed out in the queue after {job.deadline - job.created:.0f}s "
@@ -182,7 +183,9 @@ class Worker:
         if error is not None and error.code == "attempts_exhausted":
             await self._dead_letter(item, error)
         try:
-            await self.outbox.finish(job, item.entry_id, item.stream, body=body, usage=usage, error=error)
+            service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
+            await self.outbox.finish(job, item.entry_id, item.stream, body=body, usage=usage, error=error,
+                                     service_ms=service_ms)
         except Exception as exc:  # Redis unreachable: the entry stays pending for reclaim
             log.error("could not finish job %s: %s", job.id, exc)
 

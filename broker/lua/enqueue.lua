@@ -5,7 +5,8 @@
 --       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
 --       10 n lanes, then the lane names, then their weights, then the jobs/s one worker is
 --       assumed to drain before the provider's rate has ever been measured
--- Returns {'ok', entry id} | {'no_workers'} | {'full', retry_after_ms, jobs ahead, their drain rate}
+-- Returns {'ok', entry id} | {'no_workers'}
+--       | {'full', retry_after_ms, jobs ahead, their drain rate, service time ms (0: not measured)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live_workers = redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf')
@@ -28,8 +29,10 @@ for i = 1, nl do
     weights = weights + weight
   end
 end
--- Admit only what should start within 70% of the time left (the rest is for
--- the work itself, and for a noisy estimate). The best estimate is how fast
+-- Admit only what should *finish* in time: its wait plus the provider's
+-- average service time (finish.lua measures it) within 90% of the time left.
+-- Before any job has finished, only the start can be estimated: within 70%
+-- of the time left, the rest for the work. The best estimate of the wait is how fast
 -- this tenant's own queue in this lane has been draining (pull.lua measures
 -- it while the queue had work): that rate already reflects the other tenants
 -- and lanes competing with it, including the ones that arrive later and are
@@ -47,12 +50,17 @@ if mine >= tonumber(ARGV[7]) then
   local ahead, drain = own + 1, own_rate
   if own_rate <= 0 then
     ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
+    -- Jobs waiting mean every slot is busy: this one starts after those ahead *and* one more finish.
+    if ahead > 0 then ahead = ahead + 1 end
     drain = rate * my_weight / weights
   end
   local wait_ms = ahead / drain * 1000
-  local left = tonumber(ARGV[5]) * 0.7
-  if wait_ms > left then
-    return {'full', tostring(math.ceil(wait_ms - left)), tostring(ahead - 1), tostring(drain)}
+  local service_ms = tonumber(redis.call('HGET', KEYS[4], 'service_ms') or '0')
+  local budget = tonumber(ARGV[5]) * 0.7
+  if service_ms > 0 then budget = tonumber(ARGV[5]) * 0.9 - service_ms end
+  if wait_ms > budget then
+    return {'full', tostring(math.ceil(wait_ms - budget)), tostring(ahead - 1), tostring(drain),
+            tostring(service_ms)}
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then

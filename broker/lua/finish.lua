@@ -1,8 +1,9 @@
 -- End a job: hand the terminal reply to its API process, keep the result for a
 -- while, acknowledge and delete the entry, and retire the tenant's stream when
 -- it is empty (broker/outbox.py). Atomic, so enqueue.lua never sees half of it.
--- KEYS: 1 the job's stream, 2 the lane's active zset, 3 result key
--- ARGV: 1 entry id, 2 tenant, 3 reply channel, 4 reply (msgpack), 5 result TTL s
+-- KEYS: 1 the job's stream, 2 the lane's active zset, 3 result key, 4 the provider's drain hash
+-- ARGV: 1 entry id, 2 tenant, 3 reply channel, 4 reply (msgpack), 5 result TTL s,
+--       6 how long the job ran in ms (0: a failure or cancellation, not a measure of the work)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
 redis.call('XACK', KEYS[1], 'workers', ARGV[1])
@@ -10,5 +11,12 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 if redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[1])
+end
+-- The provider's service time, a moving average: enqueue.lua admits by when a job would finish.
+local service = tonumber(ARGV[6] or '0')
+if service > 0 then
+  local average = tonumber(redis.call('HGET', KEYS[4], 'service_ms') or '0')
+  if average > 0 then service = 0.8 * average + 0.2 * service end
+  redis.call('HSET', KEYS[4], 'service_ms', tostring(service))
 end
 return 1
