@@ -51,6 +51,7 @@ class _End:
     error: ErrorInfo | None
     service_ms: int
     done: asyncio.Future[None]
+    seq: int = -1  # assigned at flush
 
 
 class Outbox:
@@ -108,6 +109,10 @@ class Outbox:
         self._wake.set()
         await done
 
+    def forget(self, job_id: str) -> None:
+        """The job's end will not be retried: drop its sequence counter."""
+        self._seq.pop(job_id, None)
+
     def _next_seq(self, job_id: str) -> int:
         seq = self._seq.get(job_id, 0)
         self._seq[job_id] = seq + 1
@@ -125,6 +130,10 @@ class Outbox:
                 log.error("reply flush failed (%d ops): %s", len(ops), exc)
                 for op in ops:
                     if isinstance(op, _End) and not op.done.done():
+                        # A retried end keeps its sequence number: the API, which may have missed only
+                        # this message, then takes it as the next one rather than as a gap.
+                        if op.seq >= 0:
+                            self._seq[op.job.id] = op.seq
                         op.done.set_exception(exc)
 
     async def _flush(self, ops: list[_Chunks | _End]) -> None:
@@ -136,7 +145,7 @@ class Outbox:
                 reply = Chunk(job.id, job.attempt, self._next_seq(job.id), op.events)
                 pipe.publish(job.reply_to, reply_encoder.encode(reply))
                 continue
-            seq = self._next_seq(job.id)
+            seq = op.seq = self._next_seq(job.id)
             del self._seq[job.id]
             terminal = (
                 Failed(job.id, job.attempt, seq, op.error)

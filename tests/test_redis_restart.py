@@ -230,3 +230,28 @@ def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(
         assert sent_upstream(upstream, "holder") == 1
         after = httpx.post(f"{base_url}/chat/completions", json=chat("m", "afterwards"), headers=headers, timeout=20)
         assert after.status_code == 200, after.text
+
+
+def test_a_job_that_ends_while_redis_is_away_is_delivered_once_it_returns_not_run_again(
+    stack_factory: Any, persistent_redis: RedisServer
+) -> None:
+    # The job ends during a 2 s outage (shorter than the API's 5 s grace). Its worker keeps its outcome
+    # until Redis is back, rather than leaving the entry to be reclaimed and paid for a second time.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.0}},
+                          {"m": [{"provider": "mock", "model": "m"}]}, redis_url=persistent_redis.url,
+                          queue={"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0})
+    worker = stack.worker("mock")
+    base_url = stack.api()
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+    body = chat("m", "finish me")
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, f"{base_url}/chat/completions", json=body, headers=headers, timeout=30)
+        time.sleep(0.5)
+        persistent_redis.kill()
+        time.sleep(2.0)
+        persistent_redis.start()
+        resp = answer.result()
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["completion_tokens"] == 3
+    time.sleep(1.5)  # a lapsed lease would have been reclaimed by now
+    assert "reclaimed job" not in worker.output()

@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 from contextlib import suppress
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 # `_until_redis_is_back`): API processes retry their reply channel every 0.1 s.
 OUTAGE_RETRY_S = 0.25
 RESUME_AFTER_OUTAGE_S = 1.0
+# A finished job's outcome is retried at most this far apart while Redis is away.
+FINISH_RETRY_MAX_S = 0.5
 
 CLIENT_GONE = ErrorInfo(kind="BrokerError", message="the client disconnected; the job was cancelled",
                         status=499, type="cancelled", code="client_disconnected")
@@ -182,12 +185,27 @@ class Worker:
                               type="server_error")
         if error is not None and error.code == "attempts_exhausted":
             await self._dead_letter(item, error)
-        try:
-            service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
-            await self.outbox.finish(job, item.entry_id, item.stream, body=body, usage=usage, error=error,
-                                     service_ms=service_ms)
-        except Exception as exc:  # Redis unreachable: the entry stays pending for reclaim
-            log.error("could not finish job %s: %s", job.id, exc)
+        service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
+        await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms)
+
+    async def _finish(self, job: Job, item: Pulled, **outcome: Any) -> None:
+        """Hand the outcome to Redis, retrying while it is unreachable: given up, the entry would be
+        reclaimed and the job run (and paid for) again. Past the job's deadline nobody waits for it."""
+        delay, warned = 0.05, False
+        while True:
+            try:
+                await self.outbox.finish(job, item.entry_id, item.stream, **outcome)
+                return
+            except Exception as exc:
+                if time.time() >= job.deadline or self._stopping.is_set():
+                    log.error("could not finish job %s: %s; its entry stays pending for reclaim", job.id, exc)
+                    self.outbox.forget(job.id)
+                    return
+                if not warned:
+                    log.warning("could not finish job %s: %s; retrying until Redis answers", job.id, exc)
+                    warned = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FINISH_RETRY_MAX_S)
 
     async def _dead_letter(self, item: Pulled, error: ErrorInfo) -> None:
         with suppress(Exception):
