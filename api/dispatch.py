@@ -26,7 +26,7 @@ from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker.capabilities import Request as Payload
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
-from broker.jobs import Failed, Final, Job
+from broker.jobs import Chunk, Failed, Final, Job, Target
 from broker.replies import ReplyGap
 from broker.keys import LANES
 from broker.streams import enqueue
@@ -84,7 +84,7 @@ def _lane(request: Request, principal: Principal) -> str:
 
 
 def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
-    deployment = state.router.resolve(principal.tenant, payload.model, payload)
+    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
     now = time.time()
     return Job(
@@ -101,6 +101,7 @@ def new_job(state: BrokerState, request: Request, principal: Principal, payload:
         request=payload if isinstance(payload, ChatRequest) else None,
         completion=payload if isinstance(payload, CompletionRequest) else None,
         embedding=payload if isinstance(payload, EmbeddingRequest) else None,
+        fallbacks=[Target(d.provider, d.model) for d in fallbacks],
     )
 
 
@@ -116,7 +117,7 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
         f"Request timed out after {job.deadline - job.created:g}s waiting for provider {job.provider!r} "
         f"(model {job.model!r}); no worker finished it in time."
     )
-    waiter = state.replies.open(job.id, abandon=lambda: state.cancel_job(job.provider, job.id, job.deadline))
+    waiter = state.replies.open(job.id, abandon=lambda: state.cancel_job(job))
     try:
         entry_id = await enqueue(state.scripts, state.keys, state.config.queue, job,
                                  ms_left=int((job.deadline - time.time()) * 1000),
@@ -140,7 +141,7 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
             await asyncio.wait({gone, answer}, return_when=asyncio.FIRST_COMPLETED)
             if not answer.done():
                 answer.cancel()
-                state.cancel_job(job.provider, job.id, job.deadline)
+                state.cancel_job(job)
                 return Response(status_code=499)  # nobody reads it; uvicorn drops it
             reply = answer.result()
         except ReplyGap as exc:
@@ -150,7 +151,7 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
             state.replies.close(job.id)
         match reply:
             case Final(body=body):
-                return Response(body, media_type="application/json")
+                return Response(body, media_type="application/json", headers=_served(reply))
             case Failed(error=info):
                 raise BrokerError.from_info(info)
             case _:
@@ -169,12 +170,21 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
     def on_close(finished: bool) -> None:
         state.replies.close(job.id)
         if not finished:
-            state.cancel_job(job.provider, job.id, job.deadline)
+            state.cancel_job(job)
 
     response = sse.stream_response(waiter, first, keepalive_s=keepalive_s,
                                    deadline=job.deadline, timeout_message=timeout_message)
     response.on_close(on_close)
+    if isinstance(first, Chunk):  # the stream's headers can say what served it only if it has started
+        response.headers.update(_served(first))
     return response
+
+
+def _served(reply: Chunk | Final) -> dict[str, str]:
+    """Which deployment answered, after how many upstream calls (failover: broker/failover.py)."""
+    if not reply.served_by:
+        return {}
+    return {"x-llm-broker-deployment": reply.served_by, "x-llm-broker-attempts": str(reply.calls)}
 
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)

@@ -12,6 +12,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.auth import Authenticator
 from broker.config import Config
+from broker.jobs import Job
 from broker.keys import Keys
 from broker.ratelimit import Limiter
 from broker.replies import ReplyRouter
@@ -60,13 +61,17 @@ class BrokerState:
         task.add_done_callback(self.background.discard)
         return task
 
-    def cancel_job(self, provider: str, job_id: str, deadline: float) -> None:
-        """The client left: drop its job if still queued, abort it if running (never blocks the caller)."""
+    def cancel_job(self, job: Job) -> None:
+        """The client left: drop its job if still queued, abort it if running (never blocks the caller).
+
+        On every provider it may be at by now: a failover moves it down its candidates.
+        """
         async def cancel() -> None:
-            ttl_ms = max(int((deadline - time.time()) * 1000), 1)
+            ttl_ms = max(int((job.deadline - time.time()) * 1000), 1)
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(self.keys.cancelled(provider, job_id), 1, px=ttl_ms)  # pull.lua skips it
-            pipe.publish(self.keys.cancel_channel(provider), job_id)  # the running worker aborts it
+            for provider in dict.fromkeys([job.provider, *(target.provider for target in job.fallbacks)]):
+                pipe.set(self.keys.cancelled(provider, job.id), 1, px=ttl_ms)  # pull.lua skips it
+                pipe.publish(self.keys.cancel_channel(provider), job.id)  # the running worker aborts it
             await pipe.execute()
 
         self.spawn(cancel())

@@ -160,6 +160,9 @@ class UpstreamError(BrokerError):
     status = 502
     type = "upstream_error"
     default_code = "upstream_error"
+    # The status the upstream answered with (None: it never answered): failover reads it, the client
+    # sees `status`. Worker-side only, so not carried in ErrorInfo.
+    upstream_status: int | None = None
 
     @staticmethod
     def for_status(status: int, message: str, **kw: object) -> UpstreamError:
@@ -181,7 +184,9 @@ class UpstreamError(BrokerError):
             mapped = 504
         else:
             mapped = 502
-        return UpstreamError(message, status=mapped, retryable=retryable, **kw)  # type: ignore[arg-type]
+        err = UpstreamError(message, status=mapped, retryable=retryable, **kw)  # type: ignore[arg-type]
+        err.upstream_status = status
+        return err
 
 
 class UpstreamTimeout(UpstreamError):

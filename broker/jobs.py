@@ -18,8 +18,31 @@ from broker.errors import ErrorInfo
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Usage
 
 
+class Target(msgspec.Struct, array_like=True, frozen=True):
+    """A deployment a job may be sent to: a provider's worker pool and the model id it knows."""
+
+    provider: str
+    model: str
+
+
+class Attempt(msgspec.Struct, array_like=True, frozen=True):
+    """One failed call to a deployment, kept on the job so its final error can tell them all."""
+
+    provider: str
+    model: str
+    status: int  # what the client would have seen for it alone
+    reason: str
+    retry_after_s: float | None = None
+    rate_limited: bool = False
+
+
 class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """Exactly one of `request` (chat), `completion` (legacy) or `embedding` is set."""
+    """Exactly one of `request` (chat), `completion` (legacy) or `embedding` is set.
+
+    `provider`/`upstream_model` is the deployment now serving it; `fallbacks` the
+    ones it fails over to, in order (broker/failover.py), and `failures` what
+    was tried before. The job keeps its id, reply channel and deadline throughout.
+    """
 
     id: str
     tenant: str
@@ -38,12 +61,22 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     estimated_tokens: int = 0
     # Name of the API key that sent it (its own limits, if any, are reconciled too; the usage ledger's key).
     key: str | None = None
+    fallbacks: list[Target] = []
+    failures: list[Attempt] = []
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:
         payload = self.request or self.completion or self.embedding
         assert payload is not None, "a job carries one request"
         return payload
+
+    @property
+    def served_by(self) -> str:
+        return f"{self.provider}/{self.upstream_model}"
+
+    @property
+    def calls(self) -> int:
+        return len(self.failures) + 1
 
     @property
     def streams(self) -> bool:
@@ -57,6 +90,8 @@ class Chunk(msgspec.Struct, tag="chunk", array_like=True):
     attempt: int
     seq: int
     events: list[bytes]
+    served_by: str = ""  # on a job's first chunk: "<provider>/<upstream model>"...
+    calls: int = 0  # ...and how many upstream calls it took (failovers included)
 
 
 class Final(msgspec.Struct, tag="final", array_like=True):
@@ -67,6 +102,8 @@ class Final(msgspec.Struct, tag="final", array_like=True):
     seq: int
     body: bytes
     usage: Usage | None = None
+    served_by: str = ""
+    calls: int = 0
 
 
 class Failed(msgspec.Struct, tag="failed", array_like=True):

@@ -142,7 +142,9 @@ class Outbox:
         for op in ops:
             job = op.job
             if isinstance(op, _Chunks):
-                reply = Chunk(job.id, job.attempt, self._next_seq(job.id), op.events)
+                seq = self._next_seq(job.id)
+                reply = (Chunk(job.id, job.attempt, seq, op.events, job.served_by, job.calls) if seq == 0
+                         else Chunk(job.id, job.attempt, seq, op.events))
                 pipe.publish(job.reply_to, reply_encoder.encode(reply))
                 continue
             seq = op.seq = self._next_seq(job.id)
@@ -150,7 +152,7 @@ class Outbox:
             terminal = (
                 Failed(job.id, job.attempt, seq, op.error)
                 if op.error is not None
-                else Final(job.id, job.attempt, seq, op.body, op.usage)
+                else Final(job.id, job.attempt, seq, op.body, op.usage, job.served_by, job.calls)
             )
             tenant = self.tenants.get(job.tenant)
             if tenant is not None and op.usage is not None:

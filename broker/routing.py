@@ -1,10 +1,11 @@
-"""Public model name → the deployment that serves it, and who may ask for it.
+"""Public model name → the deployments that may serve it, in order, and who may ask for it.
 
-A public model is a group of deployments; the first one that has every
-capability the request needs (broker/capabilities.py) and a large enough
-context window serves it. The roadmap's strategies (priority, cheapest,
-least-busy, failover on retryable errors) plug in here without touching the
-API or the workers.
+A public model is a group of deployments; those that have every capability
+the request needs (broker/capabilities.py) and a large enough context window
+are its candidates, in the group's order: the first serves the request, the
+others take it over if it fails there (broker/failover.py). The roadmap's
+strategies (weighted, cheapest, least-busy) reorder candidates here without
+touching the API or the workers.
 
 `provider/model-id` reaches a configured provider's model directly when the
 tenant has `passthrough: true` (a configured public name always wins).
@@ -50,13 +51,18 @@ class Router:
         raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
     def resolve(self, tenant: Tenant, model: str, req: Request | None = None) -> Deployment:
-        candidates = self.deployments(tenant, model)
+        """The deployment that serves `model` first (for `req`, the first that can)."""
         if req is None:
-            return candidates[0]
+            return self.deployments(tenant, model)[0]
+        return self.candidates(tenant, model, req)[0]
+
+    def candidates(self, tenant: Tenant, model: str, req: Request) -> list[Deployment]:
+        """Every deployment of `model` that can serve `req`, in failover order (400 if none can)."""
         required = needs(req)
         lacking: str | None = None
         too_long: int | None = None
-        for deployment in candidates:
+        capable: list[Deployment] = []
+        for deployment in self.deployments(tenant, model):
             caps = self.capabilities(deployment)
             missing = [c for c in required if not getattr(caps, c)]
             if missing:
@@ -65,7 +71,9 @@ class Router:
             if caps.max_context_tokens is not None and estimate_tokens(req) > caps.max_context_tokens:
                 too_long = caps.max_context_tokens
                 continue
-            return deployment
+            capable.append(deployment)
+        if capable:
+            return capable
         if lacking is not None:
             raise InvalidRequest(f"The model `{model}` does not support {_WHAT[lacking]}.",
                                  param=required[lacking], code="unsupported_capability")

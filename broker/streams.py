@@ -77,6 +77,13 @@ async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: 
     )
 
 
+async def hand_off(scripts: QueueScripts, keys: Keys, job: Job, entry_id: bytes, stream: str) -> None:
+    """Acknowledge and delete a job's entry without answering it: it is queued elsewhere now (failover)."""
+    await scripts.finish(keys=[stream, keys.active(job.provider, job.lane), keys.result(job.id),
+                               keys.drain(job.provider)],
+                         args=[entry_id, job.tenant, "", "", 1, 0])
+
+
 class Pulled:
     __slots__ = ("stream", "entry_id", "job_id", "payload", "delivered")
 

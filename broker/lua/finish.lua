@@ -4,8 +4,11 @@
 -- KEYS: 1 the job's stream, 2 the lane's active zset, 3 result key, 4 the provider's drain hash
 -- ARGV: 1 entry id, 2 tenant, 3 reply channel, 4 reply (msgpack), 5 result TTL s,
 --       6 how long the job ran in ms (0: a failure or cancellation, not a measure of the work)
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+-- An empty reply channel: the job was handed to another deployment (failover), which answers it.
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+end
 redis.call('XACK', KEYS[1], 'workers', ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 if redis.call('XLEN', KEYS[1]) == 0 then

@@ -1,0 +1,75 @@
+"""Failover: when a deployment fails a job, where the job goes next, and what the client hears when
+nothing is left.
+
+The API puts the job's candidates on it in order (`Job.fallbacks`, from
+broker/routing.py); the worker that sees an attempt fail asks `next_job` and,
+when it gets one, enqueues it on that deployment's queue instead of answering.
+The job keeps its id, reply channel, deadline and rate-limit charges, so the
+client sees one answer (or one error) whatever happened on the way.
+
+A failure moves on only when another deployment could do better and nothing
+has reached the client yet:
+- 429, 5xx, 529, connection failures and timeouts: the upstream is unwell;
+- 401 and 403 from the upstream: *our* key is wrong there, another may work;
+- never the client's own errors (400, 404, 422, content filter): any
+  deployment would refuse them the same way.
+After the first chunk of a stream has been sent, a second answer cannot be
+spliced onto the first: the stream ends with its error event instead.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from broker.errors import BrokerError, RateLimited, UpstreamError
+from broker.jobs import Attempt, Job
+
+# The upstream rejected our credentials: misconfiguration of that deployment, not of the request.
+_OUR_KEY_REFUSED = (401, 403)
+
+
+def fails_over(err: BrokerError) -> bool:
+    """Whether another deployment might succeed where this one failed."""
+    if not isinstance(err, UpstreamError):
+        return False
+    return err.retryable or err.upstream_status in _OUR_KEY_REFUSED
+
+
+def attempt_of(job: Job, err: BrokerError) -> Attempt:
+    reason = err.message if len(err.message) <= 300 else err.message[:297] + "..."
+    return Attempt(job.provider, job.upstream_model, err.status, reason, err.retry_after_s,
+                   rate_limited=err.status == 429)
+
+
+def next_job(job: Job, err: BrokerError) -> Job | None:
+    """The job as it goes to its next candidate after `err`, or None if it should fail here."""
+    return advance(job, err) if fails_over(err) else None
+
+
+def advance(job: Job, err: BrokerError) -> Job | None:
+    """`job` moved to its next candidate with `err` recorded against the current one; None if none is left."""
+    if not job.fallbacks:
+        return None
+    target, rest = job.fallbacks[0], job.fallbacks[1:]
+    return msgspec.structs.replace(job, provider=target.provider, upstream_model=target.model, fallbacks=rest,
+                                   failures=[*job.failures, attempt_of(job, err)], attempt=1)
+
+
+def final_error(job: Job, err: BrokerError) -> BrokerError:
+    """What the client hears when the last candidate failed with `err` after `job.failures`.
+
+    One error that lists every attempt. If all of them were rate limits, it is a
+    429 whose Retry-After is the soonest any deployment frees up; otherwise it
+    keeps the last failure's class and status (502/503/504), and its retryability.
+    """
+    if not job.failures:
+        return err
+    attempts = [*job.failures, attempt_of(job, err)]
+    listed = "; ".join(f"{a.provider}/{a.model}: {a.status} {a.reason}" for a in attempts)
+    message = f"All {len(attempts)} attempts failed: {listed}"
+    if all(a.rate_limited for a in attempts):
+        waits = [a.retry_after_s for a in attempts if a.retry_after_s is not None]
+        return RateLimited(message, retry_after_s=min(waits) if waits else None)
+    final = type(err)(message, param=err.param, code=err.code, retry_after_s=err.retry_after_s,
+                      retryable=err.retryable, status=err.status)
+    return final

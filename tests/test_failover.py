@@ -1,0 +1,132 @@
+"""Failover down a model's deployments: the official SDK as the client, fake upstreams that count calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from broker.embedded_redis import free_port
+from tests.conftest import TEST_KEY
+from tests.fakes.openai_upstream import UpstreamServer
+
+
+@pytest.fixture(scope="module")
+def primary() -> Iterator[UpstreamServer]:
+    with UpstreamServer(chunks=3) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def secondary() -> Iterator[UpstreamServer]:
+    with UpstreamServer(chunks=3) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: UpstreamServer) -> str:
+    backup = {"provider": "second", "model": "fake-model"}
+    stack = module_stack_factory(
+        {"first": {"kind": "openai", "base_url": primary.base_url},
+         "second": {"kind": "openai", "base_url": secondary.base_url},
+         "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout_s": 1}},
+        {"limited": [{"provider": "first", "model": "fail-429"}, backup],
+         "overloaded": [{"provider": "first", "model": "fail-503"}, backup],
+         "refusing": [{"provider": "nowhere", "model": "m"}, backup],
+         "bad-request": [{"provider": "first", "model": "fail-400"}, backup],
+         "all-down": [{"provider": "first", "model": "fail-500"}, {"provider": "nowhere", "model": "m"},
+                      {"provider": "second", "model": "fail-503"}],
+         "all-limited": [{"provider": "first", "model": "fail-429"}, {"provider": "second", "model": "fail-429"}],
+         "plain": [backup],
+         "stalls-after-failover": [{"provider": "first", "model": "fail-503"}, {"provider": "second", "model": "slow"}]},
+    )
+    for provider in ("first", "second", "nowhere"):
+        stack.worker(provider)
+    return str(stack.api())
+
+
+def calls(upstream: UpstreamServer, marker: str) -> int:
+    return sum(1 for r in upstream.requests if r.body and marker in str(r.body.get("messages")))
+
+
+@pytest.mark.parametrize("model", ["limited", "overloaded", "refusing"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_first_deployment_is_replaced_by_the_next_unnoticed(
+    client: openai.OpenAI, primary: UpstreamServer, secondary: UpstreamServer, model: str, stream: bool
+) -> None:
+    marker = f"{model}-{stream}"
+    messages = [{"role": "user", "content": marker}]
+    if stream:
+        events = client.chat.completions.create(model=model, messages=messages, stream=True)  # type: ignore[arg-type]
+        headers = events.response.headers
+        chunks = list(events)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    else:
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=messages)  # type: ignore[arg-type]
+        headers, completion = raw.headers, raw.parse()
+        text = completion.choices[0].message.content or ""
+        assert completion.model == model
+    assert text
+    assert headers["x-llm-broker-deployment"] == "second/fake-model"
+    assert headers["x-llm-broker-attempts"] == "2"
+    assert calls(primary, marker) == (0 if model == "refusing" else 1)  # one call, no retry storm
+    assert calls(secondary, marker) == 1
+
+
+def test_the_clients_own_error_is_returned_as_is_without_failover(
+    client: openai.OpenAI, primary: UpstreamServer, secondary: UpstreamServer
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="bad-request", messages=[{"role": "user", "content": "bad one"}])
+    assert info.value.status_code == 400 and "injected failure" in info.value.message
+    assert (calls(primary, "bad one"), calls(secondary, "bad one")) == (1, 0)
+
+
+def test_when_every_deployment_fails_one_error_lists_each_attempt(
+    client: openai.OpenAI, primary: UpstreamServer, secondary: UpstreamServer
+) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="all-down", messages=[{"role": "user", "content": "doomed"}])
+    assert info.value.status_code == 503  # the last failure's status
+    message = info.value.message
+    assert "All 3 attempts failed" in message
+    assert "first/fail-500: 502" in message and "nowhere/m: 502" in message and "second/fail-503: 503" in message
+    assert (calls(primary, "doomed"), calls(secondary, "doomed")) == (1, 1)
+
+
+def test_when_every_deployment_is_rate_limited_the_answer_is_a_429_with_the_soonest_retry(
+    client: openai.OpenAI
+) -> None:
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="all-limited", messages=[{"role": "user", "content": "busy"}])
+    assert "All 2 attempts failed" in info.value.message
+    assert info.value.response.headers["retry-after"] == "1"
+
+
+def test_a_plain_answer_names_its_deployment(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+    assert (raw.headers["x-llm-broker-deployment"], raw.headers["x-llm-broker-attempts"]) == ("second/fake-model", "1")
+
+
+def test_a_client_that_leaves_after_a_failover_cancels_the_job_where_it_went(
+    base_url: str, secondary: UpstreamServer
+) -> None:
+    # The job failed over from `first` to `second`, where it stalls: leaving must abort it *there*.
+    import httpx
+
+    from tests.fakes import openai_upstream
+
+    since = len(openai_upstream.DISCONNECTS)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base_url}/chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                   json={"model": "stalls-after-failover", "messages": [{"role": "user", "content": "stall"}]},
+                   timeout=httpx.Timeout(10, read=1.0))
+    end = time.monotonic() + 3
+    while len(openai_upstream.DISCONNECTS) <= since:
+        assert time.monotonic() < end, "the upstream call on the deployment failed over to was never aborted"
+        time.sleep(0.02)
+    assert calls(secondary, "stall") == 1
