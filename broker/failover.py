@@ -19,6 +19,9 @@ spliced onto the first: the stream ends with its error event instead.
 
 from __future__ import annotations
 
+import random
+import time
+
 import msgspec
 
 from broker.errors import BrokerError, RateLimited, UpstreamError
@@ -26,6 +29,13 @@ from broker.jobs import Attempt, Job
 
 # The upstream rejected our credentials: misconfiguration of that deployment, not of the request.
 _OUR_KEY_REFUSED = (401, 403)
+# Backoff before the n-th retry on one deployment: a random wait in [0, RETRY_BASE_S * 2**n).
+RETRY_BASE_S = 0.25
+# A retry needs at least this much of the deadline left after its wait, or it is not worth starting.
+RETRY_MARGIN_S = 1.0
+# A longer Retry-After is passed on to the client rather than waited out here: holding a request for
+# a minute on an upstream's say-so is the client's call (the SDKs honour Retry-After themselves).
+MAX_RETRY_WAIT_S = 5.0
 
 
 def fails_over(err: BrokerError) -> bool:
@@ -53,6 +63,23 @@ def advance(job: Job, err: BrokerError) -> Job | None:
     target, rest = job.fallbacks[0], job.fallbacks[1:]
     return msgspec.structs.replace(job, provider=target.provider, upstream_model=target.model, fallbacks=rest,
                                    failures=[*job.failures, attempt_of(job, err)], attempt=1)
+
+
+def retry_wait(job: Job, err: BrokerError, retries_done: int, max_retries: int) -> float | None:
+    """Seconds to wait before calling the same deployment again, or None: move on (or fail) instead.
+
+    Only when no other deployment is left: moving on is the quicker answer. Exponential backoff with
+    full jitter (no synchronised retry waves), never shorter than the upstream's Retry-After, never
+    longer than MAX_RETRY_WAIT_S, and never a wait that would run into the request's deadline.
+    """
+    if job.fallbacks or retries_done >= max_retries or not (isinstance(err, UpstreamError) and err.retryable):
+        return None
+    wait = random.uniform(0, RETRY_BASE_S * 2 ** retries_done)
+    if err.retry_after_s is not None:
+        wait = max(wait, err.retry_after_s)
+    if wait > MAX_RETRY_WAIT_S or time.time() + wait + RETRY_MARGIN_S >= job.deadline:
+        return None
+    return wait
 
 
 def final_error(job: Job, err: BrokerError) -> BrokerError:

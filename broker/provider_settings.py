@@ -6,6 +6,10 @@ Each knows its defaults, including what its deployments can do
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from msgspec import Meta
+
 from broker.capabilities import Capabilities
 from broker.config_types import Secret, Strict
 from broker.profiles import PROFILES
@@ -17,6 +21,9 @@ class _HTTPProvider(Strict, kw_only=True):
     timeout_s: float = 600.0
     connect_timeout_s: float = 5.0
     headers: dict[str, str] = {}
+    # Retries of a failed call (429, 5xx, timeouts...) on this deployment, with backoff and honouring
+    # Retry-After, when the job has no other deployment left to fail over to (broker/failover.py).
+    max_retries: Annotated[int, Meta(ge=0, le=10)] = 1
 
 
 class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True):

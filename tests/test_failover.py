@@ -41,6 +41,9 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
                       {"provider": "second", "model": "fail-503"}],
          "all-limited": [{"provider": "first", "model": "fail-429"}, {"provider": "second", "model": "fail-429"}],
          "plain": [backup],
+         "flaky-alone": [{"provider": "first", "model": "flaky-429"}],
+         "down-alone": [{"provider": "first", "model": "fail-503"}],
+         "limited-alone": [{"provider": "first", "model": "fail-429"}],
          "stalls-after-failover": [{"provider": "first", "model": "fail-503"}, {"provider": "second", "model": "slow"}]},
     )
     for provider in ("first", "second", "nowhere"):
@@ -93,9 +96,10 @@ def test_when_every_deployment_fails_one_error_lists_each_attempt(
         client.chat.completions.create(model="all-down", messages=[{"role": "user", "content": "doomed"}])
     assert info.value.status_code == 503  # the last failure's status
     message = info.value.message
-    assert "All 3 attempts failed" in message
+    # Each deployment once, and the last one left retried once (max_retries 1): bounded, and all told.
+    assert "All 4 attempts failed" in message
     assert "first/fail-500: 502" in message and "nowhere/m: 502" in message and "second/fail-503: 503" in message
-    assert (calls(primary, "doomed"), calls(secondary, "doomed")) == (1, 1)
+    assert (calls(primary, "doomed"), calls(secondary, "doomed")) == (1, 2)
 
 
 def test_when_every_deployment_is_rate_limited_the_answer_is_a_429_with_the_soonest_retry(
@@ -103,7 +107,7 @@ def test_when_every_deployment_is_rate_limited_the_answer_is_a_429_with_the_soon
 ) -> None:
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="all-limited", messages=[{"role": "user", "content": "busy"}])
-    assert "All 2 attempts failed" in info.value.message
+    assert "All 3 attempts failed" in info.value.message
     assert info.value.response.headers["retry-after"] == "1"
 
 
@@ -130,3 +134,29 @@ def test_a_client_that_leaves_after_a_failover_cancels_the_job_where_it_went(
         assert time.monotonic() < end, "the upstream call on the deployment failed over to was never aborted"
         time.sleep(0.02)
     assert calls(secondary, "stall") == 1
+
+
+def test_the_last_deployment_left_is_retried_after_its_retry_after(client: openai.OpenAI,
+                                                                   primary: UpstreamServer) -> None:
+    started = time.monotonic()
+    raw = client.chat.completions.with_raw_response.create(model="flaky-alone",
+                                                           messages=[{"role": "user", "content": "again"}])
+    assert raw.parse().choices[0].message.content
+    assert time.monotonic() - started >= 1.0  # the upstream's Retry-After was honoured
+    assert calls(primary, "again") == 2 and raw.headers["x-llm-broker-attempts"] == "2"
+
+
+def test_retries_are_bounded_and_the_error_lists_them(client: openai.OpenAI, primary: UpstreamServer) -> None:
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="down-alone", messages=[{"role": "user", "content": "sick"}])
+    assert "All 2 attempts failed" in info.value.message
+    assert calls(primary, "sick") == 2  # max_retries 1: no retry storm
+
+
+def test_a_retry_that_would_cross_the_deadline_is_not_taken(client: openai.OpenAI, primary: UpstreamServer) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError):
+        client.with_options(timeout=1.5).chat.completions.create(
+            model="limited-alone", messages=[{"role": "user", "content": "no time"}])
+    assert time.monotonic() - started < 1.0  # answered at once, not after a 1 s wait it could not afford
+    assert calls(primary, "no time") == 1

@@ -33,9 +33,8 @@ from broker.errors import BrokerError, ErrorInfo, RequestTimeout
 from broker.jobs import Job, job_decoder
 from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
-from broker import failover
-from broker.streams import Pulled, QueueScripts, cancelled, enqueue, hand_off, heartbeat, leave, pull, reclaim
-from workers import handlers
+from broker.streams import Pulled, QueueScripts, cancelled, heartbeat, leave, pull, reclaim
+from workers import attempts
 from workers.providers import Provider, build_provider
 
 log = logging.getLogger(__name__)
@@ -62,6 +61,7 @@ class Worker:
         self.redis = redis
         self.keys = Keys(config.namespace)
         self.concurrency = concurrency or config.providers[provider_name].concurrency
+        self.max_retries: int = getattr(config.providers[provider_name], "max_retries", 0)
         self.burst = burst
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.provider: Provider = build_provider(provider_name, config.providers[provider_name])
@@ -180,13 +180,15 @@ class Worker:
             if attempt > self.queue.max_attempts:
                 raise BrokerError(f"the job failed on every attempt ({self.queue.max_attempts}): the workers "
                                   "running it stopped responding", code="attempts_exhausted")
-            body, usage = await handlers.serve(self.provider, job, emit)
+            body, usage = await attempts.call(self.provider, job, emit, emitted=lambda: emitted,
+                                              max_retries=self.max_retries)
         except asyncio.CancelledError:
             if job.id not in self._cancelled:
                 raise  # shutdown: leave the entry pending, another worker reclaims it
             error = CLIENT_GONE  # the upstream call is aborted; its tokens are not spent
         except BrokerError as exc:
-            failed = exc if emitted else await self._fail_over(job, item, exc)
+            failed = exc if emitted else await attempts.fail_over(self.scripts, self.keys, self.config, job,
+                                                                   item, exc)
             if failed is None:
                 return  # queued on its next deployment, which answers it
             error = failed.to_info()
@@ -198,25 +200,6 @@ class Worker:
             await self._dead_letter(item, error)
         service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms)
-
-    async def _fail_over(self, job: Job, item: Pulled, err: BrokerError) -> BrokerError | None:
-        """Queue `job` on its next candidate (broker/failover.py) instead of answering it: None when
-        done, else the error to answer with (listing every attempt)."""
-        failed, nxt = job, failover.next_job(job, err)
-        while nxt is not None:
-            try:
-                await enqueue(self.scripts, self.keys, self.queue, nxt, ms_left=int((nxt.deadline - time.time()) * 1000),
-                              worker_slots=self.config.providers[nxt.provider].concurrency)
-            except BrokerError as refused:  # no live worker there, or its queue cannot meet the deadline
-                failed, err, nxt = nxt, refused, failover.advance(nxt, refused)
-                continue
-            except RedisError:
-                break
-            log.warning("job %s: %s/%s failed (%s); failed over to %s/%s", job.id, failed.provider,
-                        failed.upstream_model, err.message, nxt.provider, nxt.upstream_model)
-            await hand_off(self.scripts, self.keys, job, item.entry_id, item.stream)
-            return None
-        return failover.final_error(failed, err)
 
     async def _finish(self, job: Job, item: Pulled, **outcome: Any) -> None:
         """Hand the outcome to Redis, retrying while it is unreachable: given up, the entry would be

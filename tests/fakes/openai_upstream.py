@@ -14,6 +14,7 @@ failure mode is one request away:
     midstream-error                       200, three words, then an error event, no [DONE]
     slow                                  waits 30 s before answering (timeouts)
     hang-stream                           one chunk, then a 30 s stall, then the rest
+    flaky-429                             a 429 (retry-after: 1) the first time it sees a prompt, then answers
 
 Run standalone (the benchmark does, in its own process):
     python -m tests.fakes.openai_upstream --port 9100 --chunks 20 --workers 1
@@ -225,6 +226,7 @@ MIDSTREAM_ERROR = (
 def create_app(*, api_key: str | None = None, chunks: int = 20,
                chunk_delay_s: float = 0.0) -> Starlette:
     requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
+    seen_prompts: set[str] = set()  # flaky-429: refused once each
 
     async def chat_completions(request: Request) -> Response:
         raw = await request.body()
@@ -244,6 +246,11 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         except msgspec.ValidationError as e:
             return error_response(400, str(e), "invalid_request_error",
                                   param=_validation_param(e))
+        if req.model == "flaky-429":
+            prompt = str(body.get("messages"))
+            if prompt not in seen_prompts:
+                seen_prompts.add(prompt)
+                return _injected_error("fail-429")  # type: ignore[return-value]
         if injected := _injected_error(req.model):
             return injected
         try:

@@ -1,0 +1,67 @@
+"""A job's calls to this worker's deployment, and its hand-off to the next one.
+
+broker/failover.py decides (retry here? fail over? what error when nothing is
+left?); this module carries it out: it calls the adapter again after the
+backoff it is given, or enqueues the job on its next candidate's queue and
+acknowledges it here without an answer, so the next deployment's worker
+answers the waiting client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from broker import failover
+from broker.config import Config
+from broker.errors import BrokerError
+from broker.jobs import Job
+from broker.keys import Keys
+from broker.streams import Pulled, QueueScripts, enqueue, hand_off
+from workers import handlers
+from workers.handlers import Emit, Outcome
+from workers.providers import Provider
+
+log = logging.getLogger(__name__)
+
+
+async def call(provider: Provider, job: Job, emit: Emit, *, emitted: Callable[[], bool], max_retries: int) -> Outcome:
+    """Serve the job here, retrying as failover.retry_wait says while nothing has reached the client."""
+    retries = 0
+    while True:
+        try:
+            return await handlers.serve(provider, job, emit)
+        except BrokerError as exc:
+            wait = None if emitted() else failover.retry_wait(job, exc, retries, max_retries)
+            if wait is None:
+                raise
+            log.warning("job %s: %s/%s failed (%s); retrying in %.2fs", job.id, job.provider, job.upstream_model,
+                        exc.message, wait)
+            job.failures.append(failover.attempt_of(job, exc))
+            retries += 1
+            await asyncio.sleep(wait)
+
+
+async def fail_over(scripts: QueueScripts, keys: Keys, config: Config, job: Job, item: Pulled,
+                    err: BrokerError) -> BrokerError | None:
+    """Queue `job` on its next candidate instead of answering it: None when done, else the error to
+    answer with (listing every attempt)."""
+    failed, nxt = job, failover.next_job(job, err)
+    while nxt is not None:
+        try:
+            await enqueue(scripts, keys, config.queue, nxt, ms_left=int((nxt.deadline - time.time()) * 1000),
+                          worker_slots=config.providers[nxt.provider].concurrency)
+        except BrokerError as refused:  # no live worker there, or its queue cannot meet the deadline
+            failed, err, nxt = nxt, refused, failover.advance(nxt, refused)
+            continue
+        except RedisError:
+            break
+        log.warning("job %s: %s/%s failed (%s); failed over to %s/%s", job.id, failed.provider,
+                    failed.upstream_model, err.message, nxt.provider, nxt.upstream_model)
+        await hand_off(scripts, keys, job, item.entry_id, item.stream)
+        return None
+    return failover.final_error(failed, err)
