@@ -29,6 +29,7 @@ from broker.jobs import Chunk, Failed, Final, Job, reply_encoder
 from broker.config import Tenant
 from broker.keys import Keys
 from broker.ratelimit import reconcile_into
+from broker.scripts import Queued, evalsha_into, resend_unknown
 from broker.streams import QueueScripts
 from broker.wire import Usage
 
@@ -138,7 +139,7 @@ class Outbox:
 
     async def _flush(self, ops: list[_Chunks | _End]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        finishes: list[tuple[int, list[Any], list[Any]]] = []  # (pipeline position, keys, args)
+        scripted: list[Queued] = []  # EVALSHA calls, sent again if Redis lost its scripts
         for op in ops:
             job = op.job
             if isinstance(op, _Chunks):
@@ -158,22 +159,17 @@ class Outbox:
             if tenant is not None and op.usage is not None:
                 # The TPM bucket was charged an estimate at admission; settle it with what was used,
                 # before the reply goes out, so the client's next request already sees it.
-                reconcile_into(pipe, self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens,
-                               key=job.key)
+                scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
+                                           job.estimated_tokens, op.usage.total_tokens, key=job.key)
             keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id),
                                self.keys.drain(job.provider)]
             args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
                                self.result_ttl_s, op.service_ms]
-            # evalsha straight into the pipeline: redis-py would otherwise check
-            # SCRIPT EXISTS before every pipeline, a round trip per flush.
-            finishes.append((len(pipe), keys, args))
-            pipe.evalsha(self.scripts.finish.sha, len(keys), *keys, *args)
+            scripted.append(evalsha_into(pipe, self.scripts.finish, keys, args))
         results = await pipe.execute(raise_on_error=False)
-        for position, keys, args in finishes:
-            if isinstance(results[position], NoScriptError):
-                # Redis restarted and lost its scripts: only these commands failed (the chunks before
-                # them went out), so send just these again; the script object reloads itself.
-                await self.scripts.finish(keys=keys, args=args)
+        # Redis restarted and lost its scripts: only those commands failed (the chunks between them
+        # went out), so send just those again, in order.
+        await resend_unknown(scripted, results)
         failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
         if failures:
             raise failures[0]

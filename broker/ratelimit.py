@@ -24,16 +24,17 @@ import time
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
 from broker.capabilities import Request, estimate_tokens
 from broker.config import Limits, Tenant
 from broker.errors import RateLimited, TokensRateLimited
 from broker.keys import Keys
-from broker.scripts import lua_script
+from broker.scripts import Queued, evalsha_into, lua_script
 from broker.wire import ChatRequest, CompletionRequest
 
 _ADMIT = lua_script("admit")  # every limit of a request: all charged or none
-_RECONCILE = lua_script("reconcile")  # a tokens bucket settled with the real usage
+RECONCILE = lua_script("reconcile")  # a tokens bucket settled with the real usage (QueueScripts.reconcile)
 
 # Output tokens charged per choice when the client sets no max_tokens: a typical
 # chat answer. An explicit limit is charged up to OUTPUT_ESTIMATE_CAP only, so
@@ -227,7 +228,7 @@ class Limiter:
         async with self.redis.pipeline(transaction=False) as pipe:
             for charge in admission.charges:
                 # The settlement script, run backwards: the whole charge is credited.
-                pipe.eval(_RECONCILE, 1, charge.bucket, str(charge.limit), str(-charge.cost))
+                pipe.eval(RECONCILE, 1, charge.bucket, str(charge.limit), str(-charge.cost))
             for slots in admission.slots:
                 pipe.zrem(slots, admission.request_id)
             await pipe.execute()
@@ -244,22 +245,18 @@ class Limiter:
 async def reconcile(redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, estimated: int, actual: int,
                     *, key: str | None = None) -> None:
     """Credit back (actual < estimated) or debit (actual > estimated) the TPM buckets."""
-    pipe = redis.pipeline(transaction=False)
-    reconcile_into(pipe, keys, tenant_name, tenant, estimated, actual, key=key)
-    if len(pipe):
-        await pipe.execute()
+    for scope in scopes_of(keys, tenant_name, tenant, key):
+        if scope.limits.tpm and actual != estimated:
+            await redis.register_script(RECONCILE)(keys=[scope.tokens],
+                                                   args=[scope.limits.tpm, actual - estimated])
 
 
-def reconcile_into(pipe: Pipeline, keys: Keys, tenant_name: str, tenant: Tenant, estimated: int,
-                   actual: int, *, key: str | None = None) -> None:
-    """`reconcile` queued on an existing pipeline (the worker's end-of-job round trip).
-
-    EVAL, not a registered script: a pipeline holding scripts spends an extra
-    SCRIPT EXISTS round trip on every execute, while Redis caches an EVAL'd
-    body by its SHA anyway.
+def reconcile_into(pipe: Pipeline, script: AsyncScript, keys: Keys, tenant_name: str, tenant: Tenant,
+                   estimated: int, actual: int, *, key: str | None = None) -> list[Queued]:
+    """`reconcile` queued on an existing pipeline (the worker's end-of-job round trip), as EVALSHA of
+    `script` (reconcile.lua, loaded at start); the caller resends the calls if Redis lost the script.
     """
     if actual == estimated:
-        return
-    for scope in scopes_of(keys, tenant_name, tenant, key):
-        if scope.limits.tpm:
-            pipe.eval(_RECONCILE, 1, scope.tokens, str(scope.limits.tpm), str(actual - estimated))
+        return []
+    return [evalsha_into(pipe, script, [scope.tokens], [scope.limits.tpm, actual - estimated])
+            for scope in scopes_of(keys, tenant_name, tenant, key) if scope.limits.tpm]

@@ -1,9 +1,45 @@
-"""The Lua scripts in broker/lua/: the steps that must be atomic in Redis live there, one file each."""
+"""The Lua scripts in broker/lua/: the steps that must be atomic in Redis live there, one file each.
+
+Scripts that ride in a pipeline are queued as EVALSHA by hand (`evalsha_into`):
+redis-py's own pipeline scripts cost a SCRIPT EXISTS round trip on every
+execute, and a plain EVAL ships the whole body on every request. Each process
+loads its scripts at start (`QueueScripts.load`, `Limiter.load`); a Redis that
+restarted without them answers NOSCRIPT to those commands only, and
+`resend_unknown` runs just those again through the script object, which loads
+itself.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any, NamedTuple
+
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 
 def lua_script(name: str) -> str:
     return resources.files("broker").joinpath(f"lua/{name}.lua").read_text()
+
+
+class Queued(NamedTuple):
+    """A script call queued in a pipeline, kept so it can be sent again after a NOSCRIPT."""
+
+    position: int
+    script: AsyncScript
+    keys: list[Any]
+    args: list[Any]
+
+
+def evalsha_into(pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any]) -> Queued:
+    queued = Queued(len(pipe), script, keys, args)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return queued
+
+
+async def resend_unknown(queued: list[Queued], results: list[Any]) -> None:
+    """Run again, in pipeline order, the queued calls Redis answered with NOSCRIPT."""
+    for call in queued:
+        if isinstance(results[call.position], NoScriptError):
+            await call.script(keys=call.keys, args=call.args)

@@ -27,21 +27,24 @@ from broker.config import QueueSettings
 from broker.errors import RateLimited, Unavailable
 from broker.jobs import Job, job_encoder
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
+from broker.ratelimit import RECONCILE
 from broker.scripts import lua_script
 
 
 class QueueScripts:
-    """The Lua scripts, registered once per Redis client (EVALSHA afterwards)."""
+    """The Lua scripts a job's way through the queue runs, registered once per Redis client (EVALSHA
+    afterwards). `reconcile` is the rate limiter's, here because it rides in the worker's finish pipeline."""
 
     def __init__(self, redis: Redis) -> None:
         self.enqueue: AsyncScript = redis.register_script(lua_script("enqueue"))
         self.pull: AsyncScript = redis.register_script(lua_script("pull"))
         self.finish: AsyncScript = redis.register_script(lua_script("finish"))
         self.reclaim: AsyncScript = redis.register_script(lua_script("reclaim"))
+        self.reconcile: AsyncScript = redis.register_script(RECONCILE)
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
-        for script in (self.enqueue, self.pull, self.finish, self.reclaim):
+        for script in (self.enqueue, self.pull, self.finish, self.reclaim, self.reconcile):
             await script.registered_client.script_load(script.script)
 
 

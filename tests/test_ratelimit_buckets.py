@@ -16,6 +16,7 @@ from broker.keys import Keys
 from broker.ratelimit import (
     DEFAULT_OUTPUT_TOKENS, SLOT_GRACE_S, Limiter, estimate_request_tokens, go_duration, reconcile, reconcile_into,
 )
+from broker.streams import QueueScripts
 from broker.wire import ChatRequest, Message
 from tests.conftest import REDIS_URL
 
@@ -55,8 +56,10 @@ async def test_reconcile_credits_back_and_debits_the_difference(limiter: Limiter
     await limiter.admit("t", tenant, 3000, "a", time.time() + 60)
     await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=3000, actual=1000)
     assert 5000 <= await remaining_tokens(limiter, tenant) <= 5100
+    scripts = QueueScripts(limiter.redis)
+    await scripts.load()
     pipe = limiter.redis.pipeline(transaction=False)
-    reconcile_into(pipe, limiter.keys, "t", tenant, estimated=100, actual=1100)
+    reconcile_into(pipe, scripts.reconcile, limiter.keys, "t", tenant, estimated=100, actual=1100)
     await pipe.execute()
     assert 4000 <= await remaining_tokens(limiter, tenant) <= 4100
     # Usage far above the estimate is a debt: the bucket stays empty (and its key alive) past a minute.

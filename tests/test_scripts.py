@@ -1,0 +1,65 @@
+"""Lua scripts reach Redis as EVALSHA, never as a full EVAL (broker/scripts.py), and survive a SCRIPT FLUSH.
+
+Counted with INFO commandstats on a redis-server of the test's own: the shared
+Redis also serves other test runs, whose commands would blur the counts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from broker.config import hash_key
+from broker.keys import Keys
+from tests.test_redis_restart import RedisServer
+
+pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+KEY = "sk-metered-0123456789"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def script_calls(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha")}
+
+
+def test_settling_usage_sends_evalsha_and_resends_after_a_script_flush(stack_factory: Any, namespace: str,
+                                                                        own_redis: RedisServer) -> None:
+    # A TPM-limited tenant: every answer settles its token bucket (reconcile.lua) when the job ends.
+    # At 6,000 TPM a token is 10 ms of refill: the ~515-token estimate is 5 s, the 4 tokens used 40 ms.
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
+                          redis_url=own_redis.url, tenants={"metered": {"keys": [hash_key(KEY)], "tpm": 6000}})
+    stack.worker("mock")
+    base_url = stack.api()
+    client = redis.Redis.from_url(own_redis.url)
+    tokens_key = Keys(namespace).rate_tokens("metered")
+
+    def ask() -> None:
+        reply = httpx.post(f"{base_url}/chat/completions", headers={"authorization": f"Bearer {KEY}"}, timeout=10,
+                           json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200, reply.text
+
+    for _ in range(3):
+        ask()
+    calls = script_calls(client)
+    assert calls["eval"] == 0 and calls["evalsha"] >= 3 * 4  # admit, enqueue, pull, finish, reconcile a request
+    assert client.pttl(tokens_key) < 1000  # settled: only the real usage is left to refill
+
+    client.script_flush()  # as a Redis restarted without its data would be
+    ask()
+    assert script_calls(client)["eval"] == 0
+    # The reconcile lost to NOSCRIPT was sent again: the bucket holds the real usage, not the 5 s estimate.
+    assert client.pttl(tokens_key) < 1000
