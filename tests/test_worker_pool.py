@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
 import httpx
@@ -12,6 +13,8 @@ import redis
 
 from broker.keys import Keys
 from tests.conftest import REDIS_URL, TEST_KEY
+from tests.fakes.openai_upstream import create_app
+from tests.fakes.server import FakeServer
 from workers.providers.mock import mock_words
 
 
@@ -119,3 +122,28 @@ def test_several_api_processes_and_workers_share_one_redis(stack_factory: Any) -
 
     for i, text in asyncio.run(main()):
         assert text == " ".join(mock_words(f"n{i}", 6)), i
+
+
+def test_concurrency_flag_above_the_config_enlarges_the_upstream_pool(stack_factory: Any) -> None:
+    # An upstream holding each request 1 s, a provider configured for 2 at a time, a worker told to run 6.
+    with FakeServer(create_app()) as upstream:
+        stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2,
+                                      "connect_timeout_s": 0.5}},
+                              {"m": [{"provider": "up", "model": "hold"}]})
+        stack.worker("up", "--concurrency", "6")
+        base_url = stack.api()
+
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=base_url, timeout=30,
+                                         headers={"authorization": f"Bearer {TEST_KEY}"}) as client:
+                return await asyncio.gather(*(client.post("/chat/completions", json={
+                    "model": "m", "stream": i % 2 == 0, "messages": [{"role": "user", "content": f"job {i}"}]})
+                    for i in range(6)))
+
+        started = time.monotonic()
+        responses = asyncio.run(main())
+    # With a 2-connection pool, jobs 3 to 6 would wait for a connection past the 0.5 s connect timeout
+    # and fail with "upstream up timed out" (a stream past its first-byte hold, inside its 200).
+    assert [r.status_code for r in responses] == [200] * 6
+    assert all("error" not in r.text for r in responses), [r.text for r in responses]
+    assert time.monotonic() - started < 2.5  # all six upstream calls ran at once

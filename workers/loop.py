@@ -64,7 +64,8 @@ class Worker:
         self.max_retries: int = getattr(config.providers[provider_name], "max_retries", 0)
         self.burst = burst
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.provider: Provider = build_provider(provider_name, config.providers[provider_name])
+        self.provider: Provider = build_provider(provider_name, config.providers[provider_name],
+                                                 concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants)

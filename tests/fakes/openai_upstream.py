@@ -13,6 +13,7 @@ failure mode is one request away:
     fail-400 fail-429 fail-500 fail-503   plain HTTP errors with OpenAI bodies/headers
     midstream-error                       200, three words, then an error event, no [DONE]
     slow                                  waits 30 s before answering (timeouts)
+    hold                                  waits 1 s before answering (a busy upstream: pools, concurrency)
     hang-stream                           one chunk, then a 30 s stall, then the rest
     flaky-429                             a 429 (retry-after: 1) the first time it sees a prompt, then answers
 
@@ -47,6 +48,7 @@ from tests.fakes.openai_wire import (
 from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 
 STALL_S = 30.0
+HOLD_S = 1.0
 
 
 _encoder = msgspec.json.Encoder()
@@ -260,6 +262,8 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         if req.model == "slow" or (req.model == "hang-stream" and not req.stream):
             if not await _sleep_unless_disconnected(request.receive, STALL_S):
                 return Response(status_code=499)
+        if req.model == "hold" and not await _sleep_unless_disconnected(request.receive, HOLD_S):
+            return Response(status_code=499)
         plan = _plan(req, chunks)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

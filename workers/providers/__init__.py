@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from broker.config import ProviderConfig
 from workers.providers.anthropic import AnthropicMessages
 from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionProvider
@@ -20,7 +22,12 @@ REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
 }
 
 
-def build_provider(name: str, config: ProviderConfig) -> Provider:
+def build_provider(name: str, config: ProviderConfig, *, concurrency: int | None = None) -> Provider:
+    """`concurrency`: the jobs the worker really runs at once, when it differs from the config's
+    (`llm-broker worker --concurrency`). Adapters size their connection pool by it: a smaller pool
+    would hold the extra jobs waiting for a connection until their connect timeout."""
+    if concurrency is not None and concurrency != config.concurrency:
+        config = msgspec.structs.replace(config, concurrency=concurrency)
     kind = type(config).__struct_config__.tag
     return REGISTRY[str(kind)](name, config)
 
