@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
 from broker.config import GeminiProvider
 from broker.config_types import Secret
@@ -134,6 +135,19 @@ def test_an_image_data_url_becomes_inline_data(client: openai.OpenAI, upstream: 
     parts = sent(upstream).body["contents"][0]["parts"]
     assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PNG}}
     assert reply.choices[0].message.content == "You said: what is this [saw image/png]"
+
+
+@pytest.mark.parametrize("url", ["https://example.com/cat.webp", "https://picsum.photos/id/237/200/300"])
+def test_an_https_image_url_reaches_gemini_as_file_data(client: openai.OpenAI, upstream: GeminiServer,
+                                                         url: str) -> None:
+    # The fake, as Gemini does, takes an https fileUri only with its mimeType (PROTOCOLS §6.5).
+    for stream in (False, True):
+        reply = client.chat.completions.create(model="gem", stream=stream, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": url}}]}])
+        text = reply.choices[0].message.content if isinstance(reply, ChatCompletion) else "".join(
+            c.choices[0].delta.content or "" for c in reply if c.choices)
+        assert text == f"You said: what is this [saw {url}]"
+        assert sent(upstream).body["contents"][0]["parts"][1]["fileData"]["fileUri"] == url
 
 
 def test_a_plain_http_image_url_is_a_400_before_anything_is_sent(client: openai.OpenAI,

@@ -51,6 +51,19 @@ def test_consecutive_user_messages_merge_so_roles_alternate() -> None:
     assert "generationConfig" not in sent and "systemInstruction" not in sent
 
 
+@pytest.mark.parametrize(("url", "mime"), [
+    ("https://example.com/cat.png", "image/png"),
+    ("https://cdn.example.com/photos/CAT.JPG?w=800#top", "image/jpeg"),
+    ("https://example.com/a.webp", "image/webp"),
+    ("https://picsum.photos/id/237/200/300", "image/jpeg"),  # no extension: an image_url is an image
+    ("https://example.com/render?id=3.7", "image/jpeg"),
+])
+def test_an_https_image_url_becomes_file_data_with_its_type(url: str, mime: str) -> None:
+    sent = json.loads(to_upstream(chat(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": url}}]}])))
+    assert sent["contents"][0]["parts"][1] == {"fileData": {"fileUri": url, "mimeType": mime}}
+
+
 @pytest.mark.parametrize(("choice", "config"), [
     ("auto", {"mode": "AUTO"}), ("none", {"mode": "NONE"}), ("required", {"mode": "ANY"}),
 ])

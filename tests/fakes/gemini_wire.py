@@ -25,6 +25,9 @@ class Blob(_Strict):
     data: str
 
 
+FILES_API = "https://generativelanguage.googleapis.com/v1beta/files/"
+
+
 class FileData(_Strict):
     file_uri: str
     mime_type: str = ""
@@ -147,6 +150,8 @@ def validate(req: GenerateContentRequest) -> str | None:
                 return f"* GenerateContentRequest.contents[{i}].parts[{j}].data: required oneof field 'data' must have one initialized field"
             if part.inline_data is not None and (problem := _blob_problem(part.inline_data)):
                 return f"* GenerateContentRequest.contents[{i}].parts[{j}].inline_data: {problem}"
+            if part.file_data is not None and (problem := _file_problem(part.file_data)):
+                return f"* GenerateContentRequest.contents[{i}].parts[{j}].file_data: {problem}"
             if part.function_call is not None and content.role != "model":
                 return "Please ensure that function call turns come from the model."
         if i and content.role == req.contents[i - 1].role:
@@ -165,6 +170,18 @@ def _blob_problem(blob: Blob) -> str | None:
         base64.b64decode(blob.data, validate=True)
     except binascii.Error:
         return "Invalid value (bytes): not base64"
+    return None
+
+
+def _file_problem(file: FileData) -> str | None:
+    """PROTOCOLS §6.5: `fileUri` is a Files-API URI (whose upload recorded its type) or a public https
+    URL, which Gemini fetches itself and which needs `mimeType` (`fileData{mimeType, fileUri}`)."""
+    if file.file_uri.startswith((FILES_API, "gs://")):
+        return None
+    if not file.file_uri.startswith("https://"):
+        return f"Unsupported file uri: {file.file_uri}"
+    if not file.mime_type:
+        return "mime_type is required for a file_uri that is not a Files API file"
     return None
 
 

@@ -94,18 +94,18 @@ def _user_parts(m: Message, path: str) -> list[g.Part]:
         elif isinstance(p, RefusalPart):
             parts.append(g.Part(text=p.refusal))
         elif isinstance(p, ImageUrlPart):
-            parts.append(_media(p.image_url.url, f"{where}.image_url.url"))
+            parts.append(_media(p.image_url.url, f"{where}.image_url.url", image=True))
         elif isinstance(p, InputAudioPart):
             parts.append(g.Part(inline_data=g.Blob(
                 mime_type=f"audio/{p.input_audio.get('format', 'wav')}", data=str(p.input_audio.get("data", "")))))
         elif isinstance(p, FilePart) and isinstance(p.file.get("file_data"), str):
-            parts.append(_media(p.file["file_data"], f"{where}.file.file_data"))
+            parts.append(_media(p.file["file_data"], f"{where}.file.file_data", image=False))
         else:
             raise InvalidRequest("Gemini takes files only inline (`file_data` as a data: URL)", param=where)
     return parts
 
 
-def _media(url: str, param: str) -> g.Part:
+def _media(url: str, param: str, *, image: bool) -> g.Part:
     if url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
         mime, _, encoding = header.partition(";")
@@ -116,12 +116,30 @@ def _media(url: str, param: str) -> g.Part:
         except binascii.Error:
             raise InvalidRequest("the data URL is not valid base64", param=param) from None
         return g.Part(inline_data=g.Blob(mime_type=mime, data=data))
-    if url.startswith(("https://", "gs://")):
-        # Gemini fetches public and signed HTTPS URLs (and GCS/Files-API URIs) itself.
-        guessed = mimetypes.guess_type(url.split("?", 1)[0])[0]
-        return g.Part(file_data=g.FileData(file_uri=url, mime_type=guessed or UNSET))
+    if url.lower().startswith(("https://", "gs://")):
+        # Gemini fetches public and signed https URLs (and GCS / Files-API URIs) itself, but needs
+        # their type (PROTOCOLS §6.5): from the path's extension, else, for an image_url, JPEG.
+        return g.Part(file_data=g.FileData(file_uri=url, mime_type=_url_mime_type(url, image=image)))
     scheme = url.split(":", 1)[0] if ":" in url else "relative"
     raise InvalidRequest(f"Gemini cannot fetch {scheme} URLs: send an https:// URL or a data: URL", param=param)
+
+
+# Gemini's image types (PNG, JPEG, WEBP, HEIC, HEIF), spelled out: mimetypes' table depends on the host.
+_IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+                "heic": "image/heic", "heif": "image/heif", "gif": "image/gif"}
+
+
+def _url_mime_type(url: str, *, image: bool) -> str | UnsetType:
+    name = url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
+    extension = name.rpartition(".")[2].lower() if "." in name else ""
+    if extension in _IMAGE_TYPES:
+        return _IMAGE_TYPES[extension]
+    if image:
+        # An image_url is an image by OpenAI's contract; learning its real type would mean fetching
+        # client-given URLs from inside the deployment. JPEG is what extensionless photo URLs
+        # (CDNs, thumbnails) mostly serve.
+        return "image/jpeg"
+    return mimetypes.guess_type(name)[0] or UNSET
 
 
 def _assistant_parts(m: Message, path: str, call_names: dict[str, str]) -> list[g.Part]:
