@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -179,3 +180,21 @@ def test_every_answer_and_error_carries_a_request_id(base_url: str) -> None:
                          headers={"authorization": f"Bearer {TEST_KEY}", "x-request-timeout": "0.5"},
                          json={"model": "late-chat", "messages": [{"role": "user", "content": "x"}]})
     assert timeout.status_code == 504 and timeout.headers["x-request-id"].startswith("req_")
+
+
+def test_forced_tool_call_arguments_validate_against_the_tool_schema(base_url: str) -> None:
+    from tests.test_mock_schema import ORDER, valid
+
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    tools: Any = [{"type": "function", "function": {"name": "place_order", "parameters": ORDER}}]
+    messages: Any = [{"role": "user", "content": "order something"}]
+    done = client.chat.completions.create(model="mock-chat", messages=messages, tools=tools, tool_choice="required")
+    call = (done.choices[0].message.tool_calls or [])[0]
+    assert call.type == "function" and call.function.name == "place_order"
+    valid(json.loads(call.function.arguments), ORDER)
+    # Streamed, the SDK's accumulator puts together the same call.
+    with client.chat.completions.stream(model="mock-chat", messages=messages, tools=tools,
+                                        tool_choice={"type": "function", "function": {"name": "place_order"}}) as s:
+        final = s.get_final_completion()
+    streamed = (final.choices[0].message.tool_calls or [])[0]
+    assert streamed.function.arguments == call.function.arguments

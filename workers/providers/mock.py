@@ -7,7 +7,7 @@ of the messages' text, a completion token is one emitted word. `max_tokens`
 cuts the answer short with finish_reason "length"; `n` gives n choices.
 
 It also does what clients test against: a tool call when `tool_choice` forces
-one (arguments fill the schema's string properties with words), a JSON object
+one (arguments valid against the tool's JSON Schema: mock_schema.py), a JSON object
 in JSON mode, legacy completions, and embeddings (unit vectors from the text's
 hash, `dimensions` long, 16 by default).
 """
@@ -28,6 +28,7 @@ from broker.wire import (
     DeltaToolCall, EmbeddingRequest, FunctionCall, ResponseMessage, TextChoice, TextCompletion, ToolCall, Usage,
 )
 from workers.providers.base import EmbeddingsResult
+from workers.providers.mock_schema import sample
 
 VOCABULARY = (
     "the quick brown fox jumps over a lazy dog while seven tired robots hum softly about "
@@ -110,9 +111,7 @@ class MockProvider:
 
     def _tool_call(self, req: ChatRequest, tool: tuple[str, dict[str, Any]]) -> ToolCall:
         name, schema = tool
-        words = iter(mock_words(name + prompt_text(req), 64))
-        properties = schema.get("properties", {}) if isinstance(schema.get("properties"), dict) else {}
-        args = {key: next(words) for key, spec in properties.items() if spec.get("type", "string") == "string"}
+        args = sample(schema, name + prompt_text(req), VOCABULARY)
         return ToolCall(f"call_{hashlib.blake2b(name.encode(), digest_size=6).hexdigest()}",
                         FunctionCall(name, json.dumps(args)))
 
