@@ -13,8 +13,10 @@
        │                              for 408/409/429/5xx/529 and transport failures)
        └─ UpstreamTimeout      504
 
-Foreign exceptions are translated where they enter: provider adapters turn httpx
-errors and upstream bodies into `UpstreamError`s, the API turns
+Foreign exceptions are translated where they enter: the shared upstream client
+(workers/providers/http.py) turns aiohttp's timeouts and connection errors into
+`UpstreamTimeout` / `UpstreamError`, provider adapters turn upstream error
+bodies into `UpstreamError`s, the API turns
 `msgspec.ValidationError` into `InvalidRequest`. A `Failed` reply crossing Redis
 carries `ErrorInfo` and becomes the same class again on the API side, so an
 error raised in a worker reaches the client with its status intact.
