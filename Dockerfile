@@ -1,7 +1,19 @@
 # llm-broker: one image for every role (api, worker, dev, check-config).
 #   docker build -t llm-broker .
-#   docker run --rm -v $PWD/deploy/config.yaml:/etc/llm-broker/config.yaml:ro -p 8080:8080 llm-broker
-#   docker run --rm ... llm-broker worker --config /etc/llm-broker/config.yaml --provider mock
+#
+# Everything in one container (API, a worker per provider, an in-process Redis) with the built-in
+# mock config: key sk-dev, model mock-chat.
+#   docker run --rm -p 8080:8080 llm-broker dev --host 0.0.0.0
+#
+# API and workers as separate containers sharing a Redis container, all reading deploy/config.yaml;
+# deploy/docker.env gives them REDIS_URL (the `redis` container) and the ${VLLM_*} variables the
+# config needs. (`docker compose up --build` does the same.)
+#   docker network create llmb && docker run -d --name redis --network llmb redis:7-alpine
+#   docker run --rm --network llmb -p 8080:8080 --env-file deploy/docker.env \
+#     -v $PWD/deploy/config.yaml:/etc/llm-broker/config.yaml:ro llm-broker
+#   docker run --rm --network llmb --env-file deploy/docker.env \
+#     -v $PWD/deploy/config.yaml:/etc/llm-broker/config.yaml:ro \
+#     llm-broker worker --config /etc/llm-broker/config.yaml --provider mock
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -210,3 +210,60 @@ def test_dockerfile_default_command_is_a_real_llm_broker_subcommand() -> None:
 def test_dockerfile_runs_as_a_non_root_user() -> None:
     users = [line.split()[1] for line in DOCKERFILE.read_text().splitlines() if line.split()[:1] == ["USER"]]
     assert users and users[-1] not in ("root", "0"), "the image must drop root"
+
+
+# ---- the `docker run` examples in the Dockerfile's header
+
+_RUN_OPTIONS = {"-p", "-v", "-e", "--env-file", "--network", "--name", "--add-host"}  # take a value
+
+
+def _docker_runs() -> list[dict[str, Any]]:
+    """Each `docker run` example (backslash continuations joined) as options, image and argv."""
+    text = "\n".join(line[1:].strip() for line in DOCKERFILE.read_text().splitlines() if line.startswith("#"))
+    commands = re.findall(r"docker run ((?:[^\n]*\\\n)*[^\n]*)", text)
+    runs = []
+    for command in commands:
+        tokens = shlex.split(command.replace("\\\n", " ").replace("$PWD/", "./"))
+        options: dict[str, list[str]] = {}
+        while tokens and tokens[0].startswith("-"):
+            option = tokens.pop(0)
+            options.setdefault(option, []).append(tokens.pop(0) if option in _RUN_OPTIONS else "")
+        assert tokens, f"no image in `docker run {command}`"
+        runs.append({"options": options, "image": tokens[0], "argv": tokens[1:] or _dockerfile_instruction("CMD")})
+    return runs
+
+
+def _run_env(run: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for path in run["options"].get("--env-file", []):
+        lines = (ROOT / path).read_text().splitlines()
+        env.update(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+    env.update(item.split("=", 1) for item in run["options"].get("-e", []))
+    return env
+
+
+def test_dockerfile_run_examples_load_their_config_and_reach_their_redis() -> None:
+    runs = [run for run in _docker_runs() if not run["image"].startswith("redis:")]
+    built = re.search(r"docker build -t (\S+)", DOCKERFILE.read_text())
+    assert built and built.group(1) == "llm-broker"
+    network_names = set(re.findall(r"--name (\S+) --network (\S+)", DOCKERFILE.read_text()))
+    for run in runs:
+        args = build_parser().parse_args(run["argv"])
+        if args.command == "dev":  # built-in config, in-process Redis; reachable through -p only on 0.0.0.0
+            assert args.host == "0.0.0.0" and run["options"]["-p"] == [f"{args.port}:{args.port}"]
+            continue
+        mounts = dict(reversed(volume.split(":")[:2]) for volume in run["options"].get("-v", []))
+        assert args.config in mounts, f"{run['argv']} reads {args.config}, which no -v mounts"
+        # Every ${VAR} the mounted config names is passed (loading fails otherwise), and Redis is not
+        # 127.0.0.1, which inside the container is the container itself.
+        config = config_module.resolve(str(ROOT / mounts[args.config]), env=_run_env(run))
+        host = config.redis_url.split("://", 1)[1].split(":", 1)[0].split("/", 1)[0]
+        assert host not in ("127.0.0.1", "localhost")
+        networks = run["options"].get("--network", [])
+        assert (host, networks[0] if networks else "") in network_names, f"nothing runs {host} on the run's network"
+        if args.command == "worker":
+            assert args.provider in config.providers
+        else:
+            assert run["options"]["-p"] == [f"{args.port}:{args.port}"]
+    assert {run["image"] for run in runs} == {"llm-broker"}  # as `docker build -t` names it
+    assert {build_parser().parse_args(run["argv"]).command for run in runs} == {"dev", "api", "worker"}
