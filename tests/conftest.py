@@ -1,8 +1,11 @@
 """Shared fixtures: real Redis, broker processes on real ports, per-test key namespaces.
 
-Every test gets its own Redis key namespace (config `namespace`), so tests can
-share the machine's Redis without seeing each other's streams, and the keys are
-deleted afterwards. Broker processes are real `llm-broker` subprocesses.
+The tests use DB 14 of the local Redis unless LLM_BROKER_TEST_REDIS_URL names
+another (README, "Two commands"). Every test gets its own Redis key namespace
+(config `namespace`), `t-<run>-<test>`, so tests, and test runs, can share a
+Redis without seeing each other's streams; the keys are deleted afterwards and
+the run's prefix is swept at its end. Broker processes are real `llm-broker`
+subprocesses.
 """
 
 from __future__ import annotations
@@ -30,18 +33,25 @@ from broker.keys import Keys
 
 
 
-def _find_redis() -> str:
-    """$LLM_BROKER_TEST_REDIS_URL, else the local Redis on 6379, else a redis-server we start.
+# The tests' own database on a shared Redis (DB 0 is where a local broker or app most likely keeps its
+# data), and a prefix shared by every key of this run, under which each test gets its namespace.
+TEST_DB = 14
+RUN = uuid.uuid4().hex[:6]
+
+
+def _find_redis(env: dict[str, str] | None = None) -> str:
+    """$LLM_BROKER_TEST_REDIS_URL, else DB 14 of the local Redis on 6379, else a redis-server we start.
 
     Broker semantics are proven against real Redis only: with no redis-server
     at all the suite stops with an instruction instead of falling back to fakeredis.
     """
-    url = os.environ.get("LLM_BROKER_TEST_REDIS_URL")
+    env = dict(os.environ) if env is None else env
+    url = env.get("LLM_BROKER_TEST_REDIS_URL")
     if url:
         return url
     try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
-        return "redis://127.0.0.1:6379/0"
+        redis.Redis(host="127.0.0.1", port=6379, db=TEST_DB, socket_connect_timeout=1).ping()
+        return f"redis://127.0.0.1:6379/{TEST_DB}"
     except redis.ConnectionError:
         pass
     if not shutil.which("redis-server"):
@@ -67,16 +77,27 @@ def _drop_namespace(ns: str) -> None:
     client.close()
 
 
+def new_namespace() -> str:
+    return f"t-{RUN}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_run() -> Iterator[None]:
+    """At the end, whatever this run left (a key written after its test's cleanup, by a process being stopped)."""
+    yield
+    _drop_namespace(f"t-{RUN}-*")
+
+
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    ns = f"t-{uuid.uuid4().hex[:10]}"
+    ns = new_namespace()
     yield ns
     _drop_namespace(ns)
 
 
 @pytest.fixture(scope="module")
 def module_namespace() -> Iterator[str]:
-    ns = f"t-{uuid.uuid4().hex[:10]}"
+    ns = new_namespace()
     yield ns
     _drop_namespace(ns)
 
