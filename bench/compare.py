@@ -6,7 +6,7 @@
 Starts the fake OpenAI upstream (tests/fakes/openai_upstream.py) in its own
 process, then `llm-broker api` + `llm-broker worker` processes on Redis
 ($REDIS_URL, else 127.0.0.1:6379), and, when a LiteLLM proxy is installed
-(`--litellm-bin`, default /opt/litellm-venv/bin/litellm; install it in its own
+(`--litellm-bin` or $LITELLM_BIN, default /opt/litellm-venv/bin/litellm; install it in its own
 venv: `python3 -m venv /opt/litellm-venv && /opt/litellm-venv/bin/pip install
 'litellm[proxy]'`), the proxy with no database in front of the same upstream.
 Every target gets the same requests from bench/loadgen.py; the table shows
