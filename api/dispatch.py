@@ -24,6 +24,7 @@ from api import limits, sse
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.state import BrokerState
+from broker import failover
 from broker.capabilities import Request as Payload
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
 from broker.jobs import Chunk, Failed, Final, Job, Target
@@ -111,28 +112,35 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
+async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
+    """Queue the job on the first of its candidates that takes it: one refusing it (no live worker,
+    circuit open, queue full) passes it to the next, as a failed call would (broker/failover.py)."""
+    while True:
+        try:
+            return job, await enqueue(state.scripts, state.keys, state.config, job)
+        except RedisError:
+            raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
+                                               retry_after_s=1)) from None
+        except BrokerError as refused:
+            nxt = failover.advance(job, refused)
+            if nxt is None:
+                raise limits.NotQueued(failover.final_error(job, refused)) from None
+            job = nxt
+
+
 async def run(state: BrokerState, request: Request, job: Job) -> Response:
     """Enqueue the job and answer with its result: a JSON body, or an SSE stream."""
+    waiter = state.replies.open(job.id, abandon=lambda: state.cancel_job(job))
+    try:
+        job, entry_id = await _enqueue(state, job)
+        waiter.entry = (state.keys.queue(job.provider, job.lane, job.tenant), entry_id)
+    except BaseException:
+        state.replies.close(job.id)
+        raise
     timeout_message = (
         f"Request timed out after {job.deadline - job.created:g}s waiting for provider {job.provider!r} "
         f"(model {job.model!r}); no worker finished it in time."
     )
-    waiter = state.replies.open(job.id, abandon=lambda: state.cancel_job(job))
-    try:
-        entry_id = await enqueue(state.scripts, state.keys, state.config.queue, job,
-                                 ms_left=int((job.deadline - time.time()) * 1000),
-                                 worker_slots=state.config.providers[job.provider].concurrency)
-        waiter.entry = (state.keys.queue(job.provider, job.lane, job.tenant), entry_id)
-    except RedisError:
-        state.replies.close(job.id)
-        raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
-                                           retry_after_s=1)) from None
-    except BrokerError as refused:  # no live worker, or the queue is full
-        state.replies.close(job.id)
-        raise limits.NotQueued(refused) from None
-    except BaseException:
-        state.replies.close(job.id)
-        raise
 
     if not job.streams:
         gone = asyncio.ensure_future(_client_gone(request))

@@ -99,6 +99,15 @@ class ServerSettings(Strict):
     stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
 
 
+class CircuitSettings(Strict):
+    """Per deployment, shared by every process through Redis (broker/circuit.py)."""
+
+    # Consecutive failures (5xx, timeouts, refused connections or keys) that open a deployment's circuit...
+    failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # ...for this long: it is skipped (failover moves on); then one probe job at a time tries it.
+    open_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
 class QueueSettings(Strict):
     # Each lane's share of pulls while several lanes have work (smooth weighted
     # round robin): interactive gets 8 of every 13, batch still 1, so none starves.
@@ -127,6 +136,7 @@ class Config(Strict):
     namespace: str = "llmb"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    circuit: CircuitSettings = msgspec.field(default_factory=CircuitSettings)
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, list[Deployment]] = {}
     tenants: dict[str, Tenant] = {}

@@ -8,6 +8,7 @@
     ├─ RateLimited             429    rate_limit_exceeded, type requests (retry_after)
     │  └─ TokensRateLimited    429    type tokens (the tokens-per-minute limit)
     ├─ Unavailable             503    service_unavailable (Redis down, no worker; retry_after)
+    │  └─ CircuitOpen          503    circuit_open (the deployment failed too often lately)
     ├─ RequestTimeout          504    timeout (the job's deadline passed)
     └─ UpstreamError           502    upstream_error (status from the upstream; retryable
        │                              for 408/409/429/5xx/529 and transport failures)
@@ -152,6 +153,10 @@ class Unavailable(BrokerError):
     default_retryable = True
 
 
+class CircuitOpen(Unavailable):
+    default_code = "circuit_open"
+
+
 class RequestTimeout(BrokerError):
     status = 504
     type = "timeout_error"
@@ -202,7 +207,7 @@ _BY_NAME: dict[str, type[BrokerError]] = {
     cls.__name__: cls
     for cls in (
         BrokerError, InvalidRequest, AuthenticationFailed, PermissionDenied, ModelNotFound,
-        RateLimited, TokensRateLimited, Unavailable, RequestTimeout, UpstreamError, UpstreamTimeout,
+        RateLimited, TokensRateLimited, Unavailable, CircuitOpen, RequestTimeout, UpstreamError, UpstreamTimeout,
     )
 }
 

@@ -48,7 +48,7 @@ def fails_over(err: BrokerError) -> bool:
 def attempt_of(job: Job, err: BrokerError) -> Attempt:
     reason = err.message if len(err.message) <= 300 else err.message[:297] + "..."
     return Attempt(job.provider, job.upstream_model, err.status, reason, err.retry_after_s,
-                   rate_limited=err.status == 429)
+                   rate_limited=err.status == 429, skipped=not isinstance(err, UpstreamError))
 
 
 def next_job(job: Job, err: BrokerError) -> Job | None:
@@ -94,9 +94,10 @@ def final_error(job: Job, err: BrokerError) -> BrokerError:
     attempts = [*job.failures, attempt_of(job, err)]
     listed = "; ".join(f"{a.provider}/{a.model}: {a.status} {a.reason}" for a in attempts)
     message = f"All {len(attempts)} attempts failed: {listed}"
+    waits = [a.retry_after_s for a in attempts if a.retry_after_s is not None]
+    soonest = min(waits) if len(waits) == len(attempts) else err.retry_after_s
     if all(a.rate_limited for a in attempts):
-        waits = [a.retry_after_s for a in attempts if a.retry_after_s is not None]
         return RateLimited(message, retry_after_s=min(waits) if waits else None)
-    final = type(err)(message, param=err.param, code=err.code, retry_after_s=err.retry_after_s,
-                      retryable=err.retryable, status=err.status)
-    return final
+    # E.g. every circuit open: a 503 whose Retry-After is when the first may be tried again.
+    return type(err)(message, param=err.param, code=err.code, retry_after_s=soonest, retryable=err.retryable,
+                     status=err.status)

@@ -34,6 +34,7 @@ class Attempt(msgspec.Struct, array_like=True, frozen=True):
     reason: str
     retry_after_s: float | None = None
     rate_limited: bool = False
+    skipped: bool = False  # refused at the door (no live worker, circuit open): no upstream call
 
 
 class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -76,7 +77,8 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
 
     @property
     def calls(self) -> int:
-        return len(self.failures) + 1
+        """Upstream calls made for it, this one included."""
+        return sum(not failure.skipped for failure in self.failures) + 1
 
     @property
     def streams(self) -> bool:

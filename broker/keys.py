@@ -13,6 +13,7 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: per lane, per lane:tenant (deleted at 0) |
 | {ns}:{p}:drain                        | hash    | pull.lua, finish.lua    | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config); service_ms |
 | {ns}:{p}:workers                      | zset    | worker heartbeats       | live workers; entries older than a minute trimmed |
+| {ns}:{p}:circuit                      | hash    | circuit.lua, finish.lua | 4 fields per failing upstream model; TTL: 2 x open time after the last failure |
 | {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
 | {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
@@ -63,6 +64,9 @@ class Keys:
 
     def workers(self, provider: str) -> str:
         return f"{self.provider(provider)}workers"
+
+    def circuit(self, provider: str) -> str:
+        return f"{self.provider(provider)}circuit"
 
     def cancelled(self, provider: str, job_id: str) -> str:
         return f"{self.provider(provider)}cancelled:{job_id}"

@@ -162,9 +162,9 @@ class Outbox:
                 scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
                                            job.estimated_tokens, op.usage.total_tokens, key=job.key)
             keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id),
-                               self.keys.drain(job.provider)]
+                               self.keys.drain(job.provider), self.keys.circuit(job.provider)]
             args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
-                               self.result_ttl_s, op.service_ms]
+                               self.result_ttl_s, op.service_ms, job.upstream_model]
             scripted.append(evalsha_into(pipe, self.scripts.finish, keys, args))
         results = await pipe.execute(raise_on_error=False)
         # Redis restarted and lost its scripts: only those commands failed (the chunks between them

@@ -19,12 +19,13 @@ an empty stream is deleted, so idle tenants cost no memory.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from broker.config import QueueSettings
-from broker.errors import RateLimited, Unavailable
+from broker.config import Config, QueueSettings
+from broker.errors import CircuitOpen, RateLimited, Unavailable
 from broker.jobs import Job, job_encoder
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
 from broker.ratelimit import RECONCILE
@@ -41,28 +42,31 @@ class QueueScripts:
         self.finish: AsyncScript = redis.register_script(lua_script("finish"))
         self.reclaim: AsyncScript = redis.register_script(lua_script("reclaim"))
         self.reconcile: AsyncScript = redis.register_script(RECONCILE)
+        self.circuit: AsyncScript = redis.register_script(lua_script("circuit"))
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
-        for script in (self.enqueue, self.pull, self.finish, self.reclaim, self.reconcile):
+        for script in (self.enqueue, self.pull, self.finish, self.reclaim, self.reconcile, self.circuit):
             await script.registered_client.script_load(script.script)
 
 
-async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: Job, *, ms_left: int,
-                  worker_slots: int) -> bytes:
-    """Admit and enqueue, or raise: 503 when no worker serves the provider, 429 when the lane is full.
+async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> bytes:
+    """Admit and enqueue, or raise: 503 when no worker serves the provider or its circuit is open
+    (broker/lua/circuit.lua), 429 when the lane is full.
 
-    `worker_slots` is the provider's configured concurrency per worker: with `assumed_service_s`,
-    the drain rate assumed before one has ever been measured.
+    Before a provider's drain rate has ever been measured, each live worker is assumed to finish
+    its configured `concurrency` jobs every `assumed_service_s`.
     """
-    p = job.provider
-    cold_rate_per_worker = worker_slots / queue.assumed_service_s
+    p, queue = job.provider, config.queue
+    cold_rate_per_worker = config.providers[p].concurrency / queue.assumed_service_s
+    ms_left = int((job.deadline - time.time()) * 1000)
+    probe_ms = int(config.circuit.open_s * 1000)
     result = await scripts.enqueue(
         keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
-              keys.workers(p)],
+              keys.workers(p), keys.circuit(p)],
         args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
               queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
-              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker],
+              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms],
     )
     status = result[0].decode()
     if status == "ok":
@@ -71,6 +75,9 @@ async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: 
     if status == "no_workers":
         raise Unavailable(f"No worker is serving provider {p!r} right now; please retry shortly.",
                           retry_after_s=queue.heartbeat_interval_s)
+    if status == "open":
+        raise CircuitOpen(f"Deployment {p}/{job.upstream_model} failed too often lately and is skipped for now.",
+                          retry_after_s=int(result[1]) / 1000)
     retry_after_ms, ahead, rate, service_ms = int(result[1]), int(result[2]), float(result[3]), float(result[4])
     work = f" and take about {service_ms / 1000:.1f}s each" if service_ms > 0 else ""
     raise RateLimited(
@@ -83,8 +90,8 @@ async def enqueue(scripts: QueueScripts, keys: Keys, queue: QueueSettings, job: 
 async def hand_off(scripts: QueueScripts, keys: Keys, job: Job, entry_id: bytes, stream: str) -> None:
     """Acknowledge and delete a job's entry without answering it: it is queued elsewhere now (failover)."""
     await scripts.finish(keys=[stream, keys.active(job.provider, job.lane), keys.result(job.id),
-                               keys.drain(job.provider)],
-                         args=[entry_id, job.tenant, "", "", 1, 0])
+                               keys.drain(job.provider), keys.circuit(job.provider)],
+                         args=[entry_id, job.tenant, "", "", 1, 0, job.upstream_model])
 
 
 class Pulled:

@@ -104,7 +104,8 @@ def module_namespace() -> Iterator[str]:
 
 def write_config(path: Path, namespace: str, *, providers: dict[str, Any], models: dict[str, Any],
                  server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None,
-                 queue: dict[str, Any] | None = None, redis_url: str = REDIS_URL) -> Path:
+                 queue: dict[str, Any] | None = None, redis_url: str = REDIS_URL,
+                 circuit: dict[str, Any] | None = None) -> Path:
     doc: dict[str, Any] = {
         "redis_url": redis_url,
         "namespace": namespace,
@@ -116,6 +117,8 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
         doc["server"] = server
     if queue:
         doc["queue"] = queue
+    if circuit:
+        doc["circuit"] = circuit
     path.write_text(yaml.safe_dump(doc))
     return path
 

@@ -14,6 +14,9 @@ from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 
 
+MODES = ("stream", "json")
+
+
 @pytest.fixture(scope="module")
 def primary() -> Iterator[UpstreamServer]:
     with UpstreamServer(chunks=3) as server:
@@ -33,18 +36,22 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
         {"first": {"kind": "openai", "base_url": primary.base_url},
          "second": {"kind": "openai", "base_url": secondary.base_url},
          "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout_s": 1}},
-        {"limited": [{"provider": "first", "model": "fail-429"}, backup],
-         "overloaded": [{"provider": "first", "model": "fail-503"}, backup],
-         "refusing": [{"provider": "nowhere", "model": "m"}, backup],
-         "bad-request": [{"provider": "first", "model": "fail-400"}, backup],
-         "all-down": [{"provider": "first", "model": "fail-500"}, {"provider": "nowhere", "model": "m"},
-                      {"provider": "second", "model": "fail-503"}],
-         "all-limited": [{"provider": "first", "model": "fail-429"}, {"provider": "second", "model": "fail-429"}],
-         "plain": [backup],
-         "flaky-alone": [{"provider": "first", "model": "flaky-429"}],
-         "down-alone": [{"provider": "first", "model": "fail-503"}],
-         "limited-alone": [{"provider": "first", "model": "fail-429"}],
-         "stalls-after-failover": [{"provider": "first", "model": "fail-503"}, {"provider": "second", "model": "slow"}]},
+        {  # each scenario its own upstream model ids ("fail-503@b" fails as "fail-503"): its own circuits
+            **{f"limited-{mode}": [{"provider": "first", "model": f"fail-429@{mode}"}, backup] for mode in MODES},
+            **{f"overloaded-{mode}": [{"provider": "first", "model": f"fail-503@{mode}"}, backup] for mode in MODES},
+            **{f"refusing-{mode}": [{"provider": "nowhere", "model": mode}, backup] for mode in MODES},
+            "bad-request": [{"provider": "first", "model": "fail-400"}, backup],
+            "all-down": [{"provider": "first", "model": "fail-500@all"}, {"provider": "nowhere", "model": "m"},
+                         {"provider": "second", "model": "fail-503@all"}],
+            "all-limited": [{"provider": "first", "model": "fail-429@all"},
+                            {"provider": "second", "model": "fail-429@all"}],
+            "plain": [backup],
+            "flaky-alone": [{"provider": "first", "model": "flaky-429"}],
+            "down-alone": [{"provider": "first", "model": "fail-503@alone"}],
+            "limited-alone": [{"provider": "first", "model": "fail-429@alone"}],
+            "stalls-after-failover": [{"provider": "first", "model": "fail-503@stall"},
+                                      {"provider": "second", "model": "slow"}],
+        },
     )
     for provider in ("first", "second", "nowhere"):
         stack.worker(provider)
@@ -55,11 +62,12 @@ def calls(upstream: UpstreamServer, marker: str) -> int:
     return sum(1 for r in upstream.requests if r.body and marker in str(r.body.get("messages")))
 
 
-@pytest.mark.parametrize("model", ["limited", "overloaded", "refusing"])
+@pytest.mark.parametrize("group", ["limited", "overloaded", "refusing"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_failing_first_deployment_is_replaced_by_the_next_unnoticed(
-    client: openai.OpenAI, primary: UpstreamServer, secondary: UpstreamServer, model: str, stream: bool
+    client: openai.OpenAI, primary: UpstreamServer, secondary: UpstreamServer, group: str, stream: bool
 ) -> None:
+    model = f"{group}-{MODES[0] if stream else MODES[1]}"
     marker = f"{model}-{stream}"
     messages = [{"role": "user", "content": marker}]
     if stream:
@@ -76,7 +84,7 @@ def test_a_failing_first_deployment_is_replaced_by_the_next_unnoticed(
     assert text
     assert headers["x-llm-broker-deployment"] == "second/fake-model"
     assert headers["x-llm-broker-attempts"] == "2"
-    assert calls(primary, marker) == (0 if model == "refusing" else 1)  # one call, no retry storm
+    assert calls(primary, marker) == (0 if group == "refusing" else 1)  # one call, no retry storm
     assert calls(secondary, marker) == 1
 
 
@@ -98,7 +106,8 @@ def test_when_every_deployment_fails_one_error_lists_each_attempt(
     message = info.value.message
     # Each deployment once, and the last one left retried once (max_retries 1): bounded, and all told.
     assert "All 4 attempts failed" in message
-    assert "first/fail-500: 502" in message and "nowhere/m: 502" in message and "second/fail-503: 503" in message
+    assert "first/fail-500@all: 502" in message and "nowhere/m: 502" in message
+    assert "second/fail-503@all: 503" in message
     assert (calls(primary, "doomed"), calls(secondary, "doomed")) == (1, 2)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -29,13 +29,16 @@ from workers.providers import Provider
 log = logging.getLogger(__name__)
 
 
-async def call(provider: Provider, job: Job, emit: Emit, *, emitted: Callable[[], bool], max_retries: int) -> Outcome:
-    """Serve the job here, retrying as failover.retry_wait says while nothing has reached the client."""
+async def call(provider: Provider, job: Job, emit: Emit, *, emitted: Callable[[], bool], max_retries: int,
+               on_failure: Callable[[BrokerError], Awaitable[None]]) -> Outcome:
+    """Serve the job here, retrying as failover.retry_wait says while nothing has reached the client.
+    Every failed call is told to `on_failure` (the deployment's circuit counts it)."""
     retries = 0
     while True:
         try:
             return await handlers.serve(provider, job, emit)
         except BrokerError as exc:
+            await on_failure(exc)
             wait = None if emitted() else failover.retry_wait(job, exc, retries, max_retries)
             if wait is None:
                 raise
@@ -53,8 +56,7 @@ async def fail_over(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
     failed, nxt = job, failover.next_job(job, err)
     while nxt is not None:
         try:
-            await enqueue(scripts, keys, config.queue, nxt, ms_left=int((nxt.deadline - time.time()) * 1000),
-                          worker_slots=config.providers[nxt.provider].concurrency)
+            await enqueue(scripts, keys, config, nxt)
         except BrokerError as refused:  # no live worker there, or its queue cannot meet the deadline
             failed, err, nxt = nxt, refused, failover.advance(nxt, refused)
             continue

@@ -34,6 +34,7 @@ from broker.jobs import Job, job_decoder
 from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
 from broker.streams import Pulled, QueueScripts, cancelled, heartbeat, leave, pull, reclaim
+from broker import circuit
 from workers import attempts
 from workers.providers import Provider, build_provider
 
@@ -182,7 +183,8 @@ class Worker:
                 raise BrokerError(f"the job failed on every attempt ({self.queue.max_attempts}): the workers "
                                   "running it stopped responding", code="attempts_exhausted")
             body, usage = await attempts.call(self.provider, job, emit, emitted=lambda: emitted,
-                                              max_retries=self.max_retries)
+                                              max_retries=self.max_retries,
+                                              on_failure=lambda err: self._count_failure(job, err))
         except asyncio.CancelledError:
             if job.id not in self._cancelled:
                 raise  # shutdown: leave the entry pending, another worker reclaims it
@@ -201,6 +203,15 @@ class Worker:
             await self._dead_letter(item, error)
         service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms)
+
+    async def _count_failure(self, job: Job, err: BrokerError) -> None:
+        """Against the deployment's circuit, shared by every process (broker/circuit.py)."""
+        try:
+            if await circuit.report_failure(self.scripts, self.keys, self.config.circuit, job, err):
+                log.warning("circuit of %s/%s opened for %gs after %d failures in a row (last: %s)", job.provider,
+                            job.upstream_model, self.config.circuit.open_s, self.config.circuit.failures, err.message)
+        except RedisError as exc:  # the failure itself is what matters to this job
+            log.warning("could not count a failure of %s/%s: %s", job.provider, job.upstream_model, exc)
 
     async def _finish(self, job: Job, item: Pulled, **outcome: Any) -> None:
         """Hand the outcome to Redis, retrying while it is unreachable: given up, the entry would be

@@ -1,11 +1,12 @@
 -- Admit and enqueue one job atomically (broker/streams.py `enqueue`).
 -- KEYS: 1 the tenant's lane stream, 2 the lane's active-tenants zset, 3 backlog hash,
---       4 drain hash, 5 workers zset
+--       4 drain hash, 5 workers zset, 6 circuit hash (circuit.lua)
 -- ARGV: 1 tenant, 2 lane, 3 job id, 4 job (msgpack), 5 ms left before the job's deadline,
 --       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
 --       10 n lanes, then the lane names, then their weights, then the jobs/s one worker is
---       assumed to drain before the provider's rate has ever been measured
--- Returns {'ok', entry id} | {'no_workers'}
+--       assumed to drain before the provider's rate has ever been measured, the upstream
+--       model, and how long a half-open circuit's one probe may take (ms)
+-- Returns {'ok', entry id} | {'no_workers'} | {'open', ms until the deployment may be tried}
 --       | {'full', retry_after_ms, jobs ahead, their drain rate, service time ms (0: not measured)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -18,6 +19,20 @@ end
 -- only while workers are saturated, so it is real capacity; below min_queue
 -- waiting jobs a lane never rejects.
 local lane, nl = ARGV[2], tonumber(ARGV[10])
+-- The deployment's circuit: skipped while open or cooling down after a 429; once the open time
+-- is over, exactly one job at a time goes through as the probe (half-open) until one succeeds.
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  local m = ARGV[12 + 2 * nl]
+  local cool = tonumber(redis.call('HGET', KEYS[6], m .. ':cool') or '0')
+  if cool > now then return {'open', tostring(cool - now)} end
+  local open_until = tonumber(redis.call('HGET', KEYS[6], m) or '0')
+  if open_until > now then return {'open', tostring(open_until - now)} end
+  if open_until > 0 then
+    local probe = tonumber(redis.call('HGET', KEYS[6], m .. ':probe') or '0')
+    if probe > now then return {'open', tostring(probe - now)} end
+    redis.call('HSET', KEYS[6], m .. ':probe', now + tonumber(ARGV[13 + 2 * nl]))
+  end
+end
 local mine, my_weight, weights = 0, 1, 0
 for i = 1, nl do
   local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])

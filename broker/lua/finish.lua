@@ -1,9 +1,11 @@
 -- End a job: hand the terminal reply to its API process, keep the result for a
 -- while, acknowledge and delete the entry, and retire the tenant's stream when
 -- it is empty (broker/outbox.py). Atomic, so enqueue.lua never sees half of it.
--- KEYS: 1 the job's stream, 2 the lane's active zset, 3 result key, 4 the provider's drain hash
+-- KEYS: 1 the job's stream, 2 the lane's active zset, 3 result key, 4 the provider's drain hash,
+--       5 the provider's circuit hash (circuit.lua)
 -- ARGV: 1 entry id, 2 tenant, 3 reply channel, 4 reply (msgpack), 5 result TTL s,
---       6 how long the job ran in ms (0: a failure or cancellation, not a measure of the work)
+--       6 how long the job ran in ms (0: a failure or cancellation, not a measure of the work),
+--       7 the upstream model
 -- An empty reply channel: the job was handed to another deployment (failover), which answers it.
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -21,5 +23,9 @@ if service > 0 then
   local average = tonumber(redis.call('HGET', KEYS[4], 'service_ms') or '0')
   if average > 0 then service = 0.8 * average + 0.2 * service end
   redis.call('HSET', KEYS[4], 'service_ms', tostring(service))
+  -- A success closes the deployment's circuit (and ends its run of failures).
+  if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+    redis.call('HDEL', KEYS[5], ARGV[7], ARGV[7] .. ':fails', ARGV[7] .. ':probe')
+  end
 end
 return 1

@@ -17,6 +17,9 @@ failure mode is one request away:
     hang-stream                           one chunk, then a 30 s stall, then the rest
     flaky-429                             a 429 (retry-after: 1) the first time it sees a prompt, then answers
 
+A suffix after "@" is ignored ("fail-503@b" fails as "fail-503"): tests give each scenario its own
+upstream model id, so the broker's per-deployment circuits of one scenario do not touch another's.
+
 Run standalone (the benchmark does, in its own process):
     python -m tests.fakes.openai_upstream --port 9100 --chunks 20 --workers 1
 """
@@ -248,6 +251,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         except msgspec.ValidationError as e:
             return error_response(400, str(e), "invalid_request_error",
                                   param=_validation_param(e))
+        req.model = req.model.split("@", 1)[0]
         if req.model == "flaky-429":
             prompt = str(body.get("messages"))
             if prompt not in seen_prompts:
