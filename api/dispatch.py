@@ -34,6 +34,8 @@ from broker.streams import enqueue
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 
+P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)
+
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "x-request-timeout"
 
@@ -84,8 +86,28 @@ def _lane(request: Request, principal: Principal) -> str:
     return lane
 
 
+# OpenRouter's convention, sent through the SDK's `extra_body`: models to fall back to, in order.
+CLIENT_FALLBACKS = "models"
+MAX_CLIENT_FALLBACKS = 8
+
+
+def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
+    """The request without its `models` list (no upstream should see it), and that list."""
+    extra = getattr(payload, "extra_body", msgspec.UNSET)
+    if not isinstance(extra, dict) or CLIENT_FALLBACKS not in extra:
+        return payload, []
+    names = extra[CLIENT_FALLBACKS]
+    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+            or len(names) > MAX_CLIENT_FALLBACKS):
+        raise InvalidRequest(f"`models` must be a list of at most {MAX_CLIENT_FALLBACKS} model names.",
+                             param=CLIENT_FALLBACKS)
+    rest = {k: v for k, v in extra.items() if k != CLIENT_FALLBACKS}
+    return msgspec.structs.replace(payload, extra_body=rest or msgspec.UNSET), names
+
+
 def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
-    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload)
+    payload, also = _client_fallbacks(payload)
+    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, also=also)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
     now = time.time()
     return Job(
@@ -193,9 +215,6 @@ def _served(reply: Chunk | Final) -> dict[str, str]:
     if not reply.served_by:
         return {}
     return {"x-llm-broker-deployment": reply.served_by, "x-llm-broker-attempts": str(reply.calls)}
-
-
-P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)
 
 
 def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[Response]]:

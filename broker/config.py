@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -41,6 +41,21 @@ class Deployment(Strict):
     output_per_mtok: float = 0.0
     # Corrections to what the provider (or its profile) can do, e.g. {tools: false} for a small model.
     capabilities: CapabilityOverrides = msgspec.field(default_factory=CapabilityOverrides)
+    # Share of the requests under the `weighted` strategy.
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
+class ModelGroup(Strict, kw_only=True):
+    """A public model's deployments and how to choose among them (broker/routing.py).
+
+    `priority`: in the order listed, failing over down the list. `weighted`: the
+    first by `weight` at random, then the others in weighted random order.
+    `fallbacks` are other public models, tried after all of this group's deployments.
+    """
+
+    strategy: Literal["priority", "weighted"] = "priority"
+    deployments: list[Deployment]
+    fallbacks: list[str] = []
 
 
 class Limits(Strict):
@@ -138,8 +153,15 @@ class Config(Strict):
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     circuit: CircuitSettings = msgspec.field(default_factory=CircuitSettings)
     providers: dict[str, ProviderConfig] = {}
-    models: dict[str, list[Deployment]] = {}
+    # The list form is a `priority` group (ModelGroup) of those deployments.
+    models: dict[str, list[Deployment] | ModelGroup] = {}
     tenants: dict[str, Tenant] = {}
+
+
+    def group(self, model: str) -> ModelGroup | None:
+        """The configured public model `model`, whichever form it was written in."""
+        found = self.models.get(model)
+        return ModelGroup(deployments=found) if isinstance(found, list) else found
 
 
 DEV_API_KEY = "sk-dev"
@@ -225,6 +247,10 @@ def _locate(raw: Any, exc: msgspec.ValidationError) -> str:
         if not isinstance(entries, dict):
             continue
         for name, entry in entries.items():
+            if section == "models" and isinstance(entry, dict):
+                entry_type = ModelGroup  # the mapping form: its own errors, not "expected array"
+            elif section == "models":
+                entry_type = list[Deployment]
             try:
                 msgspec.convert(entry, entry_type, dec_hook=_dec_hook)
             except msgspec.ValidationError as inner:
@@ -245,15 +271,21 @@ def _check_references(config: Config, source: str) -> None:
             if not NAME.fullmatch(name):
                 raise ConfigError(f"{source}: a name may hold only letters, digits, '_', '.' and '-' (1 to 64)"
                                   f" - at `$.{section}.{name}`")
-    for name, deployments in config.models.items():
-        if not deployments:
-            raise ConfigError(f"{source}: model has no deployments - at `$.models.{name}`")
-        for i, dep in enumerate(deployments):
+    for name, written in config.models.items():
+        group, at = config.group(name), f"$.models.{name}" + ("" if isinstance(written, list) else ".deployments")
+        assert group is not None
+        if not group.deployments:
+            raise ConfigError(f"{source}: model has no deployments - at `{at}`")
+        for i, dep in enumerate(group.deployments):
             if dep.provider not in config.providers:
                 raise ConfigError(
                     f"{source}: unknown provider {dep.provider!r} (known: {sorted(config.providers)})"
-                    f" - at `$.models.{name}[{i}].provider`"
+                    f" - at `{at}[{i}].provider`"
                 )
+        for i, fallback in enumerate(group.fallbacks):
+            if fallback not in config.models or fallback == name:
+                raise ConfigError(f"{source}: fallbacks name other configured models; {fallback!r} is not one"
+                                  f" - at `$.models.{name}.fallbacks[{i}]`")
     for name, tenant in config.tenants.items():
         seen: set[str] = set()
         for i, key in enumerate(tenant.api_keys()):

@@ -13,8 +13,10 @@ tenant has `passthrough: true` (a configured public name always wins).
 
 from __future__ import annotations
 
+import random
+
 from broker.capabilities import Capabilities, Request, estimate_tokens, needs
-from broker.config import Config, Deployment, Tenant
+from broker.config import Config, Deployment, ModelGroup, Tenant
 from broker.errors import InvalidRequest, ModelNotFound
 
 _WHAT = {
@@ -37,32 +39,38 @@ class Router:
         return deployment.capabilities.apply(self._provider_caps[deployment.provider])
 
     def visible_models(self, tenant: Tenant) -> list[str]:
+        """The public models this tenant may use."""
         names = tenant.models or list(self.config.models)
         return [n for n in names if n in self.config.models]
 
-    def deployments(self, tenant: Tenant, model: str) -> list[Deployment]:
-        deployments = self.config.models.get(model)
-        if deployments and (not tenant.models or model in tenant.models):
-            return deployments
+    def group(self, tenant: Tenant, model: str, *, param: str = "model") -> ModelGroup:
+        """`model` as this tenant may use it: configured, or `provider/model-id` with passthrough."""
+        group = self.config.group(model)
+        if group is not None and (not tenant.models or model in tenant.models):
+            return group
         provider, _, upstream_model = model.partition("/")
         if tenant.passthrough and upstream_model and provider in self.config.providers:
-            return [Deployment(provider=provider, model=upstream_model)]
+            return ModelGroup(deployments=[Deployment(provider=provider, model=upstream_model)])
         # OpenAI answers 404 for models that exist but are not yours, too: no probing.
-        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param=param)
 
-    def resolve(self, tenant: Tenant, model: str, req: Request | None = None) -> Deployment:
-        """The deployment that serves `model` first (for `req`, the first that can)."""
-        if req is None:
-            return self.deployments(tenant, model)[0]
-        return self.candidates(tenant, model, req)[0]
+    def resolve(self, tenant: Tenant, model: str) -> Deployment:
+        """The deployment listed first for `model` (404 unless this tenant may use it)."""
+        return self.group(tenant, model).deployments[0]
 
-    def candidates(self, tenant: Tenant, model: str, req: Request) -> list[Deployment]:
-        """Every deployment of `model` that can serve `req`, in failover order (400 if none can)."""
+    def candidates(self, tenant: Tenant, model: str, req: Request, *, also: list[str] | None = None) -> list[Deployment]:
+        """Every deployment that can serve `req`, in failover order: `model`'s own (ordered by its
+        strategy), then its group's `fallbacks`, then the models in `also` (the client's own fallback
+        list, OpenRouter's `models`). 400 if none can."""
+        groups = [self.group(tenant, model)]
+        groups += [fallback for name in groups[0].fallbacks
+                   if (fallback := self.config.group(name)) is not None and (not tenant.models or name in tenant.models)]
+        groups += [self.group(tenant, name, param=f"models[{i}]") for i, name in enumerate(also or [])]
         required = needs(req)
         lacking: str | None = None
         too_long: int | None = None
         capable: list[Deployment] = []
-        for deployment in self.deployments(tenant, model):
+        for deployment in (d for group in groups for d in _ordered(group)):
             caps = self.capabilities(deployment)
             missing = [c for c in required if not getattr(caps, c)]
             if missing:
@@ -71,7 +79,8 @@ class Router:
             if caps.max_context_tokens is not None and estimate_tokens(req) > caps.max_context_tokens:
                 too_long = caps.max_context_tokens
                 continue
-            capable.append(deployment)
+            if deployment not in capable:
+                capable.append(deployment)
         if capable:
             return capable
         if lacking is not None:
@@ -81,3 +90,12 @@ class Router:
             f"This model's maximum context length is {too_long} tokens; your request is longer.",
             param="messages", code="context_length_exceeded",
         )
+
+
+def _ordered(group: ModelGroup) -> list[Deployment]:
+    """The group's deployments in the order its strategy tries them."""
+    if group.strategy == "weighted" and len(group.deployments) > 1:
+        # Weighted random order without replacement (Efraimidis-Spirakis): deployment i comes
+        # first with probability weight_i / sum of weights, and so on down the list.
+        return sorted(group.deployments, key=lambda d: random.random() ** (1 / d.weight), reverse=True)
+    return group.deployments

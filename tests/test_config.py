@@ -114,3 +114,21 @@ def test_redis_url_env_overrides_the_file(tmp_path: Path) -> None:
     config = resolve(str(path), env={"VLLM_KEY": "k", "REDIS_URL": "redis://elsewhere:6380/2"})
     assert config.redis_url == "redis://elsewhere:6380/2"
     assert resolve(None, env={"LLM_BROKER_CONFIG": str(path), "VLLM_KEY": "k"}).providers.keys() == {"local-vllm", "mock"}
+
+
+def test_a_model_group_decodes_and_its_fallbacks_must_exist(tmp_path: Path) -> None:
+    group = GOOD.replace("tenants:", """  grouped:
+    strategy: weighted
+    deployments: [{provider: mock, model: a, weight: 3}, {provider: mock, model: b}]
+    fallbacks: [fast-chat]
+tenants:""")
+    config = load(write(tmp_path, group), env={"VLLM_KEY": "k"})
+    grouped = config.group("grouped")
+    assert grouped is not None and grouped.strategy == "weighted" and grouped.fallbacks == ["fast-chat"]
+    assert [d.weight for d in grouped.deployments] == [3.0, 1.0]
+    listed = config.group("fast-chat")
+    assert listed is not None and listed.strategy == "priority" and listed.deployments[0].provider == "local-vllm"
+    with pytest.raises(ConfigError, match=r"'nowhere' is not one - at `\$\.models\.grouped\.fallbacks\[0\]`"):
+        load(write(tmp_path, group.replace("fallbacks: [fast-chat]", "fallbacks: [nowhere]")), env={"VLLM_KEY": "k"})
+    with pytest.raises(ConfigError, match=r"\$\.models\.grouped\.strategy"):
+        load(write(tmp_path, group.replace("strategy: weighted", "strategy: fastest")), env={"VLLM_KEY": "k"})

@@ -198,6 +198,15 @@ def test_passthrough_names_reach_a_provider_model_directly(base_url: str, upstre
         plain.chat.completions.create(model="up/some-upstream-model", messages=USER)
 
 
+def test_a_passthrough_name_can_be_retrieved_as_a_model(base_url: str) -> None:
+    power = openai.OpenAI(base_url=base_url, api_key=PASSTHROUGH_KEY, max_retries=0)
+    card = power.models.retrieve("up/some-upstream-model")  # was a 500: no such configured model
+    assert (card.id, card.owned_by) == ("up/some-upstream-model", "up")
+    plain = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        plain.models.retrieve("up/some-upstream-model")
+
+
 def test_json_object_and_json_schema_are_separate_capabilities(client: openai.OpenAI) -> None:
     result = client.chat.completions.create(model="json-object-only", messages=USER,
                                             response_format={"type": "json_object"})

@@ -9,12 +9,14 @@ from typing import Any
 import openai
 import pytest
 
+from broker.config import hash_key
 from broker.embedded_redis import free_port
 from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 
 
 MODES = ("stream", "json")
+NARROW_KEY = "sk-narrow-tenant-0001"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,8 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
     stack = module_stack_factory(
         {"first": {"kind": "openai", "base_url": primary.base_url},
          "second": {"kind": "openai", "base_url": secondary.base_url},
-         "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout_s": 1}},
+         "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout_s": 1},
+         "mock-a": {"kind": "mock", "tokens": 2}, "mock-b": {"kind": "mock", "tokens": 2}},
         {  # each scenario its own upstream model ids ("fail-503@b" fails as "fail-503"): its own circuits
             **{f"limited-{mode}": [{"provider": "first", "model": f"fail-429@{mode}"}, backup] for mode in MODES},
             **{f"overloaded-{mode}": [{"provider": "first", "model": f"fail-503@{mode}"}, backup] for mode in MODES},
@@ -51,9 +54,16 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
             "limited-alone": [{"provider": "first", "model": "fail-429@alone"}],
             "stalls-after-failover": [{"provider": "first", "model": "fail-503@stall"},
                                       {"provider": "second", "model": "slow"}],
+            "with-fallbacks": {"deployments": [{"provider": "first", "model": "fail-503@grp"}],
+                               "fallbacks": ["plain"]},
+            "client-primary": [{"provider": "first", "model": "fail-503@client"}],
+            "weighted": {"strategy": "weighted", "deployments": [
+                {"provider": "mock-a", "model": "a", "weight": 3}, {"provider": "mock-b", "model": "b", "weight": 1}]},
         },
+        tenants={"test": {"keys": [hash_key(TEST_KEY)]},
+                 "narrow": {"keys": [hash_key(NARROW_KEY)], "models": ["client-primary"]}},
     )
-    for provider in ("first", "second", "nowhere"):
+    for provider in ("first", "second", "nowhere", "mock-a", "mock-b"):
         stack.worker(provider)
     return str(stack.api())
 
@@ -169,3 +179,46 @@ def test_a_retry_that_would_cross_the_deadline_is_not_taken(client: openai.OpenA
             model="limited-alone", messages=[{"role": "user", "content": "no time"}])
     assert time.monotonic() - started < 1.0  # answered at once, not after a 1 s wait it could not afford
     assert calls(primary, "no time") == 1
+
+
+def test_a_groups_fallback_models_follow_its_own_deployments(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="with-fallbacks",
+                                                           messages=[{"role": "user", "content": "grp"}])
+    assert raw.parse().model == "with-fallbacks"
+    assert raw.headers["x-llm-broker-deployment"] == "second/fake-model"
+
+
+def test_a_clients_own_models_list_is_tried_in_order(client: openai.OpenAI, base_url: str) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="client-primary", messages=[{"role": "user", "content": "mine"}], extra_body={"models": ["plain"]})
+    assert raw.headers["x-llm-broker-deployment"] == "second/fake-model"
+    narrow = openai.OpenAI(base_url=base_url, api_key=NARROW_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:  # a model this tenant may not use is refused
+        narrow.chat.completions.create(model="client-primary", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"models": ["plain"]})
+    assert info.value.body["param"] == "models[0]"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"models": "plain"})
+
+
+def test_weighted_splits_a_thousand_requests_by_the_weights(base_url: str) -> None:
+    import asyncio
+
+    import httpx
+
+    async def main() -> list[str]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30,
+                                     headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
+            async def one(i: int) -> str:
+                resp = await http.post("/chat/completions", json={
+                    "model": "weighted", "messages": [{"role": "user", "content": f"w{i}"}]})
+                assert resp.status_code == 200, resp.text
+                return resp.headers["x-llm-broker-deployment"]
+            return await asyncio.gather(*(one(i) for i in range(1000)))
+
+    served = asyncio.run(main())
+    share_a = served.count("mock-a/a") / len(served)
+    assert abs(share_a - 0.75) <= 0.05, share_a
+    assert served.count("mock-a/a") + served.count("mock-b/b") == 1000
