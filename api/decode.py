@@ -1,9 +1,20 @@
-"""Request bodies → wire Structs, with msgspec's error path as the OpenAI `param`; size-capped reads."""
+"""Request bodies → wire Structs, with msgspec's error path as the OpenAI `param`; size-capped reads.
+
+Every way a body can be bad ends here as a 400 naming what is wrong, never
+later as a 500 far from the field that caused it:
+- not JSON, or invalid UTF-8 inside a string;
+- nested deeper than MAX_DEPTH (msgspec would recurse until Python's limit,
+  and the adapters that translate tool schemas recurse too);
+- a typed field out of its range (the wire Structs bound every integer);
+- a value the Job cannot carry (an integer beyond 64 bits in a field passed
+  through untouched: tool parameters, response_format, unknown extra fields).
+"""
 
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from itertools import accumulate
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -42,6 +53,55 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 _raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
+# Deeper than any real request (a tool's JSON schema nests a few levels per object).
+MAX_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = bytes(set(range(256)) - set(b"[]{}"))
+_OPENS = frozenset(b"[{")
+# The Job's own encoder: what it cannot encode must be refused here, where the field is known.
+_job_probe = msgspec.msgpack.Encoder()
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in a JSON body (brackets inside strings do not count)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:  # the usual case: no scan needed
+        return 0
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET)
+    return max(accumulate(1 if c in _OPENS else -1 for c in brackets), default=0)
+
+
+def _out_of_range(value: Any, path: str = "") -> str | None:
+    """The path of the first integer that does not fit in 64 bits, if any."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path if not -(2**63) <= value < 2**64 else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    elif isinstance(value, msgspec.Struct):
+        items = ((name, getattr(value, name)) for name in value.__struct_fields__)
+    for key, item in items:
+        if key == "extra_body" and not path:  # the client sent those as top-level fields
+            found = _out_of_range(item, "")
+        else:
+            found = _out_of_range(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _check_encodable(payload: Any) -> None:
+    try:
+        _job_probe.encode(payload)
+    except OverflowError:
+        path = _out_of_range(payload) or None
+        where = f" (at `{path}`)" if path else ""
+        raise InvalidRequest(f"Invalid request body: an integer is outside the 64-bit range{where}.",
+                             param=path) from None
+
 
 def _with_extras(payload: T, body: bytes) -> T:
     """Fields the Struct does not model, kept in its `extra_body` (if it has one) as sent.
@@ -64,11 +124,21 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
-        return _with_extras(decoder.decode(body), body)
+        payload = _with_extras(decoder.decode(body), body)
+        if nesting_depth(body) > MAX_DEPTH:
+            raise RecursionError
+        _check_encodable(payload)
+        return payload
+    except RecursionError:
+        raise InvalidRequest(f"The request body nests arrays and objects more than {MAX_DEPTH} levels deep.",
+                             code="nesting_too_deep") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid UTF-8: JSON text must be.") from None
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _AT_PATH.search(text)
-        path = match.group("path") if match else ""
+        # msgspec writes a dict entry as `[...]` (it does not say which key): name the dict instead.
+        path = match.group("path").replace("[...]", "") if match else ""
         missing = _MISSING.search(text)
         leading = _LEADING_FIELD.match(text)
         if missing:

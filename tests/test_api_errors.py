@@ -94,6 +94,66 @@ def test_invalid_body_is_400_naming_the_field(base_url: str, body: Any, param: s
         assert param in error["message"]
 
 
+BIG = 123456789012345678901234567890  # beyond 64 bits: the Job's msgpack cannot carry it
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/chat/completions", {**GOOD, "seed": BIG}, "seed"),
+        ("/chat/completions", {**GOOD, "max_tokens": BIG}, "max_tokens"),
+        ("/chat/completions", {**GOOD, "max_completion_tokens": BIG}, "max_completion_tokens"),
+        ("/chat/completions", {**GOOD, "logit_bias": {"42": BIG}}, "logit_bias"),
+        ("/chat/completions", {**GOOD, "tools": [{**TOOL, "function": {**TOOL["function"], "parameters": {
+            "type": "object", "properties": {"n": {"type": "integer", "maximum": BIG}}}}}]},
+         "tools[0].function.parameters.properties.n.maximum"),
+        ("/chat/completions", {**GOOD, "response_format": {"type": "json_object", "x": BIG}}, "response_format.x"),
+        ("/chat/completions", {**GOOD, "unmodelled_extension": [1, {"deep": BIG}]}, "unmodelled_extension[1].deep"),
+        ("/completions", {"model": "mock-chat", "prompt": [1, 2, BIG]}, "prompt[2]"),
+        ("/completions", {"model": "mock-chat", "prompt": "x", "seed": BIG}, "seed"),
+        ("/embeddings", {"model": "mock-chat", "input": "x", "dimensions": BIG}, "dimensions"),
+        ("/embeddings", {"model": "mock-chat", "input": [[1, BIG]]}, "input[0][1]"),
+    ],
+)
+def test_integers_beyond_64_bits_are_a_400_naming_the_field(base_url: str, path: str, body: Any,
+                                                             param: str) -> None:
+    resp = httpx.post(f"{base_url}{path}", json=body, headers={"authorization": f"Bearer {TEST_KEY}"})
+    assert resp.status_code == 400, resp.text
+    assert error_of(resp)["param"] == param
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"model": "mock-chat", "messages": [{"role": "user", "content": "x"}], "extension": %s}' % nested(10_000),
+        '{"model": "mock-chat", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", '
+        '"function": {"name": "f", "parameters": {"type": "object", "x": %s}}}]}' % nested(10_000),
+        '{"model": "mock-chat", "messages": [{"role": "user", "content": "x"}], "extension": %s}' % nested(100),
+        nested(10_000),
+    ],
+    ids=["extra-field", "tool-parameters", "just-too-deep", "top-level-array"],
+)
+def test_deep_nesting_is_a_400(base_url: str, raw: str) -> None:
+    resp = post(base_url, None, raw=raw.encode())
+    assert resp.status_code == 400, resp.text
+    assert error_of(resp)["type"] == "invalid_request_error"
+
+
+def test_invalid_utf8_inside_a_string_is_a_400(base_url: str) -> None:
+    resp = post(base_url, None, raw=b'{"model": "mock-chat", "messages": [{"role": "user", "content": "caf\xe9 \xff"}]}')
+    assert resp.status_code == 400, resp.text
+    assert "UTF-8" in error_of(resp)["message"]
+
+
+def test_brackets_inside_strings_are_no_nesting(base_url: str) -> None:
+    assert post(base_url, {**GOOD, "messages": [{"role": "user", "content": "[" * 500 + "{" * 500}]}).status_code == 200
+
+
 def test_malformed_json_is_400(base_url: str) -> None:
     resp = post(base_url, None, raw=b'{"model": "mock-chat", "messages": [')
     assert resp.status_code == 400

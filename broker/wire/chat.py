@@ -104,7 +104,12 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
-PositiveInt = Annotated[int, Meta(ge=1)]
+# Every integer is held to 64 bits (what the Job's msgpack, and upstreams, can carry): beyond
+# that msgspec would hand us a Python bigint that fails later, far from the field that sent it.
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+PositiveInt = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+TokenId = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+LogitBias = dict[str, Annotated[int, Meta(ge=-100, le=100)]]  # OpenAI's range
 
 
 class ChatRequest(msgspec.Struct, omit_defaults=True):
@@ -120,10 +125,10 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     max_completion_tokens: PositiveInt | None | UnsetType = UNSET
     presence_penalty: Penalty | None | UnsetType = UNSET
     frequency_penalty: Penalty | None | UnsetType = UNSET
-    logit_bias: dict[str, int] | None | UnsetType = UNSET
+    logit_bias: LogitBias | None | UnsetType = UNSET
     logprobs: bool | None | UnsetType = UNSET
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None | UnsetType = UNSET
-    seed: int | None | UnsetType = UNSET
+    seed: Int64 | None | UnsetType = UNSET
     user: str | UnsetType = UNSET
     tools: list[Tool] | UnsetType = UNSET
     tool_choice: str | dict[str, Any] | UnsetType = UNSET
@@ -139,7 +144,7 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     prompt_cache_key: str | UnsetType = UNSET
     safety_identifier: str | UnsetType = UNSET
     # Common extensions of self-hosted servers (vLLM, llama.cpp, Ollama).
-    top_k: int | None | UnsetType = UNSET
+    top_k: Int64 | None | UnsetType = UNSET
     min_p: float | None | UnsetType = UNSET
     repetition_penalty: float | None | UnsetType = UNSET
     # Every other field the client sent (the SDK's `extra_body`: vLLM's `guided_json`,

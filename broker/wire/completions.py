@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from broker.wire.chat import Penalty, PositiveInt, StreamOptions, Temperature, Usage
+from broker.wire.chat import Int64, LogitBias, Penalty, PositiveInt, StreamOptions, Temperature, TokenId, Usage
 
 # string | string[] | token ids | arrays of token ids. msgspec allows one array
 # type per union, so the list's items are a union, checked for sameness below.
-Prompt = str | list[str | int | list[int]]
+Prompt = str | list[str | TokenId | list[TokenId]]
 
 
 def check_homogeneous(items: list[str | int | list[int]], field: str) -> None:
@@ -47,10 +47,10 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     echo: bool | None | UnsetType = UNSET
     suffix: str | None | UnsetType = UNSET
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None | UnsetType = UNSET  # an int here, not a bool
-    logit_bias: dict[str, int] | None | UnsetType = UNSET
+    logit_bias: LogitBias | None | UnsetType = UNSET
     presence_penalty: Penalty | None | UnsetType = UNSET
     frequency_penalty: Penalty | None | UnsetType = UNSET
-    seed: int | None | UnsetType = UNSET
+    seed: Int64 | None | UnsetType = UNSET
     user: str | UnsetType = UNSET
     extra_body: dict[str, Any] | UnsetType = UNSET  # as ChatRequest.extra_body
 

@@ -14,17 +14,19 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from broker.wire.chat import TokenId
 from broker.wire.completions import as_texts, check_homogeneous
 
 # string | string[] | token ids | arrays of token ids (see wire.completions.Prompt)
-EmbeddingInput = Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(max_length=2048)]
+EmbeddingInput = (Annotated[str, Meta(min_length=1)]
+                  | Annotated[list[str | TokenId | list[TokenId]], Meta(max_length=2048)])
 
 
 class EmbeddingRequest(msgspec.Struct, omit_defaults=True):
     model: str
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | UnsetType = UNSET
-    dimensions: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    dimensions: Annotated[int, Meta(ge=1, le=2**31 - 1)] | UnsetType = UNSET
     user: str | UnsetType = UNSET
 
     def __post_init__(self) -> None:
