@@ -75,6 +75,9 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -
     if status == "no_workers":
         raise Unavailable(f"No worker is serving provider {p!r} right now; please retry shortly.",
                           retry_after_s=queue.heartbeat_interval_s)
+    if status == "open" and len(result) > 2:  # cooling down after its upstream's 429
+        raise RateLimited(f"Deployment {p}/{job.upstream_model} is rate limited by its upstream; please retry "
+                          "after the time given.", retry_after_s=int(result[1]) / 1000)
     if status == "open":
         raise CircuitOpen(f"Deployment {p}/{job.upstream_model} failed too often lately and is skipped for now.",
                           retry_after_s=int(result[1]) / 1000)

@@ -6,7 +6,7 @@
 --       10 n lanes, then the lane names, then their weights, then the jobs/s one worker is
 --       assumed to drain before the provider's rate has ever been measured, the upstream
 --       model, and how long a half-open circuit's one probe may take (ms)
--- Returns {'ok', entry id} | {'no_workers'} | {'open', ms until the deployment may be tried}
+-- Returns {'ok', entry id} | {'no_workers'} | {'open', ms until it may be tried[, 'cool': rate limited]}
 --       | {'full', retry_after_ms, jobs ahead, their drain rate, service time ms (0: not measured)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -24,7 +24,7 @@ local lane, nl = ARGV[2], tonumber(ARGV[10])
 if redis.call('EXISTS', KEYS[6]) == 1 then
   local m = ARGV[12 + 2 * nl]
   local cool = tonumber(redis.call('HGET', KEYS[6], m .. ':cool') or '0')
-  if cool > now then return {'open', tostring(cool - now)} end
+  if cool > now then return {'open', tostring(cool - now), 'cool'} end
   local open_until = tonumber(redis.call('HGET', KEYS[6], m) or '0')
   if open_until > now then return {'open', tostring(open_until - now)} end
   if open_until > 0 then
