@@ -46,8 +46,8 @@ async def report_failure(scripts: QueueScripts, keys: Keys, settings: CircuitSet
     kind = failure_kind(err)
     if kind is None:
         return False
-    open_ms = int(settings.open_s * 1000)
-    cooldown_ms = int((err.retry_after_s or DEFAULT_COOLDOWN_S) * 1000)
+    open_ms = max(1, int(settings.open_s * 1000))
+    cooldown_ms = max(1, int((err.retry_after_s or DEFAULT_COOLDOWN_S) * 1000))
     opened = await scripts.circuit(
         keys=[keys.circuit(job.provider)],
         args=[job.upstream_model, kind, settings.failures, open_ms, cooldown_ms, max(2 * open_ms, cooldown_ms)],

@@ -60,9 +60,10 @@ class ModelGroup(Strict, kw_only=True):
 
 class Limits(Strict):
     # Enforced across all API processes (broker/ratelimit.py); None = unlimited.
-    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    max_concurrent: Annotated[int, msgspec.Meta(ge=1)] | None = None  # requests in flight
+    # Bounded so the Lua scripts' float arithmetic stays exact and their integer replies in range.
+    rpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None  # requests in flight
 
     def limited(self) -> bool:
         return bool(self.rpm or self.tpm or self.max_concurrent)

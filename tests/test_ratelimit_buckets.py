@@ -137,3 +137,23 @@ async def test_reconcile_settles_the_keys_token_bucket_too(limiter: Limiter) -> 
     tenant_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t"))
     # 100 tokens left to refill: 10 s for the key at 10/s, 1 s for the tenant at 100/s.
     assert 9_000 < key_state <= 10_000 and 900 < tenant_state <= 1_000
+
+
+@pytest.mark.parametrize("limit", [1_000_000_000, 10**12, 10**15])
+async def test_huge_limits_admit_tiny_requests(limiter: Limiter, limit: int) -> None:
+    # One token of a 1e9 TPM bucket is 0.06 µs of refill: lost in the clock's float precision, so the
+    # bucket's expiry came out as PX 0, which Redis refuses (the tenant got 503s).
+    tenant = Tenant(keys=[], rpm=limit, tpm=limit, max_concurrent=limit)
+    for i in range(3):
+        admitted = await limiter.admit("t", tenant, 1, f"tiny-{i}", time.time() + 60)
+        assert int(admitted.headers["x-ratelimit-remaining-tokens"]) >= limit - 10
+        await limiter.release(admitted)
+
+
+async def test_the_smallest_limits_work_too(limiter: Limiter) -> None:
+    tenant = Tenant(keys=[], rpm=1, tpm=1, max_concurrent=1)
+    first = await limiter.admit("t", tenant, 1, "one", time.time() + 60)
+    with pytest.raises(RateLimited) as info:
+        await limiter.admit("t", tenant, 1, "two", time.time() + 60)
+    assert info.value.retry_after_s is not None and 0 < info.value.retry_after_s <= 60
+    await limiter.release(first)

@@ -46,8 +46,10 @@ if reason == 0 then
     for i = 1, 2 do
       if scope.limits[i] > 0 and costs[i] > 0 then
         scope.full_at[i] = scope.full_at[i] + costs[i] * WINDOW / scope.limits[i]
+        -- At least 1 ms: a cost below the clock's float precision leaves full_at == now, and
+        -- Redis refuses PX 0.
         redis.call('SET', scope.keys[i], string.format('%.0f', scope.full_at[i]), 'PX',
-                   math.ceil((scope.full_at[i] - now) / 1000))
+                   math.max(1, math.ceil((scope.full_at[i] - now) / 1000)))
       end
     end
     if scope.max_concurrent > 0 then

@@ -9,5 +9,6 @@ local delta = tonumber(ARGV[2]) * 60000000 / tonumber(ARGV[1])
 local full_at = tonumber(redis.call('GET', KEYS[1]) or now)
 if delta > 0 then full_at = math.max(full_at, now) + delta else full_at = full_at + delta end
 if full_at <= now then redis.call('DEL', KEYS[1]) return 0 end
-redis.call('SET', KEYS[1], string.format('%.0f', full_at), 'PX', math.ceil((full_at - now) / 1000))
-return math.ceil((full_at - now) / 1000)
+local ttl = math.max(1, math.ceil((full_at - now) / 1000))  -- Redis refuses PX 0
+redis.call('SET', KEYS[1], string.format('%.0f', full_at), 'PX', ttl)
+return ttl
