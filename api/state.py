@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.auth import Authenticator
+from broker import redaction
 from broker.config import Config
 from broker.jobs import Job
 from broker.keys import Keys
@@ -27,6 +28,7 @@ REDIS_POOL_SIZE = 64
 class BrokerState:
     def __init__(self, config: Config) -> None:
         self.config = config
+        redaction.install(config)  # the API logs what workers send, and its own upstream-free errors
         self.keys = Keys(config.namespace)
         self.instance = uuid.uuid4().hex[:12]
         self.started = int(time.time())

@@ -25,10 +25,11 @@ error raised in a worker reaches the client with its status intact.
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 import msgspec
+
+from broker.redaction import redact as redact  # adapters import it from here, where their errors are made
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True):
@@ -210,14 +211,3 @@ _BY_NAME: dict[str, type[BrokerError]] = {
         RateLimited, TokensRateLimited, Unavailable, CircuitOpen, RequestTimeout, UpstreamError, UpstreamTimeout,
     )
 }
-
-_SECRETISH = re.compile(r"(sk-|Bearer\s+|key[=:]\s*)[A-Za-z0-9_\-\.]{6,}", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Blank out anything that looks like a credential before it leaves the broker.
-
-    Upstreams sometimes echo part of the key they rejected; that key is ours, not
-    the client's, so it must never reach a response or a log line.
-    """
-    return _SECRETISH.sub(lambda m: m.group(1) + "***", text)

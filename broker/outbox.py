@@ -24,7 +24,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+import msgspec
+
 from broker.errors import ErrorInfo
+from broker.redaction import redact
 from broker.jobs import Chunk, Failed, Final, Job, reply_encoder
 from broker.config import Tenant
 from broker.keys import Keys
@@ -151,7 +154,8 @@ class Outbox:
             seq = op.seq = self._next_seq(job.id)
             del self._seq[job.id]
             terminal = (
-                Failed(job.id, job.attempt, seq, op.error)
+                # Every error a worker sends passes here: the last place an upstream's echo of our key is caught.
+                Failed(job.id, job.attempt, seq, msgspec.structs.replace(op.error, message=redact(op.error.message)))
                 if op.error is not None
                 else Final(job.id, job.attempt, seq, op.body, op.usage, job.served_by, job.calls)
             )

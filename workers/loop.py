@@ -34,7 +34,7 @@ from broker.jobs import Job, job_decoder
 from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
 from broker.streams import Pulled, QueueScripts, cancelled, heartbeat, leave, pull, reclaim
-from broker import circuit
+from broker import circuit, redaction
 from workers import attempts
 from workers.providers import Provider, build_provider
 
@@ -65,6 +65,7 @@ class Worker:
         self.max_retries: int = getattr(config.providers[provider_name], "max_retries", 0)
         self.burst = burst
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        redaction.install(config)  # our upstream keys never reach a reply or a log line
         self.provider: Provider = build_provider(provider_name, config.providers[provider_name],
                                                  concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
@@ -235,7 +236,7 @@ class Worker:
     async def _dead_letter(self, item: Pulled, error: ErrorInfo) -> None:
         with suppress(Exception):
             await self.redis.xadd(self.keys.dead_letters(self.provider_name),
-                                  {"job": item.payload, "stream": item.stream, "error": error.message},
+                                  {"job": item.payload, "stream": item.stream, "error": redaction.redact(error.message)},
                                   maxlen=DEAD_LETTER_MAXLEN, approximate=True)
 
     async def _drain(self) -> None:
