@@ -96,6 +96,10 @@ def _run_worker(config: config_module.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# httptools, answering unparseable requests in the OpenAI error shape (api/http_protocol.py).
+HTTP_PROTOCOL = "api.http_protocol:OpenAIErrorsHTTPProtocol"
+
+
 def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -103,7 +107,7 @@ def _run_api(args: argparse.Namespace) -> int:
         os.environ["LLM_BROKER_CONFIG"] = os.path.abspath(args.config)  # read by each API process
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-        loop="uvloop", http="httptools", log_level=args.log_level, access_log=False,
+        loop="uvloop", http=HTTP_PROTOCOL, log_level=args.log_level, access_log=False,
         timeout_graceful_shutdown=30,
     )
     return 0
@@ -149,6 +153,7 @@ async def _dev(config: config_module.Config, args: argparse.Namespace, redis_not
     workers = [Worker(config, name, redis) for name in config.providers]
     tasks = [asyncio.create_task(w.run()) for w in workers]
     server = Server(uvicorn.Config(create_app(config), host=args.host, port=args.port, log_level="warning",
+                                   http=HTTP_PROTOCOL,
                                    access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve())
     try:

@@ -230,3 +230,33 @@ def test_an_oversized_body_is_413_whether_its_length_is_declared_or_not(base_url
     # Just under the limit is served.
     fits = {"model": "mock-chat", "messages": [{"role": "user", "content": "x" * 60_000}]}
     assert post(base_url, fits).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-note: a\x00b\r\n",  # NUL in a header value
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-note: a\rb\r\n",  # a bare CR
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-n\u00f6te: 1\r\n".encode(),  # non-ASCII name
+        b"POST /v1/chat completions HTTP/1.1\r\nhost: x\r\n",  # a space in the target
+        b"GARBAGE\r\n",
+    ],
+    ids=["nul-in-value", "bare-cr", "non-ascii-name", "bad-request-line", "garbage"],
+)
+def test_a_request_that_is_not_valid_http_gets_an_openai_shaped_400(base_url: str, head: bytes) -> None:
+    import json
+    import socket
+
+    port = httpx.URL(base_url).port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head + b"content-length: 2\r\n\r\n{}")
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    status_line, _, rest = received.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line == b"HTTP/1.1 400 Bad Request", received
+    assert b"content-type: application/json" in headers.lower()
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http_request")
