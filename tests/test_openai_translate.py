@@ -201,3 +201,17 @@ def test_an_echoed_key_never_survives_into_the_message() -> None:
     case = fixture("error_echoed_key.json")
     err = error_from_response(case["status"], case["body"].encode(), case["headers"])
     assert "0123456789abcdef" not in err.message and "0123456789abcdef" not in json_encoder.encode(err.to_info()).decode()
+
+
+def test_an_upstream_number_beyond_64_bits_is_an_upstream_error_not_a_broken_reply() -> None:
+    # It would pass decoding as a Python bigint and then break the worker's msgpack reply (and every
+    # other job's chunks in the same flush): refused where the upstream's body is read.
+    from broker.errors import UpstreamError
+    from workers.providers.openai_translate import chat_completion
+
+    body = (b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":'
+            b'{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":'
+            b'123456789012345678901234567890,"completion_tokens":1,"total_tokens":2}}')
+    with pytest.raises(UpstreamError) as info:
+        chat_completion(body)
+    assert "usage.prompt_tokens" in info.value.message

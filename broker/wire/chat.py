@@ -166,9 +166,9 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
 
 
 class Usage(msgspec.Struct, omit_defaults=True):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    prompt_tokens: Int64
+    completion_tokens: Int64
+    total_tokens: Int64
     prompt_tokens_details: dict[str, Any] | None | UnsetType = UNSET
     completion_tokens_details: dict[str, Any] | None | UnsetType = UNSET
 
@@ -182,7 +182,7 @@ class ResponseMessage(msgspec.Struct):
 
 
 class Choice(msgspec.Struct):
-    index: int
+    index: Int64
     message: ResponseMessage
     finish_reason: str | None
     logprobs: dict[str, Any] | None = None
@@ -190,7 +190,7 @@ class Choice(msgspec.Struct):
 
 class ChatCompletion(msgspec.Struct):
     id: str
-    created: int
+    created: Int64
     model: str
     choices: list[Choice]
     usage: Usage | None = None
@@ -208,7 +208,7 @@ class DeltaFunction(msgspec.Struct, omit_defaults=True):
 
 
 class DeltaToolCall(msgspec.Struct, omit_defaults=True):
-    index: int
+    index: Int64
     id: str | UnsetType = UNSET
     type: str | UnsetType = UNSET
     function: DeltaFunction | UnsetType = UNSET
@@ -222,7 +222,7 @@ class Delta(msgspec.Struct, omit_defaults=True):
 
 
 class ChunkChoice(msgspec.Struct):
-    index: int
+    index: Int64
     delta: Delta
     finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None
@@ -230,7 +230,7 @@ class ChunkChoice(msgspec.Struct):
 
 class ChatChunk(msgspec.Struct):
     id: str
-    created: int
+    created: Int64
     model: str
     choices: list[ChunkChoice]
     object: str = "chat.completion.chunk"
@@ -243,7 +243,7 @@ class ChatChunk(msgspec.Struct):
 
 class ModelCard(msgspec.Struct):
     id: str
-    created: int
+    created: Int64
     owned_by: str
     object: str = "model"
 

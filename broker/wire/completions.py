@@ -69,7 +69,7 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
 
 
 class TextChoice(msgspec.Struct):
-    index: int
+    index: Int64
     text: str
     finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None
@@ -79,7 +79,7 @@ class TextCompletion(msgspec.Struct):
     """The response and, with `stream: true`, every chunk (same object type, text pieces)."""
 
     id: str
-    created: int
+    created: Int64
     model: str
     choices: list[TextChoice]
     object: str = "text_completion"

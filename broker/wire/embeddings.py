@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from broker.wire.chat import TokenId
+from broker.wire.chat import Int64, TokenId
 from broker.wire.completions import as_texts, check_homogeneous
 
 # string | string[] | token ids | arrays of token ids (see wire.completions.Prompt)
@@ -43,14 +43,14 @@ class EmbeddingRequest(msgspec.Struct, omit_defaults=True):
 
 
 class Embedding(msgspec.Struct):
-    index: int
+    index: Int64
     embedding: list[float] | str  # floats, or base64 of little-endian float32
     object: str = "embedding"
 
 
 class EmbeddingUsage(msgspec.Struct):
-    prompt_tokens: int
-    total_tokens: int
+    prompt_tokens: Int64
+    total_tokens: Int64
 
 
 class EmbeddingResponse(msgspec.Struct):
