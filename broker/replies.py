@@ -196,9 +196,6 @@ class ReplyRouter:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None:
                         self._dispatch(message["data"])
-                    # A backlog of buffered messages is read without suspending: let the requests
-                    # run between two, or one burst would starve every other stream of this process.
-                    await asyncio.sleep(0)
             except asyncio.CancelledError:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
