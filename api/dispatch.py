@@ -9,6 +9,7 @@ body or an SSE stream.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from broker.keys import LANES
 from broker.streams import enqueue
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
+log = logging.getLogger(__name__)
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)
 
@@ -140,7 +142,8 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
     while True:
         try:
             return job, await enqueue(state.scripts, state.keys, state.config, job)
-        except RedisError:
+        except RedisError as exc:
+            log.warning("queue unavailable, answering 503: %r", exc)
             raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
                                                retry_after_s=1)) from None
         except BrokerError as refused:

@@ -36,7 +36,8 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
         admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
                                               estimate_request_tokens(job.payload), job.id, job.deadline,
                                               key=principal.key_name)
-    except RedisError:
+    except RedisError as exc:
+        log.warning("rate limiter unavailable, answering 503: %r", exc)
         raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
     job.estimated_tokens = admission.tokens
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import socketserver
 import subprocess
 import tempfile
 import threading
@@ -58,9 +59,7 @@ def start_embedded_redis(*, prefer_real: bool = True) -> EmbeddedRedis:
         _wait_for_ping(url, stop_real)
         return EmbeddedRedis(url, f"redis-server {executable} (temp dir {workdir}, port {port})", stop_real)
 
-    from fakeredis import TcpFakeServer
-
-    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    server = _fake_server(port)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
     thread.start()
@@ -71,6 +70,17 @@ def start_embedded_redis(*, prefer_real: bool = True) -> EmbeddedRedis:
 
     _wait_for_ping(url, stop_fake)
     return EmbeddedRedis(url, f"in-process fakeredis (port {port}; no redis-server on PATH)", stop_fake)
+
+
+def _fake_server(port: int) -> socketserver.ThreadingTCPServer:
+    from fakeredis import TcpFakeServer
+
+    class BurstTcpFakeServer(TcpFakeServer):
+        # socketserver listens with a backlog of 5, and the API's pool opens up to 64
+        # connections at once: the kernel resets the overflow, and those requests got a 503.
+        request_queue_size = socket.SOMAXCONN
+
+    return BurstTcpFakeServer(("127.0.0.1", port), server_type="redis")
 
 
 def _wait_for_ping(url: str, on_failure: Callable[[], None], timeout_s: float = 10.0) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -15,60 +18,112 @@ import pytest
 from broker.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# Only the Python interpreter's directory on PATH: no redis-server to find.
+NO_REDIS_SERVER = str(Path(sys.executable).parent)
 
 
-def run_dev(tmp_path: Path, path_env: str) -> None:
+def has_redis_server() -> bool:
+    return any((Path(d) / "redis-server").exists() for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+class Dev:
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, port: int) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def dev(tmp_path: Path, path_env: str, *args: str) -> Iterator[Dev]:
+    """`llm-broker dev` in a session of its own, as in a terminal: Ctrl-C reaches its whole process group."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LLM_BROKER_CONFIG")}
     env["PATH"] = path_env
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "dev", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "dev", "--port", str(port), *args],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        running = Dev(proc, log_path, port)
         try:
             deadline = time.monotonic() + 30
-            while "llm-broker dev is up" not in log_path.read_text():
-                assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, log_path.read_text()
+            while "llm-broker dev is up" not in running.output():
+                assert proc.poll() is None, running.output()
+                assert time.monotonic() < deadline, running.output()
                 time.sleep(0.1)
-            banner = log_path.read_text()
-            assert f"http://127.0.0.1:{port}/v1" in banner and "sk-dev" in banner
-
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-dev", max_retries=0)
-            raw = client.chat.completions.with_raw_response.create(
-                model="mock-chat", messages=[{"role": "user", "content": "hi"}])
-            # The dev tenant's limits are generous but real: the bucket counted this request.
-            assert raw.headers["x-ratelimit-limit-requests"] == "100000"
-            assert raw.headers["x-ratelimit-remaining-requests"] == "99999"
-            answer = raw.parse()
-            assert answer.choices[0].message.content
-            streamed = "".join(
-                c.choices[0].delta.content or ""
-                for c in client.chat.completions.create(
-                    model="mock-chat", stream=True, messages=[{"role": "user", "content": "hi"}]
-                ) if c.choices
-            )
-            assert streamed == answer.choices[0].message.content
-            assert {m.id for m in client.models.list()} >= {"mock-chat"}
-
-            proc.send_signal(signal.SIGINT)  # Ctrl-C
-            assert proc.wait(20) == 0, log_path.read_text()
-            assert "llm-broker dev stopped." in log_path.read_text()
+            yield running
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return None
+
+
+def ctrl_c(running: Dev) -> None:
+    """What a terminal does on Ctrl-C: SIGINT to every process in the foreground group."""
+    os.killpg(running.proc.pid, signal.SIGINT)
+    assert running.proc.wait(30) == 0, running.output()
+    assert "llm-broker dev stopped." in running.output()
+
+
+def answers_the_sdk(running: Dev) -> None:
+    assert running.base_url in running.output() and "sk-dev" in running.output()
+    client = openai.OpenAI(base_url=running.base_url, api_key="sk-dev", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="mock-chat", messages=[{"role": "user", "content": "hi"}])
+    # The dev tenant's limits are generous but real: the bucket counted this request.
+    assert raw.headers["x-ratelimit-limit-requests"] == "100000"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "99999"
+    answer = raw.parse()
+    assert answer.choices[0].message.content
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="mock-chat", stream=True, messages=[{"role": "user", "content": "hi"}]
+        ) if c.choices
+    )
+    assert streamed == answer.choices[0].message.content
+    assert {m.id for m in client.models.list()} >= {"mock-chat"}
 
 
 def test_dev_starts_a_redis_server_from_path_and_answers(tmp_path: Path) -> None:
-    if not any((Path(d) / "redis-server").exists() for d in os.environ.get("PATH", "").split(os.pathsep)):
+    if not has_redis_server():
         pytest.skip("redis-server is not installed")
-    run_dev(tmp_path, os.environ["PATH"])
-    assert "embedded redis-server" in (tmp_path / "dev.log").read_text()
+    with dev(tmp_path, os.environ["PATH"]) as running:
+        answers_the_sdk(running)
+        ctrl_c(running)
+    assert "embedded redis-server" in running.output()
 
 
 def test_dev_falls_back_to_fakeredis_without_redis_server(tmp_path: Path) -> None:
-    # Only the Python interpreter's directory on PATH: no redis-server to find.
-    run_dev(tmp_path, str(Path(sys.executable).parent))
-    assert "fakeredis" in (tmp_path / "dev.log").read_text()
+    with dev(tmp_path, NO_REDIS_SERVER) as running:
+        answers_the_sdk(running)
+        ctrl_c(running)
+    assert "fakeredis" in running.output()
+
+
+async def burst(base_url: str, *, requests: int, concurrency: int) -> list[str]:
+    """Fire `requests` chat completions, `concurrency` at a time; the errors, if any."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-dev", max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+    errors: list[str] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            try:
+                await client.chat.completions.create(model="mock-chat", messages=[{"role": "user", "content": f"{i}"}])
+            except openai.APIError as exc:
+                errors.append(str(exc))
+
+    await asyncio.gather(*(one(i) for i in range(requests)))
+    await client.close()
+    return errors
+
+
+def test_fakeredis_fallback_carries_a_burst(tmp_path: Path) -> None:
+    # The API opens up to 64 pooled connections at once: every one must be accepted.
+    with dev(tmp_path, NO_REDIS_SERVER) as running:
+        errors = asyncio.run(burst(running.base_url, requests=200, concurrency=50))
+        assert errors == [], running.output()
+        ctrl_c(running)

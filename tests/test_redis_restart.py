@@ -93,6 +93,7 @@ def test_requests_work_again_after_redis_restarts(stack_factory: Any, own_redis:
     own_redis.kill()
     during = httpx.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=10)
     assert during.status_code == 503 and during.json()["error"]["type"]  # a clear error, not a hang or a 500
+    assert "answering 503: ConnectionError" in stack.procs[-1].output()  # and the operator sees why
     own_redis.start()  # same port, empty: no jobs, no scripts, no worker registrations
 
     deadline = time.monotonic() + 15
