@@ -7,10 +7,13 @@ enough of the protocol (streams, consumer groups, pub/sub) for development.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +49,9 @@ def start_embedded_redis(*, prefer_real: bool = True) -> EmbeddedRedis:
             [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", workdir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Out of our process group: Ctrl-C in a terminal signals the whole group, and Redis
+            # must outlive the API and workers while they drain. stop() ends it, last.
+            start_new_session=True, preexec_fn=_exit_with_parent(),
         )
 
         def stop_real() -> None:
@@ -70,6 +76,16 @@ def start_embedded_redis(*, prefer_real: bool = True) -> EmbeddedRedis:
 
     _wait_for_ping(url, stop_fake)
     return EmbeddedRedis(url, f"in-process fakeredis (port {port}; no redis-server on PATH)", stop_fake)
+
+
+def _exit_with_parent() -> Callable[[], None] | None:
+    """Linux: a redis-server in its own session no longer dies with our process group, so have
+    the kernel send it SIGTERM if we die without stopping it (kill -9, a crash)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _fake_server(port: int) -> socketserver.ThreadingTCPServer:

@@ -127,3 +127,22 @@ def test_fakeredis_fallback_carries_a_burst(tmp_path: Path) -> None:
         errors = asyncio.run(burst(running.base_url, requests=200, concurrency=50))
         assert errors == [], running.output()
         ctrl_c(running)
+
+
+def test_ctrl_c_lets_open_streams_finish_before_redis_stops(tmp_path: Path) -> None:
+    if not has_redis_server():
+        pytest.skip("redis-server is not installed")
+    with dev(tmp_path, os.environ["PATH"]) as running:
+        client = openai.OpenAI(base_url=running.base_url, api_key="sk-dev", max_retries=0)
+        stream = client.chat.completions.create(  # 40 tokens, 50 ms apart
+            model="mock-chat-slow", stream=True, messages=[{"role": "user", "content": "hi"}])
+        pieces = []
+        for chunk in stream:
+            if not pieces:
+                os.killpg(running.proc.pid, signal.SIGINT)  # mid-stream, the whole group: redis-server too
+            pieces.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+        assert len([p for p in pieces if p]) == 40
+        assert running.proc.wait(30) == 0, running.output()
+    log = running.output()
+    assert "llm-broker dev stopped." in log
+    assert " WARNING " not in log and " ERROR " not in log and "Traceback" not in log, log
