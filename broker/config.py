@@ -24,7 +24,7 @@ from broker.capabilities import CapabilityOverrides
 from broker.config_types import Secret, Strict
 from broker.keys import LANES
 from broker.provider_settings import (
-    AnthropicProvider, GeminiProvider, MockProvider, OpenAIProvider, ProviderConfig,
+    KINDS, AnthropicProvider, GeminiProvider, MockProvider, OpenAIProvider, ProviderConfig,
 )
 
 
@@ -223,7 +223,7 @@ def validate(raw: Any, *, source: str, env: dict[str, str] | None = None) -> Con
     try:
         config = msgspec.convert(expanded, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_locate(expanded, exc)}") from None
+        raise ConfigError(f"{source}: {_with_kinds(_locate(expanded, exc))}") from None
     _check_references(config, source)
     return config
 
@@ -260,6 +260,14 @@ def _locate(raw: Any, exc: msgspec.ValidationError) -> str:
                     return f"{text} - at `$.{section}.{name}`"
                 return text.replace("- at `$", f"- at `$.{section}.{name}", 1)
     return str(exc)
+
+
+def _with_kinds(message: str) -> str:
+    """A wrong or missing provider `kind` is answered with the kinds there are."""
+    if (message.startswith("Invalid value") and message.endswith(".kind`")) or "field `kind`" in message:
+        text, at, path = message.partition(" - at ")
+        return f"{text} (kinds: {', '.join(KINDS)}){at}{path}"
+    return message
 
 
 # Provider and tenant names become parts of Redis keys and hash tags (broker/keys.py): no braces, no spaces.
@@ -323,10 +331,23 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{source}: not valid YAML{_yaml_where(exc)}") from None
+    if raw is None:  # nothing but comments, or nothing at all: a wrong or truncated file
+        raise ConfigError(f"{source}: the file is empty: a config names its providers, models and tenants")
+    if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping - at `$`")
     return validate(raw, source=source, env=env)
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """PyYAML names the text `<unicode string>`; give the line and column in the file instead."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f": {exc}"
+    mark = exc.problem_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context and exc.context_mark:
+        where += f" ({exc.context} from line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    return where
 
 
 def resolve(path: str | None, env: dict[str, str] | None = None, *, dev_api_key: str = DEV_API_KEY) -> Config:

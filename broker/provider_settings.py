@@ -6,7 +6,7 @@ Each knows its defaults, including what its deployments can do
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from msgspec import Meta
 
@@ -79,3 +79,4 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
 
 
 ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | MockProvider
+KINDS = sorted(str(t.__struct_config__.tag) for t in get_args(ProviderConfig))

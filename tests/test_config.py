@@ -86,8 +86,22 @@ def test_config_errors_name_the_field(tmp_path: Path, edit: tuple[str, str], env
 def test_unreadable_and_non_yaml_files_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.yaml", env={})
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError) as info:
         load(write(tmp_path, "providers: [unclosed"), env={})
+    assert str(info.value).startswith(f"{tmp_path / 'config.yaml'}: not valid YAML at line 1, column 21: expected")
+    assert "<unicode string>" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load(write(tmp_path, text), env={})
+
+
+@pytest.mark.parametrize("kind", ["kind: anthropix", "label: x"])
+def test_a_wrong_or_missing_kind_lists_the_kinds(tmp_path: Path, kind: str) -> None:
+    with pytest.raises(ConfigError, match=r"\(kinds: anthropic, gemini, mock, openai\) - at `\$.providers.local-vllm"):
+        load(write(tmp_path, GOOD.replace("kind: openai", kind, 1)), env={"VLLM_KEY": "k"})
 
 
 def test_invalid_config_fails_at_start_with_the_field_path(tmp_path: Path) -> None:
