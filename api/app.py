@@ -58,9 +58,7 @@ async def _unexpected(_request: Request, exc: Exception) -> Response:
     return error_response(BrokerError("The server had an error while processing your request."))
 
 
-def create_app(config: Config | None = None) -> FastAPI:
-    config = config or config_module.resolve(None)
-
+def create_app(config: Config) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = BrokerState(config)
@@ -84,4 +82,7 @@ def create_app(config: Config | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` with several processes: config comes from the environment."""
-    return create_app(config_module.resolve(os.environ.get("LLM_BROKER_CONFIG")))
+    path = os.environ.get("LLM_BROKER_CONFIG")
+    if not path:  # never the built-in dev tenant, whose key is public
+        raise config_module.ConfigError("$LLM_BROKER_CONFIG is not set: the API needs a config file")
+    return create_app(config_module.resolve(path))

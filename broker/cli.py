@@ -14,44 +14,75 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import errno
+import importlib.metadata
 import logging
 import os
-import signal
+import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Sized
 
 from broker import config as config_module
 from broker.config import ConfigError
 
+REQUIRED_CONFIG_HELP = "YAML config file; required unless $LLM_BROKER_CONFIG names one"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("llm-broker")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-broker", description="OpenAI-compatible LLM gateway on Redis")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="YAML config file (default: $LLM_BROKER_CONFIG, else built-in mock setup)")
-        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-        return p
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description)
 
-    dev = with_config(sub.add_parser("dev", help="API + workers + embedded Redis in one process"))
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8080)
-    dev.add_argument("--api-key", default=config_module.DEV_API_KEY, help="key of the built-in dev tenant")
+    def served(p: argparse.ArgumentParser, host: str, config_help: str) -> None:
+        p.add_argument("--config", help=config_help)
+        p.add_argument("--host", default=host, help="address to listen on (default: %(default)s)")
+        p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+        logged(p)
 
-    api = with_config(sub.add_parser("api", help="run the HTTP API (production)"))
-    api.add_argument("--host", default="0.0.0.0")
-    api.add_argument("--port", type=int, default=8080)
-    api.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
+    def logged(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="(default: %(default)s)")
 
-    worker = with_config(sub.add_parser("worker", help="run a worker for one provider"))
+    dev = command("dev", "API + workers + embedded Redis in one process, for development",
+                  "Run the API and one worker per provider in one process. With no config it serves the "
+                  "built-in mock models to the key sk-dev, on a Redis of its own (redis-server from PATH, "
+                  "else in-process fakeredis) unless $REDIS_URL names one. Ctrl-C stops everything.")
+    served(dev, "127.0.0.1", "YAML config file (default: $LLM_BROKER_CONFIG, else the built-in mock setup)")
+    dev.add_argument("--api-key", help="key of the built-in dev tenant, without --config (default: sk-dev)")
+
+    api = command("api", "run the HTTP API (production)",
+                  "Run the OpenAI-compatible HTTP API. It queues requests in Redis for `llm-broker worker` "
+                  "processes; it needs a config, from --config or $LLM_BROKER_CONFIG.")
+    served(api, "0.0.0.0", REQUIRED_CONFIG_HELP)
+    api.add_argument("--workers", type=int, default=1, help="API processes sharing the port (default: %(default)s)")
+
+    worker = command("worker", "run a worker for one provider",
+                     "Pull jobs for one provider from Redis and call its upstream; SIGTERM stops pulling "
+                     "and lets held jobs finish. Needs a config, from --config or $LLM_BROKER_CONFIG.")
+    worker.add_argument("--config", help=REQUIRED_CONFIG_HELP)
     worker.add_argument("--provider", required=True, help="provider name from the config")
     worker.add_argument("--concurrency", type=int, help="jobs in flight (default: the provider's concurrency)")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+    logged(worker)
 
-    hash_key = sub.add_parser("hash-key", help="print the sha256 form of an API key for the config")
-    hash_key.add_argument("key")
+    hash_key = command("hash-key", "print the sha256 form of an API key for the config",
+                       "Print the form an API key takes in a tenant's `keys`: the config never holds keys in clear.")
+    hash_key.add_argument("key", help="the API key clients will send as `Authorization: Bearer KEY`")
 
-    with_config(sub.add_parser("check-config", help="validate the config and exit"))
+    check = command("check-config", "validate a config file and exit",
+                    "Decode and check a config file as `api` and `worker` would; exit 0 if valid, "
+                    "else 2 with the file and field at fault.")
+    check.add_argument("--config", help=REQUIRED_CONFIG_HELP)
     return parser
 
 
@@ -60,20 +91,61 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hash-key":
         print(config_module.hash_key(args.key))
         return 0
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    has_config = bool(args.config or os.environ.get("LLM_BROKER_CONFIG"))
+    if args.command != "dev" and not has_config:
+        # A production command must never fall back to the dev tenant and its well-known key.
+        return _usage_error(f"{args.command} needs a config: pass --config FILE or set $LLM_BROKER_CONFIG "
+                            "(`llm-broker dev` runs the built-in mock setup)")
+    if args.command == "dev" and args.api_key and has_config:
+        return _usage_error("--api-key sets the key of the built-in dev tenant; with a config, keys come "
+                            "from its tenants (`llm-broker hash-key` makes one)")
     try:
-        config = config_module.resolve(args.config, dev_api_key=getattr(args, "api_key", config_module.DEV_API_KEY))
+        config = config_module.resolve(args.config, dev_api_key=getattr(args, "api_key", None)
+                                       or config_module.DEV_API_KEY)
     except ConfigError as exc:
         print(f"llm-broker: invalid config: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"config OK: {len(config.providers)} providers, {len(config.models)} models, {len(config.tenants)} tenants")
+        print(f"config OK: {_count(config.providers, 'provider')}, {_count(config.models, 'model')}, "
+              f"{_count(config.tenants, 'tenant')}")
         return 0
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "worker":
         return _run_worker(config, args)
+    sock = _listen(args.host, args.port)
+    if sock is None:
+        return 1
     if args.command == "api":
+        sock.close()  # uvicorn binds again (each of --workers processes needs it); we only checked it is free
         return _run_api(args)
-    return _run_dev(config, args)
+    from broker import dev
+
+    _install_uvloop()
+    return dev.run(config, args, sock)
+
+
+def _usage_error(message: str) -> int:
+    print(f"llm-broker: {message}", file=sys.stderr)
+    return 2
+
+
+def _count(items: Sized, noun: str) -> str:
+    n = len(items)
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """Bind the port up front: a busy port is one clear line, not uvicorn's start-up traceback."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "busy"
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "the port is in use (pick another with --port)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        print(f"llm-broker: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        return None
+    return sock
 
 
 def _install_uvloop() -> None:
@@ -111,76 +183,6 @@ def _run_api(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
-
-
-def _run_dev(config: config_module.Config, args: argparse.Namespace) -> int:
-    from broker.embedded_redis import start_embedded_redis
-
-    embedded = None
-    if args.config or os.environ.get("LLM_BROKER_CONFIG") or os.environ.get("REDIS_URL"):
-        redis_note = f"Redis: {config.redis_url} (from config/REDIS_URL)"
-    else:
-        embedded = start_embedded_redis()
-        config = config_module.with_redis_url(config, embedded.url)
-        redis_note = f"Redis: embedded {embedded.description}"
-    _install_uvloop()
-    try:
-        asyncio.run(_dev(config, args, redis_note))
-    finally:
-        if embedded:
-            embedded.stop()
-    return 0
-
-
-async def _dev(config: config_module.Config, args: argparse.Namespace, redis_note: str) -> None:
-    import uvicorn
-    from redis.asyncio import Redis
-
-    from api.app import create_app
-    from workers.loop import Worker
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # Ctrl-C ends serve() and returns here, so workers and Redis stop cleanly
-            # (uvicorn's own handler would re-raise the signal after shutdown).
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
-            yield
-
-    redis = Redis.from_url(config.redis_url)
-    workers = [Worker(config, name, redis) for name in config.providers]
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    server = Server(uvicorn.Config(create_app(config), host=args.host, port=args.port, log_level="warning",
-                                   http=HTTP_PROTOCOL,
-                                   access_log=False, lifespan="on"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.05)
-        if server.started:
-            print(_dev_banner(config, args, redis_note), flush=True)
-        await serving
-    finally:
-        for w in workers:
-            w.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await redis.aclose()
-        print("llm-broker dev stopped.", flush=True)
-
-
-def _dev_banner(config: config_module.Config, args: argparse.Namespace, redis_note: str) -> str:
-    base_url = f"http://{args.host}:{args.port}/v1"
-    model = next(iter(config.models), "mock-chat")
-    return (
-        f"llm-broker dev is up\n  base URL: {base_url}\n  API key:  {args.api_key}\n  {redis_note}\n"
-        f"  workers:  {', '.join(config.providers)}\n  models:   {', '.join(config.models)}\n\n"
-        f"  from openai import OpenAI\n"
-        f"  client = OpenAI(base_url=\"{base_url}\", api_key=\"{args.api_key}\")\n"
-        f"  r = client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}])\n"
-        f"  print(r.choices[0].message.content)\n\nCtrl-C stops everything."
-    )
 
 
 if __name__ == "__main__":

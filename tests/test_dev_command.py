@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -15,6 +16,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from broker.config import default_config, hash_key, validate
+from broker.dev import banner
 from broker.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,3 +149,31 @@ def test_ctrl_c_lets_open_streams_finish_before_redis_stops(tmp_path: Path) -> N
     log = running.output()
     assert "llm-broker dev stopped." in log
     assert " WARNING " not in log and " ERROR " not in log and "Traceback" not in log, log
+
+
+def dev_banner(tenants: dict[str, object] | None, api_key: str | None = None) -> str:
+    config = default_config() if tenants is None else validate(
+        {"providers": {"mock": {"kind": "mock"}}, "models": {"m": [{"provider": "mock", "model": "m"}]},
+         "tenants": tenants}, source="test")
+    return banner(config, argparse.Namespace(host="127.0.0.1", port=8080, api_key=api_key), "Redis: test")
+
+
+def test_the_banner_shows_the_dev_key_only_where_it_works() -> None:
+    assert 'api_key="sk-dev"' in dev_banner(None)
+    with_config = dev_banner({"acme": {"keys": [hash_key("sk-acme")]}, "beta": {"keys": [hash_key("sk-b")]}})
+    assert "sk-dev" not in with_config
+    assert "tenants:  acme, beta" in with_config and 'api_key="<your key>"' in with_config
+    # A config may keep the well-known dev key (a local setup): then it is the key that works.
+    assert 'api_key="sk-dev"' in dev_banner({"local": {"keys": [hash_key("sk-dev")]}})
+    assert "every request gets 401" in dev_banner({})
+
+
+def test_dev_refuses_an_api_key_that_a_config_would_ignore(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("providers: {mock: {kind: mock}}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LLM_BROKER_CONFIG")}
+    for args, extra_env in ((["--config", str(config)], {}), ([], {"LLM_BROKER_CONFIG": str(config)})):
+        proc = subprocess.run([sys.executable, "-m", "broker.cli", "dev", *args, "--api-key", "sk-mine"],
+                              capture_output=True, text=True, cwd=REPO, env={**env, **extra_env}, timeout=30)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("llm-broker: --api-key sets the key of the built-in dev tenant")
