@@ -16,6 +16,9 @@ failure mode is one request away:
     hold                                  waits 1 s before answering (a busy upstream: pools, concurrency)
     hang-stream                           one chunk, then a 30 s stall, then the rest
     flaky-429                             a 429 (retry-after: 1) the first time it sees a prompt, then answers
+    chaos-<pct>                           fails pct% of calls at random, half 429 and half 500 (bench/failover.py)
+
+GET /v1/fake/stats counts the chat calls it has had (the benchmarks' upstream calls per request).
 
 A suffix after "@" is ignored ("fail-503@b" fails as "fail-503"): tests give each scenario its own
 upstream model id, so the broker's per-deployment circuits of one scenario do not touch another's.
@@ -31,6 +34,7 @@ import asyncio
 import collections
 import itertools
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -232,6 +236,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
                chunk_delay_s: float = 0.0) -> Starlette:
     requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
     seen_prompts: set[str] = set()  # flaky-429: refused once each
+    calls = [0]
 
     async def chat_completions(request: Request) -> Response:
         raw = await request.body()
@@ -241,6 +246,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
             body = None
         requests.append(RecordedRequest(request.method, request.url.path,
                                         dict(request.headers), body))
+        calls[0] += 1
         if api_key is not None and (denied := _auth_error(request, api_key)):
             return denied
         if body is None:
@@ -252,6 +258,8 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
             return error_response(400, str(e), "invalid_request_error",
                                   param=_validation_param(e))
         req.model = req.model.split("@", 1)[0]
+        if req.model.startswith("chaos-") and random.random() * 100 < float(req.model[6:]):
+            return _injected_error(random.choice(("fail-429", "fail-500")))  # type: ignore[return-value]
         if req.model == "flaky-429":
             prompt = str(body.get("messages"))
             if prompt not in seen_prompts:
@@ -307,6 +315,8 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
     app = Starlette(routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/fake/stats", lambda _: Response(_encoder.encode({"chat_calls": calls[0]}),
+                                                   media_type="application/json"), methods=["GET"]),
         *legacy_routes(record, guard, chunks, EventStream),
         # Azure OpenAI: deployment in the path, api-version required, key in `api-key`.
         Route("/openai/deployments/{deployment}/chat/completions", azure_chat, methods=["POST"]),
