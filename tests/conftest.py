@@ -240,3 +240,51 @@ def module_stack_factory(tmp_path_factory: pytest.TempPathFactory, module_namesp
 def client(base_url: str) -> openai.OpenAI:
     """The official SDK against the module's `base_url` fixture (its own broker stack)."""
     return openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+
+
+# ------------------------------------------------------------------ a Redis of a test's own
+
+class RedisServer:
+    """A redis-server on a free port in a temp dir, for tests that kill, restart or flush it."""
+
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.persistent = persistent  # AOF, fsync'd on every write: a restart keeps everything
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
+             "--dir", str(self.directory)], stdout=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                assert time.monotonic() < end
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, persistent=True)
+    server.start()
+    yield server
+    server.kill()

@@ -7,8 +7,6 @@ Redis also serves other test runs, whose commands would blur the counts.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,18 +15,11 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.test_redis_restart import RedisServer
+from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 KEY = "sk-metered-0123456789"
 
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def script_calls(client: redis.Redis) -> dict[str, int]:
