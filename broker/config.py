@@ -32,8 +32,24 @@ class ConfigError(Exception):
     """An invalid config file; the message names the file and the field path."""
 
 
-class Deployment(Strict):
-    """One place a public model can be served: a provider plus its model id."""
+class Limits(Strict):
+    # Enforced across all API processes (broker/ratelimit.py); None = unlimited.
+    # Bounded so the Lua scripts' float arithmetic stays exact and their integer replies in range.
+    rpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None  # requests in flight
+
+    def limited(self) -> bool:
+        return bool(self.rpm or self.tpm or self.max_concurrent)
+
+
+class Deployment(Limits, kw_only=True):
+    """One place a public model can be served: a provider plus its model id.
+
+    Its limits (`rpm`, `tpm`, `max_concurrent`) are the upstream's own for it, held
+    across every worker (broker/ratelimit.py), so the broker does not provoke the
+    429s it would then have to route around.
+    """
 
     provider: str
     model: str
@@ -56,17 +72,6 @@ class ModelGroup(Strict, kw_only=True):
     strategy: Literal["priority", "weighted"] = "priority"
     deployments: list[Deployment]
     fallbacks: list[str] = []
-
-
-class Limits(Strict):
-    # Enforced across all API processes (broker/ratelimit.py); None = unlimited.
-    # Bounded so the Lua scripts' float arithmetic stays exact and their integer replies in range.
-    rpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
-    tpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
-    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None  # requests in flight
-
-    def limited(self) -> bool:
-        return bool(self.rpm or self.tpm or self.max_concurrent)
 
 
 class ApiKey(Limits, kw_only=True):

@@ -23,6 +23,7 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
 | {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API)      | <= max_concurrent ids; TTL = its latest slot deadline |
 | {ns}:rl:{tenant}:key:{name}:*         | as above | ratelimit.py           | the same three, for a key with limits of its own |
+| {ns}:{p}:dl:{model}:*                 | as above | ratelimit.py (workers) | the same three, for a deployment with limits of its own |
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class Keys:
 
     def rate_tokens(self, tenant: str, key: str | None = None) -> str:
         return self._limit(tenant, key) + "tpm"
+
+    def deployment_limit(self, provider: str, model: str) -> str:
+        """Prefix of a deployment's own buckets (rpm, tpm, inflight), in its provider's slot."""
+        return f"{self.provider(provider)}dl:{model}:"
 
     def in_flight(self, tenant: str, key: str | None = None) -> str:
         # Request ids scored by deadline (ms): slots of a crashed API process expire with them.

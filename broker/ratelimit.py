@@ -27,7 +27,7 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from broker.capabilities import Request, estimate_tokens
-from broker.config import Limits, Tenant
+from broker.config import Deployment, Limits, Tenant
 from broker.errors import RateLimited, TokensRateLimited
 from broker.keys import Keys
 from broker.scripts import Queued, evalsha_into, lua_script
@@ -193,7 +193,19 @@ class Limiter:
         `expires_at` (unix seconds) is the request's deadline: its concurrency slots
         are reclaimed after it (plus SLOT_GRACE_S) should this process die.
         """
-        scopes = scopes_of(self.keys, tenant_name, tenant, key)
+        return await self.admit_scopes(scopes_of(self.keys, tenant_name, tenant, key), tokens, request_id,
+                                       expires_at, tenant_name=tenant_name)
+
+    async def admit_call(self, deployment: Deployment, tokens: int, request_id: str,
+                         expires_at: float) -> Admission:
+        """Charge one upstream call to a deployment's own limits (workers, just before the call)."""
+        prefix = self.keys.deployment_limit(deployment.provider, deployment.model)
+        scope = Scope(deployment, prefix + "rpm", prefix + "tpm", prefix + "inflight",
+                      f" of deployment {deployment.provider}/{deployment.model}")
+        return await self.admit_scopes([scope], tokens, request_id, expires_at, tenant_name="")
+
+    async def admit_scopes(self, scopes: list[Scope], tokens: int, request_id: str, expires_at: float, *,
+                           tenant_name: str) -> Admission:
         for scope in scopes:
             if scope.limits.tpm:
                 # Never ask for more than a full bucket, or the request could never be admitted;
@@ -221,6 +233,17 @@ class Limiter:
         return Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens, headers=headers,
                          slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent],
                          charges=charges)
+
+    async def end_call(self, deployment: Deployment, admission: Admission, actual_tokens: int | None) -> None:
+        """A call admitted by `admit_call` is over: free its slot, settle its tokens with the real usage."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for slots in admission.slots:
+                pipe.zrem(slots, admission.request_id)
+            if deployment.tpm and actual_tokens is not None and actual_tokens != admission.tokens:
+                pipe.eval(RECONCILE, 1, self.keys.deployment_limit(deployment.provider, deployment.model) + "tpm",
+                          str(deployment.tpm), str(actual_tokens - admission.tokens))
+            if len(pipe):
+                await pipe.execute()
 
     async def refund(self, admission: Admission) -> None:
         """The request was refused before anything was queued (no worker, queue full, Redis down):

@@ -57,13 +57,14 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
             "with-fallbacks": {"deployments": [{"provider": "first", "model": "fail-503@grp"}],
                                "fallbacks": ["plain"]},
             "client-primary": [{"provider": "first", "model": "fail-503@client"}],
+            "capped": [{"provider": "first", "model": "fake-model@capped", "rpm": 5}, backup],
             "weighted": {"strategy": "weighted", "deployments": [
                 {"provider": "mock-a", "model": "a", "weight": 3}, {"provider": "mock-b", "model": "b", "weight": 1}]},
         },
         tenants={"test": {"keys": [hash_key(TEST_KEY)]},
                  "narrow": {"keys": [hash_key(NARROW_KEY)], "models": ["client-primary"]}},
     )
-    for provider in ("first", "second", "nowhere", "mock-a", "mock-b"):
+    for provider in ("first", "first", "second", "nowhere", "mock-a", "mock-b"):  # `first`: two processes
         stack.worker(provider)
     return str(stack.api())
 
@@ -222,3 +223,23 @@ def test_weighted_splits_a_thousand_requests_by_the_weights(base_url: str) -> No
     share_a = served.count("mock-a/a") / len(served)
     assert abs(share_a - 0.75) <= 0.05, share_a
     assert served.count("mock-a/a") + served.count("mock-b/b") == 1000
+
+
+def test_a_deployments_own_rpm_holds_across_worker_processes(base_url: str, primary: UpstreamServer) -> None:
+    # rpm 5 on the first deployment, served by two worker processes: 20 requests at once make exactly 5
+    # calls to it (its bucket is in Redis); the others go to the next deployment instead of provoking 429s.
+    import asyncio
+
+    import httpx
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30,
+                                     headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
+            return await asyncio.gather(*(http.post("/chat/completions", json={
+                "model": "capped", "messages": [{"role": "user", "content": f"capped {i}"}]}) for i in range(20)))
+
+    answers = asyncio.run(main())
+    assert [a.status_code for a in answers] == [200] * 20
+    served = [a.headers["x-llm-broker-deployment"] for a in answers]
+    assert served.count("first/fake-model@capped") == 5
+    assert sum(1 for r in primary.requests if r.body and "capped" in str(r.body.get("messages"))) == 5

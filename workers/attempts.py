@@ -12,31 +12,69 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 
 from redis.exceptions import RedisError
 
 from broker import failover
-from broker.config import Config
-from broker.errors import BrokerError
+from broker.config import Config, ModelGroup
+from broker.errors import BrokerError, RateLimited, UpstreamError
 from broker.jobs import Job
 from broker.keys import Keys
+from broker.ratelimit import Limiter, estimate_request_tokens
 from broker.streams import Pulled, QueueScripts, enqueue, hand_off
 from workers import handlers
 from workers.handlers import Emit, Outcome
+from broker.wire import Usage
 from workers.providers import Provider
 
 log = logging.getLogger(__name__)
 
 
+class DeploymentLimits:
+    """The upstream's own limits of each deployment that declares some (config), held across every
+    worker through Redis: a call over them is not made; it fails like the upstream's 429 would,
+    so the job fails over (or waits, on its last deployment) without provoking that 429."""
+
+    def __init__(self, limiter: Limiter, config: Config) -> None:
+        self.limiter = limiter
+        self.limited = {(d.provider, d.model): d for name in config.models
+                        for d in (config.group(name) or ModelGroup(deployments=[])).deployments if d.limited()}
+
+    @asynccontextmanager
+    async def held(self, job: Job, call: int) -> AsyncIterator[list[Usage | None]]:
+        """Around one call: yields a one-slot list for the call's usage, settled when it ends."""
+        deployment = self.limited.get((job.provider, job.upstream_model))
+        usage: list[Usage | None] = [None]
+        if deployment is None:
+            yield usage
+            return
+        tokens = job.estimated_tokens or estimate_request_tokens(job.payload)
+        try:
+            admission = await self.limiter.admit_call(deployment, tokens, f"{job.id}:{call}", job.deadline)
+        except RateLimited as refused:
+            raise UpstreamError(f"deployment {job.provider}/{job.upstream_model} is at its own limit: "
+                                f"{refused.message}", status=429, retryable=True,
+                                retry_after_s=refused.retry_after_s) from None
+        try:
+            yield usage
+        finally:
+            actual = usage[0].total_tokens if usage[0] is not None else None
+            with suppress(RedisError):  # the slot expires at the deadline anyway
+                await self.limiter.end_call(deployment, admission, actual)
+
+
 async def call(provider: Provider, job: Job, emit: Emit, *, emitted: Callable[[], bool], max_retries: int,
-               on_failure: Callable[[BrokerError], Awaitable[None]]) -> Outcome:
+               on_failure: Callable[[BrokerError], Awaitable[None]], limits: DeploymentLimits) -> Outcome:
     """Serve the job here, retrying as failover.retry_wait says while nothing has reached the client.
     Every failed call is told to `on_failure` (the deployment's circuit counts it)."""
     retries = 0
     while True:
         try:
-            return await handlers.serve(provider, job, emit)
+            async with limits.held(job, retries) as usage:
+                body, usage[0] = await handlers.serve(provider, job, emit)
+                return body, usage[0]
         except BrokerError as exc:
             await on_failure(exc)
             wait = None if emitted() else failover.retry_wait(job, exc, retries, max_retries)

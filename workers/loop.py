@@ -33,6 +33,7 @@ from broker.errors import BrokerError, ErrorInfo, RequestTimeout
 from broker.jobs import Job, job_decoder
 from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
+from broker.ratelimit import Limiter
 from broker.streams import Pulled, QueueScripts, cancelled, heartbeat, leave, pull, reclaim
 from broker import circuit, redaction
 from workers import attempts
@@ -66,6 +67,7 @@ class Worker:
         self.burst = burst
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         redaction.install(config)  # our upstream keys never reach a reply or a log line
+        self.deployment_limits = attempts.DeploymentLimits(Limiter(redis, self.keys), config)
         self.provider: Provider = build_provider(provider_name, config.providers[provider_name],
                                                  concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
@@ -185,7 +187,8 @@ class Worker:
                                   "running it stopped responding", code="attempts_exhausted")
             body, usage = await attempts.call(self.provider, job, emit, emitted=lambda: emitted,
                                               max_retries=self.max_retries,
-                                              on_failure=lambda err: self._count_failure(job, err))
+                                              on_failure=lambda err: self._count_failure(job, err),
+                                              limits=self.deployment_limits)
         except asyncio.CancelledError:
             if job.id not in self._cancelled:
                 raise  # shutdown: leave the entry pending, another worker reclaims it
