@@ -25,13 +25,14 @@ from api import limits, sse
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import failover
+from broker import failover, strategies
 from broker.capabilities import Request as Payload
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
 from broker.jobs import Chunk, Failed, Final, Job, Target
 from broker.replies import ReplyGap
 from broker.keys import LANES
 from broker.streams import enqueue
+from broker.strategies import Stats
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,23 @@ def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
     return msgspec.structs.replace(payload, extra_body=rest or msgspec.UNSET), names
 
 
-def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
+async def _strategy_stats(state: BrokerState, principal: Principal, model: str, streams: bool) -> Stats:
+    """What the model group's strategy compares, read from Redis only for strategies that need it."""
+    group = state.router.group(principal.tenant, model)
+    if group.strategy not in strategies.READS_REDIS:
+        return {}
+    try:
+        return await strategies.fetch(state.redis, state.keys, group, streams=streams)
+    except RedisError:  # advisory: the listed order serves meanwhile
+        return {}
+
+
+async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
     payload, also = _client_fallbacks(payload)
-    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, also=also)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
+    stats = await _strategy_stats(state, principal, payload.model, streams)
+    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, also=also,
+                                                     stats=stats)
     now = time.time()
     return Job(
         id=uuid.uuid4().hex,
@@ -227,7 +241,7 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         state: BrokerState = request.app.state.broker
         principal = state.auth.authenticate(request.headers.get("authorization"))
         payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
-        job = new_job(state, request, principal, payload)
+        job = await new_job(state, request, principal, payload)
         # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
         request_id = {"x-request-id": f"req_{job.id}"}
         try:

@@ -64,12 +64,12 @@ class Deployment(Limits, kw_only=True):
 class ModelGroup(Strict, kw_only=True):
     """A public model's deployments and how to choose among them (broker/routing.py).
 
-    `priority`: in the order listed, failing over down the list. `weighted`: the
-    first by `weight` at random, then the others in weighted random order.
-    `fallbacks` are other public models, tried after all of this group's deployments.
+    `strategy` orders the deployments (broker/strategies.py); the first serves, the
+    rest are the failover order. `fallbacks` are other public models, tried after
+    all of this group's deployments.
     """
 
-    strategy: Literal["priority", "weighted"] = "priority"
+    strategy: Literal["priority", "weighted", "cost", "latency", "least-busy"] = "priority"
     deployments: list[Deployment]
     fallbacks: list[str] = []
 

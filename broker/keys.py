@@ -11,9 +11,10 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:active:{lane}                | zset    | enqueue.lua, pull.lua   | tenants with queued or running jobs in the lane |
 | {ns}:{p}:sched                        | hash    | pull.lua                | one field per lane (weighted round robin state) + turn |
 | {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: per lane, per lane:tenant (deleted at 0) |
-| {ns}:{p}:drain                        | hash    | pull.lua, finish.lua    | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config); service_ms |
+| {ns}:{p}:drain                        | hash    | pull.lua, finish.lua    | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config); service_ms; ttft:/total: per deployment |
 | {ns}:{p}:workers                      | zset    | worker heartbeats       | live workers; entries older than a minute trimmed |
 | {ns}:{p}:circuit                      | hash    | circuit.lua, finish.lua | 4 fields per failing upstream model; TTL: 2 x open time after the last failure |
+| {ns}:{p}:busy:{model}                 | zset    | workers (least-busy)    | calls running, scored by deadline; expired ones trimmed on read; TTL the latest deadline |
 | {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
 | {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
@@ -98,6 +99,10 @@ class Keys:
 
     def rate_tokens(self, tenant: str, key: str | None = None) -> str:
         return self._limit(tenant, key) + "tpm"
+
+    def busy(self, provider: str, model: str) -> str:
+        """Calls running on a deployment of a least-busy group (broker/strategies.py)."""
+        return f"{self.provider(provider)}busy:{model}"
 
     def deployment_limit(self, provider: str, model: str) -> str:
         """Prefix of a deployment's own buckets (rpm, tpm, inflight), in its provider's slot."""

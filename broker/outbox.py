@@ -54,6 +54,8 @@ class _End:
     usage: Usage | None
     error: ErrorInfo | None
     service_ms: int
+    ttft_ms: int
+    timed: bool
     done: asyncio.Future[None]
     seq: int = -1  # assigned at flush
 
@@ -102,14 +104,17 @@ class Outbox:
         usage: Usage | None = None,
         error: ErrorInfo | None = None,
         service_ms: int = 0,
+        ttft_ms: int = 0,
+        timed: bool = False,
     ) -> None:
         """Send the job's terminal reply, store its result, ack and delete its entry; wait till done.
 
-        `service_ms`: how long the job ran, for the provider's average (0: not a measure of the work).
+        `service_ms`: how long the job ran, for the provider's average (0: not a measure of the work);
+        `ttft_ms` its time to first token; `timed`: keep the deployment's own averages (latency routing).
         """
         self._open.pop(job.id, None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ops.append(_End(job, entry_id, stream, body, usage, error, service_ms, done))
+        self._ops.append(_End(job, entry_id, stream, body, usage, error, service_ms, ttft_ms, timed, done))
         self._wake.set()
         await done
 
@@ -168,7 +173,8 @@ class Outbox:
             keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id),
                                self.keys.drain(job.provider), self.keys.circuit(job.provider)]
             args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
-                               self.result_ttl_s, op.service_ms, job.upstream_model]
+                               self.result_ttl_s, op.service_ms, job.upstream_model, op.ttft_ms,
+                               "1" if op.timed else "0"]
             scripted.append(evalsha_into(pipe, self.scripts.finish, keys, args))
         results = await pipe.execute(raise_on_error=False)
         # Redis restarted and lost its scripts: only those commands failed (the chunks between them

@@ -13,9 +13,10 @@ tenant has `passthrough: true` (a configured public name always wins).
 
 from __future__ import annotations
 
-import random
 
 from broker.capabilities import Capabilities, Request, estimate_tokens, needs
+from broker import strategies
+from broker.strategies import Stats
 from broker.config import Config, Deployment, ModelGroup, Tenant
 from broker.errors import InvalidRequest, ModelNotFound
 
@@ -58,10 +59,11 @@ class Router:
         """The deployment listed first for `model` (404 unless this tenant may use it)."""
         return self.group(tenant, model).deployments[0]
 
-    def candidates(self, tenant: Tenant, model: str, req: Request, *, also: list[str] | None = None) -> list[Deployment]:
+    def candidates(self, tenant: Tenant, model: str, req: Request, *, also: list[str] | None = None,
+                   stats: Stats | None = None) -> list[Deployment]:
         """Every deployment that can serve `req`, in failover order: `model`'s own (ordered by its
-        strategy), then its group's `fallbacks`, then the models in `also` (the client's own fallback
-        list, OpenRouter's `models`). 400 if none can."""
+        strategy, with the `stats` it compares: broker/strategies.py), then its group's `fallbacks`,
+        then the models in `also` (the client's own fallback list, OpenRouter's `models`). 400 if none can."""
         groups = [self.group(tenant, model)]
         groups += [fallback for name in groups[0].fallbacks
                    if (fallback := self.config.group(name)) is not None and (not tenant.models or name in tenant.models)]
@@ -70,7 +72,7 @@ class Router:
         lacking: str | None = None
         too_long: int | None = None
         capable: list[Deployment] = []
-        for deployment in (d for group in groups for d in _ordered(group)):
+        for deployment in (d for group in groups for d in strategies.order(group, req, stats or {})):
             caps = self.capabilities(deployment)
             missing = [c for c in required if not getattr(caps, c)]
             if missing:
@@ -91,11 +93,3 @@ class Router:
             param="messages", code="context_length_exceeded",
         )
 
-
-def _ordered(group: ModelGroup) -> list[Deployment]:
-    """The group's deployments in the order its strategy tries them."""
-    if group.strategy == "weighted" and len(group.deployments) > 1:
-        # Weighted random order without replacement (Efraimidis-Spirakis): deployment i comes
-        # first with probability weight_i / sum of weights, and so on down the list.
-        return sorted(group.deployments, key=lambda d: random.random() ** (1 / d.weight), reverse=True)
-    return group.deployments

@@ -32,23 +32,56 @@ from workers.providers import Provider
 log = logging.getLogger(__name__)
 
 
-class DeploymentLimits:
-    """The upstream's own limits of each deployment that declares some (config), held across every
-    worker through Redis: a call over them is not made; it fails like the upstream's 429 would,
-    so the job fails over (or waits, on its last deployment) without provoking that 429."""
+class CallGate:
+    """What a call to a deployment must pass and leave behind, shared across every worker in Redis.
+
+    - A deployment's own upstream limits (config `rpm`, `tpm`, `max_concurrent`): a call over them
+      is not made; it fails like the upstream's 429 would, so the job fails over (or waits, on its
+      last deployment) without provoking that 429.
+    - Deployments of `least-busy` groups: the call is counted in flight while it runs
+      (broker/strategies.py reads the count).
+    """
 
     def __init__(self, limiter: Limiter, config: Config) -> None:
         self.limiter = limiter
-        self.limited = {(d.provider, d.model): d for name in config.models
-                        for d in (config.group(name) or ModelGroup(deployments=[])).deployments if d.limited()}
+        groups = [g for name in config.models if (g := config.group(name)) is not None]
+        self.limited = {(d.provider, d.model): d for g in groups for d in g.deployments if d.limited()}
+        self.counted = {(d.provider, d.model) for g in groups if g.strategy == "least-busy" for d in g.deployments}
+        self.timed = {(d.provider, d.model) for g in groups if g.strategy == "latency" for d in g.deployments}
 
     @asynccontextmanager
     async def held(self, job: Job, call: int) -> AsyncIterator[list[Usage | None]]:
         """Around one call: yields a one-slot list for the call's usage, settled when it ends."""
-        deployment = self.limited.get((job.provider, job.upstream_model))
         usage: list[Usage | None] = [None]
+        if (job.provider, job.upstream_model) in self.counted:
+            async with self._in_flight(job):
+                async with self._within_limits(job, call, usage):
+                    yield usage
+        else:
+            async with self._within_limits(job, call, usage):
+                yield usage
+
+    @asynccontextmanager
+    async def _in_flight(self, job: Job) -> AsyncIterator[None]:
+        busy = self.limiter.keys.busy(job.provider, job.upstream_model)
+        deadline_ms = int(job.deadline * 1000)
+        with suppress(RedisError):  # advisory: routing reads it, nothing depends on it
+            async with self.limiter.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(busy, {job.id: deadline_ms})
+                pipe.pexpireat(busy, deadline_ms, gt=True)
+                pipe.pexpireat(busy, deadline_ms, nx=True)
+                await pipe.execute()
+        try:
+            yield
+        finally:
+            with suppress(RedisError):
+                await self.limiter.redis.zrem(busy, job.id)
+
+    @asynccontextmanager
+    async def _within_limits(self, job: Job, call: int, usage: list[Usage | None]) -> AsyncIterator[None]:
+        deployment = self.limited.get((job.provider, job.upstream_model))
         if deployment is None:
-            yield usage
+            yield
             return
         tokens = job.estimated_tokens or estimate_request_tokens(job.payload)
         try:
@@ -58,7 +91,7 @@ class DeploymentLimits:
                                 f"{refused.message}", status=429, retryable=True,
                                 retry_after_s=refused.retry_after_s) from None
         try:
-            yield usage
+            yield
         finally:
             actual = usage[0].total_tokens if usage[0] is not None else None
             with suppress(RedisError):  # the slot expires at the deadline anyway
@@ -66,13 +99,13 @@ class DeploymentLimits:
 
 
 async def call(provider: Provider, job: Job, emit: Emit, *, emitted: Callable[[], bool], max_retries: int,
-               on_failure: Callable[[BrokerError], Awaitable[None]], limits: DeploymentLimits) -> Outcome:
+               on_failure: Callable[[BrokerError], Awaitable[None]], gate: CallGate) -> Outcome:
     """Serve the job here, retrying as failover.retry_wait says while nothing has reached the client.
     Every failed call is told to `on_failure` (the deployment's circuit counts it)."""
     retries = 0
     while True:
         try:
-            async with limits.held(job, retries) as usage:
+            async with gate.held(job, retries) as usage:
                 body, usage[0] = await handlers.serve(provider, job, emit)
                 return body, usage[0]
         except BrokerError as exc:

@@ -67,7 +67,7 @@ class Worker:
         self.burst = burst
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         redaction.install(config)  # our upstream keys never reach a reply or a log line
-        self.deployment_limits = attempts.DeploymentLimits(Limiter(redis, self.keys), config)
+        self.call_gate = attempts.CallGate(Limiter(redis, self.keys), config)
         self.provider: Provider = build_provider(provider_name, config.providers[provider_name],
                                                  concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
@@ -172,10 +172,12 @@ class Worker:
         body, usage, error = b"", None, None
         started = time.monotonic()
         emitted = False  # once a chunk is on its way to the client, the job can no longer fail over
+        first_token = 0.0
 
         def emit(event: bytes) -> None:
-            nonlocal emitted
-            emitted = True
+            nonlocal emitted, first_token
+            if not emitted:
+                emitted, first_token = True, time.monotonic()
             self.outbox.chunk(job, event)
 
         try:
@@ -188,7 +190,7 @@ class Worker:
             body, usage = await attempts.call(self.provider, job, emit, emitted=lambda: emitted,
                                               max_retries=self.max_retries,
                                               on_failure=lambda err: self._count_failure(job, err),
-                                              limits=self.deployment_limits)
+                                              gate=self.call_gate)
         except asyncio.CancelledError:
             if job.id not in self._cancelled:
                 raise  # shutdown: leave the entry pending, another worker reclaims it
@@ -206,7 +208,9 @@ class Worker:
         if error is not None and error.code == "attempts_exhausted":
             await self._dead_letter(item, error)
         service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
-        await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms)
+        ttft_ms = max(1, int((first_token - started) * 1000)) if first_token else 0
+        await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
+                           timed=(job.provider, job.upstream_model) in self.call_gate.timed)
 
     async def _count_failure(self, job: Job, err: BrokerError) -> None:
         """Against the deployment's circuit, shared by every process (broker/circuit.py)."""

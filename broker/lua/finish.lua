@@ -5,7 +5,8 @@
 --       5 the provider's circuit hash (circuit.lua)
 -- ARGV: 1 entry id, 2 tenant, 3 reply channel, 4 reply (msgpack), 5 result TTL s,
 --       6 how long the job ran in ms (0: a failure or cancellation, not a measure of the work),
---       7 the upstream model
+--       7 the upstream model, 8 its time to first token in ms (0: not a stream), 9 '1' to keep the
+--       deployment's own averages too (its group routes by latency: broker/strategies.py)
 -- An empty reply channel: the job was handed to another deployment (failover), which answers it.
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -19,10 +20,20 @@ if redis.call('XLEN', KEYS[1]) == 0 then
 end
 -- The provider's service time, a moving average: enqueue.lua admits by when a job would finish.
 local service = tonumber(ARGV[6] or '0')
+local took = service
 if service > 0 then
   local average = tonumber(redis.call('HGET', KEYS[4], 'service_ms') or '0')
   if average > 0 then service = 0.8 * average + 0.2 * service end
   redis.call('HSET', KEYS[4], 'service_ms', tostring(service))
+  if ARGV[9] == '1' then
+    for field, sample in pairs({['total:' .. ARGV[7]] = took, ['ttft:' .. ARGV[7]] = tonumber(ARGV[8] or '0')}) do
+      if sample > 0 then
+        local avg = tonumber(redis.call('HGET', KEYS[4], field) or '0')
+        if avg > 0 then sample = 0.8 * avg + 0.2 * sample end
+        redis.call('HSET', KEYS[4], field, tostring(sample))
+      end
+    end
+  end
   -- A success closes the deployment's circuit (and ends its run of failures).
   if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
     redis.call('HDEL', KEYS[5], ARGV[7], ARGV[7] .. ':fails', ARGV[7] .. ':probe')
