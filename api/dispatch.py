@@ -27,6 +27,7 @@ from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker import failover, strategies
 from broker.capabilities import Request as Payload
+from broker.config import Deployment
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
 from broker.jobs import Chunk, Failed, Final, Job, Target
 from broker.replies import ReplyGap
@@ -125,6 +126,9 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
     stats = await _strategy_stats(state, principal, payload.model, streams)
     deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, also=also,
                                                      stats=stats)
+
+    def context_of(d: Deployment) -> int:
+        return state.router.capabilities(d).max_context_tokens or 0
     now = time.time()
     return Job(
         id=uuid.uuid4().hex,
@@ -140,7 +144,8 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         request=payload if isinstance(payload, ChatRequest) else None,
         completion=payload if isinstance(payload, CompletionRequest) else None,
         embedding=payload if isinstance(payload, EmbeddingRequest) else None,
-        fallbacks=[Target(d.provider, d.model) for d in fallbacks],
+        fallbacks=[Target(d.provider, d.model, context_of(d)) for d in fallbacks],
+        max_context=context_of(deployment),
     )
 
 

@@ -27,6 +27,8 @@ import msgspec
 from broker.errors import BrokerError, RateLimited, UpstreamError
 from broker.jobs import Attempt, Job
 
+# The upstreams' code for a prompt longer than the model's context window (OpenAI and compatibles).
+CONTEXT_TOO_LONG = "context_length_exceeded"
 # The upstream rejected our credentials: misconfiguration of that deployment, not of the request.
 _OUR_KEY_REFUSED = (401, 403)
 # Backoff before the n-th retry on one deployment: a random wait in [0, RETRY_BASE_S * 2**n).
@@ -52,7 +54,16 @@ def attempt_of(job: Job, err: BrokerError) -> Attempt:
 
 
 def next_job(job: Job, err: BrokerError) -> Job | None:
-    """The job as it goes to its next candidate after `err`, or None if it should fail here."""
+    """The job as it goes to its next candidate after `err`, or None if it should fail here.
+
+    A prompt too long for this deployment skips to the next one known to have a larger context
+    window; none such: the client's 400 stands.
+    """
+    if err.code == CONTEXT_TOO_LONG and job.max_context:
+        larger = next((i for i, t in enumerate(job.fallbacks) if t.max_context > job.max_context), None)
+        if larger is None:
+            return None
+        return advance(msgspec.structs.replace(job, fallbacks=job.fallbacks[larger:]), err)
     return advance(job, err) if fails_over(err) else None
 
 
@@ -62,7 +73,8 @@ def advance(job: Job, err: BrokerError) -> Job | None:
         return None
     target, rest = job.fallbacks[0], job.fallbacks[1:]
     return msgspec.structs.replace(job, provider=target.provider, upstream_model=target.model, fallbacks=rest,
-                                   failures=[*job.failures, attempt_of(job, err)], attempt=1)
+                                   failures=[*job.failures, attempt_of(job, err)], attempt=1,
+                                   max_context=target.max_context)
 
 
 def retry_wait(job: Job, err: BrokerError, retries_done: int, max_retries: int) -> float | None:

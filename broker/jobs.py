@@ -23,6 +23,7 @@ class Target(msgspec.Struct, array_like=True, frozen=True):
 
     provider: str
     model: str
+    max_context: int = 0  # its context window in tokens, if configured (0: unknown)
 
 
 class Attempt(msgspec.Struct, array_like=True, frozen=True):
@@ -64,6 +65,7 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     key: str | None = None
     fallbacks: list[Target] = []
     failures: list[Attempt] = []
+    max_context: int = 0  # the current deployment's context window, if configured (0: unknown)
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:

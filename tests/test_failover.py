@@ -58,6 +58,12 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
                                "fallbacks": ["plain"]},
             "client-primary": [{"provider": "first", "model": "fail-503@client"}],
             "capped": [{"provider": "first", "model": "fake-model@capped", "rpm": 5}, backup],
+            # Configured windows overstate the upstream's real one (16): routing lets the prompt through.
+            "growing": [{"provider": "first", "model": "small-context", "capabilities": {"max_context_tokens": 64}},
+                        {"provider": "first", "model": "fake-model@mid", "capabilities": {"max_context_tokens": 48}},
+                        {**backup, "capabilities": {"max_context_tokens": 128000}}],
+            "no-larger": [{"provider": "first", "model": "small-context", "capabilities": {"max_context_tokens": 64}},
+                          {"provider": "second", "model": "fake-model@same", "capabilities": {"max_context_tokens": 64}}],
             "weighted": {"strategy": "weighted", "deployments": [
                 {"provider": "mock-a", "model": "a", "weight": 3}, {"provider": "mock-b", "model": "b", "weight": 1}]},
         },
@@ -243,3 +249,16 @@ def test_a_deployments_own_rpm_holds_across_worker_processes(base_url: str, prim
     served = [a.headers["x-llm-broker-deployment"] for a in answers]
     assert served.count("first/fake-model@capped") == 5
     assert sum(1 for r in primary.requests if r.body and "capped" in str(r.body.get("messages"))) == 5
+
+
+def test_a_prompt_too_long_for_a_deployment_moves_to_one_with_a_larger_window(
+    client: openai.OpenAI, primary: UpstreamServer, secondary: UpstreamServer
+) -> None:
+    words = " ".join(f"w{i}" for i in range(30))  # past the upstream's real 16-token window, within config's guess
+    raw = client.chat.completions.with_raw_response.create(model="growing",
+                                                           messages=[{"role": "user", "content": words}])
+    assert raw.headers["x-llm-broker-deployment"] == "second/fake-model"  # the smaller 48-token one skipped
+    assert calls(primary, "w29") == 1 and calls(secondary, "w29") == 1
+    with pytest.raises(openai.BadRequestError) as info:  # nowhere larger to go: the 400 stands
+        client.chat.completions.create(model="no-larger", messages=[{"role": "user", "content": words + " again"}])
+    assert info.value.code == "context_length_exceeded"

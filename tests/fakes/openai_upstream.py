@@ -17,6 +17,7 @@ failure mode is one request away:
     hang-stream                           one chunk, then a 30 s stall, then the rest
     flaky-429                             a 429 (retry-after: 1) the first time it sees a prompt, then answers
     chaos-<pct>                           fails pct% of calls at random, half 429 and half 500 (bench/failover.py)
+    small-context                         a 16-token window: longer prompts get OpenAI's context_length_exceeded
 
 GET /v1/fake/stats counts the chat calls it has had (the benchmarks' upstream calls per request).
 
@@ -265,6 +266,10 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
             if prompt not in seen_prompts:
                 seen_prompts.add(prompt)
                 return _injected_error("fail-429")  # type: ignore[return-value]
+        if req.model == "small-context" and len(str(body.get("messages")).split()) > 16:
+            return error_response(400, "This model's maximum context length is 16 tokens. However, your messages "
+                                  "resulted in more tokens. Please reduce the length of the messages.",
+                                  "invalid_request_error", param="messages", code="context_length_exceeded")
         if injected := _injected_error(req.model):
             return injected
         try:
