@@ -179,6 +179,7 @@ class Limiter:
         self.redis = redis
         self.keys = keys
         self._admit = redis.register_script(_ADMIT)
+        self._settle = redis.register_script(RECONCILE)  # EVALSHA, loading itself after a NOSCRIPT
 
     async def load(self) -> None:
         """Load the script up front, as QueueScripts does: the first request then never pays a NOSCRIPT
@@ -236,25 +237,17 @@ class Limiter:
 
     async def end_call(self, deployment: Deployment, admission: Admission, actual_tokens: int | None) -> None:
         """A call admitted by `admit_call` is over: free its slot, settle its tokens with the real usage."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for slots in admission.slots:
-                pipe.zrem(slots, admission.request_id)
-            if deployment.tpm and actual_tokens is not None and actual_tokens != admission.tokens:
-                pipe.eval(RECONCILE, 1, self.keys.deployment_limit(deployment.provider, deployment.model) + "tpm",
-                          str(deployment.tpm), str(actual_tokens - admission.tokens))
-            if len(pipe):
-                await pipe.execute()
+        await self.release(admission)
+        if deployment.tpm and actual_tokens is not None and actual_tokens != admission.tokens:
+            bucket = self.keys.deployment_limit(deployment.provider, deployment.model) + "tpm"
+            await self._settle(keys=[bucket], args=[deployment.tpm, actual_tokens - admission.tokens])
 
     async def refund(self, admission: Admission) -> None:
         """The request was refused before anything was queued (no worker, queue full, Redis down):
         give back every bucket's charge and its slots, as if it had never been admitted."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for charge in admission.charges:
-                # The settlement script, run backwards: the whole charge is credited.
-                pipe.eval(RECONCILE, 1, charge.bucket, str(charge.limit), str(-charge.cost))
-            for slots in admission.slots:
-                pipe.zrem(slots, admission.request_id)
-            await pipe.execute()
+        for charge in admission.charges:  # the settlement script, run backwards: the whole charge credited
+            await self._settle(keys=[charge.bucket], args=[charge.limit, -charge.cost])
+        await self.release(admission)
 
     async def release(self, admission: Admission) -> None:
         """The response ended (completed, failed or the client left): free its concurrency slots."""
