@@ -81,6 +81,11 @@ def test_unknown_model_is_404_model_not_found(base_url: str) -> None:
         ({**GOOD, "n": 0}, "n"),
         ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({**GOOD, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+        # Shapes inside pass-through objects that every adapter reads (they crashed the worker: a 500).
+        ({**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": "f"}}, "tool_choice.function"),
+        ({**GOOD, "tool_choice": {"type": "function", "function": {"name": 5}}}, "tool_choice.function"),
+        ({**GOOD, "response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema"),
         ([1, 2, 3], None),
     ],
 )

@@ -107,6 +107,19 @@ def test_raw_bodies_that_are_not_what_they_claim(http: httpx.Client, path: str) 
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize("field", ["tool_choice", "response_format"])
+def test_bad_values_inside_the_objects_adapters_read(http: httpx.Client, field: str) -> None:
+    """`tool_choice.function` and `response_format.json_schema` are read by the adapters, not passed through."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    inner = "function" if field == "tool_choice" else "json_schema"
+    failures = []
+    for value in [*BAD_VALUES, {"name": None}, {"name": 5}, {"schema": "x"}]:
+        body = {**GOOD["/chat/completions"], "tools": tools, field: {"type": inner, inner: value}}
+        if (why := send(http, "/chat/completions", encode(body))) is not None:
+            failures.append(f"{field}.{inner}={json.dumps(value)[:60]} -> {why}")
+    assert not failures, "\n".join(failures)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),

@@ -152,6 +152,17 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     # Forwarded to OpenAI-compatible upstreams only, never as a field of its own.
     extra_body: dict[str, Any] | UnsetType = UNSET
 
+    def __post_init__(self) -> None:
+        # Pass-through objects, except for the parts every adapter reads: OpenAI refuses these
+        # shapes too, and past this point they would crash a worker instead of answering a 400.
+        if isinstance(self.tool_choice, dict) and "function" in self.tool_choice:
+            function = self.tool_choice["function"]
+            if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+                raise ValueError("`tool_choice.function` must be an object with a string `name`")
+        if isinstance(self.response_format, dict) and "json_schema" in self.response_format:
+            if not isinstance(self.response_format["json_schema"], dict):
+                raise ValueError("`response_format.json_schema` must be an object")
+
     def output_limit(self) -> int | None:
         for value in (self.max_completion_tokens, self.max_tokens):
             if isinstance(value, int):
