@@ -13,7 +13,6 @@ later as a 500 far from the field that caused it:
 from __future__ import annotations
 
 import re
-from itertools import accumulate
 from typing import Any, TypeVar
 
 import msgspec
@@ -55,19 +54,31 @@ _raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 # Deeper than any real request (a tool's JSON schema nests a few levels per object).
 MAX_DEPTH = 64
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # "unrolled": runs of plain bytes matched at once
 _NOT_BRACKET = bytes(set(range(256)) - set(b"[]{}"))
-_OPENS = frozenset(b"[{")
+_INNERMOST = re.compile(rb"\[\]|\{\}")  # once only brackets are left, the innermost pairs are empty
 # The Job's own encoder: what it cannot encode must be refused here, where the field is known.
 _job_probe = msgspec.msgpack.Encoder()
 
 
-def nesting_depth(body: bytes) -> int:
-    """How deep arrays and objects nest in a JSON body (brackets inside strings do not count)."""
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:  # the usual case: no scan needed
+def nesting_depth(body: bytes, limit: int = MAX_DEPTH) -> int:
+    """How deep arrays and objects nest in a JSON body (brackets inside strings do not count), counted
+    up to `limit` + 1; 0 when its bracket count alone shows it cannot be deeper than `limit`. Only for
+    a body msgspec has already decoded, so its strings are well formed and its brackets balanced.
+
+    All in C: strings are cut out and everything but brackets dropped, then each pass of a regex
+    peels the innermost pairs, one level a pass.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:  # the usual case: no scan needed
         return 0
-    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET)
-    return max(accumulate(1 if c in _OPENS else -1 for c in brackets), default=0)
+    # Without an escaped quote, every other piece between quotes is a string: 3x faster than the regex.
+    outside = b"".join(body.split(b'"')[::2]) if b'\\"' not in body else _JSON_STRING.sub(b"", body)
+    brackets = outside.translate(None, _NOT_BRACKET)
+    depth = 0
+    while brackets and depth <= limit:
+        brackets = _INNERMOST.sub(b"", brackets)
+        depth += 1
+    return depth
 
 
 def _out_of_range(value: Any, path: str = "") -> str | None:
