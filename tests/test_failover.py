@@ -32,13 +32,22 @@ def secondary() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: UpstreamServer) -> str:
+def locked() -> Iterator[UpstreamServer]:
+    with UpstreamServer(chunks=3, api_key="sk-the-right-key") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: UpstreamServer,
+             locked: UpstreamServer) -> str:
     backup = {"provider": "second", "model": "fake-model"}
     stack = module_stack_factory(
         {"first": {"kind": "openai", "base_url": primary.base_url},
          "second": {"kind": "openai", "base_url": secondary.base_url},
          "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout_s": 1},
-         "mock-a": {"kind": "mock", "tokens": 2}, "mock-b": {"kind": "mock", "tokens": 2}},
+         "mock-a": {"kind": "mock", "tokens": 2}, "mock-b": {"kind": "mock", "tokens": 2},
+         "wrong-key": {"kind": "openai", "base_url": locked.base_url, "api_key": "sk-a-stale-key"},
+         "impatient": {"kind": "openai", "base_url": primary.base_url, "timeout_s": 1}},
         {  # each scenario its own upstream model ids ("fail-503@b" fails as "fail-503"): its own circuits
             **{f"limited-{mode}": [{"provider": "first", "model": f"fail-429@{mode}"}, backup] for mode in MODES},
             **{f"overloaded-{mode}": [{"provider": "first", "model": f"fail-503@{mode}"}, backup] for mode in MODES},
@@ -58,6 +67,8 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
                                "fallbacks": ["plain"]},
             "client-primary": [{"provider": "first", "model": "fail-503@client"}],
             "capped": [{"provider": "first", "model": "fake-model@capped", "rpm": 5}, backup],
+            "misconfigured": [{"provider": "wrong-key", "model": "fake-model"}, backup],
+            "silent": [{"provider": "impatient", "model": "slow"}, backup],
             # Configured windows overstate the upstream's real one (16): routing lets the prompt through.
             "growing": [{"provider": "first", "model": "small-context", "capabilities": {"max_context_tokens": 64}},
                         {"provider": "first", "model": "fake-model@mid", "capabilities": {"max_context_tokens": 48}},
@@ -70,7 +81,7 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
         tenants={"test": {"keys": [hash_key(TEST_KEY)]},
                  "narrow": {"keys": [hash_key(NARROW_KEY)], "models": ["client-primary"]}},
     )
-    for provider in ("first", "first", "second", "nowhere", "mock-a", "mock-b"):  # `first`: two processes
+    for provider in ("first", "first", "second", "nowhere", "mock-a", "mock-b", "wrong-key", "impatient"):
         stack.worker(provider)
     return str(stack.api())
 
@@ -262,3 +273,23 @@ def test_a_prompt_too_long_for_a_deployment_moves_to_one_with_a_larger_window(
     with pytest.raises(openai.BadRequestError) as info:  # nowhere larger to go: the 400 stands
         client.chat.completions.create(model="no-larger", messages=[{"role": "user", "content": words + " again"}])
     assert info.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_refusing_our_key_or_silent_past_its_timeout_is_replaced(
+    client: openai.OpenAI, locked: UpstreamServer, stream: bool
+) -> None:
+    for model in ("misconfigured", "silent"):  # a 401 for our stale key; no first byte within 1 s
+        started = time.monotonic()
+        messages = [{"role": "user", "content": f"{model} {stream}"}]
+        if stream:
+            events = client.chat.completions.create(model=model, messages=messages, stream=True)  # type: ignore[arg-type]
+            headers = events.response.headers
+            assert "".join(c.choices[0].delta.content or "" for c in events if c.choices)
+        else:
+            raw = client.chat.completions.with_raw_response.create(model=model, messages=messages)  # type: ignore[arg-type]
+            headers = raw.headers
+            assert raw.parse().choices[0].message.content
+        assert headers["x-llm-broker-deployment"] == "second/fake-model", model
+        assert time.monotonic() - started < 5
+    assert calls(locked, f"misconfigured {stream}") == 1
