@@ -7,8 +7,10 @@ it on a success.
 
 - *Hard* failures (5xx, 529, timeouts, refused connections, our key refused):
   `circuit.failures` in a row open the deployment's circuit for
-  `circuit.open_s`. Then one job at a time goes through as a probe
-  (half-open): its success closes the circuit, its failure reopens it.
+  `circuit.open_s`, and so does a `circuit.failure_ratio` of failed calls
+  (over at least `min_calls`) within `window_s` of the first recent failure.
+  Then one job at a time goes through as a probe (half-open): its success
+  closes the circuit, its failure reopens it.
 - A 429 only *cools the deployment down* for its Retry-After (1 s without
   one): the upstream is healthy, just full, and says when to come back.
 - The client's own errors (400, 404, 422) say nothing of the deployment.
@@ -50,6 +52,8 @@ async def report_failure(scripts: QueueScripts, keys: Keys, settings: CircuitSet
     cooldown_ms = max(1, int((err.retry_after_s or DEFAULT_COOLDOWN_S) * 1000))
     opened = await scripts.circuit(
         keys=[keys.circuit(job.provider)],
-        args=[job.upstream_model, kind, settings.failures, open_ms, cooldown_ms, max(2 * open_ms, cooldown_ms)],
+        args=[job.upstream_model, kind, settings.failures, open_ms, cooldown_ms,
+              max(2 * open_ms, cooldown_ms, int(settings.window_s * 1000)), settings.failure_ratio,
+              int(settings.window_s * 1000), settings.min_calls],
     )
     return bool(opened)

@@ -127,6 +127,11 @@ class CircuitSettings(Strict):
     failures: Annotated[int, msgspec.Meta(ge=1)] = 5
     # ...for this long: it is skipped (failover moves on); then one probe job at a time tries it.
     open_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Or: this share of its calls failed within `window_s` of the first recent failure, over at least
+    # `min_calls` calls (an upstream failing every other call never fails `failures` times in a row).
+    failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    min_calls: Annotated[int, msgspec.Meta(ge=1)] = 20
 
 
 class QueueSettings(Strict):

@@ -34,7 +34,10 @@ class Switchable(UpstreamServer):
             model = (await request.json()).get("model", "")
             self.calls[model] = self.calls.get(model, 0) + 1
             await asyncio.sleep(self.delay_s)
-            if self.failing:
+            if model == "alternating" and self.calls[model] % 2:  # calls 1, 3, 5...: never K in a row
+                return error_response(500, "The server had an error while processing your request.",
+                                      "server_error")
+            if self.failing and model != "alternating":
                 return error_response(503, "The engine is currently overloaded, please try again later.",
                                       "service_unavailable_error", code="server_is_overloaded")
             return await call_next(request)
@@ -61,8 +64,10 @@ def base_url(module_stack_factory: Any, primary: Switchable, backup: UpstreamSer
         {"primary": {"kind": "openai", "base_url": primary.base_url, "max_retries": 0},
          "backup": {"kind": "openai", "base_url": backup.base_url}},
         {"guarded": [{"provider": "primary", "model": "guarded"}, {"provider": "backup", "model": "fake-model"}],
-         "alone": [{"provider": "primary", "model": "alone"}]},
-        circuit={"failures": 3, "open_s": OPEN_S},
+         "alone": [{"provider": "primary", "model": "alone"}],
+         "alternating": [{"provider": "primary", "model": "alternating"},
+                         {"provider": "backup", "model": "fake-model"}]},
+        circuit={"failures": 3, "open_s": OPEN_S, "failure_ratio": 0.5, "min_calls": 6},
     )
     stack.worker("primary")
     stack.worker("primary")  # two processes: the circuit is one for both
@@ -119,3 +124,13 @@ def test_with_every_candidate_open_the_answer_is_an_immediate_503_with_retry_aft
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "circuit_open", refused.text
     assert 1 <= int(refused.headers["retry-after"]) <= OPEN_S
     assert primary.calls["alone"] == 3  # never queued, never called
+
+
+def test_a_deployment_failing_every_other_call_opens_by_its_failure_ratio(
+    client: openai.OpenAI, primary: Switchable
+) -> None:
+    # Never 3 failures in a row, but half of its calls fail: the 7th call (4 failed of 7, over the
+    # 6-call minimum) opens the circuit, and the remaining requests go straight to the backup.
+    served = [ask(client, "alternating") for _ in range(12)]
+    assert primary.calls["alternating"] == 7
+    assert served[7:] == ["backup/fake-model"] * 5

@@ -37,6 +37,9 @@ if service > 0 then
   -- A success closes the deployment's circuit (and ends its run of failures).
   if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
     redis.call('HDEL', KEYS[5], ARGV[7], ARGV[7] .. ':fails', ARGV[7] .. ':probe')
+    if redis.call('HEXISTS', KEYS[5], ARGV[7] .. ':since') == 1 then  -- a failure ratio's window is open
+      redis.call('HINCRBY', KEYS[5], ARGV[7] .. ':ok', 1)
+    end
   end
 end
 return 1
