@@ -169,7 +169,7 @@ def test_keys_return_to_baseline_after_5000_jobs(stack_factory: Any, namespace: 
         {"m": [{"provider": "mock", "model": "m"}], "broken": [{"provider": "up", "model": "fail-500"}],
          "slow": [{"provider": "up", "model": "slow"}]},
         server={"result_ttl_s": 1},
-        circuit={"failures": 1000},  # the failed jobs must run and fail, not be refused at an open circuit
+        circuit={"failures": 1000, "min_calls": 1000},  # failed jobs must run and fail, not meet an open circuit
     )
     stack.worker("mock")
     stack.worker("up")
