@@ -48,12 +48,15 @@ def base_url(module_stack_factory: Any, upstream: FakeServer) -> str:
     providers = {
         "claude": {"kind": "anthropic", "base_url": origin, "api_key": UPSTREAM_KEY, "timeout_s": 10},
         "claude-wrong-key": {"kind": "anthropic", "base_url": origin, "api_key": "sk-ant-api03-wrong-987654321"},
+        "mock": {"kind": "mock", "tokens": 2},
     }
     models: dict[str, Any] = {name: [{"provider": "claude", "model": m}] for name, m in PUBLIC_MODELS.items()}
     models["claude-misconfigured"] = [{"provider": "claude-wrong-key", "model": "claude-sonnet-4-20250514"}]
+    models["claude-or-mock"] = [{"provider": "claude", "model": "overloaded"}, {"provider": "mock", "model": "m"}]
     stack = module_stack_factory(providers, models)
     stack.worker("claude")
     stack.worker("claude-wrong-key")
+    stack.worker("mock")
     return str(stack.api())
 
 
@@ -192,6 +195,14 @@ def test_json_object_mode(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(model="claude", response_format={"type": "json_object"},
                                            messages=[{"role": "user", "content": "Answer in JSON"}])
     assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+
+
+def test_an_overloaded_529_fails_over_to_the_next_deployment(client: openai.OpenAI, upstream: FakeServer) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="claude-or-mock",
+                                                           messages=[{"role": "user", "content": "overloaded?"}])
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-llm-broker-deployment"] == "mock/m"
+    assert sum(1 for r in upstream.requests if r.body and "overloaded?" in str(r.body)) == 1
 
 
 def test_overloaded_is_a_503(client: openai.OpenAI) -> None:
