@@ -49,6 +49,11 @@ class CallGate:
         self.counted = {(d.provider, d.model) for g in groups if g.strategy == "least-busy" for d in g.deployments}
         self.timed = {(d.provider, d.model) for g in groups if g.strategy == "latency" for d in g.deployments}
 
+    def applies(self, job: Job) -> bool:
+        """Whether a call of this job has anything to pass or leave behind (most have not)."""
+        deployment = (job.provider, job.upstream_model)
+        return deployment in self.limited or deployment in self.counted
+
     @asynccontextmanager
     async def held(self, job: Job, call: int) -> AsyncIterator[list[Usage | None]]:
         """Around one call: yields a one-slot list for the call's usage, settled when it ends."""
@@ -105,6 +110,8 @@ async def call(provider: Provider, job: Job, emit: Emit, *, emitted: Callable[[]
     retries = 0
     while True:
         try:
+            if not gate.applies(job):  # the plain path: no context managers to enter
+                return await handlers.serve(provider, job, emit)
             async with gate.held(job, retries) as usage:
                 body, usage[0] = await handlers.serve(provider, job, emit)
                 return body, usage[0]
