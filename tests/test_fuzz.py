@@ -6,7 +6,12 @@ Deterministic (fixed values, and hypothesis with derandomize) so CI sees the sam
   unknown extra field, set to wrong types, extreme numbers, deep nesting and a huge string;
 - raw bodies: invalid UTF-8, truncated or non-object JSON, deep top-level nesting, NUL bytes;
 - random JSON values (hypothesis) in random fields, and random tool schemas with a forced tool
-  call (the mock builds arguments from them).
+  call (the mock builds arguments from them);
+- schemathesis bodies, valid and invalid, from the schemas the broker serves at /openapi.json;
+- every place a value can go, read from each Struct's JSON schema (top-level fields, an unknown field,
+  and nested ones: token-id arrays, logit_bias values, tool parameters, message parts), set to what
+  schemathesis never generates: integers beyond 64 bits, 10,000-level nesting, invalid UTF-8 and
+  multi-megabyte strings.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+import schemathesis
+from schemathesis.core import NOT_SET
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -72,7 +79,11 @@ def problem(resp: httpx.Response) -> str | None:
 
 
 def send(http: httpx.Client, path: str, body: bytes) -> str | None:
-    return problem(http.post(path, content=body))
+    try:
+        return problem(http.post(path, content=body))
+    except httpx.TransportError as exc:  # a dropped connection is a failure to list, not to stop at
+        return f"no answer: {exc!r}"
+
 
 
 def encode(value: Any) -> bytes:
@@ -102,6 +113,7 @@ def test_raw_bodies_that_are_not_what_they_claim(http: httpx.Client, path: str) 
         good.replace(b"fuzz", b"\\ud800"), good.replace(b'"fuzz"', b"NaN"),
         good[:-1] + b', "big": ' + b"9" * 5_000 + b"}",
         good[:-1] + b', "pad": "' + b"x" * (3 * 1024 * 1024) + b'"}',
+        b'{"fu\xffzz": 1, ' + good[1:],  # bad UTF-8 in a key
     ]
     failures = [f"{path} {body[:60]!r}... -> {why}" for body in raw if (why := send(http, path, body)) is not None]
     assert not failures, "\n".join(failures)
@@ -158,3 +170,139 @@ def test_random_tool_schemas_with_a_forced_call(http: httpx.Client, schema: Any)
     body = {**GOOD["/chat/completions"], "tool_choice": "required",
             "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}
     assert send(http, "/chat/completions", encode(body)) is None, schema
+
+
+# ------------------------------------------------------------------ schemathesis, from the served schemas
+
+def rooted(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with each request body's `$defs` moved to `components/schemas`.
+
+    The broker embeds msgspec's schema (`{"$ref": "#/$defs/ChatRequest", "$defs": ...}`) as the body
+    schema, so its `#/$defs/...` refs point at the document's root, where nothing is: schemathesis
+    then generates no body at all. Moving the definitions where the refs can find them keeps the
+    served schemas as they are; on a document that already resolves, this changes nothing.
+    """
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                components.update(media["schema"].pop("$defs", {}))
+    return dict(json.loads(json.dumps(doc).replace('"#/$defs/', '"#/components/schemas/')))
+
+
+@pytest.fixture(scope="module")
+def served_schema(http: httpx.Client) -> Any:
+    return schemathesis.openapi.from_dict(rooted(http.get(http.base_url.join("/openapi.json")).json()))
+
+
+@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE],
+                         ids=["valid", "invalid"])
+@pytest.mark.parametrize("path", list(GOOD))
+def test_schemathesis_bodies_from_the_served_schema(http: httpx.Client, served_schema: Any, path: str,
+                                                    mode: schemathesis.GenerationMode) -> None:
+    failures: list[str] = []
+
+    # Failures are collected rather than raised, so hypothesis neither shrinks nor stops early: the
+    # run is the same fixed set of bodies every time, and the report lists every bad one.
+    @settings(max_examples=100, derandomize=True, database=None, deadline=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=served_schema[f"/v1{path}"]["POST"].as_strategy(generation_mode=mode))
+    def run(case: schemathesis.Case) -> None:
+        body = case.body
+        if isinstance(body, dict):
+            if isinstance(body.get("model"), str):
+                body["model"] = "m"  # a served model, so valid bodies reach the worker
+            if isinstance(body.get("dimensions"), int) and body["dimensions"] > 64:
+                body["dimensions"] = 64  # valid up to 2**31 - 1, but the mock would build the whole vector
+        raw = b"" if body is NOT_SET else body if isinstance(body, bytes) else encode(body)
+        if (why := send(http, path, raw)) is not None:
+            failures.append(f"{path} {mode.value} {raw[:120]!r} -> {why}")
+
+    run()
+    assert not failures, "\n".join(dict.fromkeys(failures))
+
+
+# ------------------------------------------------------------------ what schemathesis never generates
+
+HOLE = "@@fuzz-hole@@"  # where a raw extreme is spliced into an encoded body
+MB = 1024 * 1024
+EXTREMES: dict[str, bytes] = {
+    "2**64": b"18446744073709551616",
+    "-(2**63)-1": b"-9223372036854775809",
+    "10**40": b"1" + b"0" * 40,
+    "5000 digits": b"9" * 5_000,
+    "1e999": b"1e999",
+    "10,000 nested arrays": b"[" * 10_000 + b"]" * 10_000,
+    "10,000 nested objects": b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+    "invalid UTF-8": b'"fu\xffzz"',
+    "UTF-8 surrogate": b'"\xed\xa0\x80"',
+    "truncated UTF-8": b'"\xe2\x82"',
+    "escaped lone surrogate": b'"\\ud800"',
+    "2 MB string": b'"' + b"x" * (2 * MB) + b'"',
+    "2 MB of escapes": b'"' + b"\\u00e9" * (MB // 3) + b'"',
+}
+
+
+def _minimal(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """A small value the schema accepts, for the required siblings of a place being fuzzed."""
+    if "$ref" in schema:
+        return _minimal(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    if "enum" in schema:
+        return "user" if "user" in schema["enum"] else schema["enum"][0]
+    if "anyOf" in schema:
+        return _minimal(schema["anyOf"][0], defs)
+    kind = schema.get("type")
+    if kind == "object":
+        return {name: _minimal(schema["properties"][name], defs) for name in schema.get("required", [])}
+    if kind == "array":
+        return [_minimal(schema.get("items", {}), defs)] * schema.get("minItems", 0)
+    return {"string": "f", "integer": schema.get("minimum", 1), "number": 0, "boolean": False}.get(kind)
+
+
+def _places(schema: dict[str, Any], defs: dict[str, Any], seen: frozenset[str] = frozenset()) -> Iterator[tuple[str, Any]]:
+    """(path, value with HOLE there) for this place and every place inside it the schema describes."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        if name not in seen:  # a recursive type is walked once
+            yield from _places(defs[name], defs, seen | {name})
+        return
+    yield "", HOLE
+    for branch in schema.get("anyOf", []):
+        yield from _places(branch, defs, seen)
+    kind = schema.get("type")
+    if kind == "array":
+        for path, value in _places(schema.get("items", {}), defs, seen):
+            yield f"[0]{path}", [value]
+    elif kind == "object":
+        base = _minimal(schema, defs)
+        for name, sub in schema.get("properties", {}).items():
+            for path, value in _places(sub, defs, seen):
+                yield f".{name}{path}", {**base, name: value}
+        # dict[str, X] (logit_bias, tool parameters, response_format): a key of its own
+        extra = schema.get("additionalProperties", {} if "properties" not in schema else None)
+        if isinstance(extra, dict):
+            for path, value in _places(extra, defs, seen):
+                yield f'["42"]{path}', {**base, "42": value}
+
+
+def places(path: str) -> dict[str, bytes]:
+    """Every place in a request to `path`, from its Struct (so new fields are fuzzed too), as an encoded
+    body with HOLE at that place; the rest of the body is valid, so the hole is what gets judged."""
+    schema = msgspec.json.schema(STRUCTS[path])
+    defs = schema["$defs"]
+    bodies = {"unmodelled_extension": {**GOOD[path], "unmodelled_extension": HOLE}}
+    for field in msgspec.structs.fields(STRUCTS[path]):
+        sub = defs[STRUCTS[path].__name__]["properties"].get(field.encode_name, {})
+        for where, value in _places(sub, defs):
+            bodies.setdefault(f"{field.encode_name}{where}", {**GOOD[path], field.encode_name: value})
+    return {where: encode(body) for where, body in bodies.items()}
+
+
+@pytest.mark.parametrize("path", list(GOOD))
+def test_every_place_with_what_schemathesis_never_generates(http: httpx.Client, path: str) -> None:
+    failures = []
+    for where, body in places(path).items():
+        for label, extreme in EXTREMES.items():
+            if (why := send(http, path, body.replace(f'"{HOLE}"'.encode(), extreme))) is not None:
+                failures.append(f"{path} {where} = {label} -> {why}")
+    assert not failures, f"{len(failures)} bad answers:\n" + "\n".join(failures)
