@@ -11,11 +11,13 @@ import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import dispatch
 from api.routes import chat, completions, embeddings, models
 from api.state import BrokerState
 from broker import config as config_module
@@ -77,7 +79,17 @@ def create_app(config: Config) -> FastAPI:
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.openapi = lambda: _with_wire_components(app)  # type: ignore[method-assign]
     return app
+
+
+def _with_wire_components(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document, plus the request Structs' schemas the routes reference."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(dispatch.OPENAPI_COMPONENTS)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def app_from_env() -> FastAPI:

@@ -260,7 +260,13 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
     return handle
 
 
+# The request Structs' JSON schemas, as OpenAPI components: msgspec's own `#/$defs/...` references
+# would point at the top of the OpenAPI document, where nothing resolves them (api/app.py merges these).
+_BODIES, OPENAPI_COMPONENTS = msgspec.json.schema_components(
+    (ChatRequest, CompletionRequest, EmbeddingRequest), ref_template="#/components/schemas/{name}")
+
+
 def openapi_body(struct: type) -> dict[str, Any]:
     """The OpenAPI request body for a msgspec-decoded route (pydantic never sees these bodies)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": msgspec.json.schema(struct)}}}}
+    schema = _BODIES[(ChatRequest, CompletionRequest, EmbeddingRequest).index(struct)]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
