@@ -106,7 +106,8 @@ class Tenant(Limits, kw_only=True):
 
 class ServerSettings(Strict):
     # How long a request may wait in total (queue + upstream) before a timeout error.
-    request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    # At most a week: it becomes Redis expiries (PX) and deadlines, which must stay in range.
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=604_800)] = 600.0
     # SSE: hold the 200 back this long so early failures still get a real HTTP status.
     stream_first_byte_hold_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     # SSE comment keep-alive while a job waits (proxies drop idle connections).

@@ -18,8 +18,9 @@ from broker.profiles import PROFILES
 class _HTTPProvider(Strict, kw_only=True):
     api_key: Secret | None = None
     concurrency: int = 64  # jobs in flight per worker process = pooled keep-alive connections
-    timeout_s: float = 600.0
-    connect_timeout_s: float = 5.0
+    # Positive: aiohttp reads 0 as "no timeout at all".
+    timeout_s: Annotated[float, Meta(gt=0, le=604_800)] = 600.0
+    connect_timeout_s: Annotated[float, Meta(gt=0, le=604_800)] = 5.0
     headers: dict[str, str] = {}
     # Retries of a failed call (429, 5xx, timeouts...) on this deployment, with backoff and honouring
     # Retry-After, when the job has no other deployment left to fail over to (broker/failover.py).

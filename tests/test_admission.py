@@ -196,3 +196,33 @@ def test_keys_return_to_baseline_after_5000_jobs(stack_factory: Any, namespace: 
                         headers={"x-request-timeout": "2"}, timeout=httpx.Timeout(10, read=0.2))
     time.sleep(2.5)  # results (1 s) and cancellation markers (the 2 s deadline) expire
     assert namespace_keys(namespace) == baseline
+
+
+async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str) -> None:
+    # A drain rate measured near zero put the wait at ~1e17 ms: Lua's tostring wrote it as "1e+17", which
+    # the reply's int() parse refused, and the request got a 500 instead of the queue's 429.
+    from redis.asyncio import Redis as AsyncRedis
+
+    from broker.config import validate
+    from broker.errors import RateLimited
+    from broker.jobs import Job
+    from broker.streams import QueueScripts, enqueue
+    from broker.wire import EmbeddingRequest
+
+    config = validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},
+                       "models": {"m": [{"provider": "mock", "model": "m"}]}, "tenants": {}}, source="test")
+    keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
+    try:
+        scripts = QueueScripts(client)
+        seconds, _ = await client.time()
+        await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a live worker
+        await client.hset(keys.backlog("mock"), mapping={"default": 100, "default:t": 100})
+        await client.hset(keys.drain("mock"), mapping={"default:t:rate": 1e-15})
+        job = Job(id="j", tenant="t", model="m", provider="mock", upstream_model="m", reply_to="", created=time.time(),
+                  deadline=time.time() + 600, embedding=EmbeddingRequest(model="m", input="x"))
+        with pytest.raises(RateLimited) as info:
+            await enqueue(scripts, keys, config, job)
+        assert info.value.code == "queue_full" and info.value.retry_after_s is not None
+        assert info.value.retry_after_s > 10**9
+    finally:
+        await client.aclose()

@@ -72,6 +72,11 @@ def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
         (("redis_url:", "queue: {heartbeat_interval_s: 0}\nredis_url:"), {"VLLM_KEY": "k"},
          "$.queue.heartbeat_interval_s"),
         (("redis_url:", "queue: {max_attempts: 0}\nredis_url:"), {"VLLM_KEY": "k"}, "$.queue.max_attempts"),
+        # A deadline Redis cannot hold as an expiry; aiohttp's 0, which means no timeout at all.
+        (("redis_url:", "server: {request_timeout_s: 1e12}\nredis_url:"), {"VLLM_KEY": "k"},
+         "$.server.request_timeout_s"),
+        (("base_url", "connect_timeout_s: 0, base_url"), {"VLLM_KEY": "k"}, "connect_timeout_s"),
+        (("base_url", "timeout_s: 0, base_url"), {"VLLM_KEY": "k"}, "timeout_s"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, edit: tuple[str, str], env: dict[str, str],

@@ -150,6 +150,18 @@ async def test_huge_limits_admit_tiny_requests(limiter: Limiter, limit: int) -> 
         await limiter.release(admitted)
 
 
+async def test_an_absurd_usage_report_caps_the_debt_instead_of_breaking_the_finish(limiter: Limiter) -> None:
+    # An upstream may report any int64 of usage. Against tpm 1 the debt came out as a PX beyond what Redis
+    # accepts, and the script error failed the worker's whole end-of-job pipeline (the client got nothing).
+    tenant = Tenant(keys=[], tpm=1)
+    await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=0, actual=10**17)
+    assert await remaining_tokens(limiter, tenant) == 0
+    assert 0 < await limiter.redis.pttl(limiter.keys.rate_tokens("t")) <= 366 * 86_400_000
+    with pytest.raises(TokensRateLimited) as info:
+        await limiter.admit("t", tenant, 1, "after", time.time() + 60)
+    assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
+
+
 async def test_the_smallest_limits_work_too(limiter: Limiter) -> None:
     tenant = Tenant(keys=[], rpm=1, tpm=1, max_concurrent=1)
     first = await limiter.admit("t", tenant, 1, "one", time.time() + 60)

@@ -24,12 +24,12 @@ local lane, nl = ARGV[2], tonumber(ARGV[10])
 if redis.call('EXISTS', KEYS[6]) == 1 then
   local m = ARGV[12 + 2 * nl]
   local cool = tonumber(redis.call('HGET', KEYS[6], m .. ':cool') or '0')
-  if cool > now then return {'open', tostring(cool - now), 'cool'} end
+  if cool > now then return {'open', string.format('%.0f', cool - now), 'cool'} end
   local open_until = tonumber(redis.call('HGET', KEYS[6], m) or '0')
-  if open_until > now then return {'open', tostring(open_until - now)} end
+  if open_until > now then return {'open', string.format('%.0f', open_until - now)} end
   if open_until > 0 then
     local probe = tonumber(redis.call('HGET', KEYS[6], m .. ':probe') or '0')
-    if probe > now then return {'open', tostring(probe - now)} end
+    if probe > now then return {'open', string.format('%.0f', probe - now)} end
     redis.call('HSET', KEYS[6], m .. ':probe', now + tonumber(ARGV[13 + 2 * nl]))
   end
 end
@@ -74,8 +74,9 @@ if mine >= tonumber(ARGV[7]) then
   local budget = tonumber(ARGV[5]) * 0.7
   if service_ms > 0 then budget = tonumber(ARGV[5]) * 0.9 - service_ms end
   if wait_ms > budget then
-    return {'full', tostring(math.ceil(wait_ms - budget)), tostring(ahead - 1), tostring(drain),
-            tostring(service_ms)}
+    -- '%.0f', not tostring: past 1e14 Lua writes '1e+14', which the caller's int() refuses.
+    return {'full', string.format('%.0f', math.ceil(wait_ms - budget)), string.format('%.0f', ahead - 1),
+            tostring(drain), tostring(service_ms)}
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
