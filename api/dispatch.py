@@ -162,7 +162,7 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
         try:
             return job, await enqueue(state.scripts, state.keys, state.config, job)
         except RedisError as exc:
-            log.warning("queue unavailable, answering 503: %r", exc)
+            log.warning("queue unavailable, answering 503: %s: %s", type(exc).__name__, exc)
             raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
                                                retry_after_s=1)) from None
         except BrokerError as refused:

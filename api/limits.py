@@ -37,7 +37,7 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
                                               estimate_request_tokens(job.payload), job.id, job.deadline,
                                               key=principal.key_name)
     except RedisError as exc:
-        log.warning("rate limiter unavailable, answering 503: %r", exc)
+        log.warning("rate limiter unavailable, answering 503: %s: %s", type(exc).__name__, exc)
         raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
     job.estimated_tokens = admission.tokens
     try:

@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.auth import Authenticator
 from broker import redaction
 from broker.config import Config
+from broker.connection import connect
 from broker.jobs import Job
 from broker.keys import Keys
 from broker.ratelimit import Limiter
@@ -34,9 +34,7 @@ class BrokerState:
         self.started = int(time.time())
         self.auth = Authenticator(config)
         self.router = Router(config)
-        self.redis = Redis(
-            connection_pool=BlockingConnectionPool.from_url(config.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5)
-        )
+        self.redis = connect(config.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5)
         self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance), self.keys.result,
                                    max_buffered_bytes=config.server.stream_buffer_bytes)
         self.limiter = Limiter(self.redis, self.keys)

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterator
 
 from broker import config as config_module
+from broker.connection import connect
 from broker.config import Config, hash_key
 
 
@@ -39,7 +40,6 @@ def run(config: Config, args: argparse.Namespace, sock: socket.socket) -> int:
 
 async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, redis_note: str) -> int:
     import uvicorn
-    from redis.asyncio import Redis
 
     from api.app import create_app
     from api.http_protocol import OpenAIErrorsHTTPProtocol
@@ -64,7 +64,7 @@ async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, 
             return exc.code if isinstance(exc.code, int) else 1
         return 0
 
-    redis = Redis.from_url(config.redis_url)
+    redis = connect(config.redis_url)
     workers = [Worker(config, name, redis) for name in config.providers]
     tasks = [asyncio.create_task(w.run()) for w in workers]
     server = Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on",

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import signal
 
-from redis.asyncio import Redis
 
+from broker.connection import connect
 from broker.config import Config
 from workers.loop import Worker
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 async def serve(config: Config, provider: str, *, concurrency: int | None = None, burst: bool = False) -> int:
-    redis = Redis.from_url(config.redis_url)
+    redis = connect(config.redis_url)
     worker = Worker(config, provider, redis, concurrency=concurrency, burst=burst)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
