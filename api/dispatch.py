@@ -27,9 +27,9 @@ from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker import failover, strategies
 from broker.capabilities import Request as Payload
-from broker.config import Deployment
+from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
-from broker.jobs import Chunk, Failed, Final, Job, Target
+from broker.jobs import HEDGE_P95, Chunk, Failed, Final, Job, Target
 from broker.replies import ReplyGap
 from broker.keys import LANES
 from broker.streams import enqueue
@@ -109,9 +109,8 @@ def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
     return msgspec.structs.replace(payload, extra_body=rest or msgspec.UNSET), names
 
 
-async def _strategy_stats(state: BrokerState, principal: Principal, model: str, streams: bool) -> Stats:
+async def _strategy_stats(state: BrokerState, group: ModelGroup, streams: bool) -> Stats:
     """What the model group's strategy compares, read from Redis only for strategies that need it."""
-    group = state.router.group(principal.tenant, model)
     if group.strategy not in strategies.READS_REDIS:
         return {}
     try:
@@ -123,7 +122,8 @@ async def _strategy_stats(state: BrokerState, principal: Principal, model: str, 
 async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
     payload, also = _client_fallbacks(payload)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
-    stats = await _strategy_stats(state, principal, payload.model, streams)
+    group = state.router.group(principal.tenant, payload.model)
+    stats = await _strategy_stats(state, group, streams)
     deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, also=also,
                                                      stats=stats)
 
@@ -146,6 +146,7 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         embedding=payload if isinstance(payload, EmbeddingRequest) else None,
         fallbacks=[Target(d.provider, d.model, context_of(d)) for d in fallbacks],
         max_context=context_of(deployment),
+        hedge_after_ms=HEDGE_P95 if group.hedge_after_ms == "p95" else group.hedge_after_ms or 0,
     )
 
 

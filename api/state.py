@@ -18,7 +18,7 @@ from broker.keys import Keys
 from broker.ratelimit import Limiter
 from broker.replies import ReplyRouter
 from broker.routing import Router
-from broker.streams import QueueScripts
+from broker.streams import QueueScripts, cancel
 
 # Enough for bursts of concurrent XADDs; requests wait for a connection rather
 # than opening thousands (waiting requests hold no connection at all).
@@ -64,17 +64,11 @@ class BrokerState:
     def cancel_job(self, job: Job) -> None:
         """The client left: drop its job if still queued, abort it if running (never blocks the caller).
 
-        On every provider it may be at by now: a failover moves it down its candidates.
+        On every provider it may be at by now: a failover moves it down its candidates, a hedge
+        races it on one of them.
         """
-        async def cancel() -> None:
-            ttl_ms = max(int((job.deadline - time.time()) * 1000), 1)
-            pipe = self.redis.pipeline(transaction=False)
-            for provider in dict.fromkeys([job.provider, *(target.provider for target in job.fallbacks)]):
-                pipe.set(self.keys.cancelled(provider, job.id), 1, px=ttl_ms)  # pull.lua skips it
-                pipe.publish(self.keys.cancel_channel(provider), job.id)  # the running worker aborts it
-            await pipe.execute()
-
-        self.spawn(cancel())
+        providers = [job.provider, *(target.provider for target in job.fallbacks)]
+        self.spawn(cancel(self.redis, self.keys, providers, job))
 
     async def aclose(self) -> None:
         if self.background:  # releases and cancellations still on their way to Redis

@@ -28,6 +28,7 @@ class LoadStats(msgspec.Struct, kw_only=True):
     throughput_rps: float
     latency_p50_ms: float
     latency_p99_ms: float
+    latency_p999_ms: float = 0.0
     ttft_p50_ms: float | None = None  # streams only: time to the first `data:` event
     ttft_p99_ms: float | None = None
     chunks_per_stream: float | None = None  # mean `data:` events before [DONE]
@@ -282,6 +283,7 @@ async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int,
         requests=len(results), errors=len(errors), elapsed_s=elapsed,
         throughput_rps=len(results) / elapsed if elapsed else 0.0,
         latency_p50_ms=_percentile(latencies, 0.50), latency_p99_ms=_percentile(latencies, 0.99),
+        latency_p999_ms=_percentile(latencies, 0.999),
         client_cpu_s=time.process_time() - cpu0, error_samples=errors[:5])
     if stream:
         ttfts = [r.ttft_s * 1000 for r in results if r.ttft_s is not None]

@@ -72,6 +72,10 @@ class ModelGroup(Strict, kw_only=True):
     strategy: Literal["priority", "weighted", "cost", "latency", "least-busy"] = "priority"
     deployments: list[Deployment]
     fallbacks: list[str] = []
+    # Hedged requests (workers/hedging.py): no first token this long after a worker started the job
+    # (a number of ms, or "p95" of the deployment's measured latency) → a second attempt starts on the
+    # next candidate of another provider; the first to answer wins. Off unless set.
+    hedge_after_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | Literal["p95"] | None = None
 
 
 class ApiKey(Limits, kw_only=True):
@@ -306,6 +310,11 @@ def _check_references(config: Config, source: str) -> None:
             if fallback not in config.models or fallback == name:
                 raise ConfigError(f"{source}: fallbacks name other configured models; {fallback!r} is not one"
                                   f" - at `$.models.{name}.fallbacks[{i}]`")
+        if group.hedge_after_ms is not None:
+            reach = [d for g in (group, *(config.group(f) for f in group.fallbacks)) if g for d in g.deployments]
+            if len({d.provider for d in reach}) < 2:
+                raise ConfigError(f"{source}: a hedge runs on a deployment of another provider, and this model "
+                                  f"(with its fallbacks) has only {reach[0].provider!r} - at `$.models.{name}.hedge_after_ms`")
     for name, tenant in config.tenants.items():
         seen: set[str] = set()
         for i, key in enumerate(tenant.api_keys()):

@@ -80,11 +80,12 @@ def advance(job: Job, err: BrokerError) -> Job | None:
 def retry_wait(job: Job, err: BrokerError, retries_done: int, max_retries: int) -> float | None:
     """Seconds to wait before calling the same deployment again, or None: move on (or fail) instead.
 
-    Only when no other deployment is left: moving on is the quicker answer. Exponential backoff with
+    Only when no other deployment is left (moving on is the quicker answer), and never for a hedge
+    (workers/hedging.py: the attempt it races is still running). Exponential backoff with
     full jitter (no synchronised retry waves), never shorter than the upstream's Retry-After, never
     longer than MAX_RETRY_WAIT_S, and never a wait that would run into the request's deadline.
     """
-    if job.fallbacks or retries_done >= max_retries or not (isinstance(err, UpstreamError) and err.retryable):
+    if job.fallbacks or job.racing_with or retries_done >= max_retries or not (isinstance(err, UpstreamError) and err.retryable):
         return None
     wait = random.uniform(0, RETRY_BASE_S * 2 ** retries_done)
     if err.retry_after_s is not None:

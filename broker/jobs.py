@@ -66,6 +66,13 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     fallbacks: list[Target] = []
     failures: list[Attempt] = []
     max_context: int = 0  # the current deployment's context window, if configured (0: unknown)
+    # Hedged requests (workers/hedging.py): start a second attempt after this long without a first
+    # token (ms; HEDGE_P95: the deployment's measured p95; 0: never)...
+    hedge_after_ms: int = 0
+    # ...which is this job's copy if `racing_with` names the provider of the attempt it races...
+    racing_with: str = ""
+    # ...and the calls raced beside this one (counted in `calls`, not in `failures`).
+    hedges: int = 0
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:
@@ -80,11 +87,14 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     @property
     def calls(self) -> int:
         """Upstream calls made for it, this one included."""
-        return sum(not failure.skipped for failure in self.failures) + 1
+        return sum(not failure.skipped for failure in self.failures) + 1 + self.hedges
 
     @property
     def streams(self) -> bool:
         return self.embedding is None and self.payload.stream  # type: ignore[union-attr]
+
+
+HEDGE_P95 = -1  # Job.hedge_after_ms: hedge after the deployment's measured 95th percentile
 
 
 class Chunk(msgspec.Struct, tag="chunk", array_like=True):

@@ -19,6 +19,7 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
 | {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s |
+| {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
 | {ns}:replies:{api_instance}           | channel | API subscribes          | pub/sub: holds nothing |
 | {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
 | {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
@@ -84,6 +85,10 @@ class Keys:
 
     def result(self, job_id: str) -> str:
         return f"{self.ns}:result:{job_id}"
+
+    def race(self, job_id: str) -> str:
+        """A hedged job's race between its attempts (workers/hedging.py)."""
+        return f"{self.ns}:race:{job_id}"
 
     def replies(self, instance: str) -> str:
         return f"{self.ns}:replies:{instance}"

@@ -43,10 +43,12 @@ class QueueScripts:
         self.reclaim: AsyncScript = redis.register_script(lua_script("reclaim"))
         self.reconcile: AsyncScript = redis.register_script(RECONCILE)
         self.circuit: AsyncScript = redis.register_script(lua_script("circuit"))
+        self.race: AsyncScript = redis.register_script(lua_script("race"))
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
-        for script in (self.enqueue, self.pull, self.finish, self.reclaim, self.reconcile, self.circuit):
+        for script in (self.enqueue, self.pull, self.finish, self.reclaim, self.reconcile, self.circuit,
+                       self.race):
             await script.registered_client.script_load(script.script)
 
 
@@ -132,7 +134,7 @@ async def reclaim(scripts: QueueScripts, redis: Redis, keys: Keys, queue: QueueS
     streams: list[str] = []
     for lane in LANES:
         tenants = await redis.zrange(keys.active(provider, lane), 0, -1)
-        streams += [keys.queue(provider, lane, t.decode()) for t in tenants]
+        streams += [keys.queue(provider, lane, t.decode()) for t in tenants if isinstance(t, bytes)]
     claimed: list[Pulled] = []
     for stream in streams:
         rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count,
@@ -170,6 +172,16 @@ async def cancelled(redis: Redis, keys: Keys, provider: str, job_ids: list[str])
     for job_id in job_ids:
         pipe.exists(keys.cancelled(provider, job_id))
     return [job_id for job_id, marked in zip(job_ids, await pipe.execute()) if marked]
+
+
+async def cancel(redis: Redis, keys: Keys, providers: list[str], job: Job) -> None:
+    """Drop the job if still queued on any of `providers`, abort it where it runs."""
+    ttl_ms = max(int((job.deadline - time.time()) * 1000), 1)
+    pipe = redis.pipeline(transaction=False)
+    for provider in dict.fromkeys(providers):
+        pipe.set(keys.cancelled(provider, job.id), 1, px=ttl_ms)  # pull.lua skips it
+        pipe.publish(keys.cancel_channel(provider), job.id)  # the running worker aborts it
+    await pipe.execute()
 
 
 async def leave(redis: Redis, keys: Keys, provider: str, consumer: str) -> None:

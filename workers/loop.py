@@ -34,9 +34,10 @@ from broker.jobs import Job, job_decoder
 from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
 from broker.ratelimit import Limiter
-from broker.streams import Pulled, QueueScripts, cancelled, heartbeat, leave, pull, reclaim
+from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
 from broker import circuit, redaction
 from workers import attempts
+from workers.hedging import Hedging
 from workers.providers import Provider, build_provider
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Worker:
         self.scripts = QueueScripts(redis)
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants)
+        self.hedging = Hedging(redis, self.scripts, self.keys, config)
         self.jobs_done = 0
         self._in_flight: dict[str, tuple[asyncio.Task[None], Pulled]] = {}
         self._cancelled: set[str] = set()
@@ -173,12 +175,17 @@ class Worker:
         started = time.monotonic()
         emitted = False  # once a chunk is on its way to the client, the job can no longer fail over
         first_token = 0.0
+        # Jobs of hedged groups may race a second attempt (workers/hedging.py); others never do.
+        racer = self.hedging.racer(job, lambda event: self.outbox.chunk(job, event), lambda: self._cancel(job.id))
 
         def emit(event: bytes) -> None:
             nonlocal emitted, first_token
             if not emitted:
                 emitted, first_token = True, time.monotonic()
-            self.outbox.chunk(job, event)
+            if racer is None:
+                self.outbox.chunk(job, event)
+            else:
+                racer.emit(event)
 
         try:
             if time.time() >= job.deadline:
@@ -187,15 +194,23 @@ class Worker:
             if attempt > self.queue.max_attempts:
                 raise BrokerError(f"the job failed on every attempt ({self.queue.max_attempts}): the workers "
                                   "running it stopped responding", code="attempts_exhausted")
+            if racer is not None and not await racer.start():
+                return await self._bow_out(job, item)
             body, usage = await attempts.call(self.provider, job, emit, emitted=lambda: emitted,
                                               max_retries=self.max_retries,
                                               on_failure=lambda err: self._count_failure(job, err),
                                               gate=self.call_gate)
+            if racer is not None and not await racer.wins():
+                return await self._bow_out(job, item)
         except asyncio.CancelledError:
             if job.id not in self._cancelled:
                 raise  # shutdown: leave the entry pending, another worker reclaims it
+            if racer is not None and not await racer.quit():
+                return await self._bow_out(job, item)  # cancelled by the attempt that won the race
             error = CLIENT_GONE  # the upstream call is aborted; its tokens are not spent
         except BrokerError as exc:
+            if racer is not None and not await racer.quit():
+                return await self._bow_out(job, item)  # the attempt still racing answers
             failed = exc if emitted else await attempts.fail_over(self.scripts, self.keys, self.config, job,
                                                                    item, exc)
             if failed is None:
@@ -205,12 +220,25 @@ class Worker:
             log.exception("job %s failed in provider %s", job.id, self.provider_name)
             error = ErrorInfo(kind="BrokerError", message="internal error in the worker", status=500,
                               type="server_error")
+        finally:
+            if racer is not None:
+                racer.close()
         if error is not None and error.code == "attempts_exhausted":
             await self._dead_letter(item, error)
         service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
         ttft_ms = max(1, int((first_token - started) * 1000)) if first_token else 0
+        if racer is not None and error is None:
+            self.hedging.observe(job, (ttft_ms or service_ms) / 1000)
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
                            timed=(job.provider, job.upstream_model) in self.call_gate.timed)
+
+    async def _bow_out(self, job: Job, item: Pulled) -> None:
+        """Another attempt of this hedged job answers it: acknowledge ours without a reply."""
+        self.outbox.forget(job.id)
+        try:
+            await hand_off(self.scripts, self.keys, job, item.entry_id, item.stream)
+        except RedisError as exc:  # left pending: its re-delivery finds the race lost and bows out then
+            log.warning("job %s: could not acknowledge the losing attempt: %s", job.id, exc)
 
     async def _count_failure(self, job: Job, err: BrokerError) -> None:
         """Against the deployment's circuit, shared by every process (broker/circuit.py)."""

@@ -17,9 +17,11 @@ failure mode is one request away:
     hang-stream                           one chunk, then a 30 s stall, then the rest
     flaky-429                             a 429 (retry-after: 1) the first time it sees a prompt, then answers
     chaos-<pct>                           fails pct% of calls at random, half 429 and half 500 (bench/failover.py)
+    tail-<pct>-<ms>                       pct% of calls, at random, wait ms before answering (bench/hedging.py)
     small-context                         a 16-token window: longer prompts get OpenAI's context_length_exceeded
 
-GET /v1/fake/stats counts the chat calls it has had (the benchmarks' upstream calls per request).
+GET /v1/fake/stats counts the chat calls it has had (the benchmarks' upstream calls per request), and
+how many of them the caller abandoned while they waited to answer (`abandoned`: hedging's losers).
 
 A suffix after "@" is ignored ("fail-503@b" fails as "fail-503"): tests give each scenario its own
 upstream model id, so the broker's per-deployment circuits of one scenario do not touch another's.
@@ -238,6 +240,13 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
     requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
     seen_prompts: set[str] = set()  # flaky-429: refused once each
     calls = [0]
+    abandoned = [0]  # calls whose client left while they waited to answer
+
+    async def wait_unless_abandoned(request: Request, delay_s: float) -> bool:
+        if await _sleep_unless_disconnected(request.receive, delay_s):
+            return True
+        abandoned[0] += 1
+        return False
 
     async def chat_completions(request: Request) -> Response:
         raw = await request.body()
@@ -277,10 +286,14 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         except Invalid as e:
             return error_response(400, e.message, "invalid_request_error", param=e.param, code=e.code)
         if req.model == "slow" or (req.model == "hang-stream" and not req.stream):
-            if not await _sleep_unless_disconnected(request.receive, STALL_S):
+            if not await wait_unless_abandoned(request, STALL_S):
                 return Response(status_code=499)
-        if req.model == "hold" and not await _sleep_unless_disconnected(request.receive, HOLD_S):
+        if req.model == "hold" and not await wait_unless_abandoned(request, HOLD_S):
             return Response(status_code=499)
+        if req.model.startswith("tail-"):
+            pct, _, ms = req.model[5:].partition("-")
+            if random.random() * 100 < float(pct) and not await wait_unless_abandoned(request, float(ms) / 1000):
+                return Response(status_code=499)
         plan = _plan(req, chunks)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -320,7 +333,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
     app = Starlette(routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/fake/stats", lambda _: Response(_encoder.encode({"chat_calls": calls[0]}),
+        Route("/v1/fake/stats", lambda _: Response(_encoder.encode({"chat_calls": calls[0], "abandoned": abandoned[0]}),
                                                    media_type="application/json"), methods=["GET"]),
         *legacy_routes(record, guard, chunks, EventStream),
         # Azure OpenAI: deployment in the path, api-version required, key in `api-key`.
