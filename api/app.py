@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dispatch
-from api.routes import chat, completions, embeddings, models
+from api.routes import chat, completions, embeddings, models, usage
 from api.state import BrokerState
 from broker import config as config_module
 from broker.config import Config
@@ -76,6 +76,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(models.router)
+    app.include_router(usage.router)
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -237,7 +237,10 @@ def _served(reply: Chunk | Final) -> dict[str, str]:
     """Which deployment answered, after how many upstream calls (failover: broker/failover.py)."""
     if not reply.served_by:
         return {}
-    return {"x-llm-broker-deployment": reply.served_by, "x-llm-broker-attempts": str(reply.calls)}
+    served = {"x-llm-broker-deployment": reply.served_by, "x-llm-broker-attempts": str(reply.calls)}
+    if isinstance(reply, Final) and reply.usage is not None and isinstance(reply.usage.cost, float):
+        served["x-llm-broker-cost-usd"] = f"{reply.usage.cost:.9f}".rstrip("0").rstrip(".")  # what usage.cost says
+    return served
 
 
 def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[Response]]:

@@ -8,6 +8,7 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker worker   a worker process for one provider
     llm-broker hash-key turn an API key into the sha256 form config expects
     llm-broker check-config  validate a config file and exit
+    llm-broker usage    a tenant's usage and spend from the ledger
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 from collections.abc import Sized
 
 from broker import config as config_module
+from broker import usage_cli
+from broker.pricing import PriceBook
 from broker.config import ConfigError
 
 REQUIRED_CONFIG_HELP = "YAML config file; required unless $LLM_BROKER_CONFIG names one"
@@ -83,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "Decode and check a config file as `api` and `worker` would; exit 0 if valid, "
                     "else 2 with the file and field at fault.")
     check.add_argument("--config", help=REQUIRED_CONFIG_HELP)
+
+    usage = command("usage", "print a tenant's usage and spend",
+                    "Read the usage ledger in Redis: requests, tokens and cost per UTC day, model, key or "
+                    "deployment (the figures GET /v1/usage gives the tenant's own keys).")
+    usage.add_argument("--config", help=REQUIRED_CONFIG_HELP)
+    usage_cli.add_arguments(usage)
     return parser
 
 
@@ -108,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"config OK: {_count(config.providers, 'provider')}, {_count(config.models, 'model')}, "
               f"{_count(config.tenants, 'tenant')}")
+        for deployment in PriceBook(config).unpriced():
+            print(f"warning: {deployment} has no known price: its cost is reported as unpriced, not as 0 "
+                  "(set input_per_mtok and output_per_mtok on it)", file=sys.stderr)
         return 0
+    if args.command == "usage":
+        return usage_cli.run(config, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "worker":
         return _run_worker(config, args)

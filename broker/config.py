@@ -53,8 +53,11 @@ class Deployment(Limits, kw_only=True):
 
     provider: str
     model: str
-    input_per_mtok: float = 0.0
-    output_per_mtok: float = 0.0
+    # USD per million tokens; unset: the shipped table's price, or 0 if self-hosted (broker/pricing.py).
+    # Cached input defaults to the input price.
+    input_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
+    output_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
+    cached_input_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
     # Corrections to what the provider (or its profile) can do, e.g. {tools: false} for a small model.
     capabilities: CapabilityOverrides = msgspec.field(default_factory=CapabilityOverrides)
     # Share of the requests under the `weighted` strategy.
@@ -161,6 +164,13 @@ class QueueSettings(Strict):
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
+class UsageSettings(Strict):
+    # Days each day's usage aggregates stay in Redis (broker/ledger.py) after that day ends.
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 90
+    # Per-request usage records kept for export (a Redis stream, trimmed to about this many).
+    log_maxlen: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] = 100_000
+
+
 class Config(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key this deployment owns (see broker/keys.py).
@@ -168,6 +178,7 @@ class Config(Strict):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     circuit: CircuitSettings = msgspec.field(default_factory=CircuitSettings)
+    usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
     providers: dict[str, ProviderConfig] = {}
     # The list form is a `priority` group (ModelGroup) of those deployments.
     models: dict[str, list[Deployment] | ModelGroup] = {}

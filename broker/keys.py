@@ -19,6 +19,8 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
 | {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s |
+| {ns}:usage:{tenant}:{day}            | hash    | finish.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
+| {ns}:usage:log                        | stream  | finish.lua (ledger.py)  | MAXLEN ~ usage.log_maxlen |
 | {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
 | {ns}:replies:{api_instance}           | channel | API subscribes          | pub/sub: holds nothing |
 | {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
@@ -85,6 +87,13 @@ class Keys:
 
     def result(self, job_id: str) -> str:
         return f"{self.ns}:result:{job_id}"
+
+    def usage(self, tenant: str, day: str) -> str:
+        """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/ledger.py."""
+        return f"{self.ns}:usage:{tenant}:{day}"
+
+    def usage_log(self) -> str:
+        return f"{self.ns}:usage:log"
 
     def race(self, job_id: str) -> str:
         """A hedged job's race between its attempts (workers/hedging.py)."""

@@ -38,6 +38,8 @@ from broker.wire import Usage
 
 log = logging.getLogger(__name__)
 
+Ledger = tuple[list[str], list[Any]]
+
 
 @dataclass(slots=True)
 class _Chunks:
@@ -56,6 +58,7 @@ class _End:
     service_ms: int
     ttft_ms: int
     timed: bool
+    ledger: Ledger | None
     done: asyncio.Future[None]
     seq: int = -1  # assigned at flush
 
@@ -106,15 +109,17 @@ class Outbox:
         service_ms: int = 0,
         ttft_ms: int = 0,
         timed: bool = False,
+        ledger: Ledger | None = None,
     ) -> None:
         """Send the job's terminal reply, store its result, ack and delete its entry; wait till done.
 
         `service_ms`: how long the job ran, for the provider's average (0: not a measure of the work);
-        `ttft_ms` its time to first token; `timed`: keep the deployment's own averages (latency routing).
+        `ttft_ms` its time to first token; `timed`: keep the deployment's own averages (latency routing);
+        `ledger`: the usage ledger's keys and arguments for finish.lua (broker/ledger.py `finish_args`).
         """
         self._open.pop(job.id, None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ops.append(_End(job, entry_id, stream, body, usage, error, service_ms, ttft_ms, timed, done))
+        self._ops.append(_End(job, entry_id, stream, body, usage, error, service_ms, ttft_ms, timed, ledger, done))
         self._wake.set()
         await done
 
@@ -175,6 +180,9 @@ class Outbox:
             args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
                                self.result_ttl_s, op.service_ms, job.upstream_model, op.ttft_ms,
                                "1" if op.timed else "0"]
+            if op.ledger is not None:
+                keys += op.ledger[0]
+                args += op.ledger[1]
             scripted.append(evalsha_into(pipe, self.scripts.finish, keys, args))
         results = await pipe.execute(raise_on_error=False)
         # Redis restarted and lost its scripts: only those commands failed (the chunks between them

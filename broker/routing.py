@@ -19,6 +19,7 @@ from broker import strategies
 from broker.strategies import Stats
 from broker.config import Config, Deployment, ModelGroup, Tenant
 from broker.errors import InvalidRequest, ModelNotFound
+from broker.pricing import PriceBook
 
 _WHAT = {
     "chat": "chat completions",
@@ -35,6 +36,7 @@ class Router:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._provider_caps = {name: p.capabilities() for name, p in config.providers.items()}
+        self.prices = PriceBook(config)
 
     def capabilities(self, deployment: Deployment) -> Capabilities:
         return deployment.capabilities.apply(self._provider_caps[deployment.provider])
@@ -72,7 +74,7 @@ class Router:
         lacking: str | None = None
         too_long: int | None = None
         capable: list[Deployment] = []
-        for deployment in (d for group in groups for d in strategies.order(group, req, stats or {})):
+        for deployment in (d for group in groups for d in strategies.order(group, req, stats or {}, self.prices)):
             caps = self.capabilities(deployment)
             missing = [c for c in required if not getattr(caps, c)]
             if missing:

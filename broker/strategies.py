@@ -3,7 +3,8 @@ are its failover order (broker/failover.py).
 
 - `priority`: as listed.
 - `weighted`: by `weight`, at random (deployment i first with probability weight_i / sum).
-- `cost`: cheapest first for this request's estimated tokens, from the deployments' prices.
+- `cost`: cheapest first for this request's estimated tokens, at the deployments' prices
+  (broker/pricing.py; unpriced ones last).
 - `latency`: lowest moving average of time to first token (streams) or total time (the rest),
   as the workers measure it (finish.lua keeps both per deployment in the provider's drain hash).
 - `least-busy`: fewest calls in flight across all workers (workers keep the calls running on a
@@ -17,6 +18,7 @@ Keys read (broker/keys.py): `drain` (fields ttft:<model>, total:<model>), `busy`
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -24,6 +26,7 @@ from redis.asyncio import Redis
 
 from broker.capabilities import Request, estimate_tokens
 from broker.config import Deployment, ModelGroup
+from broker.pricing import PriceBook
 from broker.keys import Keys
 from broker.wire import ChatRequest, CompletionRequest
 
@@ -34,7 +37,7 @@ READS_REDIS = frozenset({"latency", "least-busy"})
 DEFAULT_OUTPUT_TOKENS = 512
 
 
-def order(group: ModelGroup, req: Request, stats: Stats) -> list[Deployment]:
+def order(group: ModelGroup, req: Request, stats: Stats, prices: PriceBook) -> list[Deployment]:
     deployments = group.deployments
     if len(deployments) < 2:
         return deployments
@@ -46,7 +49,10 @@ def order(group: ModelGroup, req: Request, stats: Stats) -> list[Deployment]:
             prompt = estimate_tokens(req)
             limit = req.output_limit() if isinstance(req, ChatRequest | CompletionRequest) else 0
             output = DEFAULT_OUTPUT_TOKENS if limit is None else limit
-            return sorted(deployments, key=lambda d: prompt * d.input_per_mtok + output * d.output_per_mtok)
+            def cost(d: Deployment) -> float:  # an unpriced deployment is never taken for the cheapest
+                price = prices.price(d.provider, d.model)
+                return math.inf if price is None else prompt * price.input + output * price.output
+            return sorted(deployments, key=cost)
         case "latency" | "least-busy":
             # Not yet measured counts as best: it gets tried, and so measured. Ties keep the listed order.
             return sorted(deployments, key=lambda d: stats.get((d.provider, d.model), 0.0))

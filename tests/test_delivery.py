@@ -69,6 +69,14 @@ def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_fa
         else:
             assert resp.json()["choices"][0]["message"]["content"] == expected, i
     assert len({r.json()["id"] for i, r in enumerate(responses) if i % 5}) == 80
+    # The ledger counts each job once: delivered twice (the first worker died mid-call), ended once.
+    end = time.monotonic() + 5
+    while (total := httpx.get(f"{base_url}/usage", headers=HEADERS).json()["total"])["requests"] < 100:
+        assert time.monotonic() < end, total
+        time.sleep(0.05)
+    time.sleep(0.3)  # a late double count would land now
+    total = httpx.get(f"{base_url}/usage", headers=HEADERS).json()["total"]
+    assert (total["requests"], total["errors"]) == (100, 0)
 
 
 def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(stack_factory: Any) -> None:

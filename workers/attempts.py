@@ -25,7 +25,7 @@ from broker.keys import Keys
 from broker.ratelimit import Limiter, estimate_request_tokens
 from broker.streams import Pulled, QueueScripts, enqueue, hand_off
 from workers import handlers
-from workers.handlers import Emit, Outcome
+from workers.handlers import Emit, Meter, Outcome
 from broker.wire import Usage
 from workers.providers import Provider
 
@@ -103,17 +103,17 @@ class CallGate:
                 await self.limiter.end_call(deployment, admission, actual)
 
 
-async def call(provider: Provider, job: Job, emit: Emit, *, emitted: Callable[[], bool], max_retries: int,
-               on_failure: Callable[[BrokerError], Awaitable[None]], gate: CallGate) -> Outcome:
+async def call(provider: Provider, job: Job, emit: Emit, meter: Meter, *, emitted: Callable[[], bool],
+               max_retries: int, on_failure: Callable[[BrokerError], Awaitable[None]], gate: CallGate) -> Outcome:
     """Serve the job here, retrying as failover.retry_wait says while nothing has reached the client.
     Every failed call is told to `on_failure` (the deployment's circuit counts it)."""
     retries = 0
     while True:
         try:
             if not gate.applies(job):  # the plain path: no context managers to enter
-                return await handlers.serve(provider, job, emit)
+                return await handlers.serve(provider, job, emit, meter)
             async with gate.held(job, retries) as usage:
-                body, usage[0] = await handlers.serve(provider, job, emit)
+                body, usage[0] = await handlers.serve(provider, job, emit, meter)
                 return body, usage[0]
         except BrokerError as exc:
             await on_failure(exc)

@@ -4,6 +4,10 @@ Each handler returns the final JSON body (empty for streams) and the usage to
 account; streamed chunks go out through `emit` as they come. The worker, not
 the adapter, sets `id`, `model` (the public name) and `created`, so a client
 sees one consistent identity whatever the upstream sends.
+
+The job's Meter prices the reported usage (`usage.cost`, broker/pricing.py) and
+counts the output that went by, so a stream without usage, cut off or cancelled,
+can still be charged for what was sent.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import msgspec
 
 from broker.errors import InvalidRequest
 from broker.jobs import Job
+from broker.pricing import Price, usd
 from broker.wire import (
-    ChatChunk, ChatRequest, CompletionRequest, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
+    ChatChunk, ChatRequest, ChunkChoice, CompletionRequest, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
     TextCompletion, Usage, encode_embedding, json_encoder,
 )
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
@@ -25,33 +30,68 @@ Emit = Callable[[bytes], None]
 Outcome = tuple[bytes, Usage | None]
 
 
-async def serve(provider: Provider, job: Job, emit: Emit) -> Outcome:
+class Meter:
+    """One job's tally: its deployment's price, the usage the provider reported, the output seen."""
+
+    __slots__ = ("price", "usage", "output_chars", "responded")
+
+    def __init__(self, price: Price | None) -> None:
+        self.price = price
+        self.usage: Usage | None = None
+        self.output_chars = 0
+        self.responded = False  # the upstream began answering: the prompt was read (and is billed)
+
+    def stamp(self, usage: Usage) -> Usage:
+        """Record the provider's usage and put its cost on it (unpriced: none, never 0)."""
+        self.usage = usage
+        usage.cost = usd(self.price.cost_nanos(usage)) if self.price is not None else msgspec.UNSET
+        return usage
+
+    def saw(self, chunk: ChatChunk | TextCompletion) -> None:
+        self.responded = True
+        for choice in chunk.choices:
+            if isinstance(choice, ChunkChoice):
+                delta = choice.delta
+                if isinstance(delta.content, str):
+                    self.output_chars += len(delta.content)
+                for call in delta.tool_calls or ():
+                    if call.function and isinstance(call.function.arguments, str):
+                        self.output_chars += len(call.function.arguments)
+            else:
+                self.output_chars += len(choice.text)
+
+
+async def serve(provider: Provider, job: Job, emit: Emit, meter: Meter) -> Outcome:
     if job.request is not None:
         if job.request.stream:
-            return b"", await _chat_stream(provider, job, job.request, emit)
-        return await _chat(provider, job, job.request)
+            return b"", await _chat_stream(provider, job, job.request, emit, meter)
+        return await _chat(provider, job, job.request, meter)
     if job.completion is not None:
         if not isinstance(provider, TextCompletionProvider):
             raise InvalidRequest(f"provider {job.provider!r} has no legacy completions endpoint", param="model")
         if job.completion.stream:
-            return b"", await _text_stream(provider, job, job.completion, emit)
-        return await _text(provider, job, job.completion)
+            return b"", await _text_stream(provider, job, job.completion, emit, meter)
+        return await _text(provider, job, job.completion, meter)
     if job.embedding is not None:
         if not isinstance(provider, EmbeddingsProvider):
             raise InvalidRequest(f"provider {job.provider!r} has no embeddings endpoint", param="model")
-        return await _embeddings(provider, job, job.embedding)
+        return await _embeddings(provider, job, job.embedding, meter)
     raise InvalidRequest("the job carries no request")
 
 
-async def _chat(provider: Provider, job: Job, req: ChatRequest) -> Outcome:
+async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:
     result = await provider.complete(req, model=job.upstream_model, deadline=job.deadline)
     result = msgspec.structs.replace(result, id=f"chatcmpl-{job.id}", model=job.model, created=int(job.created))
+    if result.usage is not None:
+        meter.stamp(result.usage)
+    else:
+        meter.output_chars += sum(len(c.message.content or "") for c in result.choices)
     return json_encoder.encode(result), result.usage
 
 
-async def _chat_stream(provider: Provider, job: Job, req: ChatRequest, emit: Emit) -> Usage | None:
+async def _chat_stream(provider: Provider, job: Job, req: ChatRequest, emit: Emit, meter: Meter) -> Usage | None:
     chunks = provider.stream(req, model=job.upstream_model, deadline=job.deadline)
-    return await _relay(chunks, job, f"chatcmpl-{job.id}", req.wants_usage_chunk(), emit,
+    return await _relay(chunks, job, f"chatcmpl-{job.id}", req.wants_usage_chunk(), emit, meter,
                         lambda cid, usage: ChatChunk(cid, int(job.created), job.model, [], usage=usage))
 
 
@@ -59,7 +99,7 @@ C = TypeVar("C", ChatChunk, TextCompletion)
 
 
 async def _relay(chunks: AsyncIterator[C], job: Job, completion_id: str, wants_usage: bool, emit: Emit,
-                 usage_chunk: Callable[[str, Usage], C]) -> Usage | None:
+                 meter: Meter, usage_chunk: Callable[[str, Usage], C]) -> Usage | None:
     """Forward a stream's chunks under our identity; usage goes last, on its own, if asked for."""
     usage: Usage | None = None
     created = int(job.created)
@@ -70,31 +110,38 @@ async def _relay(chunks: AsyncIterator[C], job: Job, completion_id: str, wants_u
             usage = chunk.usage
         if not chunk.choices:
             continue
+        meter.saw(chunk)
         # OpenAI sends "usage": null on every chunk once include_usage is on.
         chunk.usage = None if wants_usage else msgspec.UNSET
         chunk.id, chunk.model, chunk.created = completion_id, job.model, created
         emit(json_encoder.encode(chunk))
-    if wants_usage and usage is not None:
-        emit(json_encoder.encode(usage_chunk(completion_id, usage)))
+    if usage is not None:
+        meter.stamp(usage)
+        if wants_usage:
+            emit(json_encoder.encode(usage_chunk(completion_id, usage)))
     return usage
 
 
-async def _text(provider: TextCompletionProvider, job: Job, req: CompletionRequest) -> Outcome:
+async def _text(provider: TextCompletionProvider, job: Job, req: CompletionRequest, meter: Meter) -> Outcome:
     result = await provider.complete_text(req, model=job.upstream_model, deadline=job.deadline)
     result = msgspec.structs.replace(result, id=f"cmpl-{job.id}", model=job.model, created=int(job.created))
-    usage = result.usage if isinstance(result.usage, Usage) else None
+    usage = meter.stamp(result.usage) if isinstance(result.usage, Usage) else None
+    if usage is None:
+        meter.saw(result)
     return json_encoder.encode(result), usage
 
 
-async def _text_stream(provider: TextCompletionProvider, job: Job, req: CompletionRequest, emit: Emit) -> Usage | None:
+async def _text_stream(provider: TextCompletionProvider, job: Job, req: CompletionRequest, emit: Emit,
+                       meter: Meter) -> Usage | None:
     chunks = provider.stream_text(req, model=job.upstream_model, deadline=job.deadline)
-    return await _relay(chunks, job, f"cmpl-{job.id}", req.wants_usage_chunk(), emit,
+    return await _relay(chunks, job, f"cmpl-{job.id}", req.wants_usage_chunk(), emit, meter,
                         lambda cid, usage: TextCompletion(cid, int(job.created), job.model, [], usage=usage))
 
 
-async def _embeddings(provider: EmbeddingsProvider, job: Job, req: EmbeddingRequest) -> Outcome:
+async def _embeddings(provider: EmbeddingsProvider, job: Job, req: EmbeddingRequest, meter: Meter) -> Outcome:
     result = await provider.embed(req, model=job.upstream_model, deadline=job.deadline)
     data = [Embedding(i, encode_embedding(v, req.encoding_format)) for i, v in enumerate(result.vectors)]
-    usage = EmbeddingUsage(result.prompt_tokens, result.prompt_tokens)
-    body = json_encoder.encode(EmbeddingResponse(data, job.model, usage))
-    return body, Usage(result.prompt_tokens, 0, result.prompt_tokens)
+    usage = meter.stamp(Usage(result.prompt_tokens, 0, result.prompt_tokens))
+    body = json_encoder.encode(EmbeddingResponse(data, job.model, EmbeddingUsage(
+        result.prompt_tokens, result.prompt_tokens, cost=usage.cost)))
+    return body, usage

@@ -35,8 +35,10 @@ from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
 from broker.ratelimit import Limiter
 from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
-from broker import circuit, redaction
+from broker import circuit, ledger, pricing, redaction
+from broker.capabilities import estimate_tokens
 from workers import attempts
+from workers.handlers import Meter
 from workers.hedging import Hedging
 from workers.providers import Provider, build_provider
 
@@ -75,6 +77,7 @@ class Worker:
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants)
         self.hedging = Hedging(redis, self.scripts, self.keys, config)
+        self.prices = pricing.PriceBook(config)
         self.jobs_done = 0
         self._in_flight: dict[str, tuple[asyncio.Task[None], Pulled]] = {}
         self._cancelled: set[str] = set()
@@ -177,6 +180,7 @@ class Worker:
         first_token = 0.0
         # Jobs of hedged groups may race a second attempt (workers/hedging.py); others never do.
         racer = self.hedging.racer(job, lambda event: self.outbox.chunk(job, event), lambda: self._cancel(job.id))
+        meter = Meter(self.prices.price(job.provider, job.upstream_model))
 
         def emit(event: bytes) -> None:
             nonlocal emitted, first_token
@@ -196,7 +200,7 @@ class Worker:
                                   "running it stopped responding", code="attempts_exhausted")
             if racer is not None and not await racer.start():
                 return await self._bow_out(job, item)
-            body, usage = await attempts.call(self.provider, job, emit, emitted=lambda: emitted,
+            body, usage = await attempts.call(self.provider, job, emit, meter, emitted=lambda: emitted,
                                               max_retries=self.max_retries,
                                               on_failure=lambda err: self._count_failure(job, err),
                                               gate=self.call_gate)
@@ -229,8 +233,12 @@ class Worker:
         ttft_ms = max(1, int((first_token - started) * 1000)) if first_token else 0
         if racer is not None and error is None:
             self.hedging.observe(job, (ttft_ms or service_ms) / 1000)
+        charge = pricing.charge(meter.price, meter.usage, prompt_estimate=estimate_tokens(job.payload),
+                                output_chars=meter.output_chars, answered=error is None or meter.responded)
+        outcome: ledger.Outcome = "ok" if error is None else "cancelled" if error is CLIENT_GONE else "error"
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
-                           timed=(job.provider, job.upstream_model) in self.call_gate.timed)
+                           timed=(job.provider, job.upstream_model) in self.call_gate.timed,
+                           ledger=ledger.finish_args(self.keys, self.config.usage, job, charge, outcome, time.time()))
 
     async def _bow_out(self, job: Job, item: Pulled) -> None:
         """Another attempt of this hedged job answers it: acknowledge ours without a reply."""

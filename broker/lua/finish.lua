@@ -7,13 +7,28 @@
 --       6 how long the job ran in ms (0: a failure or cancellation, not a measure of the work),
 --       7 the upstream model, 8 its time to first token in ms (0: not a stream), 9 '1' to keep the
 --       deployment's own averages too (its group routes by latency: broker/strategies.py)
+-- Ledger (broker/ledger.py), absent for a hand-off: KEYS 6 the tenant's usage hash of the day,
+--       7 the usage log stream; ARGV 10 field prefix, 11 the hash's expiry (unix s), 12 log maxlen,
+--       13 the log record, 14.. one count per ledger metric (ledger.METRICS order)
 -- An empty reply channel: the job was handed to another deployment (failover), which answers it.
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
 end
-redis.call('XACK', KEYS[1], 'workers', ARGV[1])
+local acked = redis.call('XACK', KEYS[1], 'workers', ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
+-- Counted by the one delivery that acknowledges the entry: a re-delivered job, or an end sent twice, once.
+if acked == 1 and ARGV[10] then
+  local metrics = {'requests', 'input_tokens', 'output_tokens', 'cached_tokens', 'cost_nanos', 'errors',
+                   'cancelled', 'estimated', 'unpriced'}
+  for i, metric in ipairs(metrics) do
+    if ARGV[13 + i] ~= '0' then redis.call('HINCRBY', KEYS[6], ARGV[10] .. metric, ARGV[13 + i]) end
+  end
+  redis.call('EXPIREAT', KEYS[6], ARGV[11])
+  if tonumber(ARGV[12]) > 0 then
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'r', ARGV[13])
+  end
+end
 if redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[1])

@@ -48,9 +48,10 @@ class Embedding(msgspec.Struct):
     object: str = "embedding"
 
 
-class EmbeddingUsage(msgspec.Struct):
+class EmbeddingUsage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: Int64
     total_tokens: Int64
+    cost: float | None | UnsetType = UNSET  # USD, set by the broker (broker/pricing.py)
 
 
 class EmbeddingResponse(msgspec.Struct):
