@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.compare import BROKER_KEY, drop_namespace, start, stop, wait_ready
+from bench.compare import BROKER_KEY, drop_namespace, stop
+from bench.stack import broker_over_fakes
 from bench.loadgen import LoadStats, run_load
 from broker.config import hash_key
 from broker.embedded_redis import free_port
@@ -46,7 +47,7 @@ def main() -> None:
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     flaky_port, healthy_port, api_port = free_port(), free_port(), free_port()
     flaky, healthy = f"http://127.0.0.1:{flaky_port}/v1", f"http://127.0.0.1:{healthy_port}/v1"
-    (tmp / "broker.yaml").write_text(
+    config = (
         f"redis_url: {redis_url}\nnamespace: {namespace}\n"
         f"providers:\n  flaky: {{kind: openai, base_url: '{flaky}', concurrency: 128}}\n"
         f"  healthy: {{kind: openai, base_url: '{healthy}', concurrency: 128}}\n"
@@ -54,20 +55,11 @@ def main() -> None:
         f"  failing: [{{provider: flaky, model: chaos-{opts.fail_pct:g}}}, {{provider: healthy, model: fake-model}}]\n"
         f"tenants:\n  bench: {{keys: ['{hash_key(BROKER_KEY)}']}}\n"
     )
-    procs = [start([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(port), "--chunks", "20"],
-                   tmp / f"upstream-{port}.log") for port in (flaky_port, healthy_port)]
+    procs: list[subprocess.Popen[bytes]] = []
     r = redis.Redis.from_url(redis_url)
     results: dict[tuple[str, str], tuple[LoadStats, float, float]] = {}
     try:
-        for proc, url in zip(procs, (flaky, healthy)):
-            wait_ready(f"{url}/models", proc, 30)
-        config = str(tmp / "broker.yaml")
-        procs += [start([sys.executable, "-m", "broker.cli", "worker", "--config", config, "--provider", p,
-                         "--log-level", "error"], tmp / f"worker-{p}.log") for p in ("flaky", "healthy")]
-        procs.append(start([sys.executable, "-m", "broker.cli", "api", "--config", config, "--host", "127.0.0.1",
-                            "--port", str(api_port), "--log-level", "warning"], tmp / "api.log"))
-        base_url = f"http://127.0.0.1:{api_port}/v1"
-        wait_ready(f"{base_url}/models", procs[-1], 60, {"authorization": f"Bearer {BROKER_KEY}"})
+        base_url = broker_over_fakes(tmp, config, {"flaky": flaky_port, "healthy": healthy_port}, api_port, procs)
         for model in ("alone", "failing"):
             for mode, stream in (("non-stream", False), ("stream", True)):
                 flaky_before, healthy_before = calls(flaky), calls(healthy)

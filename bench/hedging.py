@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.compare import BROKER_KEY, drop_namespace, start, stop, wait_ready
+from bench.compare import BROKER_KEY, drop_namespace, stop
+from bench.stack import broker_over_fakes
 from bench.loadgen import LoadStats, run_load
 from broker.config import hash_key
 from broker.embedded_redis import free_port
@@ -52,27 +53,18 @@ def main() -> None:
     deployments = f"[{{provider: tail, model: {slow_model}}}, {{provider: healthy, model: fake-model}}]"
     cases = {"unhedged": "", f"hedge-{opts.hedge_ms}ms": f"hedge_after_ms: {opts.hedge_ms}, ",
              "hedge-p95": "hedge_after_ms: p95, "}
-    (tmp / "broker.yaml").write_text(
+    config = (
         f"redis_url: {redis_url}\nnamespace: {namespace}\n"
         f"providers:\n  tail: {{kind: openai, base_url: '{tail}', concurrency: 128}}\n"
         f"  healthy: {{kind: openai, base_url: '{healthy}', concurrency: 128}}\n"
         "models:\n" + "".join(f"  {name}: {{{how}deployments: {deployments}}}\n" for name, how in cases.items())
         + f"tenants:\n  bench: {{keys: ['{hash_key(BROKER_KEY)}']}}\n"
     )
-    procs = [start([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(port), "--chunks", "20"],
-                   tmp / f"upstream-{port}.log") for port in (tail_port, healthy_port)]
+    procs: list[subprocess.Popen[bytes]] = []
     r = redis.Redis.from_url(redis_url)
     results: dict[tuple[str, str], tuple[LoadStats, float, float]] = {}
     try:
-        for proc, url in zip(procs, (tail, healthy)):
-            wait_ready(f"{url}/models", proc, 30)
-        config = str(tmp / "broker.yaml")
-        procs += [start([sys.executable, "-m", "broker.cli", "worker", "--config", config, "--provider", p,
-                         "--log-level", "error"], tmp / f"worker-{p}.log") for p in ("tail", "healthy")]
-        procs.append(start([sys.executable, "-m", "broker.cli", "api", "--config", config, "--host", "127.0.0.1",
-                            "--port", str(api_port), "--log-level", "warning"], tmp / "api.log"))
-        base_url = f"http://127.0.0.1:{api_port}/v1"
-        wait_ready(f"{base_url}/models", procs[-1], 60, {"authorization": f"Bearer {BROKER_KEY}"})
+        base_url = broker_over_fakes(tmp, config, {"tail": tail_port, "healthy": healthy_port}, api_port, procs)
         for model in cases:
             for mode, stream in (("non-stream", False), ("stream", True)):
                 before = [stats_of(tail), stats_of(healthy)]
@@ -95,10 +87,10 @@ def main() -> None:
           f"{opts.requests} requests per case and mode")
     for mode in ("non-stream", "stream"):
         for model in cases:
-            stats, per_request, abandoned = results[model, mode]
+            stats, per_request, aborted = results[model, mode]
             print(f"  {mode:<10} {model:<14} p50 {stats.latency_p50_ms:7.1f} ms  p99 {stats.latency_p99_ms:7.1f} ms  "
                   f"p99.9 {stats.latency_p999_ms:7.1f} ms  errors {stats.errors}  "
-                  f"extra upstream calls {100 * (per_request - 1):+.1f}% ({100 * abandoned:.1f}% aborted losers)")
+                  f"extra upstream calls {100 * (per_request - 1):+.1f}% ({100 * aborted:.1f}% aborted losers)")
 
 
 if __name__ == "__main__":
