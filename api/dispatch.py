@@ -25,7 +25,7 @@ from api import limits, sse
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import failover, strategies
+from broker import failover, rules, strategies
 from broker.capabilities import Request as Payload
 from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
@@ -123,9 +123,14 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
     payload, also = _client_fallbacks(payload)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
     group = state.router.group(principal.tenant, payload.model)
+    lane = _lane(request, principal)
+    via = rules.route(group, payload, lane, request.headers) if group.rules else None
+    if via is not None:
+        group = state.config.group(via) or group
+        request.state.llm_broker_route = via  # the endpoint names it in x-llm-broker-route
     stats = await _strategy_stats(state, group, streams)
     deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, also=also,
-                                                     stats=stats)
+                                                     stats=stats, via=via)
 
     def context_of(d: Deployment) -> int:
         return state.router.capabilities(d).max_context_tokens or 0
@@ -140,7 +145,7 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         reply_to=state.replies.channel,
         created=now,
         deadline=now + _timeout_s(state, request, streams=streams),
-        lane=_lane(request, principal),
+        lane=lane,
         request=payload if isinstance(payload, ChatRequest) else None,
         completion=payload if isinstance(payload, CompletionRequest) else None,
         embedding=payload if isinstance(payload, EmbeddingRequest) else None,
@@ -259,6 +264,9 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
             exc.headers.update(request_id)
             raise
         response.headers.update(request_id)
+        route = getattr(request.state, "llm_broker_route", None)
+        if route is not None:
+            response.headers["x-llm-broker-route"] = route
         return response
 
     return handle

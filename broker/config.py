@@ -64,6 +64,20 @@ class Deployment(Limits, kw_only=True):
     weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
+class Rule(Strict, kw_only=True):
+    """Send a matching request to another model's group (broker/rules.py); every condition given must hold."""
+
+    use: str
+    max_prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None  # estimated prompt tokens at most
+    tools: bool | None = None  # whether the request has tools
+    images: bool | None = None  # whether it has image inputs
+    lanes: list[str] | None = None  # its lane is one of these
+    header: dict[str, str] | None = None  # request headers with exactly these values
+
+    def conditions(self) -> int:
+        return sum(c is not None for c in (self.max_prompt_tokens, self.tools, self.images, self.lanes, self.header))
+
+
 class ModelGroup(Strict, kw_only=True):
     """A public model's deployments and how to choose among them (broker/routing.py).
 
@@ -79,6 +93,8 @@ class ModelGroup(Strict, kw_only=True):
     # (a number of ms, or "p95" of the deployment's measured latency) → a second attempt starts on the
     # next candidate of another provider; the first to answer wins. Off unless set.
     hedge_after_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | Literal["p95"] | None = None
+    # Requests that match a rule go to the rule's model instead (broker/rules.py); first match wins.
+    rules: list[Rule] = []
 
 
 class ApiKey(Limits, kw_only=True):
@@ -321,6 +337,19 @@ def _check_references(config: Config, source: str) -> None:
             if fallback not in config.models or fallback == name:
                 raise ConfigError(f"{source}: fallbacks name other configured models; {fallback!r} is not one"
                                   f" - at `$.models.{name}.fallbacks[{i}]`")
+        for i, rule in enumerate(group.rules):
+            at = f"$.models.{name}.rules[{i}]"
+            target = config.group(rule.use)
+            if target is None or rule.use == name:
+                raise ConfigError(f"{source}: a rule uses another configured model; {rule.use!r} is not one - at `{at}.use`")
+            if target.rules:
+                raise ConfigError(f"{source}: a rule's model may not have rules of its own ({rule.use!r} has) "
+                                  f"- at `{at}.use`")
+            if not rule.conditions():
+                raise ConfigError(f"{source}: a rule needs a condition (max_prompt_tokens, tools, images, lanes, "
+                                  f"header) - at `{at}`")
+            if rule.lanes is not None and any(lane not in LANES for lane in rule.lanes):
+                raise ConfigError(f"{source}: lanes are {', '.join(LANES)} - at `{at}.lanes`")
         if group.hedge_after_ms is not None:
             reach = [d for g in (group, *(config.group(f) for f in group.fallbacks)) if g for d in g.deployments]
             if len({d.provider for d in reach}) < 2:

@@ -62,11 +62,14 @@ class Router:
         return self.group(tenant, model).deployments[0]
 
     def candidates(self, tenant: Tenant, model: str, req: Request, *, also: list[str] | None = None,
-                   stats: Stats | None = None) -> list[Deployment]:
+                   stats: Stats | None = None, via: str | None = None) -> list[Deployment]:
         """Every deployment that can serve `req`, in failover order: `model`'s own (ordered by its
         strategy, with the `stats` it compares: broker/strategies.py), then its group's `fallbacks`,
-        then the models in `also` (the client's own fallback list, OpenRouter's `models`). 400 if none can."""
-        groups = [self.group(tenant, model)]
+        then the models in `also` (the client's own fallback list, OpenRouter's `models`). 400 if none can.
+        With `via`, that model's group stands in for `model`'s."""
+        # `via`: the model a rule of `model` routed this request to (broker/rules.py), the operator's choice.
+        routed = self.config.group(via) if via is not None else None
+        groups = [routed or self.group(tenant, model)]
         groups += [fallback for name in groups[0].fallbacks
                    if (fallback := self.config.group(name)) is not None and (not tenant.models or name in tenant.models)]
         groups += [self.group(tenant, name, param=f"models[{i}]") for i, name in enumerate(also or [])]
