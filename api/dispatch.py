@@ -25,7 +25,7 @@ from api import limits, sse
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import failover, rules, strategies
+from broker import failover, strategies
 from broker.capabilities import Request as Payload
 from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
@@ -42,6 +42,7 @@ P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)
 
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "x-request-timeout"
+ROUTE_HEADER = "x-llm-broker-route"
 
 # Timings a client sends (X-Request-Timeout, the SDK's x-stainless-read-timeout) count as at least
 # this much. Keep-alives and the first-byte hold follow half the SDK's read timeout: a microsecond
@@ -122,15 +123,11 @@ async def _strategy_stats(state: BrokerState, group: ModelGroup, streams: bool) 
 async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
     payload, also = _client_fallbacks(payload)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
-    group = state.router.group(principal.tenant, payload.model)
     lane = _lane(request, principal)
-    via = rules.route(group, payload, lane, request.headers) if group.rules else None
-    if via is not None:
-        group = state.config.group(via) or group
-        request.state.llm_broker_route = via  # the endpoint names it in x-llm-broker-route
-    stats = await _strategy_stats(state, group, streams)
-    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, also=also,
-                                                     stats=stats, via=via)
+    route = state.router.route(principal.tenant, payload.model, payload, lane=lane, headers=request.headers)
+    stats = await _strategy_stats(state, route.group, streams)
+    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, route=route,
+                                                     also=also, stats=stats)
 
     def context_of(d: Deployment) -> int:
         return state.router.capabilities(d).max_context_tokens or 0
@@ -151,7 +148,8 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         embedding=payload if isinstance(payload, EmbeddingRequest) else None,
         fallbacks=[Target(d.provider, d.model, context_of(d)) for d in fallbacks],
         max_context=context_of(deployment),
-        hedge_after_ms=HEDGE_P95 if group.hedge_after_ms == "p95" else group.hedge_after_ms or 0,
+        hedge_after_ms=HEDGE_P95 if route.group.hedge_after_ms == "p95" else route.group.hedge_after_ms or 0,
+        route=route.via or "",
     )
 
 
@@ -257,16 +255,15 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
         job = await new_job(state, request, principal, payload)
         # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
-        request_id = {"x-request-id": f"req_{job.id}"}
+        headers = {"x-request-id": f"req_{job.id}"}
+        if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
+            headers[ROUTE_HEADER] = job.route
         try:
             response = await limits.admitted(state, principal, job, lambda: run(state, request, job))
         except BrokerError as exc:
-            exc.headers.update(request_id)
+            exc.headers.update(headers)
             raise
-        response.headers.update(request_id)
-        route = getattr(request.state, "llm_broker_route", None)
-        if route is not None:
-            response.headers["x-llm-broker-route"] = route
+        response.headers.update(headers)
         return response
 
     return handle

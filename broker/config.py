@@ -26,6 +26,7 @@ from broker.keys import LANES
 from broker.provider_settings import (
     KINDS, AnthropicProvider, GeminiProvider, MockProvider, OpenAIProvider, ProviderConfig,
 )
+from broker.rules import Rule, check as check_rules
 
 
 class ConfigError(Exception):
@@ -64,26 +65,13 @@ class Deployment(Limits, kw_only=True):
     weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
-class Rule(Strict, kw_only=True):
-    """Send a matching request to another model's group (broker/rules.py); every condition given must hold."""
-
-    use: str
-    max_prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None  # estimated prompt tokens at most
-    tools: bool | None = None  # whether the request has tools
-    images: bool | None = None  # whether it has image inputs
-    lanes: list[str] | None = None  # its lane is one of these
-    header: dict[str, str] | None = None  # request headers with exactly these values
-
-    def conditions(self) -> int:
-        return sum(c is not None for c in (self.max_prompt_tokens, self.tools, self.images, self.lanes, self.header))
-
-
 class ModelGroup(Strict, kw_only=True):
     """A public model's deployments and how to choose among them (broker/routing.py).
 
     `strategy` orders the deployments (broker/strategies.py); the first serves, the
     rest are the failover order. `fallbacks` are other public models, tried after
-    all of this group's deployments.
+    all of this group's deployments. `rules` send the requests they match to another
+    model's group instead (broker/rules.py).
     """
 
     strategy: Literal["priority", "weighted", "cost", "latency", "least-busy"] = "priority"
@@ -93,7 +81,6 @@ class ModelGroup(Strict, kw_only=True):
     # (a number of ms, or "p95" of the deployment's measured latency) → a second attempt starts on the
     # next candidate of another provider; the first to answer wins. Off unless set.
     hedge_after_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | Literal["p95"] | None = None
-    # Requests that match a rule go to the rule's model instead (broker/rules.py); first match wins.
     rules: list[Rule] = []
 
 
@@ -199,7 +186,6 @@ class Config(Strict):
     # The list form is a `priority` group (ModelGroup) of those deployments.
     models: dict[str, list[Deployment] | ModelGroup] = {}
     tenants: dict[str, Tenant] = {}
-
 
     def group(self, model: str) -> ModelGroup | None:
         """The configured public model `model`, whichever form it was written in."""
@@ -337,24 +323,13 @@ def _check_references(config: Config, source: str) -> None:
             if fallback not in config.models or fallback == name:
                 raise ConfigError(f"{source}: fallbacks name other configured models; {fallback!r} is not one"
                                   f" - at `$.models.{name}.fallbacks[{i}]`")
-        for i, rule in enumerate(group.rules):
-            at = f"$.models.{name}.rules[{i}]"
-            target = config.group(rule.use)
-            if target is None or rule.use == name:
-                raise ConfigError(f"{source}: a rule uses another configured model; {rule.use!r} is not one - at `{at}.use`")
-            if target.rules:
-                raise ConfigError(f"{source}: a rule's model may not have rules of its own ({rule.use!r} has) "
-                                  f"- at `{at}.use`")
-            if not rule.conditions():
-                raise ConfigError(f"{source}: a rule needs a condition (max_prompt_tokens, tools, images, lanes, "
-                                  f"header) - at `{at}`")
-            if rule.lanes is not None and any(lane not in LANES for lane in rule.lanes):
-                raise ConfigError(f"{source}: lanes are {', '.join(LANES)} - at `{at}.lanes`")
         if group.hedge_after_ms is not None:
             reach = [d for g in (group, *(config.group(f) for f in group.fallbacks)) if g for d in g.deployments]
             if len({d.provider for d in reach}) < 2:
                 raise ConfigError(f"{source}: a hedge runs on a deployment of another provider, and this model "
                                   f"(with its fallbacks) has only {reach[0].provider!r} - at `$.models.{name}.hedge_after_ms`")
+    if problem := check_rules({name: g.rules for name in config.models if (g := config.group(name))}):
+        raise ConfigError(f"{source}: {problem}")
     for name, tenant in config.tenants.items():
         seen: set[str] = set()
         for i, key in enumerate(tenant.api_keys()):

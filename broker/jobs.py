@@ -73,6 +73,8 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     racing_with: str = ""
     # ...and the calls raced beside this one (counted in `calls`, not in `failures`).
     hedges: int = 0
+    # The model whose group serves it when one of `model`'s rules matched (broker/rules.py); "": its own.
+    route: str = ""
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:

@@ -7,15 +7,21 @@ others take it over if it fails there (broker/failover.py). The roadmap's
 strategies (weighted, cheapest, least-busy) reorder candidates here without
 touching the API or the workers.
 
+A model's `rules:` (broker/rules.py) may put another model's group in the place
+of its own for a request; the tenant's allow-list applies to the model the
+client asked for, since where its rules send a request is the operator's choice.
+
 `provider/model-id` reaches a configured provider's model directly when the
 tenant has `passthrough: true` (a configured public name always wins).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from broker.capabilities import Capabilities, Request, estimate_tokens, needs
-from broker import strategies
+from broker import rules, strategies
 from broker.strategies import Stats
 from broker.config import Config, Deployment, ModelGroup, Tenant
 from broker.errors import InvalidRequest, ModelNotFound
@@ -30,6 +36,13 @@ _WHAT = {
     "json_object": "JSON mode (response_format json_object)",
     "json_schema": "structured outputs (response_format json_schema)",
 }
+
+
+class Route(NamedTuple):
+    """The group that serves a request for a public model."""
+
+    group: ModelGroup
+    via: str | None = None  # the model named by the rule that matched; None: the model's own group
 
 
 class Router:
@@ -57,19 +70,30 @@ class Router:
         # OpenAI answers 404 for models that exist but are not yours, too: no probing.
         raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param=param)
 
+    def route(self, tenant: Tenant, model: str, req: Request, *, lane: str, headers: Mapping[str, str]) -> Route:
+        """`model`'s group for `req` (404 unless this tenant may use `model`): the target of its first
+        rule that `req` matches in its `lane` with its `headers` (lower-case names), else its own."""
+        group = self.group(tenant, model)
+        if not group.rules:
+            return Route(group)
+        rule = rules.first_match(group.rules, req, lane=lane, headers=headers)
+        if rule is None:
+            return Route(group)
+        target = self.config.group(rule.use)
+        assert target is not None, "a rule's target is a configured model (checked at load)"
+        return Route(target, rule.use)
+
     def resolve(self, tenant: Tenant, model: str) -> Deployment:
         """The deployment listed first for `model` (404 unless this tenant may use it)."""
         return self.group(tenant, model).deployments[0]
 
-    def candidates(self, tenant: Tenant, model: str, req: Request, *, also: list[str] | None = None,
-                   stats: Stats | None = None, via: str | None = None) -> list[Deployment]:
-        """Every deployment that can serve `req`, in failover order: `model`'s own (ordered by its
-        strategy, with the `stats` it compares: broker/strategies.py), then its group's `fallbacks`,
-        then the models in `also` (the client's own fallback list, OpenRouter's `models`). 400 if none can.
-        With `via`, that model's group stands in for `model`'s."""
-        # `via`: the model a rule of `model` routed this request to (broker/rules.py), the operator's choice.
-        routed = self.config.group(via) if via is not None else None
-        groups = [routed or self.group(tenant, model)]
+    def candidates(self, tenant: Tenant, model: str, req: Request, *, route: Route | None = None,
+                   also: list[str] | None = None, stats: Stats | None = None) -> list[Deployment]:
+        """Every deployment that can serve `req`, in failover order: `model`'s own, or its `route`'s
+        (ordered by the group's strategy, with the `stats` it compares: broker/strategies.py), then
+        that group's `fallbacks`, then the models in `also` (the client's own fallback list,
+        OpenRouter's `models`). 400 if none can."""
+        groups = [route.group if route is not None else self.group(tenant, model)]
         groups += [fallback for name in groups[0].fallbacks
                    if (fallback := self.config.group(name)) is not None and (not tenant.models or name in tenant.models)]
         groups += [self.group(tenant, name, param=f"models[{i}]") for i, name in enumerate(also or [])]
@@ -91,7 +115,8 @@ class Router:
         if capable:
             return capable
         if lacking is not None:
-            raise InvalidRequest(f"The model `{model}` does not support {_WHAT[lacking]}.",
+            routed = f" (routed to `{route.via}` by its rules)" if route is not None and route.via else ""
+            raise InvalidRequest(f"The model `{model}`{routed} does not support {_WHAT[lacking]}.",
                                  param=required[lacking], code="unsupported_capability")
         raise InvalidRequest(
             f"This model's maximum context length is {too_long} tokens; your request is longer.",
