@@ -1,4 +1,4 @@
-"""Rate limits at the door: admit a job, put the x-ratelimit-* headers on whatever answers it,
+"""Rate limits and budgets at the door: admit a job, put the x-ratelimit-* headers on whatever answers it,
 and free its concurrency slot when the answer is over.
 
 The slot is freed when the JSON body is ready, when the error is raised, or (for
@@ -13,6 +13,7 @@ this process dies first, the slot expires at the job's deadline
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,8 +23,10 @@ from redis.exceptions import RedisError
 from api.auth import Principal
 from api.sse import EventStream
 from api.state import BrokerState
+from broker import budgets
+from broker.config import ApiKey
 from broker.errors import BrokerError, Unavailable
-from broker.jobs import Job
+from broker.jobs import Job, Target
 from broker.ratelimit import Admission, estimate_request_tokens
 
 log = logging.getLogger(__name__)
@@ -40,11 +43,29 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
         log.warning("rate limiter unavailable, answering 503: %s: %s", type(exc).__name__, exc)
         raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
     job.estimated_tokens = admission.tokens
+    held = _budgets(state, principal)
+    reservation = None
+    if held:
+        try:
+            reservation = await budgets.reserve(state.redis, held, budgets.worst_case_nanos(job.payload, [
+                state.router.prices.price(t.provider, t.model) for t in [Target(job.provider, job.upstream_model),
+                                                                         *job.fallbacks]]))
+        except BrokerError as exc:
+            await asyncio.shield(state.spawn(_refund(state, admission)))
+            exc.headers = {**admission.headers, **exc.headers}
+            raise
+        except RedisError:
+            await asyncio.shield(state.spawn(_refund(state, admission)))
+            raise Unavailable("The broker's budgets are unavailable; please retry shortly.", retry_after_s=1) from None
+        job.budget_counters, job.budget_reserved = reservation.counters, reservation.nanos
+        admission.headers.update(reservation.headers)
     try:
         response = await respond()
     except NotQueued as refused:
         # Nothing will run: the request costs the tenant nothing (its headers still say where it stands).
         await asyncio.shield(state.spawn(_refund(state, admission)))
+        if reservation is not None:
+            await asyncio.shield(state.spawn(budgets.refund(state.redis, reservation, held)))
         refused.error.headers = {**admission.headers, **refused.error.headers}
         raise refused.error from None
     except BaseException as exc:
@@ -61,6 +82,16 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
     else:
         await _release(state, admission)
     return response
+
+
+def _budgets(state: BrokerState, principal: Principal) -> list[budgets.Budget]:
+    """The budgets this request is held to (none for most: then no Redis call at all)."""
+    tenant = principal.tenant
+    key = next((k for k in tenant.keys if isinstance(k, ApiKey) and k.name == principal.key_name), None)
+    if not tenant.budgeted() and (key is None or not key.budgeted()):
+        return []
+    return budgets.applicable(state.keys, principal.tenant_name, tenant, principal.key_name, key,
+                              dt.datetime.now(dt.timezone.utc))
 
 
 class NotQueued(Exception):

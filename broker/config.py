@@ -84,7 +84,18 @@ class ModelGroup(Strict, kw_only=True):
     rules: list[Rule] = []
 
 
-class ApiKey(Limits, kw_only=True):
+class Budgets(Limits):
+    """Limits, and spend caps: what a tenant or a key may be held to."""
+
+    # Spend caps in USD, per UTC day and month, held atomically across API processes (broker/budgets.py).
+    daily_budget_usd: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+    monthly_budget_usd: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+
+    def budgeted(self) -> bool:
+        return self.daily_budget_usd is not None or self.monthly_budget_usd is not None
+
+
+class ApiKey(Budgets, kw_only=True):
     """A key with a name (in errors, and in the usage ledger to come) and limits of its own,
     enforced on top of its tenant's: a CI key can be held to 60 RPM inside a 600 RPM tenant."""
 
@@ -92,7 +103,7 @@ class ApiKey(Limits, kw_only=True):
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # like NAME below
 
 
-class Tenant(Limits, kw_only=True):
+class Tenant(Budgets, kw_only=True):
     # A key is its hash, or an ApiKey with a name and optional limits of its own.
     keys: list[str | ApiKey]
     # Public model names this tenant may use; empty means all.

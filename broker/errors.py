@@ -147,6 +147,14 @@ class TokensRateLimited(RateLimited):
     type = "tokens"
 
 
+class OverBudget(RateLimited):
+    """OpenAI's answer when the money runs out: 429 insufficient_quota, which the SDK does not retry."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+    default_retryable = False
+
+
 class Unavailable(BrokerError):
     status = 503
     type = "service_unavailable_error"

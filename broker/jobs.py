@@ -75,6 +75,9 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     hedges: int = 0
     # The model whose group serves it when one of `model`'s rules matched (broker/rules.py); "": its own.
     route: str = ""
+    # Budget counters its worst-case cost was reserved against (broker/budgets.py), settled at its end.
+    budget_counters: list[str] = []
+    budget_reserved: int = 0  # nano-dollars
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:

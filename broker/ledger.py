@@ -75,9 +75,11 @@ def finish_args(keys: Keys, settings: UsageSettings, job: Job, charge: Charge, o
         "errors": int(outcome == "error"), "cancelled": int(outcome == "cancelled"),
         "estimated": int(charge.estimated), "unpriced": int(charge.cost_nanos is None),
     }
-    return ([keys.usage(job.tenant, day), keys.usage_log()],
+    # The budgets' reservation, settled with what the job cost (broker/budgets.py).
+    settle = (charge.cost_nanos or 0) - job.budget_reserved if job.budget_counters else 0
+    return ([keys.usage(job.tenant, day), keys.usage_log(), *job.budget_counters],
             [prefix, day_ends + settings.retention_days * 86_400, settings.log_maxlen,
-             record_encoder.encode(record), *(counts[m] for m in METRICS)])
+             record_encoder.encode(record), *(counts[m] for m in METRICS), settle])
 
 
 class UsageRow(msgspec.Struct, kw_only=True):

@@ -9,7 +9,8 @@
 --       deployment's own averages too (its group routes by latency: broker/strategies.py)
 -- Ledger (broker/ledger.py), absent for a hand-off: KEYS 6 the tenant's usage hash of the day,
 --       7 the usage log stream; ARGV 10 field prefix, 11 the hash's expiry (unix s), 12 log maxlen,
---       13 the log record, 14.. one count per ledger metric (ledger.METRICS order)
+--       13 the log record, 14..22 one count per ledger metric (ledger.METRICS order); KEYS 8.. the
+--       budget counters the job reserved against, ARGV 23 what to add to them (cost - reservation)
 -- An empty reply channel: the job was handed to another deployment (failover), which answers it.
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -27,6 +28,11 @@ if acked == 1 and ARGV[10] then
   redis.call('EXPIREAT', KEYS[6], ARGV[11])
   if tonumber(ARGV[12]) > 0 then
     redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'r', ARGV[13])
+  end
+  if ARGV[23] and ARGV[23] ~= '0' then
+    for k = 8, #KEYS do  -- a counter gone with its period stays gone (INCRBY would revive it without TTL)
+      if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('INCRBY', KEYS[k], ARGV[23]) end
+    end
   end
 end
 if redis.call('XLEN', KEYS[1]) == 0 then
