@@ -183,6 +183,10 @@ class UsageSettings(Strict):
     retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 90
     # Per-request usage records kept for export (a Redis stream, trimmed to about this many).
     log_maxlen: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] = 100_000
+    # A durable copy of those records in PostgreSQL for billing (broker/usage_sink.py), e.g.
+    # postgresql://user:pass@host/db; the workers insert them in batches into `postgres_table`.
+    postgres_url: Secret | None = None
+    postgres_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "llm_broker_usage"
 
 
 class Config(Strict):

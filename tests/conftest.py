@@ -105,7 +105,7 @@ def module_namespace() -> Iterator[str]:
 def write_config(path: Path, namespace: str, *, providers: dict[str, Any], models: dict[str, Any],
                  server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None,
                  queue: dict[str, Any] | None = None, redis_url: str = REDIS_URL,
-                 circuit: dict[str, Any] | None = None) -> Path:
+                 circuit: dict[str, Any] | None = None, usage: dict[str, Any] | None = None) -> Path:
     doc: dict[str, Any] = {
         "redis_url": redis_url,
         "namespace": namespace,
@@ -119,6 +119,8 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
         doc["queue"] = queue
     if circuit:
         doc["circuit"] = circuit
+    if usage:
+        doc["usage"] = usage
     path.write_text(yaml.safe_dump(doc))
     return path
 

@@ -34,6 +34,7 @@ from broker.jobs import Job, job_decoder
 from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
 from broker.outbox import Outbox
 from broker.ratelimit import Limiter
+from broker.usage_sink import UsageSink
 from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
 from broker import circuit, ledger, pricing, redaction
 from broker.capabilities import estimate_tokens
@@ -91,6 +92,8 @@ class Worker:
         await self._beat()  # live before the first pull, so the API admits jobs for us
         self.outbox.start()
         helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeats())]
+        if self.config.usage.postgres_url is not None:  # durable usage records (broker/usage_sink.py)
+            helpers.append(asyncio.create_task(UsageSink(self.redis, self.keys, self.config.usage, self.consumer).run()))
         log.info("worker %s serving provider %s (concurrency %d)", self.consumer, self.provider_name,
                  self.concurrency)
         try:
