@@ -47,7 +47,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, header
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if httpx.get(url, headers=headers, timeout=2).status_code < 500:
                 return
