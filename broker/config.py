@@ -20,13 +20,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from broker import config_checks
 from broker.capabilities import CapabilityOverrides
 from broker.config_types import Secret, Strict
-from broker.keys import LANES
 from broker.provider_settings import (
     KINDS, AnthropicProvider, GeminiProvider, MockProvider, OpenAIProvider, ProviderConfig,
 )
-from broker.rules import Rule, check as check_rules
+from broker.rules import Rule
 
 
 class ConfigError(Exception):
@@ -267,7 +267,8 @@ def validate(raw: Any, *, source: str, env: dict[str, str] | None = None) -> Con
         config = msgspec.convert(expanded, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_with_kinds(_locate(expanded, exc))}") from None
-    _check_references(config, source)
+    if problem := config_checks.first_problem(config):
+        raise ConfigError(f"{source}: {problem}")
     return config
 
 
@@ -311,65 +312,6 @@ def _with_kinds(message: str) -> str:
         text, at, path = message.partition(" - at ")
         return f"{text} (kinds: {', '.join(KINDS)}){at}{path}"
     return message
-
-
-# Provider and tenant names become parts of Redis keys and hash tags (broker/keys.py): no braces, no spaces.
-NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def _check_references(config: Config, source: str) -> None:
-    for section, names in (("providers", config.providers), ("tenants", config.tenants)):
-        for name in names:
-            if not NAME.fullmatch(name):
-                raise ConfigError(f"{source}: a name may hold only letters, digits, '_', '.' and '-' (1 to 64)"
-                                  f" - at `$.{section}.{name}`")
-    for name, written in config.models.items():
-        group, at = config.group(name), f"$.models.{name}" + ("" if isinstance(written, list) else ".deployments")
-        assert group is not None
-        if not group.deployments:
-            raise ConfigError(f"{source}: model has no deployments - at `{at}`")
-        for i, dep in enumerate(group.deployments):
-            if dep.provider not in config.providers:
-                raise ConfigError(
-                    f"{source}: unknown provider {dep.provider!r} (known: {sorted(config.providers)})"
-                    f" - at `{at}[{i}].provider`"
-                )
-        for i, fallback in enumerate(group.fallbacks):
-            if fallback not in config.models or fallback == name:
-                raise ConfigError(f"{source}: fallbacks name other configured models; {fallback!r} is not one"
-                                  f" - at `$.models.{name}.fallbacks[{i}]`")
-        if group.hedge_after_ms is not None:
-            reach = [d for g in (group, *(config.group(f) for f in group.fallbacks)) if g for d in g.deployments]
-            if len({d.provider for d in reach}) < 2:
-                raise ConfigError(f"{source}: a hedge runs on a deployment of another provider, and this model "
-                                  f"(with its fallbacks) has only {reach[0].provider!r} - at `$.models.{name}.hedge_after_ms`")
-    if problem := check_rules({name: g.rules for name in config.models if (g := config.group(name))}):
-        raise ConfigError(f"{source}: {problem}")
-    for name, tenant in config.tenants.items():
-        seen: set[str] = set()
-        for i, key in enumerate(tenant.api_keys()):
-            where = f"$.tenants.{name}.keys[{i}]" + ("" if isinstance(tenant.keys[i], str) else ".key")
-            if not re.fullmatch(r"sha256:[0-9a-f]{64}", key.key):
-                raise ConfigError(
-                    f"{source}: keys must be 'sha256:<64 hex>' (see `llm-broker hash-key`) - at `{where}`"
-                )
-            if key.name in seen:
-                raise ConfigError(f"{source}: duplicate key name {key.name!r} - at `$.tenants.{name}.keys[{i}].name`")
-            seen.add(key.name)
-        for model in tenant.models:
-            if model not in config.models:
-                raise ConfigError(f"{source}: unknown model {model!r} - at `$.tenants.{name}.models`")
-    if set(config.queue.lane_weights) != set(LANES) or min(config.queue.lane_weights.values()) < 1:
-        raise ConfigError(f"{source}: needs a weight >= 1 for each of {', '.join(LANES)} - at `$.queue.lane_weights`")
-    for name, tenant in config.tenants.items():
-        if tenant.lane not in LANES:
-            raise ConfigError(f"{source}: lane must be one of {', '.join(LANES)} - at `$.tenants.{name}.lane`")
-    if config.queue.claim_idle_s <= 2 * config.queue.heartbeat_interval_s:
-        raise ConfigError(f"{source}: must exceed twice heartbeat_interval_s, or live jobs get reclaimed"
-                          " - at `$.queue.claim_idle_s`")
-    for name, provider in config.providers.items():
-        if provider.concurrency < 1:
-            raise ConfigError(f"{source}: must be >= 1 - at `$.providers.{name}.concurrency`")
 
 
 def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
