@@ -27,11 +27,10 @@ from broker.config import Budgets
 from broker.errors import OverBudget
 from broker.keys import Keys
 from broker.pricing import NANOS_PER_USD, Price, usd
+from broker.ratelimit import DEFAULT_OUTPUT_TOKENS  # a request without an output limit, as admission counts it
 from broker.scripts import lua_script
 from broker.wire import ChatRequest, CompletionRequest
 
-# Output tokens a request without a limit is reserved for (as the rate limiter estimates it).
-DEFAULT_OUTPUT_TOKENS = 512
 REMAINING_HEADER = "x-llm-broker-budget-remaining-usd"
 BUDGET = lua_script("budget")
 

@@ -64,7 +64,7 @@ def finish_args(keys: Keys, settings: UsageSettings, job: Job, charge: Charge, o
                 now: float) -> tuple[list[str], list[Any]]:
     """The ledger's KEYS and ARGV for finish.lua (see its header)."""
     day = utc_day(now)
-    day_ends = int(dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp()) + 86_400
+    day_ends = (int(now) // 86_400 + 1) * 86_400  # unix time has no leap seconds: a UTC day is 86,400 s
     key = job.key or "-"
     record = UsageRecord(job.id, now, job.tenant, key, job.model, job.served_by, outcome, charge.input_tokens,
                          charge.output_tokens, charge.cached_tokens, charge.cost_nanos, charge.estimated)

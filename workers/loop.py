@@ -236,7 +236,9 @@ class Worker:
         ttft_ms = max(1, int((first_token - started) * 1000)) if first_token else 0
         if racer is not None and error is None:
             self.hedging.observe(job, (ttft_ms or service_ms) / 1000)
-        charge = pricing.charge(meter.price, meter.usage, prompt_estimate=estimate_tokens(job.payload),
+        # The prompt is estimated only where the provider reported no usage (the common case has it).
+        prompt_estimate = estimate_tokens(job.payload) if meter.usage is None else 0
+        charge = pricing.charge(meter.price, meter.usage, prompt_estimate=prompt_estimate,
                                 output_chars=meter.output_chars, answered=error is None or meter.responded)
         outcome: ledger.Outcome = "ok" if error is None else "cancelled" if error is CLIENT_GONE else "error"
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
