@@ -35,37 +35,24 @@ log = logging.getLogger(__name__)
 async def admitted(state: BrokerState, principal: Principal, job: Job,
                    respond: Callable[[], Awaitable[Response]]) -> Response:
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
+    held = _budgets(state, principal)
+    hold = budgets.Hold(held, budgets.worst_case_nanos(job.payload, [
+        state.router.prices.price(t.provider, t.model)
+        for t in [Target(job.provider, job.upstream_model), *job.fallbacks]])) if held else None
     try:
         admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
                                               estimate_request_tokens(job.payload), job.id, job.deadline,
-                                              key=principal.key_name)
+                                              key=principal.key_name, hold=hold)
     except RedisError as exc:
         log.warning("rate limiter unavailable, answering 503: %s: %s", type(exc).__name__, exc)
         raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
     job.estimated_tokens = admission.tokens
-    held = _budgets(state, principal)
-    reservation = None
-    if held:
-        try:
-            reservation = await budgets.reserve(state.redis, held, budgets.worst_case_nanos(job.payload, [
-                state.router.prices.price(t.provider, t.model) for t in [Target(job.provider, job.upstream_model),
-                                                                         *job.fallbacks]]))
-        except BrokerError as exc:
-            await asyncio.shield(state.spawn(_refund(state, admission)))
-            exc.headers = {**admission.headers, **exc.headers}
-            raise
-        except RedisError:
-            await asyncio.shield(state.spawn(_refund(state, admission)))
-            raise Unavailable("The broker's budgets are unavailable; please retry shortly.", retry_after_s=1) from None
-        job.budget_counters, job.budget_reserved = reservation.counters, reservation.nanos
-        admission.headers.update(reservation.headers)
+    job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
     try:
         response = await respond()
     except NotQueued as refused:
         # Nothing will run: the request costs the tenant nothing (its headers still say where it stands).
         await asyncio.shield(state.spawn(_refund(state, admission)))
-        if reservation is not None:
-            await asyncio.shield(state.spawn(budgets.refund(state.redis, reservation, held)))
         refused.error.headers = {**admission.headers, **refused.error.headers}
         raise refused.error from None
     except BaseException as exc:
@@ -103,7 +90,7 @@ class NotQueued(Exception):
 
 
 async def _refund(state: BrokerState, admission: Admission) -> None:
-    if not (admission.charges or admission.slots):
+    if not (admission.charges or admission.slots or admission.budget_counters):
         return
     try:
         await state.limiter.refund(admission)

@@ -1,17 +1,21 @@
 """Budgets: daily and monthly spend caps per tenant and per key, in USD, by UTC day and month.
 
-At admission the API reserves the request's worst-case cost (its estimated prompt and its output
-limit, at the priciest of its candidate deployments) against every budget that applies, all or
-none, in one script call (budget.lua), so concurrent requests on any number of API processes can
-never together pass a budget. When the job ends the worker settles the reservation with the real
-cost inside finish.lua, under the ledger's XACK guard, so a re-delivered job settles once.
+At admission the request's worst-case cost (its estimated prompt and its output limit, at the
+priciest of its candidate deployments) is held against every budget that applies, all or none,
+in the same script that charges its rate limits (admit.lua, called by broker/ratelimit.py), so
+concurrent requests on any number of API processes can never together pass a budget. When the
+job ends the worker replaces the hold with the real cost inside finish.lua, under the ledger's
+XACK guard, so a re-delivered job settles once.
 
-    {ns}:budget:{scope}:d:{YYYY-MM-DD}   integer nano-dollars; expires two days after the day
-    {ns}:budget:{scope}:m:{YYYY-MM}      the same for the month; expires two days after it
+    {ns}:budget:{scope}:d:{YYYY-MM-DD}         integer nano-dollars spent and held; expires two
+                                               days after the day
+    {ns}:budget:{scope}:d:{YYYY-MM-DD}:holds   ZSET of the holds of running requests,
+                                               `<job id>:<nano-dollars>` scored by the job's deadline
+    {ns}:budget:{scope}:m:{YYYY-MM}[:holds]    the same for the month; expire two days after it
 
-Unpriced deployments cannot be held to a budget: their requests reserve and settle nothing.
-A job dropped unrun in the queue (its client left, its deadline passed) keeps its reservation
-until the counter expires: budgets err on the side of refusing.
+A hold whose job never reaches a worker's end (dropped unrun in its queue, its API process gone)
+lapses at the job's deadline: the next admission against that budget gives it back.
+Unpriced deployments cannot be held to a budget: their requests hold and settle nothing.
 """
 
 from __future__ import annotations
@@ -20,19 +24,13 @@ import calendar
 import datetime as dt
 from typing import NamedTuple
 
-from redis.asyncio import Redis
-
-from broker.capabilities import Request, estimate_tokens
+from broker.capabilities import Request, estimate_tokens, output_limit_tokens
 from broker.config import Budgets
 from broker.errors import OverBudget
 from broker.keys import Keys
 from broker.pricing import NANOS_PER_USD, Price, usd
-from broker.ratelimit import DEFAULT_OUTPUT_TOKENS  # a request without an output limit, as admission counts it
-from broker.scripts import lua_script
-from broker.wire import ChatRequest, CompletionRequest
 
 REMAINING_HEADER = "x-llm-broker-budget-remaining-usd"
-BUDGET = lua_script("budget")
 
 
 class Budget(NamedTuple):
@@ -43,10 +41,17 @@ class Budget(NamedTuple):
     resets_at: dt.datetime
 
 
-class Reservation(NamedTuple):
-    counters: list[str]
+class Hold(NamedTuple):
+    """What one request holds against its budgets at admission."""
+
+    budgets: list[Budget]
     nanos: int
-    headers: dict[str, str]
+
+    def keys(self) -> list[str]:
+        return [k for b in self.budgets for k in (b.counter, Keys.budget_holds(b.counter))]
+
+    def args(self) -> list[int]:
+        return [len(self.budgets), self.nanos, *(v for b in self.budgets for v in (b.limit_nanos, b.expires_at))]
 
 
 def applicable(keys: Keys, tenant_name: str, tenant: Budgets, key_name: str | None, key: Budgets | None,
@@ -70,34 +75,19 @@ def applicable(keys: Keys, tenant_name: str, tenant: Budgets, key_name: str | No
 
 
 def worst_case_nanos(req: Request, prices: list[Price | None]) -> int:
-    known = [p for p in prices if p is not None]
-    if not known:
-        return 0
-    limit = req.output_limit() if isinstance(req, ChatRequest | CompletionRequest) else 0
-    output = DEFAULT_OUTPUT_TOKENS if limit is None else limit
-    prompt = estimate_tokens(req)
-    return max(round((prompt * p.input + output * p.output) * 1000) for p in known)
+    """The most `req` may cost on any of the priced candidates (0 if none is priced)."""
+    prompt, output = estimate_tokens(req), output_limit_tokens(req)
+    return max((p.estimate_nanos(prompt, output) for p in prices if p is not None), default=0)
 
 
-async def reserve(redis: Redis, budgets: list[Budget], nanos: int) -> Reservation:
-    """Reserve `nanos` against every budget, or raise OverBudget (429 insufficient_quota) reserving nothing."""
-    args: list[int] = [nanos]
-    for b in budgets:
-        args += [b.limit_nanos, b.expires_at]
-    ok, which, left = await redis.eval(BUDGET, len(budgets), *(b.counter for b in budgets), *args)
-    headers = {REMAINING_HEADER: f"{usd(int(left)):.6f}"}
-    if not int(ok):
-        refused = budgets[int(which) - 1]
-        raise OverBudget(f"This request would exceed {refused.label}: ${usd(int(left)):.6f} is left and it may cost "
-                         f"up to ${usd(nanos):.6f}. The budget resets at {refused.resets_at:%Y-%m-%d %H:%M} UTC.",
-                         retry_after_s=max(1.0, (refused.resets_at - dt.datetime.now(dt.timezone.utc)).total_seconds()),
-                         headers=headers)
-    return Reservation([b.counter for b in budgets], nanos, headers)
+def remaining_header(left_nanos: int) -> dict[str, str]:
+    return {REMAINING_HEADER: f"{usd(left_nanos):.6f}"}
 
 
-async def refund(redis: Redis, reservation: Reservation, budgets: list[Budget]) -> None:
-    """The request was refused before it was queued: give its reservation back."""
-    args: list[int] = [-reservation.nanos]
-    for b in budgets:
-        args += [b.limit_nanos, b.expires_at]
-    await redis.eval(BUDGET, len(budgets), *(b.counter for b in budgets), *args)
+def over_budget(hold: Hold, which: int, left_nanos: int, headers: dict[str, str]) -> OverBudget:
+    """The 429 for a request that budget number `which` (1-based) refused."""
+    refused = hold.budgets[which - 1]
+    return OverBudget(f"This request would exceed {refused.label}: ${usd(left_nanos):.6f} is left and it may cost "
+                      f"up to ${usd(hold.nanos):.6f}. The budget resets at {refused.resets_at:%Y-%m-%d %H:%M} UTC.",
+                      retry_after_s=max(1.0, (refused.resets_at - dt.datetime.now(dt.timezone.utc)).total_seconds()),
+                      headers=headers)

@@ -61,6 +61,22 @@ def needs(req: Request) -> dict[str, str]:
     return required
 
 
+# Output tokens a request without a limit is expected to produce: a typical chat answer.
+DEFAULT_OUTPUT_TOKENS = 512
+
+
+def output_limit_tokens(req: Request) -> int:
+    """The most output a request asks for: its limit (`max_completion_tokens` / `max_tokens`, else
+    DEFAULT_OUTPUT_TOKENS) times its choices (`n`; completions: max(n, best_of)). Embeddings: 0."""
+    if isinstance(req, EmbeddingRequest):
+        return 0
+    limit = req.output_limit()
+    choices = req.n if isinstance(req.n, int) else 1
+    if isinstance(req, CompletionRequest) and isinstance(req.best_of, int):
+        choices = max(choices, req.best_of)
+    return choices * (DEFAULT_OUTPUT_TOKENS if limit is None else limit)
+
+
 def estimate_tokens(req: Request) -> int:
     """A cheap prompt-size estimate (~4 characters a token) for context-window checks."""
     if isinstance(req, EmbeddingRequest):

@@ -20,7 +20,8 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
 | {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s |
 | {ns}:usage:{tenant}:{day}            | hash    | finish.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
-| {ns}:budget:{scope}:{period}         | string  | budget.lua, finish.lua  | expires two days after its day or month |
+| {ns}:budget:{scope}:{period}         | string  | admit.lua, finish.lua   | expires two days after its day or month |
+| {ns}:budget:{scope}:{period}:holds   | zset    | admit.lua, finish.lua   | one member per running request; lapsed ones given back at admission; same expiry |
 | {ns}:usage:log                        | stream  | finish.lua (ledger.py)  | MAXLEN ~ usage.log_maxlen |
 | {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
 | {ns}:replies:{api_instance}           | channel | API subscribes          | pub/sub: holds nothing |
@@ -96,6 +97,11 @@ class Keys:
     def budget(self, scope: str, period: str) -> str:
         """Spend held against a budget (broker/budgets.py): scope t:<tenant> or k:<tenant>:<key>."""
         return f"{self.ns}:budget:{scope}:{period}"
+
+    @staticmethod
+    def budget_holds(counter: str) -> str:
+        """The holds of requests still running against the budget `counter` (admit.lua)."""
+        return counter + ":holds"
 
     def usage_log(self) -> str:
         return f"{self.ns}:usage:log"

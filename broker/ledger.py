@@ -75,11 +75,12 @@ def finish_args(keys: Keys, settings: UsageSettings, job: Job, charge: Charge, o
         "errors": int(outcome == "error"), "cancelled": int(outcome == "cancelled"),
         "estimated": int(charge.estimated), "unpriced": int(charge.cost_nanos is None),
     }
-    # The budgets' reservation, settled with what the job cost (broker/budgets.py).
-    settle = (charge.cost_nanos or 0) - job.budget_reserved if job.budget_counters else 0
-    return ([keys.usage(job.tenant, day), keys.usage_log(), *job.budget_counters],
+    # The budgets' holds, replaced by what the job cost (broker/budgets.py).
+    held = [k for counter in job.budget_counters for k in (counter, keys.budget_holds(counter))]
+    return ([keys.usage(job.tenant, day), keys.usage_log(), *held],
             [prefix, day_ends + settings.retention_days * 86_400, settings.log_maxlen,
-             record_encoder.encode(record), *(counts[m] for m in METRICS), settle])
+             record_encoder.encode(record), *(counts[m] for m in METRICS), charge.cost_nanos or 0,
+             f"{job.id}:{job.budget_reserved}"])
 
 
 class UsageRow(msgspec.Struct, kw_only=True):

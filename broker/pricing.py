@@ -43,6 +43,10 @@ class Price(NamedTuple):
                            + usage.completion_tokens * self.output)
         return round(micro_usd_x1000 * 1000)  # tokens x USD/Mtok = µUSD; x 1000 = nano-dollars
 
+    def estimate_nanos(self, prompt_tokens: int, output_tokens: int) -> int:
+        """What a request of that many prompt and output tokens would cost, none of them cached."""
+        return round((prompt_tokens * self.input + output_tokens * self.output) * 1000)
+
 
 FREE = Price(0.0, 0.0, 0.0)
 

@@ -26,21 +26,22 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-from broker.capabilities import Request, estimate_tokens
+from broker import budgets
+from broker.capabilities import DEFAULT_OUTPUT_TOKENS, Request, estimate_tokens
 from broker.config import Deployment, Limits, Tenant
 from broker.errors import RateLimited, TokensRateLimited
 from broker.keys import Keys
 from broker.scripts import Queued, evalsha_into, lua_script
 from broker.wire import ChatRequest, CompletionRequest
 
-_ADMIT = lua_script("admit")  # every limit of a request: all charged or none
+_ADMIT = lua_script("admit")  # every limit and budget of a request: all charged or none
+_UNHOLD = lua_script("unhold")  # budget holds given back (Limiter.refund)
 RECONCILE = lua_script("reconcile")  # a tokens bucket settled with the real usage (QueueScripts.reconcile)
 
-# Output tokens charged per choice when the client sets no max_tokens: a typical
-# chat answer. An explicit limit is charged up to OUTPUT_ESTIMATE_CAP only, so
+# Output tokens are charged per choice at DEFAULT_OUTPUT_TOKENS (broker/capabilities.py) when the
+# client sets no max_tokens. An explicit limit is charged up to OUTPUT_ESTIMATE_CAP only, so
 # a generous safety max_tokens does not throttle a tenant for tokens it will
 # almost never use; reconciliation charges what was really produced.
-DEFAULT_OUTPUT_TOKENS = 512
 OUTPUT_ESTIMATE_CAP = 4096
 
 # A crashed process's slot outlives the request's deadline by this much, so a
@@ -122,6 +123,8 @@ class Admission(msgspec.Struct, kw_only=True):
     tokens: int  # charged to the TPM buckets; becomes Job.estimated_tokens
     slots: list[str] = []  # in-flight ZSETs holding a slot of this request, released when it ends
     charges: list[Charge] = []
+    budget_counters: list[str] = []  # budgets (broker/budgets.py) holding `budget_nanos` for it
+    budget_nanos: int = 0
     headers: dict[str, str] = {}
 
     @property
@@ -179,23 +182,26 @@ class Limiter:
         self.redis = redis
         self.keys = keys
         self._admit = redis.register_script(_ADMIT)
+        self._unhold = redis.register_script(_UNHOLD)
         self._settle = redis.register_script(RECONCILE)  # EVALSHA, loading itself after a NOSCRIPT
 
     async def load(self) -> None:
         """Load the script up front, as QueueScripts does: the first request then never pays a NOSCRIPT
         round trip (and the dev mode's fakeredis server drops the connection after one)."""
         await self.redis.script_load(_ADMIT)
+        await self.redis.script_load(_UNHOLD)
 
     async def admit(self, tenant_name: str, tenant: Tenant, tokens: int, request_id: str,
-                    expires_at: float, *, key: str | None = None) -> Admission:
+                    expires_at: float, *, key: str | None = None, hold: budgets.Hold | None = None) -> Admission:
         """Charge one request of `tokens` tokens to every scope that limits it (the tenant, and the
-        key named `key` if it has limits of its own), or raise RateLimited (with headers) charging nothing.
+        key named `key` if it has limits of its own) and hold `hold` against its budgets, or raise
+        RateLimited / OverBudget (with headers) charging nothing.
 
-        `expires_at` (unix seconds) is the request's deadline: its concurrency slots
-        are reclaimed after it (plus SLOT_GRACE_S) should this process die.
+        `expires_at` (unix seconds) is the request's deadline: its concurrency slots and budget holds
+        are given back after it (plus SLOT_GRACE_S) should its job never end.
         """
         return await self.admit_scopes(scopes_of(self.keys, tenant_name, tenant, key), tokens, request_id,
-                                       expires_at, tenant_name=tenant_name)
+                                       expires_at, tenant_name=tenant_name, hold=hold)
 
     async def admit_call(self, deployment: Deployment, tokens: int, request_id: str,
                          expires_at: float) -> Admission:
@@ -206,34 +212,42 @@ class Limiter:
         return await self.admit_scopes([scope], tokens, request_id, expires_at, tenant_name="")
 
     async def admit_scopes(self, scopes: list[Scope], tokens: int, request_id: str, expires_at: float, *,
-                           tenant_name: str) -> Admission:
+                           tenant_name: str, hold: budgets.Hold | None = None) -> Admission:
         for scope in scopes:
             if scope.limits.tpm:
                 # Never ask for more than a full bucket, or the request could never be admitted;
                 # reconciliation charges any excess once the real usage is known.
                 tokens = min(tokens, scope.limits.tpm)
-        if not scopes:
+        if not scopes and hold is None:
             return Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens)
         # The deadline becomes a TTL here so the script can score slots on the server's clock.
         ttl_ms = max(1, math.ceil((expires_at - time.time() + SLOT_GRACE_S) * 1000))
         limits = [v or 0 for scope in scopes
                   for v in (scope.limits.rpm, scope.limits.tpm, scope.limits.max_concurrent)]
         raw = [int(v) for v in await self._admit(
-            keys=[k for scope in scopes for k in (scope.requests, scope.tokens, scope.in_flight)],
-            args=[tokens, request_id, ttl_ms, len(scopes), *limits],
+            keys=[k for scope in scopes for k in (scope.requests, scope.tokens, scope.in_flight)]
+                 + (hold.keys() if hold else []),
+            args=[tokens, request_id, ttl_ms, len(scopes), *limits, *(hold.args() if hold else [])],
         )]
         admitted, reason, wait_ms, culprit = raw[:4]
         states = [_ScopeState(*raw[4 + 5 * i: 9 + 5 * i]) for i in range(len(scopes))]
         headers = _headers(scopes, states)
+        if hold is not None:
+            headers.update(budgets.remaining_header(raw[-1]))
         if not admitted:
+            if reason == 4 and hold is not None:
+                raise budgets.over_budget(hold, culprit, raw[-1], headers)
             raise _rejection(scopes[culprit - 1], states[culprit - 1], reason, wait_ms, tokens, headers)
         charges = [Charge(bucket, limit, cost) for scope in scopes
                    for bucket, limit, cost in ((scope.requests, scope.limits.rpm, 1),
                                                (scope.tokens, scope.limits.tpm, tokens))
                    if limit and cost > 0]
-        return Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens, headers=headers,
-                         slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent],
-                         charges=charges)
+        admission = Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens, headers=headers,
+                              slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent],
+                              charges=charges)
+        if hold is not None and hold.nanos > 0:
+            admission.budget_counters, admission.budget_nanos = [b.counter for b in hold.budgets], hold.nanos
+        return admission
 
     async def end_call(self, deployment: Deployment, admission: Admission, actual_tokens: int | None) -> None:
         """A call admitted by `admit_call` is over: free its slot, settle its tokens with the real usage."""
@@ -247,6 +261,9 @@ class Limiter:
         give back every bucket's charge and its slots, as if it had never been admitted."""
         for charge in admission.charges:  # the settlement script, run backwards: the whole charge credited
             await self._settle(keys=[charge.bucket], args=[charge.limit, -charge.cost])
+        if admission.budget_counters:
+            await self._unhold(keys=[k for c in admission.budget_counters for k in (c, Keys.budget_holds(c))],
+                               args=[f"{admission.request_id}:{admission.budget_nanos}"])
         await self.release(admission)
 
     async def release(self, admission: Admission) -> None:

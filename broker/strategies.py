@@ -24,19 +24,14 @@ import time
 
 from redis.asyncio import Redis
 
-from broker.capabilities import Request, estimate_tokens
+from broker.capabilities import Request, estimate_tokens, output_limit_tokens
 from broker.config import Deployment, ModelGroup
 from broker.pricing import PriceBook
 from broker.keys import Keys
-from broker.wire import ChatRequest, CompletionRequest
 
 # Deployment → what its group's strategy compares (seconds, calls in flight); absent: not measured.
 Stats = dict[tuple[str, str], float]
 READS_REDIS = frozenset({"latency", "least-busy"})
-# Output tokens a request without a limit is priced at (as the rate limiter estimates it).
-DEFAULT_OUTPUT_TOKENS = 512
-
-
 def order(group: ModelGroup, req: Request, stats: Stats, prices: PriceBook) -> list[Deployment]:
     deployments = group.deployments
     if len(deployments) < 2:
@@ -46,12 +41,10 @@ def order(group: ModelGroup, req: Request, stats: Stats, prices: PriceBook) -> l
             # Weighted random order without replacement (Efraimidis-Spirakis).
             return sorted(deployments, key=lambda d: random.random() ** (1 / d.weight), reverse=True)
         case "cost":
-            prompt = estimate_tokens(req)
-            limit = req.output_limit() if isinstance(req, ChatRequest | CompletionRequest) else 0
-            output = DEFAULT_OUTPUT_TOKENS if limit is None else limit
+            prompt, output = estimate_tokens(req), output_limit_tokens(req)
             def cost(d: Deployment) -> float:  # an unpriced deployment is never taken for the cheapest
                 price = prices.price(d.provider, d.model)
-                return math.inf if price is None else prompt * price.input + output * price.output
+                return math.inf if price is None else price.estimate_nanos(prompt, output)
             return sorted(deployments, key=cost)
         case "latency" | "least-busy":
             # Not yet measured counts as best: it gets tried, and so measured. Ties keep the listed order.

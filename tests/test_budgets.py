@@ -10,10 +10,18 @@ from typing import Any
 import openai
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
-from broker.budgets import applicable
-from broker.config import Tenant, hash_key
+from broker import ratelimit
+from broker.budgets import Hold, applicable
+from broker.config import Tenant, UsageSettings, hash_key
+from broker.jobs import Job
+from broker.ledger import finish_args
+from broker.pricing import Charge
+from broker.scripts import lua_script
+from broker.errors import OverBudget, RateLimited
 from broker.keys import Keys
+from broker.ratelimit import Limiter
 from tests.conftest import REDIS_URL, TEST_KEY
 
 DOLLAR_A_TOKEN = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 1_000_000.0}
@@ -99,3 +107,100 @@ def test_a_keys_budget_binds_inside_its_tenants_and_a_request_never_queued_is_re
     while int(redis.Redis.from_url(REDIS_URL).get(month) or 0) != 5 * 10**9:  # the refusals reserved nothing
         assert time.monotonic() < end
         time.sleep(0.05)
+
+
+@pytest.fixture
+async def limiter(namespace: str) -> Any:
+    client = AsyncRedis.from_url(REDIS_URL)
+    yield Limiter(client, Keys(namespace))
+    await client.aclose()
+
+
+def held(limiter: Limiter, tenant: Tenant) -> Hold:
+    return Hold(applicable(limiter.keys, "t", tenant, None, None, dt.datetime.now(dt.timezone.utc)), 8 * 10**9)
+
+
+async def spent(limiter: Limiter, hold: Hold) -> tuple[int, int]:
+    """A budget's counter, and how many holds it has."""
+    counter = hold.budgets[0].counter
+    return (int(await limiter.redis.get(counter) or 0),
+            int(await limiter.redis.zcard(Keys.budget_holds(counter))))
+
+
+async def test_a_budget_and_the_rate_limits_are_charged_in_one_step_all_or_none(limiter: Limiter) -> None:
+    tenant = Tenant(keys=[], rpm=100, daily_budget_usd=10)
+    hold = held(limiter, tenant)
+    first = await limiter.admit("t", tenant, 1, "a", time.time() + 60, hold=hold)
+    assert first.budget_nanos == 8 * 10**9 and float(first.headers["x-llm-broker-budget-remaining-usd"]) == 2
+    rpm_bucket = await limiter.redis.get(limiter.keys.rate_requests("t"))
+    with pytest.raises(OverBudget) as refused:  # the budget refuses: the RPM bucket is not charged
+        await limiter.admit("t", tenant, 1, "b", time.time() + 60, hold=hold)
+    assert await limiter.redis.get(limiter.keys.rate_requests("t")) == rpm_bucket
+    assert refused.value.headers["x-llm-broker-budget-remaining-usd"] == "2.000000"
+    assert refused.value.headers["x-ratelimit-remaining-requests"] == "99"
+    assert await spent(limiter, hold) == (8 * 10**9, 1)
+
+    strict = Tenant(keys=[], rpm=1, daily_budget_usd=100)
+    hold = Hold(applicable(limiter.keys, "u", strict, None, None, dt.datetime.now(dt.timezone.utc)), 10**9)
+    await limiter.admit("u", strict, 1, "c", time.time() + 60, hold=hold)
+    with pytest.raises(RateLimited) as info:  # the RPM refuses: nothing is held against the budget
+        await limiter.admit("u", strict, 1, "d", time.time() + 60, hold=hold)
+    assert not isinstance(info.value, OverBudget)
+    assert await spent(limiter, hold) == (10**9, 1)
+
+
+async def test_a_hold_whose_job_never_ends_lapses_at_its_deadline(limiter: Limiter,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job dropped unrun (its client left, its deadline passed) never reaches finish.lua: its hold
+    # must not keep the budget spent until the day ends.
+    monkeypatch.setattr(ratelimit, "SLOT_GRACE_S", 0.0)
+    tenant = Tenant(keys=[], daily_budget_usd=10)
+    hold = held(limiter, tenant)
+    await limiter.admit("t", tenant, 1, "dropped", time.time() + 0.3, hold=hold)
+    with pytest.raises(OverBudget):
+        await limiter.admit("t", tenant, 1, "next", time.time() + 60, hold=hold)
+    await asyncio.sleep(0.4)
+    await limiter.admit("t", tenant, 1, "next", time.time() + 60, hold=hold)
+    assert await spent(limiter, hold) == (8 * 10**9, 1)  # the lapsed hold given back, the new one held
+
+
+async def test_a_request_refused_after_admission_gives_its_hold_back(limiter: Limiter) -> None:
+    tenant = Tenant(keys=[], daily_budget_usd=10)
+    hold = held(limiter, tenant)
+    admission = await limiter.admit("t", tenant, 1, "refused", time.time() + 60, hold=hold)
+    await limiter.refund(admission)
+    await limiter.refund(admission)  # twice (a retry of the refund) gives back once
+    assert await spent(limiter, hold) == (0, 0)
+
+
+async def test_the_end_of_a_job_replaces_its_hold_with_its_cost_even_after_it_lapsed(
+    limiter: Limiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ratelimit, "SLOT_GRACE_S", 0.0)
+    tenant = Tenant(keys=[], daily_budget_usd=10)
+    hold = held(limiter, tenant)
+    r, ns = limiter.redis, limiter.keys.ns
+
+    async def end(job_id: str, admission: ratelimit.Admission, cost: int) -> None:
+        """finish.lua for a job the worker pulled from its stream, costing `cost` nano-dollars."""
+        job = Job(id=job_id, tenant="t", model="m", provider="p", upstream_model="m", reply_to="", created=0,
+                  deadline=0, budget_counters=admission.budget_counters, budget_reserved=admission.budget_nanos)
+        stream = f"{ns}:{{p}}:q:default:t"
+        await r.xgroup_create(stream, "workers", id="0", mkstream=True)
+        entry = await r.xadd(stream, {"j": b""})
+        await r.xreadgroup("workers", "w", {stream: ">"})
+        keys, args = finish_args(limiter.keys, UsageSettings(), job, Charge(cost_nanos=cost), "ok", time.time())
+        await r.eval(lua_script("finish"), 5 + len(keys), stream, f"{ns}:{{p}}:active:default", f"{ns}:result:x",
+                     f"{ns}:{{p}}:drain", f"{ns}:{{p}}:circuit", *keys,
+                     entry, "t", "", b"", 60, 0, "m", 0, "0", *args)
+
+    running = await limiter.admit("t", tenant, 1, "running", time.time() + 60, hold=hold)
+    await end("running", running, 3 * 10**9)  # $8 held, $3 spent
+    assert await spent(limiter, hold) == (3 * 10**9, 0)
+    slow = Hold(hold.budgets, 2 * 10**9)
+    late = await limiter.admit("t", tenant, 1, "late", time.time() + 0.2, hold=slow)
+    await asyncio.sleep(0.3)
+    await limiter.admit("t", tenant, 1, "other", time.time() + 60, hold=slow)  # gives the lapsed hold back
+    assert await spent(limiter, hold) == (5 * 10**9, 1)
+    await end("late", late, 10**9)  # the late job's real cost still counts, once
+    assert await spent(limiter, hold) == (6 * 10**9, 1)

@@ -1,10 +1,17 @@
 -- Admit one request against every limit that applies to it (its tenant's, and
 -- its key's when the key has its own), atomically: all buckets or none.
--- KEYS: 3 per scope: requests bucket, tokens bucket, in-flight ZSET
+-- The request's budgets (broker/budgets.py) are held in the same step: its worst-case cost is
+-- reserved against each, all or none, and only when every rate limit admitted it.
+-- KEYS: 3 per scope: requests bucket, tokens bucket, in-flight ZSET;
+--       then 2 per budget: its counter (nano-dollars spent + held), its holds ZSET
 -- ARGV: [1] tokens, [2] request id, [3] slot TTL in ms (the request's deadline, from now),
---       [4] number of scopes, then per scope: rpm, tpm, max_concurrent (0 = no such limit)
--- Returns {admitted, reason (0 none, 1 rpm, 2 tpm, 3 concurrency), wait_ms, scope that refused (0 none),
---          then per scope: requests remaining, requests reset ms, tokens remaining, tokens reset ms, in flight}
+--       [4] number of scopes, then per scope: rpm, tpm, max_concurrent (0 = no such limit);
+--       then [n] number of budgets, [n+1] nano-dollars to hold, then per budget: its limit
+--       (nano-dollars) and when its keys may expire (unix s)
+-- Returns {admitted, reason (0 none, 1 rpm, 2 tpm, 3 concurrency, 4 budget), wait_ms,
+--          scope (or, for reason 4, budget) that refused (0 none),
+--          then per scope: requests remaining, requests reset ms, tokens remaining, tokens reset ms, in flight,
+--          then, with budgets, the nano-dollars left under the tightest one}
 --
 -- A bucket is one number: the instant (µs, Redis server clock) at which it is
 -- full again; a missing key means full. Level = limit - (full_at - now) * rate,
@@ -40,8 +47,46 @@ for s = 1, tonumber(ARGV[4]) do
   end
 end
 
+-- Budgets. A hold is a member `<request id>:<nano-dollars>` of the budget's holds ZSET, scored by
+-- when it lapses (the request's deadline): finish.lua removes it and charges the real cost; one
+-- whose job never reached a worker's end (dropped unrun, its process gone) is given back here.
+local nb_at = 5 + tonumber(ARGV[4]) * 3
+local budgets = tonumber(ARGV[nb_at] or '0')
+local want, left = tonumber(ARGV[nb_at + 1] or '0'), nil
+local first_budget_key = tonumber(ARGV[4]) * 3
+if budgets > 0 then
+  local now_ms = math.floor(now / 1000)
+  for b = 1, budgets do
+    local counter, holds = KEYS[first_budget_key + 2 * b - 1], KEYS[first_budget_key + 2 * b]
+    -- At most 100 lapsed holds per call keeps the script's time bounded; the rest go next time.
+    local lapsed = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms, 'LIMIT', 0, 100)
+    for _, member in ipairs(lapsed) do
+      if redis.call('EXISTS', counter) == 1 then
+        redis.call('DECRBY', counter, tonumber(string.match(member, ':(%d+)$')))
+      end
+      redis.call('ZREM', holds, member)
+    end
+    local limit = tonumber(ARGV[nb_at + 2 * b])
+    local spent = tonumber(redis.call('GET', counter) or '0')
+    if reason == 0 and want > 0 and spent + want > limit then reason, culprit = 4, b end
+    if left == nil or limit - spent < left then left = limit - spent end
+  end
+end
+
 if reason == 0 then
   local ttl = tonumber(ARGV[3])
+  if budgets > 0 and want > 0 then
+    local member = ARGV[2] .. ':' .. string.format('%.0f', want)
+    for b = 1, budgets do
+      local counter, holds = KEYS[first_budget_key + 2 * b - 1], KEYS[first_budget_key + 2 * b]
+      local expires = ARGV[nb_at + 2 * b + 1]
+      redis.call('INCRBY', counter, string.format('%.0f', want))
+      redis.call('ZADD', holds, math.floor(now / 1000) + ttl, member)
+      redis.call('EXPIREAT', counter, expires)
+      redis.call('EXPIREAT', holds, expires)
+    end
+    left = left - want
+  end
   for _, scope in ipairs(scopes) do
     for i = 1, 2 do
       if scope.limits[i] > 0 and costs[i] > 0 then
@@ -70,4 +115,5 @@ for _, scope in ipairs(scopes) do
   end
   out[#out + 1] = scope.in_flight
 end
+if budgets > 0 then out[#out + 1] = string.format('%.0f', math.max(0, left)) end
 return out

@@ -9,8 +9,9 @@
 --       deployment's own averages too (its group routes by latency: broker/strategies.py)
 -- Ledger (broker/ledger.py), absent for a hand-off: KEYS 6 the tenant's usage hash of the day,
 --       7 the usage log stream; ARGV 10 field prefix, 11 the hash's expiry (unix s), 12 log maxlen,
---       13 the log record, 14..22 one count per ledger metric (ledger.METRICS order); KEYS 8.. the
---       budget counters the job reserved against, ARGV 23 what to add to them (cost - reservation)
+--       13 the log record, 14..22 one count per ledger metric (ledger.METRICS order); KEYS 8.. per
+--       budget the job was held to: its counter and its holds ZSET (admit.lua), ARGV 23 the job's
+--       cost (nano-dollars), 24 its hold (`<job id>:<nano-dollars>`)
 -- An empty reply channel: the job was handed to another deployment (failover), which answers it.
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -29,9 +30,16 @@ if acked == 1 and ARGV[10] then
   if tonumber(ARGV[12]) > 0 then
     redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[12], '*', 'r', ARGV[13])
   end
-  if ARGV[23] and ARGV[23] ~= '0' then
-    for k = 8, #KEYS do  -- a counter gone with its period stays gone (INCRBY would revive it without TTL)
-      if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('INCRBY', KEYS[k], ARGV[23]) end
+  for k = 8, #KEYS - 1, 2 do
+    -- The hold still there is replaced by the real cost; one admit.lua already gave back (its
+    -- deadline passed) leaves the whole cost to add.
+    local delta = tonumber(ARGV[23])
+    if redis.call('ZREM', KEYS[k + 1], ARGV[24]) == 1 then
+      delta = delta - tonumber(string.match(ARGV[24], ':(%d+)$'))
+    end
+    -- A counter gone with its period stays gone (INCRBY would revive it without a TTL).
+    if delta ~= 0 and redis.call('EXISTS', KEYS[k]) == 1 then
+      redis.call('INCRBY', KEYS[k], string.format('%.0f', delta))
     end
   end
 end
