@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dispatch
-from api.routes import chat, completions, embeddings, models, usage
+from api.routes import chat, completions, embeddings, jobs, models, usage
 from api.state import BrokerState
 from broker import config as config_module
 from broker.config import Config
@@ -77,6 +77,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(usage.router)
+    app.include_router(jobs.router)
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -25,7 +25,7 @@ from api import limits, sse
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import failover, strategies
+from broker import async_jobs, failover, strategies
 from broker.capabilities import Request as Payload
 from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
@@ -34,7 +34,7 @@ from broker.replies import ReplyGap
 from broker.keys import LANES
 from broker.streams import enqueue
 from broker.strategies import Stats
-from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
+from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,11 @@ ROUTE_HEADER = "x-llm-broker-route"
 MIN_CLIENT_TIMING_S = 1.0
 
 
-def _timeout_s(state: BrokerState, request: Request, *, streams: bool) -> float:
-    """config default, lowered by `X-Request-Timeout` (seconds) and, for a non-streaming request,
-    by the SDK's own read timeout."""
-    timeout = state.config.server.request_timeout_s
+def _timeout_s(state: BrokerState, request: Request, *, streams: bool, asynchronous: bool) -> float:
+    """config default, lowered by `X-Request-Timeout` (seconds) and, for a non-streaming request
+    the client waits for, by the SDK's own read timeout."""
+    server = state.config.server
+    timeout = server.async_timeout_s if asynchronous else server.request_timeout_s
     asked = request.headers.get(TIMEOUT_HEADER)
     if asked is not None:
         try:
@@ -68,7 +69,7 @@ def _timeout_s(state: BrokerState, request: Request, *, streams: bool) -> float:
     # the whole wait, so no point working longer. A stream only needs a byte that often, which its
     # chunks and keep-alive comments give it: cutting it at that time would break long streams.
     client_timeout = _sdk_read_timeout(request)
-    if client_timeout is not None and not streams:
+    if client_timeout is not None and not streams and not asynchronous:
         timeout = min(timeout, client_timeout)
     return timeout
 
@@ -81,10 +82,10 @@ def _sdk_read_timeout(request: Request) -> float | None:
     return None
 
 
-def _lane(request: Request, principal: Principal) -> str:
+def _lane(request: Request, principal: Principal, *, asynchronous: bool) -> str:
     lane = request.headers.get(PRIORITY_HEADER)
     if lane is None:
-        return principal.tenant.lane
+        return "batch" if asynchronous else principal.tenant.lane
     lane = lane.strip().lower()
     if lane not in LANES:
         raise InvalidRequest(f"`X-Priority` must be one of {', '.join(LANES)}, got {lane!r}.", param="X-Priority")
@@ -120,10 +121,11 @@ async def _strategy_stats(state: BrokerState, group: ModelGroup, streams: bool) 
         return {}
 
 
-async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload) -> Job:
+async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload, *,
+                  asynchronous: bool = False) -> Job:
     payload, also = _client_fallbacks(payload)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
-    lane = _lane(request, principal)
+    lane = _lane(request, principal, asynchronous=asynchronous)
     route = state.router.route(principal.tenant, payload.model, payload, lane=lane, headers=request.headers)
     stats = await _strategy_stats(state, route.group, streams)
     deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, route=route,
@@ -139,9 +141,10 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         model=payload.model,
         provider=deployment.provider,
         upstream_model=deployment.model,
-        reply_to=state.replies.channel,
+        # Nobody waits for an async job's replies: they go to a channel no process listens on.
+        reply_to=state.keys.replies("async") if asynchronous else state.replies.channel,
         created=now,
-        deadline=now + _timeout_s(state, request, streams=streams),
+        deadline=now + _timeout_s(state, request, streams=streams, asynchronous=asynchronous),
         lane=lane,
         request=payload if isinstance(payload, ChatRequest) else None,
         completion=payload if isinstance(payload, CompletionRequest) else None,
@@ -150,6 +153,7 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         max_context=context_of(deployment),
         hedge_after_ms=HEDGE_P95 if route.group.hedge_after_ms == "p95" else route.group.hedge_after_ms or 0,
         route=route.via or "",
+        async_ttl_s=state.config.server.async_result_ttl_s if asynchronous else 0,
     )
 
 
@@ -225,8 +229,8 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
 
     def on_close(finished: bool) -> None:
         state.replies.close(job.id)
-        if not finished:
-            state.cancel_job(job)
+        if not finished:  # the client may reconnect and resume it (broker/job_events.py)
+            state.cancel_job(job, grace_s=state.config.server.stream_resume_grace_s)
 
     response = sse.stream_response(waiter, first, keepalive_s=keepalive_s,
                                    deadline=job.deadline, timeout_message=timeout_message)
@@ -234,6 +238,35 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
     if isinstance(first, Chunk):  # the stream's headers can say what served it only if it has started
         response.headers.update(_served(first))
     return response
+
+
+def _prefers_async(request: Request) -> bool:
+    """`Prefer: respond-async` (RFC 7240: comma-separated preferences, each maybe with parameters)."""
+    prefer = request.headers.get("prefer")
+    return prefer is not None and any(p.split(";")[0].split("=")[0].strip().lower() == "respond-async"
+                                      for p in prefer.split(","))
+
+
+async def submit(state: BrokerState, job: Job) -> Response:
+    """An async job: record it, queue it, and answer 202 with where to poll it (broker/async_jobs.py)."""
+    try:
+        view = await async_jobs.submit(state.redis, state.keys, job)
+    except RedisError as exc:
+        log.warning("job store unavailable, answering 503: %s: %s", type(exc).__name__, exc)
+        raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
+                                           retry_after_s=1)) from None
+    try:
+        await _enqueue(state, job)
+    except BaseException:
+        state.spawn(_forget(state, job.id))
+        raise
+    return Response(json_encoder.encode(view), status_code=202, media_type="application/json",
+                    headers={"location": f"/v1/jobs/{job.id}", "preference-applied": "respond-async"})
+
+
+async def _forget(state: BrokerState, job_id: str) -> None:
+    with suppress(RedisError):
+        await state.redis.delete(state.keys.job(job_id))
 
 
 def _served(reply: Chunk | Final) -> dict[str, str]:
@@ -253,13 +286,15 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         state: BrokerState = request.app.state.broker
         principal = state.auth.authenticate(request.headers.get("authorization"))
         payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
-        job = await new_job(state, request, principal, payload)
+        asynchronous = _prefers_async(request)
+        job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
         # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
         headers = {"x-request-id": f"req_{job.id}"}
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
+        answer = (lambda: submit(state, job)) if asynchronous else (lambda: run(state, request, job))
         try:
-            response = await limits.admitted(state, principal, job, lambda: run(state, request, job))
+            response = await limits.admitted(state, principal, job, answer)
         except BrokerError as exc:
             exc.headers.update(headers)
             raise

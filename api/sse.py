@@ -6,6 +6,8 @@ a job that fails before producing anything still gets a real HTTP status the
 SDK can retry on. After the first byte the status cannot change: an error is
 then a `data: {"error": {...}}` event followed by `[DONE]`. Keep-alives are SSE
 comments, invisible to the SDK; never `event: ping` (SDKs yield it as a chunk).
+Events carry `id: <attempt>.<index>` lines, so a client that lost its connection resumes the
+stream at /v1/jobs/{id}/events (broker/job_events.py).
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ from broker.wire import json_encoder
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
+# Once an `id:` line went out, a blank line after a comment makes the OpenAI SDK's decoder yield an
+# empty event (it never resets the last id) and fail on it: keep-alives are then a bare comment line.
+KEEPALIVE_AFTER_IDS = b": keep-alive\n"
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def frame(events: list[bytes]) -> bytes:
     return b"".join(b"data: " + event + b"\n\n" for event in events)
+
+
+def frame_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes:
+    """Events with their `id: <attempt>.<index>` lines, which a client resumes from (broker/job_events.py)."""
+    return b"".join(b"id: %d.%d\ndata: %s\n\n" % (attempt, first_index + i, event)
+                    for i, event in enumerate(events))
 
 
 def error_event(err: BrokerError) -> bytes:
@@ -88,6 +99,7 @@ def stream_response(
 ) -> EventStream:
     async def events() -> AsyncIterator[bytes]:
         reply = first
+        keepalive, attempt, index = KEEPALIVE, 0, 0
         while True:
             match reply:
                 case None:
@@ -95,9 +107,12 @@ def stream_response(
                         response.finished = True  # the worker drops the job itself once past its deadline
                         yield error_event(RequestTimeout(timeout_message))
                         return
-                    yield KEEPALIVE
+                    yield keepalive
                 case Chunk(events=chunks):
-                    yield frame(chunks)
+                    if reply.attempt != attempt:  # a new attempt took over before anything was sent
+                        attempt, index = reply.attempt, 0
+                    yield frame_with_ids(chunks, attempt, index)
+                    keepalive, index = KEEPALIVE_AFTER_IDS, index + len(chunks)
                 case Final():
                     response.finished = True
                     yield DONE

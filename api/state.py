@@ -10,7 +10,7 @@ from typing import Any
 
 
 from api.auth import Authenticator
-from broker import redaction
+from broker import job_events, redaction
 from broker.config import Config
 from broker.connection import connect
 from broker.jobs import Job
@@ -23,6 +23,7 @@ from broker.streams import QueueScripts, cancel
 # Enough for bursts of concurrent XADDs; requests wait for a connection rather
 # than opening thousands (waiting requests hold no connection at all).
 REDIS_POOL_SIZE = 64
+EVENT_READERS = 256
 
 
 class BrokerState:
@@ -37,6 +38,9 @@ class BrokerState:
         self.redis = connect(config.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5)
         self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance), self.keys.result,
                                    max_buffered_bytes=config.server.stream_buffer_bytes)
+        # Clients reading a job's event log (api/routes/jobs.py) block in XREAD: a pool of their own,
+        # so they can never starve the request path of connections.
+        self.readers = connect(config.redis_url, max_connections=EVENT_READERS, timeout=5)
         self.limiter = Limiter(self.redis, self.keys)
         self.scripts = QueueScripts(self.redis)
         # Cleanup that must reach Redis even when its request was cancelled: held here so the
@@ -61,17 +65,22 @@ class BrokerState:
         task.add_done_callback(self.background.discard)
         return task
 
-    def cancel_job(self, job: Job) -> None:
+    def cancel_job(self, job: Job, *, grace_s: float = 0.0) -> None:
         """The client left: drop its job if still queued, abort it if running (never blocks the caller).
 
         On every provider it may be at by now: a failover moves it down its candidates, a hedge
-        races it on one of them.
+        races it on one of them. With `grace_s`, only if no client resumed its stream by then.
         """
         providers = [job.provider, *(target.provider for target in job.fallbacks)]
-        self.spawn(cancel(self.redis, self.keys, providers, job))
+        if grace_s > 0:
+            self.spawn(job_events.cancel_unless_resumed(self.redis, self.keys, providers, job.id, job.deadline,
+                                                        grace_s))
+        else:
+            self.spawn(cancel(self.redis, self.keys, providers, job.id, job.deadline))
 
     async def aclose(self) -> None:
         if self.background:  # releases and cancellations still on their way to Redis
             await asyncio.wait(set(self.background), timeout=5)
         await self.replies.stop()
+        await self.readers.aclose()
         await self.redis.aclose()

@@ -140,6 +140,15 @@ class ServerSettings(Strict):
     # Stream events one client may leave unread (it reads slower than its job writes); past this its
     # stream ends with an error and its job is cancelled, so a slow reader cannot grow the API's memory.
     stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
+    # Async jobs (`Prefer: respond-async`, broker/async_jobs.py): how long one may take in all
+    # (X-Request-Timeout may lower it), and how long its status and result stay readable after.
+    async_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=604_800)] = 3600.0
+    async_result_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=2_592_000)] = 86_400
+    # Resumable streams (broker/job_events.py): a stream's events stay this long after it ends, for
+    # a client that reconnects with Last-Event-ID; a client that drops is given this long to come
+    # back before its job is cancelled (0: cancel at once, as with no resumption).
+    stream_resume_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    stream_resume_grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 5.0
 
 
 class CircuitSettings(Strict):

@@ -78,6 +78,9 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     # Budget counters its worst-case cost was reserved against (broker/budgets.py), settled at its end.
     budget_counters: list[str] = []
     budget_reserved: int = 0  # nano-dollars
+    # An async job (`Prefer: respond-async`, broker/async_jobs.py): how long its result is kept,
+    # in seconds, instead of server.result_ttl_s. 0: a live request, whose client waits for it.
+    async_ttl_s: int = 0
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:

@@ -18,7 +18,10 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
 | {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
-| {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s |
+| {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s (async jobs: async_result_ttl_s) |
+| {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
+| {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job; expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
+| {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
 | {ns}:usage:{tenant}:{day}            | hash    | finish.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
 | {ns}:budget:{scope}:{period}         | string  | admit.lua, finish.lua   | expires two days after its day or month |
 | {ns}:budget:{scope}:{period}:holds   | zset    | admit.lua, finish.lua   | one member per running request; lapsed ones given back at admission; same expiry |
@@ -93,6 +96,18 @@ class Keys:
     def usage(self, tenant: str, day: str) -> str:
         """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/ledger.py."""
         return f"{self.ns}:usage:{tenant}:{day}"
+
+    def job(self, job_id: str) -> str:
+        """An async job's status record (broker/async_jobs.py)."""
+        return f"{self.ns}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        """A streamed job's events, for clients that resume it (broker/job_events.py)."""
+        return f"{self.ns}:events:{job_id}"
+
+    def readers(self, job_id: str) -> str:
+        """How many resumed clients read a stream: while any does, its job is not cancelled."""
+        return f"{self.ns}:readers:{job_id}"
 
     def budget(self, scope: str, period: str) -> str:
         """Spend held against a budget (broker/budgets.py): scope t:<tenant> or k:<tenant>:<key>."""

@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError
 
 import msgspec
 
+from broker import async_jobs, job_events
 from broker.errors import ErrorInfo
 from broker.redaction import redact
 from broker.jobs import Chunk, Failed, Final, Job, reply_encoder
@@ -48,6 +49,11 @@ class _Chunks:
 
 
 @dataclass(slots=True)
+class _Started:
+    job: Job  # an async job a worker began: its status record says so
+
+
+@dataclass(slots=True)
 class _End:
     job: Job
     entry_id: bytes
@@ -65,13 +71,14 @@ class _End:
 
 class Outbox:
     def __init__(self, redis: Redis, keys: Keys, scripts: QueueScripts, *, result_ttl_s: int,
-                 tenants: dict[str, Tenant]) -> None:
+                 tenants: dict[str, Tenant], resume_ttl_s: int = 60) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
         self.tenants = tenants
         self.result_ttl_s = result_ttl_s
-        self._ops: list[_Chunks | _End] = []
+        self.resume_ttl_s = resume_ttl_s
+        self._ops: list[_Chunks | _Started | _End] = []
         self._open: dict[str, _Chunks] = {}
         self._seq: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -123,6 +130,11 @@ class Outbox:
         self._wake.set()
         await done
 
+    def started(self, job: Job) -> None:
+        """An async job began running (its status turns `in_progress`; non-blocking)."""
+        self._ops.append(_Started(job))
+        self._wake.set()
+
     def forget(self, job_id: str) -> None:
         """The job's end will not be retried: drop its sequence counter."""
         self._seq.pop(job_id, None)
@@ -150,16 +162,21 @@ class Outbox:
                             self._seq[op.job.id] = op.seq
                         op.done.set_exception(exc)
 
-    async def _flush(self, ops: list[_Chunks | _End]) -> None:
+    async def _flush(self, ops: list[_Chunks | _Started | _End]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         scripted: list[Queued] = []  # EVALSHA calls, sent again if Redis lost its scripts
         for op in ops:
             job = op.job
+            if isinstance(op, _Started):
+                async_jobs.mark_started(pipe, self.keys, job)
+                continue
             if isinstance(op, _Chunks):
                 seq = self._next_seq(job.id)
                 reply = (Chunk(job.id, job.attempt, seq, op.events, job.served_by, job.calls) if seq == 0
                          else Chunk(job.id, job.attempt, seq, op.events))
-                pipe.publish(job.reply_to, reply_encoder.encode(reply))
+                encoded = reply_encoder.encode(reply)
+                pipe.publish(job.reply_to, encoded)
+                job_events.record(pipe, self.keys, job, seq, encoded)
                 continue
             seq = op.seq = self._next_seq(job.id)
             del self._seq[job.id]
@@ -169,6 +186,9 @@ class Outbox:
                 if op.error is not None
                 else Final(job.id, job.attempt, seq, op.body, op.usage, job.served_by, job.calls)
             )
+            encoded = reply_encoder.encode(terminal)
+            if job.streams:
+                job_events.record_end(pipe, self.keys, job, seq, encoded, job.async_ttl_s or self.resume_ttl_s)
             tenant = self.tenants.get(job.tenant)
             if tenant is not None and op.usage is not None:
                 # The TPM bucket was charged an estimate at admission; settle it with what was used,
@@ -177,8 +197,8 @@ class Outbox:
                                            job.estimated_tokens, op.usage.total_tokens, key=job.key)
             keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id),
                                self.keys.drain(job.provider), self.keys.circuit(job.provider)]
-            args: list[Any] = [op.entry_id, job.tenant, job.reply_to, reply_encoder.encode(terminal),
-                               self.result_ttl_s, op.service_ms, job.upstream_model, op.ttft_ms,
+            args: list[Any] = [op.entry_id, job.tenant, job.reply_to, encoded,
+                               job.async_ttl_s or self.result_ttl_s, op.service_ms, job.upstream_model, op.ttft_ms,
                                "1" if op.timed else "0"]
             if op.ledger is not None:
                 keys += op.ledger[0]

@@ -174,13 +174,13 @@ async def cancelled(redis: Redis, keys: Keys, provider: str, job_ids: list[str])
     return [job_id for job_id, marked in zip(job_ids, await pipe.execute()) if marked]
 
 
-async def cancel(redis: Redis, keys: Keys, providers: list[str], job: Job) -> None:
+async def cancel(redis: Redis, keys: Keys, providers: list[str], job_id: str, deadline: float) -> None:
     """Drop the job if still queued on any of `providers`, abort it where it runs."""
-    ttl_ms = max(int((job.deadline - time.time()) * 1000), 1)
+    ttl_ms = max(int((deadline - time.time()) * 1000), 1)
     pipe = redis.pipeline(transaction=False)
     for provider in dict.fromkeys(providers):
-        pipe.set(keys.cancelled(provider, job.id), 1, px=ttl_ms)  # pull.lua skips it
-        pipe.publish(keys.cancel_channel(provider), job.id)  # the running worker aborts it
+        pipe.set(keys.cancelled(provider, job_id), 1, px=ttl_ms)  # pull.lua skips it
+        pipe.publish(keys.cancel_channel(provider), job_id)  # the running worker aborts it
     await pipe.execute()
 
 

@@ -33,6 +33,9 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
         {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},
         {"hang": [{"provider": "up", "model": "hang-stream"}], "slow": [{"provider": "up", "model": "slow"}],
          "quick": [{"provider": "up", "model": "fake-model"}]},
+        # A dropped stream is cancelled at once, not after a grace for its client to resume it
+        # (tests/test_resumable_streams.py proves the grace).
+        server={"stream_resume_grace_s": 0},
     )
     stack.worker("up")
     return str(stack.api())

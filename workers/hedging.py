@@ -238,7 +238,7 @@ class Racer:
 
     async def _cancel_other(self, provider: str) -> None:
         with suppress(RedisError):  # the loser then just finds its claim taken
-            await cancel(self.hedging.redis, self.hedging.keys, [provider], self.job)
+            await cancel(self.hedging.redis, self.hedging.keys, [provider], self.job.id, self.job.deadline)
 
     async def _rejoin(self) -> bool:
         """A re-delivered primary: back in the race its first delivery started, if it did."""

@@ -76,7 +76,7 @@ class Worker:
                                                  concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
-                             tenants=config.tenants)
+                             tenants=config.tenants, resume_ttl_s=config.server.stream_resume_ttl_s)
         self.hedging = Hedging(redis, self.scripts, self.keys, config)
         self.prices = pricing.PriceBook(config)
         self.jobs_done = 0
@@ -201,6 +201,8 @@ class Worker:
             if attempt > self.queue.max_attempts:
                 raise BrokerError(f"the job failed on every attempt ({self.queue.max_attempts}): the workers "
                                   "running it stopped responding", code="attempts_exhausted")
+            if job.async_ttl_s:
+                self.outbox.started(job)
             if racer is not None and not await racer.start():
                 return await self._bow_out(job, item)
             body, usage = await attempts.call(self.provider, job, emit, meter, emitted=lambda: emitted,
