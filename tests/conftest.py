@@ -290,3 +290,17 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+def sse_data(body: str) -> list[str]:
+    """The data of each event of an SSE body, in order (`id:` lines and comments skipped)."""
+    return [line[6:] for event in body.split("\n\n") for line in event.split("\n") if line.startswith("data: ")]
+
+
+def next_data(lines: Iterator[str]) -> str:
+    """The next `data:` line of a stream being read line by line (its `id:` line skipped)."""
+    for line in lines:
+        if line.startswith("data: "):
+            return line
+        assert line.startswith(("id: ", ":")) or not line, line
+    raise AssertionError("the stream ended without another event")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, next_data
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
 
@@ -61,7 +61,7 @@ def test_leaving_a_stream_aborts_the_upstream_call_within_a_second(base_url: str
     seen = len(openai_upstream.DISCONNECTS)
     with httpx.stream("POST", f"{base_url}/chat/completions", json=chat("hang", True, "bye"),
                       headers=HEADERS, timeout=30) as resp:
-        assert next(resp.iter_lines()).startswith("data: ")  # the upstream is now stalled mid-stream
+        assert next_data(resp.iter_lines())  # the upstream is now stalled mid-stream
         left = time.time()
     assert wait_for_disconnect(seen) - left < 1.0
 
@@ -79,7 +79,7 @@ def test_a_queued_job_whose_client_left_is_skipped(base_url: str, upstream: Upst
     with httpx.stream("POST", f"{base_url}/chat/completions", json=chat("hang", True, "blocker"),
                       headers=HEADERS, timeout=30) as resp:
         lines = resp.iter_lines()  # kept: dropping the iterator would close the response
-        assert next(lines).startswith("data: ")  # the only slot is taken
+        assert next_data(lines)  # the only slot is taken
         with pytest.raises(httpx.ReadTimeout):  # this one waits in the queue, and its client gives up
             httpx.post(f"{base_url}/chat/completions", json=chat("quick", False, "gave-up"), headers=HEADERS,
                        timeout=httpx.Timeout(30, read=0.3))
@@ -97,7 +97,7 @@ def test_a_job_whose_deadline_passes_in_the_queue_never_reaches_the_upstream(
     with httpx.stream("POST", f"{base_url}/chat/completions", json=chat("hang", True, "holder"),
                       headers=HEADERS, timeout=30) as resp:
         lines = resp.iter_lines()
-        assert next(lines).startswith("data: ")
+        assert next_data(lines)
         started = time.monotonic()
         late = httpx.post(f"{base_url}/chat/completions", json=chat("quick", False, "too-late"),
                           headers={**HEADERS, "x-request-timeout": "0.5"}, timeout=10)

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.conftest import REDIS_URL, TEST_KEY, next_data, sse_data
 from workers.providers.mock import mock_words
 
 FAST_RECLAIM = {"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0, "drain_timeout_s": 10}
@@ -35,9 +35,9 @@ def streamed_text(sse_body: str) -> tuple[str, bool]:
     import json
 
     text, clean = "", sse_body.endswith("data: [DONE]\n\n")
-    for event in sse_body.split("\n\n"):
-        if event.startswith("data: {"):
-            data = json.loads(event[6:])
+    for event in sse_data(sse_body):
+        if event.startswith("{"):
+            data = json.loads(event)
             if "error" in data:
                 clean = False
             for choice in data.get("choices", []):
@@ -146,7 +146,7 @@ def test_sigterm_api_lets_open_streams_finish(stack_factory: Any) -> None:
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "finish me"}]}
     with httpx.stream("POST", f"{base_url}/chat/completions", json=body, headers=HEADERS, timeout=30) as resp:
         lines = resp.iter_lines()
-        assert next(lines).startswith("data: ")
+        assert next_data(lines)
         api.popen.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(httpx.ConnectError):  # no new connections once shutting down

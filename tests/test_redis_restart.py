@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import TEST_KEY, RedisServer
+from tests.conftest import TEST_KEY, RedisServer, sse_data
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
 
@@ -102,7 +102,7 @@ def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redi
                 assert resp.json()["error"]["code"] == "reply_lost"
                 continue
             assert resp.text.endswith("data: [DONE]\n\n")
-            events = [json.loads(line[6:]) for line in resp.text.split("\n\n") if line.startswith("data: {")]
+            events = [json.loads(data) for data in sse_data(resp.text) if data.startswith("{")]
             if any("error" in event for event in events):  # lost mid-stream: an explicit error event
                 assert [e["error"]["code"] for e in events if "error" in e] == ["reply_lost"]
                 continue

@@ -126,7 +126,9 @@ def test_raw_sse_framing_matches_openai(base_url: str) -> None:
     events = body.split("\n\n")
     assert events[-1] == ""
     assert events[-2] == "data: [DONE]"
-    assert all(e.startswith("data: {") for e in events[:-2])
+    # Each event one data line of JSON, after its id (a resumed stream starts after it: test_resumable_streams).
+    assert [e.split("\n")[0] for e in events[:-2]] == [f"id: 1.{i}" for i in range(len(events) - 2)]
+    assert all(e.split("\n")[1].startswith("data: {") and e.count("\n") == 1 for e in events[:-2])
     assert "event:" not in body  # OpenAI streams carry no event names
 
 

@@ -23,7 +23,7 @@ def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: A
                       headers={"authorization": f"Bearer {TEST_KEY}"}) as resp:
         assert resp.status_code == 200
         text = resp.read().decode()
-    before_data = text[: text.index("data: ")]
+    before_data = text[: text.index("id: 1.0\ndata: ")]
     assert before_data.count(": keep-alive\n\n") >= 3  # ~1.2 s of waiting at 0.2 s intervals
     assert before_data.replace(": keep-alive\n\n", "") == ""
     assert text.endswith("data: [DONE]\n\n")
