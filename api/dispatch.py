@@ -25,7 +25,7 @@ from api import limits, sse
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import async_jobs, failover, strategies
+from broker import async_jobs, failover, job_factory
 from broker.capabilities import Request as Payload
 from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
@@ -92,69 +92,16 @@ def _lane(request: Request, principal: Principal, *, asynchronous: bool) -> str:
     return lane
 
 
-# OpenRouter's convention, sent through the SDK's `extra_body`: models to fall back to, in order.
-CLIENT_FALLBACKS = "models"
-MAX_CLIENT_FALLBACKS = 8
-
-
-def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
-    """The request without its `models` list (no upstream should see it), and that list."""
-    extra = getattr(payload, "extra_body", msgspec.UNSET)
-    if not isinstance(extra, dict) or CLIENT_FALLBACKS not in extra:
-        return payload, []
-    names = extra[CLIENT_FALLBACKS]
-    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-            or len(names) > MAX_CLIENT_FALLBACKS):
-        raise InvalidRequest(f"`models` must be a list of at most {MAX_CLIENT_FALLBACKS} model names.",
-                             param=CLIENT_FALLBACKS)
-    rest = {k: v for k, v in extra.items() if k != CLIENT_FALLBACKS}
-    return msgspec.structs.replace(payload, extra_body=rest or msgspec.UNSET), names
-
-
-async def _strategy_stats(state: BrokerState, group: ModelGroup, streams: bool) -> Stats:
-    """What the model group's strategy compares, read from Redis only for strategies that need it."""
-    if group.strategy not in strategies.READS_REDIS:
-        return {}
-    try:
-        return await strategies.fetch(state.redis, state.keys, group, streams=streams)
-    except RedisError:  # advisory: the listed order serves meanwhile
-        return {}
-
-
 async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload, *,
                   asynchronous: bool = False) -> Job:
-    payload, also = _client_fallbacks(payload)
     streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
-    lane = _lane(request, principal, asynchronous=asynchronous)
-    route = state.router.route(principal.tenant, payload.model, payload, lane=lane, headers=request.headers)
-    stats = await _strategy_stats(state, route.group, streams)
-    deployment, *fallbacks = state.router.candidates(principal.tenant, payload.model, payload, route=route,
-                                                     also=also, stats=stats)
-
-    def context_of(d: Deployment) -> int:
-        return state.router.capabilities(d).max_context_tokens or 0
-    now = time.time()
-    return Job(
-        id=uuid.uuid4().hex,
-        tenant=principal.tenant_name,
-        key=principal.key_name,
-        model=payload.model,
-        provider=deployment.provider,
-        upstream_model=deployment.model,
+    return await job_factory.build(
+        state.router, state.redis, state.keys, principal.tenant_name, principal.tenant, principal.key_name, payload,
+        lane=_lane(request, principal, asynchronous=asynchronous),
+        timeout_s=_timeout_s(state, request, streams=streams, asynchronous=asynchronous),
         # Nobody waits for an async job's replies: they go to a channel no process listens on.
         reply_to=state.keys.replies("async") if asynchronous else state.replies.channel,
-        created=now,
-        deadline=now + _timeout_s(state, request, streams=streams, asynchronous=asynchronous),
-        lane=lane,
-        request=payload if isinstance(payload, ChatRequest) else None,
-        completion=payload if isinstance(payload, CompletionRequest) else None,
-        embedding=payload if isinstance(payload, EmbeddingRequest) else None,
-        fallbacks=[Target(d.provider, d.model, context_of(d)) for d in fallbacks],
-        max_context=context_of(deployment),
-        hedge_after_ms=HEDGE_P95 if route.group.hedge_after_ms == "p95" else route.group.hedge_after_ms or 0,
-        route=route.via or "",
-        async_ttl_s=state.config.server.async_result_ttl_s if asynchronous else 0,
-    )
+        headers=request.headers, async_ttl_s=state.config.server.async_result_ttl_s if asynchronous else 0)
 
 
 async def _client_gone(request: Request) -> None:

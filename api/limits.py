@@ -35,10 +35,8 @@ log = logging.getLogger(__name__)
 async def admitted(state: BrokerState, principal: Principal, job: Job,
                    respond: Callable[[], Awaitable[Response]]) -> Response:
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
-    held = _budgets(state, principal)
-    hold = budgets.Hold(held, budgets.worst_case_nanos(job.payload, [
-        state.router.prices.price(t.provider, t.model)
-        for t in [Target(job.provider, job.upstream_model), *job.fallbacks]])) if held else None
+    hold = budgets.hold_for(state.keys, principal.tenant_name, principal.tenant, principal.key_name, job.payload,
+                            state.router.prices.of(job))
     try:
         admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
                                               estimate_request_tokens(job.payload), job.id, job.deadline,
@@ -69,16 +67,6 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
     else:
         await _release(state, admission)
     return response
-
-
-def _budgets(state: BrokerState, principal: Principal) -> list[budgets.Budget]:
-    """The budgets this request is held to (none for most: then no Redis call at all)."""
-    tenant = principal.tenant
-    key = next((k for k in tenant.keys if isinstance(k, ApiKey) and k.name == principal.key_name), None)
-    if not tenant.budgeted() and (key is None or not key.budgeted()):
-        return []
-    return budgets.applicable(state.keys, principal.tenant_name, tenant, principal.key_name, key,
-                              dt.datetime.now(dt.timezone.utc))
 
 
 class NotQueued(Exception):

@@ -13,6 +13,7 @@ from api.auth import Authenticator
 from broker import job_events, redaction
 from broker.config import Config
 from broker.connection import connect
+from broker.files import FileStore
 from broker.jobs import Job
 from broker.keys import Keys
 from broker.ratelimit import Limiter
@@ -42,6 +43,7 @@ class BrokerState:
         # so they can never starve the request path of connections.
         self.readers = connect(config.redis_url, max_connections=EVENT_READERS, timeout=5)
         self.limiter = Limiter(self.redis, self.keys)
+        self.files = FileStore(config.batches.files_dir)
         self.scripts = QueueScripts(self.redis)
         # Cleanup that must reach Redis even when its request was cancelled: held here so the
         # tasks are not garbage-collected mid-flight, and awaited before Redis is closed.

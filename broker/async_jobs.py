@@ -70,7 +70,7 @@ async def submit(redis: Redis, keys: Keys, job: Job) -> JobView:
     """Write the job's record; the caller queues the job right after."""
     key = keys.job(job.id)
     pipe = redis.pipeline(transaction=False)
-    pipe.hset(key, "r", _encoder.encode(record_of(job)))
+    pipe.hset(key, mapping={"r": _encoder.encode(record_of(job))})
     pipe.expireat(key, int(job.deadline) + job.async_ttl_s)
     await pipe.execute()
     return view(job.id, record_of(job), {}, None)
@@ -131,6 +131,6 @@ async def cancel_job(redis: Redis, keys: Keys, job_id: str, found: Found) -> Job
     current = view(job_id, found.record, found.flags, found.result)
     if current.status not in ("queued", "in_progress"):
         return current
-    await redis.hset(keys.job(job_id), "cancelled", "1")
+    await redis.hset(keys.job(job_id), mapping={"cancelled": "1"})  # type: ignore[misc]  # (redis-py's stub)
     await cancel(redis, keys, found.record.providers, job_id, found.record.deadline)
     return view(job_id, found.record, {**found.flags, b"cancelled": b"1"}, None)

@@ -25,7 +25,7 @@ import datetime as dt
 from typing import NamedTuple
 
 from broker.capabilities import Request, estimate_tokens, output_limit_tokens
-from broker.config import Budgets
+from broker.config import Budgets, Tenant
 from broker.errors import OverBudget
 from broker.keys import Keys
 from broker.pricing import NANOS_PER_USD, Price, usd
@@ -91,3 +91,13 @@ def over_budget(hold: Hold, which: int, left_nanos: int, headers: dict[str, str]
                       f"up to ${usd(hold.nanos):.6f}. The budget resets at {refused.resets_at:%Y-%m-%d %H:%M} UTC.",
                       retry_after_s=max(1.0, (refused.resets_at - dt.datetime.now(dt.timezone.utc)).total_seconds()),
                       headers=headers)
+
+
+def hold_for(keys: Keys, tenant_name: str, tenant: Tenant, key_name: str | None, payload: Request,
+             prices: list[Price | None]) -> Hold | None:
+    """What a request must hold against its budgets (None for most: then no budget is touched)."""
+    key = tenant.api_key(key_name)
+    if not tenant.budgeted() and (key is None or not key.budgeted()):
+        return None
+    held = applicable(keys, tenant_name, tenant, key_name, key, dt.datetime.now(dt.timezone.utc))
+    return Hold(held, worst_case_nanos(payload, prices)) if held else None

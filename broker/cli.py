@@ -9,6 +9,8 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker hash-key turn an API key into the sha256 form config expects
     llm-broker check-config  validate a config file and exit
     llm-broker usage    a tenant's usage and spend from the ledger
+    llm-broker batch-worker  run Batch API batches (arq)
+    llm-broker batches  list batches and their progress
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 from collections.abc import Sized
 
 from broker import config as config_module
-from broker import usage_cli
+from broker import batches_cli, usage_cli
 from broker.pricing import PriceBook
 from broker.config import ConfigError
 
@@ -92,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "deployment (the figures GET /v1/usage gives the tenant's own keys).")
     usage.add_argument("--config", help=REQUIRED_CONFIG_HELP)
     usage_cli.add_arguments(usage)
+
+    batch_worker = command("batch-worker", "run the Batch API's batches (arq worker)",
+                           "Run batches created with POST /v1/batches: expand their input files into jobs, "
+                           "collect the results into output files. Any number may run; SIGTERM stops it "
+                           "and another resumes its batches.")
+    batch_worker.add_argument("--config", help=REQUIRED_CONFIG_HELP)
+    logged(batch_worker)
+
+    listed = command("batches", "list batches and their progress",
+                     "List the batches of every tenant (or one) with their status and progress.")
+    listed.add_argument("--config", help=REQUIRED_CONFIG_HELP)
+    batches_cli.add_arguments(listed)
     return parser
 
 
@@ -123,9 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "usage":
         return usage_cli.run(config, args)
+    if args.command == "batches":
+        return batches_cli.run(config, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "worker":
         return _run_worker(config, args)
+    if args.command == "batch-worker":
+        return _run_batch_worker(config)
     sock = _listen(args.host, args.port)
     if sock is None:
         return 1
@@ -179,6 +197,23 @@ def _run_worker(config: config_module.Config, args: argparse.Namespace) -> int:
         return 2
     _install_uvloop()
     asyncio.run(serve(config, args.provider, concurrency=args.concurrency, burst=args.burst))
+    return 0
+
+
+def _run_batch_worker(config: config_module.Config) -> int:
+    import signal
+
+    from broker import batch_worker
+
+    async def serve() -> None:
+        task = asyncio.ensure_future(batch_worker.run(config))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a step cut short is resumed by the next
+            loop.add_signal_handler(sig, task.cancel)
+        await task
+
+    _install_uvloop()
+    asyncio.run(serve())
     return 0
 
 

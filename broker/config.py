@@ -198,6 +198,19 @@ class UsageSettings(Strict):
     postgres_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "llm_broker_usage"
 
 
+class BatchSettings(Strict):
+    """Files and the Batch API (broker/files.py, broker/batches.py, broker/batch_runner.py)."""
+
+    # Where file bodies live (a directory every API and batch-worker process shares); metadata is in Redis.
+    files_dir: str = "llm-broker-files"
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 34)] = 200 * 1024 * 1024
+    max_lines: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
+    file_ttl_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30  # uploads and batch outputs
+    # Lines of one batch queued or running at once: the rest wait in its input file, not in Redis.
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30  # a batch's record after it ends
+
+
 class Config(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key this deployment owns (see broker/keys.py).
@@ -206,6 +219,7 @@ class Config(Strict):
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     circuit: CircuitSettings = msgspec.field(default_factory=CircuitSettings)
     usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
+    batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
     providers: dict[str, ProviderConfig] = {}
     # The list form is a `priority` group (ModelGroup) of those deployments.
     models: dict[str, list[Deployment] | ModelGroup] = {}

@@ -19,6 +19,7 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
     """A client for `url`; with `max_connections`, callers wait for a pooled connection (up to
     `timeout` s) rather than opening more."""
     if max_connections is None:
-        return Redis.from_url(url, protocol=PROTOCOL, **options)
+        client: Redis = Redis.from_url(url, protocol=PROTOCOL, **options)
+        return client
     pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, protocol=PROTOCOL, **options)
     return Redis(connection_pool=pool)

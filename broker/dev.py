@@ -64,9 +64,12 @@ async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, 
             return exc.code if isinstance(exc.code, int) else 1
         return 0
 
+    from broker import batch_worker
+
     redis = connect(config.redis_url)
     workers = [Worker(config, name, redis) for name in config.providers]
     tasks = [asyncio.create_task(w.run()) for w in workers]
+    batches = asyncio.create_task(batch_worker.run(config))  # the Batch API's batches
     server = Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on",
                                    http=OpenAIErrorsHTTPProtocol))
     serving = asyncio.create_task(serve())
@@ -79,7 +82,8 @@ async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, 
     finally:
         for w in workers:
             w.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        batches.cancel()
+        await asyncio.gather(*tasks, batches, return_exceptions=True)
         await redis.aclose()
         print("llm-broker dev stopped.", flush=True)
 

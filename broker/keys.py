@@ -19,6 +19,11 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
 | {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s (async jobs: async_result_ttl_s) |
+| {ns}:file:{id}                        | string  | API (files.py)          | expires with the file: batches.file_ttl_days |
+| {ns}:files:{tenant}                   | zset    | API (files.py)          | file ids; members past the longest file lifetime trimmed at upload |
+| {ns}:batch:{id}                       | hash    | API, batch worker (batches.py) | a few fields; expires batches.retention_days after the batch ends (or its window) |
+| {ns}:batch:{id}:inflight / :lock      | set / string | batch worker (batch_runner.py) | <= batches.max_in_flight line numbers; the lock's TTL is one step |
+| {ns}:batches:{tenant} / batches:active | zset   | API, batch worker       | batch ids; trimmed past retention / removed when the batch ends |
 | {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
 | {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job; expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
@@ -96,6 +101,21 @@ class Keys:
     def usage(self, tenant: str, day: str) -> str:
         """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/ledger.py."""
         return f"{self.ns}:usage:{tenant}:{day}"
+
+    def file(self, file_id: str) -> str:
+        return f"{self.ns}:file:{file_id}"
+
+    def files(self, tenant: str) -> str:
+        return f"{self.ns}:files:{tenant}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.ns}:batch:{batch_id}"
+
+    def batches(self, tenant: str) -> str:
+        return f"{self.ns}:batches:{tenant}"
+
+    def active_batches(self) -> str:
+        return f"{self.ns}:batches:active"
 
     def job(self, job_id: str) -> str:
         """An async job's status record (broker/async_jobs.py)."""

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import msgspec
 
 from broker.config import Config, Deployment, MockProvider, OpenAIProvider, ProviderConfig
+from broker.jobs import Job
 from broker.wire import Usage
 
 # When the shipped table was copied from the providers' public price pages.
@@ -141,6 +142,10 @@ class PriceBook:
         if key not in self._prices and provider in self.config.providers:
             self._prices[key] = resolve(Deployment(provider=provider, model=model), self.config.providers[provider])
         return self._prices.get(key)
+
+    def of(self, job: Job) -> list[Price | None]:
+        """The prices of every deployment `job` may run on: its own, then its failover candidates."""
+        return [self.price(job.provider, job.upstream_model), *(self.price(t.provider, t.model) for t in job.fallbacks)]
 
     def unpriced(self) -> list[str]:
         """Configured deployments with no known price (`check-config` warns about them)."""

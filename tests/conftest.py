@@ -105,7 +105,8 @@ def module_namespace() -> Iterator[str]:
 def write_config(path: Path, namespace: str, *, providers: dict[str, Any], models: dict[str, Any],
                  server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None,
                  queue: dict[str, Any] | None = None, redis_url: str = REDIS_URL,
-                 circuit: dict[str, Any] | None = None, usage: dict[str, Any] | None = None) -> Path:
+                 circuit: dict[str, Any] | None = None, usage: dict[str, Any] | None = None,
+                 batches: dict[str, Any] | None = None) -> Path:
     doc: dict[str, Any] = {
         "redis_url": redis_url,
         "namespace": namespace,
@@ -121,6 +122,7 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
         doc["circuit"] = circuit
     if usage:
         doc["usage"] = usage
+    doc["batches"] = {"files_dir": str(path.parent / "files"), **(batches or {})}
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -206,6 +208,13 @@ class Stack:
                 raise RuntimeError(f"worker did not register:\n{proc.output()}")
             time.sleep(0.05)
         client.close()
+        return proc
+
+    def batch_worker(self) -> Proc:
+        """A batch worker (arq) process."""
+        proc = Proc(["batch-worker", "--config", str(self.config_path), "--log-level", "warning"],
+                    self.log_dir / f"batch-worker-{len(self.procs)}.log")
+        self.procs.append(proc)
         return proc
 
     def stop(self) -> None:

@@ -25,7 +25,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SAMPLE_CONFIG = ROOT / "deploy" / "config.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 CONTAINER_CONFIG = "/etc/llm-broker/config.yaml"
-BROKER_SUBCOMMANDS = {"api", "worker", "dev"}
+BROKER_SUBCOMMANDS = {"api", "worker", "dev", "batch-worker"}
 
 
 def _compose() -> dict[str, Any]:

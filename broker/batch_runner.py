@@ -1,0 +1,374 @@
+"""Running a batch: its input file's lines become broker jobs, their results its output files.
+
+A batch runs in steps of at most STEP_S (broker/batch_worker.py chains them on arq), one step of a
+batch at a time (a lock with the step's lifetime). Within a step it loops: queue more lines, at most
+`batches.max_in_flight` at once, read from the input file where the last one stopped, so the file
+never enters Redis; collect the results of those that ended; commit.
+
+Every line runs as an async job (broker/async_jobs.py) through the same lanes (`batch`), limits,
+budgets, routing, failover and ledger as a live request, with an id derived from the batch and the
+line number. Nothing is lost or written twice, whatever process dies when:
+- a line is queued, then recorded in flight with the cursor; a line queued whose record was lost
+  is found by its job's own record when its line is read again, and not queued twice;
+- output lines are appended to the uncommitted output files, flushed to disk, and only then are
+  the lines removed from in flight together with the files' new sizes; a step starts by cutting
+  the files back to the recorded sizes, and lines still in flight are collected again from their
+  results, which are kept `server.async_result_ttl_s`.
+A tenant's rate limit or a full queue pauses the batch (backpressure); a budget that refuses a line
+fails that line. Cancelled or past its window, the lines in flight are cancelled upstream and the
+batch ends with what it has (past its window, every unfinished line is an error `batch_expired`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, IO
+
+import msgspec
+from redis.asyncio import Redis
+
+from broker import async_jobs, batches, budgets, failover, files, job_factory
+from broker.batch_input import parse
+from broker.batches import Batch, BatchError, BatchErrors
+from broker.config import Config
+from broker.errors import BrokerError, OverBudget, RateLimited
+from broker.jobs import Failed, Final, reply_decoder
+from broker.keys import Keys
+from broker.ratelimit import Limiter, estimate_request_tokens
+from broker.routing import Router
+from broker.streams import QueueScripts, cancel, enqueue
+from broker.wire import ChatRequest, CompletionRequest, json_encoder
+
+log = logging.getLogger(__name__)
+
+STEP_S = 20.0
+POLL_S = 0.2
+WIND_DOWN_S = 3.0  # after cancelling its lines, how long a batch waits for their last results
+PAUSE_S = 1.0  # a queue that refused a line is asked again after this
+
+
+class BatchContext:
+    """What a batch worker process needs to run batches (built once per process)."""
+
+    def __init__(self, config: Config, redis: Redis) -> None:
+        self.config = config
+        self.redis = redis
+        self.keys = Keys(config.namespace)
+        self.router = Router(config)
+        self.limiter = Limiter(redis, self.keys)
+        self.scripts = QueueScripts(redis)
+        self.store = files.FileStore(config.batches.files_dir)
+
+
+def line_job_id(batch_id: str, line: int) -> str:
+    return hashlib.sha256(f"{batch_id}:{line}".encode()).hexdigest()[:32]
+
+
+class _Output(msgspec.Struct):
+    id: str
+    custom_id: str
+    response: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+
+class _Run:
+    """One step of one batch."""
+
+    def __init__(self, ctx: BatchContext, loaded: batches.Loaded) -> None:
+        self.ctx, self.batch, self.tenant_name = ctx, loaded.batch, loaded.tenant
+        self.key_name = loaded.fields.get(b"k", b"").decode() or None
+        self.fields = loaded.fields
+        self.line = int(loaded.fields.get(b"line", b"0"))  # lines read from the input so far
+        self.offset = int(loaded.fields.get(b"offset", b"0"))  # and the byte after the last of them
+        self.sizes = [int(loaded.fields.get(b"out_bytes", b"0")), int(loaded.fields.get(b"err_bytes", b"0"))]
+        self.in_flight: dict[int, str] = {}  # line → custom_id
+        self.exhausted = False
+        self.paused_until = 0.0
+        # Pending until the next commit:
+        self.new_flight: dict[int, str] = {}
+        self.done: list[int] = []
+        self.out: list[list[bytes]] = [[], []]
+        self.input: IO[bytes] | None = None
+
+    @property
+    def inflight_key(self) -> str:
+        return self.ctx.keys.batch(self.batch.id) + ":inflight"
+
+    async def resume(self) -> None:
+        store = self.ctx.store
+        for file_id, size in zip((self.batch.output_file_id, self.batch.error_file_id), self.sizes):
+            assert file_id is not None
+            store.append(file_id).close()
+            store.truncate(file_id, size)  # lines written but never committed go: they are collected again
+        raw = await self.ctx.redis.hgetall(self.inflight_key)  # type: ignore[misc]
+        self.in_flight = {int(k): v.decode() for k, v in raw.items()}
+        self.input = store.open(self.batch.input_file_id)
+        self.input.seek(self.offset)
+
+    def close(self) -> None:
+        if self.input is not None:
+            self.input.close()
+
+    # -------------------------------------------------------------- queueing lines
+
+    def _next_lines(self, count: int) -> list[tuple[int, bytes]]:
+        assert self.input is not None
+        found: list[tuple[int, bytes]] = []
+        while len(found) < count:
+            raw = self.input.readline()
+            if not raw:
+                self.exhausted = True
+                break
+            self.line += 1
+            self.offset += len(raw)
+            if raw.strip():
+                found.append((self.line, raw.rstrip(b"\n")))
+        return found
+
+    async def queue_more(self) -> None:
+        room = self.ctx.config.batches.max_in_flight - len(self.in_flight) - len(self.new_flight)
+        if self.exhausted or room <= 0 or time.monotonic() < self.paused_until:
+            return
+        position = (self.line, self.offset)
+        for number, raw in self._next_lines(room):
+            outcome = await self._queue(number, raw)
+            if outcome == "paused":  # read it again next time
+                self.line, self.offset = position
+                self.input.seek(self.offset)  # type: ignore[union-attr]
+                self.exhausted = False
+                return
+            position = (self.line, self.offset)
+
+    async def _queue(self, number: int, raw: bytes) -> str:
+        ctx = self.ctx
+        line, body = parse(raw)  # checked at upload: any error here is ours
+        if isinstance(body, ChatRequest | CompletionRequest) and body.stream:
+            body = msgspec.structs.replace(body, stream=False, stream_options=None)
+        job_id = line_job_id(self.batch.id, number)
+        if await ctx.redis.exists(ctx.keys.job(job_id)):  # queued before a crash lost its record here
+            self.new_flight[number] = line.custom_id
+            return "queued"
+        tenant = ctx.config.tenants.get(self.tenant_name)
+        if tenant is None:
+            self._fail(number, line.custom_id, BrokerError("the batch's tenant no longer exists"))
+            return "failed"
+        server = ctx.config.server
+        try:
+            job = await job_factory.build(
+                ctx.router, ctx.redis, ctx.keys, self.tenant_name, tenant, self.key_name, body, lane="batch",
+                timeout_s=max(1.0, min(server.async_timeout_s, self.batch.expires_at - time.time())),
+                reply_to=ctx.keys.replies("async"), headers={}, async_ttl_s=server.async_result_ttl_s,
+                job_id=job_id)
+        except BrokerError as exc:  # a model it may not use, a request no deployment can serve
+            self._fail(number, line.custom_id, exc)
+            return "failed"
+        try:
+            admission = await ctx.limiter.admit(self.tenant_name, tenant, estimate_request_tokens(body), job.id,
+                                                job.deadline, key=self.key_name,
+                                                hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, self.key_name,
+                                                                      body, ctx.router.prices.of(job)))
+        except OverBudget as exc:
+            self._fail(number, line.custom_id, exc)
+            return "failed"
+        except RateLimited as exc:
+            self.paused_until = time.monotonic() + max(exc.retry_after_s or PAUSE_S, 0.05)
+            return "paused"
+        job.estimated_tokens = admission.tokens
+        job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
+        await async_jobs.submit(ctx.redis, ctx.keys, job)
+        while True:
+            try:
+                await enqueue(ctx.scripts, ctx.keys, ctx.config, job)
+                break
+            except BrokerError as refused:
+                nxt = failover.advance(job, refused)
+                if nxt is None:  # every candidate refused it now (queue full, no worker): later
+                    await ctx.limiter.refund(admission)
+                    await ctx.redis.delete(ctx.keys.job(job.id))
+                    self.paused_until = time.monotonic() + PAUSE_S
+                    return "paused"
+                job = nxt
+        await ctx.limiter.release(admission)  # nobody holds a connection open for it
+        self.new_flight[number] = line.custom_id
+        return "queued"
+
+    # -------------------------------------------------------------- results
+
+    def _write(self, number: int, custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None,
+               *, ok: bool) -> None:
+        record = _Output(f"batch_req_{line_job_id(self.batch.id, number)[:24]}", custom_id, response, error)
+        self.out[0 if ok else 1].append(json_encoder.encode(record) + b"\n")
+        counts = self.batch.request_counts
+        if ok:
+            counts.completed += 1
+        else:
+            counts.failed += 1
+
+    def _fail(self, number: int, custom_id: str, exc: BrokerError) -> None:
+        body = msgspec.to_builtins(exc.to_body())
+        self._write(number, custom_id, {"status_code": exc.status, "request_id": None, "body": body}, None, ok=False)
+
+    async def collect(self) -> None:
+        numbers = list(self.in_flight)
+        for start in range(0, len(numbers), 500):
+            chunk = numbers[start:start + 500]
+            results = await self.ctx.redis.mget(
+                [self.ctx.keys.result(line_job_id(self.batch.id, n)) for n in chunk])
+            for number, raw in zip(chunk, results):
+                if raw is not None:
+                    self._collected(number, reply_decoder.decode(raw))
+
+    def _collected(self, number: int, reply: Any) -> None:
+        custom_id = self.in_flight.pop(number)
+        self.done.append(number)
+        request_id = f"req_{line_job_id(self.batch.id, number)}"
+        if isinstance(reply, Final):
+            body = msgspec.json.decode(reply.body)
+            self._write(number, custom_id, {"status_code": 200, "request_id": request_id, "body": body}, None, ok=True)
+        elif isinstance(reply, Failed):
+            if reply.error.code == async_jobs.CANCELLED_CODE:
+                self._write(number, custom_id, None, {"code": "batch_cancelled",
+                                                      "message": "The batch was cancelled."}, ok=False)
+                return
+            err = BrokerError.from_info(reply.error)
+            self._write(number, custom_id, {"status_code": err.status, "request_id": request_id,
+                                            "body": msgspec.to_builtins(err.to_body())}, None, ok=False)
+
+    async def commit(self, **extra: Any) -> None:
+        """Outputs to disk first, then (atomically) what they account for."""
+        ctx = self.ctx
+        for i, file_id in enumerate((self.batch.output_file_id, self.batch.error_file_id)):
+            if self.out[i]:
+                assert file_id is not None
+                with ctx.store.append(file_id) as f:
+                    f.write(b"".join(self.out[i]))
+                    f.flush()
+                    os.fsync(f.fileno())
+                    self.sizes[i] = f.tell()
+        pipe = ctx.redis.pipeline(transaction=True)
+        if self.new_flight:
+            pipe.hset(self.inflight_key, mapping={str(k): v for k, v in self.new_flight.items()})
+        if self.done:
+            pipe.hdel(self.inflight_key, *(str(n) for n in self.done))
+        pipe.expireat(self.inflight_key, self.batch.expires_at + 86_400)
+        pipe.hset(ctx.keys.batch(self.batch.id), mapping={
+            "b": msgspec.json.encode(self.batch), "line": self.line, "offset": self.offset,
+            "out_bytes": self.sizes[0], "err_bytes": self.sizes[1], **extra})
+        await pipe.execute()
+        self.in_flight.update(self.new_flight)
+        self.new_flight, self.done, self.out = {}, [], [[], []]
+
+    # -------------------------------------------------------------- ending
+
+    def finished(self) -> bool:
+        return self.exhausted and not self.in_flight and not self.new_flight
+
+    async def wind_down(self, status: str) -> None:
+        """Cancelled, or past its window: cancel what runs, keep what ended, end the batch."""
+        ctx = self.ctx
+        await self.commit()
+        for number in list(self.in_flight):
+            job_id = line_job_id(self.batch.id, number)
+            record = await async_jobs.load(ctx.redis, ctx.keys, job_id, self.tenant_name)
+            if record is not None:
+                await cancel(ctx.redis, ctx.keys, record.record.providers, job_id, record.record.deadline)
+        end = time.monotonic() + WIND_DOWN_S
+        while self.in_flight and time.monotonic() < end:
+            await self.collect()
+            await asyncio.sleep(POLL_S)
+        code = "batch_expired" if status == "expired" else "batch_cancelled"
+        message = ("This request could not be executed before the completion window expired." if status == "expired"
+                   else "The batch was cancelled.")
+        for number, custom_id in list(self.in_flight.items()):
+            self.in_flight.pop(number)
+            self.done.append(number)
+            self._write(number, custom_id, None, {"code": code, "message": message}, ok=False)
+        if status == "expired":  # lines never queued count as expired too
+            while not self.exhausted:
+                for number, raw in self._next_lines(1000):
+                    line, _ = parse(raw)
+                    self._write(number, line.custom_id, None, {"code": code, "message": message}, ok=False)
+        await self.finalize(status)
+
+    async def finalize(self, status: str) -> None:
+        ctx, batch, now = self.ctx, self.batch, int(time.time())
+        batch.status, batch.finalizing_at = "finalizing", batch.finalizing_at or now
+        await self.commit()
+        ttl = ctx.config.batches.file_ttl_days * 86_400
+        for i, attr in enumerate(("output_file_id", "error_file_id")):
+            file_id = getattr(batch, attr)
+            if self.sizes[i] == 0:  # no line of that kind: no file, as OpenAI does
+                ctx.store.discard(file_id)
+                setattr(batch, attr, None)
+                continue
+            ctx.store.commit(file_id)
+            name = f"{batch.id}_{'output' if i == 0 else 'error'}.jsonl"
+            await files.save(ctx.redis, ctx.keys, files.StoredFile(files.FileObject(
+                id=file_id, bytes=self.sizes[i], created_at=now, filename=name, purpose="batch_output",
+                expires_at=now + ttl), self.tenant_name))
+        batch.status = status  # type: ignore[assignment]
+        setattr(batch, f"{status}_at", now)
+        await batches.save(ctx.redis, ctx.keys, batch, ctx.config.batches.retention_days)
+        await ctx.redis.delete(self.inflight_key)
+
+
+async def start(ctx: BatchContext, loaded: batches.Loaded) -> bool:
+    """validating → in_progress (or failed, if its input is gone); False if it failed."""
+    batch = loaded.batch
+    stored = await files.load(ctx.redis, ctx.keys, batch.input_file_id, loaded.tenant)
+    now = int(time.time())
+    if stored is None or stored.endpoint != batch.endpoint:
+        batch.status, batch.failed_at = "failed", now
+        batch.errors = BatchErrors([BatchError("invalid_file", "The input file is gone, or does not use the "
+                                               f"batch's endpoint {batch.endpoint}.", "input_file_id")])
+        await batches.save(ctx.redis, ctx.keys, batch, ctx.config.batches.retention_days)
+        return False
+    batch.status, batch.in_progress_at = "in_progress", now
+    batch.request_counts.total = stored.lines
+    batch.output_file_id, batch.error_file_id = files.new_file_id(), files.new_file_id()
+    ctx.store.create(batch.output_file_id).close()
+    ctx.store.create(batch.error_file_id).close()
+    await batches.save(ctx.redis, ctx.keys, batch, ctx.config.batches.retention_days,
+                       line=0, offset=0, out_bytes=0, err_bytes=0)
+    return True
+
+
+async def step(ctx: BatchContext, batch_id: str, *, step_s: float = STEP_S,
+               alive: Callable[[], Awaitable[None]] | None = None) -> bool:
+    """Run the batch for up to `step_s`, calling `alive()` between rounds (the worker's lock);
+    True once it has ended (or is gone)."""
+    loaded = await batches.load(ctx.redis, ctx.keys, batch_id)
+    if loaded is None or loaded.batch.status in batches.ENDED:
+        await ctx.redis.zrem(ctx.keys.active_batches(), batch_id)
+        return True
+    if loaded.batch.status == "validating":
+        if not await start(ctx, loaded):
+            return True
+        loaded = await batches.load(ctx.redis, ctx.keys, batch_id)
+        assert loaded is not None
+    run = _Run(ctx, loaded)
+    await run.resume()
+    try:
+        end = time.monotonic() + step_s
+        while time.monotonic() < end:
+            if alive is not None:
+                await alive()
+            cancel_asked = (await ctx.redis.hmget(ctx.keys.batch(batch_id), ["cancel"]))[0] is not None  # type: ignore[misc]
+            if cancel_asked or time.time() >= run.batch.expires_at:
+                await run.wind_down("cancelled" if cancel_asked else "expired")
+                return True
+            await run.queue_more()
+            await run.collect()
+            await run.commit()
+            if run.finished():
+                await run.finalize("completed")
+                return True
+            await asyncio.sleep(POLL_S)
+        return False
+    finally:
+        run.close()

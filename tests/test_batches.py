@@ -1,0 +1,187 @@
+"""The OpenAI Batch API through the official SDK: files, batches, their lifecycle, cancellation,
+and a batch worker killed mid-batch losing no line and running none twice into the output."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from broker.config import hash_key
+from tests.conftest import TEST_KEY
+from tests.fakes.openai_upstream import UpstreamServer
+
+OTHER_KEY = "sk-other-tenant-0003"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(chunks=3) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
+    stack = module_stack_factory(
+        {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 16}},
+        {"quick": [{"provider": "up", "model": "fake-model"}], "broken": [{"provider": "up", "model": "fail-400"}],
+         "hold": [{"provider": "up", "model": "hold"}]},
+        tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": [hash_key(OTHER_KEY)]}},
+        batches={"max_in_flight": 50},
+    )
+    stack.worker("up")
+    stack.base_url = stack.api()
+    stack.batch_worker()
+    return stack
+
+
+@pytest.fixture(scope="module")
+def base_url(stack: Any) -> str:
+    return str(stack.base_url)
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def chat_line(custom_id: str, model: str = "quick", text: str | None = None) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": text or f"say {custom_id}"}]}}
+
+
+def wait_until(client: openai.OpenAI, batch_id: str, *statuses: str, timeout_s: float = 60) -> Any:
+    end = time.monotonic() + timeout_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        assert time.monotonic() < end, batch
+        time.sleep(0.2)
+
+
+def by_custom_id(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    if file_id is None:
+        return {}
+    lines = [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+    found = {line["custom_id"]: line for line in lines}
+    assert len(found) == len(lines), "a line appears twice"
+    return found
+
+
+def test_a_batch_runs_every_line_and_keys_its_output_by_custom_id(client: openai.OpenAI) -> None:
+    lines = [chat_line(f"ok-{i}") for i in range(30)] + [chat_line("bad-1", "broken"), chat_line("bad-2", "broken")]
+    uploaded = client.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(lines)) and uploaded.filename == "input.jsonl"
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata={"job": "nightly"})
+    assert batch.status == "validating" and batch.metadata == {"job": "nightly"}
+    done = wait_until(client, batch.id, "completed", "failed")
+    assert done.status == "completed"
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (32, 30, 2)
+    assert done.in_progress_at and done.finalizing_at and done.completed_at
+    assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at
+    output = by_custom_id(client, done.output_file_id)
+    errors = by_custom_id(client, done.error_file_id)
+    assert set(output) == {f"ok-{i}" for i in range(30)} and set(errors) == {"bad-1", "bad-2"}
+    reference = client.chat.completions.create(model="quick", messages=[{"role": "user", "content": "say ok-7"}])
+    line = output["ok-7"]
+    assert line["error"] is None and line["response"]["status_code"] == 200
+    assert line["response"]["request_id"].startswith("req_") and line["id"].startswith("batch_req_")
+    assert line["response"]["body"]["choices"][0]["message"]["content"] == reference.choices[0].message.content
+    failed = errors["bad-1"]["response"]
+    assert failed["status_code"] == 400 and set(failed["body"]["error"]) == {"message", "type", "param", "code"}
+    output_file = client.files.retrieve(done.output_file_id)
+    assert output_file.purpose == "batch_output"
+
+
+def test_an_input_file_is_checked_line_by_line(client: openai.OpenAI) -> None:
+    good = chat_line("a")
+    cases = {
+        b"not json\n": "line 1:",
+        jsonl([good, good]): "line 2: duplicate `custom_id` 'a'",
+        jsonl([good, {**chat_line("b"), "method": "GET"}]): "line 2: `method` must be POST",
+        jsonl([good, {**chat_line("b"), "url": "/v1/embeddings", "body": {"model": "quick"}}]): "line 2: invalid `body`",
+        jsonl([{**good, "body": {"model": "quick", "messages": "hi"}}]): "line 1: invalid `body`",
+        b"\n\n": "holds no requests",
+    }
+    for body, expected in cases.items():
+        with pytest.raises(openai.BadRequestError) as info:
+            client.files.create(file=("in.jsonl", body), purpose="batch")
+        assert expected in info.value.message and info.value.param == "file", (expected, info.value.message)
+    with pytest.raises(openai.BadRequestError) as wrong:
+        client.files.create(file=("in.jsonl", jsonl([good])), purpose="fine-tune")
+    assert wrong.value.param == "purpose"
+
+
+def test_files_and_batches_are_listed_read_deleted_and_tenant_scoped(client: openai.OpenAI, base_url: str) -> None:
+    uploaded = client.files.create(file=("mine.jsonl", jsonl([chat_line("x")])), purpose="batch")
+    assert uploaded.id in [f.id for f in client.files.list()]
+    assert client.files.content(uploaded.id).content == jsonl([chat_line("x")])
+    other = openai.OpenAI(base_url=base_url, api_key=OTHER_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        other.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert uploaded.id not in [f.id for f in other.files.list()]
+    created = [client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h").id for _ in range(3)]
+    pages = client.batches.list(limit=2)
+    assert len(pages.data) == 2 and pages.has_more
+    listed = [b.id for b in client.batches.list(limit=2)]  # iterating, the SDK follows `after`
+    assert listed[:3] == created[::-1] and len(listed) == len(set(listed))
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(created[0])
+    assert other.batches.list().data == []
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                              completion_window="1h")  # type: ignore[arg-type]
+    for batch_id in created:
+        wait_until(client, batch_id, "completed")
+    deleted = client.files.delete(uploaded.id)
+    assert deleted.deleted and deleted.id == uploaded.id
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+    assert httpx.get(f"{base_url}/files").status_code == 401
+
+
+def test_a_cancelled_batch_stops_its_lines_and_keeps_what_ended(client: openai.OpenAI) -> None:
+    lines = [chat_line(f"slow-{i}", "hold") for i in range(200)]  # 1 s each, 16 at a time
+    uploaded = client.files.create(file=("slow.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    wait_until(client, batch.id, "in_progress")
+    time.sleep(2.5)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    done = wait_until(client, batch.id, "cancelled", timeout_s=30)
+    output, errors = by_custom_id(client, done.output_file_id), by_custom_id(client, done.error_file_id)
+    assert 0 < len(output) < 200 and not set(output) & set(errors)
+    assert {line["error"]["code"] for line in errors.values()} <= {"batch_cancelled"}
+    assert done.request_counts.completed == len(output) and done.request_counts.failed == len(errors)
+    assert client.batches.cancel(batch.id).status == "cancelled"  # cancelling again changes nothing
+
+
+def test_a_batch_worker_killed_mid_batch_loses_no_line_and_runs_none_twice(client: openai.OpenAI,
+                                                                          stack: Any) -> None:
+    lines = [chat_line(f"line-{i}", "hold") for i in range(120)]  # ~8 s at 16 at a time
+    uploaded = client.files.create(file=("crash.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    wait_until(client, batch.id, "in_progress")
+    time.sleep(3)
+    doomed = [p for p in stack.procs if p.args[0] == "batch-worker" and p.popen.poll() is None]
+    for proc in doomed:
+        proc.kill()
+    assert 0 < client.batches.retrieve(batch.id).request_counts.completed < 120
+    stack.batch_worker()  # the survivor resumes it: its cron finds the batch without a running step
+    done = wait_until(client, batch.id, "completed", timeout_s=120)
+    output = by_custom_id(client, done.output_file_id)
+    assert set(output) == {f"line-{i}" for i in range(120)} and done.error_file_id is None
+    assert done.request_counts.completed == 120
