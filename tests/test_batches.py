@@ -185,3 +185,30 @@ def test_a_batch_worker_killed_mid_batch_loses_no_line_and_runs_none_twice(clien
     output = by_custom_id(client, done.output_file_id)
     assert set(output) == {f"line-{i}" for i in range(120)} and done.error_file_id is None
     assert done.request_counts.completed == 120
+
+
+def test_interactive_requests_keep_their_precedence_while_a_batch_runs(stack_factory: Any,
+                                                                     upstream: UpstreamServer) -> None:
+    stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2}},
+                          {"hold": [{"provider": "up", "model": "hold"}]})
+    stack.worker("up")
+    base_url = stack.api()
+    stack.batch_worker()
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    lines = [chat_line(f"bulk-{i}", "hold") for i in range(30)]  # 1 s each, 2 at a time: ~15 s of work
+    uploaded = client.files.create(file=("bulk.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    end = time.monotonic() + 20
+    while client.batches.retrieve(batch.id).request_counts.completed < 2:  # the batch lane is backed up now
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    started = time.monotonic()
+    answer = client.chat.completions.create(model="hold", messages=[{"role": "user", "content": "me first"}],
+                                            extra_headers={"X-Priority": "interactive"})
+    waited = time.monotonic() - started
+    assert answer.choices[0].message.content
+    # The next free slot goes to it (at most ~1 s behind the calls running), not behind 25+ batch lines.
+    assert waited < 3.0, waited
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    assert wait_until(client, batch.id, "completed", timeout_s=60).request_counts.completed == 30
