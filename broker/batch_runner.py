@@ -50,6 +50,7 @@ STEP_S = 20.0
 POLL_S = 0.2
 WIND_DOWN_S = 3.0  # after cancelling its lines, how long a batch waits for their last results
 PAUSE_S = 1.0  # a queue that refused a line is asked again after this
+QUEUE_CONCURRENCY = 64  # lines queued at once (each is a few Redis round trips)
 
 
 class BatchContext:
@@ -94,10 +95,17 @@ class _Run:
         self.done: list[int] = []
         self.out: list[list[bytes]] = [[], []]
         self.input: IO[bytes] | None = None
+        # The error of a line cut short by the batch's end (expired sets its own).
+        self.ending = {"code": "batch_cancelled", "message": "The batch was cancelled."}
 
     @property
     def inflight_key(self) -> str:
         return self.ctx.keys.batch(self.batch.id) + ":inflight"
+
+    @property
+    def done_key(self) -> str:
+        """A bitmap of the lines whose output is written (one bit per line)."""
+        return self.ctx.keys.batch(self.batch.id) + ":done"
 
     async def resume(self) -> None:
         store = self.ctx.store
@@ -116,9 +124,10 @@ class _Run:
 
     # -------------------------------------------------------------- queueing lines
 
-    def _next_lines(self, count: int) -> list[tuple[int, bytes]]:
+    def _next_lines(self, count: int) -> list[tuple[int, bytes, int]]:
+        """Up to `count` more lines: (number, line, the byte offset where it starts)."""
         assert self.input is not None
-        found: list[tuple[int, bytes]] = []
+        found: list[tuple[int, bytes, int]] = []
         while len(found) < count:
             raw = self.input.readline()
             if not raw:
@@ -127,36 +136,47 @@ class _Run:
             self.line += 1
             self.offset += len(raw)
             if raw.strip():
-                found.append((self.line, raw.rstrip(b"\n")))
+                found.append((self.line, raw.rstrip(b"\n"), self.offset - len(raw)))
         return found
 
     async def queue_more(self) -> None:
+        """Queue lines until the batch has `max_in_flight` running, QUEUE_CONCURRENCY at a time."""
         room = self.ctx.config.batches.max_in_flight - len(self.in_flight) - len(self.new_flight)
-        if self.exhausted or room <= 0 or time.monotonic() < self.paused_until:
-            return
-        position = (self.line, self.offset)
-        for number, raw in self._next_lines(room):
-            outcome = await self._queue(number, raw)
-            if outcome == "paused":  # read it again next time
-                self.line, self.offset = position
-                self.input.seek(self.offset)  # type: ignore[union-attr]
-                self.exhausted = False
-                return
-            position = (self.line, self.offset)
+        while not self.exhausted and room > 0 and time.monotonic() >= self.paused_until:
+            chunk = self._next_lines(min(room, QUEUE_CONCURRENCY))
+            outcomes = await asyncio.gather(*(self._queue(number, raw) for number, raw, _ in chunk))
+            for (number, raw, start), (outcome, custom_id, error) in zip(chunk, outcomes):
+                if outcome == "paused":
+                    # Read again from here next time. Lines after it that were queued are found
+                    # queued then (their job's record); their failures are not written twice: not now.
+                    self.line, self.offset, self.exhausted = number - 1, start, False
+                    self.input.seek(start)  # type: ignore[union-attr]
+                    return
+                if error is not None:
+                    self._fail(number, custom_id, error)
+                room -= 1
 
-    async def _queue(self, number: int, raw: bytes) -> str:
+    async def _queue(self, number: int, raw: bytes) -> tuple[str, str, BrokerError | None]:
+        """Queue one line: ("queued" | "failed" | "paused", its custom_id, the error it failed with)."""
         ctx = self.ctx
         line, body = parse(raw)  # checked at upload: any error here is ours
         if isinstance(body, ChatRequest | CompletionRequest) and body.stream:
             body = msgspec.structs.replace(body, stream=False, stream_options=None)
         job_id = line_job_id(self.batch.id, number)
-        if await ctx.redis.exists(ctx.keys.job(job_id)):  # queued before a crash lost its record here
+        if number in self.in_flight or number in self.new_flight:
+            return "queued", line.custom_id, None
+        check = ctx.redis.pipeline(transaction=False)
+        check.getbit(self.done_key, number)
+        check.exists(ctx.keys.job(job_id))
+        written, queued = await check.execute()
+        if written:  # read again after a pause or a crash: its output is written already
+            return "done", line.custom_id, None
+        if queued:  # queued before a crash lost its record here
             self.new_flight[number] = line.custom_id
-            return "queued"
+            return "queued", line.custom_id, None
         tenant = ctx.config.tenants.get(self.tenant_name)
         if tenant is None:
-            self._fail(number, line.custom_id, BrokerError("the batch's tenant no longer exists"))
-            return "failed"
+            return "failed", line.custom_id, BrokerError("the batch's tenant no longer exists")
         server = ctx.config.server
         try:
             job = await job_factory.build(
@@ -165,19 +185,17 @@ class _Run:
                 reply_to=ctx.keys.replies("async"), headers={}, async_ttl_s=server.async_result_ttl_s,
                 job_id=job_id)
         except BrokerError as exc:  # a model it may not use, a request no deployment can serve
-            self._fail(number, line.custom_id, exc)
-            return "failed"
+            return "failed", line.custom_id, exc
         try:
             admission = await ctx.limiter.admit(self.tenant_name, tenant, estimate_request_tokens(body), job.id,
                                                 job.deadline, key=self.key_name,
                                                 hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, self.key_name,
                                                                       body, ctx.router.prices.of(job)))
         except OverBudget as exc:
-            self._fail(number, line.custom_id, exc)
-            return "failed"
+            return "failed", line.custom_id, exc
         except RateLimited as exc:
             self.paused_until = time.monotonic() + max(exc.retry_after_s or PAUSE_S, 0.05)
-            return "paused"
+            return "paused", line.custom_id, None
         job.estimated_tokens = admission.tokens
         job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
         await async_jobs.submit(ctx.redis, ctx.keys, job)
@@ -191,11 +209,11 @@ class _Run:
                     await ctx.limiter.refund(admission)
                     await ctx.redis.delete(ctx.keys.job(job.id))
                     self.paused_until = time.monotonic() + PAUSE_S
-                    return "paused"
+                    return "paused", line.custom_id, None
                 job = nxt
         await ctx.limiter.release(admission)  # nobody holds a connection open for it
         self.new_flight[number] = line.custom_id
-        return "queued"
+        return "queued", line.custom_id, None
 
     # -------------------------------------------------------------- results
 
@@ -210,6 +228,7 @@ class _Run:
             counts.failed += 1
 
     def _fail(self, number: int, custom_id: str, exc: BrokerError) -> None:
+        self.done.append(number)
         body = msgspec.to_builtins(exc.to_body())
         self._write(number, custom_id, {"status_code": exc.status, "request_id": None, "body": body}, None, ok=False)
 
@@ -231,9 +250,8 @@ class _Run:
             body = msgspec.json.decode(reply.body)
             self._write(number, custom_id, {"status_code": 200, "request_id": request_id, "body": body}, None, ok=True)
         elif isinstance(reply, Failed):
-            if reply.error.code == async_jobs.CANCELLED_CODE:
-                self._write(number, custom_id, None, {"code": "batch_cancelled",
-                                                      "message": "The batch was cancelled."}, ok=False)
+            if reply.error.code == async_jobs.CANCELLED_CODE:  # by the batch's wind-down
+                self._write(number, custom_id, None, self.ending, ok=False)
                 return
             err = BrokerError.from_info(reply.error)
             self._write(number, custom_id, {"status_code": err.status, "request_id": request_id,
@@ -255,6 +273,13 @@ class _Run:
             pipe.hset(self.inflight_key, mapping={str(k): v for k, v in self.new_flight.items()})
         if self.done:
             pipe.hdel(self.inflight_key, *(str(n) for n in self.done))
+            for n in self.done:
+                pipe.setbit(self.done_key, n, 1)
+            pipe.expireat(self.done_key, self.batch.expires_at + 86_400)
+            # In the output files now: their results need not wait out their TTL in Redis, so a batch
+            # holds Redis memory for its lines in flight only, whatever its size.
+            ended = [line_job_id(self.batch.id, n) for n in self.done]
+            pipe.delete(*(k for job_id in ended for k in (ctx.keys.result(job_id), ctx.keys.job(job_id))))
         pipe.expireat(self.inflight_key, self.batch.expires_at + 86_400)
         pipe.hset(ctx.keys.batch(self.batch.id), mapping={
             "b": msgspec.json.encode(self.batch), "line": self.line, "offset": self.offset,
@@ -271,6 +296,9 @@ class _Run:
     async def wind_down(self, status: str) -> None:
         """Cancelled, or past its window: cancel what runs, keep what ended, end the batch."""
         ctx = self.ctx
+        if status == "expired":
+            self.ending = {"code": "batch_expired",
+                           "message": "This request could not be executed before the completion window expired."}
         await self.commit()
         for number in list(self.in_flight):
             job_id = line_job_id(self.batch.id, number)
@@ -281,18 +309,15 @@ class _Run:
         while self.in_flight and time.monotonic() < end:
             await self.collect()
             await asyncio.sleep(POLL_S)
-        code = "batch_expired" if status == "expired" else "batch_cancelled"
-        message = ("This request could not be executed before the completion window expired." if status == "expired"
-                   else "The batch was cancelled.")
         for number, custom_id in list(self.in_flight.items()):
             self.in_flight.pop(number)
             self.done.append(number)
-            self._write(number, custom_id, None, {"code": code, "message": message}, ok=False)
+            self._write(number, custom_id, None, self.ending, ok=False)
         if status == "expired":  # lines never queued count as expired too
             while not self.exhausted:
-                for number, raw in self._next_lines(1000):
+                for number, raw, _ in self._next_lines(1000):
                     line, _ = parse(raw)
-                    self._write(number, line.custom_id, None, {"code": code, "message": message}, ok=False)
+                    self._write(number, line.custom_id, None, self.ending, ok=False)
         await self.finalize(status)
 
     async def finalize(self, status: str) -> None:
@@ -314,7 +339,7 @@ class _Run:
         batch.status = status  # type: ignore[assignment]
         setattr(batch, f"{status}_at", now)
         await batches.save(ctx.redis, ctx.keys, batch, ctx.config.batches.retention_days)
-        await ctx.redis.delete(self.inflight_key)
+        await ctx.redis.delete(self.inflight_key, self.done_key)
 
 
 async def start(ctx: BatchContext, loaded: batches.Loaded) -> bool:

@@ -4,6 +4,8 @@ and a batch worker killed mid-batch losing no line and running none twice into t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,9 +13,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 
 from broker.config import hash_key
-from tests.conftest import TEST_KEY
+from broker.keys import Keys
+from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 
 OTHER_KEY = "sk-other-tenant-0003"
@@ -212,3 +216,42 @@ def test_interactive_requests_keep_their_precedence_while_a_batch_runs(stack_fac
     assert waited < 3.0, waited
     assert client.batches.retrieve(batch.id).status == "in_progress"
     assert wait_until(client, batch.id, "completed", timeout_s=60).request_counts.completed == 30
+
+
+def test_a_batch_past_its_window_expires_with_its_unfinished_lines(client: openai.OpenAI, stack: Any,
+                                                                   module_namespace: str) -> None:
+    lines = [chat_line(f"late-{i}", "hold") for i in range(300)]  # far more than fits in the time left
+    uploaded = client.files.create(file=("late.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    wait_until(client, batch.id, "in_progress")
+    time.sleep(1.5)
+    # 24 hours pass, during which the batch worker is replaced: the batch's window has ended when
+    # the new one takes the batch over.
+    for proc in [p for p in stack.procs if p.args[0] == "batch-worker" and p.popen.poll() is None]:
+        proc.stop()
+    r = redis.Redis.from_url(REDIS_URL)
+    key = Keys(module_namespace).batch(batch.id)
+    record = json.loads(r.hget(key, "b"))  # type: ignore[arg-type]
+    record["expires_at"] = int(time.time())
+    r.hset(key, "b", json.dumps(record))
+    stack.batch_worker()
+    done = wait_until(client, batch.id, "expired", timeout_s=30)
+    assert done.expired_at and done.request_counts.total == 300
+    output, errors = by_custom_id(client, done.output_file_id), by_custom_id(client, done.error_file_id)
+    assert len(output) + len(errors) == 300 and not set(output) & set(errors)  # every line, once
+    assert {line["error"]["code"] for line in errors.values()} == {"batch_expired"}
+    assert done.request_counts.failed == len(errors) > 0
+
+
+def test_the_cli_lists_batches_with_their_progress(client: openai.OpenAI, stack: Any) -> None:
+    uploaded = client.files.create(file=("cli.jsonl", jsonl([chat_line("c")])), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_until(client, batch.id, "completed")
+    out = subprocess.run([sys.executable, "-m", "broker.cli", "batches", "--config", str(stack.config_path),
+                          "--tenant", "test"], capture_output=True, text=True, check=True).stdout
+    row = next(line for line in out.splitlines() if batch.id in line)
+    assert "completed" in row and "1/1" in row
+    as_json = subprocess.run([sys.executable, "-m", "broker.cli", "batches", "--config", str(stack.config_path),
+                              "--json"], capture_output=True, text=True, check=True).stdout
+    assert batch.id in {json.loads(line)["id"] for line in as_json.splitlines()}
