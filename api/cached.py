@@ -235,15 +235,14 @@ def _waiting_stream(state: BrokerState, job: Job, flight: asyncio.Future[bytes |
     """A streamed follower whose leader is slow: keep-alives until its answer, then the replay."""
 
     async def events() -> AsyncIterator[bytes]:
-        while not flight.done():
+        while not flight.done():  # the hold is over: a byte at once, as a queued stream sends (api/sse.py)
             remaining = job.deadline - time.time()
             if remaining <= 0:
                 yield sse.error_event(RequestTimeout(f"Request timed out after {job.deadline - job.created:g}s "
                                                      "waiting for an identical request's answer."))
                 return
-            done, _ = await asyncio.wait({flight}, timeout=min(keepalive_s, remaining))
-            if not done:
-                yield sse.KEEPALIVE
+            yield sse.KEEPALIVE
+            await asyncio.wait({flight}, timeout=min(keepalive_s, remaining))
         entry = flight.result()
         if entry is None:
             yield sse.error_event(Unavailable("The identical request this one was waiting for failed; please "

@@ -223,6 +223,48 @@ def test_identical_concurrent_requests_share_one_upstream_call(stack: Stack, bas
         assert sorted(state for state, _ in answers) == ["hit"] * 19 + ["miss"], tag
 
 
+def test_a_streamed_follower_of_a_slow_leader_gets_keep_alives_then_the_replay(base_url: str,
+                                                                             upstream: UpstreamServer) -> None:
+    body = {"model": "hold", "temperature": 0, "messages": [{"role": "user", "content": "slow leader"}]}
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http:
+            leader = asyncio.ensure_future(http.post("/chat/completions", json=body))
+            await asyncio.sleep(0.2)
+            # A 1 s read timeout: the follower's first-byte hold is 0.5 s, shorter than the leader's 1 s call.
+            follower = await http.post("/chat/completions", json={**body, "stream": True},
+                                       headers={"x-stainless-read-timeout": "1"})
+            return await leader, follower
+
+    before = calls(upstream)
+    leader, follower = asyncio.run(main())
+    assert calls(upstream) == before + 1
+    assert follower.headers["x-llm-broker-cache"] == "hit" and follower.text.startswith(": keep-alive")
+    events = sse_data(follower.text)
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == leader.json()["choices"][0]["message"]["content"]
+
+
+def test_when_the_leaders_client_leaves_a_follower_leads_instead(base_url: str) -> None:
+    body = {"model": "hold", "temperature": 0, "messages": [{"role": "user", "content": "leader leaves"}]}
+    headers = {"authorization": f"Bearer {TEST_KEY}"}
+
+    async def main() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as http:
+            leader = asyncio.ensure_future(http.post("/chat/completions", json=body, timeout=0.4))
+            await asyncio.sleep(0.1)
+            follower = await http.post("/chat/completions", json=body)
+            with pytest.raises(httpx.TimeoutException):
+                await leader
+            return follower
+
+    follower = asyncio.run(main())
+    assert follower.status_code == 200 and follower.headers["x-llm-broker-cache"] == "miss"  # it led the next flight
+    assert follower.json()["choices"][0]["message"]["content"]
+
+
 def test_followers_of_a_failed_request_get_their_own_answer(base_url: str) -> None:
     async def burst() -> list[BaseException | Any]:
         async with openai.AsyncOpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0) as client:
