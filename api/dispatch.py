@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import limits, sse
+from api import cached, limits, sse
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.state import BrokerState
@@ -127,9 +127,10 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
             job = nxt
 
 
-async def run(state: BrokerState, request: Request, job: Job) -> Response:
-    """Enqueue the job and answer with its result: a JSON body, or an SSE stream."""
+async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | None = None) -> Response:
+    """Enqueue the job and answer with its result: a JSON body, or an SSE stream (`tap` sees its replies)."""
     waiter = state.replies.open(job.id, abandon=lambda: state.cancel_job(job))
+    waiter.tap = tap
     try:
         job, entry_id = await _enqueue(state, job)
         waiter.entry = (state.keys.queue(job.provider, job.lane, job.tenant), entry_id)
@@ -164,10 +165,7 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
             case _:
                 raise RequestTimeout(timeout_message)
 
-    # A stream waiting in the queue must show a byte more often than the client's read timeout.
-    hold_s, keepalive_s = state.config.server.stream_first_byte_hold_s, state.config.server.keepalive_interval_s
-    if (read_timeout := _sdk_read_timeout(request)) is not None:
-        hold_s, keepalive_s = min(hold_s, read_timeout / 2), min(keepalive_s, read_timeout / 2)
+    hold_s, keepalive_s = stream_timings(state, request)
     try:
         first = await sse.first_reply(waiter, hold_s=hold_s, deadline=job.deadline, timeout_message=timeout_message)
     except BaseException:
@@ -185,6 +183,15 @@ async def run(state: BrokerState, request: Request, job: Job) -> Response:
     if isinstance(first, Chunk):  # the stream's headers can say what served it only if it has started
         response.headers.update(_served(first))
     return response
+
+
+def stream_timings(state: BrokerState, request: Request) -> tuple[float, float]:
+    """A stream's first-byte hold and keep-alive interval: one waiting (in the queue, or for an identical
+    request's answer) must show a byte more often than the client's read timeout."""
+    hold_s, keepalive_s = state.config.server.stream_first_byte_hold_s, state.config.server.keepalive_interval_s
+    if (read_timeout := _sdk_read_timeout(request)) is not None:
+        hold_s, keepalive_s = min(hold_s, read_timeout / 2), min(keepalive_s, read_timeout / 2)
+    return hold_s, keepalive_s
 
 
 def _prefers_async(request: Request) -> bool:
@@ -240,8 +247,15 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
         answer = (lambda: submit(state, job)) if asynchronous else (lambda: run(state, request, job))
+        # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
+        policy = state.cache.policy(job.model) if state.cache is not None and not asynchronous else None
         try:
-            response = await limits.admitted(state, principal, job, answer)
+            if policy is None:
+                response = await limits.admitted(state, principal, job, answer)
+            else:
+                response = await cached.respond(state, request, job, policy, stream_timings(state, request),
+                                                lambda tap: limits.admitted(
+                                                    state, principal, job, lambda: run(state, request, job, tap)))
         except BrokerError as exc:
             exc.headers.update(headers)
             raise

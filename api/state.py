@@ -11,6 +11,7 @@ from typing import Any
 
 from api.auth import Authenticator
 from broker import job_events, redaction
+from broker.cache import ResponseCache
 from broker.config import Config
 from broker.connection import connect
 from broker.files import FileStore
@@ -45,6 +46,9 @@ class BrokerState:
         self.limiter = Limiter(self.redis, self.keys)
         self.files = FileStore(config.batches.files_dir)
         self.scripts = QueueScripts(self.redis)
+        # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
+        self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None
+        self.flights: dict[str, asyncio.Future[bytes | None]] = {}
         # Cleanup that must reach Redis even when its request was cancelled: held here so the
         # tasks are not garbage-collected mid-flight, and awaited before Redis is closed.
         self.background: set[asyncio.Task[Any]] = set()
@@ -52,6 +56,8 @@ class BrokerState:
     async def start(self) -> None:
         await self.scripts.load()
         await self.limiter.load()
+        if self.cache is not None:
+            await self.cache.load()
         await self.replies.start()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -21,6 +21,7 @@ import msgspec
 import yaml
 
 from broker import config_checks
+from broker.cache_settings import CacheSettings, ModelCache
 from broker.capabilities import CapabilityOverrides
 from broker.config_types import Secret, Strict
 from broker.provider_settings import (
@@ -82,6 +83,8 @@ class ModelGroup(Strict, kw_only=True):
     # next candidate of another provider; the first to answer wins. Off unless set.
     hedge_after_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | Literal["p95"] | None = None
     rules: list[Rule] = []
+    # Its exceptions to the response cache (top-level `cache:`, which must exist): shared, ttl_s, off.
+    cache: ModelCache | None = None
 
 
 class Budgets(Limits):
@@ -220,6 +223,8 @@ class Config(Strict):
     circuit: CircuitSettings = msgspec.field(default_factory=CircuitSettings)
     usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
     batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    # The exact-match response cache (broker/cache.py); off unless this section is present.
+    cache: CacheSettings | None = None
     providers: dict[str, ProviderConfig] = {}
     # The list form is a `priority` group (ModelGroup) of those deployments.
     models: dict[str, list[Deployment] | ModelGroup] = {}

@@ -40,6 +40,10 @@ def first_problem(config: Config) -> str | None:
             if len({d.provider for d in reach}) < 2:
                 return (f"a hedge runs on a deployment of another provider, and this model (with its fallbacks) "
                         f"has only {reach[0].provider!r} - at `$.models.{name}.hedge_after_ms`")
+    for name, written in config.models.items():
+        if not isinstance(written, list) and written.cache is not None and config.cache is None:
+            return (f"a model's cache needs the top-level `cache:` section, which holds its bounds"
+                    f" - at `$.models.{name}.cache`")
     if problem := check_rules({name: g.rules for name in config.models if (g := config.group(name))}):
         return problem
     for name, tenant in config.tenants.items():

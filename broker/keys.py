@@ -32,6 +32,9 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:budget:{scope}:{period}:holds   | zset    | admit.lua, finish.lua   | one member per running request; lapsed ones given back at admission; same expiry |
 | {ns}:usage:log                        | stream  | finish.lua (ledger.py)  | MAXLEN ~ usage.log_maxlen |
 | {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
+| {ns}:{cache}:e:{scope}:{hash}         | string  | cache_store.lua (API)   | one answer (<= cache.max_entry_bytes); TTL cache ttl_s; DEL'd when trimmed from the index |
+| {ns}:{cache}:index                    | zset    | cache_store.lua         | entry keys by expiry (ms); expired ones dropped and the soonest popped past cache.max_entries; expires with its last entry |
+| {ns}:{cache}:f:{scope}:{hash}         | string  | cache_lookup.lua, API   | the single-flight leader's job id; PX its deadline; DEL'd when it answers or fails |
 | {ns}:replies:{api_instance}           | channel | API subscribes          | pub/sub: holds nothing |
 | {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
 | {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
@@ -144,6 +147,17 @@ class Keys:
     def race(self, job_id: str) -> str:
         """A hedged job's race between its attempts (workers/hedging.py)."""
         return f"{self.ns}:race:{job_id}"
+
+    # Response cache (broker/cache.py): every key in one hash slot (`{cache}`), since storing an entry
+    # trims the index and deletes the entries it drops in one script. `scope` is a tenant, or `*` shared.
+    def cache_entry(self, scope: str, digest: str) -> str:
+        return f"{self.ns}:{{cache}}:e:{scope}:{digest}"
+
+    def cache_flight(self, scope: str, digest: str) -> str:
+        return f"{self.ns}:{{cache}}:f:{scope}:{digest}"
+
+    def cache_index(self) -> str:
+        return f"{self.ns}:{{cache}}:index"
 
     def replies(self, instance: str) -> str:
         return f"{self.ns}:replies:{instance}"

@@ -31,6 +31,11 @@ GroupBy = Literal["day", "model", "key", "deployment"]
 GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "key", "deployment")
 METRICS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_nanos", "errors", "cancelled",
            "estimated", "unpriced")
+# Not one of METRICS (finish.lua's ARGV order): the API counts the answers the response cache gave,
+# as requests of the pseudo-deployment `cache` (no real one is named without a `/`).
+CACHE_HITS = "cache_hits"
+CACHE_DEPLOYMENT = "cache"
+REPORTED = (*METRICS, CACHE_HITS)
 SEP = "\t"  # in no key, model or provider name (config validates names; model ids hold no tabs)
 MAX_DAYS = 366  # one report's range
 
@@ -83,6 +88,23 @@ def finish_args(keys: Keys, settings: UsageSettings, job: Job, charge: Charge, o
              f"{job.id}:{job.budget_reserved}"])
 
 
+async def record_hit(redis: Redis, keys: Keys, settings: UsageSettings, job: Job, now: float) -> None:
+    """An answer from the response cache (broker/cache.py): a request with no upstream tokens and no
+    cost, and one cache hit. Not in finish.lua: no worker saw it, and there is no entry to acknowledge."""
+    key = job.key or "-"
+    usage = keys.usage(job.tenant, utc_day(now))
+    prefix = SEP.join((key, job.model, CACHE_DEPLOYMENT, ""))
+    record = UsageRecord(job.id, now, job.tenant, key, job.model, CACHE_DEPLOYMENT, "cache_hit", 0, 0, 0, 0, False)
+    async with redis.pipeline(transaction=False) as pipe:  # the log is in another Cluster slot
+        pipe.hincrby(usage, prefix + "requests", 1)
+        pipe.hincrby(usage, prefix + CACHE_HITS, 1)
+        pipe.expireat(usage, (int(now) // 86_400 + 1) * 86_400 + settings.retention_days * 86_400)
+        if settings.log_maxlen > 0:
+            pipe.xadd(keys.usage_log(), {"r": record_encoder.encode(record)}, maxlen=settings.log_maxlen,
+                      approximate=True)
+        await pipe.execute()
+
+
 class UsageRow(msgspec.Struct, kw_only=True):
     """One row of a usage report: the group_by fields it is for (the rest unset), and its sums."""
 
@@ -100,6 +122,7 @@ class UsageRow(msgspec.Struct, kw_only=True):
     cancelled: int = 0
     estimated: int = 0
     unpriced: int = 0
+    cache_hits: int = 0
 
     def add(self, metric: str, value: int) -> None:
         setattr(self, metric, getattr(self, metric) + value)
@@ -138,7 +161,7 @@ async def report(redis: Redis, keys: Keys, tenant: str, start: dt.date, end: dt.
     for day, fields in zip(span, found):
         for field, value in fields.items():
             key, model, deployment, metric = field.decode().split(SEP)
-            if metric not in METRICS:
+            if metric not in REPORTED:
                 continue
             where = {"day": day, "model": model, "key": key, "deployment": deployment}
             group = tuple(where[g] for g in wanted)

@@ -77,7 +77,7 @@ class Waiter:
     Replies of an older attempt (a presumed-dead worker that was only slow) are dropped.
     """
 
-    __slots__ = ("job_id", "queue", "abandon", "entry", "buffered", "given_up", "_attempt", "_next_seq",
+    __slots__ = ("job_id", "queue", "abandon", "entry", "buffered", "given_up", "tap", "_attempt", "_next_seq",
                  "_streamed")
 
     def __init__(self, job_id: str, abandon: Callable[[], None]) -> None:
@@ -87,6 +87,7 @@ class Waiter:
         self.entry: tuple[str, bytes] | None = None  # (stream, entry id) once enqueued
         self.buffered = 0  # bytes of stream events queued and not yet taken
         self.given_up = False  # a local failure was queued: later replies are dropped
+        self.tap: Callable[[Reply], None] | None = None  # sees each reply taken in order (the response cache)
         self._attempt = 0
         self._next_seq = 0
         self._streamed = False
@@ -131,6 +132,8 @@ class Waiter:
             self._next_seq += 1
             if isinstance(reply, Chunk):
                 self._streamed = True
+            if self.tap is not None:
+                self.tap(reply)
             return reply
 
 

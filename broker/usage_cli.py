@@ -20,7 +20,7 @@ from broker.connection import connect
 from broker.keys import Keys
 
 COLUMNS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "errors", "cancelled",
-           "estimated", "unpriced")
+           "estimated", "unpriced", "cache_hits")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
