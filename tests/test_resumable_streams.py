@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from broker.config import hash_key
 from tests.conftest import TEST_KEY
@@ -97,6 +98,22 @@ def test_a_dropped_stream_resumes_exactly_after_its_last_event(client: openai.Op
     assert status == 200 and replay == [e for e in got if e[0] or e[1] == "[DONE]"]
     status, tail = resume(base_url, request_id, ids[-2])
     assert tail == [got[-2], (None, "[DONE]")]
+
+
+def test_the_sdk_parses_a_resumed_stream_into_the_text_of_an_uninterrupted_one(client: openai.OpenAI,
+                                                                               base_url: str) -> None:
+    whole = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask("sdk resume"))
+                    if c.choices)
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=ask("sdk resume"), headers=HEADERS,
+                      timeout=30) as resp:  # forced disconnect after three events
+        request_id = resp.headers["x-request-id"]
+        first = events(resp.iter_lines(), limit=3)
+    before = content(first)
+    resumed = client.get(f"/jobs/{request_id}/events", cast_to=ChatCompletionChunk, stream=True,
+                         stream_cls=openai.Stream[ChatCompletionChunk],
+                         options={"headers": {"Last-Event-ID": str(first[-1][0])}})
+    after = "".join(c.choices[0].delta.content or "" for c in resumed if c.choices)
+    assert before and after and before + after == whole
 
 
 def test_a_client_that_does_not_come_back_has_its_job_cancelled_after_the_grace(base_url: str) -> None:
