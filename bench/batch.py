@@ -133,8 +133,8 @@ def run(base: str, headers: dict[str, str], count: int, tmp: Path, r: redis.Redi
     print("  peak RSS             " + ", ".join(f"{name} {mb_:.0f} MB" for name, mb_ in rss.items()))
     print("  CPU                  " + ", ".join(f"{name} {s_:.1f} s" for name, s_ in cpu.items()))
     print(f"  Redis used_memory    {redis_before / mb:.1f} MB before, {redis_peak / mb:.1f} MB at most while "
-          f"running, {redis_after / mb:.1f} MB after ({keys} keys left in the namespace: results and job "
-          "records until server.async_result_ttl_s)")
+          f"running, {redis_after / mb:.1f} MB after ({keys} keys left in the namespace; a written line's "
+          "result leaves Redis with it)")
 
 
 if __name__ == "__main__":
