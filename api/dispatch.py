@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from api import cached, limits, sse
 from api.auth import Principal
+from api.metrics import SCOPE_KEY
 from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker import async_jobs, failover, job_factory
@@ -242,6 +243,9 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
         asynchronous = _prefers_async(request)
         job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
+        # Metrics label it by model and tenant (api/metrics.py); a passthrough model is not a label.
+        request.scope[SCOPE_KEY] = (job.model if job.model in state.config.models else "passthrough",
+                                    principal.tenant_name)
         # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
         headers = {"x-request-id": f"req_{job.id}"}
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched

@@ -96,7 +96,7 @@ def over_budget(hold: Hold, which: int, left_nanos: int, headers: dict[str, str]
 def hold_for(keys: Keys, tenant_name: str, tenant: Tenant, key_name: str | None, payload: Request,
              prices: list[Price | None]) -> Hold | None:
     """What a request must hold against its budgets (None for most: then no budget is touched)."""
-    key = tenant.api_key(key_name)
+    key = tenant.named_key(key_name)  # not api_key(): that one only finds keys with rate limits
     if not tenant.budgeted() and (key is None or not key.budgeted()):
         return None
     held = applicable(keys, tenant_name, tenant, key_name, key, dt.datetime.now(dt.timezone.utc))

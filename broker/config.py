@@ -121,6 +121,10 @@ class Tenant(Budgets, kw_only=True):
         return [k if isinstance(k, ApiKey) else ApiKey(key=k, name=k.removeprefix("sha256:")[:12])
                 for k in self.keys]
 
+    def named_key(self, name: str | None) -> ApiKey | None:
+        """The key of that name, if it was given one in config."""
+        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name), None)
+
     def api_key(self, name: str | None) -> ApiKey | None:
         """The named key if it has limits of its own (the only keys ratelimit.py needs)."""
         if name is None:

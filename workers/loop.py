@@ -38,7 +38,8 @@ from broker.usage_sink import UsageSink
 from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
 from broker import circuit, ledger, pricing, redaction
 from broker.capabilities import estimate_tokens
-from workers import attempts
+from broker import metrics
+from workers import attempts, observed
 from workers.handlers import Meter
 from workers.hedging import Hedging
 from workers.providers import Provider, build_provider
@@ -163,10 +164,12 @@ class Worker:
             job = None
         task = asyncio.create_task(self._run_job(item, job, attempt))
         self._in_flight[item.job_id] = (task, item)
+        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).inc()
         task.add_done_callback(lambda _: self._job_done(item.job_id))
 
     def _job_done(self, job_id: str) -> None:
         self._in_flight.pop(job_id, None)
+        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).dec()
         self._cancelled.discard(job_id)
         self.jobs_done += 1
         self._slot_freed.set()
@@ -177,6 +180,7 @@ class Worker:
             await self.redis.xdel(item.stream, item.entry_id)
             return
         job.attempt = attempt
+        observed.job_started(job)
         body, usage, error = b"", None, None
         started = time.monotonic()
         emitted = False  # once a chunk is on its way to the client, the job can no longer fail over
@@ -233,6 +237,7 @@ class Worker:
             if racer is not None:
                 racer.close()
         if error is not None and error.code == "attempts_exhausted":
+            metrics.DEAD_LETTERED.labels(self.provider_name).inc()
             await self._dead_letter(item, error)
         service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
         ttft_ms = max(1, int((first_token - started) * 1000)) if first_token else 0
@@ -243,6 +248,7 @@ class Worker:
         charge = pricing.charge(meter.price, meter.usage, prompt_estimate=prompt_estimate,
                                 output_chars=meter.output_chars, answered=error is None or meter.responded)
         outcome: ledger.Outcome = "ok" if error is None else "cancelled" if error is CLIENT_GONE else "error"
+        observed.job_ended(job, outcome, service_ms, ttft_ms, charge)
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
                            timed=(job.provider, job.upstream_model) in self.call_gate.timed,
                            ledger=ledger.finish_args(self.keys, self.config.usage, job, charge, outcome, time.time()))
@@ -257,6 +263,7 @@ class Worker:
 
     async def _count_failure(self, job: Job, err: BrokerError) -> None:
         """Against the deployment's circuit, shared by every process (broker/circuit.py)."""
+        observed.upstream_failed(job, err.status)
         try:
             if await circuit.report_failure(self.scripts, self.keys, self.config.circuit, job, err):
                 log.warning("circuit of %s/%s opened for %gs after %d failures in a row (last: %s)", job.provider,
@@ -337,6 +344,7 @@ class Worker:
         for _, item in self._in_flight.values():
             held.setdefault(item.stream, []).append(item.entry_id)
         await heartbeat(self.redis, self.keys, self.provider_name, self.consumer, held)
+        metrics.HEARTBEATS.labels(self.provider_name).inc()
 
     async def _heartbeats(self) -> None:
         while True:
@@ -350,6 +358,7 @@ class Worker:
                         if item.job_id in self._in_flight:
                             continue  # our own entry: still running, only its lease lapsed
                         log.warning("reclaimed job %s (delivery %d) from a dead worker", item.job_id, item.delivered)
+                        metrics.RECLAIMED.labels(self.provider_name).inc()
                         self._start(item, attempt=item.delivered)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
