@@ -6,7 +6,7 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker dev      API + one worker per provider + embedded Redis, one process
     llm-broker api      the production HTTP edge (uvicorn; --workers N processes)
     llm-broker worker   a worker process for one provider
-    llm-broker hash-key turn an API key into the sha256 form config expects
+    llm-broker hash-key turn an API key (argument or stdin) into the sha256 form config expects
     llm-broker check-config  validate a config file and exit
     llm-broker usage    a tenant's usage and spend from the ledger
     llm-broker batch-worker  run Batch API batches (arq)
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import getpass
 import importlib.metadata
 import logging
 import os
@@ -81,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     logged(worker)
 
     hash_key = command("hash-key", "print the sha256 form of an API key for the config",
-                       "Print the form an API key takes in a tenant's `keys`: the config never holds keys in clear.")
-    hash_key.add_argument("key", help="the API key clients will send as `Authorization: Bearer KEY`")
+                       "Print the form an API key takes in a tenant's `keys`: the config never holds keys in clear. "
+                       "Without KEY it reads the key from stdin (one line; a terminal does not echo it), which "
+                       "keeps it out of shell history and `ps`.")
+    hash_key.add_argument("key", nargs="?",
+                          help="the API key clients will send as `Authorization: Bearer KEY` (default: read stdin)")
 
     check = command("check-config", "validate a config file and exit",
                     "Decode and check a config file as `api` and `worker` would; exit 0 if valid, "
@@ -112,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-key":
-        print(config_module.hash_key(args.key))
-        return 0
+        return _hash_key(args.key)
     has_config = bool(args.config or os.environ.get("LLM_BROKER_CONFIG"))
     if args.command != "dev" and not has_config:
         # A production command must never fall back to the dev tenant and its well-known key.
@@ -159,6 +162,19 @@ def main(argv: list[str] | None = None) -> int:
 def _usage_error(message: str) -> int:
     print(f"llm-broker: {message}", file=sys.stderr)
     return 2
+
+
+def _hash_key(given: str | None) -> int:
+    if given is None:
+        if sys.stdin.isatty():
+            given = getpass.getpass("API key (not echoed): ")
+        else:
+            # `echo KEY |` and a file end with a newline that is no part of the key.
+            given = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not given or "\n" in given or "\r" in given:
+        return _usage_error("hash-key needs one key: an argument, or a single line on stdin")
+    print(config_module.hash_key(given))
+    return 0
 
 
 def _count(items: Sized, noun: str) -> str:
