@@ -20,14 +20,13 @@ import asyncio
 import errno
 import getpass
 import importlib.metadata
-import logging
 import os
 import socket
 import sys
 from collections.abc import Sized
 
 from broker import config as config_module
-from broker import batches_cli, usage_cli
+from broker import batches_cli, log_context, usage_cli
 from broker.pricing import PriceBook
 from broker.config import ConfigError
 
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return usage_cli.run(config, args)
     if args.command == "batches":
         return batches_cli.run(config, args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_context.configure(args.log_level)
     if args.command == "worker":
         return _run_worker(config, args)
     if args.command == "batch-worker":
@@ -242,6 +241,7 @@ def _run_api(args: argparse.Namespace) -> int:
 
     if args.config:
         os.environ["LLM_BROKER_CONFIG"] = os.path.abspath(args.config)  # read by each API process
+    os.environ[log_context.LEVEL_ENV] = args.log_level  # each of --workers N processes configures its logging
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
         loop="uvloop", http=HTTP_PROTOCOL, log_level=args.log_level, access_log=False,

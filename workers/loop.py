@@ -36,7 +36,7 @@ from broker.outbox import Outbox
 from broker.ratelimit import Limiter
 from broker.usage_sink import UsageSink
 from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
-from broker import circuit, ledger, pricing, redaction
+from broker import circuit, ledger, log_context, pricing, redaction
 from broker.capabilities import estimate_tokens
 from workers import attempts
 from workers.handlers import Meter
@@ -177,6 +177,7 @@ class Worker:
             await self.redis.xdel(item.stream, item.entry_id)
             return
         job.attempt = attempt
+        log_context.bind(f"req_{job.id}", job.client_request_id)  # this task's log lines name the request
         body, usage, error = b"", None, None
         started = time.monotonic()
         emitted = False  # once a chunk is on its way to the client, the job can no longer fail over
