@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dispatch, request_ids
-from api.routes import batches, chat, completions, embeddings, files, jobs, models, usage
+from api.routes import batches, chat, completions, embeddings, files, health, jobs, models, usage
 from api.state import BrokerState
 from broker import config as config_module
 from broker import log_context
@@ -95,6 +95,7 @@ def create_app(config: Config) -> FastAPI:
             await state.aclose()
 
     app = FastAPI(title="llm-broker", version="0.1.0", lifespan=lifespan)
+    app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)

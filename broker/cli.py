@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 from collections.abc import Sized
+from pathlib import Path
 
 from broker import config as config_module
 from broker import batches_cli, log_context, usage_cli
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--provider", required=True, help="provider name from the config")
     worker.add_argument("--concurrency", type=int, help="jobs in flight (default: the provider's concurrency)")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+    worker.add_argument("--health-file", type=Path, metavar="PATH",
+                        help="touch PATH after every heartbeat that reached Redis; its age is the worker's health "
+                             "(container healthchecks)")
     logged(worker)
 
     hash_key = command("hash-key", "print the sha256 form of an API key for the config",
@@ -211,7 +215,8 @@ def _run_worker(config: config_module.Config, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     _install_uvloop()
-    asyncio.run(serve(config, args.provider, concurrency=args.concurrency, burst=args.burst))
+    asyncio.run(serve(config, args.provider, concurrency=args.concurrency, burst=args.burst,
+                      health_file=args.health_file))
     return 0
 
 

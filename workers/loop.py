@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -58,7 +59,7 @@ CLIENT_GONE = ErrorInfo(kind="BrokerError", message="the client disconnected; th
 
 class Worker:
     def __init__(self, config: Config, provider_name: str, redis: Redis, *, concurrency: int | None = None,
-                 burst: bool = False) -> None:
+                 burst: bool = False, health_file: Path | None = None) -> None:
         if provider_name not in config.providers:
             raise ValueError(f"unknown provider {provider_name!r}; configured: {sorted(config.providers)}")
         self.config = config
@@ -69,6 +70,7 @@ class Worker:
         self.concurrency = concurrency or config.providers[provider_name].concurrency
         self.max_retries: int = getattr(config.providers[provider_name], "max_retries", 0)
         self.burst = burst
+        self.health_file = health_file
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         redaction.install(config)  # our upstream keys never reach a reply or a log line
         self.call_gate = attempts.CallGate(Limiter(redis, self.keys), config)
@@ -338,6 +340,8 @@ class Worker:
         for _, item in self._in_flight.values():
             held.setdefault(item.stream, []).append(item.entry_id)
         await heartbeat(self.redis, self.keys, self.provider_name, self.consumer, held)
+        if self.health_file is not None:  # a container healthcheck reads its age: live as the API sees us
+            self.health_file.touch()
 
     async def _heartbeats(self) -> None:
         while True:
