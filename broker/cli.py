@@ -9,6 +9,7 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker hash-key turn an API key (argument or stdin) into the sha256 form config expects
     llm-broker check-config  validate a config file and exit
     llm-broker usage    a tenant's usage and spend from the ledger
+    llm-broker dead     list or replay dead-lettered jobs
     llm-broker batch-worker  run Batch API batches (arq)
     llm-broker batches  list batches and their progress
 """
@@ -27,7 +28,7 @@ from collections.abc import Sized
 from pathlib import Path
 
 from broker import config as config_module
-from broker import batches_cli, log_context, usage_cli
+from broker import batches_cli, dead_cli, log_context, usage_cli
 from broker.pricing import PriceBook
 from broker.config import ConfigError
 
@@ -113,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "List the batches of every tenant (or one) with their status and progress.")
     listed.add_argument("--config", help=REQUIRED_CONFIG_HELP)
     batches_cli.add_arguments(listed)
+
+    dead = command("dead", "list or replay dead-lettered jobs",
+                   "Jobs that failed through no fault of their request (every attempt failed upstream, or the "
+                   "workers running them died) wait in a dead-letter stream per provider for "
+                   "queue.dead_letter_retention_s: `dead list` shows them, `dead replay` queues them again.")
+    dead_cli.add_arguments(dead, REQUIRED_CONFIG_HELP)
     return parser
 
 
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return usage_cli.run(config, args)
     if args.command == "batches":
         return batches_cli.run(config, args)
+    if args.command == "dead":
+        return dead_cli.run(config, args)
     log_context.configure(args.log_level)
     if args.command == "worker":
         return _run_worker(config, args)

@@ -15,7 +15,7 @@ from broker.config import ConfigError
 from tests.conftest import REDIS_URL
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["dev", "api", "worker", "hash-key", "check-config"]
+COMMANDS = ["dev", "api", "worker", "hash-key", "check-config", "dead"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -32,12 +32,12 @@ from redis.exceptions import RedisError
 from broker.config import Config
 from broker.errors import BrokerError, ErrorInfo, RequestTimeout
 from broker.jobs import Job, job_decoder
-from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
+from broker.keys import WORKER_GROUP, Keys
 from broker.outbox import Outbox
 from broker.ratelimit import Limiter
 from broker.usage_sink import UsageSink
 from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
-from broker import circuit, ledger, log_context, pricing, redaction
+from broker import circuit, dead_letters, ledger, log_context, pricing, redaction
 from broker.capabilities import estimate_tokens
 from workers import attempts
 from workers.handlers import Meter
@@ -203,7 +203,7 @@ class Worker:
                                      f"waiting for a {job.provider} worker")
             if attempt > self.queue.max_attempts:
                 raise BrokerError(f"the job failed on every attempt ({self.queue.max_attempts}): the workers "
-                                  "running it stopped responding", code="attempts_exhausted")
+                                  "running it stopped responding", code=dead_letters.ATTEMPTS_EXHAUSTED)
             if job.async_ttl_s:
                 self.outbox.started(job)
             if racer is not None and not await racer.start():
@@ -235,8 +235,9 @@ class Worker:
         finally:
             if racer is not None:
                 racer.close()
-        if error is not None and error.code == "attempts_exhausted":
-            await self._dead_letter(item, error)
+        if error is not None and dead_letters.deserves(error):
+            tried = self.queue.max_attempts if error.code == dead_letters.ATTEMPTS_EXHAUSTED else job.calls
+            await self._dead_letter(job, error, tried)
         service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
         ttft_ms = max(1, int((first_token - started) * 1000)) if first_token else 0
         if racer is not None and error is None:
@@ -286,11 +287,11 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, FINISH_RETRY_MAX_S)
 
-    async def _dead_letter(self, item: Pulled, error: ErrorInfo) -> None:
-        with suppress(Exception):
-            await self.redis.xadd(self.keys.dead_letters(self.provider_name),
-                                  {"job": item.payload, "stream": item.stream, "error": redaction.redact(error.message)},
-                                  maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+    async def _dead_letter(self, job: Job, error: ErrorInfo, tried: int) -> None:
+        try:
+            await dead_letters.add(self.redis, self.keys, self.queue, job, error, tried)
+        except Exception as exc:  # the client's error matters more: it still goes out
+            log.warning("could not dead-letter job %s: %s", job.id, exc)
 
     async def _drain(self) -> None:
         tasks = [task for task, _ in self._in_flight.values()]
