@@ -64,7 +64,7 @@ class BrokerState:
 
     def lua_scripts(self) -> dict[str, AsyncScript]:
         """Every script this process runs, by name (what /readyz checks Redis has)."""
-        return {**self.scripts.named(), **self.limiter.named()}
+        return {**self.scripts.named(), **self.limiter.named(), **(self.cache.named() if self.cache else {})}
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` in its own task, outside the caller's cancellation.
