@@ -93,7 +93,8 @@ def _found(provider: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Found:
         failed_at=dt.datetime.fromtimestamp(millis / 1000, dt.UTC).isoformat(timespec="seconds"),
         deployment=job.served_by, lane=job.lane, attempts=int(fields.get(b"attempts", b"0")),
         # Entries written before `status` and `code` existed were all attempts_exhausted.
-        status=int(fields.get(b"status", b"500")), code=fields.get(b"code", ATTEMPTS_EXHAUSTED.encode()).decode() or None,
+        status=int(fields.get(b"status", b"500")),
+        code=fields.get(b"code", ATTEMPTS_EXHAUSTED.encode()).decode() or None,
         error=fields.get(b"error", b"").decode(errors="replace")), job)
 
 
