@@ -81,6 +81,8 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     # An async job (`Prefer: respond-async`, broker/async_jobs.py): how long its result is kept,
     # in seconds, instead of server.result_ttl_s. 0: a live request, whose client waits for it.
     async_ttl_s: int = 0
+    # The client's own X-Client-Request-Id (api/request_ids.py), logged beside ours; "": none sent.
+    client_request_id: str = ""
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:
