@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--health-file", type=Path, metavar="PATH",
                         help="touch PATH after every heartbeat that reached Redis; its age is the worker's health "
                              "(container healthchecks)")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics")
     logged(worker)
 
     hash_key = command("hash-key", "print the sha256 form of an API key for the config",
@@ -223,6 +225,10 @@ def _run_worker(config: config_module.Config, args: argparse.Namespace) -> int:
         print(f"llm-broker: unknown provider {args.provider!r}; configured: {sorted(config.providers)}",
               file=sys.stderr)
         return 2
+    if args.metrics_port is not None:
+        import prometheus_client
+
+        prometheus_client.start_http_server(args.metrics_port)  # a thread of its own: no event loop work
     _install_uvloop()
     asyncio.run(serve(config, args.provider, concurrency=args.concurrency, burst=args.burst,
                       health_file=args.health_file))
@@ -256,6 +262,15 @@ def _run_api(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["LLM_BROKER_CONFIG"] = os.path.abspath(args.config)  # read by each API process
     os.environ[log_context.LEVEL_ENV] = args.log_level  # each of --workers N processes configures its logging
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # /metrics adds up every API process's counts (prometheus-client's multiprocess mode): they
+        # share a fresh directory, set before any of them imports prometheus_client.
+        import atexit
+        import shutil
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared = tempfile.mkdtemp(prefix="llm-broker-metrics-")
+        atexit.register(shutil.rmtree, shared, ignore_errors=True)
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
         loop="uvloop", http=HTTP_PROTOCOL, log_level=args.log_level, access_log=False,
