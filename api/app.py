@@ -106,7 +106,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(metrics.router)
     app.add_middleware(request_ids.EchoClientRequestId)
-    app.add_middleware(metrics.CountRequests)  # outermost: it sees every answer's final status
+    app.add_middleware(metrics.ObserveRequests)  # outermost: it sees every answer's final status
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_params)
@@ -130,5 +130,5 @@ def app_from_env() -> FastAPI:
     if not path:  # never the built-in dev tenant, whose key is public
         raise config_module.ConfigError("$LLM_BROKER_CONFIG is not set: the API needs a config file")
     if not logging.getLogger().handlers:  # a process uvicorn spawned for `--workers N`
-        log_context.configure(os.environ.get(log_context.LEVEL_ENV, "info"))
+        log_context.configure(os.environ.get(log_context.LEVEL_ENV, "info"), os.environ.get(log_context.FORMAT_ENV, "text"))
     return create_app(config_module.resolve(path))

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from api import cached, limits, request_ids, sse
 from api.auth import Principal
-from api.metrics import SCOPE_KEY
+from api.metrics import SCOPE_KEY, Facts
 from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker import async_jobs, failover, job_factory, log_context
@@ -161,6 +161,8 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
             state.replies.close(job.id)
         match reply:
             case Final(body=body):
+                if reply.usage is not None and (facts := request.scope.get(SCOPE_KEY)) is not None:
+                    facts.tokens = reply.usage.total_tokens
                 return Response(body, media_type="application/json", headers=_served(reply))
             case Failed(error=info):
                 raise BrokerError.from_info(info)
@@ -244,9 +246,9 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
         asynchronous = _prefers_async(request)
         job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
-        # Metrics label it by model and tenant (api/metrics.py); a passthrough model is not a label.
-        request.scope[SCOPE_KEY] = (job.model if job.model in state.config.models else "passthrough",
-                                    principal.tenant_name)
+        # For its metrics and log line (api/metrics.py); a passthrough model is not a label.
+        request.scope[SCOPE_KEY] = Facts(job.model if job.model in state.config.models else "passthrough",
+                                         principal.tenant_name, principal.key_name, job.lane)
         # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
         headers = {request_ids.REQUEST_ID: f"req_{job.id}"}
         log_context.bind(headers[request_ids.REQUEST_ID], job.client_request_id)

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     def logged(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="(default: %(default)s)")
+        p.add_argument("--log-format", default="text", choices=log_context.FORMATS,
+                       help="text lines, or one JSON object per line (default: %(default)s)")
 
     dev = command("dev", "API + workers + embedded Redis in one process, for development",
                   "Run the API and one worker per provider in one process. With no config it serves the "
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return batches_cli.run(config, args)
     if args.command == "dead":
         return dead_cli.run(config, args)
-    log_context.configure(args.log_level)
+    log_context.configure(args.log_level, args.log_format)
     if args.command == "worker":
         return _run_worker(config, args)
     if args.command == "batch-worker":
@@ -262,6 +264,7 @@ def _run_api(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["LLM_BROKER_CONFIG"] = os.path.abspath(args.config)  # read by each API process
     os.environ[log_context.LEVEL_ENV] = args.log_level  # each of --workers N processes configures its logging
+    os.environ[log_context.FORMAT_ENV] = args.log_format
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # /metrics adds up every API process's counts (prometheus-client's multiprocess mode): they
         # share a fresh directory, set before any of them imports prometheus_client.

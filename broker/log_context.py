@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+from typing import Any
+
+import msgspec
 
 _bound: ContextVar[tuple[str, str]] = ContextVar("llm_broker_request_ids", default=("", ""))
 
@@ -30,16 +33,47 @@ class RequestIdsFilter(logging.Filter):
         ours, theirs = _bound.get()
         record.request_id, record.client_request_id = ours, theirs
         record.request_ids = (f" [{ours}" + (f" client {theirs}" if theirs else "") + "]") if ours or theirs else ""
+        fields = getattr(record, "fields", None)
+        record.fields_text = fields_text(fields) if fields else ""
         return True
 
 
 # The command line's log format (broker/cli.py): the ids close the line.
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(request_ids)s"
-# The level `llm-broker api` passes to its uvicorn processes, which start without our logging set up.
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(fields_text)s%(request_ids)s"
+# The level and format `llm-broker api` passes to its uvicorn processes, which start without our
+# logging set up.
 LEVEL_ENV = "LLM_BROKER_LOG_LEVEL"
+FORMAT_ENV = "LLM_BROKER_LOG_FORMAT"
+FORMATS = ("text", "json")
 
 
-def configure(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the request ids, and the record's
+    structured `fields` (the per-request and per-job lines: api/metrics.py, workers/loop.py)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                                "message": record.getMessage()}
+        for name in ("request_id", "client_request_id"):
+            if value := getattr(record, name, ""):
+                line[name] = value
+        line.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return _encoder.encode(line).decode()
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def fields_text(fields: dict[str, Any]) -> str:
+    """The text format's rendering of a line's structured fields: ` key=value ...`."""
+    return "".join(f" {k}={v}" for k, v in fields.items() if v is not None and v != "")
+
+
+def configure(level: str, fmt: str = "text") -> None:
     logging.basicConfig(level=level.upper(), format=FORMAT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdsFilter())
+        if fmt == "json":
+            handler.setFormatter(JsonFormatter())

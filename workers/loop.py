@@ -182,7 +182,7 @@ class Worker:
             await self.redis.xdel(item.stream, item.entry_id)
             return
         job.attempt = attempt
-        observed.job_started(job)
+        waited_s = observed.job_started(job)
         log_context.bind(f"req_{job.id}", job.client_request_id)  # this task's log lines name the request
         body, usage, error = b"", None, None
         started = time.monotonic()
@@ -252,7 +252,8 @@ class Worker:
         charge = pricing.charge(meter.price, meter.usage, prompt_estimate=prompt_estimate,
                                 output_chars=meter.output_chars, answered=error is None or meter.responded)
         outcome: ledger.Outcome = "ok" if error is None else "cancelled" if error is CLIENT_GONE else "error"
-        observed.job_ended(job, outcome, service_ms, ttft_ms, charge)
+        observed.job_ended(job, outcome, service_ms, ttft_ms, charge, error=error, waited_s=waited_s,
+                           elapsed_ms=int((time.monotonic() - started) * 1000))
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
                            timed=(job.provider, job.upstream_model) in self.call_gate.timed,
                            ledger=ledger.finish_args(self.keys, self.config.usage, job, charge, outcome, time.time()))
