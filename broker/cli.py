@@ -12,6 +12,7 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker dead     list or replay dead-lettered jobs
     llm-broker batch-worker  run Batch API batches (arq)
     llm-broker batches  list batches and their progress
+    llm-broker status   providers, workers, queues, circuits, spend today; `queues` the detail
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Sized
 from pathlib import Path
 
 from broker import config as config_module
-from broker import batches_cli, dead_cli, log_context, usage_cli
+from broker import batches_cli, dead_cli, log_context, status_cli, usage_cli
 from broker.pricing import PriceBook
 from broker.config import ConfigError
 
@@ -114,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     batch_worker.add_argument("--config", help=REQUIRED_CONFIG_HELP)
     logged(batch_worker)
 
+    status = command("status", "one screen: providers, workers, queues, circuits, spend today",
+                     "Providers and their live workers, jobs waiting and running per lane, open circuits "
+                     "and each tenant's spend today, read from Redis.")
+    status.add_argument("--config", help=REQUIRED_CONFIG_HELP)
+    status_cli.add_arguments(status)
+
+    queues = command("queues", "every stream with work: length, pending, oldest job",
+                     "Each provider's lane streams that hold jobs, per tenant: entries, entries being run "
+                     "(pending) and the age of the oldest.")
+    queues.add_argument("--config", help=REQUIRED_CONFIG_HELP)
+    status_cli.add_arguments(queues)
+
     listed = command("batches", "list batches and their progress",
                      "List the batches of every tenant (or one) with their status and progress.")
     listed.add_argument("--config", help=REQUIRED_CONFIG_HELP)
@@ -156,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         return usage_cli.run(config, args)
     if args.command == "batches":
         return batches_cli.run(config, args)
+    if args.command == "status":
+        return status_cli.run_status(config, args)
+    if args.command == "queues":
+        return status_cli.run_queues(config, args)
     if args.command == "dead":
         return dead_cli.run(config, args)
     log_context.configure(args.log_level, args.log_format)

@@ -3,7 +3,11 @@ worker's --metrics-port parse as Prometheus text, and their counters move with t
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -70,3 +74,29 @@ def test_api_and_worker_metrics_count_the_traffic(stack: Any) -> None:
     assert value(worker, "llm_broker_time_to_first_token_seconds_count", deployment="mock/m") >= 1
     assert value(worker, "llm_broker_worker_heartbeats_total", provider="mock") >= 1
     assert value(worker, "llm_broker_jobs_in_flight", provider="mock") == 0
+
+
+def test_status_and_queues_show_what_redis_holds(stack: Any) -> None:
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "broker.cli", *args, "--config", str(stack.config_path)],
+                              capture_output=True, text=True, check=True).stdout
+
+    worker = next(p for p in stack.procs if p.args[0] == "worker")
+    worker.popen.send_signal(signal.SIGSTOP)  # frozen: the next job waits in its queue
+    try:
+        accepted = httpx.post(f"{stack.base_url}/chat/completions", timeout=10,
+                              headers={"authorization": f"Bearer {TEST_KEY}", "prefer": "respond-async"},
+                              json={"model": "m", "messages": [{"role": "user", "content": "wait"}]})
+        assert accepted.status_code == 202
+        rows = json.loads(cli("queues", "--json"))
+        row = next(r for r in rows if r["lane"] == "batch")
+        assert (row["provider"], row["tenant"], row["length"]) == ("mock", "test", 1)
+        assert row["oldest_age_s"] >= 0
+        text = cli("status")
+        assert "mock" in text and "batch" in text
+        status = json.loads(cli("status", "--json"))
+        assert status["providers"]["mock"] == {"kind": "mock", "live_workers": 1}
+        assert any(s["lane"] == "batch" and s["waiting"] == 1 for s in status["lanes"])
+        assert status["spend_today"]["test"]["requests"] >= 11  # the traffic of the test above
+    finally:
+        worker.popen.send_signal(signal.SIGCONT)
