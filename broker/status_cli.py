@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
-
-from broker import ledger, queue_stats
+from broker import status_data
 from broker.config import Config
 from broker.connection import connect
 from broker.keys import LANES, WORKER_GROUP, Keys
@@ -35,25 +32,10 @@ class StreamRow(msgspec.Struct):
     oldest_age_s: float
 
 
-async def _spend_today(redis: Redis, keys: Keys, config: Config) -> dict[str, Any]:
-    today = dt.datetime.now(dt.timezone.utc).date()
-    spent: dict[str, Any] = {}
-    for tenant in config.tenants:
-        total = (await ledger.report(redis, keys, tenant, today, today, ["day"])).total
-        if total.requests:
-            spent[tenant] = {"requests": total.requests, "cost_usd": total.cost_usd, "errors": total.errors}
-    return spent
-
-
 async def _status(config: Config) -> dict[str, Any]:
     redis, keys = connect(config.redis_url), Keys(config.namespace)
     try:
-        stats = await queue_stats.read(redis, keys, config)
-        return {"providers": {name: {"kind": str(p.__struct_config__.tag), "live_workers": stats.live_workers.get(name, 0)}
-                              for name, p in config.providers.items()},
-                "lanes": [msgspec.to_builtins(s) for s in stats.lanes],
-                "open_circuits": sorted(d for d, is_open in stats.open_circuits.items() if is_open),
-                "spend_today": await _spend_today(redis, keys, config)}
+        return await status_data.read(redis, keys, config)
     finally:
         await redis.aclose()
 
@@ -92,8 +74,9 @@ def run_status(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(msgspec.json.encode(status).decode())
         return 0
-    print(_table([("provider", "kind", "live workers")]
-                 + [(name, p["kind"], str(p["live_workers"])) for name, p in status["providers"].items()]))
+    print(_table([("provider", "kind", "live workers", "service time")]
+                 + [(name, p["kind"], str(p["live_workers"]), f"{p['service_ms']:.0f} ms" if p["service_ms"] else "-")
+                    for name, p in status["providers"].items()]))
     print()
     busy = [s for s in status["lanes"] if s["waiting"] or s["pending"]]
     if busy:
