@@ -37,7 +37,7 @@ from broker.batch_input import parse
 from broker.batches import Batch, BatchError, BatchErrors
 from broker.config import Config
 from broker.errors import BrokerError, OverBudget, RateLimited
-from broker.jobs import Failed, Final, reply_decoder
+from broker.jobs import Failed, Final, key_tpm, reply_decoder
 from broker.keys import Keys
 from broker.ratelimit import Limiter, estimate_request_tokens
 from broker.routing import Router
@@ -187,16 +187,17 @@ class _Run:
         except BrokerError as exc:  # a model it may not use, a request no deployment can serve
             return "failed", line.custom_id, exc
         try:
+            key = tenant.api_key(self.key_name)
             admission = await ctx.limiter.admit(self.tenant_name, tenant, estimate_request_tokens(body), job.id,
-                                                job.deadline, key=self.key_name,
-                                                hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, self.key_name,
+                                                job.deadline, key=key,
+                                                hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, key,
                                                                       body, ctx.router.prices.of(job)))
         except OverBudget as exc:
             return "failed", line.custom_id, exc
         except RateLimited as exc:
             self.paused_until = time.monotonic() + max(exc.retry_after_s or PAUSE_S, 0.05)
             return "paused", line.custom_id, None
-        job.estimated_tokens = admission.tokens
+        job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(key)
         job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
         await async_jobs.submit(ctx.redis, ctx.keys, job)
         while True:

@@ -97,6 +97,9 @@ class Budgets(Limits):
     def budgeted(self) -> bool:
         return self.daily_budget_usd is not None or self.monthly_budget_usd is not None
 
+    def bounded(self) -> bool:
+        return self.limited() or self.budgeted()
+
 
 class ApiKey(Budgets, kw_only=True):
     """A key with a name (in errors, and in the usage ledger to come) and limits of its own,
@@ -122,10 +125,11 @@ class Tenant(Budgets, kw_only=True):
                 for k in self.keys]
 
     def api_key(self, name: str | None) -> ApiKey | None:
-        """The named key if it has limits of its own (the only keys ratelimit.py needs)."""
+        """The named key if it has limits or budgets of its own (the only keys ratelimit.py and
+        budgets.py need: a key without them is held to its tenant's alone)."""
         if name is None:
             return None
-        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name and k.limited()), None)
+        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name and k.bounded()), None)
 
 
 class ServerSettings(Strict):
