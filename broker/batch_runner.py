@@ -32,10 +32,10 @@ from typing import Any, IO
 import msgspec
 from redis.asyncio import Redis
 
-from broker import async_jobs, batches, budgets, failover, files, job_factory
+from broker import api_keys, async_jobs, batches, budgets, failover, files, job_factory
 from broker.batch_input import parse
 from broker.batches import Batch, BatchError, BatchErrors
-from broker.config import Config
+from broker.config import ApiKey, Config
 from broker.errors import BrokerError, OverBudget, RateLimited
 from broker.jobs import Failed, Final, key_tpm, reply_decoder
 from broker.keys import Keys
@@ -83,6 +83,7 @@ class _Run:
     def __init__(self, ctx: BatchContext, loaded: batches.Loaded) -> None:
         self.ctx, self.batch, self.tenant_name = ctx, loaded.batch, loaded.tenant
         self.key_name = loaded.fields.get(b"k", b"").decode() or None
+        self.key: ApiKey | None = None  # its key's own limits, read again each step (`resume`)
         self.fields = loaded.fields
         self.line = int(loaded.fields.get(b"line", b"0"))  # lines read from the input so far
         self.offset = int(loaded.fields.get(b"offset", b"0"))  # and the byte after the last of them
@@ -113,6 +114,8 @@ class _Run:
             assert file_id is not None
             store.append(file_id).close()
             store.truncate(file_id, size)  # lines written but never committed go: they are collected again
+        self.key = await api_keys.limits_of(self.ctx.redis, self.ctx.keys, self.ctx.config, self.tenant_name,
+                                            self.key_name)
         raw = await self.ctx.redis.hgetall(self.inflight_key)  # type: ignore[misc]
         self.in_flight = {int(k): v.decode() for k, v in raw.items()}
         self.input = store.open(self.batch.input_file_id)
@@ -187,7 +190,7 @@ class _Run:
         except BrokerError as exc:  # a model it may not use, a request no deployment can serve
             return "failed", line.custom_id, exc
         try:
-            key = tenant.api_key(self.key_name)
+            key = self.key
             admission = await ctx.limiter.admit(self.tenant_name, tenant, estimate_request_tokens(body), job.id,
                                                 job.deadline, key=key,
                                                 hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, key,

@@ -11,6 +11,7 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker usage    a tenant's usage and spend from the ledger
     llm-broker batch-worker  run Batch API batches (arq)
     llm-broker batches  list batches and their progress
+    llm-broker keys     create, list and revoke API keys kept in Redis
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Sized
 
 from broker import config as config_module
-from broker import batches_cli, usage_cli
+from broker import batches_cli, keys_cli, usage_cli
 from broker.pricing import PriceBook
 from broker.config import ConfigError
 
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "List the batches of every tenant (or one) with their status and progress.")
     listed.add_argument("--config", help=REQUIRED_CONFIG_HELP)
     batches_cli.add_arguments(listed)
+    keys_cli.add_arguments(command("keys", "create, list and revoke API keys kept in Redis",
+                                   "API keys made at run time, beside the config's (broker/api_keys.py)."))
     return parser
 
 
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return usage_cli.run(config, args)
     if args.command == "batches":
         return batches_cli.run(config, args)
+    if args.command == "keys":
+        return keys_cli.run(config, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "worker":
         return _run_worker(config, args)
