@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dispatch
-from api.routes import batches, chat, completions, embeddings, files, jobs, models, usage
+from api.routes import admin, batches, chat, completions, embeddings, files, jobs, models, usage
 from api.state import BrokerState
 from broker import config as config_module
 from broker.config import Config
@@ -80,6 +80,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(admin.router)
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -132,6 +132,13 @@ class Tenant(Budgets, kw_only=True):
         return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name and k.bounded()), None)
 
 
+class AdminSettings(Strict):
+    """The admin API (/admin/*: api/routes/admin.py), off unless this section is present."""
+
+    # sha256:<64 hex> forms of the admin keys (`llm-broker hash-key`); they are not tenant keys.
+    keys: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]], msgspec.Meta(min_length=1)]
+
+
 class ServerSettings(Strict):
     # How long a request may wait in total (queue + upstream) before a timeout error.
     # At most a week: it becomes Redis expiries (PX) and deadlines, which must stay in range.
@@ -233,6 +240,7 @@ class Config(Strict):
     # The list form is a `priority` group (ModelGroup) of those deployments.
     models: dict[str, list[Deployment] | ModelGroup] = {}
     tenants: dict[str, Tenant] = {}
+    admin: AdminSettings | None = None
 
     def group(self, model: str) -> ModelGroup | None:
         """The configured public model `model`, whichever form it was written in."""

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     create.add_argument("--name", help="unique name (in usage and rate-limit errors; default: its id)")
     for flag, field in _LIMIT_FLAGS.items():
         create.add_argument(flag, dest=field, type=float if "budget" in flag else int,
-                            help=("USD" if "budget" in flag else "limit") + " of this key's own, on top of its tenant's")
+                            help=("USD" if "budget" in flag else "limit") + " of its own, on top of its tenant's")
     listed = sub.add_parser("list", help="list keys (names, ids, limits; never the keys)",
                             description="List the config's keys and those made at run time.")
     listed.add_argument("--tenant", help="only this tenant's keys")
@@ -70,7 +70,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
             _print(found, args.json, lambda: _table(found))
         else:
             gone = _with_redis(config, lambda redis: api_keys.revoke(redis, keys, config, args.ref))
-            _print(gone, args.json, lambda: print(f"revoked key {gone.name!r} (id {gone.id}) of tenant {gone.tenant!r}"))
+            _print(gone, args.json,
+                   lambda: print(f"revoked key {gone.name!r} (id {gone.id}) of tenant {gone.tenant!r}"))
     except (BrokerError, _BadFlag) as exc:
         print(f"llm-broker: {exc}", file=sys.stderr)
         return 2
