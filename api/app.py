@@ -15,12 +15,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import dispatch
-from api.routes import admin, batches, chat, completions, embeddings, files, jobs, models, usage
+from api import dispatch, metrics, request_ids
+from api.routes import admin, batches, chat, completions, embeddings, files, health, jobs, models, usage
 from api.state import BrokerState
 from broker import config as config_module
+from broker import log_context
 from broker.config import Config
 from broker.errors import BrokerError, InvalidRequest, ModelNotFound
 from broker.wire import json_encoder
@@ -28,8 +30,12 @@ from broker.wire import json_encoder
 log = logging.getLogger(__name__)
 
 
-def error_response(err: BrokerError) -> Response:
+def error_response(err: BrokerError, request: Request) -> Response:
     headers = dict(err.headers)
+    # Raised before a job existed (no route, bad key, invalid body): an id of its own, for the logs
+    # and for the client's bug report alike.
+    if request_ids.REQUEST_ID not in headers:
+        headers[request_ids.REQUEST_ID] = log_context.request_id() or request_ids.new()
     if err.retry_after_s is not None:
         # Rounded up: a client that retries a moment too early only meets another 429.
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
@@ -42,22 +48,39 @@ def error_response(err: BrokerError) -> Response:
                     media_type="application/json")
 
 
-async def _broker_error(_request: Request, exc: Exception) -> Response:
+async def _broker_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BrokerError)
-    return error_response(exc)
+    return error_response(exc, request)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
         return error_response(ModelNotFound("Unknown request URL. Please check the URL and method.",
-                                            code="unknown_url"))
-    return error_response(InvalidRequest(str(exc.detail), status=exc.status_code, code=None))
+                                            code="unknown_url"), request)
+    return error_response(InvalidRequest(str(exc.detail), status=exc.status_code, code=None), request)
 
 
-async def _unexpected(_request: Request, exc: Exception) -> Response:
+async def _invalid_params(request: Request, exc: Exception) -> Response:
+    """FastAPI's own 422 `{"detail": [...]}` for a typed path or query parameter, OpenAI-shaped."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+    return error_response(InvalidRequest(f"Invalid parameter: {first.get('msg', 'invalid value')}.", param=param),
+                          request)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Starlette answers this one outside every middleware: the client's id is echoed here.
+    ours = log_context.request_id() or request_ids.new()
+    theirs = request_ids.client_request_id(request.headers.get(request_ids.CLIENT_REQUEST_ID))
+    log_context.bind(ours, theirs)
     log.exception("unhandled error", exc_info=exc)
-    return error_response(BrokerError("The server had an error while processing your request."))
+    error = BrokerError("The server had an error while processing your request.",
+                        headers={request_ids.REQUEST_ID: ours})
+    if theirs:
+        error.headers[request_ids.CLIENT_REQUEST_ID] = theirs
+    return error_response(error, request)
 
 
 def create_app(config: Config) -> FastAPI:
@@ -72,6 +95,7 @@ def create_app(config: Config) -> FastAPI:
             await state.aclose()
 
     app = FastAPI(title="llm-broker", version="0.1.0", lifespan=lifespan)
+    app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
@@ -81,8 +105,12 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(admin.router)
+    app.include_router(metrics.router)
+    app.add_middleware(request_ids.EchoClientRequestId)
+    app.add_middleware(metrics.ObserveRequests)  # outermost: it sees every answer's final status
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_params)
     app.add_exception_handler(Exception, _unexpected)
     app.openapi = lambda: _with_wire_components(app)  # type: ignore[method-assign]
     return app
@@ -102,4 +130,6 @@ def app_from_env() -> FastAPI:
     path = os.environ.get("LLM_BROKER_CONFIG")
     if not path:  # never the built-in dev tenant, whose key is public
         raise config_module.ConfigError("$LLM_BROKER_CONFIG is not set: the API needs a config file")
+    if not logging.getLogger().handlers:  # a process uvicorn spawned for `--workers N`
+        log_context.configure(os.environ.get(log_context.LEVEL_ENV, "info"), os.environ.get(log_context.FORMAT_ENV, "text"))
     return create_app(config_module.resolve(path))

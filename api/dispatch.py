@@ -21,11 +21,12 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import cached, limits, sse
+from api import cached, limits, request_ids, sse
 from api.auth import Principal
+from api.metrics import SCOPE_KEY, Facts
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import async_jobs, failover, job_factory
+from broker import async_jobs, failover, job_factory, log_context
 from broker.capabilities import Request as Payload
 from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
@@ -101,7 +102,8 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         timeout_s=_timeout_s(state, request, streams=streams, asynchronous=asynchronous),
         # Nobody waits for an async job's replies: they go to a channel no process listens on.
         reply_to=state.keys.replies("async") if asynchronous else state.replies.channel,
-        headers=request.headers, async_ttl_s=state.config.server.async_result_ttl_s if asynchronous else 0)
+        headers=request.headers, async_ttl_s=state.config.server.async_result_ttl_s if asynchronous else 0,
+        client_request_id=request_ids.client_request_id(request.headers.get(request_ids.CLIENT_REQUEST_ID)))
 
 
 async def _client_gone(request: Request) -> None:
@@ -159,6 +161,8 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
             state.replies.close(job.id)
         match reply:
             case Final(body=body):
+                if reply.usage is not None and (facts := request.scope.get(SCOPE_KEY)) is not None:
+                    facts.tokens = reply.usage.total_tokens
                 return Response(body, media_type="application/json", headers=_served(reply))
             case Failed(error=info):
                 raise BrokerError.from_info(info)
@@ -242,8 +246,12 @@ def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[
         payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
         asynchronous = _prefers_async(request)
         job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
+        # For its metrics and log line (api/metrics.py); a passthrough model is not a label.
+        request.scope[SCOPE_KEY] = Facts(job.model if job.model in state.config.models else "passthrough",
+                                         principal.tenant_name, principal.key_name, job.lane)
         # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
-        headers = {"x-request-id": f"req_{job.id}"}
+        headers = {request_ids.REQUEST_ID: f"req_{job.id}"}
+        log_context.bind(headers[request_ids.REQUEST_ID], job.client_request_id)
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
         answer = (lambda: submit(state, job)) if asynchronous else (lambda: run(state, request, job))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from api import request_ids
 from broker.errors import InvalidRequest
 from broker.wire import json_encoder
 
@@ -23,7 +24,9 @@ class OpenAIErrorsHTTPProtocol(HttpToolsProtocol):
         content = [b"HTTP/1.1 400 Bad Request\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
-        content.extend([b"content-type: application/json\r\n",
+        # Every error carries a request id, this one too (api/request_ids.py).
+        content.extend([b"x-request-id: " + request_ids.new().encode("ascii") + b"\r\n",
+                        b"content-type: application/json\r\n",
                         b"content-length: " + str(len(_BODY)).encode("ascii") + b"\r\n",
                         b"connection: close\r\n\r\n", _BODY])
         self.transport.write(b"".join(content))

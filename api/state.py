@@ -9,6 +9,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+from redis.commands.core import AsyncScript
+
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
 from broker import job_events, redaction
@@ -63,6 +65,10 @@ class BrokerState:
             await self.cache.load()
         await self.live_keys.start()
         await self.replies.start()
+
+    def lua_scripts(self) -> dict[str, AsyncScript]:
+        """Every script this process runs, by name (what /readyz checks Redis has)."""
+        return {**self.scripts.named(), **self.limiter.named(), **(self.cache.named() if self.cache else {})}
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` in its own task, outside the caller's cancellation.

@@ -24,6 +24,7 @@ from typing import Literal, NamedTuple
 import msgspec
 from msgspec import UNSET
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from broker.cache_settings import CacheSettings
 from broker.config import Config
@@ -104,8 +105,11 @@ class ResponseCache:
         self._store = redis.register_script(lua_script("cache_store"))
         self._land = redis.register_script(lua_script("cache_land"))
 
+    def named(self) -> dict[str, AsyncScript]:
+        return {"cache_lookup": self._lookup, "cache_store": self._store, "cache_land": self._land}
+
     async def load(self) -> None:
-        for script in (self._lookup, self._store, self._land):
+        for script in self.named().values():
             await script.registered_client.script_load(script.script)
 
     def policy(self, model: str) -> Policy | None:

@@ -6,9 +6,10 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker dev      API + one worker per provider + embedded Redis, one process
     llm-broker api      the production HTTP edge (uvicorn; --workers N processes)
     llm-broker worker   a worker process for one provider
-    llm-broker hash-key turn an API key into the sha256 form config expects
+    llm-broker hash-key turn an API key (argument or stdin) into the sha256 form config expects
     llm-broker check-config  validate a config file and exit
     llm-broker usage    a tenant's usage and spend from the ledger
+    llm-broker dead     list or replay dead-lettered jobs
     llm-broker batch-worker  run Batch API batches (arq)
     llm-broker batches  list batches and their progress
     llm-broker keys     create, list and revoke API keys kept in Redis
@@ -19,15 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import getpass
 import importlib.metadata
-import logging
 import os
 import socket
 import sys
 from collections.abc import Sized
+from pathlib import Path
 
 from broker import config as config_module
-from broker import batches_cli, keys_cli, usage_cli
+from broker import batches_cli, dead_cli, keys_cli, log_context, usage_cli
 from broker.pricing import PriceBook
 from broker.config import ConfigError
 
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     def logged(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="(default: %(default)s)")
+        p.add_argument("--log-format", default="text", choices=log_context.FORMATS,
+                       help="text lines, or one JSON object per line (default: %(default)s)")
 
     dev = command("dev", "API + workers + embedded Redis in one process, for development",
                   "Run the API and one worker per provider in one process. With no config it serves the "
@@ -79,11 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--provider", required=True, help="provider name from the config")
     worker.add_argument("--concurrency", type=int, help="jobs in flight (default: the provider's concurrency)")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+    worker.add_argument("--health-file", type=Path, metavar="PATH",
+                        help="touch PATH after every heartbeat that reached Redis; its age is the worker's health "
+                             "(container healthchecks)")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics")
     logged(worker)
 
     hash_key = command("hash-key", "print the sha256 form of an API key for the config",
-                       "Print the form an API key takes in a tenant's `keys`: the config never holds keys in clear.")
-    hash_key.add_argument("key", help="the API key clients will send as `Authorization: Bearer KEY`")
+                       "Print the form an API key takes in a tenant's `keys`: the config never holds keys in clear. "
+                       "Without KEY it reads the key from stdin (one line; a terminal does not echo it), which "
+                       "keeps it out of shell history and `ps`.")
+    hash_key.add_argument("key", nargs="?",
+                          help="the API key clients will send as `Authorization: Bearer KEY` (default: read stdin)")
 
     check = command("check-config", "validate a config file and exit",
                     "Decode and check a config file as `api` and `worker` would; exit 0 if valid, "
@@ -107,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "List the batches of every tenant (or one) with their status and progress.")
     listed.add_argument("--config", help=REQUIRED_CONFIG_HELP)
     batches_cli.add_arguments(listed)
+
+    dead = command("dead", "list or replay dead-lettered jobs",
+                   "Jobs that failed through no fault of their request (every attempt failed upstream, or the "
+                   "workers running them died) wait in a dead-letter stream per provider for "
+                   "queue.dead_letter_retention_s: `dead list` shows them, `dead replay` queues them again.")
+    dead_cli.add_arguments(dead, REQUIRED_CONFIG_HELP)
     keys_cli.add_arguments(command("keys", "create, list and revoke API keys kept in Redis",
                                    "API keys made at run time, beside the config's (broker/api_keys.py)."))
     return parser
@@ -115,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-key":
-        print(config_module.hash_key(args.key))
-        return 0
+        return _hash_key(args.key)
     has_config = bool(args.config or os.environ.get("LLM_BROKER_CONFIG"))
     if args.command != "dev" and not has_config:
         # A production command must never fall back to the dev tenant and its well-known key.
@@ -144,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         return batches_cli.run(config, args)
     if args.command == "keys":
         return keys_cli.run(config, args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "dead":
+        return dead_cli.run(config, args)
+    log_context.configure(args.log_level, args.log_format)
     if args.command == "worker":
         return _run_worker(config, args)
     if args.command == "batch-worker":
@@ -164,6 +183,19 @@ def main(argv: list[str] | None = None) -> int:
 def _usage_error(message: str) -> int:
     print(f"llm-broker: {message}", file=sys.stderr)
     return 2
+
+
+def _hash_key(given: str | None) -> int:
+    if given is None:
+        if sys.stdin.isatty():
+            given = getpass.getpass("API key (not echoed): ")
+        else:
+            # `echo KEY |` and a file end with a newline that is no part of the key.
+            given = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not given or "\n" in given or "\r" in given:
+        return _usage_error("hash-key needs one key: an argument, or a single line on stdin")
+    print(config_module.hash_key(given))
+    return 0
 
 
 def _count(items: Sized, noun: str) -> str:
@@ -200,8 +232,13 @@ def _run_worker(config: config_module.Config, args: argparse.Namespace) -> int:
         print(f"llm-broker: unknown provider {args.provider!r}; configured: {sorted(config.providers)}",
               file=sys.stderr)
         return 2
+    if args.metrics_port is not None:
+        import prometheus_client
+
+        prometheus_client.start_http_server(args.metrics_port)  # a thread of its own: no event loop work
     _install_uvloop()
-    asyncio.run(serve(config, args.provider, concurrency=args.concurrency, burst=args.burst))
+    asyncio.run(serve(config, args.provider, concurrency=args.concurrency, burst=args.burst,
+                      health_file=args.health_file))
     return 0
 
 
@@ -231,6 +268,17 @@ def _run_api(args: argparse.Namespace) -> int:
 
     if args.config:
         os.environ["LLM_BROKER_CONFIG"] = os.path.abspath(args.config)  # read by each API process
+    os.environ[log_context.LEVEL_ENV] = args.log_level  # each of --workers N processes configures its logging
+    os.environ[log_context.FORMAT_ENV] = args.log_format
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # /metrics adds up every API process's counts (prometheus-client's multiprocess mode): they
+        # share a fresh directory, set before any of them imports prometheus_client.
+        import atexit
+        import shutil
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared = tempfile.mkdtemp(prefix="llm-broker-metrics-")
+        atexit.register(shutil.rmtree, shared, ignore_errors=True)
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
         loop="uvloop", http=HTTP_PROTOCOL, log_level=args.log_level, access_log=False,

@@ -199,6 +199,11 @@ class QueueSettings(Strict):
     worker_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     # SIGTERM: how long a worker lets in-flight jobs finish before leaving them for reclaim.
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Jobs that failed through no fault of their request stay in the dead-letter stream for this
+    # long (broker/dead_letters.py; `llm-broker dead list`, `dead replay`)...
+    dead_letter_retention_s: Annotated[float, msgspec.Meta(ge=1, le=31_536_000)] = 7 * 86_400.0
+    # ...and at most about this many per provider (each holds its whole request).
+    dead_letter_maxlen: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
 
 
 class UsageSettings(Strict):

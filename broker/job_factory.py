@@ -56,7 +56,7 @@ async def _strategy_stats(redis: Redis, keys: Keys, group: ModelGroup, streams: 
 
 async def build(router: Router, redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, key_name: str | None,
                 payload: Payload, *, lane: str, timeout_s: float, reply_to: str, headers: Mapping[str, str],
-                async_ttl_s: int = 0, job_id: str | None = None) -> Job:
+                async_ttl_s: int = 0, job_id: str | None = None, client_request_id: str = "") -> Job:
     """The job for `payload` of this tenant and key: routed (404/400 if it cannot be), with its
     failover candidates, due in `timeout_s`. `headers` are the request's, which routing rules read."""
     payload, also = _client_fallbacks(payload)
@@ -87,4 +87,5 @@ async def build(router: Router, redis: Redis, keys: Keys, tenant_name: str, tena
         hedge_after_ms=HEDGE_P95 if route.group.hedge_after_ms == "p95" else route.group.hedge_after_ms or 0,
         route=route.via or "",
         async_ttl_s=async_ttl_s,
+        client_request_id=client_request_id,
     )

@@ -82,6 +82,8 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     # An async job (`Prefer: respond-async`, broker/async_jobs.py): how long its result is kept,
     # in seconds, instead of server.result_ttl_s. 0: a live request, whose client waits for it.
     async_ttl_s: int = 0
+    # The client's own X-Client-Request-Id (api/request_ids.py), logged beside ours; "": none sent.
+    client_request_id: str = ""
     # The TPM limit of its key's own bucket (0: none), charged at admission: the worker settles that
     # bucket from here, since a key made at run time (broker/api_keys.py) is not in its config.
     key_tpm: int = 0

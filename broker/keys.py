@@ -16,7 +16,7 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{p}:circuit                      | hash    | circuit.lua, finish.lua | 4 fields per failing upstream model; TTL: 2 x open time after the last failure |
 | {ns}:{p}:busy:{model}                 | zset    | workers (least-busy)    | calls running, scored by deadline; expired ones trimmed on read; TTL the latest deadline |
 | {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
-| {ns}:{p}:dead                         | stream  | workers                 | MAXLEN ~ DEAD_LETTER_MAXLEN |
+| {ns}:{p}:dead                         | stream  | workers, `dead replay`  | MAXLEN ~ queue.dead_letter_maxlen and MINID now - queue.dead_letter_retention_s at each XADD; key expires that long after its newest entry |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
 | {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s (async jobs: async_result_ttl_s) |
 | {ns}:file:{id}                        | string  | API (files.py)          | expires with the file: batches.file_ttl_days |
@@ -57,9 +57,6 @@ WORKER_GROUP = "workers"
 # deleted individually, so a stream holds only its backlog and jobs in flight;
 # admission control rejects long before the cap matters.
 STREAM_MAXLEN = 100_000
-
-# Jobs that failed on every attempt, kept for inspection.
-DEAD_LETTER_MAXLEN = 10_000
 
 LANES = ("interactive", "default", "batch")
 

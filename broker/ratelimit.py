@@ -192,8 +192,11 @@ class Limiter:
     async def load(self) -> None:
         """Load the script up front, as QueueScripts does: the first request then never pays a NOSCRIPT
         round trip (and the dev mode's fakeredis server drops the connection after one)."""
-        await self.redis.script_load(_ADMIT)
-        await self.redis.script_load(_UNHOLD)
+        for script in self.named().values():
+            await self.redis.script_load(script.script)
+
+    def named(self) -> dict[str, AsyncScript]:
+        return {"admit": self._admit, "unhold": self._unhold}
 
     async def admit(self, tenant_name: str, tenant: Tenant, tokens: int, request_id: str,
                     expires_at: float, *, key: ApiKey | None = None, hold: budgets.Hold | None = None) -> Admission:

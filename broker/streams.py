@@ -45,10 +45,13 @@ class QueueScripts:
         self.circuit: AsyncScript = redis.register_script(lua_script("circuit"))
         self.race: AsyncScript = redis.register_script(lua_script("race"))
 
+    def named(self) -> dict[str, AsyncScript]:
+        return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "reclaim": self.reclaim,
+                "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race}
+
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
-        for script in (self.enqueue, self.pull, self.finish, self.reclaim, self.reconcile, self.circuit,
-                       self.race):
+        for script in self.named().values():
             await script.registered_client.script_load(script.script)
 
 

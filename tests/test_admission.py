@@ -168,7 +168,7 @@ def test_keys_return_to_baseline_after_5000_jobs(stack_factory: Any, namespace: 
          "up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 64}},
         {"m": [{"provider": "mock", "model": "m"}], "broken": [{"provider": "up", "model": "fail-500"}],
          "slow": [{"provider": "up", "model": "slow"}]},
-        server={"result_ttl_s": 1},
+        server={"result_ttl_s": 1, "stream_resume_ttl_s": 1},  # results and streams' event logs: 1 s
         circuit={"failures": 1000, "min_calls": 1000},  # failed jobs must run and fail, not meet an open circuit
     )
     stack.worker("mock")

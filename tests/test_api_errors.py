@@ -250,6 +250,7 @@ def test_an_oversized_body_is_413_whether_its_length_is_declared_or_not(base_url
 )
 def test_a_request_that_is_not_valid_http_gets_an_openai_shaped_400(base_url: str, head: bytes) -> None:
     import json
+    import re
     import socket
 
     port = httpx.URL(base_url).port
@@ -262,6 +263,7 @@ def test_a_request_that_is_not_valid_http_gets_an_openai_shaped_400(base_url: st
     headers, _, body = rest.partition(b"\r\n\r\n")
     assert status_line == b"HTTP/1.1 400 Bad Request", received
     assert b"content-type: application/json" in headers.lower()
+    assert re.search(rb"\r\nx-request-id: req_[0-9a-f]{32}\r\n", b"\r\n" + headers + b"\r\n"), headers
     error = json.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http_request")

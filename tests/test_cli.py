@@ -15,7 +15,7 @@ from broker.config import ConfigError
 from tests.conftest import REDIS_URL
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["dev", "api", "worker", "hash-key", "check-config"]
+COMMANDS = ["dev", "api", "worker", "hash-key", "check-config", "dead"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -98,3 +98,20 @@ def test_every_subcommand_describes_itself(capsys: pytest.CaptureFixture[str], c
 
 def test_hash_key_explains_its_argument(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Authorization: Bearer" in help_text(capsys, "hash-key")
+
+
+def test_hash_key_reads_the_key_from_stdin_without_its_newline() -> None:
+    # Keys typed as arguments end up in shell history and in `ps` for every user of the machine.
+    expected = cli("hash-key", "sk-from-argv").stdout
+    for given in ("sk-from-argv\n", "sk-from-argv", "sk-from-argv\r\n"):
+        proc = subprocess.run([sys.executable, "-m", "broker.cli", "hash-key"], input=given, capture_output=True,
+                              text=True, cwd=REPO, timeout=30)
+        assert (proc.returncode, proc.stdout) == (0, expected), given
+
+
+@pytest.mark.parametrize("given", ["", "\n", "two\nkeys\n"])
+def test_hash_key_refuses_anything_but_one_key_on_stdin(given: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "broker.cli", "hash-key"], input=given, capture_output=True,
+                          text=True, cwd=REPO, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "hash-key needs one key" in proc.stderr

@@ -9,10 +9,15 @@ container, without needing Docker.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -267,3 +272,51 @@ def test_dockerfile_run_examples_load_their_config_and_reach_their_redis() -> No
             assert run["options"]["-p"] == [f"{args.port}:{args.port}"]
     assert {run["image"] for run in runs} == {"llm-broker"}  # as `docker build -t` names it
     assert {build_parser().parse_args(run["argv"]).command for run in runs} == {"dev", "api", "worker"}
+
+
+# ---- healthchecks: the commands compose runs, run here against a real API and worker
+
+def _run_check(script: str) -> int:
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30).returncode
+
+
+def _healthcheck(name: str) -> list[str]:
+    check = _services()[name].get("healthcheck") or {}
+    test = [str(a) for a in check.get("test", [])]
+    assert test[:1] == ["CMD"], f"service {name!r} needs an exec-form healthcheck (the image has no shell tools)"
+    return test[1:]
+
+
+def test_api_healthcheck_is_readyz_on_the_port_the_api_listens_on() -> None:
+    argv = _healthcheck("api")
+    port = _argv(_services()["api"])[_argv(_services()["api"]).index("--port") + 1]
+    assert argv[:2] == ["python", "-c"] and f"http://127.0.0.1:{port}/readyz" in argv[2]
+
+
+def test_api_healthcheck_passes_only_once_the_broker_is_ready(stack_factory: Any) -> None:
+    stack = stack_factory({"mock": {"kind": "mock"}}, {"m": [{"provider": "mock", "model": "m"}]})
+    port = urlsplit(stack.api()).port
+    script = _healthcheck("api")[2].replace(":8080/", f":{port}/")
+    assert _run_check(script) != 0  # no worker yet: /readyz is 503
+    stack.worker("mock")
+    assert _run_check(script) == 0
+
+
+@pytest.mark.parametrize("name", sorted(_workers()))
+def test_worker_healthcheck_reads_the_health_file_the_worker_touches(name: str, stack_factory: Any,
+                                                                   tmp_path: Path) -> None:
+    argv = _argv(_workers()[name])
+    health_file = build_parser().parse_args(argv).health_file
+    assert health_file is not None, f"worker {name!r} touches no --health-file, so its healthcheck cannot pass"
+    script = _healthcheck(name)[2]
+    assert _healthcheck(name)[:2] == ["python", "-c"] and f"'{health_file}'" in script
+    local = tmp_path / "alive"
+    script = script.replace(f"'{health_file}'", repr(str(local)))
+    assert _run_check(script) != 0  # no file: the worker never reached Redis
+    stack = stack_factory({"mock": {"kind": "mock"}}, {"m": [{"provider": "mock", "model": "m"}]})
+    stack.worker("mock", "--health-file", str(local))
+    assert _run_check(script) == 0
+    stale = time.time() - 60
+    stack.stop()  # no more heartbeats...
+    os.utime(local, (stale, stale))  # ...and the last one long ago
+    assert _run_check(script) != 0

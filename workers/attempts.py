@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager, suppress
 
 from redis.exceptions import RedisError
 
-from broker import failover
+from broker import failover, metrics
 from broker.config import Config, ModelGroup
 from broker.errors import BrokerError, RateLimited, UpstreamError
 from broker.jobs import Job
@@ -143,5 +143,6 @@ async def fail_over(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
         log.warning("job %s: %s/%s failed (%s); failed over to %s/%s", job.id, failed.provider,
                     failed.upstream_model, err.message, nxt.provider, nxt.upstream_model)
         await hand_off(scripts, keys, job, item.entry_id, item.stream)
+        metrics.FAILOVERS.labels(failed.served_by).inc()
         return None
     return failover.final_error(failed, err)

@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,14 +32,15 @@ from redis.exceptions import RedisError
 from broker.config import Config
 from broker.errors import BrokerError, ErrorInfo, RequestTimeout
 from broker.jobs import Job, job_decoder
-from broker.keys import DEAD_LETTER_MAXLEN, WORKER_GROUP, Keys
+from broker.keys import WORKER_GROUP, Keys
 from broker.outbox import Outbox
 from broker.ratelimit import Limiter
 from broker.usage_sink import UsageSink
 from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
-from broker import circuit, ledger, pricing, redaction
+from broker import circuit, dead_letters, ledger, log_context, pricing, redaction
 from broker.capabilities import estimate_tokens
-from workers import attempts
+from broker import metrics
+from workers import attempts, observed
 from workers.handlers import Meter
 from workers.hedging import Hedging
 from workers.providers import Provider, build_provider
@@ -58,7 +60,7 @@ CLIENT_GONE = ErrorInfo(kind="BrokerError", message="the client disconnected; th
 
 class Worker:
     def __init__(self, config: Config, provider_name: str, redis: Redis, *, concurrency: int | None = None,
-                 burst: bool = False) -> None:
+                 burst: bool = False, health_file: Path | None = None) -> None:
         if provider_name not in config.providers:
             raise ValueError(f"unknown provider {provider_name!r}; configured: {sorted(config.providers)}")
         self.config = config
@@ -69,6 +71,7 @@ class Worker:
         self.concurrency = concurrency or config.providers[provider_name].concurrency
         self.max_retries: int = getattr(config.providers[provider_name], "max_retries", 0)
         self.burst = burst
+        self.health_file = health_file
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         redaction.install(config)  # our upstream keys never reach a reply or a log line
         self.call_gate = attempts.CallGate(Limiter(redis, self.keys), config)
@@ -163,10 +166,12 @@ class Worker:
             job = None
         task = asyncio.create_task(self._run_job(item, job, attempt))
         self._in_flight[item.job_id] = (task, item)
+        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).inc()
         task.add_done_callback(lambda _: self._job_done(item.job_id))
 
     def _job_done(self, job_id: str) -> None:
         self._in_flight.pop(job_id, None)
+        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).dec()
         self._cancelled.discard(job_id)
         self.jobs_done += 1
         self._slot_freed.set()
@@ -177,6 +182,8 @@ class Worker:
             await self.redis.xdel(item.stream, item.entry_id)
             return
         job.attempt = attempt
+        waited_s = observed.job_started(job)
+        log_context.bind(f"req_{job.id}", job.client_request_id)  # this task's log lines name the request
         body, usage, error = b"", None, None
         started = time.monotonic()
         emitted = False  # once a chunk is on its way to the client, the job can no longer fail over
@@ -200,7 +207,7 @@ class Worker:
                                      f"waiting for a {job.provider} worker")
             if attempt > self.queue.max_attempts:
                 raise BrokerError(f"the job failed on every attempt ({self.queue.max_attempts}): the workers "
-                                  "running it stopped responding", code="attempts_exhausted")
+                                  "running it stopped responding", code=dead_letters.ATTEMPTS_EXHAUSTED)
             if job.async_ttl_s:
                 self.outbox.started(job)
             if racer is not None and not await racer.start():
@@ -232,8 +239,10 @@ class Worker:
         finally:
             if racer is not None:
                 racer.close()
-        if error is not None and error.code == "attempts_exhausted":
-            await self._dead_letter(item, error)
+        if error is not None and dead_letters.deserves(error):
+            metrics.DEAD_LETTERED.labels(self.provider_name).inc()
+            tried = self.queue.max_attempts if error.code == dead_letters.ATTEMPTS_EXHAUSTED else job.calls
+            await self._dead_letter(job, error, tried)
         service_ms = 0 if error is not None else max(1, int((time.monotonic() - started) * 1000))
         ttft_ms = max(1, int((first_token - started) * 1000)) if first_token else 0
         if racer is not None and error is None:
@@ -243,6 +252,8 @@ class Worker:
         charge = pricing.charge(meter.price, meter.usage, prompt_estimate=prompt_estimate,
                                 output_chars=meter.output_chars, answered=error is None or meter.responded)
         outcome: ledger.Outcome = "ok" if error is None else "cancelled" if error is CLIENT_GONE else "error"
+        observed.job_ended(job, outcome, service_ms, ttft_ms, charge, error=error, waited_s=waited_s,
+                           elapsed_ms=int((time.monotonic() - started) * 1000))
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
                            timed=(job.provider, job.upstream_model) in self.call_gate.timed,
                            ledger=ledger.finish_args(self.keys, self.config.usage, job, charge, outcome, time.time()))
@@ -257,6 +268,7 @@ class Worker:
 
     async def _count_failure(self, job: Job, err: BrokerError) -> None:
         """Against the deployment's circuit, shared by every process (broker/circuit.py)."""
+        observed.upstream_failed(job, err.status)
         try:
             if await circuit.report_failure(self.scripts, self.keys, self.config.circuit, job, err):
                 log.warning("circuit of %s/%s opened for %gs after %d failures in a row (last: %s)", job.provider,
@@ -283,11 +295,11 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, FINISH_RETRY_MAX_S)
 
-    async def _dead_letter(self, item: Pulled, error: ErrorInfo) -> None:
-        with suppress(Exception):
-            await self.redis.xadd(self.keys.dead_letters(self.provider_name),
-                                  {"job": item.payload, "stream": item.stream, "error": redaction.redact(error.message)},
-                                  maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+    async def _dead_letter(self, job: Job, error: ErrorInfo, tried: int) -> None:
+        try:
+            await dead_letters.add(self.redis, self.keys, self.queue, job, error, tried)
+        except Exception as exc:  # the client's error matters more: it still goes out
+            log.warning("could not dead-letter job %s: %s", job.id, exc)
 
     async def _drain(self) -> None:
         tasks = [task for task, _ in self._in_flight.values()]
@@ -337,6 +349,9 @@ class Worker:
         for _, item in self._in_flight.values():
             held.setdefault(item.stream, []).append(item.entry_id)
         await heartbeat(self.redis, self.keys, self.provider_name, self.consumer, held)
+        metrics.HEARTBEATS.labels(self.provider_name).inc()
+        if self.health_file is not None:  # a container healthcheck reads its age: live as the API sees us
+            self.health_file.touch()
 
     async def _heartbeats(self) -> None:
         while True:
@@ -350,6 +365,7 @@ class Worker:
                         if item.job_id in self._in_flight:
                             continue  # our own entry: still running, only its lease lapsed
                         log.warning("reclaimed job %s (delivery %d) from a dead worker", item.job_id, item.delivered)
+                        metrics.RECLAIMED.labels(self.provider_name).inc()
                         self._start(item, attempt=item.delivered)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 
 from broker.connection import connect
@@ -14,9 +15,10 @@ from workers.loop import Worker
 log = logging.getLogger(__name__)
 
 
-async def serve(config: Config, provider: str, *, concurrency: int | None = None, burst: bool = False) -> int:
+async def serve(config: Config, provider: str, *, concurrency: int | None = None, burst: bool = False,
+                health_file: Path | None = None) -> int:
     redis = connect(config.redis_url)
-    worker = Worker(config, provider, redis, concurrency=concurrency, burst=burst)
+    worker = Worker(config, provider, redis, concurrency=concurrency, burst=burst, health_file=health_file)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # First signal: stop pulling, finish what is in flight. Both end the process cleanly.

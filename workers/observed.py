@@ -1,0 +1,57 @@
+"""What a worker tells Prometheus (broker/metrics.py) and its log about its jobs: one call per event.
+
+Each job attempt that ends writes one log line (logger `llm_broker.jobs`; the request id comes
+from broker/log_context.py): deployment, outcome, upstream status, latency, time to first token,
+queue wait, tokens and cost. A failure is a WARNING, so it is logged at any level the CLI takes
+but `error`; its message is redacted of upstream secrets. Prompts and answers are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from broker import metrics, redaction
+from broker.errors import ErrorInfo
+from broker.jobs import Job
+from broker.pricing import NANOS_PER_USD, Charge
+
+job_log = logging.getLogger("llm_broker.jobs")
+
+
+def job_started(job: Job) -> float:
+    """How long it waited for a worker, in seconds."""
+    waited = max(0.0, time.time() - job.created)
+    metrics.QUEUE_WAIT.labels(job.provider, job.lane).observe(waited)
+    return waited
+
+
+def job_ended(job: Job, outcome: str, service_ms: int, ttft_ms: int, charge: Charge, *, error: ErrorInfo | None,
+              elapsed_ms: int, waited_s: float) -> None:
+    deployment = job.served_by
+    level = logging.WARNING if outcome == "error" else logging.INFO
+    if job_log.isEnabledFor(level):
+        fields = {"deployment": deployment, "tenant": job.tenant, "key": job.key, "model": job.model, "lane": job.lane,
+                  "attempt": job.attempt, "calls": job.calls, "outcome": outcome,
+                  "status": error.status if error is not None else 200, "latency_ms": elapsed_ms,
+                  "ttft_ms": ttft_ms or None, "queue_wait_ms": round(waited_s * 1000),
+                  "input_tokens": charge.input_tokens, "output_tokens": charge.output_tokens,
+                  "cost_usd": charge.cost_nanos / NANOS_PER_USD if charge.cost_nanos is not None else None}
+        if error is not None:
+            fields.update(error_code=error.code, error=redaction.redact(error.message))
+        job_log.log(level, "job %s on %s", outcome, deployment, extra={"fields": fields})
+    metrics.JOBS.labels(deployment, outcome).inc()
+    if service_ms:
+        metrics.JOB_SECONDS.labels(deployment).observe(service_ms / 1000)
+    if ttft_ms:
+        metrics.TTFT.labels(deployment).observe(ttft_ms / 1000)
+    for kind, count in (("input", charge.input_tokens), ("output", charge.output_tokens),
+                        ("cached", charge.cached_tokens)):
+        if count:
+            metrics.TOKENS.labels(deployment, kind).inc(count)
+    if charge.cost_nanos:
+        metrics.COST.labels(deployment, job.tenant).inc(charge.cost_nanos / NANOS_PER_USD)
+
+
+def upstream_failed(job: Job, status: int) -> None:
+    metrics.UPSTREAM_ERRORS.labels(job.served_by, str(status)).inc()
