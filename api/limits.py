@@ -26,7 +26,7 @@ from api.state import BrokerState
 from broker import budgets
 from broker.config import ApiKey
 from broker.errors import BrokerError, Unavailable
-from broker.jobs import Job, Target
+from broker.jobs import Job, Target, key_tpm
 from broker.ratelimit import Admission, estimate_request_tokens
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,16 @@ log = logging.getLogger(__name__)
 async def admitted(state: BrokerState, principal: Principal, job: Job,
                    respond: Callable[[], Awaitable[Response]]) -> Response:
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
-    hold = budgets.hold_for(state.keys, principal.tenant_name, principal.tenant, principal.key_name, job.payload,
+    hold = budgets.hold_for(state.keys, principal.tenant_name, principal.tenant, principal.key, job.payload,
                             state.router.prices.of(job))
     try:
         admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
                                               estimate_request_tokens(job.payload), job.id, job.deadline,
-                                              key=principal.key_name, hold=hold)
+                                              key=principal.key, hold=hold)
     except RedisError as exc:
         log.warning("rate limiter unavailable, answering 503: %s: %s", type(exc).__name__, exc)
         raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
-    job.estimated_tokens = admission.tokens
+    job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(principal.key)
     job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
     try:
         response = await respond()

@@ -12,6 +12,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from api.auth import Authenticator
+from api.live_keys import LiveKeys
 from broker import job_events, redaction
 from broker.cache import ResponseCache
 from broker.config import Config
@@ -42,6 +43,8 @@ class BrokerState:
         self.redis = connect(config.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5)
         self.replies = ReplyRouter(self.redis, self.keys.replies(self.instance), self.keys.result,
                                    max_buffered_bytes=config.server.stream_buffer_bytes)
+        self.live_keys = LiveKeys(self.redis, self.keys, config, self.auth)  # keys made at run time
+        self.replies.also(self.keys.api_keys_changed(), self.live_keys.notify)
         # Clients reading a job's event log (api/routes/jobs.py) block in XREAD: a pool of their own,
         # so they can never starve the request path of connections.
         self.readers = connect(config.redis_url, max_connections=EVENT_READERS, timeout=5)
@@ -60,6 +63,7 @@ class BrokerState:
         await self.limiter.load()
         if self.cache is not None:
             await self.cache.load()
+        await self.live_keys.start()
         await self.replies.start()
 
     def lua_scripts(self) -> dict[str, AsyncScript]:
@@ -95,6 +99,7 @@ class BrokerState:
     async def aclose(self) -> None:
         if self.background:  # releases and cancellations still on their way to Redis
             await asyncio.wait(set(self.background), timeout=5)
+        await self.live_keys.stop()
         await self.replies.stop()
         await self.readers.aclose()
         await self.redis.aclose()

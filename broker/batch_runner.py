@@ -32,12 +32,12 @@ from typing import Any, IO
 import msgspec
 from redis.asyncio import Redis
 
-from broker import async_jobs, batches, budgets, failover, files, job_factory
+from broker import api_keys, async_jobs, batches, budgets, failover, files, job_factory
 from broker.batch_input import parse
 from broker.batches import Batch, BatchError, BatchErrors
-from broker.config import Config
+from broker.config import ApiKey, Config
 from broker.errors import BrokerError, OverBudget, RateLimited
-from broker.jobs import Failed, Final, reply_decoder
+from broker.jobs import Failed, Final, key_tpm, reply_decoder
 from broker.keys import Keys
 from broker.ratelimit import Limiter, estimate_request_tokens
 from broker.routing import Router
@@ -83,6 +83,7 @@ class _Run:
     def __init__(self, ctx: BatchContext, loaded: batches.Loaded) -> None:
         self.ctx, self.batch, self.tenant_name = ctx, loaded.batch, loaded.tenant
         self.key_name = loaded.fields.get(b"k", b"").decode() or None
+        self.key: ApiKey | None = None  # its key's own limits, read again each step (`resume`)
         self.fields = loaded.fields
         self.line = int(loaded.fields.get(b"line", b"0"))  # lines read from the input so far
         self.offset = int(loaded.fields.get(b"offset", b"0"))  # and the byte after the last of them
@@ -113,6 +114,8 @@ class _Run:
             assert file_id is not None
             store.append(file_id).close()
             store.truncate(file_id, size)  # lines written but never committed go: they are collected again
+        self.key = await api_keys.limits_of(self.ctx.redis, self.ctx.keys, self.ctx.config, self.tenant_name,
+                                            self.key_name)
         raw = await self.ctx.redis.hgetall(self.inflight_key)  # type: ignore[misc]
         self.in_flight = {int(k): v.decode() for k, v in raw.items()}
         self.input = store.open(self.batch.input_file_id)
@@ -187,16 +190,17 @@ class _Run:
         except BrokerError as exc:  # a model it may not use, a request no deployment can serve
             return "failed", line.custom_id, exc
         try:
+            key = self.key
             admission = await ctx.limiter.admit(self.tenant_name, tenant, estimate_request_tokens(body), job.id,
-                                                job.deadline, key=self.key_name,
-                                                hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, self.key_name,
+                                                job.deadline, key=key,
+                                                hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, key,
                                                                       body, ctx.router.prices.of(job)))
         except OverBudget as exc:
             return "failed", line.custom_id, exc
         except RateLimited as exc:
             self.paused_until = time.monotonic() + max(exc.retry_after_s or PAUSE_S, 0.05)
             return "paused", line.custom_id, None
-        job.estimated_tokens = admission.tokens
+        job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(key)
         job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
         await async_jobs.submit(ctx.redis, ctx.keys, job)
         while True:

@@ -25,7 +25,7 @@ import datetime as dt
 from typing import NamedTuple
 
 from broker.capabilities import Request, estimate_tokens, output_limit_tokens
-from broker.config import Budgets, Tenant
+from broker.config import ApiKey, Budgets, Tenant
 from broker.errors import OverBudget
 from broker.keys import Keys
 from broker.pricing import NANOS_PER_USD, Price, usd
@@ -93,11 +93,13 @@ def over_budget(hold: Hold, which: int, left_nanos: int, headers: dict[str, str]
                       headers=headers)
 
 
-def hold_for(keys: Keys, tenant_name: str, tenant: Tenant, key_name: str | None, payload: Request,
+def hold_for(keys: Keys, tenant_name: str, tenant: Tenant, key: ApiKey | None, payload: Request,
              prices: list[Price | None]) -> Hold | None:
-    """What a request must hold against its budgets (None for most: then no budget is touched)."""
-    key = tenant.named_key(key_name)  # not api_key(): that one only finds keys with rate limits
-    if not tenant.budgeted() and (key is None or not key.budgeted()):
+    """What a request must hold against its budgets (None for most: then no budget is touched).
+    `key` is the key's own limits (`Principal.key`), if it has any."""
+    if key is not None and not key.budgeted():
+        key = None
+    if not tenant.budgeted() and key is None:
         return None
-    held = applicable(keys, tenant_name, tenant, key_name, key, dt.datetime.now(dt.timezone.utc))
+    held = applicable(keys, tenant_name, tenant, key.name if key else None, key, dt.datetime.now(dt.timezone.utc))
     return Hold(held, worst_case_nanos(payload, prices)) if held else None

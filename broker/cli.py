@@ -13,6 +13,7 @@ inside the subcommands, so `broker` itself still depends on neither).
     llm-broker batch-worker  run Batch API batches (arq)
     llm-broker batches  list batches and their progress
     llm-broker status   providers, workers, queues, circuits, spend today; `queues` the detail
+    llm-broker keys     create, list and revoke API keys kept in Redis
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Sized
 from pathlib import Path
 
 from broker import config as config_module
-from broker import batches_cli, dead_cli, log_context, status_cli, usage_cli
+from broker import batches_cli, dead_cli, keys_cli, log_context, status_cli, usage_cli
 from broker.pricing import PriceBook
 from broker.config import ConfigError
 
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "workers running them died) wait in a dead-letter stream per provider for "
                    "queue.dead_letter_retention_s: `dead list` shows them, `dead replay` queues them again.")
     dead_cli.add_arguments(dead, REQUIRED_CONFIG_HELP)
+    keys_cli.add_arguments(command("keys", "create, list and revoke API keys kept in Redis",
+                                   "API keys made at run time, beside the config's (broker/api_keys.py)."))
     return parser
 
 
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return status_cli.run_status(config, args)
     if args.command == "queues":
         return status_cli.run_queues(config, args)
+    if args.command == "keys":
+        return keys_cli.run(config, args)
     if args.command == "dead":
         return dead_cli.run(config, args)
     log_context.configure(args.log_level, args.log_format)

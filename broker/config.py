@@ -97,6 +97,9 @@ class Budgets(Limits):
     def budgeted(self) -> bool:
         return self.daily_budget_usd is not None or self.monthly_budget_usd is not None
 
+    def bounded(self) -> bool:
+        return self.limited() or self.budgeted()
+
 
 class ApiKey(Budgets, kw_only=True):
     """A key with a name (in errors, and in the usage ledger to come) and limits of its own,
@@ -121,15 +124,19 @@ class Tenant(Budgets, kw_only=True):
         return [k if isinstance(k, ApiKey) else ApiKey(key=k, name=k.removeprefix("sha256:")[:12])
                 for k in self.keys]
 
-    def named_key(self, name: str | None) -> ApiKey | None:
-        """The key of that name, if it was given one in config."""
-        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name), None)
-
     def api_key(self, name: str | None) -> ApiKey | None:
-        """The named key if it has limits of its own (the only keys ratelimit.py needs)."""
+        """The named key if it has limits or budgets of its own (the only keys ratelimit.py and
+        budgets.py need: a key without them is held to its tenant's alone)."""
         if name is None:
             return None
-        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name and k.limited()), None)
+        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name and k.bounded()), None)
+
+
+class AdminSettings(Strict):
+    """The admin API (/admin/*: api/routes/admin.py), off unless this section is present."""
+
+    # sha256:<64 hex> forms of the admin keys (`llm-broker hash-key`); they are not tenant keys.
+    keys: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]], msgspec.Meta(min_length=1)]
 
 
 class ServerSettings(Strict):
@@ -238,6 +245,7 @@ class Config(Strict):
     # The list form is a `priority` group (ModelGroup) of those deployments.
     models: dict[str, list[Deployment] | ModelGroup] = {}
     tenants: dict[str, Tenant] = {}
+    admin: AdminSettings | None = None
 
     def group(self, model: str) -> ModelGroup | None:
         """The configured public model `model`, whichever form it was written in."""

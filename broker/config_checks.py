@@ -58,6 +58,10 @@ def first_problem(config: Config) -> str | None:
         for model in tenant.models:
             if model not in config.models:
                 return f"unknown model {model!r} - at `$.tenants.{name}.models`"
+    tenant_keys = {key.key for tenant in config.tenants.values() for key in tenant.api_keys()}
+    for i, admin_key in enumerate(config.admin.keys if config.admin else []):
+        if admin_key in tenant_keys:  # one key would be both: the admin's power must not ride on a tenant's key
+            return f"the admin key must not be a tenant's key too - at `$.admin.keys[{i}]`"
     if set(config.queue.lane_weights) != set(LANES) or min(config.queue.lane_weights.values()) < 1:
         return f"needs a weight >= 1 for each of {', '.join(LANES)} - at `$.queue.lane_weights`"
     for name, tenant in config.tenants.items():

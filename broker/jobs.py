@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
+from broker.config import ApiKey
 from broker.errors import ErrorInfo
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Usage
 
@@ -83,6 +84,9 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     async_ttl_s: int = 0
     # The client's own X-Client-Request-Id (api/request_ids.py), logged beside ours; "": none sent.
     client_request_id: str = ""
+    # The TPM limit of its key's own bucket (0: none), charged at admission: the worker settles that
+    # bucket from here, since a key made at run time (broker/api_keys.py) is not in its config.
+    key_tpm: int = 0
 
     @property
     def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:
@@ -102,6 +106,17 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     @property
     def streams(self) -> bool:
         return self.embedding is None and self.payload.stream  # type: ignore[union-attr]
+
+
+def key_tpm(key: ApiKey | None) -> int:
+    return (key.tpm or 0) if key is not None else 0
+
+
+def key_limits(job: Job) -> ApiKey | None:
+    """The key limits the worker settles the job's tokens against (those it was charged at admission)."""
+    if job.key is None or not job.key_tpm:
+        return None
+    return ApiKey(key="", name=job.key, tpm=job.key_tpm)
 
 
 HEDGE_P95 = -1  # Job.hedge_after_ms: hedge after the deployment's measured 95th percentile

@@ -36,6 +36,10 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:{cache}:index                    | zset    | cache_store.lua         | entry keys by expiry (ms); expired ones dropped and the soonest popped past cache.max_entries; expires with its last entry |
 | {ns}:{cache}:f:{scope}:{hash}         | string  | cache_lookup.lua, API   | the single-flight leader's job id; PX its deadline; DEL'd when it answers or fails |
 | {ns}:replies:{api_instance}           | channel | API subscribes          | pub/sub: holds nothing |
+| {ns}:{apikeys}                        | hash    | api_keys.py (CLI, admin API) | one field per key made at run time and not revoked (revoke HDELs it) |
+| {ns}:{apikeys}:names                  | hash    | api_keys.py             | the same keys' names: one field each, deleted with the key |
+| {ns}:{apikeys}:version                | string  | api_keys.py             | one counter, bumped by every create and revoke |
+| {ns}:{apikeys}:changed                | channel | api_keys.py publishes, API subscribes | pub/sub: holds nothing |
 | {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
 | {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
 | {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API)      | <= max_concurrent ids; TTL = its latest slot deadline |
@@ -158,6 +162,20 @@ class Keys:
 
     def replies(self, instance: str) -> str:
         return f"{self.ns}:replies:{instance}"
+
+    # API keys made at run time (broker/api_keys.py): one hash slot, since creating and revoking a key
+    # touch all three in one script. No TTL: a key lives until it is revoked.
+    def api_keys(self) -> str:
+        return f"{self.ns}:{{apikeys}}"
+
+    def api_key_names(self) -> str:
+        return f"{self.ns}:{{apikeys}}:names"
+
+    def api_keys_version(self) -> str:
+        return f"{self.ns}:{{apikeys}}:version"
+
+    def api_keys_changed(self) -> str:
+        return f"{self.ns}:{{apikeys}}:changed"
 
     # Rate-limit keys (broker/ratelimit.py) are hash-tagged by tenant: one admission
     # script touches the tenant's buckets and its key's. A bucket holds the instant

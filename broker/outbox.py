@@ -29,7 +29,7 @@ import msgspec
 from broker import async_jobs, job_events
 from broker.errors import ErrorInfo
 from broker.redaction import redact
-from broker.jobs import Chunk, Failed, Final, Job, reply_encoder
+from broker.jobs import Chunk, Failed, Final, Job, key_limits, reply_encoder
 from broker.config import Tenant
 from broker.keys import Keys
 from broker.ratelimit import reconcile_into
@@ -193,8 +193,10 @@ class Outbox:
             if tenant is not None and op.usage is not None:
                 # The TPM bucket was charged an estimate at admission; settle it with what was used,
                 # before the reply goes out, so the client's next request already sees it.
+                # (A job queued by an API older than `key_tpm` names a key whose limits are in config.)
+                key = key_limits(job) or tenant.api_key(job.key)
                 scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
-                                           job.estimated_tokens, op.usage.total_tokens, key=job.key)
+                                           job.estimated_tokens, op.usage.total_tokens, key=key)
             keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id),
                                self.keys.drain(job.provider), self.keys.circuit(job.provider)]
             args: list[Any] = [op.entry_id, job.tenant, job.reply_to, encoded,

@@ -28,7 +28,7 @@ from redis.commands.core import AsyncScript
 
 from broker import budgets
 from broker.capabilities import DEFAULT_OUTPUT_TOKENS, Request, estimate_tokens
-from broker.config import Deployment, Limits, Tenant
+from broker.config import ApiKey, Deployment, Limits, Tenant
 from broker.errors import RateLimited, TokensRateLimited
 from broker.keys import Keys
 from broker.scripts import Queued, evalsha_into, lua_script
@@ -95,13 +95,17 @@ class Scope(msgspec.Struct, frozen=True):
     label: str  # how a rejection names it: "" for the tenant, " of key 'ci'" for a key
 
 
-def scopes_of(keys: Keys, tenant_name: str, tenant: Tenant, key_name: str | None) -> list[Scope]:
-    """The limits a request of this tenant, sent with this key, is held to."""
+def scopes_of(keys: Keys, tenant_name: str, tenant: Tenant, key: ApiKey | None) -> list[Scope]:
+    """The limits a request of this tenant, sent with this key, is held to.
+
+    `key` is the key's own limits (`Principal.key`), not looked up here: a key made at run time
+    (broker/api_keys.py) is not in the tenant's config.
+    """
     scopes = []
     if tenant.limited():
         scopes.append(Scope(tenant, keys.rate_requests(tenant_name), keys.rate_tokens(tenant_name),
                             keys.in_flight(tenant_name), ""))
-    if (key := tenant.api_key(key_name)) is not None:
+    if key is not None and key.limited():
         scopes.append(Scope(key, keys.rate_requests(tenant_name, key.name), keys.rate_tokens(tenant_name, key.name),
                             keys.in_flight(tenant_name, key.name), f" of key {key.name!r}"))
     return scopes
@@ -195,9 +199,9 @@ class Limiter:
         return {"admit": self._admit, "unhold": self._unhold}
 
     async def admit(self, tenant_name: str, tenant: Tenant, tokens: int, request_id: str,
-                    expires_at: float, *, key: str | None = None, hold: budgets.Hold | None = None) -> Admission:
-        """Charge one request of `tokens` tokens to every scope that limits it (the tenant, and the
-        key named `key` if it has limits of its own) and hold `hold` against its budgets, or raise
+                    expires_at: float, *, key: ApiKey | None = None, hold: budgets.Hold | None = None) -> Admission:
+        """Charge one request of `tokens` tokens to every scope that limits it (the tenant, and its
+        key `key` if it has limits of its own) and hold `hold` against its budgets, or raise
         RateLimited / OverBudget (with headers) charging nothing.
 
         `expires_at` (unix seconds) is the request's deadline: its concurrency slots and budget holds
@@ -279,7 +283,7 @@ class Limiter:
 
 
 async def reconcile(redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, estimated: int, actual: int,
-                    *, key: str | None = None) -> None:
+                    *, key: ApiKey | None = None) -> None:
     """Credit back (actual < estimated) or debit (actual > estimated) the TPM buckets."""
     for scope in scopes_of(keys, tenant_name, tenant, key):
         if scope.limits.tpm and actual != estimated:
@@ -288,7 +292,7 @@ async def reconcile(redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, 
 
 
 def reconcile_into(pipe: Pipeline, script: AsyncScript, keys: Keys, tenant_name: str, tenant: Tenant,
-                   estimated: int, actual: int, *, key: str | None = None) -> list[Queued]:
+                   estimated: int, actual: int, *, key: ApiKey | None = None) -> list[Queued]:
     """`reconcile` queued on an existing pipeline (the worker's end-of-job round trip), as EVALSHA of
     `script` (reconcile.lua, loaded at start); the caller resends the calls if Redis lost the script.
     """

@@ -158,6 +158,13 @@ class ReplyRouter:
         self._to_abandon: list[Waiter] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # Other channels this process listens on, sharing the one connection (`also`).
+        self._hooks: dict[bytes, Callable[[bytes], None]] = {}
+
+    def also(self, channel: str, hook: Callable[[bytes], None]) -> None:
+        """Hand each message on `channel` to `hook` too (before `start`). A hook cannot count on every
+        message: those published while the connection was broken are gone."""
+        self._hooks[channel.encode()] = hook
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="reply-router")
@@ -188,7 +195,7 @@ class ReplyRouter:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, *self._hooks)
                 self._abandon_given_up()
                 if lost_at is not None:
                     await self._recover()
@@ -197,7 +204,12 @@ class ReplyRouter:
                 self._ready.set()
                 while True:
                     message = await pubsub.get_message(timeout=None)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    hook = self._hooks.get(message["channel"])
+                    if hook is not None:
+                        hook(message["data"])
+                    else:
                         self._dispatch(message["data"])
             except asyncio.CancelledError:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

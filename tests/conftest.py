@@ -106,7 +106,7 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
                  server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None,
                  queue: dict[str, Any] | None = None, redis_url: str = REDIS_URL,
                  circuit: dict[str, Any] | None = None, usage: dict[str, Any] | None = None,
-                 batches: dict[str, Any] | None = None) -> Path:
+                 batches: dict[str, Any] | None = None, admin: dict[str, Any] | None = None) -> Path:
     doc: dict[str, Any] = {
         "redis_url": redis_url,
         "namespace": namespace,
@@ -122,6 +122,8 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
         doc["circuit"] = circuit
     if usage:
         doc["usage"] = usage
+    if admin:
+        doc["admin"] = admin
     doc["batches"] = {"files_dir": str(path.parent / "files"), **(batches or {})}
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -103,25 +103,25 @@ def keyed_tenant(**key_limits: int) -> Tenant:
 async def test_tenant_and_key_limits_are_charged_together_or_not_at_all(limiter: Limiter) -> None:
     tenant = keyed_tenant(rpm=2)
     for request in ("a", "b"):
-        await limiter.admit("t", tenant, 1, request, time.time() + 60, key="ci")
+        await limiter.admit("t", tenant, 1, request, time.time() + 60, key=tenant.api_key("ci"))
     with pytest.raises(RateLimited) as info:  # refused by the key: the tenant is not charged
-        await limiter.admit("t", tenant, 1, "c", time.time() + 60, key="ci")
+        await limiter.admit("t", tenant, 1, "c", time.time() + 60, key=tenant.api_key("ci"))
     assert "of key 'ci'" in info.value.message
     plain_name = tenant.api_keys()[0].name  # a bare hash is named after its first hex digits
     assert plain_name == hash_key("plain")[7:19]
-    plain = await limiter.admit("t", tenant, 1, "d", time.time() + 60, key=plain_name)
+    plain = await limiter.admit("t", tenant, 1, "d", time.time() + 60, key=tenant.api_key(plain_name))
     assert plain.headers["x-ratelimit-remaining-requests"] == "0"
     with pytest.raises(RateLimited) as info:  # now refused by the tenant
-        await limiter.admit("t", tenant, 1, "e", time.time() + 60, key=plain_name)
+        await limiter.admit("t", tenant, 1, "e", time.time() + 60, key=tenant.api_key(plain_name))
     assert info.value.message.startswith("Rate limit reached for requests per min (RPM): Limit 3, Used 3")
 
 
 async def test_a_keys_concurrency_slot_is_released_with_the_tenants(limiter: Limiter) -> None:
     tenant = keyed_tenant(max_concurrent=1)
-    first = await limiter.admit("t", tenant, 1, "a", time.time() + 60, key="ci")
+    first = await limiter.admit("t", tenant, 1, "a", time.time() + 60, key=tenant.api_key("ci"))
     assert len(first.slots) == 2
     with pytest.raises(RateLimited) as info:
-        await limiter.admit("t", tenant, 1, "b", time.time() + 60, key="ci")
+        await limiter.admit("t", tenant, 1, "b", time.time() + 60, key=tenant.api_key("ci"))
     assert info.value.message.startswith("Rate limit reached for concurrent requests of key 'ci': Limit 1, Used 1")
     await limiter.release(first)
     for key in (None, "ci"):
@@ -130,9 +130,9 @@ async def test_a_keys_concurrency_slot_is_released_with_the_tenants(limiter: Lim
 
 async def test_reconcile_settles_the_keys_token_bucket_too(limiter: Limiter) -> None:
     tenant = keyed_tenant(tpm=600)  # the key: 10 tokens a second; the tenant: 100
-    admission = await limiter.admit("t", tenant, 400, "a", time.time() + 60, key="ci")
+    admission = await limiter.admit("t", tenant, 400, "a", time.time() + 60, key=tenant.api_key("ci"))
     assert admission.headers["x-ratelimit-remaining-tokens"] in ("200", "201")
-    await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=400, actual=100, key="ci")
+    await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=400, actual=100, key=tenant.api_key("ci"))
     key_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t", "ci"))
     tenant_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t"))
     # 100 tokens left to refill: 10 s for the key at 10/s, 1 s for the tenant at 100/s.
