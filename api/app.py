@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dispatch, metrics, request_ids
-from api.routes import admin, batches, chat, completions, embeddings, files, health, jobs, models, usage
+from api.routes import admin, batches, chat, completions, embeddings, files, health, jobs, models, status, usage
 from api.state import BrokerState
 from broker import config as config_module
 from broker import log_context
@@ -106,6 +106,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
+    app.include_router(status.router)
     app.add_middleware(request_ids.EchoClientRequestId)
     app.add_middleware(metrics.ObserveRequests)  # outermost: it sees every answer's final status
     app.add_exception_handler(BrokerError, _broker_error)
