@@ -31,9 +31,9 @@ from broker.connection import connect
 log = logging.getLogger(__name__)
 
 # A step refreshes its batch's lock every round: a step whose process died frees it this soon.
-LOCK_TTL_MS = 10_000
+LOCK_TTL_MS = 5_000
 JOB_TIMEOUT_S = batch_runner.STEP_S + 30
-RESUME_EVERY_S = 10  # how often active batches without a running step are started again
+RESUME_EVERY_S = 5  # how often active batches without a running step are started again
 
 
 def queue_name(config: Config) -> str:

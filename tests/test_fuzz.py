@@ -200,7 +200,9 @@ def test_schemathesis_bodies_from_the_served_schema(http: httpx.Client, served_s
 
     # Failures are collected rather than raised, so hypothesis neither shrinks nor stops early: the
     # run is the same fixed set of bodies every time, and the report lists every bad one.
-    @settings(max_examples=100, derandomize=True, database=None, deadline=None,
+    # 50 bodies per endpoint and mode keep the suite within its time budget; bench/ or a local run
+    # with more examples is where a long fuzz belongs.
+    @settings(max_examples=50, derandomize=True, database=None, deadline=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case=served_schema[f"/v1{path}"]["POST"].as_strategy(generation_mode=mode))
     def run(case: schemathesis.Case) -> None:

@@ -25,7 +25,7 @@ CHUNKS = 8
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=CHUNKS, chunk_delay_s=0.25) as server:
+    with UpstreamServer(chunks=CHUNKS, chunk_delay_s=0.2) as server:
         yield server
 
 
@@ -143,7 +143,7 @@ def test_a_client_that_comes_back_keeps_its_job_running(base_url: str) -> None:
         for line in lines:  # the upstream stalls: only keep-alives come, as bare comment lines
             assert not line.startswith("data: ")
             keepalives += line == ": keep-alive"
-            if keepalives >= 25:  # 2.5 s: past the 1 s grace
+            if keepalives >= 20:  # 2 s: past the 1 s grace
                 break
     assert len(openai_upstream.DISCONNECTS) == seen  # nobody cancelled it while the reader was attached
     end = time.monotonic() + 5
@@ -153,7 +153,7 @@ def test_a_client_that_comes_back_keeps_its_job_running(base_url: str) -> None:
 
 
 def test_the_sdk_reads_streams_with_ids_and_keepalives_between_them(client: openai.OpenAI, base_url: str) -> None:
-    # Chunks 0.25 s apart and keep-alives every 0.1 s: comments fall between events that carry ids,
+    # Chunks 0.2 s apart and keep-alives every 0.1 s: comments fall between events that carry ids,
     # the case where the SDK's decoder would yield an empty event for a blank line (PROTOCOLS §8.2).
     with httpx.stream("POST", f"{base_url}/chat/completions", json=ask("raw"), headers=HEADERS, timeout=30) as resp:
         raw = resp.read().decode()
