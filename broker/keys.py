@@ -22,7 +22,7 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:file:{id}                        | string  | API (files.py)          | expires with the file: batches.file_ttl_days |
 | {ns}:files:{tenant}                   | zset    | API (files.py)          | file ids; members past the longest file lifetime trimmed at upload |
 | {ns}:batch:{id}                       | hash    | API, batch worker (batches.py) | a few fields; expires batches.retention_days after the batch ends (or its window) |
-| {ns}:batch:{id}:inflight / :lock      | set / string | batch worker (batch_runner.py) | <= batches.max_in_flight line numbers; the lock's TTL is one step |
+| {ns}:batch:{id}:inflight / :done / :lock | hash / bitmap / string | batch worker (batch_runner.py) | <= batches.max_in_flight lines; one bit per written line; both expire a day after the window; the lock's TTL 5 s, refreshed by its step |
 | {ns}:batches:{tenant} / batches:active | zset   | API, batch worker       | batch ids; trimmed past retention / removed when the batch ends |
 | {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
 | {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job; expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |

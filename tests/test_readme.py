@@ -40,3 +40,14 @@ def test_overload_counts_answers_over_the_time_they_took_not_the_offering_window
     results = [("t", "default", 200, 0.5, i / 100) for i in range(100)] + [("t", "default", 429, 0.01, 0.5)]
     answered, span_s = served_rate(results)
     assert answered == 100 and span_s == pytest.approx(1.49)
+
+
+def test_the_readme_lists_every_redis_key_as_broker_keys_does() -> None:
+    import broker.keys
+
+    def rows(text: str) -> list[str]:
+        return [line.strip() for line in text.splitlines() if line.startswith("| {ns}")]
+
+    readme = README.read_text()
+    section = readme[readme.index("<!-- keys-table -->"):readme.index("<!-- /keys-table -->")]
+    assert rows(section) == rows(broker.keys.__doc__ or "") and rows(section)
