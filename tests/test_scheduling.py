@@ -142,8 +142,12 @@ def test_interactive_jumps_the_batch_queue_and_batch_still_moves(stack_factory: 
                 mark = len(upstream.requests)
             assert set(await asyncio.gather(*urgent)) == {200}
             # Ten interactive jobs started before all but a couple of batch jobs (FIFO: after ~250):
-            # batch gets 1 pick in 9 while only those two lanes wait.
-            assert passed_before_last(started(upstream, mark), "batch", "int") <= 4
+            # batch gets 1 pick in 9 while only those two lanes wait. Batch jobs the worker had
+            # pulled when it was paused (up to its 4 slots) may reach the upstream after the mark,
+            # but all before the first interactive one: only the picks between first and last count.
+            order = started(upstream, mark)
+            first = min(i for i, tag in enumerate(order) if tag.startswith("int"))
+            assert first <= 4 and passed_before_last(order[first:], "batch", "int") <= 2
             mark = len(upstream.requests)
             more = await asyncio.gather(*(sender.send(KEY_A, f"more{i}", "interactive") for i in range(200)))
             assert set(more) == {200}
