@@ -26,14 +26,14 @@ from api.auth import Principal
 from api.metrics import SCOPE_KEY, Facts
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import async_jobs, failover, job_factory, log_context
+from broker import async_jobs, job_factory, log_context
 from broker.capabilities import Request as Payload
 from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
 from broker.jobs import HEDGE_P95, Chunk, Failed, Final, Job, Target
 from broker.replies import ReplyGap
 from broker.keys import LANES
-from broker.streams import enqueue
+from broker.streams import enqueue_first
 from broker.strategies import Stats
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
 
@@ -113,20 +113,16 @@ async def _client_gone(request: Request) -> None:
 
 
 async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
-    """Queue the job on the first of its candidates that takes it: one refusing it (no live worker,
-    circuit open, queue full) passes it to the next, as a failed call would (broker/failover.py)."""
-    while True:
-        try:
-            return job, await enqueue(state.scripts, state.keys, state.config, job)
-        except RedisError as exc:
-            log.warning("queue unavailable, answering 503: %s: %s", type(exc).__name__, exc)
-            raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
-                                               retry_after_s=1)) from None
-        except BrokerError as refused:
-            nxt = failover.advance(job, refused)
-            if nxt is None:
-                raise limits.NotQueued(failover.final_error(job, refused)) from None
-            job = nxt
+    """Queue the job on the first candidate that takes it (broker/streams.py `enqueue_first`); if none
+    does, or Redis is away, NotQueued refunds its admission."""
+    try:
+        return await enqueue_first(state.scripts, state.keys, state.config, job)
+    except RedisError as exc:
+        log.warning("queue unavailable, answering 503: %s: %s", type(exc).__name__, exc)
+        raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
+                                           retry_after_s=1)) from None
+    except BrokerError as refused:
+        raise limits.NotQueued(refused) from None
 
 
 async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | None = None) -> Response:

@@ -32,7 +32,7 @@ from typing import Any, IO
 import msgspec
 from redis.asyncio import Redis
 
-from broker import api_keys, async_jobs, batches, budgets, failover, files, job_factory
+from broker import api_keys, async_jobs, batches, budgets, files, job_factory
 from broker.batch_input import parse
 from broker.batches import Batch, BatchError, BatchErrors
 from broker.config import ApiKey, Config
@@ -41,7 +41,7 @@ from broker.jobs import Failed, Final, key_tpm, reply_decoder
 from broker.keys import Keys
 from broker.ratelimit import Limiter, estimate_request_tokens
 from broker.routing import Router
-from broker.streams import QueueScripts, cancel, enqueue
+from broker.streams import QueueScripts, cancel, enqueue_first
 from broker.wire import ChatRequest, CompletionRequest, json_encoder
 
 log = logging.getLogger(__name__)
@@ -203,18 +203,13 @@ class _Run:
         job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(key)
         job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
         await async_jobs.submit(ctx.redis, ctx.keys, job)
-        while True:
-            try:
-                await enqueue(ctx.scripts, ctx.keys, ctx.config, job)
-                break
-            except BrokerError as refused:
-                nxt = failover.advance(job, refused)
-                if nxt is None:  # every candidate refused it now (queue full, no worker): later
-                    await ctx.limiter.refund(admission)
-                    await ctx.redis.delete(ctx.keys.job(job.id))
-                    self.paused_until = time.monotonic() + PAUSE_S
-                    return "paused", line.custom_id, None
-                job = nxt
+        try:
+            await enqueue_first(ctx.scripts, ctx.keys, ctx.config, job)
+        except BrokerError:  # every candidate refused it now (queue full, no worker): later
+            await ctx.limiter.refund(admission)
+            await ctx.redis.delete(ctx.keys.job(job.id))
+            self.paused_until = time.monotonic() + PAUSE_S
+            return "paused", line.custom_id, None
         await ctx.limiter.release(admission)  # nobody holds a connection open for it
         self.new_flight[number] = line.custom_id
         return "queued", line.custom_id, None

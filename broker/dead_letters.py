@@ -33,14 +33,14 @@ import time
 import msgspec
 from redis.asyncio import Redis
 
-from broker import async_jobs, failover, job_factory
+from broker import async_jobs, job_factory
 from broker.config import Config, QueueSettings
 from broker.errors import BrokerError, ErrorInfo, InvalidRequest
 from broker.jobs import Job, job_decoder, job_encoder
 from broker.keys import Keys
 from broker.redaction import redact
 from broker.routing import Router
-from broker.streams import QueueScripts, enqueue
+from broker.streams import QueueScripts, enqueue_first
 
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # workers/loop.py: the workers running it kept dying
 
@@ -133,21 +133,10 @@ async def replay(redis: Redis, scripts: QueueScripts, keys: Keys, config: Config
     for provider in providers:
         pipe.delete(keys.cancelled(provider, old.id))
     await pipe.execute()
-    job = await _enqueue(scripts, keys, config, job)
+    job, _ = await enqueue_first(scripts, keys, config, job)
     if job.async_ttl_s:
         await async_jobs.submit(redis, keys, job)  # after the XADD: a refused replay leaves no queued record
     await redis.xdel(keys.dead_letters(dead.letter.provider), dead.letter.entry)
     return job
 
 
-async def _enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> Job:
-    """On the first candidate that takes it, as the API queues a request (api/dispatch.py)."""
-    while True:
-        try:
-            await enqueue(scripts, keys, config, job)
-            return job
-        except BrokerError as refused:
-            nxt = failover.advance(job, refused)
-            if nxt is None:
-                raise failover.final_error(job, refused) from None
-            job = nxt

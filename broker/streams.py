@@ -25,7 +25,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from broker.config import Config, QueueSettings
-from broker.errors import CircuitOpen, RateLimited, Unavailable
+from broker import failover
+from broker.errors import BrokerError, CircuitOpen, RateLimited, Unavailable
 from broker.jobs import Job, job_encoder
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
 from broker.ratelimit import RECONCILE
@@ -93,6 +94,20 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -
         f"about {rate:.1f}/s{work}, so this one would finish past its deadline. Please retry later.",
         code="queue_full", retry_after_s=max(retry_after_ms / 1000, 1.0),
     )
+
+
+async def enqueue_first(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> tuple[Job, bytes]:
+    """Queue `job` on the first of its candidates that takes it: one refusing it (no live worker,
+    circuit open, queue full) passes it to the next, as a failed call would (broker/failover.py).
+    Returns the job as queued and its entry id, or raises the error that lists every refusal."""
+    while True:
+        try:
+            return job, await enqueue(scripts, keys, config, job)
+        except BrokerError as refused:
+            nxt = failover.advance(job, refused)
+            if nxt is None:
+                raise failover.final_error(job, refused) from None
+            job = nxt
 
 
 async def hand_off(scripts: QueueScripts, keys: Keys, job: Job, entry_id: bytes, stream: str) -> None:
