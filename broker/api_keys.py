@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _CREATE = lua_script("apikey_create")
 _REVOKE = lua_script("apikey_revoke")
+# The version and the records in one atomic read (both in the `{apikeys}` slot).
+LOAD = "return {redis.call('GET', KEYS[1]) or '0', redis.call('HGETALL', KEYS[2])}"
 
 ID_DIGITS = 12  # a key's id: the first hex digits of its hash, as a bare config key is named
 MIN_PREFIX = 8  # shortest hash prefix `revoke` takes: shorter ones match keys by accident
@@ -104,12 +106,11 @@ def _config_keys(config: Config, tenant: str | None = None) -> list[tuple[str, A
 
 
 async def load(redis: Redis, keys: Keys) -> tuple[int, dict[str, KeyRecord]]:
-    """The version and every stored key by sha256 hex, read together (one MULTI), so a change
-    made meanwhile has a newer version and is seen by the next reload."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.get(keys.api_keys_version())
-        pipe.hgetall(keys.api_keys())
-        version, raw = await pipe.execute()
+    """The version and every stored key by sha256 hex, read together (one script: a MULTI is not
+    there under Redis Cluster), so a change made meanwhile has a newer version and is seen by the
+    next reload."""
+    version, flat = await redis.eval(LOAD, 2, keys.api_keys_version(), keys.api_keys())  # type: ignore[misc]
+    raw = dict(zip(flat[::2], flat[1::2]))
     records = {}
     for digest, blob in raw.items():
         try:

@@ -5,7 +5,7 @@ State lives in two keys, both bounded by the job's deadline plus `server.async_r
 
     {ns}:job:<id>      hash: `r` the record below (msgpack, written once by the API before the job
                        is queued), `started` (set by the worker that runs it), `cancelled` (DELETE)
-    {ns}:result:<id>   the terminal reply, written by finish.lua as for every job, but kept
+    {ns}:result:<id>   the terminal reply, written by the worker as for every job, but kept
                        `async_result_ttl_s` instead of `result_ttl_s` (Job.async_ttl_s)
 
 A status is derived, never stored, so no writer can overwrite another's: a result means

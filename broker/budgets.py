@@ -4,14 +4,17 @@ At admission the request's worst-case cost (its estimated prompt and its output 
 priciest of its candidate deployments) is held against every budget that applies, all or none,
 in the same script that charges its rate limits (admit.lua, called by broker/ratelimit.py), so
 concurrent requests on any number of API processes can never together pass a budget. When the
-job ends the worker replaces the hold with the real cost inside finish.lua, under the ledger's
-XACK guard, so a re-delivered job settles once.
+job ends the worker replaces the hold with the real cost in ledger.lua, sent only by the delivery
+whose finish.lua acknowledged the job, so a re-delivered job settles once.
 
-    {ns}:budget:{scope}:d:{YYYY-MM-DD}         integer nano-dollars spent and held; expires two
-                                               days after the day
-    {ns}:budget:{scope}:d:{YYYY-MM-DD}:holds   ZSET of the holds of running requests,
-                                               `<job id>:<nano-dollars>` scored by the job's deadline
-    {ns}:budget:{scope}:m:{YYYY-MM}[:holds]    the same for the month; expire two days after it
+    {ns}:budget:{tenant}:{scope}:d:{YYYY-MM-DD}        integer nano-dollars spent and held; expires
+                                                       two days after the day
+    {ns}:budget:{tenant}:{scope}:d:{YYYY-MM-DD}:holds  ZSET of the holds of running requests,
+                                                       `<job id>:<nano-dollars>` scored by its deadline
+    {ns}:budget:{tenant}:{scope}:m:{YYYY-MM}[:holds]   the same for the month; expire two days after it
+
+`{tenant}` is the tenant's Cluster hash tag (its rate limits have it too); scope is `t`, the
+tenant's own budget, or `k:<key name>`.
 
 A hold whose job never reaches a worker's end (dropped unrun in its queue, its API process gone)
 lapses at the job's deadline: the next admission against that budget gives it back.
@@ -61,14 +64,13 @@ def applicable(keys: Keys, tenant_name: str, tenant: Budgets, key_name: str | No
     days_in_month = calendar.monthrange(now.year, now.month)[1]
     next_month = dt.datetime(now.year, now.month, days_in_month, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
     found = []
-    for scope, who, limits in (("t:" + tenant_name, "the tenant's", tenant),
-                               (f"k:{tenant_name}:{key_name}", f"key {key_name!r}'s", key)):
+    for scope, who, limits in (("t", "the tenant's", tenant), (f"k:{key_name}", f"key {key_name!r}'s", key)):
         if limits is None:
             continue
         for amount, period, what, resets in ((limits.daily_budget_usd, f"d:{day.isoformat()}", "daily", tomorrow),
                                              (limits.monthly_budget_usd, f"m:{month}", "monthly", next_month)):
             if amount is not None:
-                found.append(Budget(keys.budget(scope, period), round(amount * NANOS_PER_USD),
+                found.append(Budget(keys.budget(tenant_name, scope, period), round(amount * NANOS_PER_USD),
                                     int(resets.timestamp()) + 2 * 86_400, f"{who} {what} budget (${amount:,.2f})",
                                     resets))
     return found

@@ -124,7 +124,7 @@ async def replay(redis: Redis, scripts: QueueScripts, keys: Keys, config: Config
         timeout_s=server.async_timeout_s if old.async_ttl_s else server.request_timeout_s,
         reply_to=keys.replies("async"),  # nobody listens there, as for async jobs
         headers={}, async_ttl_s=old.async_ttl_s, job_id=old.id, client_request_id=old.client_request_id)
-    # Charged against the budget periods it was held to, if they still exist (finish.lua); nothing is
+    # Charged against the budget periods it was held to, if they still exist (ledger.lua); nothing is
     # held for it now, so nothing is given back.
     job.budget_counters = old.budget_counters
     providers = {old.provider, job.provider, *(t.provider for t in job.fallbacks)}

@@ -1,9 +1,18 @@
 """Every Redis key name the broker uses, each with its owner and bound.
 
 All keys start with the configured namespace, so several deployments (or test
-runs) share one Redis without touching each other's data. A provider's queue
-keys carry its name as a hash tag (`{mock}`): the Lua scripts touch several of
-them at once, which Redis Cluster allows only within one slot.
+runs) share one Redis without touching each other's data. Every key one script
+touches shares a Redis Cluster hash tag, the first `{...}` of its name:
+
+- `{p}`, the provider's name, for its queues and everything its workers' scripts
+  touch (enqueue, pull, finish, reclaim, circuit, deployment limits);
+- `{tenant}`, in rate-limit, budget and usage keys: admit.lua reserves a tenant's
+  and its key's buckets and budgets in one step, ledger.lua settles usage and budgets;
+- `{cache}` and `{apikeys}`, one slot each for the cache's and the run-time keys' scripts.
+
+In the table those braces are literal (the tag); other braces are placeholders.
+Keys no script touches (results, job records, files, batches) hash by their whole
+name and spread over the cluster.
 
 | key                                   | type    | owner / writer          | bound |
 |---------------------------------------|---------|-------------------------|-------|
@@ -27,10 +36,10 @@ them at once, which Redis Cluster allows only within one slot.
 | {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
 | {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job; expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
-| {ns}:usage:{tenant}:{day}            | hash    | finish.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
-| {ns}:budget:{scope}:{period}         | string  | admit.lua, finish.lua   | expires two days after its day or month |
-| {ns}:budget:{scope}:{period}:holds   | zset    | admit.lua, finish.lua   | one member per running request; lapsed ones given back at admission; same expiry |
-| {ns}:usage:log                        | stream  | finish.lua (ledger.py)  | MAXLEN ~ usage.log_maxlen |
+| {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
+| {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
+| {ns}:budget:{tenant}:{scope}:{period}:holds | zset | admit.lua, ledger.lua | one member per running request; lapsed ones given back at admission; same expiry |
+| {ns}:usage:log                        | stream  | workers (ledger.py)     | MAXLEN ~ usage.log_maxlen |
 | {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
 | {ns}:{cache}:e:{scope}:{hash}         | string  | cache_store.lua (API)   | one answer (<= cache.max_entry_bytes); TTL cache ttl_s; DEL'd when trimmed from the index |
 | {ns}:{cache}:index                    | zset    | cache_store.lua         | entry keys by expiry (ms); expired ones dropped and the soonest popped past cache.max_entries; expires with its last entry |
@@ -103,8 +112,9 @@ class Keys:
         return f"{self.ns}:result:{job_id}"
 
     def usage(self, tenant: str, day: str) -> str:
-        """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/ledger.py."""
-        return f"{self.ns}:usage:{tenant}:{day}"
+        """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/ledger.py. In the tenant's
+        Cluster slot, with its budgets: ledger.lua touches both."""
+        return f"{self.ns}:usage:{{{tenant}}}:{day}"
 
     def file(self, file_id: str) -> str:
         return f"{self.ns}:file:{file_id}"
@@ -133,9 +143,10 @@ class Keys:
         """How many resumed clients read a stream: while any does, its job is not cancelled."""
         return f"{self.ns}:readers:{job_id}"
 
-    def budget(self, scope: str, period: str) -> str:
-        """Spend held against a budget (broker/budgets.py): scope t:<tenant> or k:<tenant>:<key>."""
-        return f"{self.ns}:budget:{scope}:{period}"
+    def budget(self, tenant: str, scope: str, period: str) -> str:
+        """Spend held against a budget (broker/budgets.py): scope `t` (the tenant's) or `k:<key>`. In the
+        tenant's Cluster slot, with its rate limits: admit.lua reserves both in one step."""
+        return f"{self.ns}:budget:{{{tenant}}}:{scope}:{period}"
 
     @staticmethod
     def budget_holds(counter: str) -> str:

@@ -1,11 +1,13 @@
 """The usage ledger: what every job used and cost, per tenant, key, model, deployment and UTC day.
 
-Written by the worker when a job ends, inside finish.lua, and only by the delivery whose XACK
-acknowledges the job's entry: a job re-delivered after its worker died, or an end sent twice
-while Redis was flaky, is counted once. A job handed to another deployment (failover) or a
+Written by the worker when a job ends, by ledger.lua right after finish.lua, and only for the
+delivery whose XACK acknowledged the job's entry: a job re-delivered after its worker died, or an
+end sent twice while Redis was flaky, is counted once. (Two scripts, since the queue is in the
+provider's Cluster slot and the ledger in the tenant's; a worker killed between the two round trips
+leaves that one job uncounted, never counted twice.) A job handed to another deployment (failover) or a
 hedge's loser is not counted there: the attempt that answers is.
 
-    {ns}:usage:{tenant}:{day}   hash, field "<key>\\t<model>\\t<deployment>\\t<metric>" → integer
+    {ns}:usage:{{tenant}}:{day} hash, field "<key>\\t<model>\\t<deployment>\\t<metric>" → integer
     {ns}:usage:log              stream of UsageRecord (msgpack), for export; trimmed to usage.log_maxlen
 
 Costs are integer nano-dollars (broker/pricing.py), so sums are exact.
@@ -16,22 +18,25 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
 from broker.config import UsageSettings
 from broker.jobs import Job
 from broker.keys import Keys
 from broker.pricing import Charge, usd
+from broker.scripts import Queued, evalsha_into
 
 Outcome = Literal["ok", "error", "cancelled"]
 GroupBy = Literal["day", "model", "key", "deployment"]
 GROUP_BY: tuple[GroupBy, ...] = ("day", "model", "key", "deployment")
 METRICS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_nanos", "errors", "cancelled",
            "estimated", "unpriced")
-# Not one of METRICS (finish.lua's ARGV order): the API counts the answers the response cache gave,
+# Not one of METRICS (ledger.lua's ARGV order): the API counts the answers the response cache gave,
 # as requests of the pseudo-deployment `cache` (no real one is named without a `/`).
 CACHE_HITS = "cache_hits"
 CACHE_DEPLOYMENT = "cache"
@@ -65,9 +70,15 @@ def utc_day(at: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(at))
 
 
-def finish_args(keys: Keys, settings: UsageSettings, job: Job, charge: Charge, outcome: Outcome,
-                now: float) -> tuple[list[str], list[Any]]:
-    """The ledger's KEYS and ARGV for finish.lua (see its header)."""
+class Entry(NamedTuple):
+    """What one ended job adds to the ledger: ledger.lua's KEYS and ARGV, and its usage-log record."""
+
+    keys: list[str]
+    args: list[Any]
+    record: bytes
+
+
+def entry(keys: Keys, job: Job, charge: Charge, outcome: Outcome, now: float, settings: UsageSettings) -> Entry:
     day = utc_day(now)
     day_ends = (int(now) // 86_400 + 1) * 86_400  # unix time has no leap seconds: a UTC day is 86,400 s
     key = job.key or "-"
@@ -82,15 +93,25 @@ def finish_args(keys: Keys, settings: UsageSettings, job: Job, charge: Charge, o
     }
     # The budgets' holds, replaced by what the job cost (broker/budgets.py).
     held = [k for counter in job.budget_counters for k in (counter, keys.budget_holds(counter))]
-    return ([keys.usage(job.tenant, day), keys.usage_log(), *held],
-            [prefix, day_ends + settings.retention_days * 86_400, settings.log_maxlen,
-             record_encoder.encode(record), *(counts[m] for m in METRICS), charge.cost_nanos or 0,
-             f"{job.id}:{job.budget_reserved}"])
+    return Entry([keys.usage(job.tenant, day), *held],
+                 [prefix, day_ends + settings.retention_days * 86_400, *(counts[m] for m in METRICS),
+                  charge.cost_nanos or 0, f"{job.id}:{job.budget_reserved}"],
+                 record_encoder.encode(record))
+
+
+def write_into(pipe: Pipeline, script: AsyncScript, keys: Keys, settings: UsageSettings,
+               entries: list[Entry]) -> list[Queued]:
+    """Queue ledger.lua for each entry, and its record on the usage log (another Cluster slot)."""
+    queued = [evalsha_into(pipe, script, e.keys, e.args) for e in entries]
+    if settings.log_maxlen > 0:
+        for e in entries:
+            pipe.xadd(keys.usage_log(), {"r": e.record}, maxlen=settings.log_maxlen, approximate=True)
+    return queued
 
 
 async def record_hit(redis: Redis, keys: Keys, settings: UsageSettings, job: Job, now: float) -> None:
     """An answer from the response cache (broker/cache.py): a request with no upstream tokens and no
-    cost, and one cache hit. Not in finish.lua: no worker saw it, and there is no entry to acknowledge."""
+    cost, and one cache hit. Not in ledger.lua: no worker saw it, and there is no entry to acknowledge."""
     key = job.key or "-"
     usage = keys.usage(job.tenant, utc_day(now))
     prefix = SEP.join((key, job.model, CACHE_DEPLOYMENT, ""))

@@ -7,9 +7,15 @@ everything buffered since its last round trip in a single pipeline: under load
 many jobs' chunks share one round trip and one job's burst becomes one
 message; when idle a chunk leaves as soon as it is produced.
 
-A job's end (finish.lua: final reply, result key with its TTL, XACK, XDEL;
-and the tenant's token bucket settled with the real usage) goes in the same pipeline, after the job's last chunk, so the entry is
-acknowledged only once the client's answer has been handed to Redis.
+A job's end (final reply, result key with its TTL, the tenant's token bucket settled with the real
+usage, and finish.lua: XACK, XDEL) goes in the same pipeline, after the job's last chunk, so the entry
+is acknowledged only once the client's answer has been handed to Redis. The ends finish.lua
+acknowledged then go to the ledger in a second round trip (broker/ledger.py): those keys live in the
+tenant's Cluster slot, and only the acknowledging delivery may count a job.
+
+Every reply of a worker goes through PUBLISH commands in pipeline order, never from a script: under
+Redis Cluster, PUBLISH is sent to the node of its channel's slot, so one API process's messages
+all leave from one node, in order.
 
 Sequence numbers are assigned here, at flush time, in send order.
 """
@@ -26,20 +32,18 @@ from redis.exceptions import NoScriptError
 
 import msgspec
 
-from broker import async_jobs, job_events
+from broker import async_jobs, job_events, ledger
 from broker.errors import ErrorInfo
 from broker.redaction import redact
 from broker.jobs import Chunk, Failed, Final, Job, key_limits, reply_encoder
-from broker.config import Tenant
+from broker.config import Tenant, UsageSettings
 from broker.keys import Keys
 from broker.ratelimit import reconcile_into
-from broker.scripts import Queued, evalsha_into, resend_unknown
+from broker.scripts import Queued, evalsha_into, publish_into, resend_unknown
 from broker.streams import QueueScripts
 from broker.wire import Usage
 
 log = logging.getLogger(__name__)
-
-Ledger = tuple[list[str], list[Any]]
 
 
 @dataclass(slots=True)
@@ -64,18 +68,20 @@ class _End:
     service_ms: int
     ttft_ms: int
     timed: bool
-    ledger: Ledger | None
+    ledger: ledger.Entry | None
     done: asyncio.Future[None]
     seq: int = -1  # assigned at flush
+    finish: Queued | None = None  # its finish.lua call in the flush's pipeline
 
 
 class Outbox:
     def __init__(self, redis: Redis, keys: Keys, scripts: QueueScripts, *, result_ttl_s: int,
-                 tenants: dict[str, Tenant], resume_ttl_s: int = 60) -> None:
+                 tenants: dict[str, Tenant], usage: UsageSettings, resume_ttl_s: int = 60) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
         self.tenants = tenants
+        self.usage = usage
         self.result_ttl_s = result_ttl_s
         self.resume_ttl_s = resume_ttl_s
         self._ops: list[_Chunks | _Started | _End] = []
@@ -116,13 +122,13 @@ class Outbox:
         service_ms: int = 0,
         ttft_ms: int = 0,
         timed: bool = False,
-        ledger: Ledger | None = None,
+        ledger: ledger.Entry | None = None,
     ) -> None:
         """Send the job's terminal reply, store its result, ack and delete its entry; wait till done.
 
         `service_ms`: how long the job ran, for the provider's average (0: not a measure of the work);
         `ttft_ms` its time to first token; `timed`: keep the deployment's own averages (latency routing);
-        `ledger`: the usage ledger's keys and arguments for finish.lua (broker/ledger.py `finish_args`).
+        `ledger`: what the job adds to the usage ledger, if this delivery is the one that ends it.
         """
         self._open.pop(job.id, None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -175,7 +181,7 @@ class Outbox:
                 reply = (Chunk(job.id, job.attempt, seq, op.events, job.served_by, job.calls) if seq == 0
                          else Chunk(job.id, job.attempt, seq, op.events))
                 encoded = reply_encoder.encode(reply)
-                pipe.publish(job.reply_to, encoded)
+                publish_into(pipe, job.reply_to, encoded)
                 job_events.record(pipe, self.keys, job, seq, encoded)
                 continue
             seq = op.seq = self._next_seq(job.id)
@@ -197,15 +203,12 @@ class Outbox:
                 key = key_limits(job) or tenant.api_key(job.key)
                 scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
                                            job.estimated_tokens, op.usage.total_tokens, key=key)
-            keys: list[Any] = [op.stream, self.keys.active(job.provider, job.lane), self.keys.result(job.id),
-                               self.keys.drain(job.provider), self.keys.circuit(job.provider)]
-            args: list[Any] = [op.entry_id, job.tenant, job.reply_to, encoded,
-                               job.async_ttl_s or self.result_ttl_s, op.service_ms, job.upstream_model, op.ttft_ms,
-                               "1" if op.timed else "0"]
-            if op.ledger is not None:
-                keys += op.ledger[0]
-                args += op.ledger[1]
-            scripted.append(evalsha_into(pipe, self.scripts.finish, keys, args))
+            publish_into(pipe, job.reply_to, encoded)
+            pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
+            op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
+                                     [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
+                                      "1" if op.timed else "0"])
+            scripted.append(op.finish)
         results = await pipe.execute(raise_on_error=False)
         # Redis restarted and lost its scripts: only those commands failed (the chunks between them
         # went out), so send just those again, in order.
@@ -213,6 +216,30 @@ class Outbox:
         failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
         if failures:
             raise failures[0]
+        await self._count([op.ledger for op in ops if isinstance(op, _End) and op.ledger is not None
+                           and op.finish is not None and results[op.finish.position] == 1])
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)
+
+    def finish_keys(self, job: Job, stream: str | bytes) -> list[Any]:
+        """finish.lua's KEYS, all in the provider's Cluster slot."""
+        p = job.provider
+        return [stream, self.keys.active(p, job.lane), self.keys.drain(p), self.keys.circuit(p)]
+
+    async def _count(self, entries: list[ledger.Entry]) -> None:
+        """The ledger's round trip for the ends just acknowledged. The replies are out and the entries
+        gone, so a failure here is logged, not retried as a failed end would be (it would count
+        nothing: a second finish.lua acknowledges nothing)."""
+        if not entries:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        scripted = ledger.write_into(pipe, self.scripts.ledger, self.keys, self.usage, entries)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+            await resend_unknown(scripted, results)
+            failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
+            if failures:
+                raise failures[0]
+        except Exception as exc:
+            log.error("usage of %d ended jobs not recorded: %s", len(entries), exc)

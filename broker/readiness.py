@@ -34,13 +34,15 @@ def served_providers(config: Config) -> list[str]:
 async def missing(redis: Redis, keys: Keys, config: Config, scripts: Mapping[str, AsyncScript]) -> list[str]:
     """What keeps the broker from serving, in words; [] when it is ready."""
     providers = served_providers(config)
+    # Three round trips, not one pipeline: a cluster pipeline carries neither TIME nor SCRIPT EXISTS
+    # (which a cluster client asks every primary).
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
-    pipe.script_exists(*(script.sha for script in scripts.values()))
     for provider in providers:
         pipe.zrange(keys.workers(provider), -1, -1, withscores=True)  # the newest heartbeat
     try:
-        (seconds, micros), loaded, *newest = await pipe.execute()
+        seconds, micros = await redis.time()
+        loaded = await redis.script_exists(*(script.sha for script in scripts.values()))
+        newest = await pipe.execute()
     except RedisError as exc:
         return [f"Redis does not answer ({type(exc).__name__})"]
     gaps: list[str] = []

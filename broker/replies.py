@@ -11,8 +11,8 @@ job is enqueued (it is made at start-up), so no reply can be missed.
 
 If the pub/sub connection itself breaks, messages published meanwhile are
 gone. The router resubscribes and then reads each waiting job's result key
-(finish.lua stores the terminal reply there in the same atomic step that
-publishes it): a job that ended during the gap is answered from it, and one
+(the worker stores the terminal reply there in the round trip that publishes
+it, before finish.lua deletes the entry): a job that ended during the gap is answered from it, and one
 that ends later is heard on the new subscription. A stream that lost chunks
 in the gap fails its sequence check and ends with an explicit error, never a
 silently shortened answer. If Redis stays unreachable for
@@ -43,6 +43,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from broker.connection import subscriber
 from broker.errors import BrokerError, InvalidRequest, Unavailable
 from broker.jobs import Chunk, Failed, Reply, reply_decoder
 
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 LOCAL_FAILURE = -1
 # How long waiting requests wait for a lost reply channel to come back.
 RECOVERY_GRACE_S = 5.0
+LOST_RECHECK_S = 0.25  # see _recover
 
 
 class ReplyGap(Exception):
@@ -193,7 +195,7 @@ class ReplyRouter:
         lost_at: float | None = None  # when the channel broke, until it is recovered
         failed = False  # the waiting requests were already told (after RECOVERY_GRACE_S)
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = subscriber(self.redis).pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel, *self._hooks)
                 self._abandon_given_up()
@@ -237,24 +239,38 @@ class ReplyRouter:
             return
         async with self.redis.pipeline(transaction=False) as pipe:  # not MGET: result keys span cluster slots
             for waiter in waiters:
-                # The entry first: finish.lua deletes it and stores the result in one step, so a job
-                # that ends between the two reads is still seen by one of them.
+                # The entry first: the worker stores the result before finish.lua deletes the entry,
+                # so a job that ends between the two reads is still seen by one of them.
                 if waiter.entry is not None:
                     stream, entry_id = waiter.entry
                     pipe.xrange(stream, entry_id, entry_id, count=1)
                 pipe.get(self.result_key(waiter.job_id))
             found: list[Any] = await pipe.execute()
-        lost = 0
+        missing = []
         for waiter in waiters:
             entry = found.pop(0) if waiter.entry is not None else None
             result = found.pop(0)
             if result is not None:
                 self._dispatch(result)
             elif waiter.entry is not None and not entry:
-                lost += 1
-                waiter.give_up(Unavailable("Redis lost this request's job (it restarted without its data); "
-                                           "please retry", code="job_lost"))
-                waiter.abandon()  # a worker may still hold it in memory
+                missing.append(waiter)
+        if missing:
+            # Under Redis Cluster the result and the entry live on different nodes, so a job ending
+            # right now may show neither for an instant: look once more before calling it lost.
+            await asyncio.sleep(LOST_RECHECK_S)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for waiter in missing:
+                    pipe.get(self.result_key(waiter.job_id))
+                results: list[Any] = await pipe.execute()
+        lost = 0
+        for waiter, result in zip(missing, results if missing else []):
+            if result is not None:
+                self._dispatch(result)
+                continue
+            lost += 1
+            waiter.give_up(Unavailable("Redis lost this request's job (it restarted without its data); "
+                                       "please retry", code="job_lost"))
+            waiter.abandon()  # a worker may still hold it in memory
         if lost:
             log.error("Redis lost %d waiting jobs (restarted without its data); their clients were told to retry",
                       lost)

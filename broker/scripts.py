@@ -33,13 +33,22 @@ class Queued(NamedTuple):
 
 
 def evalsha_into(pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any]) -> Queued:
+    # As a raw command: redis-py's cluster pipeline refuses its `evalsha` method, yet routes a raw
+    # EVALSHA to the node of its keys' slot.
     queued = Queued(len(pipe), script, keys, args)
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     return queued
 
 
+def publish_into(pipe: Pipeline, channel: str, message: bytes) -> None:
+    """PUBLISH in a pipeline, as a raw command for the same reason: a cluster pipeline sends it to the
+    node of the channel's slot, so one channel's messages keep their order."""
+    pipe.execute_command("PUBLISH", channel, message)
+
+
 async def resend_unknown(queued: list[Queued], results: list[Any]) -> None:
-    """Run again, in pipeline order, the queued calls Redis answered with NOSCRIPT."""
+    """Run again, in pipeline order, the queued calls Redis answered with NOSCRIPT; their replies
+    take the errors' places in `results`."""
     for call in queued:
         if isinstance(results[call.position], NoScriptError):
-            await call.script(keys=call.keys, args=call.args)
+            results[call.position] = await call.script(keys=call.keys, args=call.args)

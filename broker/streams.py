@@ -9,7 +9,8 @@ must be atomic are Lua scripts (broker/lua/), registered once:
     pull.lua     worker: lanes by weighted round robin, tenants in a lane by
                  round robin, one job per turn; drops cancelled jobs; measures
                  the drain rate while work waits
-    finish.lua   worker: reply, result with TTL, XACK, XDEL, retire empty streams
+    finish.lua   worker: XACK, XDEL, retire empty streams, service times
+                 (the reply, the result and the ledger ride beside it: broker/outbox.py)
     reclaim.lua  worker: XAUTOCLAIM what dead workers left, with delivery counts
 
 Why per-tenant streams: a single FIFO per lane cannot let tenant B pass a
@@ -30,7 +31,7 @@ from broker.errors import BrokerError, CircuitOpen, RateLimited, Unavailable
 from broker.jobs import Job, job_encoder
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
 from broker.ratelimit import RECONCILE
-from broker.scripts import lua_script
+from broker.scripts import lua_script, publish_into
 
 
 class QueueScripts:
@@ -41,14 +42,15 @@ class QueueScripts:
         self.enqueue: AsyncScript = redis.register_script(lua_script("enqueue"))
         self.pull: AsyncScript = redis.register_script(lua_script("pull"))
         self.finish: AsyncScript = redis.register_script(lua_script("finish"))
+        self.ledger: AsyncScript = redis.register_script(lua_script("ledger"))
         self.reclaim: AsyncScript = redis.register_script(lua_script("reclaim"))
         self.reconcile: AsyncScript = redis.register_script(RECONCILE)
         self.circuit: AsyncScript = redis.register_script(lua_script("circuit"))
         self.race: AsyncScript = redis.register_script(lua_script("race"))
 
     def named(self) -> dict[str, AsyncScript]:
-        return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "reclaim": self.reclaim,
-                "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race}
+        return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "ledger": self.ledger,
+                "reclaim": self.reclaim, "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race}
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
@@ -112,9 +114,9 @@ async def enqueue_first(scripts: QueueScripts, keys: Keys, config: Config, job: 
 
 async def hand_off(scripts: QueueScripts, keys: Keys, job: Job, entry_id: bytes, stream: str) -> None:
     """Acknowledge and delete a job's entry without answering it: it is queued elsewhere now (failover)."""
-    await scripts.finish(keys=[stream, keys.active(job.provider, job.lane), keys.result(job.id),
-                               keys.drain(job.provider), keys.circuit(job.provider)],
-                         args=[entry_id, job.tenant, "", "", 1, 0, job.upstream_model])
+    await scripts.finish(keys=[stream, keys.active(job.provider, job.lane), keys.drain(job.provider),
+                               keys.circuit(job.provider)],
+                         args=[entry_id, job.tenant, 0, job.upstream_model])
 
 
 class Pulled:
@@ -198,7 +200,7 @@ async def cancel(redis: Redis, keys: Keys, providers: list[str], job_id: str, de
     pipe = redis.pipeline(transaction=False)
     for provider in dict.fromkeys(providers):
         pipe.set(keys.cancelled(provider, job_id), 1, px=ttl_ms)  # pull.lua skips it
-        pipe.publish(keys.cancel_channel(provider), job_id)  # the running worker aborts it
+        publish_into(pipe, keys.cancel_channel(provider), job_id.encode())  # the running worker aborts it
     await pipe.execute()
 
 

@@ -12,13 +12,14 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from broker import ratelimit
+from broker import ledger, ratelimit
 from broker.budgets import Hold, applicable
 from broker.config import Tenant, UsageSettings, hash_key
 from broker.jobs import Job
-from broker.ledger import finish_args
+from broker.outbox import Outbox
 from broker.pricing import Charge
-from broker.scripts import lua_script
+from broker.streams import QueueScripts
+from broker.wire.embeddings import EmbeddingRequest
 from broker.errors import OverBudget, RateLimited
 from broker.keys import Keys
 from broker.ratelimit import Limiter
@@ -32,8 +33,8 @@ def test_budgets_roll_over_with_the_utc_day_and_month() -> None:
     keys = Keys("ns")
     last = applicable(keys, "acme", tenant, None, None, dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.timezone.utc))
     first = applicable(keys, "acme", tenant, None, None, dt.datetime(2027, 1, 1, 0, 0, tzinfo=dt.timezone.utc))
-    assert [b.counter for b in last] == ["ns:budget:t:acme:d:2026-12-31", "ns:budget:t:acme:m:2026-12"]
-    assert [b.counter for b in first] == ["ns:budget:t:acme:d:2027-01-01", "ns:budget:t:acme:m:2027-01"]
+    assert [b.counter for b in last] == ["ns:budget:{acme}:t:d:2026-12-31", "ns:budget:{acme}:t:m:2026-12"]
+    assert [b.counter for b in first] == ["ns:budget:{acme}:t:d:2027-01-01", "ns:budget:{acme}:t:m:2027-01"]
     assert {b.resets_at for b in last} == {dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)}
     assert [b.limit_nanos for b in last] == [5 * 10**9, 100 * 10**9]
     february = applicable(keys, "acme", tenant, None, None, dt.datetime(2028, 2, 10, tzinfo=dt.timezone.utc))
@@ -72,7 +73,7 @@ def test_a_budget_holds_under_200_concurrent_requests_on_two_api_processes(stack
     assert refused[0].response.headers["x-should-retry"] == "false"
     assert sum(a.usage.cost for a in served) == pytest.approx(50.0)  # type: ignore[attr-defined]
     # Settled with the real cost: the counter now holds what was spent, and the rest is free again.
-    counter = Keys(namespace).budget("t:test", f"d:{dt.datetime.now(dt.timezone.utc).date().isoformat()}")
+    counter = Keys(namespace).budget("test", "t", f"d:{dt.datetime.now(dt.timezone.utc).date().isoformat()}")
     r = redis.Redis.from_url(REDIS_URL)
     end = time.monotonic() + 5
     while int(r.get(counter) or 0) != 50 * 10**9:
@@ -102,7 +103,7 @@ def test_a_keys_budget_binds_inside_its_tenants_and_a_request_never_queued_is_re
     with pytest.raises(openai.RateLimitError) as info:  # $5 spent, $13 may be needed: over the key's $13
         client.chat.completions.create(model="m", **ask)  # type: ignore[call-overload]
     assert info.value.code == "insufficient_quota" and "key 'ci''s daily budget ($13.00)" in info.value.message
-    month = Keys(namespace).budget("t:test", f"m:{dt.datetime.now(dt.timezone.utc):%Y-%m}")
+    month = Keys(namespace).budget("test", "t", f"m:{dt.datetime.now(dt.timezone.utc):%Y-%m}")
     end = time.monotonic() + 5
     while int(redis.Redis.from_url(REDIS_URL).get(month) or 0) != 5 * 10**9:  # the refusals reserved nothing
         assert time.monotonic() < end
@@ -181,18 +182,22 @@ async def test_the_end_of_a_job_replaces_its_hold_with_its_cost_even_after_it_la
     hold = held(limiter, tenant)
     r, ns = limiter.redis, limiter.keys.ns
 
+    outbox = Outbox(r, limiter.keys, QueueScripts(r), result_ttl_s=60, tenants={}, usage=UsageSettings())
+    outbox.start()
+
     async def end(job_id: str, admission: ratelimit.Admission, cost: int) -> None:
-        """finish.lua for a job the worker pulled from its stream, costing `cost` nano-dollars."""
-        job = Job(id=job_id, tenant="t", model="m", provider="p", upstream_model="m", reply_to="", created=0,
-                  deadline=0, budget_counters=admission.budget_counters, budget_reserved=admission.budget_nanos)
+        """The worker's end of a job it pulled from its stream, costing `cost` nano-dollars, sent twice
+        (as by a job delivered twice): finish.lua acknowledges it once, so ledger.lua counts it once."""
+        job = Job(id=job_id, tenant="t", model="m", provider="p", upstream_model="m", reply_to=f"{ns}:r",
+                  created=0, deadline=0, budget_counters=admission.budget_counters,
+                  budget_reserved=admission.budget_nanos, embedding=EmbeddingRequest(model="m", input="x"))
         stream = f"{ns}:{{p}}:q:default:t"
         await r.xgroup_create(stream, "workers", id="0", mkstream=True)
         entry = await r.xadd(stream, {"j": b""})
         await r.xreadgroup("workers", "w", {stream: ">"})
-        keys, args = finish_args(limiter.keys, UsageSettings(), job, Charge(cost_nanos=cost), "ok", time.time())
-        await r.eval(lua_script("finish"), 5 + len(keys), stream, f"{ns}:{{p}}:active:default", f"{ns}:result:x",
-                     f"{ns}:{{p}}:drain", f"{ns}:{{p}}:circuit", *keys,
-                     entry, "t", "", b"", 60, 0, "m", 0, "0", *args)
+        counted = ledger.entry(limiter.keys, job, Charge(cost_nanos=cost), "ok", time.time(), UsageSettings())
+        for _ in range(2):
+            await outbox.finish(job, entry, stream, body=b"{}", ledger=counted)
 
     running = await limiter.admit("t", tenant, 1, "running", time.time() + 60, hold=hold)
     await end("running", running, 3 * 10**9)  # $8 held, $3 spent
@@ -204,3 +209,4 @@ async def test_the_end_of_a_job_replaces_its_hold_with_its_cost_even_after_it_la
     assert await spent(limiter, hold) == (5 * 10**9, 1)
     await end("late", late, 10**9)  # the late job's real cost still counts, once
     assert await spent(limiter, hold) == (6 * 10**9, 1)
+    await outbox.aclose()

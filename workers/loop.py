@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from broker.config import Config
+from broker.connection import subscriber
 from broker.errors import BrokerError, ErrorInfo, RequestTimeout
 from broker.jobs import Job, job_decoder
 from broker.keys import WORKER_GROUP, Keys
@@ -79,7 +80,8 @@ class Worker:
                                                  concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
-                             tenants=config.tenants, resume_ttl_s=config.server.stream_resume_ttl_s)
+                             tenants=config.tenants, usage=config.usage,
+                             resume_ttl_s=config.server.stream_resume_ttl_s)
         self.hedging = Hedging(redis, self.scripts, self.keys, config)
         self.prices = pricing.PriceBook(config)
         self.jobs_done = 0
@@ -256,7 +258,7 @@ class Worker:
                            elapsed_ms=int((time.monotonic() - started) * 1000))
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
                            timed=(job.provider, job.upstream_model) in self.call_gate.timed,
-                           ledger=ledger.finish_args(self.keys, self.config.usage, job, charge, outcome, time.time()))
+                           ledger=ledger.entry(self.keys, job, charge, outcome, time.time(), self.config.usage))
 
     async def _bow_out(self, job: Job, item: Pulled) -> None:
         """Another attempt of this hedged job answers it: acknowledge ours without a reply."""
@@ -315,7 +317,7 @@ class Worker:
         """Bell: work arrived (wake the pull loop). Cancel: a client left (abort its job)."""
         bell, cancel = self.keys.bell(self.provider_name), self.keys.cancel_channel(self.provider_name)
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = subscriber(self.redis).pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(bell, cancel)
                 # Cancellations published while we were not subscribed are lost: their markers are not.

@@ -48,7 +48,7 @@ for s = 1, tonumber(ARGV[4]) do
 end
 
 -- Budgets. A hold is a member `<request id>:<nano-dollars>` of the budget's holds ZSET, scored by
--- when it lapses (the request's deadline): finish.lua removes it and charges the real cost; one
+-- when it lapses (the request's deadline): ledger.lua removes it and charges the real cost; one
 -- whose job never reached a worker's end (dropped unrun, its process gone) is given back here.
 local nb_at = 5 + tonumber(ARGV[4]) * 3
 local budgets = tonumber(ARGV[nb_at] or '0')
