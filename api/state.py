@@ -13,7 +13,7 @@ from redis.commands.core import AsyncScript
 
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
-from broker import job_events, redaction
+from broker import job_events, key_migration, redaction
 from broker.cache import ResponseCache
 from broker.config import Config
 from broker.connection import connect
@@ -60,6 +60,7 @@ class BrokerState:
 
     async def start(self) -> None:
         await self.scripts.load()
+        await key_migration.migrate(self.redis, self.keys, self.config.redis_url)  # before any admission
         await self.limiter.load()
         if self.cache is not None:
             await self.cache.load()

@@ -36,11 +36,13 @@ from broker import api_keys, async_jobs, batches, budgets, files, job_factory
 from broker.batch_input import parse
 from broker.batches import Batch, BatchError, BatchErrors
 from broker.config import ApiKey, Config
+from broker.connection import get_many
 from broker.errors import BrokerError, OverBudget, RateLimited
 from broker.jobs import Failed, Final, key_tpm, reply_decoder
 from broker.keys import Keys
 from broker.ratelimit import Limiter, estimate_request_tokens
 from broker.routing import Router
+from broker.scripts import lua_script
 from broker.streams import QueueScripts, cancel, enqueue_first
 from broker.wire import ChatRequest, CompletionRequest, json_encoder
 
@@ -64,6 +66,7 @@ class BatchContext:
         self.limiter = Limiter(redis, self.keys)
         self.scripts = QueueScripts(redis)
         self.store = files.FileStore(config.batches.files_dir)
+        self.commit = redis.register_script(lua_script("batch_commit"))
 
 
 def line_job_id(batch_id: str, line: int) -> str:
@@ -235,8 +238,8 @@ class _Run:
         numbers = list(self.in_flight)
         for start in range(0, len(numbers), 500):
             chunk = numbers[start:start + 500]
-            results = await self.ctx.redis.mget(
-                [self.ctx.keys.result(line_job_id(self.batch.id, n)) for n in chunk])
+            results = await get_many(self.ctx.redis, [self.ctx.keys.result(line_job_id(self.batch.id, n))
+                                                      for n in chunk])
             for number, raw in zip(chunk, results):
                 if raw is not None:
                     self._collected(number, reply_decoder.decode(raw))
@@ -267,23 +270,19 @@ class _Run:
                     f.flush()
                     os.fsync(f.fileno())
                     self.sizes[i] = f.tell()
-        pipe = ctx.redis.pipeline(transaction=True)
-        if self.new_flight:
-            pipe.hset(self.inflight_key, mapping={str(k): v for k, v in self.new_flight.items()})
+        fields = {"b": msgspec.json.encode(self.batch), "line": self.line, "offset": self.offset,
+                  "out_bytes": self.sizes[0], "err_bytes": self.sizes[1], **extra}
+        await ctx.commit(keys=[self.inflight_key, self.done_key, ctx.keys.batch(self.batch.id)], args=[
+            self.batch.expires_at + 86_400,
+            len(self.new_flight), *(v for n, custom_id in self.new_flight.items() for v in (n, custom_id)),
+            len(self.done), *self.done,
+            *(v for item in fields.items() for v in item)])
         if self.done:
-            pipe.hdel(self.inflight_key, *(str(n) for n in self.done))
-            for n in self.done:
-                pipe.setbit(self.done_key, n, 1)
-            pipe.expireat(self.done_key, self.batch.expires_at + 86_400)
             # In the output files now: their results need not wait out their TTL in Redis, so a batch
-            # holds Redis memory for its lines in flight only, whatever its size.
+            # holds Redis memory for its lines in flight only, whatever its size. (After the commit, and
+            # not in it: these keys are in other Cluster slots; a crash in between leaves them to expire.)
             ended = [line_job_id(self.batch.id, n) for n in self.done]
-            pipe.delete(*(k for job_id in ended for k in (ctx.keys.result(job_id), ctx.keys.job(job_id))))
-        pipe.expireat(self.inflight_key, self.batch.expires_at + 86_400)
-        pipe.hset(ctx.keys.batch(self.batch.id), mapping={
-            "b": msgspec.json.encode(self.batch), "line": self.line, "offset": self.offset,
-            "out_bytes": self.sizes[0], "err_bytes": self.sizes[1], **extra})
-        await pipe.execute()
+            await ctx.redis.delete(*(k for job_id in ended for k in (ctx.keys.result(job_id), ctx.keys.job(job_id))))
         self.in_flight.update(self.new_flight)
         self.new_flight, self.done, self.out = {}, [], [[], []]
 

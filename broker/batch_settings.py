@@ -20,3 +20,6 @@ class BatchSettings(Strict):
     # Lines of one batch queued or running at once: the rest wait in its input file, not in Redis.
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30  # a batch's record after it ends
+    # arq's job queue on a Redis of its own (redis:// or redis+sentinel://); unset, the broker's Redis.
+    # Needed on Redis Cluster, which arq cannot use; the batches' own state stays in the cluster.
+    queue_url: str | None = None

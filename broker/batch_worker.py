@@ -9,6 +9,10 @@ for any active batch that has none (its continuation was lost), so a batch survi
 worker or batch-worker restart at any moment. Another cron sweeps expired files from the store.
 
 The API enqueues a new batch's first step itself (`first_step`), so it starts at once.
+
+arq's queue is on the broker's Redis, or on `batches.queue_url`: arq speaks to one Redis, so a
+broker on Redis Cluster keeps arq's few keys on a standalone one (the batches' state, files and
+jobs stay in the cluster).
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from redis.asyncio import Redis
 
-from broker import batch_runner, files
+from broker import batch_runner, files, key_migration
 from broker.config import Config
-from broker.connection import connect
+from broker.connection import connect, is_cluster
+from broker.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+NO_QUEUE_ON_CLUSTER = ("Batches need `batches.queue_url` (a standalone Redis for arq's queue) when the broker's "
+                       "redis_url is a Redis Cluster.")
 # A step refreshes its batch's lock every round: a step whose process died frees it this soon.
 LOCK_TTL_MS = 5_000
 JOB_TIMEOUT_S = batch_runner.STEP_S + 30
@@ -44,14 +51,28 @@ def step_job_id(config: Config, batch_id: str, n: int | str) -> str:
     return f"{config.namespace}:{batch_id}:{n}"
 
 
-def arq_pool(redis: Redis) -> ArqRedis:
-    """arq's client over an existing connection pool (no second pool per process)."""
-    return ArqRedis(redis.connection_pool)
+def arq_client(config: Config, redis: Redis) -> tuple[ArqRedis, bool]:
+    """arq's client, and whether it has a pool of its own to close: over the broker's own connection
+    pool, or on `batches.queue_url`. Raises Unavailable on a cluster without a queue_url."""
+    if config.batches.queue_url:
+        return ArqRedis(connect(config.batches.queue_url).connection_pool), True
+    if queue_missing(config):
+        raise Unavailable(NO_QUEUE_ON_CLUSTER, code="batches_unavailable")
+    return ArqRedis(redis.connection_pool), False
+
+
+def queue_missing(config: Config) -> bool:
+    return is_cluster(config.redis_url) and not config.batches.queue_url
 
 
 async def first_step(redis: Redis, config: Config, batch_id: str) -> None:
-    await arq_pool(redis).enqueue_job("run_batch", batch_id, 0, _job_id=step_job_id(config, batch_id, 0),
-                                      _queue_name=queue_name(config))
+    pool, own = arq_client(config, redis)
+    try:
+        await pool.enqueue_job("run_batch", batch_id, 0, _job_id=step_job_id(config, batch_id, 0),
+                               _queue_name=queue_name(config))
+    finally:
+        if own:
+            await pool.aclose()
 
 
 async def run_batch(ctx: dict[str, Any], batch_id: str, n: int) -> str:
@@ -97,16 +118,19 @@ async def sweep_files(ctx: dict[str, Any]) -> None:
 
 def worker(config: Config) -> Worker:
     redis = connect(config.redis_url)
-    pool = arq_pool(redis)
+    pool, _ = arq_client(config, redis)
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["config"] = config
         ctx["batches"] = batch_runner.BatchContext(config, redis)
         await ctx["batches"].scripts.load()
+        await key_migration.migrate(redis, ctx["batches"].keys, config.redis_url)  # batches in progress
         await ctx["batches"].limiter.load()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await redis.aclose()
+        if pool.connection_pool is not getattr(redis, "connection_pool", None):
+            await pool.aclose()
 
     return Worker(
         functions=[run_batch],

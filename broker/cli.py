@@ -264,6 +264,9 @@ def _run_batch_worker(config: config_module.Config) -> int:
 
     from broker import batch_worker
 
+    if batch_worker.queue_missing(config):
+        return _usage_error(batch_worker.NO_QUEUE_ON_CLUSTER)
+
     async def serve() -> None:
         task = asyncio.ensure_future(batch_worker.run(config))
         loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ import random
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 PROTOCOL = 2
@@ -81,5 +81,13 @@ def subscriber(redis: Redis) -> Redis:
     cluster = cast(RedisCluster, redis)
     # Before its first command the client knows only the nodes its URL named.
     node = random.choice(cluster.get_primaries() or list(cluster.nodes_manager.startup_nodes.values()))
-    kwargs = {k: v for k, v in node.connection_kwargs.items() if k not in ("host", "port")}
-    return Redis(host=node.host, port=int(node.port), **kwargs)
+    # The node's own connection settings (address, credentials, TLS, RESP2), in a pool of its own.
+    return Redis(connection_pool=ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs))
+
+
+async def get_many(redis: Redis, keys: list[str]) -> list[bytes | None]:
+    """GET of each key, in one round trip: MGET on one Redis; per node (in parallel) on a cluster,
+    whose MGET takes keys of one slot only."""
+    if isinstance(redis, RedisCluster):
+        return cast(list[bytes | None], await cast(RedisCluster, redis).mget_nonatomic(keys))
+    return cast(list[bytes | None], await redis.mget(keys))

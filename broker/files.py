@@ -25,6 +25,7 @@ from typing import IO, Literal
 import msgspec
 from redis.asyncio import Redis
 
+from broker.connection import get_many
 from broker.keys import Keys
 
 Purpose = Literal["batch", "batch_output"]
@@ -146,7 +147,7 @@ async def listing(redis: Redis, keys: Keys, tenant: str, *, after: str | None, l
     found: list[FileObject] = []
     for start in range(0, len(ids), 500):
         batch = ids[start:start + 500]
-        for raw in await redis.mget([keys.file(i) for i in batch]):
+        for raw in await get_many(redis, [keys.file(i) for i in batch]):
             if raw is not None:
                 stored = _stored_decoder.decode(raw)
                 if purpose is None or stored.file.purpose == purpose:

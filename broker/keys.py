@@ -8,6 +8,7 @@ touches shares a Redis Cluster hash tag, the first `{...}` of its name:
   touch (enqueue, pull, finish, reclaim, circuit, deployment limits);
 - `{tenant}`, in rate-limit, budget and usage keys: admit.lua reserves a tenant's
   and its key's buckets and budgets in one step, ledger.lua settles usage and budgets;
+- `{id}` of a batch, for its record and its step's state (batch_commit.lua);
 - `{cache}` and `{apikeys}`, one slot each for the cache's and the run-time keys' scripts.
 
 In the table those braces are literal (the tag); other braces are placeholders.
@@ -40,6 +41,7 @@ name and spread over the cluster.
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
 | {ns}:budget:{tenant}:{scope}:{period}:holds | zset | admit.lua, ledger.lua | one member per running request; lapsed ones given back at admission; same expiry |
 | {ns}:usage:log                        | stream  | workers (ledger.py)     | MAXLEN ~ usage.log_maxlen |
+| {ns}:layout                           | string  | key_migration.py        | one integer: the key layout version; no TTL |
 | {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
 | {ns}:{cache}:e:{scope}:{hash}         | string  | cache_store.lua (API)   | one answer (<= cache.max_entry_bytes); TTL cache ttl_s; DEL'd when trimmed from the index |
 | {ns}:{cache}:index                    | zset    | cache_store.lua         | entry keys by expiry (ms); expired ones dropped and the soonest popped past cache.max_entries; expires with its last entry |
@@ -123,7 +125,9 @@ class Keys:
         return f"{self.ns}:files:{tenant}"
 
     def batch(self, batch_id: str) -> str:
-        return f"{self.ns}:batch:{batch_id}"
+        """A batch's record; `:inflight`, `:done` and `:lock` are appended to it, so they share its
+        Cluster slot (batch_commit.lua touches three of them)."""
+        return f"{self.ns}:batch:{{{batch_id}}}"
 
     def batches(self, tenant: str) -> str:
         return f"{self.ns}:batches:{tenant}"
@@ -152,6 +156,10 @@ class Keys:
     def budget_holds(counter: str) -> str:
         """The holds of requests still running against the budget `counter` (admit.lua)."""
         return counter + ":holds"
+
+    def layout(self) -> str:
+        """The key layout the namespace's keys follow (broker/key_migration.py)."""
+        return f"{self.ns}:layout"
 
     def usage_log(self) -> str:
         return f"{self.ns}:usage:log"

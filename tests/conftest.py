@@ -28,6 +28,7 @@ import redis
 import yaml
 
 from broker.config import hash_key
+from broker import connection
 from broker.embedded_redis import free_port, start_embedded_redis
 from broker.keys import Keys
 
@@ -106,7 +107,8 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
                  server: dict[str, Any] | None = None, tenants: dict[str, Any] | None = None,
                  queue: dict[str, Any] | None = None, redis_url: str = REDIS_URL,
                  circuit: dict[str, Any] | None = None, usage: dict[str, Any] | None = None,
-                 batches: dict[str, Any] | None = None, admin: dict[str, Any] | None = None) -> Path:
+                 batches: dict[str, Any] | None = None, admin: dict[str, Any] | None = None,
+                 cache: dict[str, Any] | None = None) -> Path:
     doc: dict[str, Any] = {
         "redis_url": redis_url,
         "namespace": namespace,
@@ -124,9 +126,19 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
         doc["usage"] = usage
     if admin:
         doc["admin"] = admin
+    if cache:
+        doc["cache"] = cache
     doc["batches"] = {"files_dir": str(path.parent / "files"), **(batches or {})}
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def sync_client(url: str) -> Any:
+    """A blocking client for a test's own checks, on a single Redis or a cluster (broker/connection.py)."""
+    if connection.is_cluster(url):
+        return redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(host, port)
+                                                 for host, port in connection.cluster_nodes(url)])
+    return redis.Redis.from_url(url)
 
 
 class Proc:
@@ -199,7 +211,7 @@ class Stack:
         """A worker process; by default returns once it is registered as live (the API admits jobs then)."""
         config = yaml.safe_load(self.config_path.read_text())
         live_key = Keys(config["namespace"]).workers(provider)
-        client = redis.Redis.from_url(config["redis_url"])
+        client = sync_client(config["redis_url"])
         before = client.zcard(live_key)
         proc = Proc(["worker", "--config", str(self.config_path), "--provider", provider, *extra],
                     self.log_dir / f"worker-{provider}-{len(self.procs)}.log")

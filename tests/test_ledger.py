@@ -111,8 +111,8 @@ def row_for(report: dict[str, Any], **where: str) -> dict[str, Any]:
     return rows[0]
 
 
-def until_counted(base_url: str, model: str, requests: int, **params: str) -> dict[str, Any]:
-    end = time.monotonic() + 5
+def until_counted(base_url: str, model: str, requests: int, timeout_s: float = 5, **params: str) -> dict[str, Any]:
+    end = time.monotonic() + timeout_s
     while True:  # the ledger is written with the job's end, which may land just after the client's answer
         report = usage_report(base_url, **{"group_by": "model", **params})
         rows = [r for r in report["data"] if r["model"] == model]
@@ -168,7 +168,8 @@ def test_a_cancelled_stream_is_charged_for_what_was_sent(base_url: str) -> None:
         for line in answer.iter_lines():
             if '"content"' in line:
                 break  # the first words arrived; the rest stalls: leave
-    report = until_counted(base_url, "stalls", 1)
+    # Cancelled once nobody resumed the stream for server.stream_resume_grace_s (5 s), then counted.
+    report = until_counted(base_url, "stalls", 1, timeout_s=15)
     row = row_for(report, model="stalls")
     assert (row["requests"], row["cancelled"], row["estimated"]) == (1, 1, 1)
     # The prompt was read upstream (its first chunk came); its one chunk held no text yet.

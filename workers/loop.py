@@ -38,7 +38,7 @@ from broker.outbox import Outbox
 from broker.ratelimit import Limiter
 from broker.usage_sink import UsageSink
 from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
-from broker import circuit, dead_letters, ledger, log_context, pricing, redaction
+from broker import circuit, dead_letters, key_migration, ledger, log_context, pricing, redaction
 from broker.capabilities import estimate_tokens
 from broker import metrics
 from workers import attempts, observed
@@ -94,6 +94,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.scripts.load()
+        await key_migration.migrate(self.redis, self.keys, self.config.redis_url)  # before any ledger write
         await self._beat()  # live before the first pull, so the API admits jobs for us
         self.outbox.start()
         helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeats())]

@@ -62,6 +62,8 @@ async def create_batch(request: Request) -> Response:
     if stored.endpoint != asked.endpoint:
         raise InvalidRequest(f"The file's requests are for {stored.endpoint}, not {asked.endpoint}.",
                              param="endpoint")
+    if batch_worker.queue_missing(state.config):  # checked before a batch exists that could never run
+        raise Unavailable(batch_worker.NO_QUEUE_ON_CLUSTER, code="batches_unavailable")
     now = int(time.time())
     batch = batches.Batch(id=batches.new_batch_id(), endpoint=asked.endpoint, input_file_id=asked.input_file_id,
                           completion_window=asked.completion_window, status="validating", created_at=now,
