@@ -14,6 +14,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +108,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def base_url(cluster: Cluster, module_stack_factory: Any) -> str:
+def stack(cluster: Cluster, module_stack_factory: Any) -> Any:
     stack = module_stack_factory(
         {"mock": {"kind": "mock", "tokens": 5}},
         {"m": [{"provider": "mock", "model": "m"}], "pm": [{"provider": "mock", "model": "pm", **PRICED}]},
@@ -116,7 +117,13 @@ def base_url(cluster: Cluster, module_stack_factory: Any) -> str:
                  "limited": {"keys": [hash_key(LIMITED_KEY)], "rpm": 3, "daily_budget_usd": 40},
                  "poor": {"keys": [hash_key(POOR_KEY)], "daily_budget_usd": 1}})
     stack.worker("mock")
-    return str(stack.api())
+    stack.api()
+    return stack
+
+
+@pytest.fixture(scope="module")
+def base_url(stack: Any) -> str:
+    return str(stack.base_url)
 
 
 def sdk(base_url: str, key: str = TEST_KEY) -> openai.OpenAI:
@@ -264,3 +271,14 @@ def own_redis_keys(server: RedisServer) -> list[str]:
     found = [k.decode() for k in redis.Redis.from_url(server.url).keys("*")]
     assert not [k for k in found if ":batch:" in k or ":file:" in k], found
     return found
+
+
+@pytest.mark.parametrize(("command", "shows"), [(["status"], "mock"), (["queues"], ""), (["batches", "--json"], ""),
+                                               (["usage", "--tenant", "test"], "requests"), (["dead", "list"], ""),
+                                               (["keys", "list"], "limited")])
+def test_the_operators_commands_read_a_cluster(stack: Any, base_url: str, command: list[str], shows: str) -> None:
+    sdk(base_url).chat.completions.create(model="m", messages=[{"role": "user", "content": "for the record"}])
+    done = subprocess.run([sys.executable, "-m", "broker.cli", *command, "--config", str(stack.config_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert shows in done.stdout, done.stdout
