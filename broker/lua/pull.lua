@@ -6,6 +6,9 @@
 -- client has had its timeout error from the API), are dropped here, unrun and
 -- uncounted, so the drain rate measures real work only.
 -- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
+-- The lanes' active sets, the tenants' streams and cancellation markers are found at run time, so
+-- their names are built here, from the provider's key prefix (Keys.provider): it holds the
+-- provider's hash tag, so they share the declared keys' Cluster slot.
 -- ARGV: 1 provider key prefix, 2 consumer, 3 count, 4 n lanes, 5.. lanes, then weights
 -- Returns {{stream, entry id, fields}, ...}
 local prefix, consumer, want = ARGV[1], ARGV[2], tonumber(ARGV[3])

@@ -2,7 +2,8 @@
 -- refresh theirs with heartbeats), with how often each was delivered. Jobs
 -- cancelled meanwhile (their client left, or was failed during a Redis outage)
 -- are dropped here, as pull.lua drops them, instead of being run again.
--- KEYS: 1 stream   ARGV: 1 consumer, 2 min idle ms, 3 count, 4 provider key prefix
+-- KEYS: 1 stream   ARGV: 1 consumer, 2 min idle ms, 3 count, 4 provider key prefix (cancellation
+-- markers are named from it, with the provider's hash tag: the stream's Cluster slot)
 -- Returns {{entry id, fields, times delivered}, ...}
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], '0-0', 'COUNT', ARGV[3])
