@@ -109,7 +109,7 @@ async def load(redis: Redis, keys: Keys) -> tuple[int, dict[str, KeyRecord]]:
     """The version and every stored key by sha256 hex, read together (one script: a MULTI is not
     there under Redis Cluster), so a change made meanwhile has a newer version and is seen by the
     next reload."""
-    version, flat = await redis.eval(LOAD, 2, keys.api_keys_version(), keys.api_keys())  # type: ignore[misc]
+    version, flat = await redis.register_script(LOAD)(keys=[keys.api_keys_version(), keys.api_keys()])
     raw = dict(zip(flat[::2], flat[1::2]))
     records = {}
     for digest, blob in raw.items():
