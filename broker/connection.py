@@ -18,6 +18,10 @@ PROTOCOL = 2
 def connect(url: str, *, max_connections: int | None = None, **options: Any) -> Redis:
     """A client for `url`; with `max_connections`, callers wait for a pooled connection (up to
     `timeout` s) rather than opening more."""
+    if url.startswith("redis+sentinel://"):
+        from broker.redis_sentinel import connect_sentinel  # here: it imports PROTOCOL from this module
+
+        return connect_sentinel(url, max_connections=max_connections, **options)
     if max_connections is None:
         client: Redis = Redis.from_url(url, protocol=PROTOCOL, **options)
         return client
