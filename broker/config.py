@@ -381,6 +381,8 @@ def resolve(path: str | None, env: dict[str, str] | None = None, *, dev_api_key:
     path = path or env.get("LLM_BROKER_CONFIG")
     config = load(path, env) if path else default_config(dev_api_key)
     if env.get("REDIS_URL"):
+        if problem := config_checks.redis_url_problem(env["REDIS_URL"]):
+            raise ConfigError(f"$REDIS_URL: {problem}")
         config = msgspec.structs.replace(config, redis_url=env["REDIS_URL"])
     return config
 

@@ -1,5 +1,6 @@
-"""Config checks the types cannot express: names that become Redis key parts, references between
-models, providers and tenants, keys, lanes and the queue's timings (broker/config.py `validate`)."""
+"""Config checks the types cannot express: a Sentinel redis_url, names that become Redis key parts,
+references between models, providers and tenants, keys, lanes and the queue's timings
+(broker/config.py `validate`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from typing import TYPE_CHECKING
 
 from broker.keys import LANES
+from broker.sentinel_url import SCHEME as SENTINEL_SCHEME, parse_sentinel_url
 from broker.rules import check as check_rules
 
 if TYPE_CHECKING:
@@ -16,8 +18,24 @@ if TYPE_CHECKING:
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Sentinel or Cluster URL, found at load rather than at the first connection."""
+    try:
+        if url.startswith(SENTINEL_SCHEME):
+            parse_sentinel_url(url)
+        elif url.split("://", 1)[0].lower().endswith("+cluster"):
+            from broker.connection import cluster_nodes  # here: it imports redis.asyncio, slow for the CLI
+
+            cluster_nodes(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def first_problem(config: Config) -> str | None:
     """The first thing wrong with `config` that its types cannot say, ending with where: "... - at `$.path`"."""
+    if problem := redis_url_problem(config.redis_url):
+        return f"{problem} - at `$.redis_url`"
     for section, names in (("providers", config.providers), ("tenants", config.tenants)):
         for name in names:
             if not NAME.fullmatch(name):

@@ -9,7 +9,8 @@ tracking, no push notifications beyond pub/sub, which RESP2 carries as well.
 every key one script touches shares a hash tag (broker/keys.py), pipelines are sent per node, and
 the client is typed as a plain `Redis` because the broker uses only commands both share.
 Subscriptions need a connection to one node (`subscriber`): a PUBLISH on any node of a cluster
-reaches the subscribers of every node.
+reaches the subscribers of every node. `redis+sentinel://` opens the primary its sentinels name
+(broker/redis_sentinel.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
     `timeout` s) rather than opening more."""
     if is_cluster(url):
         return _cluster(url, max_connections, options)
+    if url.startswith("redis+sentinel://"):
+        from broker.redis_sentinel import connect_sentinel  # here: it imports PROTOCOL from this module
+
+        return connect_sentinel(url, max_connections=max_connections, **options)
     if max_connections is None:
         client: Redis = Redis.from_url(url, protocol=PROTOCOL, **options)
         return client
@@ -47,11 +52,12 @@ def is_cluster(url: str) -> bool:
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
     """The startup nodes a cluster URL names, or a ValueError that says what is wrong with it."""
     netloc = urlsplit(url).netloc.rpartition("@")[2]
-    nodes = []
-    for part in netloc.split(","):
+    nodes, parts = [], netloc.split(",")
+    for i, part in enumerate(parts, 1):
         host, _, port = part.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"a Redis Cluster URL names its nodes as host:port[,host:port...], not {part!r}")
+        if not host or not port.isdigit():  # the text is not echoed: it may hold a misplaced password
+            raise ValueError(f"a Redis Cluster URL names its nodes as host:port[,host:port...]; node {i} of "
+                             f"{len(parts)} is not host:port")
         nodes.append((host.strip("[]"), int(port)))
     return nodes
 
