@@ -97,3 +97,13 @@ async def get_many(redis: Redis, keys: list[str]) -> list[bytes | None]:
     if isinstance(redis, RedisCluster):
         return cast(list[bytes | None], await cast(RedisCluster, redis).mget_nonatomic(keys))
     return cast(list[bytes | None], await redis.mget(keys))
+
+
+def without_password(url: str) -> str:
+    """`url` fit for a log line or a banner: any password in it replaced by `***`."""
+    parts = urlsplit(url)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()

@@ -22,11 +22,12 @@ from broker.config import Config, hash_key
 
 def run(config: Config, args: argparse.Namespace, sock: socket.socket) -> int:
     """Serve on the already-bound `sock` until Ctrl-C; the exit status."""
+    from broker.connection import without_password
     from broker.embedded_redis import start_embedded_redis
 
     embedded = None
     if args.config or os.environ.get("LLM_BROKER_CONFIG") or os.environ.get("REDIS_URL"):
-        redis_note = f"Redis: {config.redis_url} (from config/REDIS_URL)"
+        redis_note = f"Redis: {without_password(config.redis_url)} (from config/REDIS_URL)"
     else:
         embedded = start_embedded_redis()
         config = config_module.with_redis_url(config, embedded.url)

@@ -119,3 +119,12 @@ def test_literal_secrets_are_removed_whole_and_patterns_catch_the_unknown() -> N
     remember(["abc+def/ghi=jkl-12345"])
     assert redact("key abc+def/ghi=jkl-12345 and abc%2Bdef%2Fghi%3Djkl-12345") == "key *** and ***"
     assert redact("Authorization: Bearer sk-unknown+key/with=signs") == "Authorization: Bearer ***"
+
+
+def test_a_redis_urls_password_never_reaches_a_banner() -> None:
+    from broker.connection import without_password
+
+    assert without_password("redis://:hunter2@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert without_password("redis+sentinel://ops:p%40ss@s1:26379,s2:26379/main/0") == \
+        "redis+sentinel://ops:***@s1:26379,s2:26379/main/0"
+    assert without_password("redis+cluster://a:7000,b:7001") == "redis+cluster://a:7000,b:7001"
