@@ -10,8 +10,9 @@ message; when idle a chunk leaves as soon as it is produced.
 A job's end (final reply, result key with its TTL, the tenant's token bucket settled with the real
 usage, and finish.lua: XACK, XDEL) goes in the same pipeline, after the job's last chunk, so the entry
 is acknowledged only once the client's answer has been handed to Redis. The ends finish.lua
-acknowledged then go to the ledger in a second round trip (broker/ledger.py): those keys live in the
-tenant's Cluster slot, and only the acknowledging delivery may count a job.
+acknowledged then go to the ledger (broker/ledger.py) in the next pipeline: those keys live in the
+tenant's Cluster slot, and only the acknowledging delivery may count a job. Under load that pipeline
+carries the next burst anyway; when idle it leaves at once, on its own.
 
 Every reply of a worker goes through PUBLISH commands in pipeline order, never from a script: under
 Redis Cluster, PUBLISH is sent to the node of its channel's slot, so one API process's messages
@@ -88,18 +89,31 @@ class Outbox:
         self._open: dict[str, _Chunks] = {}
         self._seq: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._counts: list[ledger.Entry] = []  # acknowledged ends for the ledger: in the next pipeline
+        self._idle = asyncio.Event()  # nothing queued, nothing being sent
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_forever(), name="outbox")
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """Send what is queued (the last ends' ledger), for at most `timeout_s`, then stop."""
         if self._task:
+            await self.settled(timeout_s)
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait until everything queued has been sent (True), or `timeout_s` passed (False)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
 
     def chunk(self, job: Job, event: bytes) -> None:
         """Queue one JSON-encoded SSE event for the job's client (non-blocking)."""
@@ -108,6 +122,7 @@ class Outbox:
             buffered = self._open[job.id] = _Chunks(job)
             self._ops.append(buffered)
         buffered.events.append(event)
+        self._idle.clear()
         self._wake.set()
 
     async def finish(
@@ -133,12 +148,14 @@ class Outbox:
         self._open.pop(job.id, None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ops.append(_End(job, entry_id, stream, body, usage, error, service_ms, ttft_ms, timed, ledger, done))
+        self._idle.clear()
         self._wake.set()
         await done
 
     def started(self, job: Job) -> None:
         """An async job began running (its status turns `in_progress`; non-blocking)."""
         self._ops.append(_Started(job))
+        self._idle.clear()
         self._wake.set()
 
     def forget(self, job_id: str) -> None:
@@ -155,9 +172,10 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             ops, self._ops = self._ops, []
+            counts, self._counts = self._counts, []
             self._open.clear()
             try:
-                await self._flush(ops)
+                await self._flush(ops, counts)
             except Exception as exc:
                 log.error("reply flush failed (%d ops): %s", len(ops), exc)
                 for op in ops:
@@ -167,10 +185,15 @@ class Outbox:
                         if op.seq >= 0:
                             self._seq[op.job.id] = op.seq
                         op.done.set_exception(exc)
+            if not self._ops and not self._counts:
+                self._idle.set()
 
-    async def _flush(self, ops: list[_Chunks | _Started | _End]) -> None:
+    async def _flush(self, ops: list[_Chunks | _Started | _End], counts: list[ledger.Entry]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        scripted: list[Queued] = []  # EVALSHA calls, sent again if Redis lost its scripts
+        # EVALSHA calls, sent again if Redis lost its scripts; first the ledger of the ends acknowledged
+        # by the previous pipeline.
+        scripted: list[Queued] = ledger.write_into(pipe, self.scripts.ledger, self.keys, self.usage, counts)
+        counted = len(pipe)
         for op in ops:
             job = op.job
             if isinstance(op, _Started):
@@ -209,15 +232,27 @@ class Outbox:
                                      [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
                                       "1" if op.timed else "0"])
             scripted.append(op.finish)
-        results = await pipe.execute(raise_on_error=False)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            # Sent or not, unknowable: never sent again (a job counted twice is worse than once not).
+            if counts:
+                log.error("usage of %d ended jobs may not be recorded: %s", len(counts), exc)
+            raise
         # Redis restarted and lost its scripts: only those commands failed (the chunks between them
         # went out), so send just those again, in order.
         await resend_unknown(scripted, results)
         failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
+        if lost := [r for r in results[:counted] if isinstance(r, Exception)]:
+            log.error("usage of %d ended jobs not recorded: %s", len(counts), lost[0])
+        # Before any failure is raised: an end acknowledged here is not acknowledged by its retry.
+        acknowledged = [op.ledger for op in ops if isinstance(op, _End) and op.ledger is not None
+                        and op.finish is not None and results[op.finish.position] == 1]
+        if acknowledged:
+            self._counts += acknowledged
+            self._wake.set()
         if failures:
             raise failures[0]
-        await self._count([op.ledger for op in ops if isinstance(op, _End) and op.ledger is not None
-                           and op.finish is not None and results[op.finish.position] == 1])
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)
@@ -226,20 +261,3 @@ class Outbox:
         """finish.lua's KEYS, all in the provider's Cluster slot."""
         p = job.provider
         return [stream, self.keys.active(p, job.lane), self.keys.drain(p), self.keys.circuit(p)]
-
-    async def _count(self, entries: list[ledger.Entry]) -> None:
-        """The ledger's round trip for the ends just acknowledged. The replies are out and the entries
-        gone, so a failure here is logged, not retried as a failed end would be (it would count
-        nothing: a second finish.lua acknowledges nothing)."""
-        if not entries:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        scripted = ledger.write_into(pipe, self.scripts.ledger, self.keys, self.usage, entries)
-        try:
-            results = await pipe.execute(raise_on_error=False)
-            await resend_unknown(scripted, results)
-            failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
-            if failures:
-                raise failures[0]
-        except Exception as exc:
-            log.error("usage of %d ended jobs not recorded: %s", len(entries), exc)

@@ -198,6 +198,7 @@ async def test_the_end_of_a_job_replaces_its_hold_with_its_cost_even_after_it_la
         counted = ledger.entry(limiter.keys, job, Charge(cost_nanos=cost), "ok", time.time(), UsageSettings())
         for _ in range(2):
             await outbox.finish(job, entry, stream, body=b"{}", ledger=counted)
+        assert await outbox.settled(5)  # the ledger rides the pipeline after the end's
 
     running = await limiter.admit("t", tenant, 1, "running", time.time() + 60, hold=hold)
     await end("running", running, 3 * 10**9)  # $8 held, $3 spent
