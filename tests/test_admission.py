@@ -26,8 +26,7 @@ def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_
     # Two slots of 0.2 s each: the lane drains ~10 jobs/s.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.2}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue={"min_queue": 5})
-    stack.worker("mock", "--concurrency", "2")
-    base_url = stack.api()
+    base_url = stack.up(("mock", "--concurrency", "2"))
 
     async def send(http: aiohttp.ClientSession, i: int, timeout_s: float) -> tuple[int, dict[str, Any], Any]:
         body = {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}
@@ -59,8 +58,7 @@ def test_a_first_burst_is_admitted_by_the_assumed_rate_before_any_is_measured(st
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.5, "concurrency": 2}},
                           {"m": [{"provider": "mock", "model": "m"}]},
                           queue={"min_queue": 2, "assumed_service_s": 0.5})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
 
     async def main() -> list[tuple[int, Any]]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -87,8 +85,7 @@ def test_jobs_that_would_start_in_time_but_finish_too_late_are_refused_at_the_do
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 2.0, "concurrency": 1}},
                           {"m": [{"provider": "mock", "model": "m"}]},
                           queue={"min_queue": 0, "assumed_service_s": 2.0})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
 
     async def send(http: aiohttp.ClientSession, prompt: str, timeout_s: float) -> tuple[int, Any]:
         async with http.post(f"{base_url}/chat/completions",
@@ -115,8 +112,7 @@ def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.2}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue={"min_queue": 5},
                           tenants={name: {"keys": [hash_key(key)]} for name, key in keys.items()})
-    stack.worker("mock", "--concurrency", "2")
-    base_url = stack.api()
+    base_url = stack.up(("mock", "--concurrency", "2"))
 
     async def send(http: aiohttp.ClientSession, tenant: str, i: int, timeout_s: float) -> tuple[int, Any]:
         body = {"model": "m", "messages": [{"role": "user", "content": f"{tenant}{i}"}]}
@@ -171,9 +167,7 @@ def test_keys_return_to_baseline_after_5000_jobs(stack_factory: Any, namespace: 
         server={"result_ttl_s": 1, "stream_resume_ttl_s": 1},  # results and streams' event logs: 1 s
         circuit={"failures": 1000, "min_calls": 1000},  # failed jobs must run and fail, not meet an open circuit
     )
-    stack.worker("mock")
-    stack.worker("up")
-    base_url = stack.api()
+    base_url = stack.up("mock", "up")
     client = httpx.Client(base_url=base_url, headers=HEADERS, timeout=30)
     for model, status in (("m", 200), ("broken", 502)):
         warm = client.post("/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "w"}]})

@@ -81,9 +81,7 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
         tenants={"test": {"keys": [hash_key(TEST_KEY)]},
                  "narrow": {"keys": [hash_key(NARROW_KEY)], "models": ["client-primary"]}},
     )
-    for provider in ("first", "first", "second", "nowhere", "mock-a", "mock-b", "wrong-key", "impatient"):
-        stack.worker(provider)
-    return str(stack.api())
+    return str(stack.up("first", "first", "second", "nowhere", "mock-a", "mock-b", "wrong-key", "impatient"))
 
 
 def calls(upstream: UpstreamServer, marker: str) -> int:

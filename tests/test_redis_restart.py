@@ -37,8 +37,8 @@ def chat(model: str, marker: str, *, stream: bool = False) -> dict[str, Any]:
 def test_requests_work_again_after_redis_restarts(stack_factory: Any, own_redis: RedisServer) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                           redis_url=own_redis.url, queue={"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0})
-    worker = stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
+    worker = stack.workers[0]
     body = {"model": "m", "messages": [{"role": "user", "content": "still there?"}]}
     headers = {"authorization": f"Bearer {TEST_KEY}"}
     assert httpx.post(f"{base_url}/chat/completions", json=body, headers=headers).status_code == 200
@@ -77,8 +77,7 @@ def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redi
     # the answers are published, so some replies are published while nobody listens.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 5, "first_token_delay_s": 0.8}},
                           {"m": [{"provider": "mock", "model": "m"}]}, redis_url=own_redis.url)
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     headers = {"authorization": f"Bearer {TEST_KEY}"}
     bodies = [{"model": "m", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(6)]
     expected = [httpx.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=10).json()
@@ -120,8 +119,7 @@ def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
                           {"slow": [{"provider": "up", "model": "slow"}],
                            "quick": [{"provider": "up", "model": "fake-model"}]},
                           redis_url=own_redis.url, queue={"heartbeat_interval_s": 0.3})
-    stack.worker("up")
-    base_url = stack.api()
+    base_url = stack.up("up")
     headers = {"authorization": f"Bearer {TEST_KEY}"}
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("slow", "running"),
@@ -158,8 +156,7 @@ def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(
         stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},
                               {"m": [{"provider": "up", "model": "fake-model"}]}, redis_url=persistent_redis.url,
                               queue={"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0})
-        stack.worker("up")
-        base_url = stack.api()
+        base_url = stack.up("up")
         headers = {"authorization": f"Bearer {TEST_KEY}"}
         markers = [f"queued-{i}" for i in range(5)]
         with ThreadPoolExecutor(8) as pool:
@@ -194,8 +191,8 @@ def test_a_job_that_ends_while_redis_is_away_is_delivered_once_it_returns_not_ru
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.0}},
                           {"m": [{"provider": "mock", "model": "m"}]}, redis_url=persistent_redis.url,
                           queue={"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0})
-    worker = stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
+    worker = stack.workers[0]
     headers = {"authorization": f"Bearer {TEST_KEY}"}
     body = chat("m", "finish me")
     with ThreadPoolExecutor(1) as pool:
