@@ -80,8 +80,11 @@ def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_fa
 
 
 def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(stack_factory: Any) -> None:
+    # No resume grace: the client leaves with the error, and the API would otherwise hold its shutdown
+    # for the default 5 s before cancelling the job (which the survivor has reclaimed and still runs).
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 30, "token_delay_s": 0.1}},
-                          {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM)
+                          {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM,
+                          server={"stream_resume_grace_s": 0})
     client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)
     doomed = stack.workers[0]
     received: list[str] = []
