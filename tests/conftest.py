@@ -148,6 +148,7 @@ class Proc:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        self._terminated = False
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", *args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
@@ -163,9 +164,15 @@ class Proc:
         self.popen.kill()
         self.popen.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one would tell the API (uvicorn) to stop without draining."""
+        if self.popen.poll() is None and not self._terminated:
+            self.popen.terminate()
+            self._terminated = True
+
     def stop(self, timeout: float = 15) -> int:
         if self.popen.poll() is None:
-            self.popen.terminate()
+            self.terminate()
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -198,31 +205,55 @@ class Stack:
         self.base_url = ""
 
     def api(self, workers: int = 1) -> str:
+        proc = self._spawn_api(workers)
+        wait_for_http(f"{self.base_url}/models", proc)
+        return self.base_url
+
+    def worker(self, provider: str, *extra: str, wait: bool = True) -> Proc:
+        """A worker process; by default returns once it is registered as live (the API admits jobs then)."""
+        live = self._live_workers([provider])
+        proc = self._spawn_worker(provider, *extra)
+        if wait:
+            live.wait([proc])
+        else:
+            live.client.close()
+        return proc
+
+    def up(self, *workers: str | tuple[str, ...], api_workers: int = 1) -> str:
+        """Worker processes (a provider, or a provider and its flags) and an API process, started at once
+        so that their start-ups overlap; returns the API's base URL once it answers and every worker is
+        registered as live, the state `worker()` then `api()` leave, a second or more sooner."""
+        specs = [(w,) if isinstance(w, str) else w for w in workers]
+        live = self._live_workers([spec[0] for spec in specs])
+        procs = [self._spawn_worker(*spec) for spec in specs]
+        api = self._spawn_api(api_workers)
+        wait_for_http(f"{self.base_url}/models", api)
+        live.wait(procs)
+        return self.base_url
+
+    @property
+    def workers(self) -> list[Proc]:
+        """The worker processes, in the order they were started."""
+        return [proc for proc in self.procs if proc.args[0] == "worker"]
+
+    def _spawn_api(self, workers: int) -> Proc:
         port = free_port()
         proc = Proc(["api", "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(port),
                      "--workers", str(workers), "--log-level", "warning"],
                     self.log_dir / f"api-{port}.log")
         self.procs.append(proc)
-        wait_for_http(f"http://127.0.0.1:{port}/v1/models", proc)
         self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self.base_url
+        return proc
 
-    def worker(self, provider: str, *extra: str, wait: bool = True) -> Proc:
-        """A worker process; by default returns once it is registered as live (the API admits jobs then)."""
-        config = yaml.safe_load(self.config_path.read_text())
-        live_key = Keys(config["namespace"]).workers(provider)
-        client = sync_client(config["redis_url"])
-        before = client.zcard(live_key)
+    def _spawn_worker(self, provider: str, *extra: str) -> Proc:
         proc = Proc(["worker", "--config", str(self.config_path), "--provider", provider, *extra],
                     self.log_dir / f"worker-{provider}-{len(self.procs)}.log")
         self.procs.append(proc)
-        end = time.monotonic() + 20
-        while wait and client.zcard(live_key) <= before:
-            if proc.popen.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"worker did not register:\n{proc.output()}")
-            time.sleep(0.05)
-        client.close()
         return proc
+
+    def _live_workers(self, providers: list[str]) -> _LiveWorkers:
+        config = yaml.safe_load(self.config_path.read_text())
+        return _LiveWorkers(config["redis_url"], Keys(config["namespace"]), providers)
 
     def batch_worker(self) -> Proc:
         """A batch worker (arq) process."""
@@ -232,8 +263,34 @@ class Stack:
         return proc
 
     def stop(self) -> None:
+        for proc in self.procs:  # every process drains at once, rather than one after another
+            proc.terminate()
         for proc in self.procs:
             proc.stop()
+
+
+class _LiveWorkers:
+    """The live workers of some providers before new ones start (a provider listed once per new worker),
+    to wait until every new one has registered."""
+
+    def __init__(self, redis_url: str, keys: Keys, providers: list[str]) -> None:
+        self.client = sync_client(redis_url)
+        self.keys = keys
+        self.want = {p: self.count(p) + providers.count(p) for p in providers}
+
+    def count(self, provider: str) -> int:
+        return int(self.client.zcard(self.keys.workers(provider)))
+
+    def wait(self, procs: list[Proc]) -> None:
+        end = time.monotonic() + 20
+        try:
+            while any(self.count(p) < n for p, n in self.want.items()):
+                for proc in procs:
+                    if proc.popen.poll() is not None or time.monotonic() > end:
+                        raise RuntimeError(f"worker did not register:\n{proc.output()}")
+                time.sleep(0.05)
+        finally:
+            self.client.close()
 
 
 def _stacks(directory: Path, namespace: str) -> Iterator[Any]:

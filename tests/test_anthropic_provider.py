@@ -54,10 +54,7 @@ def base_url(module_stack_factory: Any, upstream: FakeServer) -> str:
     models["claude-misconfigured"] = [{"provider": "claude-wrong-key", "model": "claude-sonnet-4-20250514"}]
     models["claude-or-mock"] = [{"provider": "claude", "model": "overloaded"}, {"provider": "mock", "model": "m"}]
     stack = module_stack_factory(providers, models)
-    stack.worker("claude")
-    stack.worker("claude-wrong-key")
-    stack.worker("mock")
-    return str(stack.api())
+    return str(stack.up("claude", "claude-wrong-key", "mock"))
 
 
 def sent(upstream: FakeServer) -> RecordedRequest:

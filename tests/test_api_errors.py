@@ -22,9 +22,7 @@ MODELS = {
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: Any) -> str:
     stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5, "max_body_bytes": 64 * 1024})
-    stack.worker("mock")
-    stack.worker("slowpoke")
-    return str(stack.api())
+    return str(stack.up("mock", "slowpoke"))
 
 
 def post(base_url: str, body: Any, key: str | None = TEST_KEY, raw: bytes | None = None) -> httpx.Response:

@@ -36,8 +36,7 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
          "broken": [{"provider": "up", "model": "fail-400"}], "hold": [{"provider": "up", "model": "hold"}]},
         tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": [hash_key(OTHER_KEY)]}},
     )
-    stack.worker("up")
-    return str(stack.api())
+    return str(stack.up("up"))
 
 
 def http(base_url: str, key: str = TEST_KEY) -> httpx.Client:

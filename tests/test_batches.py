@@ -38,8 +38,7 @@ def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
         tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": [hash_key(OTHER_KEY)]}},
         batches={"max_in_flight": 50},
     )
-    stack.worker("up")
-    stack.base_url = stack.api()
+    stack.up("up")
     stack.batch_worker()
     return stack
 
@@ -195,8 +194,7 @@ def test_interactive_requests_keep_their_precedence_while_a_batch_runs(stack_fac
                                                                      upstream: UpstreamServer) -> None:
     stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2}},
                           {"hold": [{"provider": "up", "model": "hold"}]})
-    stack.worker("up")
-    base_url = stack.api()
+    base_url = stack.up("up")
     stack.batch_worker()
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     lines = [chat_line(f"bulk-{i}", "hold") for i in range(14)]  # 1 s each, 2 at a time: ~7 s of work

@@ -48,8 +48,7 @@ def test_a_budget_holds_under_200_concurrent_requests_on_two_api_processes(stack
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 4, "first_token_delay_s": 1.5}},
                           {"m": [{"provider": "mock", "model": "m", **DOLLAR_A_TOKEN}]},
                           tenants={"test": {"keys": [hash_key(TEST_KEY)], "daily_budget_usd": 130}})
-    stack.worker("mock", "--concurrency", "256")
-    base_url = stack.api(workers=2)
+    base_url = stack.up(("mock", "--concurrency", "256"), api_workers=2)
 
     async def main() -> list[Any]:
         client = openai.AsyncOpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
@@ -94,8 +93,7 @@ def test_a_keys_budget_binds_inside_its_tenants_and_a_request_never_queued_is_re
                            "nobody": [{"provider": "idle", "model": "x", **DOLLAR_A_TOKEN}]},
                           tenants={"test": {"keys": [{"key": hash_key(ci_key), "name": "ci", "daily_budget_usd": 13}],
                                             "monthly_budget_usd": 1000}})
-    stack.worker("mock")  # and none for `idle`
-    client = openai.OpenAI(base_url=stack.api(), api_key=ci_key, max_retries=0)
+    client = openai.OpenAI(base_url=stack.up("mock"), api_key=ci_key, max_retries=0)  # no worker for `idle`
     ask = {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(openai.InternalServerError):  # 503: no worker serves `idle`; nothing was spent
         client.chat.completions.create(model="nobody", **ask)  # type: ignore[call-overload]

@@ -62,9 +62,7 @@ def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Stack:
                  "limited": {"keys": [hash_key(LIMITED_KEY)], "rpm": 1}},
     )
     with_cache(stack, CACHE)
-    stack.worker("up")
-    stack.worker("mock")
-    stack.api()
+    stack.up("up", "mock")
     return stack
 
 
@@ -349,8 +347,7 @@ def test_embeddings_and_legacy_completions_are_cached_too(base_url: str) -> None
 def test_the_cache_holds_at_most_max_entries_each_with_a_ttl(stack_factory: Any) -> None:
     stack = with_cache(stack_factory({"mock": {"kind": "mock", "tokens": 3}},
                                      {"m": [{"provider": "mock", "model": "m"}]}), {"ttl_s": 30, "max_entries": 5})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     for i in range(12):
         ask(client, f"entry {i}", model="m")

@@ -37,8 +37,7 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
         # (tests/test_resumable_streams.py proves the grace).
         server={"stream_resume_grace_s": 0},
     )
-    stack.worker("up")
-    return str(stack.api())
+    return str(stack.up("up"))
 
 
 def wait_for_disconnect(since: int, timeout_s: float = 3.0) -> float:

@@ -69,10 +69,7 @@ def base_url(module_stack_factory: Any, primary: Switchable, backup: UpstreamSer
                          {"provider": "backup", "model": "fake-model"}]},
         circuit={"failures": 3, "open_s": OPEN_S, "failure_ratio": 0.5, "min_calls": 6},
     )
-    stack.worker("primary")
-    stack.worker("primary")  # two processes: the circuit is one for both
-    stack.worker("backup")
-    return str(stack.api())
+    return str(stack.up("primary", "primary", "backup"))  # two processes for primary: the circuit is one for both
 
 
 def ask(client: openai.OpenAI, model: str) -> str:

@@ -48,8 +48,7 @@ def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
          "gone": [{"provider": "up", "model": "fail-500@gone"}],
          "refused": [{"provider": "up", "model": "fail-400"}]},
         circuit={"failures": 1000, "min_calls": 1000})
-    stack.worker("up")
-    stack.api()
+    stack.up("up")
     return stack
 
 

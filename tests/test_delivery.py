@@ -48,8 +48,8 @@ def streamed_text(sse_body: str) -> tuple[str, bool]:
 def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_factory: Any) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 6, "first_token_delay_s": 1.5}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM)
-    doomed = stack.worker("mock", "--concurrency", "100")
-    base_url = stack.api()
+    base_url = stack.up(("mock", "--concurrency", "100"))
+    doomed = stack.workers[0]
 
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=base_url, headers=HEADERS, timeout=60) as client:
@@ -80,10 +80,13 @@ def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_fa
 
 
 def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(stack_factory: Any) -> None:
+    # No resume grace: the client leaves with the error, and the API would otherwise hold its shutdown
+    # for the default 5 s before cancelling the job (which the survivor has reclaimed and still runs).
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 30, "token_delay_s": 0.1}},
-                          {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM)
-    doomed = stack.worker("mock")
-    client = openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0)
+                          {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM,
+                          server={"stream_resume_grace_s": 0})
+    client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)
+    doomed = stack.workers[0]
     received: list[str] = []
     with pytest.raises(openai.APIError) as info:
         for chunk in client.chat.completions.create(
@@ -102,8 +105,8 @@ def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(st
 def test_job_failing_on_every_attempt_goes_to_the_dead_letter_stream(stack_factory: Any, namespace: str) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.5}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue={**FAST_RECLAIM, "max_attempts": 1})
-    doomed = stack.worker("mock")
-    client = openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0)
+    client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)
+    doomed = stack.workers[0]
     threading.Timer(0.6, lambda: (doomed.kill(), stack.worker("mock"))).start()
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "unlucky"}])
@@ -116,8 +119,8 @@ def test_job_failing_on_every_attempt_goes_to_the_dead_letter_stream(stack_facto
 def test_sigterm_worker_finishes_its_jobs_and_takes_no_more(stack_factory: Any) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.0}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM)
-    leaving = stack.worker("mock", "--concurrency", "10")
-    base_url = stack.api()
+    base_url = stack.up(("mock", "--concurrency", "10"))
+    leaving = stack.workers[0]
 
     async def main() -> tuple[list[httpx.Response], list[httpx.Response]]:
         async with httpx.AsyncClient(base_url=base_url, headers=HEADERS, timeout=60) as client:
@@ -140,8 +143,7 @@ def test_sigterm_worker_finishes_its_jobs_and_takes_no_more(stack_factory: Any) 
 def test_sigterm_api_lets_open_streams_finish(stack_factory: Any) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 15, "token_delay_s": 0.1}},
                           {"m": [{"provider": "mock", "model": "m"}]})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     api = stack.procs[-1]
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "finish me"}]}
     with httpx.stream("POST", f"{base_url}/chat/completions", json=body, headers=HEADERS, timeout=30) as resp:
@@ -161,8 +163,7 @@ def test_sigterm_api_lets_open_streams_finish(stack_factory: Any) -> None:
 def test_redis_forgetting_its_scripts_is_survived(stack_factory: Any) -> None:
     # A Redis restart (or SCRIPT FLUSH) drops every loaded script; EVALSHA then fails with NOSCRIPT.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]})
-    stack.worker("mock")
-    client = openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0)
+    client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)
     ask_once = lambda: client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])  # noqa: E731
     assert ask_once().choices[0].message.content
     redis.Redis.from_url(REDIS_URL).script_flush()

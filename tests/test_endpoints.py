@@ -52,9 +52,7 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
     tenants = {"test": {"keys": [hash_key(TEST_KEY)]},
                "power": {"keys": [hash_key(PASSTHROUGH_KEY)], "passthrough": True}}
     stack = module_stack_factory(providers, models, tenants=tenants)
-    for name in providers:
-        stack.worker(name)
-    return str(stack.api())
+    return str(stack.up(*providers))
 
 
 USER: Any = [{"role": "user", "content": "what is the weather in Paris"}]

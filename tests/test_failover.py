@@ -81,9 +81,7 @@ def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: Upst
         tenants={"test": {"keys": [hash_key(TEST_KEY)]},
                  "narrow": {"keys": [hash_key(NARROW_KEY)], "models": ["client-primary"]}},
     )
-    for provider in ("first", "first", "second", "nowhere", "mock-a", "mock-b", "wrong-key", "impatient"):
-        stack.worker(provider)
-    return str(stack.api())
+    return str(stack.up("first", "first", "second", "nowhere", "mock-a", "mock-b", "wrong-key", "impatient"))
 
 
 def calls(upstream: UpstreamServer, marker: str) -> int:
@@ -223,17 +221,19 @@ def test_a_clients_own_models_list_is_tried_in_order(client: openai.OpenAI, base
 def test_weighted_splits_a_thousand_requests_by_the_weights(base_url: str) -> None:
     import asyncio
 
-    import httpx
+    import aiohttp
 
+    # aiohttp rather than httpx: httpx's pool costs O(connections) per request, which made the client,
+    # not the broker, the slow end of these thousand requests.
     async def main() -> list[str]:
-        limits = httpx.Limits(max_connections=32)
-        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30,
-                                     headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32),
+                                         timeout=aiohttp.ClientTimeout(30),
+                                         headers={"authorization": f"Bearer {TEST_KEY}"}) as http:
             async def one(i: int) -> str:
-                resp = await http.post("/chat/completions", json={
-                    "model": "weighted", "messages": [{"role": "user", "content": f"w{i}"}]})
-                assert resp.status_code == 200, resp.text
-                return resp.headers["x-llm-broker-deployment"]
+                async with http.post(f"{base_url}/chat/completions", json={
+                        "model": "weighted", "messages": [{"role": "user", "content": f"w{i}"}]}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    return resp.headers["x-llm-broker-deployment"]
             return await asyncio.gather(*(one(i) for i in range(1000)))
 
     served = asyncio.run(main())

@@ -57,8 +57,7 @@ BAD_VALUES: list[Any] = [
 def http(module_stack_factory: Any) -> Iterator[httpx.Client]:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                                  server={"max_body_bytes": 4 * 1024 * 1024})
-    stack.worker("mock")
-    with httpx.Client(base_url=stack.api(), timeout=30,
+    with httpx.Client(base_url=stack.up("mock"), timeout=30,
                       headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"}) as client:
         yield client
 

@@ -50,8 +50,7 @@ def base_url(module_stack_factory: Any, upstream: GeminiServer) -> str:
     providers = {"gemini": {"kind": "gemini", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY, "timeout_s": 5}}
     models = {name: [{"provider": "gemini", "model": m}] for name, m in PUBLIC_MODELS.items()}
     stack = module_stack_factory(providers, models)
-    stack.worker("gemini")
-    return str(stack.api())
+    return str(stack.up("gemini"))
 
 
 def sent(upstream: GeminiServer) -> Any:

@@ -52,9 +52,7 @@ def stack(module_stack_factory: Any, slow: UpstreamServer, quick: UpstreamServer
             "p95": hedged("fake-model@p95", "fake-model@p95", "p95"),
         },
     )
-    for provider in ("first", "second", "impatient"):
-        stack.worker(provider)
-    stack.api()
+    stack.up("first", "second", "impatient")
     return stack
 
 

@@ -87,9 +87,7 @@ def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
          "stalls": [{"provider": "up", "model": "hang-stream", **PRICE}]},
         tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": [hash_key(OTHER_KEY)]}},
     )
-    stack.worker("up")
-    stack.worker("other")
-    stack.api()
+    stack.up("up", "other")
     return stack
 
 

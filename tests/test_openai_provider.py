@@ -47,9 +47,7 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
     models: dict[str, Any] = {name: [{"provider": "up", "model": m}] for name, m in PUBLIC_MODELS.items()}
     models["misconfigured"] = [{"provider": "up-wrong-key", "model": "fake-model"}]
     stack = module_stack_factory(providers, models)
-    stack.worker("up")
-    stack.worker("up-wrong-key")
-    return str(stack.api())
+    return str(stack.up("up", "up-wrong-key"))
 
 
 @pytest.fixture

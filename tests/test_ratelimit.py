@@ -66,9 +66,7 @@ def deployment(module_stack_factory: Any, module_namespace: str) -> Iterator[Dep
                         + ([{"key": hash_key(CI_KEY), "name": "ci", "rpm": 2}] if name == "keyed" else []),
                         **limits} for name, limits in TENANTS.items()},
     )
-    stack.worker("mock")
-    stack.worker("slow")
-    urls = [stack.api(), stack.api()]  # two API processes sharing the buckets
+    urls = [stack.up("mock", "slow"), stack.api()]  # two API processes sharing the buckets
     yield Deployment(urls, module_namespace)
 
 

@@ -25,9 +25,7 @@ def test_the_sdk_snippet_prints_each_result_on_its_own_line(stack_factory: Any) 
                           {"mock-chat": [{"provider": "mock", "model": "mock-chat"}],
                            "mock-chat-slow": [{"provider": "mock-slow", "model": "mock-chat-slow"}]},
                           tenants={"dev": {"keys": [hash_key("sk-dev")]}})
-    stack.worker("mock")
-    stack.worker("mock-slow")
-    code = snippet.group(1).replace("http://127.0.0.1:8080/v1", stack.api())
+    code = snippet.group(1).replace("http://127.0.0.1:8080/v1", stack.up("mock", "mock-slow"))
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            timeout=60).stdout.splitlines()
     assert len(lines) == 3, lines  # the answer, the streamed answer, the model list

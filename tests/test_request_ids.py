@@ -20,8 +20,7 @@ GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: Any) -> str:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]})
-    stack.worker("mock")
-    return str(stack.api())
+    return str(stack.up("mock"))
 
 
 def errors(base_url: str, headers: dict[str, str]) -> dict[str, httpx.Response]:

@@ -37,8 +37,7 @@ def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
         tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": [hash_key(OTHER_KEY)]}},
         server={"keepalive_interval_s": 0.1, "stream_resume_grace_s": 1.0},
     )
-    stack.worker("up")
-    return str(stack.api())
+    return str(stack.up("up"))
 
 
 def ask(marker: str, model: str = "m") -> dict[str, Any]:

@@ -140,9 +140,7 @@ def client(module_stack_factory: Any) -> openai.OpenAI:
         "smart-economy": [{"provider": "cheap", "model": "small", "capabilities": {"tools": False}}],
         "smart-batch": [{"provider": "bulk", "model": "b"}],
     }, tenants={"test": {"keys": [hash_key(TEST_KEY)], "models": ["smart"]}})
-    for provider in providers:
-        stack.worker(provider)
-    return openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0)
+    return openai.OpenAI(base_url=stack.up(*providers), api_key=TEST_KEY, max_retries=0)
 
 
 def ask(client: openai.OpenAI, content: Any = SHORT, *, headers: dict[str, str] | None = None,

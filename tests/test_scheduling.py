@@ -41,8 +41,8 @@ def upstream() -> Iterator[UpstreamServer]:
 
 def start_stack(stack_factory: Any, upstream: UpstreamServer) -> tuple[Any, str]:
     stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url}}, MODELS, tenants=TENANTS)
-    worker = stack.worker("up", "--concurrency", "4")
-    return worker, stack.api()
+    base_url = stack.up(("up", "--concurrency", "4"))
+    return stack.workers[0], base_url
 
 
 async def wait_for(namespace: str, check: Any) -> None:

@@ -33,8 +33,7 @@ def test_settling_usage_sends_evalsha_and_resends_after_a_script_flush(stack_fac
     # At 6,000 TPM a token is 10 ms of refill: the ~515-token estimate is 5 s, the 4 tokens used 40 ms.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                           redis_url=own_redis.url, tenants={"metered": {"keys": [hash_key(KEY)], "tpm": 6000}})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     client = redis.Redis.from_url(own_redis.url)
     tokens_key = Keys(namespace).rate_tokens("metered")
 

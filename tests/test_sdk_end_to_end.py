@@ -24,10 +24,7 @@ MODELS = {"mock-chat": [{"provider": "mock", "model": "mock-upstream-id"}],
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: Any) -> str:
     stack = module_stack_factory(PROVIDERS, MODELS)
-    stack.worker("mock")
-    stack.worker("mock-slow")
-    stack.worker("mock-late")
-    return str(stack.api())
+    return str(stack.up("mock", "mock-slow", "mock-late"))
 
 
 def expected_text(prompt: str, tokens: int = 12) -> str:

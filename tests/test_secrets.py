@@ -75,9 +75,7 @@ def stack(module_stack_factory: Any, upstream: FakeServer) -> Any:
          "echo-midstream": [{"provider": "hostile", "model": "echo-midstream"}],
          "echo-then-mock": [{"provider": "hostile", "model": "echo-401"}, {"provider": "mock", "model": "m"}]},
     )
-    stack.worker("hostile")
-    stack.worker("mock")
-    stack.api()
+    stack.up("hostile", "mock")
     return stack
 
 

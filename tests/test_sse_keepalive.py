@@ -16,8 +16,7 @@ def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: A
         {"m": [{"provider": "mock", "model": "m"}]},
         server={"stream_first_byte_hold_s": 0.1, "keepalive_interval_s": 0.2},
     )
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "wait for it"}]}
     with httpx.stream("POST", f"{base_url}/chat/completions", json=body,
                       headers={"authorization": f"Bearer {TEST_KEY}"}) as resp:
@@ -38,8 +37,7 @@ def test_a_tiny_sdk_read_timeout_cannot_make_keepalives_a_busy_loop(stack_factor
     # Keep-alives follow half the SDK's read timeout; a client-sent microsecond is floored at 1 s.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 2.0}},
                           {"m": [{"provider": "mock", "model": "m"}]})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "slow start"}]}
     with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=10,
                       headers={"authorization": f"Bearer {TEST_KEY}", "x-stainless-read-timeout": "0.000001"}) as resp:

@@ -43,8 +43,7 @@ def test_the_status_page_shows_the_live_state_to_the_admin(stack_factory: Any, b
 
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                           admin={"keys": [hash_key(ADMIN_KEY)]})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     root = base_url.removesuffix("/v1")
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
     for i in range(3):

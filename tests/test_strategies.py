@@ -29,9 +29,7 @@ def client(module_stack_factory: Any) -> openai.OpenAI:
         "spread": {"strategy": "least-busy", "deployments": [
             {"provider": "one", "model": "1"}, {"provider": "other", "model": "2"}]},
     })
-    for provider in providers:
-        stack.worker(provider)
-    return openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0)
+    return openai.OpenAI(base_url=stack.up(*providers), api_key=TEST_KEY, max_retries=0)
 
 
 def served_by(client: openai.OpenAI, model: str, prompt: str = "hi") -> str:

@@ -23,8 +23,7 @@ def test_a_reader_that_never_reads_gets_its_stream_ended_and_its_job_cancelled(s
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 100_000, "token_delay_s": 0.0001}},
                           {"m": [{"provider": "mock", "model": "m"}]},
                           server={"stream_buffer_bytes": BUFFER_BYTES})
-    stack.worker("mock")
-    base_url = stack.api()
+    base_url = stack.up("mock")
     port = httpx.URL(base_url).port
     body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "flood me"}]})
     sock = socket.socket()

@@ -54,8 +54,7 @@ def test_every_answered_request_lands_in_postgres_with_its_cost(stack_factory: A
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}},
                           {"m": [{"provider": "mock", "model": "m", "input_per_mtok": 2.0, "output_per_mtok": 8.0}]},
                           usage={"postgres_url": POSTGRES_URL, "postgres_table": table})
-    stack.worker("mock")
-    client = openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0)
+    client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)
     costs = {}
     try:
         for i in range(5):

@@ -28,8 +28,8 @@ def test_two_workers_never_share_a_job(stack_factory: Any, namespace: str) -> No
     # A little latency per job so both workers hold jobs at the same time.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 5, "first_token_delay_s": 0.02}},
                           {"m": [{"provider": "mock", "model": "m"}]})
-    workers = [stack.worker("mock", "--concurrency", "16"), stack.worker("mock", "--concurrency", "16")]
-    base_url = stack.api()
+    base_url = stack.up(("mock", "--concurrency", "16"), ("mock", "--concurrency", "16"))
+    workers = stack.workers
 
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=base_url, timeout=60,
@@ -65,8 +65,7 @@ def test_two_workers_never_share_a_job(stack_factory: Any, namespace: str) -> No
 def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: Any) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 20, "token_delay_s": 0.005}},
                           {"m": [{"provider": "mock", "model": "m"}]})
-    stack.worker("mock", "--concurrency", "256")
-    base_url = stack.api()
+    base_url = stack.up(("mock", "--concurrency", "256"))
 
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[list[str], str | None]:
         stream = await client.chat.completions.create(
@@ -98,9 +97,8 @@ def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: Any)
 def test_several_api_processes_and_workers_share_one_redis(stack_factory: Any) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 6, "first_token_delay_s": 0.01}},
                           {"m": [{"provider": "mock", "model": "m"}]})
-    stack.worker("mock", "--concurrency", "8")
-    stack.worker("mock", "--concurrency", "8")
-    urls = [stack.api(), stack.api(workers=2)]  # two separate servers, the second with two processes
+    # Two separate servers, the second with two processes.
+    urls = [stack.up(("mock", "--concurrency", "8"), ("mock", "--concurrency", "8")), stack.api(workers=2)]
 
     async def main() -> list[tuple[int, str]]:
         clients = [openai.AsyncOpenAI(base_url=u, api_key=TEST_KEY, max_retries=0, timeout=60) for u in urls]
@@ -130,8 +128,7 @@ def test_concurrency_flag_above_the_config_enlarges_the_upstream_pool(stack_fact
         stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2,
                                       "connect_timeout_s": 0.5}},
                               {"m": [{"provider": "up", "model": "hold"}]})
-        stack.worker("up", "--concurrency", "6")
-        base_url = stack.api()
+        base_url = stack.up(("up", "--concurrency", "6"))
 
         async def main() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=base_url, timeout=30,
