@@ -139,7 +139,7 @@ async def pull(scripts: QueueScripts, keys: Keys, queue: QueueSettings, provider
     weights = [queue.lane_weights[lane] for lane in LANES]
     rows = await scripts.pull(
         keys=[f"{keys.provider(provider)}sched", keys.backlog(provider), keys.drain(provider)],
-        args=[keys.provider(provider), consumer, count, len(LANES), *LANES, *weights],
+        args=[consumer, count, len(LANES), *LANES, *weights],
     )
     pulled = []
     for stream, entry_id, raw in rows:
@@ -157,8 +157,7 @@ async def reclaim(scripts: QueueScripts, redis: Redis, keys: Keys, queue: QueueS
         streams += [keys.queue(provider, lane, t.decode()) for t in tenants if isinstance(t, bytes)]
     claimed: list[Pulled] = []
     for stream in streams:
-        rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count,
-                                                          keys.provider(provider)])
+        rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count])
         for entry_id, raw, delivered in rows:
             fields = _fields(raw)
             claimed.append(Pulled(stream, entry_id, fields[b"id"].decode(), fields[b"job"], int(delivered)))

@@ -6,17 +6,18 @@
 -- client has had its timeout error from the API), are dropped here, unrun and
 -- uncounted, so the drain rate measures real work only.
 -- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
--- The lanes' active sets, the tenants' streams and cancellation markers are found at run time, so
--- their names are built here, from the provider's key prefix (Keys.provider): it holds the
--- provider's hash tag, so they share the declared keys' Cluster slot.
--- ARGV: 1 provider key prefix, 2 consumer, 3 count, 4 n lanes, 5.. lanes, then weights
+-- The tenants' streams and cancellation markers are found at run time, so their names (and the
+-- lanes' active sets') are built here, from the prefix of KEYS[1] (Keys.provider + 'sched'): it
+-- holds the provider's hash tag, so every one is in the declared keys' Cluster slot.
+-- ARGV: 1 consumer, 2 count, 3 n lanes, 4.. lanes, then weights
 -- Returns {{stream, entry id, fields}, ...}
-local prefix, consumer, want = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local nl = tonumber(ARGV[4])
+local prefix = string.sub(KEYS[1], 1, -6)  -- without 'sched'
+local consumer, want = ARGV[1], tonumber(ARGV[2])
+local nl = tonumber(ARGV[3])
 local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
 for i = 1, nl do
-  lanes[i] = ARGV[4 + i]
-  weights[i] = tonumber(ARGV[4 + nl + i])
+  lanes[i] = ARGV[3 + i]
+  weights[i] = tonumber(ARGV[3 + nl + i])
   members[i] = redis.call('ZCARD', prefix .. 'active:' .. lanes[i])
   misses[i] = 0
   done[i] = members[i] == 0

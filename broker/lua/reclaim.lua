@@ -2,14 +2,16 @@
 -- refresh theirs with heartbeats), with how often each was delivered. Jobs
 -- cancelled meanwhile (their client left, or was failed during a Redis outage)
 -- are dropped here, as pull.lua drops them, instead of being run again.
--- KEYS: 1 stream   ARGV: 1 consumer, 2 min idle ms, 3 count, 4 provider key prefix (cancellation
--- markers are named from it, with the provider's hash tag: the stream's Cluster slot)
+-- KEYS: 1 stream   ARGV: 1 consumer, 2 min idle ms, 3 count
+-- Cancellation markers are named from the stream's provider prefix (up to its hash tag's `}:`), so
+-- they are in the stream's Cluster slot.
 -- Returns {{entry id, fields, times delivered}, ...}
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local prefix = string.match(KEYS[1], '^.-}:')
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], '0-0', 'COUNT', ARGV[3])
 local out = {}
 for _, entry in ipairs(claimed[2]) do
-  if entry and entry[2] and redis.call('EXISTS', ARGV[4] .. 'cancelled:' .. entry[2][2]) == 1 then
+  if entry and entry[2] and redis.call('EXISTS', prefix .. 'cancelled:' .. entry[2][2]) == 1 then
     redis.call('XACK', KEYS[1], 'workers', entry[1])
     redis.call('XDEL', KEYS[1], entry[1])
   elseif entry and entry[2] then
