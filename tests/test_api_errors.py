@@ -21,7 +21,9 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: Any) -> str:
-    stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5, "max_body_bytes": 64 * 1024})
+    # drain_timeout_s 0: the 504 tests leave slowpoke's 5 s jobs running, which SIGTERM need not wait for.
+    stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5, "max_body_bytes": 64 * 1024},
+                                 queue={"drain_timeout_s": 0})
     return str(stack.up("mock", "slowpoke"))
 
 

@@ -32,13 +32,14 @@ def upstream() -> Iterator[UpstreamServer]:
 @pytest.fixture(scope="module")
 def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
     stack = module_stack_factory(
-        {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 16}},
+        {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 16},
+         "narrow": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2}},
         {"quick": [{"provider": "up", "model": "fake-model"}], "broken": [{"provider": "up", "model": "fail-400"}],
-         "hold": [{"provider": "up", "model": "hold"}]},
+         "hold": [{"provider": "up", "model": "hold"}], "narrow-hold": [{"provider": "narrow", "model": "hold"}]},
         tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": [hash_key(OTHER_KEY)]}},
         batches={"max_in_flight": 50},
     )
-    stack.up("up")
+    stack.up("up", "narrow")
     stack.batch_worker()
     return stack
 
@@ -190,14 +191,9 @@ def test_a_batch_worker_killed_mid_batch_loses_no_line_and_runs_none_twice(clien
     assert done.request_counts.completed == 64
 
 
-def test_interactive_requests_keep_their_precedence_while_a_batch_runs(stack_factory: Any,
-                                                                     upstream: UpstreamServer) -> None:
-    stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2}},
-                          {"hold": [{"provider": "up", "model": "hold"}]})
-    base_url = stack.up("up")
-    stack.batch_worker()
-    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
-    lines = [chat_line(f"bulk-{i}", "hold") for i in range(14)]  # 1 s each, 2 at a time: ~7 s of work
+def test_interactive_requests_keep_their_precedence_while_a_batch_runs(client: openai.OpenAI) -> None:
+    # `narrow` (2 slots) serves nothing else in this module: the batch fills both.
+    lines = [chat_line(f"bulk-{i}", "narrow-hold") for i in range(14)]  # 1 s each, 2 at a time: ~7 s of work
     uploaded = client.files.create(file=("bulk.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
@@ -206,7 +202,7 @@ def test_interactive_requests_keep_their_precedence_while_a_batch_runs(stack_fac
         assert time.monotonic() < end
         time.sleep(0.1)
     started = time.monotonic()
-    answer = client.chat.completions.create(model="hold", messages=[{"role": "user", "content": "me first"}],
+    answer = client.chat.completions.create(model="narrow-hold", messages=[{"role": "user", "content": "me first"}],
                                             extra_headers={"X-Priority": "interactive"})
     waited = time.monotonic() - started
     assert answer.choices[0].message.content

@@ -23,7 +23,8 @@ MODELS = {"mock-chat": [{"provider": "mock", "model": "mock-upstream-id"}],
 
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: Any) -> str:
-    stack = module_stack_factory(PROVIDERS, MODELS)
+    # drain_timeout_s 0: a timed-out request leaves mock-late's 2.5 s job running, which SIGTERM need not wait for.
+    stack = module_stack_factory(PROVIDERS, MODELS, queue={"drain_timeout_s": 0})
     return str(stack.up("mock", "mock-slow", "mock-late"))
 
 
