@@ -68,6 +68,14 @@ def wait_until(client: openai.OpenAI, batch_id: str, *statuses: str, timeout_s: 
         time.sleep(0.2)
 
 
+def until_some_completed(client: openai.OpenAI, batch_id: str, timeout_s: float = 30) -> None:
+    """Until the batch has answered a line (and so has more in flight): rather than a fixed sleep."""
+    end = time.monotonic() + timeout_s
+    while client.batches.retrieve(batch_id).request_counts.completed == 0:
+        assert time.monotonic() < end
+        time.sleep(0.1)
+
+
 def by_custom_id(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
     if file_id is None:
         return {}
@@ -160,8 +168,7 @@ def test_a_cancelled_batch_stops_its_lines_and_keeps_what_ended(client: openai.O
     uploaded = client.files.create(file=("slow.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    wait_until(client, batch.id, "in_progress")
-    time.sleep(2.5)
+    until_some_completed(client, batch.id)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
     done = wait_until(client, batch.id, "cancelled", timeout_s=30)

@@ -80,10 +80,10 @@ def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_fa
 
 
 def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(stack_factory: Any) -> None:
-    # No resume grace: the client leaves with the error, and the API would otherwise hold its shutdown
-    # for the default 5 s before cancelling the job (which the survivor has reclaimed and still runs).
+    # The survivor may reclaim and run the job after its client has left with the error: neither the
+    # API (by the default 5 s resume grace) nor the survivor (by draining it) need hold its shutdown for it.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 30, "token_delay_s": 0.1}},
-                          {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM,
+                          {"m": [{"provider": "mock", "model": "m"}]}, queue={**FAST_RECLAIM, "drain_timeout_s": 0},
                           server={"stream_resume_grace_s": 0})
     client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)
     doomed = stack.workers[0]

@@ -86,6 +86,9 @@ def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
          "failing-over": [{"provider": "up", "model": "fail-503@ledger"}, {"provider": "other", "model": "fake-model", **PRICE}],
          "stalls": [{"provider": "up", "model": "hang-stream", **PRICE}]},
         tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": [hash_key(OTHER_KEY)]}},
+        # A stream whose client left is cancelled (and charged) after the resume grace: by default 5 s,
+        # as long as until_counted waits. A short one takes the same path, with time to spare.
+        server={"stream_resume_grace_s": 0.2},
     )
     stack.up("up", "other")
     return stack

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -74,9 +75,20 @@ def resume(base_url: str, request_id: str, last: str | None, key: str = TEST_KEY
         return 200, events(resp.iter_lines(), limit)
 
 
+def whole_text(client: openai.OpenAI, marker: str) -> Future[str]:
+    """The text of an uninterrupted stream, read in the background (1.6 s) while the test reads its own."""
+    def read() -> str:
+        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask(marker))
+                       if c.choices)
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(read)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def test_a_dropped_stream_resumes_exactly_after_its_last_event(client: openai.OpenAI, base_url: str) -> None:
-    whole = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask("resume me"))
-                    if c.choices)
+    whole = whole_text(client, "resume me")
     with httpx.stream("POST", f"{base_url}/chat/completions", json=ask("resume me"), headers=HEADERS,
                       timeout=30) as resp:
         request_id = resp.headers["x-request-id"]
@@ -91,7 +103,7 @@ def test_a_dropped_stream_resumes_exactly_after_its_last_event(client: openai.Op
         last = [event_id for event_id, _ in got if event_id][-1]
     ids = [event_id for event_id, _ in got if event_id]
     assert ids == [f"1.{i}" for i in range(len(ids))]
-    assert content(got) == whole and len(ids) >= CHUNKS
+    assert content(got) == whole.result() and len(ids) >= CHUNKS
     # After the end, the events stay for late readers (server.stream_resume_ttl_s).
     status, replay = resume(base_url, request_id, None)
     assert status == 200 and replay == [e for e in got if e[0] or e[1] == "[DONE]"]
@@ -101,8 +113,7 @@ def test_a_dropped_stream_resumes_exactly_after_its_last_event(client: openai.Op
 
 def test_the_sdk_parses_a_resumed_stream_into_the_text_of_an_uninterrupted_one(client: openai.OpenAI,
                                                                                base_url: str) -> None:
-    whole = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**ask("sdk resume"))
-                    if c.choices)
+    whole = whole_text(client, "sdk resume")
     with httpx.stream("POST", f"{base_url}/chat/completions", json=ask("sdk resume"), headers=HEADERS,
                       timeout=30) as resp:  # forced disconnect after three events
         request_id = resp.headers["x-request-id"]
@@ -112,7 +123,7 @@ def test_the_sdk_parses_a_resumed_stream_into_the_text_of_an_uninterrupted_one(c
                          stream_cls=openai.Stream[ChatCompletionChunk],
                          options={"headers": {"Last-Event-ID": str(first[-1][0])}})
     after = "".join(c.choices[0].delta.content or "" for c in resumed if c.choices)
-    assert before and after and before + after == whole
+    assert before and after and before + after == whole.result()
 
 
 def test_a_client_that_does_not_come_back_has_its_job_cancelled_after_the_grace(base_url: str) -> None:
@@ -154,11 +165,15 @@ def test_a_client_that_comes_back_keeps_its_job_running(base_url: str) -> None:
 def test_the_sdk_reads_streams_with_ids_and_keepalives_between_them(client: openai.OpenAI, base_url: str) -> None:
     # Chunks 0.2 s apart and keep-alives every 0.1 s: comments fall between events that carry ids,
     # the case where the SDK's decoder would yield an empty event for a blank line (PROTOCOLS §8.2).
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=ask("raw"), headers=HEADERS, timeout=30) as resp:
-        raw = resp.read().decode()
+    # The two streams run side by side.
+    with ThreadPoolExecutor(1) as pool:
+        sdk = pool.submit(lambda: list(client.chat.completions.create(**ask("sdk"))))  # type: ignore[call-overload]
+        with httpx.stream("POST", f"{base_url}/chat/completions", json=ask("raw"), headers=HEADERS,
+                          timeout=30) as resp:
+            raw = resp.read().decode()
+        chunks = sdk.result()
     after_ids = raw.split("id: 1.0\ndata: ", 1)[1]
     assert ": keep-alive\n" in after_ids and ": keep-alive\n\n" not in after_ids
-    chunks = list(client.chat.completions.create(**ask("sdk")))  # type: ignore[call-overload]
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= CHUNKS - 1
 
 

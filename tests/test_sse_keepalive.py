@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -18,17 +19,19 @@ def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: A
     )
     base_url = stack.up("mock")
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "wait for it"}]}
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {TEST_KEY}"}) as resp:
-        assert resp.status_code == 200
-        text = resp.read().decode()
+    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
+    with ThreadPoolExecutor(1) as pool:  # the SDK's stream waits alongside the raw one
+        sdk = pool.submit(lambda: list(client.chat.completions.create(**body)))
+        with httpx.stream("POST", f"{base_url}/chat/completions", json=body,
+                          headers={"authorization": f"Bearer {TEST_KEY}"}) as resp:
+            assert resp.status_code == 200
+            text = resp.read().decode()
+        chunks = sdk.result()
     before_data = text[: text.index("id: 1.0\ndata: ")]
     assert before_data.count(": keep-alive\n\n") >= 3  # ~1.2 s of waiting at 0.2 s intervals
     assert before_data.replace(": keep-alive\n\n", "") == ""
     assert text.endswith("data: [DONE]\n\n")
 
-    client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
-    chunks = list(client.chat.completions.create(**body))
     assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "stop"
 
