@@ -11,6 +11,8 @@ subprocesses.
 from __future__ import annotations
 
 import atexit
+import functools
+import importlib
 import os
 import shutil
 import subprocess
@@ -66,6 +68,29 @@ def _find_redis(env: dict[str, str] | None = None) -> str:
 
 
 REDIS_URL = _find_redis()
+
+
+def _share_the_default_ssl_context(transports: Any) -> None:
+    """Every httpx client (every httpx.get/post, every openai SDK client) builds an SSL context from the CA
+    bundle: ~60 ms of CPU, hundreds of times a run, though every test speaks plain HTTP to 127.0.0.1.
+    The clients get one, built the same way, once."""
+    create = transports.create_ssl_context
+    shared = functools.cache(lambda trust_env: create(verify=True, cert=None, trust_env=trust_env))
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is True and cert is None:
+            return shared(trust_env)
+        return create(verify=verify, cert=cert, trust_env=trust_env)
+
+    transports.create_ssl_context = create_ssl_context
+
+
+for _transports in ("httpx._transports.default", "httpx2._transports.default"):  # httpx2: the SDK's, if it has one
+    try:
+        _share_the_default_ssl_context(importlib.import_module(_transports))
+    except ImportError:
+        pass
+
 TEST_KEY = "sk-test-key-0001"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -202,10 +227,11 @@ class Stack:
         self.config_path = config_path
         self.log_dir = log_dir
         self.procs: list[Proc] = []
-        self.base_url = ""
+        self.base_url = ""  # the API server started last by api(), first by up()
+        self.base_urls: list[str] = []  # every API server's, in the order they were started
 
     def api(self, workers: int = 1) -> str:
-        proc = self._spawn_api(workers)
+        proc, self.base_url = self._spawn_api(workers)
         wait_for_http(f"{self.base_url}/models", proc)
         return self.base_url
 
@@ -219,16 +245,19 @@ class Stack:
             live.client.close()
         return proc
 
-    def up(self, *workers: str | tuple[str, ...], api_workers: int = 1) -> str:
-        """Worker processes (a provider, or a provider and its flags) and an API process, started at once
-        so that their start-ups overlap; returns the API's base URL once it answers and every worker is
-        registered as live, the state `worker()` then `api()` leave, a second or more sooner."""
+    def up(self, *workers: str | tuple[str, ...], apis: tuple[int, ...] = (1,)) -> str:
+        """Worker processes (a provider, or a provider and its flags) and API servers (one per entry of
+        `apis`, with that many processes), started at once so that their start-ups overlap. Returns the
+        first API's base URL (all are in `base_urls`) once every API answers and every worker is registered
+        as live: the state `worker()`s then `api()`s leave, a second or more sooner."""
         specs = [(w,) if isinstance(w, str) else w for w in workers]
         live = self._live_workers([spec[0] for spec in specs])
         procs = [self._spawn_worker(*spec) for spec in specs]
-        api = self._spawn_api(api_workers)
-        wait_for_http(f"{self.base_url}/models", api)
+        servers = [self._spawn_api(processes) for processes in apis]
+        for server, url in servers:
+            wait_for_http(f"{url}/models", server)
         live.wait(procs)
+        self.base_url = servers[0][1]
         return self.base_url
 
     @property
@@ -236,14 +265,17 @@ class Stack:
         """The worker processes, in the order they were started."""
         return [proc for proc in self.procs if proc.args[0] == "worker"]
 
-    def _spawn_api(self, workers: int) -> Proc:
-        port = free_port()
-        proc = Proc(["api", "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(port),
+    def _spawn_api(self, workers: int) -> tuple[Proc, str]:
+        url = ""
+        while not url or url in self.base_urls:  # two servers started at once must not draw the same port
+            url = f"http://127.0.0.1:{free_port()}/v1"
+        port = url.rsplit(":", 1)[1].removesuffix("/v1")
+        proc = Proc(["api", "--config", str(self.config_path), "--host", "127.0.0.1", "--port", port,
                      "--workers", str(workers), "--log-level", "warning"],
                     self.log_dir / f"api-{port}.log")
         self.procs.append(proc)
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return proc
+        self.base_urls.append(url)
+        return proc, url
 
     def _spawn_worker(self, provider: str, *extra: str) -> Proc:
         proc = Proc(["worker", "--config", str(self.config_path), "--provider", provider, *extra],

@@ -46,7 +46,8 @@ def apis(module_stack_factory: Any) -> Apis:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                                  tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": []}},
                                  admin={"keys": [hash_key(ADMIN_KEY)]})
-    return Apis(stack, [stack.up("mock"), stack.api()])  # two API processes, each with its own copy of the keys
+    stack.up("mock", apis=(1, 1))
+    return Apis(stack, list(stack.base_urls))  # two API processes, each with its own copy of the keys
 
 
 def within(seconds: float, check: Callable[[], bool]) -> float:

@@ -48,7 +48,7 @@ def test_a_budget_holds_under_200_concurrent_requests_on_two_api_processes(stack
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 4, "first_token_delay_s": 1.5}},
                           {"m": [{"provider": "mock", "model": "m", **DOLLAR_A_TOKEN}]},
                           tenants={"test": {"keys": [hash_key(TEST_KEY)], "daily_budget_usd": 130}})
-    base_url = stack.up(("mock", "--concurrency", "256"), api_workers=2)
+    base_url = stack.up(("mock", "--concurrency", "256"), apis=(2,))
 
     async def main() -> list[Any]:
         client = openai.AsyncOpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)

@@ -36,7 +36,7 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 def stack(module_stack_factory: Any) -> Any:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 4}}, {"m": [{"provider": "mock", "model": "m"}]})
     stack.metrics_port = free_port()
-    stack.up(("mock", "--metrics-port", str(stack.metrics_port)), api_workers=2)
+    stack.up(("mock", "--metrics-port", str(stack.metrics_port)), apis=(2,))
     return stack
 
 

@@ -66,7 +66,8 @@ def deployment(module_stack_factory: Any, module_namespace: str) -> Iterator[Dep
                         + ([{"key": hash_key(CI_KEY), "name": "ci", "rpm": 2}] if name == "keyed" else []),
                         **limits} for name, limits in TENANTS.items()},
     )
-    urls = [stack.up("mock", "slow"), stack.api()]  # two API processes sharing the buckets
+    stack.up("mock", "slow", apis=(1, 1))
+    urls = list(stack.base_urls)  # two API processes sharing the buckets
     yield Deployment(urls, module_namespace)
 
 

@@ -103,8 +103,8 @@ def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: Any)
 def test_several_api_processes_and_workers_share_one_redis(stack_factory: Any) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 6, "first_token_delay_s": 0.01}},
                           {"m": [{"provider": "mock", "model": "m"}]})
-    # Two separate servers, the second with two processes.
-    urls = [stack.up(("mock", "--concurrency", "8"), ("mock", "--concurrency", "8")), stack.api(workers=2)]
+    stack.up(("mock", "--concurrency", "8"), ("mock", "--concurrency", "8"), apis=(1, 2))
+    urls = list(stack.base_urls)  # two separate servers, the second with two processes
 
     async def main() -> list[tuple[int, str]]:
         clients = [openai.AsyncOpenAI(base_url=u, api_key=TEST_KEY, max_retries=0, timeout=60) for u in urls]
