@@ -107,7 +107,7 @@ def _out_of_range(value: Any, path: str = "") -> str | None:
 def _check_encodable(payload: Any) -> None:
     try:
         _job_probe.encode(payload)
-    except OverflowError:
+    except (OverflowError, msgspec.EncodeError):  # msgspec raises the former today; either means "cannot carry"
         path = _out_of_range(payload) or None
         where = f" (at `{path}`)" if path else ""
         raise InvalidRequest(f"Invalid request body: an integer is outside the 64-bit range{where}.",
@@ -131,35 +131,55 @@ def _with_extras(payload: T, body: bytes) -> T:
     return msgspec.structs.replace(payload, extra_body=merged)  # type: ignore[type-var]
 
 
+def _undecodable(body: bytes) -> InvalidRequest:
+    """Why a body msgspec refused cannot be decoded, found from the body itself.
+
+    msgspec's exception classes and wording for these have changed between
+    releases (0.23 turned invalid UTF-8 inside a string from a UnicodeDecodeError
+    into a DecodeError), so the cause is read off the bytes, not the exception.
+    """
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return InvalidRequest(f"The request body is not valid UTF-8 (at byte {exc.start:,}): JSON text must be.")
+    if nesting_depth(body) > MAX_DEPTH:
+        return _too_deep()
+    return InvalidRequest("We could not parse the JSON body of your request. The request body must be valid JSON.")
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(f"The request body nests arrays and objects more than {MAX_DEPTH} levels deep.",
+                          code="nesting_too_deep")
+
+
 def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
         payload = _with_extras(decoder.decode(body), body)
-        if nesting_depth(body) > MAX_DEPTH:
-            raise RecursionError
-        _check_encodable(payload)
-        return payload
-    except RecursionError:
-        raise InvalidRequest(f"The request body nests arrays and objects more than {MAX_DEPTH} levels deep.",
-                             code="nesting_too_deep") from None
-    except UnicodeDecodeError:
-        raise InvalidRequest("The request body is not valid UTF-8: JSON text must be.") from None
+    except RecursionError:  # msgspec's own guard, before ours below could count
+        raise _too_deep() from None
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _AT_PATH.search(text)
-        # msgspec writes a dict entry as `[...]` (it does not say which key): name the dict instead.
-        path = match.group("path").replace("[...]", "") if match else ""
-        missing = _MISSING.search(text)
-        leading = _LEADING_FIELD.match(text)
-        if missing:
-            path = f"{path}.{missing.group('field')}" if path else missing.group("field")
-        elif leading and not path:
-            path = leading.group("field")
-        message = text[: match.start()] if match else text
-        where = f" (at `{path}`)" if path else ""
-        raise InvalidRequest(f"Invalid request body: {message}{where}.", param=path or None) from None
-    except msgspec.DecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The request body must be valid JSON."
-        ) from None
+        raise _invalid_field(str(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise _undecodable(body) from None
+    if nesting_depth(body) > MAX_DEPTH:
+        raise _too_deep()
+    _check_encodable(payload)
+    return payload
+
+
+def _invalid_field(text: str) -> InvalidRequest:
+    """A 400 naming the field msgspec's message points at (its JSON path is our `param`)."""
+    match = _AT_PATH.search(text)
+    # msgspec writes a dict entry as `[...]` (it does not say which key): name the dict instead.
+    path = match.group("path").replace("[...]", "") if match else ""
+    missing = _MISSING.search(text)
+    leading = _LEADING_FIELD.match(text)
+    if missing:
+        path = f"{path}.{missing.group('field')}" if path else missing.group("field")
+    elif leading and not path:
+        path = leading.group("field")
+    message = text[: match.start()] if match else text
+    where = f" (at `{path}`)" if path else ""
+    return InvalidRequest(f"Invalid request body: {message}{where}.", param=path or None)

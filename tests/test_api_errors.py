@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import msgspec
 import openai
 import pytest
 
+from api.decode import decode_body
+from broker.errors import InvalidRequest
 from tests.conftest import TEST_KEY
 
 PROVIDERS = {"mock": {"kind": "mock", "tokens": 4}, "idle": {"kind": "mock"},
@@ -153,6 +156,30 @@ def test_invalid_utf8_inside_a_string_is_a_400(base_url: str) -> None:
     resp = post(base_url, None, raw=b'{"model": "mock-chat", "messages": [{"role": "user", "content": "caf\xe9 \xff"}]}')
     assert resp.status_code == 400, resp.text
     assert "UTF-8" in error_of(resp)["message"]
+
+
+def test_invalid_utf8_outside_a_string_is_a_400_saying_where(base_url: str) -> None:
+    resp = post(base_url, None, raw=b'{"model": "mock-chat", \xff "messages": []}')
+    assert resp.status_code == 400, resp.text
+    assert "UTF-8" in error_of(resp)["message"] and "byte 23" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("raised", [msgspec.DecodeError("some future wording"), UnicodeDecodeError(
+    "utf-8", b"\xff", 0, 1, "invalid start byte")], ids=["DecodeError", "UnicodeDecodeError"])
+def test_the_cause_of_an_undecodable_body_is_read_off_the_bytes_not_the_exception(raised: Exception) -> None:
+    class Refusing:  # a decoder signalling the failure in a way msgspec might in some release
+        def decode(self, body: bytes) -> None:
+            raise raised
+
+    def message(body: bytes) -> str:
+        with pytest.raises(InvalidRequest) as caught:
+            decode_body(body, Refusing())  # type: ignore[arg-type]
+        assert caught.value.status == 400
+        return str(caught.value)
+
+    assert "UTF-8" in message('{"a": "café"}'.encode("latin-1"))
+    assert "levels deep" in message(b"[" * 100 + b"]" * 100)
+    assert "valid JSON" in message(b'{"a": ')
 
 
 def test_brackets_inside_strings_are_no_nesting(base_url: str) -> None:
