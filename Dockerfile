@@ -22,12 +22,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# The runtime lock first (its layer is cached until the lock changes): the exact versions, hashes
+# checked, that CI tested. Then the package itself, resolving nothing more.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 # Only what the package build needs (pyproject's `readme` must exist).
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY broker ./broker
 COPY workers ./workers
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin broker
 
 USER broker

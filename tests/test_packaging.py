@@ -7,10 +7,13 @@ the product alone should neither miss a module nor pull one nobody imports.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("api", "broker", "workers")
@@ -50,3 +53,74 @@ def test_dependencies_are_what_the_product_imports() -> None:
 def test_what_only_tests_and_bench_import_is_in_the_dev_extra() -> None:
     # FastAPI's own requirements (starlette, pydantic) come with it; pytest plugins are not imported.
     assert imported("tests", "bench") - imported(*PRODUCT) - {"pytest"} <= declared("dev")
+
+
+# ---- the lock files (.ci/check_lock.py, run by .ci/run after it installs the dev lock)
+
+def _check_lock() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("check_lock", ROOT / ".ci" / "check_lock.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("check_lock", module)  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lock_problems(pyproject_text: str, dev_text: str, runtime_text: str) -> list[str]:
+    check_lock = _check_lock()
+    pyproject = tomllib.loads(pyproject_text)
+    dev, runtime = check_lock.parse_lock(dev_text), check_lock.parse_lock(runtime_text)
+    extras = tuple(pyproject["project"]["optional-dependencies"])
+    return (check_lock.check(pyproject, dev, extras, "dev") + check_lock.check(pyproject, runtime, (), "runtime")
+            + check_lock.agree(runtime, dev))
+
+
+def _texts() -> tuple[str, str, str]:
+    return tuple((ROOT / name).read_text()  # type: ignore[return-value]
+                 for name in ("pyproject.toml", "requirements-dev.lock", "requirements.lock"))
+
+
+def test_the_locks_agree_with_pyproject_and_with_each_other() -> None:
+    assert _lock_problems(*_texts()) == []
+    assert subprocess.run([sys.executable, str(ROOT / ".ci" / "check_lock.py")], capture_output=True).returncode == 0
+
+
+def test_a_dependency_added_to_pyproject_alone_fails_the_check() -> None:
+    pyproject, dev, runtime = _texts()
+    added = pyproject.replace('"pyyaml>=6.0",', '"pyyaml>=6.0",\n    "tenacity>=8",', 1)
+    assert added != pyproject
+    problems = _lock_problems(added, dev, runtime)
+    assert any("tenacity" in p and p.startswith("dev") for p in problems), problems
+    assert any("tenacity" in p and p.startswith("runtime") for p in problems), problems
+
+
+def test_a_range_the_pin_falls_outside_fails_the_check() -> None:
+    pyproject, dev, runtime = _texts()
+    narrowed = re.sub(r'"msgspec[^"]*"', '"msgspec>=99"', pyproject, count=1)
+    assert any("outside" in p and "msgspec" in p for p in _lock_problems(narrowed, dev, runtime))
+
+
+def test_a_dependency_dropped_from_pyproject_but_left_in_the_lock_fails_the_check() -> None:
+    pyproject, dev, runtime = _texts()
+    dropped = re.sub(r'\n\s*"asyncpg[^\n]*', "", pyproject, count=1)
+    assert dropped != pyproject
+    problems = _lock_problems(dropped, dev, runtime)
+    assert any("asyncpg" in p and "does not ask for it" in p for p in problems), problems
+
+
+def test_a_pin_without_hashes_or_differing_between_the_locks_fails_the_check() -> None:
+    pyproject, dev, runtime = _texts()
+    unhashed = re.sub(r"(?m)^(msgspec==\S+) \\\n(    --hash=\S+( \\)?\n)+", r"\1\n", runtime, count=1)
+    assert unhashed != runtime
+    assert any("msgspec" in p and "no hash" in p for p in _lock_problems(pyproject, dev, unhashed))
+    moved = re.sub(r"(?m)^msgspec==\S+", "msgspec==0.18.0", runtime, count=1)
+    assert any("requirements-dev.lock" in p and "msgspec" in p for p in _lock_problems(pyproject, dev, moved))
+
+
+def test_ci_readme_and_dockerfile_install_from_the_locks_with_hashes() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "--require-hashes -r requirements-dev.lock" in ci and "check_lock.py --installed" in ci
+    install = (ROOT / "README.md").read_text().split("## Two commands", 1)[1].split("```sh", 1)[1].split("```")[0]
+    assert "--require-hashes -r requirements-dev.lock" in install and "--no-deps -e ." in install
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in dockerfile and "--no-deps" in dockerfile
