@@ -14,17 +14,29 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dispatch, metrics, request_ids
-from api.routes import admin, batches, chat, completions, embeddings, files, health, jobs, models, status, usage
+from api.routes import (
+    admin,
+    batches,
+    chat,
+    completions,
+    embeddings,
+    files,
+    health,
+    jobs,
+    models,
+    status,
+    usage,
+)
 from api.state import BrokerState
 from broker import config as config_module
-from broker import log_context
 from broker.config import Config
 from broker.errors import BrokerError, InvalidRequest, ModelNotFound
+from broker.ops import log_context
 from broker.wire import json_encoder
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The response cache at the door (broker/cache.py): a hit answers at once, a miss runs its job and
+"""The response cache at the door (broker/cache/exact.py): a hit answers at once, a miss runs its job and
 stores the answer, and identical requests in flight share one upstream call.
 
 Single flight, in two layers. Across processes, the first identical request in takes a flight key
@@ -34,11 +34,11 @@ from redis.exceptions import RedisError
 from api import sse
 from api.sse import EventStream
 from api.state import BrokerState
-from broker import ledger
-from broker.cache import Policy, Slot, deterministic
-from broker.cache_replay import Kind, assemble, hit_body, kind_of, replay
+from broker.cache.exact import Policy, Slot, deterministic
+from broker.cache.replay import Kind, assemble, hit_body, kind_of, replay
 from broker.errors import RequestTimeout, Unavailable
-from broker.jobs import Chunk, Final, Job, Reply
+from broker.money import ledger
+from broker.queue.jobs import Chunk, Final, Job, Reply
 from broker.wire import EmbeddingRequest
 
 log = logging.getLogger(__name__)

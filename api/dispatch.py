@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -23,18 +22,17 @@ from redis.exceptions import RedisError
 
 from api import cached, limits, request_ids, sse
 from api.auth import Principal
-from api.metrics import SCOPE_KEY, Facts
 from api.decode import decode_body, read_body
+from api.metrics import SCOPE_KEY, Facts
 from api.state import BrokerState
-from broker import async_jobs, job_factory, log_context
-from broker.capabilities import Request as Payload
-from broker.config import Deployment, ModelGroup
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
-from broker.jobs import HEDGE_P95, Chunk, Failed, Final, Job, Target
-from broker.replies import ReplyGap
 from broker.keys import LANES
-from broker.streams import enqueue_first
-from broker.strategies import Stats
+from broker.ops import log_context
+from broker.queue import async_jobs, job_factory
+from broker.queue.jobs import Chunk, Failed, Final, Job
+from broker.queue.replies import ReplyGap
+from broker.queue.streams import enqueue_first
+from broker.routing.capabilities import Request as Payload
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
 
 log = logging.getLogger(__name__)
@@ -113,7 +111,7 @@ async def _client_gone(request: Request) -> None:
 
 
 async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
-    """Queue the job on the first candidate that takes it (broker/streams.py `enqueue_first`); if none
+    """Queue the job on the first candidate that takes it (broker/queue/streams.py `enqueue_first`); if none
     does, or Redis is away, NotQueued refunds its admission."""
     try:
         return await enqueue_first(state.scripts, state.keys, state.config, job)
@@ -174,7 +172,7 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
 
     def on_close(finished: bool) -> None:
         state.replies.close(job.id)
-        if not finished:  # the client may reconnect and resume it (broker/job_events.py)
+        if not finished:  # the client may reconnect and resume it (broker/queue/job_events.py)
             state.cancel_job(job, grace_s=state.config.server.stream_resume_grace_s)
 
     response = sse.stream_response(waiter, first, keepalive_s=keepalive_s,
@@ -202,7 +200,7 @@ def _prefers_async(request: Request) -> bool:
 
 
 async def submit(state: BrokerState, job: Job) -> Response:
-    """An async job: record it, queue it, and answer 202 with where to poll it (broker/async_jobs.py)."""
+    """An async job: record it, queue it, and answer 202 with where to poll it (broker/queue/async_jobs.py)."""
     try:
         view = await async_jobs.submit(state.redis, state.keys, job)
     except RedisError as exc:
@@ -224,7 +222,7 @@ async def _forget(state: BrokerState, job_id: str) -> None:
 
 
 def _served(reply: Chunk | Final) -> dict[str, str]:
-    """Which deployment answered, after how many upstream calls (failover: broker/failover.py)."""
+    """Which deployment answered, after how many upstream calls (failover: broker/routing/failover.py)."""
     if not reply.served_by:
         return {}
     served = {"x-llm-broker-deployment": reply.served_by, "x-llm-broker-attempts": str(reply.calls)}

@@ -7,13 +7,12 @@ release runs in a task of its own (`BrokerState.spawn`): a client that leaves
 cancels the request, and a release awaited inside that cancelled request would
 never be sent, leaving the tenant one slot short until the job's deadline. If
 this process dies first, the slot expires at the job's deadline
-(broker/ratelimit.py).
+(broker/limits/ratelimit.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -23,11 +22,10 @@ from redis.exceptions import RedisError
 from api.auth import Principal
 from api.sse import EventStream
 from api.state import BrokerState
-from broker import budgets
-from broker.config import ApiKey
 from broker.errors import BrokerError, Unavailable
-from broker.jobs import Job, Target, key_tpm
-from broker.ratelimit import Admission, estimate_request_tokens
+from broker.limits.ratelimit import Admission, estimate_request_tokens
+from broker.money import budgets
+from broker.queue.jobs import Job, key_tpm
 
 log = logging.getLogger(__name__)
 

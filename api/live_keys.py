@@ -2,7 +2,7 @@
 
 Requests are authenticated from memory (`Authenticator.live`), so the request path pays no
 Redis round trip for keys. The copy follows Redis two ways: every create and revoke publishes on
-`api_keys_changed`, heard on the process's one pub/sub connection (broker/replies.py), which
+`api_keys_changed`, heard on the process's one pub/sub connection (broker/queue/replies.py), which
 wakes the reload at once; and every RELOAD_S the version counter is read anyway, since a message
 published while that connection was broken is lost. A reload reads every key only when the
 version moved, so an idle process costs Redis one GET a second. Together: a new key works, and

@@ -1,4 +1,4 @@
-"""Each request counted for Prometheus (broker/metrics.py) and logged in one line; GET /metrics.
+"""Each request counted for Prometheus (broker/ops/metrics.py) and logged in one line; GET /metrics.
 
 The middleware labels each answer with its route's path template (never the raw path: ids in
 paths would make a series per request), its status, and the public model and tenant when the
@@ -18,12 +18,18 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.state import BrokerState
-from broker import metrics, queue_stats
+from broker.ops import metrics, queue_stats
 
 SCOPE_KEY = "llm_broker"  # the request's Facts, set by the job endpoints once the request is routed
 router = APIRouter()

@@ -16,7 +16,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker import log_context
+from broker.ops import log_context
 
 REQUEST_ID = "x-request-id"
 CLIENT_REQUEST_ID = "x-client-request-id"

@@ -7,7 +7,7 @@ SDK can retry on. After the first byte the status cannot change: an error is
 then a `data: {"error": {...}}` event followed by `[DONE]`. Keep-alives are SSE
 comments, invisible to the SDK; never `event: ping` (SDKs yield it as a chunk).
 Events carry `id: <attempt>.<index>` lines, so a client that lost its connection resumes the
-stream at /v1/jobs/{id}/events (broker/job_events.py).
+stream at /v1/jobs/{id}/events (broker/queue/job_events.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from broker.errors import BrokerError, RequestTimeout
-from broker.jobs import Chunk, Failed, Final, Reply
-from broker.replies import ReplyGap, Waiter
+from broker.queue.jobs import Chunk, Failed, Final, Reply
+from broker.queue.replies import ReplyGap, Waiter
 from broker.wire import json_encoder
 
 DONE = b"data: [DONE]\n\n"
@@ -36,7 +36,7 @@ def frame(events: list[bytes]) -> bytes:
 
 
 def frame_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes:
-    """Events with their `id: <attempt>.<index>` lines, which a client resumes from (broker/job_events.py)."""
+    """Events with their `id: <attempt>.<index>` lines, which a client resumes from (broker/queue/job_events.py)."""
     return b"".join(b"id: %d.%d\ndata: %s\n\n" % (attempt, first_index + i, event)
                     for i, event in enumerate(events))
 

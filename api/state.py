@@ -8,22 +8,23 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-
 from redis.commands.core import AsyncScript
 
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
-from broker import job_events, key_migration, redaction
-from broker.cache import ResponseCache
+from broker.batches.files import FileStore
+from broker.cache.exact import ResponseCache
 from broker.config import Config
-from broker.connection import connect
-from broker.files import FileStore
-from broker.jobs import Job
 from broker.keys import Keys
-from broker.ratelimit import Limiter
-from broker.replies import ReplyRouter
-from broker.routing import Router
-from broker.streams import QueueScripts, cancel
+from broker.limits.ratelimit import Limiter
+from broker.ops import redaction
+from broker.queue import job_events
+from broker.queue.jobs import Job
+from broker.queue.replies import ReplyRouter
+from broker.queue.streams import QueueScripts, cancel
+from broker.routing.router import Router
+from broker.store import key_migration
+from broker.store.connection import connect
 
 # Enough for bursts of concurrent XADDs; requests wait for a connection rather
 # than opening thousands (waiting requests hold no connection at all).

@@ -30,8 +30,8 @@ import httpx
 import redis
 
 from bench.loadgen import LoadStats, run_load
+from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from broker.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_KEY = "sk-bench-broker"

@@ -34,8 +34,8 @@ import httpx
 import redis
 
 from bench.compare import drop_namespace, start, stop, wait_ready
+from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from broker.embedded_redis import free_port
 
 MONTHLY_CONVERSATIONS = 100_000
 KEYS = {"baseline": "sk-bench-baseline", "routed": "sk-bench-routed"}

@@ -24,10 +24,10 @@ import httpx
 import redis
 
 from bench.compare import BROKER_KEY, drop_namespace, stop
-from bench.stack import broker_over_fakes
 from bench.loadgen import LoadStats, run_load
+from bench.stack import broker_over_fakes
+from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from broker.embedded_redis import free_port
 
 
 def stats_of(url: str) -> tuple[int, int]:

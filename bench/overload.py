@@ -31,8 +31,8 @@ import aiohttp
 import redis
 
 from bench.compare import drop_namespace, start, stop, wait_ready
+from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from broker.embedded_redis import free_port
 
 TENANTS = {"steady": "sk-bench-steady", "flood": "sk-bench-flood"}
 LANES = ("interactive", "default", "batch")

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from broker.config import ApiKey, Budgets, Config
 from broker.errors import InvalidRequest, ModelNotFound
 from broker.keys import Keys
-from broker.scripts import lua_script
+from broker.store.scripts import lua_script
 
 log = logging.getLogger(__name__)
 

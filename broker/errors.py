@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import msgspec
 
-from broker.redaction import redact as redact  # adapters import it from here, where their errors are made
+from broker.ops.redaction import redact as redact  # adapters import it from here, where their errors are made
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True):

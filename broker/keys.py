@@ -114,7 +114,7 @@ class Keys:
         return f"{self.ns}:result:{job_id}"
 
     def usage(self, tenant: str, day: str) -> str:
-        """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/ledger.py. In the tenant's
+        """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/money/ledger.py. In the tenant's
         Cluster slot, with its budgets: ledger.lua touches both."""
         return f"{self.ns}:usage:{{{tenant}}}:{day}"
 
@@ -136,11 +136,11 @@ class Keys:
         return f"{self.ns}:batches:active"
 
     def job(self, job_id: str) -> str:
-        """An async job's status record (broker/async_jobs.py)."""
+        """An async job's status record (broker/queue/async_jobs.py)."""
         return f"{self.ns}:job:{job_id}"
 
     def events(self, job_id: str) -> str:
-        """A streamed job's events, for clients that resume it (broker/job_events.py)."""
+        """A streamed job's events, for clients that resume it (broker/queue/job_events.py)."""
         return f"{self.ns}:events:{job_id}"
 
     def readers(self, job_id: str) -> str:
@@ -148,7 +148,7 @@ class Keys:
         return f"{self.ns}:readers:{job_id}"
 
     def budget(self, tenant: str, scope: str, period: str) -> str:
-        """Spend held against a budget (broker/budgets.py): scope `t` (the tenant's) or `k:<key>`. In the
+        """Spend held against a budget (broker/money/budgets.py): scope `t` (the tenant's) or `k:<key>`. In the
         tenant's Cluster slot, with its rate limits: admit.lua reserves both in one step."""
         return f"{self.ns}:budget:{{{tenant}}}:{scope}:{period}"
 
@@ -158,7 +158,7 @@ class Keys:
         return counter + ":holds"
 
     def layout(self) -> str:
-        """The key layout the namespace's keys follow (broker/key_migration.py)."""
+        """The key layout the namespace's keys follow (broker/store/key_migration.py)."""
         return f"{self.ns}:layout"
 
     def usage_log(self) -> str:
@@ -168,7 +168,7 @@ class Keys:
         """A hedged job's race between its attempts (workers/hedging.py)."""
         return f"{self.ns}:race:{job_id}"
 
-    # Response cache (broker/cache.py): every key in one hash slot (`{cache}`), since storing an entry
+    # Response cache (broker/cache/exact.py): every key in one hash slot (`{cache}`), since storing an entry
     # trims the index and deletes the entries it drops in one script. `scope` is a tenant, or `*` shared.
     def cache_entry(self, scope: str, digest: str) -> str:
         return f"{self.ns}:{{cache}}:e:{scope}:{digest}"
@@ -196,7 +196,7 @@ class Keys:
     def api_keys_changed(self) -> str:
         return f"{self.ns}:{{apikeys}}:changed"
 
-    # Rate-limit keys (broker/ratelimit.py) are hash-tagged by tenant: one admission
+    # Rate-limit keys (broker/limits/ratelimit.py) are hash-tagged by tenant: one admission
     # script touches the tenant's buckets and its key's. A bucket holds the instant
     # it is full again and expires then, so an idle tenant costs nothing.
     def _limit(self, tenant: str, key: str | None) -> str:
@@ -209,7 +209,7 @@ class Keys:
         return self._limit(tenant, key) + "tpm"
 
     def busy(self, provider: str, model: str) -> str:
-        """Calls running on a deployment of a least-busy group (broker/strategies.py)."""
+        """Calls running on a deployment of a least-busy group (broker/routing/strategies.py)."""
         return f"{self.provider(provider)}busy:{model}"
 
     def deployment_limit(self, provider: str, model: str) -> str:

@@ -29,12 +29,10 @@ import pytest
 import redis
 import yaml
 
+from broker.cli.embedded_redis import free_port, start_embedded_redis
 from broker.config import hash_key
-from broker import connection
-from broker.embedded_redis import free_port, start_embedded_redis
 from broker.keys import Keys
-
-
+from broker.store import connection
 
 # The tests' own database on a shared Redis (DB 0 is where a local broker or app most likely keeps its
 # data), and a prefix shared by every key of this run, under which each test gets its namespace.
@@ -159,7 +157,7 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
 
 
 def sync_client(url: str) -> Any:
-    """A blocking client for a test's own checks, on a single Redis or a cluster (broker/connection.py)."""
+    """A blocking client for a test's own checks, on a single Redis or a cluster (broker/store/connection.py)."""
     if connection.is_cluster(url):
         return redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(host, port)
                                                  for host, port in connection.cluster_nodes(url)])

@@ -216,8 +216,8 @@ async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str)
 
     from broker.config import validate
     from broker.errors import RateLimited
-    from broker.jobs import Job
-    from broker.streams import QueueScripts, enqueue
+    from broker.queue.jobs import Job
+    from broker.queue.streams import QueueScripts, enqueue
     from broker.wire import EmbeddingRequest
 
     config = validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},

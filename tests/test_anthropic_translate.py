@@ -20,7 +20,11 @@ from broker.errors import InvalidRequest, UpstreamError
 from broker.wire import ChatChunk, chat_request_decoder, json_encoder
 from tests.fakes.anthropic_rules import validate
 from workers.providers.anthropic_stream import AnthropicStreamState
-from workers.providers.anthropic_translate import error_from_response, from_anthropic, to_anthropic
+from workers.providers.anthropic_translate import (
+    error_from_response,
+    from_anthropic,
+    to_anthropic,
+)
 from workers.providers.anthropic_wire import request_encoder
 from workers.providers.sse import SSEParser
 

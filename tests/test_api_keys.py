@@ -1,4 +1,4 @@
-"""Keys made at run time (broker/api_keys.py, api/live_keys.py, api/routes/admin.py, broker/keys_cli.py):
+"""Keys made at run time (broker/api_keys.py, api/live_keys.py, api/routes/admin.py, broker/cli/keys.py):
 through two real API processes, the `llm-broker keys` CLI and the official openai SDK."""
 
 from __future__ import annotations

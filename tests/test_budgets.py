@@ -12,17 +12,18 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from broker import ledger, ratelimit
-from broker.budgets import Hold, applicable
 from broker.config import Tenant, UsageSettings, hash_key
-from broker.jobs import Job
-from broker.outbox import Outbox
-from broker.pricing import Charge
-from broker.streams import QueueScripts
-from broker.wire.embeddings import EmbeddingRequest
 from broker.errors import OverBudget, RateLimited
 from broker.keys import Keys
-from broker.ratelimit import Limiter
+from broker.limits import ratelimit
+from broker.limits.ratelimit import Limiter
+from broker.money import ledger
+from broker.money.budgets import Hold, applicable
+from broker.money.pricing import Charge
+from broker.queue.jobs import Job
+from broker.queue.outbox import Outbox
+from broker.queue.streams import QueueScripts
+from broker.wire.embeddings import EmbeddingRequest
 from tests.conftest import REDIS_URL, TEST_KEY
 
 DOLLAR_A_TOKEN = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 1_000_000.0}

@@ -1,4 +1,4 @@
-"""broker/cache_replay.py: streamed answers assembled into the body the cache keeps, and bodies replayed
+"""broker/cache/replay.py: streamed answers assembled into the body the cache keeps, and bodies replayed
 as chunks the SDK's own accumulator rebuilds exactly (pure functions, no stack)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from broker.cache_replay import assemble, hit_body, replay
+from broker.cache.replay import assemble, hit_body, replay
 from broker.wire import Usage
 
 

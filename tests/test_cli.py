@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import build_parser
+from broker.cli.main import build_parser
 from broker.config import ConfigError
 from tests.conftest import REDIS_URL
 

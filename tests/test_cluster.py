@@ -25,8 +25,8 @@ import openai
 import pytest
 import redis
 
+from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from broker.embedded_redis import free_port
 from broker.keys import Keys
 from tests.conftest import TEST_KEY, RedisServer, sse_data, sync_client
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from broker import config as config_module
-from broker.cli import build_parser
+from broker.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -200,7 +200,7 @@ def _dockerfile_instruction(keyword: str) -> list[str]:
 
 def test_dockerfile_entrypoint_is_the_llm_broker_console_script() -> None:
     assert _dockerfile_instruction("ENTRYPOINT") == ["llm-broker"]
-    assert 'llm-broker = "broker.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'llm-broker = "broker.cli.main:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_dockerfile_default_command_is_a_real_llm_broker_subcommand() -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ConfigError, MockProvider, OpenAIProvider, default_config, hash_key, load, resolve
+from broker.config import (
+    ConfigError,
+    MockProvider,
+    OpenAIProvider,
+    default_config,
+    hash_key,
+    load,
+    resolve,
+)
 
 GOOD = """
 redis_url: redis://127.0.0.1:6379/0

@@ -1,4 +1,4 @@
-"""Dead letters (broker/dead_letters.py): a job failing upstream on every attempt lands in its
+"""Dead letters (broker/queue/dead_letters.py): a job failing upstream on every attempt lands in its
 provider's dead-letter stream, `llm-broker dead list` shows it, and `llm-broker dead replay` runs
 it again, here once the config points its model at a deployment that works. Real API and worker
 processes, the protocol-faithful fake upstream, the real command line."""
@@ -23,8 +23,8 @@ import yaml
 
 from broker.config import validate
 from broker.errors import ErrorInfo
-from broker.jobs import Final, Job, reply_decoder
 from broker.keys import Keys
+from broker.queue.jobs import Final, Job, reply_decoder
 from tests.conftest import REDIS_URL, REPO, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 
@@ -170,7 +170,7 @@ def test_a_replay_that_cannot_be_queued_stays_dead(stack: Any) -> None:
 async def test_dead_letters_are_trimmed_by_age_and_count(namespace: str) -> None:
     from redis.asyncio import Redis as AsyncRedis
 
-    from broker import dead_letters
+    from broker.queue import dead_letters
 
     config = validate({"namespace": namespace, "providers": {"p": {"kind": "mock"}},
                        "queue": {"dead_letter_retention_s": 1, "dead_letter_maxlen": 5}}, source="test")

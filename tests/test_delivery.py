@@ -175,7 +175,7 @@ def test_a_heartbeat_outlives_a_stream_retired_under_it(namespace: str) -> None:
     # consumer group) before the XCLAIM that refreshes them runs. That is no failure: nothing is left there.
     from redis.asyncio import Redis
 
-    from broker.streams import heartbeat
+    from broker.queue.streams import heartbeat
 
     async def beat() -> int:
         client = Redis.from_url(REDIS_URL)

@@ -16,9 +16,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from broker.cli.dev import banner
+from broker.cli.embedded_redis import free_port
 from broker.config import default_config, hash_key, validate
-from broker.dev import banner
-from broker.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # Only the Python interpreter's directory on PATH: no redis-server to find.

@@ -9,11 +9,10 @@ from typing import Any
 import openai
 import pytest
 
+from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from broker.embedded_redis import free_port
 from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
-
 
 MODES = ("stream", "json")
 NARROW_KEY = "sk-narrow-tenant-0001"

@@ -26,9 +26,9 @@ import httpx
 import msgspec
 import pytest
 import schemathesis
-from schemathesis.core import NOT_SET
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from schemathesis.core import NOT_SET
 
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 from tests.conftest import TEST_KEY

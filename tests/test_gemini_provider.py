@@ -19,7 +19,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from broker.config import GeminiProvider
-from broker.config_types import Secret
+from broker.config.types import Secret
 from broker.errors import InvalidRequest
 from broker.wire import EmbeddingRequest, embedding_request_decoder
 from tests.fakes.gemini_upstream import GeminiServer, embedding

@@ -16,8 +16,18 @@ import msgspec
 import pytest
 
 from broker.errors import InvalidRequest, UpstreamError
-from broker.wire import ChatRequest, EmbeddingRequest, chat_request_decoder, json_encoder
-from workers.providers.gemini import error_from_response, estimate_tokens, from_embed_response, to_embed_request
+from broker.wire import (
+    ChatRequest,
+    EmbeddingRequest,
+    chat_request_decoder,
+    json_encoder,
+)
+from workers.providers.gemini import (
+    error_from_response,
+    estimate_tokens,
+    from_embed_response,
+    to_embed_request,
+)
 from workers.providers.gemini_stream import StreamState, on_end, on_event
 from workers.providers.gemini_translate import from_upstream, to_upstream
 from workers.providers.sse import SSEParser

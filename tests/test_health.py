@@ -1,4 +1,4 @@
-"""GET /healthz and /readyz (api/routes/health.py, broker/readiness.py) on a real API process, its
+"""GET /healthz and /readyz (api/routes/health.py, broker/ops/readiness.py) on a real API process, its
 workers and a Redis of the test's own (which it flushes of scripts, then kills)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import redis
 
-from broker.readiness import served_providers
 from broker.config import validate
+from broker.ops.readiness import served_providers
 from tests.conftest import RedisServer
 
 PROVIDERS = {"mock": {"kind": "mock"}, "other": {"kind": "mock"}, "spare": {"kind": "mock"}}
@@ -65,7 +65,7 @@ def test_readyz_names_what_is_missing_until_every_served_provider_has_a_live_wor
 def _sha(name: str) -> str:
     import hashlib
 
-    from broker.scripts import lua_script
+    from broker.store.scripts import lua_script
 
     return hashlib.sha1(lua_script(name).encode()).hexdigest()
 

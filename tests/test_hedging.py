@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from broker.config import ConfigError, validate
-from broker.jobs import Job
+from broker.queue.jobs import Job
 from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 from workers.hedging import MIN_SAMPLES, LatencyWindow

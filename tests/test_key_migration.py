@@ -1,5 +1,5 @@
 """An upgrade moves usage, budget and batch keys of the old key layout to their hash-tagged names
-(broker/key_migration.py), on real Redis: spend, usage history and batches in progress survive it."""
+(broker/store/key_migration.py), on real Redis: spend, usage history and batches in progress survive it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from broker import key_migration
-from broker.connection import connect
 from broker.keys import Keys
+from broker.store import key_migration
+from broker.store.connection import connect
 from tests.conftest import REDIS_URL
 
 

@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from broker.config import MockProvider, OpenAIProvider, Deployment, hash_key
-from broker.pricing import FREE, Price, charge, resolve, shipped_price
+from broker.config import Deployment, MockProvider, OpenAIProvider, hash_key
+from broker.money.pricing import FREE, Price, charge, resolve, shipped_price
 from broker.wire import Usage
 from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer

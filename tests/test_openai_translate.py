@@ -1,4 +1,4 @@
-"""Golden tests of the OpenAI-compatible translation (workers/providers/openai_translate.py, broker/profiles.py).
+"""Golden tests of the OpenAI-compatible translation (workers/providers/openai_translate.py, broker/routing/profiles.py).
 
 Fixtures in tests/fixtures/openai/: `request_<profile>.json` pair a client request
 with the exact upstream body for that server; `stream_<name>.sse` are upstream
@@ -21,10 +21,14 @@ from openai.types.chat import ChatCompletionChunk
 
 from api.decode import decode_body
 from broker.errors import UpstreamError
-from broker.profiles import PROFILES
+from broker.routing.profiles import PROFILES
 from broker.wire import chat_request_decoder, embedding_request_decoder, json_encoder
 from workers.providers.openai_translate import (
-    StreamRepair, chat_chunk, error_from_response, shape_embeddings, shape_request,
+    StreamRepair,
+    chat_chunk,
+    error_from_response,
+    shape_embeddings,
+    shape_request,
 )
 from workers.providers.sse import SSEParser
 

@@ -1,4 +1,4 @@
-"""Token buckets on their own (broker/ratelimit.py against real Redis): estimates, settling, atomicity,
+"""Token buckets on their own (broker/limits/ratelimit.py against real Redis): estimates, settling, atomicity,
 slots, and a key's limits inside its tenant's. The process-level behaviour is in test_ratelimit.py."""
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ from redis.asyncio import Redis as AsyncRedis
 from broker.config import ApiKey, Tenant, hash_key
 from broker.errors import RateLimited, TokensRateLimited
 from broker.keys import Keys
-from broker.ratelimit import (
-    DEFAULT_OUTPUT_TOKENS, SLOT_GRACE_S, Limiter, estimate_request_tokens, go_duration, reconcile, reconcile_into,
+from broker.limits.ratelimit import (
+    DEFAULT_OUTPUT_TOKENS,
+    SLOT_GRACE_S,
+    Limiter,
+    estimate_request_tokens,
+    go_duration,
+    reconcile,
+    reconcile_into,
 )
-from broker.streams import QueueScripts
+from broker.queue.streams import QueueScripts
 from broker.wire import ChatRequest, Message
 from tests.conftest import REDIS_URL
+
 
 def test_go_duration_matches_openai_reset_headers() -> None:
     cases = {0: "0s", 12: "12ms", 999: "999ms", 1000: "1s", 1500: "1.5s", 17_280: "17.28s", 61_001: "1m1.001s",

@@ -1,4 +1,4 @@
-"""A model's `rules:` route by request shape (broker/rules.py): the matching itself, the config checks,
+"""A model's `rules:` route by request shape (broker/routing/rules.py): the matching itself, the config checks,
 and the official SDK against a real stack, with mock providers as the groups."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from broker.config import ConfigError, hash_key, load
-from broker.rules import Rule, first_match
+from broker.routing.rules import Rule, first_match
 from broker.wire import ChatRequest, EmbeddingRequest
 from tests.conftest import TEST_KEY
 

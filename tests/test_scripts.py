@@ -1,4 +1,4 @@
-"""Lua scripts reach Redis as EVALSHA, never as a full EVAL (broker/scripts.py), and survive a SCRIPT FLUSH.
+"""Lua scripts reach Redis as EVALSHA, never as a full EVAL (broker/store/scripts.py), and survive a SCRIPT FLUSH.
 
 Counted with INFO commandstats on a redis-server of the test's own: the shared
 Redis also serves other test runs, whose commands would blur the counts.

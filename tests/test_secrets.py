@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from broker.redaction import redact, remember
+from broker.ops.redaction import redact, remember
 from tests.conftest import TEST_KEY
 from tests.fakes.server import EventStream, FakeServer
 
@@ -120,7 +120,7 @@ def test_literal_secrets_are_removed_whole_and_patterns_catch_the_unknown() -> N
 
 
 def test_a_redis_urls_password_never_reaches_a_banner() -> None:
-    from broker.connection import without_password
+    from broker.store.connection import without_password
 
     assert without_password("redis://:hunter2@cache:6379/0") == "redis://:***@cache:6379/0"
     assert without_password("redis+sentinel://ops:p%40ss@s1:26379,s2:26379/main/0") == \

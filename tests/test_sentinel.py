@@ -1,4 +1,4 @@
-"""Redis behind Sentinel (broker/sentinel_url.py, broker/redis_sentinel.py): the URL, one client
+"""Redis behind Sentinel (broker/store/sentinel_url.py, broker/store/sentinel.py): the URL, one client
 through Sentinel to a real primary, and a stack riding out a failover."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from redis.asyncio import BlockingConnectionPool
 
+from broker.cli.embedded_redis import free_port
 from broker.config import ConfigError, resolve, validate
-from broker.connection import connect
-from broker.embedded_redis import free_port
 from broker.keys import Keys
-from broker.sentinel_url import DEFAULT_PORT, SentinelURL, parse_sentinel_url
+from broker.store.connection import connect
+from broker.store.sentinel_url import DEFAULT_PORT, SentinelURL, parse_sentinel_url
 from tests.conftest import TEST_KEY, Proc
 from workers.providers.mock import mock_words
 
@@ -203,7 +203,7 @@ async def test_a_sentinel_client_pipelines_scripts_subscribes_blocks_and_runs_ar
     await pubsub.aclose()  # type: ignore[no-untyped-call]
     await client.aclose()
 
-    client = connect(sentinel_setup.url)  # as broker/batch_worker.py runs arq over its pool
+    client = connect(sentinel_setup.url)  # as broker/batches/worker.py runs arq over its pool
     job = await ArqRedis(client.connection_pool).enqueue_job("double", 21, _queue_name="q")
     assert job is not None
     worker = Worker(functions=[func(double, name="double")], redis_pool=ArqRedis(client.connection_pool), queue_name="q",

@@ -11,10 +11,10 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 
 from broker.config import UsageSettings
-from broker.config_types import Secret
+from broker.config.types import Secret
 from broker.keys import Keys
-from broker.ledger import UsageRecord, record_decoder, record_encoder
-from broker.usage_sink import UsageSink, ddl, row
+from broker.money.ledger import UsageRecord, record_decoder, record_encoder
+from broker.money.usage_sink import UsageSink, ddl, row
 from tests.conftest import REDIS_URL, TEST_KEY
 
 asyncpg = pytest.importorskip("asyncpg")

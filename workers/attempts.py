@@ -1,6 +1,6 @@
 """A job's calls to this worker's deployment, and its hand-off to the next one.
 
-broker/failover.py decides (retry here? fail over? what error when nothing is
+broker/routing/failover.py decides (retry here? fail over? what error when nothing is
 left?); this module carries it out: it calls the adapter again after the
 backoff it is given, or enqueues the job on its next candidate's queue and
 acknowledges it here without an answer, so the next deployment's worker
@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
 from redis.exceptions import RedisError
 
-from broker import failover, metrics
-from broker.config import Config, ModelGroup
+from broker.config import Config
 from broker.errors import BrokerError, RateLimited, UpstreamError
-from broker.jobs import Job
 from broker.keys import Keys
-from broker.ratelimit import Limiter, estimate_request_tokens
-from broker.streams import Pulled, QueueScripts, enqueue, hand_off
+from broker.limits.ratelimit import Limiter, estimate_request_tokens
+from broker.ops import metrics
+from broker.queue.jobs import Job
+from broker.queue.streams import Pulled, QueueScripts, enqueue, hand_off
+from broker.routing import failover
+from broker.wire import Usage
 from workers import handlers
 from workers.handlers import Emit, Meter, Outcome
-from broker.wire import Usage
 from workers.providers import Provider
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class CallGate:
       is not made; it fails like the upstream's 429 would, so the job fails over (or waits, on its
       last deployment) without provoking that 429.
     - Deployments of `least-busy` groups: the call is counted in flight while it runs
-      (broker/strategies.py reads the count).
+      (broker/routing/strategies.py reads the count).
     """
 
     def __init__(self, limiter: Limiter, config: Config) -> None:

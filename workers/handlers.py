@@ -5,7 +5,7 @@ account; streamed chunks go out through `emit` as they come. The worker, not
 the adapter, sets `id`, `model` (the public name) and `created`, so a client
 sees one consistent identity whatever the upstream sends.
 
-The job's Meter prices the reported usage (`usage.cost`, broker/pricing.py) and
+The job's Meter prices the reported usage (`usage.cost`, broker/money/pricing.py) and
 counts the output that went by, so a stream without usage, cut off or cancelled,
 can still be charged for what was sent.
 """
@@ -18,11 +18,21 @@ from typing import TypeVar
 import msgspec
 
 from broker.errors import InvalidRequest
-from broker.jobs import Job
-from broker.pricing import Price, usd
+from broker.money.pricing import Price, usd
+from broker.queue.jobs import Job
 from broker.wire import (
-    ChatChunk, ChatRequest, ChunkChoice, CompletionRequest, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
-    TextCompletion, Usage, encode_embedding, json_encoder,
+    ChatChunk,
+    ChatRequest,
+    ChunkChoice,
+    CompletionRequest,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    TextCompletion,
+    Usage,
+    encode_embedding,
+    json_encoder,
 )
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
 

@@ -38,9 +38,9 @@ from redis.exceptions import RedisError
 
 from broker.config import Config
 from broker.errors import BrokerError
-from broker.jobs import HEDGE_P95, Job, Target
 from broker.keys import Keys
-from broker.streams import QueueScripts, cancel, enqueue
+from broker.queue.jobs import HEDGE_P95, Job, Target
+from broker.queue.streams import QueueScripts, cancel, enqueue
 
 log = logging.getLogger(__name__)
 

@@ -30,17 +30,29 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from broker.config import Config
-from broker.connection import subscriber
 from broker.errors import BrokerError, ErrorInfo, RequestTimeout
-from broker.jobs import Job, job_decoder
 from broker.keys import WORKER_GROUP, Keys
-from broker.outbox import Outbox
-from broker.ratelimit import Limiter
-from broker.usage_sink import UsageSink
-from broker.streams import Pulled, QueueScripts, cancelled, hand_off, heartbeat, leave, pull, reclaim
-from broker import circuit, dead_letters, key_migration, ledger, log_context, pricing, redaction
-from broker.capabilities import estimate_tokens
-from broker import metrics
+from broker.limits import circuit
+from broker.limits.ratelimit import Limiter
+from broker.money import ledger, pricing
+from broker.money.usage_sink import UsageSink
+from broker.ops import log_context, metrics, redaction
+from broker.queue import dead_letters
+from broker.queue.jobs import Job, job_decoder
+from broker.queue.outbox import Outbox
+from broker.queue.streams import (
+    Pulled,
+    QueueScripts,
+    cancelled,
+    hand_off,
+    heartbeat,
+    leave,
+    pull,
+    reclaim,
+)
+from broker.routing.capabilities import estimate_tokens
+from broker.store import key_migration
+from broker.store.connection import subscriber
 from workers import attempts, observed
 from workers.handlers import Meter
 from workers.hedging import Hedging
@@ -98,7 +110,7 @@ class Worker:
         await self._beat()  # live before the first pull, so the API admits jobs for us
         self.outbox.start()
         helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeats())]
-        if self.config.usage.postgres_url is not None:  # durable usage records (broker/usage_sink.py)
+        if self.config.usage.postgres_url is not None:  # durable usage records (broker/money/usage_sink.py)
             helpers.append(asyncio.create_task(UsageSink(self.redis, self.keys, self.config.usage, self.consumer).run()))
         log.info("worker %s serving provider %s (concurrency %d)", self.consumer, self.provider_name,
                  self.concurrency)
@@ -270,7 +282,7 @@ class Worker:
             log.warning("job %s: could not acknowledge the losing attempt: %s", job.id, exc)
 
     async def _count_failure(self, job: Job, err: BrokerError) -> None:
-        """Against the deployment's circuit, shared by every process (broker/circuit.py)."""
+        """Against the deployment's circuit, shared by every process (broker/limits/circuit.py)."""
         observed.upstream_failed(job, err.status)
         try:
             if await circuit.report_failure(self.scripts, self.keys, self.config.circuit, job, err):

@@ -7,9 +7,8 @@ import logging
 import signal
 from pathlib import Path
 
-
-from broker.connection import connect
 from broker.config import Config
+from broker.store.connection import connect
 from workers.loop import Worker
 
 log = logging.getLogger(__name__)

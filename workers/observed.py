@@ -1,7 +1,7 @@
-"""What a worker tells Prometheus (broker/metrics.py) and its log about its jobs: one call per event.
+"""What a worker tells Prometheus (broker/ops/metrics.py) and its log about its jobs: one call per event.
 
 Each job attempt that ends writes one log line (logger `llm_broker.jobs`; the request id comes
-from broker/log_context.py): deployment, outcome, upstream status, latency, time to first token,
+from broker/ops/log_context.py): deployment, outcome, upstream status, latency, time to first token,
 queue wait, tokens and cost. A failure is a WARNING, so it is logged at any level the CLI takes
 but `error`; its message is redacted of upstream secrets. Prompts and answers are never logged.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
-from broker import metrics, redaction
 from broker.errors import ErrorInfo
-from broker.jobs import Job
-from broker.pricing import NANOS_PER_USD, Charge
+from broker.money.pricing import NANOS_PER_USD, Charge
+from broker.ops import metrics, redaction
+from broker.queue.jobs import Job
 
 job_log = logging.getLogger("llm_broker.jobs")
 

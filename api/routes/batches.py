@@ -1,4 +1,4 @@
-"""The Batch API (PROTOCOLS §4.3): create, read, list and cancel batches; broker/batch_runner.py runs them."""
+"""The Batch API (PROTOCOLS §4.3): create, read, list and cancel batches; broker/batches/runner.py runs them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from redis.exceptions import RedisError
 
 from api.decode import decode_body, read_body
 from api.state import BrokerState
-from broker import batch_input, batch_worker, batches, files
+from broker.batches import files
+from broker.batches import input as batch_input
+from broker.batches import records as batches
+from broker.batches import worker as batch_worker
 from broker.errors import BrokerError, InvalidRequest, ModelNotFound, Unavailable
 from broker.wire import json_encoder
 

@@ -1,8 +1,8 @@
 """The Files API, for batch inputs and outputs (PROTOCOLS §4.1): upload, list, read, delete.
 
-Bodies go to the file store (broker/files.py), never into Redis. An upload is copied to the store
+Bodies go to the file store (broker/batches/files.py), never into Redis. An upload is copied to the store
 as it arrives (Starlette spools it to disk past 1 MB), then validated line by line in a thread
-(broker/batch_input.py), so a 200 MB file costs the API neither its memory nor its event loop.
+(broker/batches/input.py), so a 200 MB file costs the API neither its memory nor its event loop.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from redis.exceptions import RedisError
 from starlette.datastructures import UploadFile
 
 from api.state import BrokerState
-from broker import batch_input, files
+from broker.batches import files
+from broker.batches import input as batch_input
 from broker.errors import BrokerError, InvalidRequest, ModelNotFound, Unavailable
 from broker.wire import json_encoder
 

@@ -1,4 +1,4 @@
-"""GET /healthz (the process is alive) and GET /readyz (the broker can serve: broker/readiness.py).
+"""GET /healthz (the process is alive) and GET /readyz (the broker can serve: broker/ops/readiness.py).
 
 No API key, as orchestrators and load balancers call them; they show no configuration beyond the
 names of providers that lack workers. Neither is in the OpenAPI document: they are not part of
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.state import BrokerState
-from broker import readiness
+from broker.ops import readiness
 from broker.wire import json_encoder
 
 router = APIRouter()

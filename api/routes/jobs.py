@@ -17,10 +17,16 @@ from redis.exceptions import RedisError
 
 from api import sse
 from api.state import BrokerState
-from broker import async_jobs, job_events
-from broker.errors import BrokerError, InvalidRequest, ModelNotFound, RequestTimeout, Unavailable
-from broker.jobs import Chunk, Failed, Final
-from broker.replies import AttemptRestarted
+from broker.errors import (
+    BrokerError,
+    InvalidRequest,
+    ModelNotFound,
+    RequestTimeout,
+    Unavailable,
+)
+from broker.queue import async_jobs, job_events
+from broker.queue.jobs import Chunk, Failed, Final
+from broker.queue.replies import AttemptRestarted
 from broker.wire import json_encoder
 
 router = APIRouter()

@@ -1,4 +1,4 @@
-"""GET /status: a live page of the broker's state (broker/status_data.py) for its operators.
+"""GET /status: a live page of the broker's state (broker/ops/status_data.py) for its operators.
 
 One HTML document with its script inline (no build step, nothing fetched from elsewhere) that
 reads GET /status/data every two seconds. Both need the admin key (config `admin.keys`): sent
@@ -17,8 +17,8 @@ from fastapi.responses import HTMLResponse, Response
 from redis.exceptions import RedisError
 
 from api.state import BrokerState
-from broker import status_data
 from broker.errors import AuthenticationFailed, Unavailable
+from broker.ops import status_data
 from broker.wire import json_encoder
 
 router = APIRouter()

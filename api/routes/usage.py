@@ -1,4 +1,4 @@
-"""GET /v1/usage: what the caller's tenant used and spent, from the ledger (broker/ledger.py).
+"""GET /v1/usage: what the caller's tenant used and spent, from the ledger (broker/money/ledger.py).
 
     ?start=YYYY-MM-DD&end=YYYY-MM-DD (UTC days, inclusive; default the 30 days up to today)
     &group_by=day|model|key|deployment (several, comma-separated; default day)
@@ -15,8 +15,8 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from api.state import BrokerState
-from broker import ledger
 from broker.errors import InvalidRequest, Unavailable
+from broker.money import ledger
 from broker.wire import json_encoder
 
 router = APIRouter()

@@ -182,7 +182,7 @@ class Usage(msgspec.Struct, omit_defaults=True):
     total_tokens: Int64
     prompt_tokens_details: dict[str, Any] | None | UnsetType = UNSET
     completion_tokens_details: dict[str, Any] | None | UnsetType = UNSET
-    cost: float | None | UnsetType = UNSET  # USD, set by the broker (broker/pricing.py), OpenRouter's field
+    cost: float | None | UnsetType = UNSET  # USD, set by the broker (broker/money/pricing.py), OpenRouter's field
 
 
 class ResponseMessage(msgspec.Struct):

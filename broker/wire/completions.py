@@ -7,7 +7,16 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from broker.wire.chat import Int64, LogitBias, Penalty, PositiveInt, StreamOptions, Temperature, TokenId, Usage
+from broker.wire.chat import (
+    Int64,
+    LogitBias,
+    Penalty,
+    PositiveInt,
+    StreamOptions,
+    Temperature,
+    TokenId,
+    Usage,
+)
 
 # string | string[] | token ids | arrays of token ids. msgspec allows one array
 # type per union, so the list's items are a union, checked for sameness below.

@@ -51,7 +51,7 @@ class Embedding(msgspec.Struct):
 class EmbeddingUsage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: Int64
     total_tokens: Int64
-    cost: float | None | UnsetType = UNSET  # USD, set by the broker (broker/pricing.py)
+    cost: float | None | UnsetType = UNSET  # USD, set by the broker (broker/money/pricing.py)
 
 
 class EmbeddingResponse(msgspec.Struct):

@@ -37,7 +37,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.fakes.gemini_wire import (
-    BatchEmbedContentsRequest, GenerateContentRequest, validate,
+    BatchEmbedContentsRequest,
+    GenerateContentRequest,
+    validate,
 )
 from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 

@@ -51,9 +51,26 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive
 
-from tests.fakes.openai_rules import Answer, Call, Invalid, answer, pieces, prompt_tokens, validate
+from tests.fakes.openai_rules import (
+    Answer,
+    Call,
+    Invalid,
+    answer,
+    pieces,
+    prompt_tokens,
+    validate,
+)
 from tests.fakes.openai_wire import (
-    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Function, Message, ToolCall, Usage,
+    ChatChunk,
+    ChatCompletion,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Function,
+    Message,
+    ToolCall,
+    Usage,
 )
 from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 

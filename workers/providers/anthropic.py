@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from broker.provider_settings import AnthropicProvider
+from broker.config.providers import AnthropicProvider
 from broker.errors import UpstreamError
 from broker.wire import ChatChunk, ChatCompletion, ChatRequest
 from workers.providers.anthropic_stream import AnthropicStreamState
-from workers.providers.anthropic_translate import error_from_response, from_anthropic, json_mode, to_anthropic
+from workers.providers.anthropic_translate import (
+    error_from_response,
+    from_anthropic,
+    json_mode,
+    to_anthropic,
+)
 from workers.providers.anthropic_wire import request_encoder
 from workers.providers.http import UpstreamHTTP
 from workers.providers.sse import SSEParser

@@ -18,7 +18,12 @@ from msgspec import UNSET
 from broker.errors import UpstreamError, redact
 from broker.wire import ChatChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall
 from workers.providers.anthropic_translate import JSON_TOOL, map_stop_reason, map_usage
-from workers.providers.anthropic_wire import AnthropicUsage, ContentBlock, ErrorDetail, event_decoder
+from workers.providers.anthropic_wire import (
+    AnthropicUsage,
+    ContentBlock,
+    ErrorDetail,
+    event_decoder,
+)
 
 # The HTTP status each error type comes with (PROTOCOLS §5.4), so a stream that fails
 # before its first byte reaches the client is mapped exactly like a failed request.

@@ -23,12 +23,35 @@ from msgspec import UNSET
 
 from broker.errors import InvalidRequest, UpstreamError, redact
 from broker.wire import (
-    ChatCompletion, ChatRequest, Choice, ContentPart, FunctionCall, ImageUrlPart, Message, RefusalPart,
-    ResponseMessage, TextPart, ToolCall, Usage,
+    ChatCompletion,
+    ChatRequest,
+    Choice,
+    ContentPart,
+    FunctionCall,
+    ImageUrlPart,
+    Message,
+    RefusalPart,
+    ResponseMessage,
+    TextPart,
+    ToolCall,
+    Usage,
 )
 from workers.providers.anthropic_wire import (
-    AnthropicUsage, Base64Source, Block, ImageBlock, MessagesRequest, Metadata, TextBlock, ToolChoice, ToolDef,
-    ToolResultBlock, ToolUseBlock, Turn, URLSource, error_decoder, response_decoder,
+    AnthropicUsage,
+    Base64Source,
+    Block,
+    ImageBlock,
+    MessagesRequest,
+    Metadata,
+    TextBlock,
+    ToolChoice,
+    ToolDef,
+    ToolResultBlock,
+    ToolUseBlock,
+    Turn,
+    URLSource,
+    error_decoder,
+    response_decoder,
 )
 
 JSON_TOOL = "json_response"

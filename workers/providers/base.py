@@ -2,7 +2,7 @@
 
 An adapter receives the client's OpenAI-shaped request (already validated, and
 only if its deployment has every capability the request needs: see
-broker/capabilities.py) and the upstream model id, and returns OpenAI-shaped
+broker/routing/capabilities.py) and the upstream model id, and returns OpenAI-shaped
 results. Translation to and from the upstream's own protocol lives in the
 adapter's module as pure functions; the adapter wires the shared HTTP client
 (workers/providers/http.py) to them. Adapters raise only
@@ -24,7 +24,14 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from broker.wire import ChatChunk, ChatCompletion, ChatRequest, CompletionRequest, EmbeddingRequest, TextCompletion
+from broker.wire import (
+    ChatChunk,
+    ChatCompletion,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    TextCompletion,
+)
 
 
 @runtime_checkable

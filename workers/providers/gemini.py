@@ -92,7 +92,7 @@ def from_embed_response(data: bytes, expected: int) -> list[list[float]]:
 
 def estimate_tokens(texts: list[str]) -> int:
     """batchEmbedContents reports no usage, so bill ~4 characters a token (the ratio Google documents for
-    Gemini, and the one broker/capabilities.py uses): a countTokens call per request would double latency."""
+    Gemini, and the one broker/routing/capabilities.py uses): a countTokens call per request would double latency."""
     return sum(max(1, math.ceil(len(t) / 4)) for t in texts)
 
 

@@ -17,8 +17,20 @@ from __future__ import annotations
 from msgspec import UNSET
 
 from broker.errors import UpstreamError, redact
-from broker.wire import ChatChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall, Usage
-from workers.providers.gemini_translate import decode_response, finish_reason, tool_calls, usage
+from broker.wire import (
+    ChatChunk,
+    ChunkChoice,
+    Delta,
+    DeltaFunction,
+    DeltaToolCall,
+    Usage,
+)
+from workers.providers.gemini_translate import (
+    decode_response,
+    finish_reason,
+    tool_calls,
+    usage,
+)
 
 _PROMPT_BLOCKED = "PROMPT_BLOCKED"  # our marker: no candidate, promptFeedback.blockReason set
 

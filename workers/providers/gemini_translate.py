@@ -27,8 +27,18 @@ from msgspec import UNSET, UnsetType
 
 from broker.errors import InvalidRequest, UpstreamError
 from broker.wire import (
-    ChatCompletion, ChatRequest, Choice, FilePart, ImageUrlPart, InputAudioPart, Message, RefusalPart,
-    ResponseMessage, TextPart, ToolCall, Usage,
+    ChatCompletion,
+    ChatRequest,
+    Choice,
+    FilePart,
+    ImageUrlPart,
+    InputAudioPart,
+    Message,
+    RefusalPart,
+    ResponseMessage,
+    TextPart,
+    ToolCall,
+    Usage,
 )
 from broker.wire import FunctionCall as OpenAIFunctionCall
 from workers.providers import gemini_wire as g

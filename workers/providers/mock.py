@@ -22,10 +22,24 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.provider_settings import MockProvider as MockSettings
+from broker.config.providers import MockProvider as MockSettings
 from broker.wire import (
-    ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, CompletionRequest, Delta, DeltaFunction,
-    DeltaToolCall, EmbeddingRequest, FunctionCall, ResponseMessage, TextChoice, TextCompletion, ToolCall, Usage,
+    ChatChunk,
+    ChatCompletion,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    CompletionRequest,
+    Delta,
+    DeltaFunction,
+    DeltaToolCall,
+    EmbeddingRequest,
+    FunctionCall,
+    ResponseMessage,
+    TextChoice,
+    TextCompletion,
+    ToolCall,
+    Usage,
 )
 from workers.providers.base import EmbeddingsResult
 from workers.providers.mock_schema import sample

@@ -3,7 +3,7 @@ DeepSeek, Groq, Together, OpenRouter...
 
 The request already speaks the upstream's dialect, so translation is small
 (openai_translate.py): swap in the upstream model id, ask for a usage chunk on
-streams (we account by it), apply the server's profile (broker/profiles.py),
+streams (we account by it), apply the server's profile (broker/routing/profiles.py),
 and map errors. One pooled HTTP client per provider keeps keep-alive
 connections (http.py), bounded by `concurrency`.
 """
@@ -13,10 +13,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+from broker.config.providers import OpenAIProvider as OpenAISettings
 from broker.errors import UpstreamError
-from broker.profiles import PROFILES
-from broker.provider_settings import OpenAIProvider as OpenAISettings
-from broker.wire import ChatChunk, ChatCompletion, ChatRequest, CompletionRequest, EmbeddingRequest, TextCompletion
+from broker.routing.profiles import PROFILES
+from broker.wire import (
+    ChatChunk,
+    ChatCompletion,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    TextCompletion,
+)
 from workers.providers import openai_translate as tr
 from workers.providers.base import EmbeddingsResult
 from workers.providers.http import UpstreamHTTP

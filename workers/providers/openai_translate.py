@@ -12,10 +12,19 @@ import msgspec
 from msgspec import UNSET
 
 from broker.errors import UpstreamError, redact
-from broker.profiles import Profile
+from broker.routing.profiles import Profile
 from broker.wire import (
-    ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, CompletionRequest, EmbeddingRequest, StreamOptions,
-    TextChoice, TextCompletion, Usage, json_encoder,
+    ChatChunk,
+    ChatCompletion,
+    ChatRequest,
+    ChunkChoice,
+    CompletionRequest,
+    EmbeddingRequest,
+    StreamOptions,
+    TextChoice,
+    TextCompletion,
+    Usage,
+    json_encoder,
 )
 
 

@@ -1,0 +1,1 @@
+"""The Batch API: files, batch records, and the worker that turns a batch's lines into jobs."""

@@ -1,0 +1,1 @@
+"""The response cache: exact-match lookup with single flight, and replay of cached answers."""

@@ -1,0 +1,1 @@
+"""The command line: the composition root, the one package that wires api/ and workers/ together."""

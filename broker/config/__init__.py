@@ -1,0 +1,45 @@
+"""The one typed config: its Structs (model.py), per-concern settings (providers.py, cache.py,
+batches.py), the loader (load.py) and the checks types cannot express (checks.py).
+
+The rest of the broker imports from here; the modules inside import each other directly.
+"""
+
+from broker.config.load import (
+    ConfigError,
+    default_config,
+    load,
+    resolve,
+    validate,
+    with_redis_url,
+)
+from broker.config.model import (
+    DEV_API_KEY,
+    AdminSettings,
+    ApiKey,
+    Budgets,
+    CircuitSettings,
+    Config,
+    Deployment,
+    Limits,
+    ModelGroup,
+    QueueSettings,
+    ServerSettings,
+    Tenant,
+    UsageSettings,
+    hash_key,
+)
+from broker.config.providers import (
+    AnthropicProvider,
+    GeminiProvider,
+    MockProvider,
+    OpenAIProvider,
+    ProviderConfig,
+)
+from broker.config.types import Secret, Strict
+
+__all__ = [
+    "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "Budgets", "CircuitSettings", "Config",
+    "ConfigError", "Deployment", "GeminiProvider", "Limits", "MockProvider", "ModelGroup", "OpenAIProvider",
+    "ProviderConfig", "QueueSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
+    "default_config", "hash_key", "load", "resolve", "validate", "with_redis_url",
+]

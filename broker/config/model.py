@@ -1,0 +1,240 @@
+"""The one typed config: its Structs, from the top-level `Config` down.
+
+One YAML file decodes into this tree of Structs. `${ENV_VAR}` references are
+expanded before decoding; secrets become `Secret`, whose repr is redacted so a
+config never leaks a key into a log. Unknown fields are rejected (typos are the
+commonest config bug) and every error names the field path.
+
+Config is loaded once at start-up and passed down; nothing reads the
+environment at import time, so tests and `dev` mode never fight over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal
+
+import msgspec
+
+from broker.config.batches import BatchSettings
+from broker.config.cache import CacheSettings, ModelCache
+from broker.config.providers import (
+    ProviderConfig,
+)
+from broker.config.types import Secret, Strict
+from broker.routing.capabilities import CapabilityOverrides
+from broker.routing.rules import Rule
+
+
+class Limits(Strict):
+    # Enforced across all API processes (broker/limits/ratelimit.py); None = unlimited.
+    # Bounded so the Lua scripts' float arithmetic stays exact and their integer replies in range.
+    rpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None  # requests in flight
+
+    def limited(self) -> bool:
+        return bool(self.rpm or self.tpm or self.max_concurrent)
+
+
+class Deployment(Limits, kw_only=True):
+    """One place a public model can be served: a provider plus its model id.
+
+    Its limits (`rpm`, `tpm`, `max_concurrent`) are the upstream's own for it, held
+    across every worker (broker/limits/ratelimit.py), so the broker does not provoke the
+    429s it would then have to route around.
+    """
+
+    provider: str
+    model: str
+    # USD per million tokens; unset: the shipped table's price, or 0 if self-hosted (broker/money/pricing.py).
+    # Cached input defaults to the input price.
+    input_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
+    output_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
+    cached_input_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
+    # Corrections to what the provider (or its profile) can do, e.g. {tools: false} for a small model.
+    capabilities: CapabilityOverrides = msgspec.field(default_factory=CapabilityOverrides)
+    # Share of the requests under the `weighted` strategy.
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
+class ModelGroup(Strict, kw_only=True):
+    """A public model's deployments and how to choose among them (broker/routing/router.py).
+
+    `strategy` orders the deployments (broker/routing/strategies.py); the first serves, the
+    rest are the failover order. `fallbacks` are other public models, tried after
+    all of this group's deployments. `rules` send the requests they match to another
+    model's group instead (broker/routing/rules.py).
+    """
+
+    strategy: Literal["priority", "weighted", "cost", "latency", "least-busy"] = "priority"
+    deployments: list[Deployment]
+    fallbacks: list[str] = []
+    # Hedged requests (workers/hedging.py): no first token this long after a worker started the job
+    # (a number of ms, or "p95" of the deployment's measured latency) → a second attempt starts on the
+    # next candidate of another provider; the first to answer wins. Off unless set.
+    hedge_after_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | Literal["p95"] | None = None
+    rules: list[Rule] = []
+    # Its exceptions to the response cache (top-level `cache:`, which must exist): shared, ttl_s, off.
+    cache: ModelCache | None = None
+
+
+class Budgets(Limits):
+    """Limits, and spend caps: what a tenant or a key may be held to."""
+
+    # Spend caps in USD, per UTC day and month, held atomically across API processes (broker/money/budgets.py).
+    daily_budget_usd: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+    monthly_budget_usd: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+
+    def budgeted(self) -> bool:
+        return self.daily_budget_usd is not None or self.monthly_budget_usd is not None
+
+    def bounded(self) -> bool:
+        return self.limited() or self.budgeted()
+
+
+class ApiKey(Budgets, kw_only=True):
+    """A key with a name (in errors, and in the usage ledger to come) and limits of its own,
+    enforced on top of its tenant's: a CI key can be held to 60 RPM inside a 600 RPM tenant."""
+
+    key: str  # sha256:<64 hex>
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # like NAME below
+
+
+class Tenant(Budgets, kw_only=True):
+    # A key is its hash, or an ApiKey with a name and optional limits of its own.
+    keys: list[str | ApiKey]
+    # Public model names this tenant may use; empty means all.
+    models: list[str] = []
+    # May send `provider/model-id` to reach any model of a configured provider directly.
+    passthrough: bool = False
+    # Priority lane of this tenant's requests unless they send `X-Priority`.
+    lane: str = "default"
+
+    def api_keys(self) -> list[ApiKey]:
+        """Every key as an ApiKey; a bare hash is named after its first hex digits."""
+        return [k if isinstance(k, ApiKey) else ApiKey(key=k, name=k.removeprefix("sha256:")[:12])
+                for k in self.keys]
+
+    def api_key(self, name: str | None) -> ApiKey | None:
+        """The named key if it has limits or budgets of its own (the only keys ratelimit.py and
+        budgets.py need: a key without them is held to its tenant's alone)."""
+        if name is None:
+            return None
+        return next((k for k in self.keys if isinstance(k, ApiKey) and k.name == name and k.bounded()), None)
+
+
+class AdminSettings(Strict):
+    """The admin API (/admin/*: api/routes/admin.py), off unless this section is present."""
+
+    # sha256:<64 hex> forms of the admin keys (`llm-broker hash-key`); they are not tenant keys.
+    keys: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]], msgspec.Meta(min_length=1)]
+
+
+class ServerSettings(Strict):
+    # How long a request may wait in total (queue + upstream) before a timeout error.
+    # At most a week: it becomes Redis expiries (PX) and deadlines, which must stay in range.
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=604_800)] = 600.0
+    # SSE: hold the 200 back this long so early failures still get a real HTTP status.
+    stream_first_byte_hold_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # SSE comment keep-alive while a job waits (proxies drop idle connections).
+    keepalive_interval_s: Annotated[float, msgspec.Meta(ge=0.1)] = 15.0  # never a busy loop of comments
+    # Final results stay readable this long after a job ends.
+    result_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 60  # Redis refuses SET ... EX 0
+    # Larger request bodies get a 413 before they are read whole (each body is queued in Redis).
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    # Stream events one client may leave unread (it reads slower than its job writes); past this its
+    # stream ends with an error and its job is cancelled, so a slow reader cannot grow the API's memory.
+    stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
+    # Async jobs (`Prefer: respond-async`, broker/queue/async_jobs.py): how long one may take in all
+    # (X-Request-Timeout may lower it), and how long its status and result stay readable after.
+    async_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=604_800)] = 3600.0
+    async_result_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=2_592_000)] = 86_400
+    # Resumable streams (broker/queue/job_events.py): a stream's events stay this long after it ends, for
+    # a client that reconnects with Last-Event-ID; a client that drops is given this long to come
+    # back before its job is cancelled (0: cancel at once, as with no resumption).
+    stream_resume_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    stream_resume_grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 5.0
+
+
+class CircuitSettings(Strict):
+    """Per deployment, shared by every process through Redis (broker/limits/circuit.py)."""
+
+    # Consecutive failures (5xx, timeouts, refused connections or keys) that open a deployment's circuit...
+    failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # ...for this long: it is skipped (failover moves on); then one probe job at a time tries it.
+    open_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Or: this share of its calls failed within `window_s` of the first recent failure, over at least
+    # `min_calls` calls (an upstream failing every other call never fails `failures` times in a row).
+    failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    min_calls: Annotated[int, msgspec.Meta(ge=1)] = 20
+
+
+class QueueSettings(Strict):
+    # Each lane's share of pulls while several lanes have work (smooth weighted
+    # round robin): interactive gets 8 of every 13, batch still 1, so none starves.
+    lane_weights: dict[str, int] = msgspec.field(
+        default_factory=lambda: {"interactive": 8, "default": 4, "batch": 1})
+    # Below this many waiting jobs a lane never rejects (drain-rate estimates are noisy when small).
+    min_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+    # Until a provider's drain rate has first been measured (it is kept in Redis from then on),
+    # admission assumes each live worker finishes `concurrency` jobs per this many seconds.
+    assumed_service_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # Workers refresh their liveness and their jobs' leases this often...
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # ...so a job pending this long without a refresh belongs to a dead worker and is reclaimed.
+    claim_idle_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # Deliveries before a job goes to the dead-letter stream and its client gets an error.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    # A worker counts as live this long after its last heartbeat (none live: 503 at the door).
+    worker_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # SIGTERM: how long a worker lets in-flight jobs finish before leaving them for reclaim.
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Jobs that failed through no fault of their request stay in the dead-letter stream for this
+    # long (broker/queue/dead_letters.py; `llm-broker dead list`, `dead replay`)...
+    dead_letter_retention_s: Annotated[float, msgspec.Meta(ge=1, le=31_536_000)] = 7 * 86_400.0
+    # ...and at most about this many per provider (each holds its whole request).
+    dead_letter_maxlen: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
+
+
+class UsageSettings(Strict):
+    # Days each day's usage aggregates stay in Redis (broker/money/ledger.py) after that day ends.
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 90
+    # Per-request usage records kept for export (a Redis stream, trimmed to about this many).
+    log_maxlen: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] = 100_000
+    # A durable copy of those records in PostgreSQL for billing (broker/money/usage_sink.py), e.g.
+    # postgresql://user:pass@host/db; the workers insert them in batches into `postgres_table`.
+    postgres_url: Secret | None = None
+    postgres_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "llm_broker_usage"
+
+
+class Config(Strict):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key this deployment owns (see broker/keys.py).
+    namespace: str = "llmb"
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    circuit: CircuitSettings = msgspec.field(default_factory=CircuitSettings)
+    usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
+    batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    # The exact-match response cache (broker/cache/exact.py); off unless this section is present.
+    cache: CacheSettings | None = None
+    providers: dict[str, ProviderConfig] = {}
+    # The list form is a `priority` group (ModelGroup) of those deployments.
+    models: dict[str, list[Deployment] | ModelGroup] = {}
+    tenants: dict[str, Tenant] = {}
+    admin: AdminSettings | None = None
+
+    def group(self, model: str) -> ModelGroup | None:
+        """The configured public model `model`, whichever form it was written in."""
+        found = self.models.get(model)
+        return ModelGroup(deployments=found) if isinstance(found, list) else found
+
+
+DEV_API_KEY = "sk-dev"
+
+
+def hash_key(api_key: str) -> str:
+    """The form keys take in config: never store a client key in clear."""
+    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()

@@ -1,0 +1,83 @@
+"""Provider settings: one Struct per provider `kind`, a tagged union in config.
+
+Each knows its defaults, including what its deployments can do
+(`capabilities()`), so routing can decide without importing any adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, get_args
+
+from msgspec import Meta
+
+from broker.config.types import Secret, Strict
+from broker.routing.capabilities import Capabilities
+from broker.routing.profiles import PROFILES
+
+
+class _HTTPProvider(Strict, kw_only=True):
+    api_key: Secret | None = None
+    concurrency: int = 64  # jobs in flight per worker process = pooled keep-alive connections
+    # Positive: aiohttp reads 0 as "no timeout at all".
+    timeout_s: Annotated[float, Meta(gt=0, le=604_800)] = 600.0
+    connect_timeout_s: Annotated[float, Meta(gt=0, le=604_800)] = 5.0
+    headers: dict[str, str] = {}
+    # Retries of a failed call (429, 5xx, timeouts...) on this deployment, with backoff and honouring
+    # Retry-After, when the job has no other deployment left to fail over to (broker/routing/failover.py).
+    max_retries: Annotated[int, Meta(ge=0, le=10)] = 1
+
+
+class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True):
+    """Any OpenAI-compatible upstream; `profile` names the server's quirks (broker/routing/profiles.py)."""
+
+    base_url: str
+    profile: str = "generic"
+    # Ask the upstream for a usage chunk on streams (we account by it); off for servers that reject it.
+    stream_usage: bool = True
+    api_version: str | None = None  # Azure only: the `api-version` query parameter
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; known: {', '.join(sorted(PROFILES))}")
+        if PROFILES[self.profile].azure and not self.api_version:
+            raise ValueError("the azure profile needs `api_version`")
+
+    def capabilities(self) -> Capabilities:
+        return PROFILES[self.profile].capabilities
+
+
+class AnthropicProvider(_HTTPProvider, tag_field="kind", tag="anthropic", kw_only=True):
+    """Anthropic Messages API."""
+
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used when the client sends none.
+    default_max_tokens: int = 4096
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=False, embeddings=False)
+
+
+class GeminiProvider(_HTTPProvider, tag_field="kind", tag="gemini", kw_only=True):
+    """Google Gemini (Developer API, generateContent / streamGenerateContent / embedContent)."""
+
+    base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=False, embeddings=True)
+
+
+class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
+    """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
+
+    concurrency: int = 256
+    tokens: int = 16
+    token_delay_s: float = 0.0
+    first_token_delay_s: float = 0.0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=True, embeddings=True)
+
+
+ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | MockProvider
+KINDS = sorted(str(t.__struct_config__.tag) for t in get_args(ProviderConfig))

@@ -1,0 +1,263 @@
+"""Worker side of the reply path: coalesce replies per job, pipeline them per burst.
+
+A streaming job produces a chunk every few milliseconds; a PUBLISH per chunk
+would cost a Redis round trip each and wake the API once per token. Instead
+chunks go into a per-job buffer, and one flusher task per worker process sends
+everything buffered since its last round trip in a single pipeline: under load
+many jobs' chunks share one round trip and one job's burst becomes one
+message; when idle a chunk leaves as soon as it is produced.
+
+A job's end (final reply, result key with its TTL, the tenant's token bucket settled with the real
+usage, and finish.lua: XACK, XDEL) goes in the same pipeline, after the job's last chunk, so the entry
+is acknowledged only once the client's answer has been handed to Redis. The ends finish.lua
+acknowledged then go to the ledger (broker/money/ledger.py) in the next pipeline: those keys live in the
+tenant's Cluster slot, and only the acknowledging delivery may count a job. Under load that pipeline
+carries the next burst anyway; when idle it leaves at once, on its own.
+
+Every reply of a worker goes through PUBLISH commands in pipeline order, never from a script: under
+Redis Cluster, PUBLISH is sent to the node of its channel's slot, so one API process's messages
+all leave from one node, in order.
+
+Sequence numbers are assigned here, at flush time, in send order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from broker.config import Tenant, UsageSettings
+from broker.errors import ErrorInfo
+from broker.keys import Keys
+from broker.limits.ratelimit import reconcile_into
+from broker.money import ledger
+from broker.ops.redaction import redact
+from broker.queue import async_jobs, job_events
+from broker.queue.jobs import Chunk, Failed, Final, Job, key_limits, reply_encoder
+from broker.queue.streams import QueueScripts
+from broker.store.scripts import Queued, evalsha_into, publish_into, resend_unknown
+from broker.wire import Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Chunks:
+    job: Job
+    events: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Started:
+    job: Job  # an async job a worker began: its status record says so
+
+
+@dataclass(slots=True)
+class _End:
+    job: Job
+    entry_id: bytes
+    stream: str | bytes
+    body: bytes
+    usage: Usage | None
+    error: ErrorInfo | None
+    service_ms: int
+    ttft_ms: int
+    timed: bool
+    ledger: ledger.Entry | None
+    done: asyncio.Future[None]
+    seq: int = -1  # assigned at flush
+    finish: Queued | None = None  # its finish.lua call in the flush's pipeline
+
+
+class Outbox:
+    def __init__(self, redis: Redis, keys: Keys, scripts: QueueScripts, *, result_ttl_s: int,
+                 tenants: dict[str, Tenant], usage: UsageSettings, resume_ttl_s: int = 60) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.scripts = scripts
+        self.tenants = tenants
+        self.usage = usage
+        self.result_ttl_s = result_ttl_s
+        self.resume_ttl_s = resume_ttl_s
+        self._ops: list[_Chunks | _Started | _End] = []
+        self._open: dict[str, _Chunks] = {}
+        self._seq: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._counts: list[ledger.Entry] = []  # acknowledged ends for the ledger: in the next pipeline
+        self._idle = asyncio.Event()  # nothing queued, nothing being sent
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_forever(), name="outbox")
+
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """Send what is queued (the last ends' ledger), for at most `timeout_s`, then stop."""
+        if self._task:
+            await self.settled(timeout_s)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait until everything queued has been sent (True), or `timeout_s` passed (False)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    def chunk(self, job: Job, event: bytes) -> None:
+        """Queue one JSON-encoded SSE event for the job's client (non-blocking)."""
+        buffered = self._open.get(job.id)
+        if buffered is None:
+            buffered = self._open[job.id] = _Chunks(job)
+            self._ops.append(buffered)
+        buffered.events.append(event)
+        self._idle.clear()
+        self._wake.set()
+
+    async def finish(
+        self,
+        job: Job,
+        entry_id: bytes,
+        stream: str | bytes,
+        *,
+        body: bytes = b"",
+        usage: Usage | None = None,
+        error: ErrorInfo | None = None,
+        service_ms: int = 0,
+        ttft_ms: int = 0,
+        timed: bool = False,
+        ledger: ledger.Entry | None = None,
+    ) -> None:
+        """Send the job's terminal reply, store its result, ack and delete its entry; wait till done.
+
+        `service_ms`: how long the job ran, for the provider's average (0: not a measure of the work);
+        `ttft_ms` its time to first token; `timed`: keep the deployment's own averages (latency routing);
+        `ledger`: what the job adds to the usage ledger, if this delivery is the one that ends it.
+        """
+        self._open.pop(job.id, None)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ops.append(_End(job, entry_id, stream, body, usage, error, service_ms, ttft_ms, timed, ledger, done))
+        self._idle.clear()
+        self._wake.set()
+        await done
+
+    def started(self, job: Job) -> None:
+        """An async job began running (its status turns `in_progress`; non-blocking)."""
+        self._ops.append(_Started(job))
+        self._idle.clear()
+        self._wake.set()
+
+    def forget(self, job_id: str) -> None:
+        """The job's end will not be retried: drop its sequence counter."""
+        self._seq.pop(job_id, None)
+
+    def _next_seq(self, job_id: str) -> int:
+        seq = self._seq.get(job_id, 0)
+        self._seq[job_id] = seq + 1
+        return seq
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._ops = self._ops, []
+            counts, self._counts = self._counts, []
+            self._open.clear()
+            try:
+                await self._flush(ops, counts)
+            except Exception as exc:
+                log.error("reply flush failed (%d ops): %s", len(ops), exc)
+                for op in ops:
+                    if isinstance(op, _End) and not op.done.done():
+                        # A retried end keeps its sequence number: the API, which may have missed only
+                        # this message, then takes it as the next one rather than as a gap.
+                        if op.seq >= 0:
+                            self._seq[op.job.id] = op.seq
+                        op.done.set_exception(exc)
+            if not self._ops and not self._counts:
+                self._idle.set()
+
+    async def _flush(self, ops: list[_Chunks | _Started | _End], counts: list[ledger.Entry]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        # EVALSHA calls, sent again if Redis lost its scripts; first the ledger of the ends acknowledged
+        # by the previous pipeline.
+        scripted: list[Queued] = ledger.write_into(pipe, self.scripts.ledger, self.keys, self.usage, counts)
+        counted = len(pipe)
+        for op in ops:
+            job = op.job
+            if isinstance(op, _Started):
+                async_jobs.mark_started(pipe, self.keys, job)
+                continue
+            if isinstance(op, _Chunks):
+                seq = self._next_seq(job.id)
+                reply = (Chunk(job.id, job.attempt, seq, op.events, job.served_by, job.calls) if seq == 0
+                         else Chunk(job.id, job.attempt, seq, op.events))
+                encoded = reply_encoder.encode(reply)
+                publish_into(pipe, job.reply_to, encoded)
+                job_events.record(pipe, self.keys, job, seq, encoded)
+                continue
+            seq = op.seq = self._next_seq(job.id)
+            del self._seq[job.id]
+            terminal = (
+                # Every error a worker sends passes here: the last place an upstream's echo of our key is caught.
+                Failed(job.id, job.attempt, seq, msgspec.structs.replace(op.error, message=redact(op.error.message)))
+                if op.error is not None
+                else Final(job.id, job.attempt, seq, op.body, op.usage, job.served_by, job.calls)
+            )
+            encoded = reply_encoder.encode(terminal)
+            if job.streams:
+                job_events.record_end(pipe, self.keys, job, seq, encoded, job.async_ttl_s or self.resume_ttl_s)
+            tenant = self.tenants.get(job.tenant)
+            if tenant is not None and op.usage is not None:
+                # The TPM bucket was charged an estimate at admission; settle it with what was used,
+                # before the reply goes out, so the client's next request already sees it.
+                # (A job queued by an API older than `key_tpm` names a key whose limits are in config.)
+                key = key_limits(job) or tenant.api_key(job.key)
+                scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
+                                           job.estimated_tokens, op.usage.total_tokens, key=key)
+            publish_into(pipe, job.reply_to, encoded)
+            pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
+            op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
+                                     [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
+                                      "1" if op.timed else "0"])
+            scripted.append(op.finish)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            # Sent or not, unknowable: never sent again (a job counted twice is worse than once not).
+            if counts:
+                log.error("usage of %d ended jobs may not be recorded: %s", len(counts), exc)
+            raise
+        # Redis restarted and lost its scripts: only those commands failed (the chunks between them
+        # went out), so send just those again, in order.
+        await resend_unknown(scripted, results)
+        failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
+        if lost := [r for r in results[:counted] if isinstance(r, Exception)]:
+            log.error("usage of %d ended jobs not recorded: %s", len(counts), lost[0])
+        # Before any failure is raised: an end acknowledged here is not acknowledged by its retry.
+        acknowledged = [op.ledger for op in ops if isinstance(op, _End) and op.ledger is not None
+                        and op.finish is not None and results[op.finish.position] == 1]
+        if acknowledged:
+            self._counts += acknowledged
+            self._wake.set()
+        if failures:
+            raise failures[0]
+        for op in ops:
+            if isinstance(op, _End) and not op.done.done():
+                op.done.set_result(None)
+
+    def finish_keys(self, job: Job, stream: str | bytes) -> list[Any]:
+        """finish.lua's KEYS, all in the provider's Cluster slot."""
+        p = job.provider
+        return [stream, self.keys.active(p, job.lane), self.keys.drain(p), self.keys.circuit(p)]

@@ -1,0 +1,208 @@
+"""Job queues on Redis Streams: admission + enqueue, fair pulls, heartbeats, reclaim.
+
+Each provider has one stream per (lane, tenant) — `Keys.queue` — each with the
+consumer group "workers", so a job goes to exactly one worker. The steps that
+must be atomic are Lua scripts (broker/store/lua/), registered once:
+
+    enqueue.lua  API: live workers? room before the deadline? → XADD, mark the
+                 tenant active, count the backlog, ring the workers' bell
+    pull.lua     worker: lanes by weighted round robin, tenants in a lane by
+                 round robin, one job per turn; drops cancelled jobs; measures
+                 the drain rate while work waits
+    finish.lua   worker: XACK, XDEL, retire empty streams, service times
+                 (the reply, the result and the ledger ride beside it: broker/queue/outbox.py)
+    reclaim.lua  worker: XAUTOCLAIM what dead workers left, with delivery counts
+
+Why per-tenant streams: a single FIFO per lane cannot let tenant B pass a
+1,000-job backlog of tenant A; per-tenant streams with round robin can, and
+an empty stream is deleted, so idle tenants cost no memory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from broker.config import Config, QueueSettings
+from broker.errors import BrokerError, CircuitOpen, RateLimited, Unavailable
+from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
+from broker.limits.ratelimit import RECONCILE
+from broker.queue.jobs import Job, job_encoder
+from broker.routing import failover
+from broker.store.scripts import lua_script, publish_into
+
+
+class QueueScripts:
+    """The Lua scripts a job's way through the queue runs, registered once per Redis client (EVALSHA
+    afterwards). `reconcile` is the rate limiter's, here because it rides in the worker's finish pipeline."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.enqueue: AsyncScript = redis.register_script(lua_script("enqueue"))
+        self.pull: AsyncScript = redis.register_script(lua_script("pull"))
+        self.finish: AsyncScript = redis.register_script(lua_script("finish"))
+        self.ledger: AsyncScript = redis.register_script(lua_script("ledger"))
+        self.reclaim: AsyncScript = redis.register_script(lua_script("reclaim"))
+        self.reconcile: AsyncScript = redis.register_script(RECONCILE)
+        self.circuit: AsyncScript = redis.register_script(lua_script("circuit"))
+        self.race: AsyncScript = redis.register_script(lua_script("race"))
+
+    def named(self) -> dict[str, AsyncScript]:
+        return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "ledger": self.ledger,
+                "reclaim": self.reclaim, "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race}
+
+    async def load(self) -> None:
+        """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
+        for script in self.named().values():
+            await script.registered_client.script_load(script.script)
+
+
+async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> bytes:
+    """Admit and enqueue, or raise: 503 when no worker serves the provider or its circuit is open
+    (broker/store/lua/circuit.lua), 429 when the lane is full.
+
+    Before a provider's drain rate has ever been measured, each live worker is assumed to finish
+    its configured `concurrency` jobs every `assumed_service_s`.
+    """
+    p, queue = job.provider, config.queue
+    cold_rate_per_worker = config.providers[p].concurrency / queue.assumed_service_s
+    ms_left = int((job.deadline - time.time()) * 1000)
+    probe_ms = int(config.circuit.open_s * 1000)
+    result = await scripts.enqueue(
+        keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
+              keys.workers(p), keys.circuit(p)],
+        args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
+              queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
+              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms],
+    )
+    status = result[0].decode()
+    if status == "ok":
+        entry_id: bytes = result[1]
+        return entry_id
+    if status == "no_workers":
+        raise Unavailable(f"No worker is serving provider {p!r} right now; please retry shortly.",
+                          retry_after_s=queue.heartbeat_interval_s)
+    if status == "open" and len(result) > 2:  # cooling down after its upstream's 429
+        raise RateLimited(f"Deployment {p}/{job.upstream_model} is rate limited by its upstream; please retry "
+                          "after the time given.", retry_after_s=int(result[1]) / 1000)
+    if status == "open":
+        raise CircuitOpen(f"Deployment {p}/{job.upstream_model} failed too often lately and is skipped for now.",
+                          retry_after_s=int(result[1]) / 1000)
+    retry_after_ms, ahead, rate, service_ms = int(result[1]), int(result[2]), float(result[3]), float(result[4])
+    work = f" and take about {service_ms / 1000:.1f}s each" if service_ms > 0 else ""
+    raise RateLimited(
+        f"The {job.lane!r} queue of provider {p!r} is full: the {ahead} requests ahead of this one drain at "
+        f"about {rate:.1f}/s{work}, so this one would finish past its deadline. Please retry later.",
+        code="queue_full", retry_after_s=max(retry_after_ms / 1000, 1.0),
+    )
+
+
+async def enqueue_first(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> tuple[Job, bytes]:
+    """Queue `job` on the first of its candidates that takes it: one refusing it (no live worker,
+    circuit open, queue full) passes it to the next, as a failed call would (broker/routing/failover.py).
+    Returns the job as queued and its entry id, or raises the error that lists every refusal."""
+    while True:
+        try:
+            return job, await enqueue(scripts, keys, config, job)
+        except BrokerError as refused:
+            nxt = failover.advance(job, refused)
+            if nxt is None:
+                raise failover.final_error(job, refused) from None
+            job = nxt
+
+
+async def hand_off(scripts: QueueScripts, keys: Keys, job: Job, entry_id: bytes, stream: str) -> None:
+    """Acknowledge and delete a job's entry without answering it: it is queued elsewhere now (failover)."""
+    await scripts.finish(keys=[stream, keys.active(job.provider, job.lane), keys.drain(job.provider),
+                               keys.circuit(job.provider)],
+                         args=[entry_id, job.tenant, 0, job.upstream_model])
+
+
+class Pulled:
+    __slots__ = ("stream", "entry_id", "job_id", "payload", "delivered")
+
+    def __init__(self, stream: str, entry_id: bytes, job_id: str, payload: bytes, delivered: int = 1) -> None:
+        self.stream = stream
+        self.entry_id = entry_id
+        self.job_id = job_id
+        self.payload = payload
+        self.delivered = delivered
+
+
+def _fields(raw: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(raw[::2], raw[1::2]))
+
+
+async def pull(scripts: QueueScripts, keys: Keys, queue: QueueSettings, provider: str, consumer: str,
+               count: int) -> list[Pulled]:
+    weights = [queue.lane_weights[lane] for lane in LANES]
+    rows = await scripts.pull(
+        keys=[f"{keys.provider(provider)}sched", keys.backlog(provider), keys.drain(provider)],
+        args=[consumer, count, len(LANES), *LANES, *weights],
+    )
+    pulled = []
+    for stream, entry_id, raw in rows:
+        fields = _fields(raw)
+        pulled.append(Pulled(stream.decode(), entry_id, fields[b"id"].decode(), fields[b"job"]))
+    return pulled
+
+
+async def reclaim(scripts: QueueScripts, redis: Redis, keys: Keys, queue: QueueSettings, provider: str,
+                  consumer: str, count: int) -> list[Pulled]:
+    """Entries idle past `claim_idle_s` on any of the provider's streams, now ours."""
+    streams: list[str] = []
+    for lane in LANES:
+        tenants = await redis.zrange(keys.active(provider, lane), 0, -1)
+        streams += [keys.queue(provider, lane, t.decode()) for t in tenants if isinstance(t, bytes)]
+    claimed: list[Pulled] = []
+    for stream in streams:
+        rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count])
+        for entry_id, raw, delivered in rows:
+            fields = _fields(raw)
+            claimed.append(Pulled(stream, entry_id, fields[b"id"].decode(), fields[b"job"], int(delivered)))
+    return claimed
+
+
+async def heartbeat(redis: Redis, keys: Keys, provider: str, consumer: str,
+                    in_flight: dict[str, list[bytes]]) -> None:
+    """Say we are alive, and reset the idle time of the entries we hold (so nobody reclaims them)."""
+    seconds, micros = await redis.time()  # the server's clock, which enqueue.lua compares against
+    now = seconds * 1000 + micros // 1000
+    pipe = redis.pipeline(transaction=False)
+    pipe.zadd(keys.workers(provider), {consumer: now})
+    pipe.zremrangebyscore(keys.workers(provider), "-inf", now - 60_000)
+    for stream, entry_ids in in_flight.items():
+        if entry_ids:
+            pipe.xclaim(stream, WORKER_GROUP, consumer, 0, list[Any](entry_ids), justid=True)
+    for result in await pipe.execute(raise_on_error=False):
+        # NOGROUP: the stream is gone with its group: its jobs finished (finish.lua retired the
+        # emptied stream after the snapshot of held entries was taken) or Redis lost its data.
+        # Nothing is left to keep alive there; any other error is real.
+        if isinstance(result, Exception) and not str(result).startswith("NOGROUP"):
+            raise result
+
+
+async def cancelled(redis: Redis, keys: Keys, provider: str, job_ids: list[str]) -> list[str]:
+    """Those of `job_ids` whose cancellation marker is set (a cancel message may have been missed)."""
+    if not job_ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.exists(keys.cancelled(provider, job_id))
+    return [job_id for job_id, marked in zip(job_ids, await pipe.execute()) if marked]
+
+
+async def cancel(redis: Redis, keys: Keys, providers: list[str], job_id: str, deadline: float) -> None:
+    """Drop the job if still queued on any of `providers`, abort it where it runs."""
+    ttl_ms = max(int((deadline - time.time()) * 1000), 1)
+    pipe = redis.pipeline(transaction=False)
+    for provider in dict.fromkeys(providers):
+        pipe.set(keys.cancelled(provider, job_id), 1, px=ttl_ms)  # pull.lua skips it
+        publish_into(pipe, keys.cancel_channel(provider), job_id.encode())  # the running worker aborts it
+    await pipe.execute()
+
+
+async def leave(redis: Redis, keys: Keys, provider: str, consumer: str) -> None:
+    await redis.zrem(keys.workers(provider), consumer)

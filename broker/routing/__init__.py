@@ -1,0 +1,1 @@
+"""Which deployment serves a job: model groups, strategies, rules, capabilities, failover order."""

@@ -1,0 +1,86 @@
+"""What a deployment can do, and what a request needs: routing matches the two.
+
+Capabilities come from the provider kind (and, for OpenAI-compatible servers,
+their profile: broker/routing/profiles.py), and a deployment in config may override
+any of them. A request is only ever routed to a deployment that has every
+capability it needs, so adapters never receive requests they cannot serve.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, ImageUrlPart
+
+
+class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    chat: bool = True
+    completions: bool = False  # legacy /v1/completions
+    embeddings: bool = False
+    tools: bool = True
+    vision: bool = True
+    json_object: bool = True  # response_format {"type": "json_object"}
+    json_schema: bool = True  # response_format {"type": "json_schema"} (structured outputs)
+    max_context_tokens: int | None = None
+
+
+class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A deployment's corrections to its provider's defaults (None keeps the default)."""
+
+    chat: bool | None = None
+    completions: bool | None = None
+    embeddings: bool | None = None
+    tools: bool | None = None
+    vision: bool | None = None
+    json_object: bool | None = None
+    json_schema: bool | None = None
+    max_context_tokens: int | None = None
+
+    def apply(self, base: Capabilities) -> Capabilities:
+        changes = {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
+        return msgspec.structs.replace(base, **changes) if changes else base
+
+
+Request = ChatRequest | CompletionRequest | EmbeddingRequest
+
+
+def needs(req: Request) -> dict[str, str]:
+    """Capability → the request field that needs it (the 400's `param` if nobody has it)."""
+    if isinstance(req, EmbeddingRequest):
+        return {"embeddings": "model"}
+    if isinstance(req, CompletionRequest):
+        return {"completions": "model"}
+    required = {"chat": "model"}
+    if req.tools:
+        required["tools"] = "tools"
+    if isinstance(req.response_format, dict) and req.response_format.get("type") in ("json_object", "json_schema"):
+        required[req.response_format["type"]] = "response_format"
+    if any(isinstance(m.content, list) and any(isinstance(p, ImageUrlPart) for p in m.content)
+           for m in req.messages):
+        required["vision"] = "messages"
+    return required
+
+
+# Output tokens a request without a limit is expected to produce: a typical chat answer.
+DEFAULT_OUTPUT_TOKENS = 512
+
+
+def output_limit_tokens(req: Request) -> int:
+    """The most output a request asks for: its limit (`max_completion_tokens` / `max_tokens`, else
+    DEFAULT_OUTPUT_TOKENS) times its choices (`n`; completions: max(n, best_of)). Embeddings: 0."""
+    if isinstance(req, EmbeddingRequest):
+        return 0
+    limit = req.output_limit()
+    choices = req.n if isinstance(req.n, int) else 1
+    if isinstance(req, CompletionRequest) and isinstance(req.best_of, int):
+        choices = max(choices, req.best_of)
+    return choices * (DEFAULT_OUTPUT_TOKENS if limit is None else limit)
+
+
+def estimate_tokens(req: Request) -> int:
+    """A cheap prompt-size estimate (~4 characters a token) for context-window checks."""
+    if isinstance(req, EmbeddingRequest):
+        return sum(len(t) for t in req.texts()) // 4
+    if isinstance(req, CompletionRequest):
+        return sum(len(p) for p in req.prompts()) // 4
+    return sum(len(m.text()) for m in req.messages) // 4 + 3 * len(req.messages)

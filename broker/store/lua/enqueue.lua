@@ -1,0 +1,91 @@
+-- Admit and enqueue one job atomically (broker/queue/streams.py `enqueue`).
+-- KEYS: 1 the tenant's lane stream, 2 the lane's active-tenants zset, 3 backlog hash,
+--       4 drain hash, 5 workers zset, 6 circuit hash (circuit.lua)
+-- ARGV: 1 tenant, 2 lane, 3 job id, 4 job (msgpack), 5 ms left before the job's deadline,
+--       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
+--       10 n lanes, then the lane names, then their weights, then the jobs/s one worker is
+--       assumed to drain before the provider's rate has ever been measured, the upstream
+--       model, and how long a half-open circuit's one probe may take (ms)
+-- Returns {'ok', entry id} | {'no_workers'} | {'open', ms until it may be tried[, 'cool': rate limited]}
+--       | {'full', retry_after_ms, jobs ahead, their drain rate, service time ms (0: not measured)}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live_workers = redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf')
+if live_workers == 0 then
+  return {'no_workers'}
+end
+-- While several lanes have work each drains at its weighted share of the
+-- measured rate (pull.lua's smooth weighted round robin). The rate is measured
+-- only while workers are saturated, so it is real capacity; below min_queue
+-- waiting jobs a lane never rejects.
+local lane, nl = ARGV[2], tonumber(ARGV[10])
+-- The deployment's circuit: skipped while open or cooling down after a 429; once the open time
+-- is over, exactly one job at a time goes through as the probe (half-open) until one succeeds.
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  local m = ARGV[12 + 2 * nl]
+  local cool = tonumber(redis.call('HGET', KEYS[6], m .. ':cool') or '0')
+  if cool > now then return {'open', string.format('%.0f', cool - now), 'cool'} end
+  local open_until = tonumber(redis.call('HGET', KEYS[6], m) or '0')
+  if open_until > now then return {'open', string.format('%.0f', open_until - now)} end
+  if open_until > 0 then
+    local probe = tonumber(redis.call('HGET', KEYS[6], m .. ':probe') or '0')
+    if probe > now then return {'open', string.format('%.0f', probe - now)} end
+    redis.call('HSET', KEYS[6], m .. ':probe', now + tonumber(ARGV[13 + 2 * nl]))
+  end
+end
+local mine, my_weight, weights = 0, 1, 0
+for i = 1, nl do
+  local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
+  local waiting = tonumber(redis.call('HGET', KEYS[3], name) or '0')
+  if name == lane then
+    mine, my_weight = waiting, weight
+    weights = weights + weight
+  elseif waiting > 0 then
+    weights = weights + weight
+  end
+end
+-- Admit only what should *finish* in time: its wait plus the provider's
+-- average service time (finish.lua measures it) within 90% of the time left.
+-- Before any job has finished, only the start can be estimated: within 70%
+-- of the time left, the rest for the work. The best estimate of the wait is how fast
+-- this tenant's own queue in this lane has been draining (pull.lua measures
+-- it while the queue had work): that rate already reflects the other tenants
+-- and lanes competing with it, including the ones that arrive later and are
+-- served first. Before it has been measured: the lane's weighted share of the
+-- provider's rate, with tenants taking turns. And before even that has ever
+-- been measured (a provider's first saturation): a cautious guess from the
+-- live workers' slots, so a first burst of short-deadline requests is not
+-- all admitted to time out.
+local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
+if rate <= 0 then rate = live_workers * tonumber(ARGV[11 + 2 * nl]) end
+local own_field = lane .. ':' .. ARGV[1]
+local own = tonumber(redis.call('HGET', KEYS[3], own_field) or '0')
+if mine >= tonumber(ARGV[7]) then
+  local own_rate = tonumber(redis.call('HGET', KEYS[4], own_field .. ':rate') or '0')
+  local ahead, drain = own + 1, own_rate
+  if own_rate <= 0 then
+    ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
+    -- Jobs waiting mean every slot is busy: this one starts after those ahead *and* one more finish.
+    if ahead > 0 then ahead = ahead + 1 end
+    drain = rate * my_weight / weights
+  end
+  local wait_ms = ahead / drain * 1000
+  local service_ms = tonumber(redis.call('HGET', KEYS[4], 'service_ms') or '0')
+  local budget = tonumber(ARGV[5]) * 0.7
+  if service_ms > 0 then budget = tonumber(ARGV[5]) * 0.9 - service_ms end
+  if wait_ms > budget then
+    -- '%.0f', not tostring: past 1e14 Lua writes '1e+14', which the caller's int() refuses.
+    return {'full', string.format('%.0f', math.ceil(wait_ms - budget)), string.format('%.0f', ahead - 1),
+            tostring(drain), tostring(service_ms)}
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', now + tonumber(ARGV[5]),
+                      'job', ARGV[4])
+redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
+redis.call('HINCRBY', KEYS[3], lane, 1)
+redis.call('HINCRBY', KEYS[3], own_field, 1)
+redis.call('PUBLISH', ARGV[9], lane)
+return {'ok', id}

@@ -1,0 +1,26 @@
+-- Count a finished job in its tenant's ledger (broker/money/ledger.py): the day's usage hash, and each
+-- budget it was held to (admit.lua) gets its real cost in place of the hold. Every key is in the
+-- tenant's Cluster slot. Sent only after finish.lua acknowledged the job's entry, so a job delivered
+-- twice is counted once.
+-- KEYS: 1 the tenant's usage hash of the day; 2.. per budget: its counter and its holds ZSET
+-- ARGV: 1 field prefix, 2 the hash's expiry (unix s), 3..11 one count per ledger metric
+--       (ledger.METRICS order), 12 the job's cost (nano-dollars), 13 its hold (`<job id>:<nano-dollars>`)
+local metrics = {'requests', 'input_tokens', 'output_tokens', 'cached_tokens', 'cost_nanos', 'errors',
+                 'cancelled', 'estimated', 'unpriced'}
+for i, metric in ipairs(metrics) do
+  if ARGV[2 + i] ~= '0' then redis.call('HINCRBY', KEYS[1], ARGV[1] .. metric, ARGV[2 + i]) end
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+for k = 2, #KEYS - 1, 2 do
+  -- The hold still there is replaced by the real cost; one admit.lua already gave back (its
+  -- deadline passed) leaves the whole cost to add.
+  local delta = tonumber(ARGV[12])
+  if redis.call('ZREM', KEYS[k + 1], ARGV[13]) == 1 then
+    delta = delta - tonumber(string.match(ARGV[13], ':(%d+)$'))
+  end
+  -- A counter gone with its period stays gone (INCRBY would revive it without a TTL).
+  if delta ~= 0 and redis.call('EXISTS', KEYS[k]) == 1 then
+    redis.call('INCRBY', KEYS[k], string.format('%.0f', delta))
+  end
+end
+return 1

@@ -1,0 +1,116 @@
+-- Take up to `count` jobs for one worker, fairly (broker/queue/streams.py `pull`).
+-- Lanes: smooth weighted round robin (nginx's), so every lane with work gets
+-- its weight's share and none starves. Tenants within a lane: round robin, one
+-- job per turn, so a flood from one tenant waits behind one job of each other.
+-- Entries of cancelled jobs, and of jobs already past their deadline (their
+-- client has had its timeout error from the API), are dropped here, unrun and
+-- uncounted, so the drain rate measures real work only.
+-- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
+-- The tenants' streams and cancellation markers are found at run time, so their names (and the
+-- lanes' active sets') are built here, from the prefix of KEYS[1] (Keys.provider + 'sched'): it
+-- holds the provider's hash tag, so every one is in the declared keys' Cluster slot.
+-- ARGV: 1 consumer, 2 count, 3 n lanes, 4.. lanes, then weights
+-- Returns {{stream, entry id, fields}, ...}
+local prefix = string.sub(KEYS[1], 1, -6)  -- without 'sched'
+local consumer, want = ARGV[1], tonumber(ARGV[2])
+local nl = tonumber(ARGV[3])
+local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
+for i = 1, nl do
+  lanes[i] = ARGV[3 + i]
+  weights[i] = tonumber(ARGV[3 + nl + i])
+  members[i] = redis.call('ZCARD', prefix .. 'active:' .. lanes[i])
+  misses[i] = 0
+  done[i] = members[i] == 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, taken, guard = {}, 0, 0
+local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
+while taken < want and guard < 100000 do
+  guard = guard + 1
+  local total, best, best_weight = 0, nil, nil
+  local current = {}
+  for i = 1, nl do
+    if not done[i] then
+      current[i] = tonumber(redis.call('HGET', KEYS[1], lanes[i]) or '0') + weights[i]
+      total = total + weights[i]
+      if best == nil or current[i] > best_weight then best, best_weight = i, current[i] end
+    end
+  end
+  if best == nil then break end
+  local lane = lanes[best]
+  local active = prefix .. 'active:' .. lane
+  local tenant = redis.call('ZRANGE', active, 0, 0)[1]
+  if not tenant then
+    done[best] = true
+  else
+    local stream = prefix .. 'q:' .. lane .. ':' .. tenant
+    local turn = redis.call('HINCRBY', KEYS[1], 'turn', 1)
+    local got = nil
+    if redis.call('EXISTS', stream) == 1 then
+      got = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+    end
+    if got then
+      local entry = got[1][2][1]
+      redis.call('HINCRBY', KEYS[2], lane, -1)
+      local own_field = lane .. ':' .. tenant
+      if redis.call('HINCRBY', KEYS[2], own_field, -1) <= 0 then redis.call('HDEL', KEYS[2], own_field) end
+      redis.call('ZADD', active, turn, tenant)  -- to the back of the lane's round robin
+      local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
+      if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
+        redis.call('XACK', stream, 'workers', entry[1])
+        redis.call('XDEL', stream, entry[1])
+      else
+        out[#out + 1] = {stream, entry[1], fields}
+        taken = taken + 1
+        taken_from[own_field] = (taken_from[own_field] or 0) + 1
+        misses[best] = 0  -- the lane is exhausted only after a full cycle of its tenants yields nothing
+        -- Only a job taken counts as the lane's turn. A lane whose head tenant had
+        -- only running jobs, or only dead ones, keeps its weight: otherwise a lane
+        -- with many busy tenants would lose its share to those misses.
+        for i, value in pairs(current) do
+          if i == best then value = value - total end
+          redis.call('HSET', KEYS[1], lanes[i], value)
+        end
+      end
+    else
+      if redis.call('XLEN', stream) == 0 then
+        redis.call('ZREM', active, tenant)
+        redis.call('DEL', stream)  -- its consumer group goes too; enqueue.lua recreates both
+      else
+        redis.call('ZADD', active, turn, tenant)  -- only running jobs left: skip for now
+      end
+      misses[best] = misses[best] + 1
+      if misses[best] >= members[best] then done[best] = true end
+    end
+  end
+end
+-- Drain rates (jobs/s), measured only over intervals in which work kept
+-- waiting: then pulls are limited by capacity and competition, not by
+-- arrivals. One for the provider, one per tenant queue of a lane (fields
+-- '<lane>:<tenant>:rate|since|count'); enqueue.lua uses them.
+local function measure(prefix_, still_waiting, n)
+  if still_waiting > 0 and n > 0 then
+    local since = tonumber(redis.call('HGET', KEYS[3], prefix_ .. 'since') or '0')
+    if since == 0 then
+      redis.call('HSET', KEYS[3], prefix_ .. 'since', now, prefix_ .. 'count', 0)
+    else
+      local count = redis.call('HINCRBY', KEYS[3], prefix_ .. 'count', n)
+      if now - since >= 250 then  -- short windows: a fresh overload is measured within a blink
+        local sample = count * 1000 / (now - since)
+        local rate = tonumber(redis.call('HGET', KEYS[3], prefix_ .. 'rate') or '0')
+        if rate > 0 then rate = 0.7 * rate + 0.3 * sample else rate = sample end
+        redis.call('HSET', KEYS[3], prefix_ .. 'rate', tostring(rate), prefix_ .. 'since', now, prefix_ .. 'count', 0)
+      end
+    end
+  elseif still_waiting == 0 then
+    redis.call('HSET', KEYS[3], prefix_ .. 'since', 0, prefix_ .. 'count', 0)
+  end
+end
+local waiting = 0
+for i = 1, nl do waiting = waiting + tonumber(redis.call('HGET', KEYS[2], lanes[i]) or '0') end
+measure('', waiting, taken)
+for own_field, n in pairs(taken_from) do
+  measure(own_field .. ':', tonumber(redis.call('HGET', KEYS[2], own_field) or '0'), n)
+end
+return out
