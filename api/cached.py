@@ -35,11 +35,11 @@ from api import sse
 from api.sse import EventStream
 from api.state import BrokerState
 from broker.cache.exact import Policy, Slot, deterministic
-from broker.cache.replay import Kind, assemble, hit_body, kind_of, replay
+from broker.cache.replay import assemble, hit_body, replay
 from broker.errors import RequestTimeout, Unavailable
 from broker.money import ledger
 from broker.queue.jobs import Chunk, Final, Job, Reply
-from broker.wire import EmbeddingRequest
+from broker.queue.payloads import Kind
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ async def respond(state: BrokerState, request: Request, job: Job, policy: Policy
     `timings`: a stream's first-byte hold and keep-alive interval (api/dispatch.py `stream_timings`)."""
     assert state.cache is not None
     want = wants(request)
-    if not (want.lookup or want.store) or (policy.deterministic_only and not deterministic(job.payload)):
+    if not (want.lookup or want.store) or (policy.deterministic_only and not deterministic(job.request)):
         return _miss(await run(None))
     slot = state.cache.slot(policy, job)
     for _ in range(MAX_ROUNDS if want.lookup else 0):
@@ -154,7 +154,7 @@ async def _lead(state: BrokerState, job: Job, slot: Slot, policy: Policy,
                 flight: asyncio.Future[bytes | None] | None, run: Runner) -> Response:
     """Run the job; when its response is over, store its answer (if whole) and land the flight."""
     assert state.cache is not None
-    collector = _Collector(kind_of(job.payload), state.cache.settings.max_entry_bytes)
+    collector = _Collector(job.payload.kind, state.cache.settings.max_entry_bytes)
     settled = False
 
     def settle(_finished: bool = True) -> None:
@@ -259,13 +259,11 @@ def _waiting_stream(state: BrokerState, job: Job, flight: asyncio.Future[bytes |
 
 
 def _answer_id(job: Job) -> str:
-    return f"{'chatcmpl' if kind_of(job.payload) == 'chat' else 'cmpl'}-{job.id}"
+    return f"{job.payload.answer_prefix}-{job.id}"
 
 
 def _replayed(state: BrokerState, job: Job, entry: bytes) -> bytes:
-    payload = job.payload
-    wants_usage = not isinstance(payload, EmbeddingRequest) and payload.wants_usage_chunk()
-    events = replay(kind_of(payload), entry, _answer_id(job), wants_usage=wants_usage)
+    events = replay(job.payload.kind, entry, _answer_id(job), wants_usage=job.payload.wants_usage_chunk)
     state.spawn(_count_hit(state, job))
     return sse.frame(events) + sse.DONE
 
@@ -276,7 +274,7 @@ def _hit(state: BrokerState, job: Job, entry: bytes) -> Response | None:
         if job.streams:
             response = Response(_replayed(state, job, entry), media_type="text/event-stream", headers=sse.HEADERS)
         else:
-            response = Response(hit_body(kind_of(job.payload), entry, _answer_id(job)),
+            response = Response(hit_body(job.payload.kind, entry, _answer_id(job)),
                                 media_type="application/json")
             state.spawn(_count_hit(state, job))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -30,9 +30,9 @@ from broker.keys import LANES
 from broker.ops import log_context
 from broker.queue import async_jobs, job_factory
 from broker.queue.jobs import Chunk, Failed, Final, Job
+from broker.queue.payloads import AnyRequest, payload_for
 from broker.queue.replies import ReplyGap
 from broker.queue.streams import enqueue_first
-from broker.routing.capabilities import Request as Payload
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,13 @@ def _lane(request: Request, principal: Principal, *, asynchronous: bool) -> str:
     return lane
 
 
-async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload, *,
+async def new_job(state: BrokerState, request: Request, principal: Principal, body: AnyRequest, *,
                   asynchronous: bool = False) -> Job:
-    streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
+    payload = payload_for(body)
     return await job_factory.build(
         state.router, state.redis, state.keys, principal.tenant_name, principal.tenant, principal.key_name, payload,
         lane=_lane(request, principal, asynchronous=asynchronous),
-        timeout_s=_timeout_s(state, request, streams=streams, asynchronous=asynchronous),
+        timeout_s=_timeout_s(state, request, streams=payload.streams, asynchronous=asynchronous),
         # Nobody waits for an async job's replies: they go to a channel no process listens on.
         reply_to=state.keys.replies("async") if asynchronous else state.replies.channel,
         headers=request.headers, async_ttl_s=state.config.server.async_result_ttl_s if asynchronous else 0,

@@ -33,11 +33,11 @@ log = logging.getLogger(__name__)
 async def admitted(state: BrokerState, principal: Principal, job: Job,
                    respond: Callable[[], Awaitable[Response]]) -> Response:
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
-    hold = budgets.hold_for(state.keys, principal.tenant_name, principal.tenant, principal.key, job.payload,
+    hold = budgets.hold_for(state.keys, principal.tenant_name, principal.tenant, principal.key, job.request,
                             state.router.prices.of(job))
     try:
         admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
-                                              estimate_request_tokens(job.payload), job.id, job.deadline,
+                                              estimate_request_tokens(job.request), job.id, job.deadline,
                                               key=principal.key, hold=hold)
     except RedisError as exc:
         log.warning("rate limiter unavailable, answering 503: %s: %s", type(exc).__name__, exc)

@@ -29,7 +29,9 @@ from typing import ClassVar
 
 import msgspec
 
-from broker.ops.redaction import redact as redact  # adapters import it from here, where their errors are made
+from broker.ops.redaction import (
+    redact as redact,  # adapters import it from here, where their errors are made
+)
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True):

@@ -217,6 +217,7 @@ async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str)
     from broker.config import validate
     from broker.errors import RateLimited
     from broker.queue.jobs import Job
+    from broker.queue.payloads import EmbeddingPayload
     from broker.queue.streams import QueueScripts, enqueue
     from broker.wire import EmbeddingRequest
 
@@ -230,7 +231,7 @@ async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str)
         await client.hset(keys.backlog("mock"), mapping={"default": 100, "default:t": 100})
         await client.hset(keys.drain("mock"), mapping={"default:t:rate": 1e-15})
         job = Job(id="j", tenant="t", model="m", provider="mock", upstream_model="m", reply_to="", created=time.time(),
-                  deadline=time.time() + 600, embedding=EmbeddingRequest(model="m", input="x"))
+                  deadline=time.time() + 600, payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
         with pytest.raises(RateLimited) as info:
             await enqueue(scripts, keys, config, job)
         assert info.value.code == "queue_full" and info.value.retry_after_s is not None

@@ -21,6 +21,7 @@ from broker.money import ledger
 from broker.money.budgets import Hold, applicable
 from broker.money.pricing import Charge
 from broker.queue.jobs import Job
+from broker.queue.payloads import EmbeddingPayload
 from broker.queue.outbox import Outbox
 from broker.queue.streams import QueueScripts
 from broker.wire.embeddings import EmbeddingRequest
@@ -189,7 +190,7 @@ async def test_the_end_of_a_job_replaces_its_hold_with_its_cost_even_after_it_la
         (as by a job delivered twice): finish.lua acknowledges it once, so ledger.lua counts it once."""
         job = Job(id=job_id, tenant="t", model="m", provider="p", upstream_model="m", reply_to=f"{ns}:r",
                   created=0, deadline=0, budget_counters=admission.budget_counters,
-                  budget_reserved=admission.budget_nanos, embedding=EmbeddingRequest(model="m", input="x"))
+                  budget_reserved=admission.budget_nanos, payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
         stream = f"{ns}:{{p}}:q:default:t"
         await r.xgroup_create(stream, "workers", id="0", mkstream=True)
         entry = await r.xadd(stream, {"j": b""})

@@ -25,6 +25,8 @@ from broker.config import validate
 from broker.errors import ErrorInfo
 from broker.keys import Keys
 from broker.queue.jobs import Final, Job, reply_decoder
+from broker.queue.payloads import EmbeddingPayload
+from broker.wire import EmbeddingRequest
 from tests.conftest import REDIS_URL, REPO, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 
@@ -179,7 +181,7 @@ async def test_dead_letters_are_trimmed_by_age_and_count(namespace: str) -> None
 
     def job(n: int) -> Job:
         return Job(id=f"j{n}", tenant="t", model="m", provider="p", upstream_model="m", reply_to="", created=0,
-                   deadline=0)
+                   deadline=0, payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
     try:
         await dead_letters.add(client, keys, config.queue, job(0), error, 1)
         assert 0 < await client.pttl(keys.dead_letters("p")) <= 1000  # gone a retention after its newest entry

@@ -14,6 +14,8 @@ import redis
 
 from broker.config import ConfigError, validate
 from broker.queue.jobs import Job
+from broker.queue.payloads import EmbeddingPayload
+from broker.wire import EmbeddingRequest
 from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
 from workers.hedging import MIN_SAMPLES, LatencyWindow
@@ -161,7 +163,7 @@ def test_a_race_leaves_only_keys_that_expire(client: openai.OpenAI, stack: Any) 
 def test_p95_hedging_waits_for_measures_then_tracks_the_tail(client: openai.OpenAI, quick: UpstreamServer) -> None:
     window = LatencyWindow()
     job = Job(id="j", tenant="t", model="m", provider="p", upstream_model="u", reply_to="", created=0, deadline=1,
-              embedding=__import__("broker.wire", fromlist=["EmbeddingRequest"]).EmbeddingRequest(model="m", input="x"))
+              payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
     for i in range(MIN_SAMPLES - 1):
         window.observe(job, 0.01)
     assert window.p95(job) is None  # too few measures: no hedging on a guess

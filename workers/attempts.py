@@ -88,7 +88,7 @@ class CallGate:
         if deployment is None:
             yield
             return
-        tokens = job.estimated_tokens or estimate_request_tokens(job.payload)
+        tokens = job.estimated_tokens or estimate_request_tokens(job.request)
         try:
             admission = await self.limiter.admit_call(deployment, tokens, f"{job.id}:{call}", job.deadline)
         except RateLimited as refused:

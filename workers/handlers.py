@@ -12,14 +12,20 @@ can still be charged for what was sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 
 from broker.errors import InvalidRequest
 from broker.money.pricing import Price, usd
 from broker.queue.jobs import Job
+from broker.queue.payloads import (
+    ChatPayload,
+    CompletionPayload,
+    EmbeddingPayload,
+    Payload,
+)
 from broker.wire import (
     ChatChunk,
     ChatRequest,
@@ -71,22 +77,49 @@ class Meter:
                 self.output_chars += len(choice.text)
 
 
+Handler = Callable[[Provider, Job, Any, Emit, Meter], Awaitable[Outcome]]
+P = TypeVar("P", ChatPayload, CompletionPayload, EmbeddingPayload)
+# Payload type → its handler. A new endpoint registers its handler here with @handles.
+HANDLERS: dict[type[Payload], Handler] = {}
+
+
+def handles(kind: type[P]) -> Callable[[Callable[[Provider, Job, P, Emit, Meter], Awaitable[Outcome]]],
+                                       Callable[[Provider, Job, P, Emit, Meter], Awaitable[Outcome]]]:
+    """Register the decorated function as the handler of payloads of type `kind`."""
+    def register(handler: Callable[[Provider, Job, P, Emit, Meter], Awaitable[Outcome]]
+                 ) -> Callable[[Provider, Job, P, Emit, Meter], Awaitable[Outcome]]:
+        HANDLERS[kind] = handler
+        return handler
+    return register
+
+
 async def serve(provider: Provider, job: Job, emit: Emit, meter: Meter) -> Outcome:
-    if job.request is not None:
-        if job.request.stream:
-            return b"", await _chat_stream(provider, job, job.request, emit, meter)
-        return await _chat(provider, job, job.request, meter)
-    if job.completion is not None:
-        if not isinstance(provider, TextCompletionProvider):
-            raise InvalidRequest(f"provider {job.provider!r} has no legacy completions endpoint", param="model")
-        if job.completion.stream:
-            return b"", await _text_stream(provider, job, job.completion, emit, meter)
-        return await _text(provider, job, job.completion, meter)
-    if job.embedding is not None:
-        if not isinstance(provider, EmbeddingsProvider):
-            raise InvalidRequest(f"provider {job.provider!r} has no embeddings endpoint", param="model")
-        return await _embeddings(provider, job, job.embedding, meter)
-    raise InvalidRequest("the job carries no request")
+    return await HANDLERS[type(job.payload)](provider, job, job.payload, emit, meter)
+
+
+@handles(ChatPayload)
+async def _serve_chat(provider: Provider, job: Job, payload: ChatPayload, emit: Emit, meter: Meter) -> Outcome:
+    if payload.streams:
+        return b"", await _chat_stream(provider, job, payload.request, emit, meter)
+    return await _chat(provider, job, payload.request, meter)
+
+
+@handles(CompletionPayload)
+async def _serve_completion(provider: Provider, job: Job, payload: CompletionPayload, emit: Emit,
+                            meter: Meter) -> Outcome:
+    if not isinstance(provider, TextCompletionProvider):
+        raise InvalidRequest(f"provider {job.provider!r} has no legacy completions endpoint", param="model")
+    if payload.streams:
+        return b"", await _text_stream(provider, job, payload.request, emit, meter)
+    return await _text(provider, job, payload.request, meter)
+
+
+@handles(EmbeddingPayload)
+async def _serve_embeddings(provider: Provider, job: Job, payload: EmbeddingPayload, emit: Emit,
+                            meter: Meter) -> Outcome:
+    if not isinstance(provider, EmbeddingsProvider):
+        raise InvalidRequest(f"provider {job.provider!r} has no embeddings endpoint", param="model")
+    return await _embeddings(provider, job, payload.request, meter)
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

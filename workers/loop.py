@@ -38,7 +38,7 @@ from broker.money import ledger, pricing
 from broker.money.usage_sink import UsageSink
 from broker.ops import log_context, metrics, redaction
 from broker.queue import dead_letters
-from broker.queue.jobs import Job, job_decoder
+from broker.queue.jobs import Job, decode_job
 from broker.queue.outbox import Outbox
 from broker.queue.streams import (
     Pulled,
@@ -175,7 +175,7 @@ class Worker:
 
     def _start(self, item: Pulled, *, attempt: int = 1) -> None:
         try:
-            job = job_decoder.decode(item.payload)
+            job = decode_job(item.payload)
         except msgspec.DecodeError:
             log.error("dropping undecodable entry %r on %s", item.entry_id, item.stream)
             job = None
@@ -263,7 +263,7 @@ class Worker:
         if racer is not None and error is None:
             self.hedging.observe(job, (ttft_ms or service_ms) / 1000)
         # The prompt is estimated only where the provider reported no usage (the common case has it).
-        prompt_estimate = estimate_tokens(job.payload) if meter.usage is None else 0
+        prompt_estimate = estimate_tokens(job.request) if meter.usage is None else 0
         charge = pricing.charge(meter.price, meter.usage, prompt_estimate=prompt_estimate,
                                 output_chars=meter.output_chars, answered=error is None or meter.responded)
         outcome: ledger.Outcome = "ok" if error is None else "cancelled" if error is CLIENT_GONE else "error"

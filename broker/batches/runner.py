@@ -44,6 +44,7 @@ from broker.limits.ratelimit import Limiter, estimate_request_tokens
 from broker.money import budgets
 from broker.queue import async_jobs, job_factory
 from broker.queue.jobs import Failed, Final, key_tpm, reply_decoder
+from broker.queue.payloads import payload_for
 from broker.queue.streams import QueueScripts, cancel, enqueue_first
 from broker.routing.router import Router
 from broker.store.connection import get_many
@@ -190,7 +191,8 @@ class _Run:
         server = ctx.config.server
         try:
             job = await job_factory.build(
-                ctx.router, ctx.redis, ctx.keys, self.tenant_name, tenant, self.key_name, body, lane="batch",
+                ctx.router, ctx.redis, ctx.keys, self.tenant_name, tenant, self.key_name, payload_for(body),
+                lane="batch",
                 timeout_s=max(1.0, min(server.async_timeout_s, self.batch.expires_at - time.time())),
                 reply_to=ctx.keys.replies("async"), headers={}, async_ttl_s=server.async_result_ttl_s,
                 job_id=job_id)

@@ -117,11 +117,8 @@ class ResponseCache:
         return self._policies.get(model, self._default)
 
     def slot(self, policy: Policy, job: Job) -> Slot:
-        payload = job.payload
-        kind = "chat" if isinstance(payload, ChatRequest) else "text" if isinstance(payload, CompletionRequest) \
-            else "embedding"
-        digest = hashlib.sha256(_digest_encoder.encode((FORMAT, kind, job.model, job.route,
-                                                        normalized(payload)))).hexdigest()
+        digest = hashlib.sha256(_digest_encoder.encode((FORMAT, job.payload.kind, job.model, job.route,
+                                                        normalized(job.request)))).hexdigest()
         scope = SHARED if policy.shared else job.tenant
         return Slot(self.keys.cache_entry(scope, digest), self.keys.cache_flight(scope, digest))
 

@@ -8,18 +8,17 @@ the token counts stay those of the answer, which is what they describe.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
 
+from broker.queue.payloads import Kind
 from broker.wire import (
     ChatChunk,
     ChatCompletion,
-    ChatRequest,
     Choice,
     ChunkChoice,
-    CompletionRequest,
     Delta,
     DeltaFunction,
     DeltaToolCall,
@@ -33,17 +32,10 @@ from broker.wire import (
     json_encoder,
 )
 
-Kind = Literal["chat", "text", "embedding"]
-
 _chat = msgspec.json.Decoder(ChatCompletion)
 _chat_chunk = msgspec.json.Decoder(ChatChunk)
 _text = msgspec.json.Decoder(TextCompletion)
 _embeddings = msgspec.json.Decoder(EmbeddingResponse)
-
-
-def kind_of(payload: ChatRequest | CompletionRequest | object) -> Kind:
-    return "chat" if isinstance(payload, ChatRequest) else "text" if isinstance(payload, CompletionRequest) \
-        else "embedding"
 
 
 def _free(usage: Usage | None | msgspec.UnsetType) -> Usage | None:

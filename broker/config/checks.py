@@ -25,7 +25,9 @@ def redis_url_problem(url: str) -> str | None:
         if url.startswith(SENTINEL_SCHEME):
             parse_sentinel_url(url)
         elif url.split("://", 1)[0].lower().endswith("+cluster"):
-            from broker.store.connection import cluster_nodes  # here: it imports redis.asyncio, slow for the CLI
+            from broker.store.connection import (
+                cluster_nodes,  # here: it imports redis.asyncio, slow for the CLI
+            )
 
             cluster_nodes(url)
     except ValueError as exc:

@@ -38,7 +38,7 @@ from broker.errors import ErrorInfo, InvalidRequest
 from broker.keys import Keys
 from broker.ops.redaction import redact
 from broker.queue import async_jobs, job_factory
-from broker.queue.jobs import Job, job_decoder, job_encoder
+from broker.queue.jobs import Job, decode_job, job_encoder
 from broker.queue.streams import QueueScripts, enqueue_first
 from broker.routing.router import Router
 
@@ -86,7 +86,7 @@ class Found(msgspec.Struct, frozen=True):
 
 
 def _found(provider: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Found:
-    job = job_decoder.decode(fields[b"job"])
+    job = decode_job(fields[b"job"])
     millis = int(entry_id.split(b"-")[0])
     return Found(DeadLetter(
         provider=provider, entry=entry_id.decode(), job_id=job.id, tenant=job.tenant, model=job.model,

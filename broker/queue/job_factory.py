@@ -18,11 +18,10 @@ from broker.config import Deployment, ModelGroup, Tenant
 from broker.errors import InvalidRequest
 from broker.keys import Keys
 from broker.queue.jobs import HEDGE_P95, Job, Target
+from broker.queue.payloads import Payload, payload_for
 from broker.routing import strategies
-from broker.routing.capabilities import Request as Payload
 from broker.routing.router import Router
 from broker.routing.strategies import Stats
-from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 # OpenRouter's convention, sent through the SDK's `extra_body`: models to fall back to, in order.
 CLIENT_FALLBACKS = "models"
@@ -30,8 +29,8 @@ MAX_CLIENT_FALLBACKS = 8
 
 
 def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
-    """The request without its `models` list (no upstream should see it), and that list."""
-    extra = getattr(payload, "extra_body", msgspec.UNSET)
+    """The payload without its request's `models` list (no upstream should see it), and that list."""
+    extra = getattr(payload.request, "extra_body", msgspec.UNSET)
     if not isinstance(extra, dict) or CLIENT_FALLBACKS not in extra:
         return payload, []
     names = extra[CLIENT_FALLBACKS]
@@ -40,7 +39,8 @@ def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
         raise InvalidRequest(f"`models` must be a list of at most {MAX_CLIENT_FALLBACKS} model names.",
                              param=CLIENT_FALLBACKS)
     rest = {k: v for k, v in extra.items() if k != CLIENT_FALLBACKS}
-    return msgspec.structs.replace(payload, extra_body=rest or msgspec.UNSET), names
+    request = msgspec.structs.replace(payload.request, extra_body=rest or msgspec.UNSET)
+    return payload_for(request), names
 
 
 async def _strategy_stats(redis: Redis, keys: Keys, group: ModelGroup, streams: bool) -> Stats:
@@ -59,10 +59,10 @@ async def build(router: Router, redis: Redis, keys: Keys, tenant_name: str, tena
     """The job for `payload` of this tenant and key: routed (404/400 if it cannot be), with its
     failover candidates, due in `timeout_s`. `headers` are the request's, which routing rules read."""
     payload, also = _client_fallbacks(payload)
-    streams = isinstance(payload, ChatRequest | CompletionRequest) and bool(payload.stream)
-    route = router.route(tenant, payload.model, payload, lane=lane, headers=headers)
-    stats = await _strategy_stats(redis, keys, route.group, streams)
-    deployment, *fallbacks = router.candidates(tenant, payload.model, payload, route=route, also=also, stats=stats)
+    request = payload.request
+    route = router.route(tenant, request.model, request, lane=lane, headers=headers)
+    stats = await _strategy_stats(redis, keys, route.group, payload.streams)
+    deployment, *fallbacks = router.candidates(tenant, request.model, request, route=route, also=also, stats=stats)
 
     def context_of(d: Deployment) -> int:
         return router.capabilities(d).max_context_tokens or 0
@@ -71,16 +71,14 @@ async def build(router: Router, redis: Redis, keys: Keys, tenant_name: str, tena
         id=job_id or uuid.uuid4().hex,
         tenant=tenant_name,
         key=key_name,
-        model=payload.model,
+        model=request.model,
         provider=deployment.provider,
         upstream_model=deployment.model,
         reply_to=reply_to,
         created=now,
         deadline=now + timeout_s,
         lane=lane,
-        request=payload if isinstance(payload, ChatRequest) else None,
-        completion=payload if isinstance(payload, CompletionRequest) else None,
-        embedding=payload if isinstance(payload, EmbeddingRequest) else None,
+        payload=payload,
         fallbacks=[Target(d.provider, d.model, context_of(d)) for d in fallbacks],
         max_context=context_of(deployment),
         hedge_after_ms=HEDGE_P95 if route.group.hedge_after_ms == "p95" else route.group.hedge_after_ms or 0,

@@ -1,7 +1,9 @@
 """The Job envelope that waits on a stream, and the reply messages that come back.
 
 A Job is msgpack on the stream. Jobs sit in Redis while API and worker versions
-roll independently, so new fields get defaults (msgspec docs/schema-evolution).
+roll independently, so new fields get defaults (msgspec docs/schema-evolution), and
+`decode_job` still reads the layout of the release before (three optional request
+fields instead of one tagged payload) for jobs it left waiting in a stream.
 
 Replies travel over pub/sub to the API process named in `Job.reply_to`:
 `Chunk* (Final | Failed)`. Every reply carries the job's attempt number and a
@@ -16,7 +18,8 @@ import msgspec
 
 from broker.config import ApiKey
 from broker.errors import ErrorInfo
-from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Usage
+from broker.queue.payloads import AnyRequest, Payload
+from broker.wire import Usage
 
 
 class Target(msgspec.Struct, array_like=True, frozen=True):
@@ -40,7 +43,7 @@ class Attempt(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """Exactly one of `request` (chat), `completion` (legacy) or `embedding` is set.
+    """One request's journey through the broker; `payload` is what it asks of a provider.
 
     `provider`/`upstream_model` is the deployment now serving it; `fallbacks` the
     ones it fails over to, in order (broker/routing/failover.py), and `failures` what
@@ -55,11 +58,9 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     reply_to: str  # pub/sub channel of the waiting API process
     created: float  # unix seconds
     deadline: float  # unix seconds; past it the job is dropped, not run
-    request: ChatRequest | None = None
+    payload: Payload
     lane: str = "default"
     attempt: int = 1
-    completion: CompletionRequest | None = None
-    embedding: EmbeddingRequest | None = None
     # Tokens charged to the TPM buckets at admission; reconciled with real usage at the end.
     estimated_tokens: int = 0
     # Name of the API key that sent it (its own limits, if any, are reconciled too; the usage ledger's key).
@@ -89,10 +90,8 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
     key_tpm: int = 0
 
     @property
-    def payload(self) -> ChatRequest | CompletionRequest | EmbeddingRequest:
-        payload = self.request or self.completion or self.embedding
-        assert payload is not None, "a job carries one request"
-        return payload
+    def request(self) -> AnyRequest:
+        return self.payload.request
 
     @property
     def served_by(self) -> str:
@@ -105,7 +104,7 @@ class Job(msgspec.Struct, omit_defaults=True, kw_only=True):
 
     @property
     def streams(self) -> bool:
-        return self.embedding is None and self.payload.stream  # type: ignore[union-attr]
+        return self.payload.streams
 
 
 def key_tpm(key: ApiKey | None) -> int:
@@ -155,6 +154,28 @@ class Failed(msgspec.Struct, tag="failed", array_like=True):
 Reply = Chunk | Final | Failed
 
 job_encoder = msgspec.msgpack.Encoder()
-job_decoder = msgspec.msgpack.Decoder(Job)
+_job_decoder = msgspec.msgpack.Decoder(Job)
+# The release before this one put the request in one of three optional fields; see decode_job.
+_PREVIOUS_PAYLOAD_FIELDS = {"request": "chat", "completion": "completion", "embedding": "embedding"}
+
+
+def decode_job(data: bytes) -> Job:
+    """A job from a stream, in this release's layout or in the previous one.
+
+    A rolling upgrade leaves jobs the old API enqueued waiting for the new workers; those carry
+    `request`, `completion` or `embedding` instead of `payload`. They are rare and short-lived,
+    so they take a slower path: decoded loosely, given the payload their field names, converted.
+    """
+    try:
+        return _job_decoder.decode(data)
+    except msgspec.ValidationError:
+        fields = msgspec.msgpack.decode(data)
+        if not isinstance(fields, dict) or "payload" in fields:
+            raise
+        found = [(tag, fields.pop(name)) for name, tag in _PREVIOUS_PAYLOAD_FIELDS.items() if name in fields]
+        if len(found) != 1:
+            raise
+        fields["payload"] = list(found[0])
+        return msgspec.convert(fields, Job)
 reply_encoder = msgspec.msgpack.Encoder()
 reply_decoder = msgspec.msgpack.Decoder(Reply)

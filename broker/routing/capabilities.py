@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
-from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, ImageUrlPart
+from broker.queue.payloads import AnyRequest
+from broker.wire import CompletionRequest, EmbeddingRequest, ImageUrlPart
 
 
 class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,7 +42,7 @@ class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
         return msgspec.structs.replace(base, **changes) if changes else base
 
 
-Request = ChatRequest | CompletionRequest | EmbeddingRequest
+Request = AnyRequest  # what routing matches against capabilities
 
 
 def needs(req: Request) -> dict[str, str]:

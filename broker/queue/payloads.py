@@ -1,0 +1,81 @@
+"""What a job asks of a provider: exactly one payload, a tagged union of the request types.
+
+A Job carries one of these. The tag travels on the wire (msgpack `["chat", {...}]`), so a
+worker decodes the right request type without looking inside, and handlers are found by
+payload type (workers/handlers.py), never by testing which of several fields is set.
+
+The request Structs themselves stay untagged: they are also the inbound JSON bodies and are
+re-encoded to upstreams, where a tag field would be an unknown parameter. A payload wraps one.
+
+Adding an endpoint: its request Struct in broker/wire/, a payload here (one class, one line in
+PAYLOAD_OF), and a handler registered for it in workers/handlers.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
+
+# What the response cache stores and replays for a payload (broker/cache/replay.py).
+Kind = Literal["chat", "text", "embedding"]
+
+
+class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
+    """POST /v1/chat/completions."""
+
+    request: ChatRequest
+    kind: ClassVar[Kind] = "chat"
+    answer_prefix: ClassVar[str] = "chatcmpl"  # the answer id's prefix, as OpenAI's
+
+    @property
+    def streams(self) -> bool:
+        return self.request.stream
+
+    @property
+    def wants_usage_chunk(self) -> bool:
+        return self.request.wants_usage_chunk()
+
+
+class CompletionPayload(msgspec.Struct, tag="completion", array_like=True, frozen=True):
+    """POST /v1/completions (legacy text completions)."""
+
+    request: CompletionRequest
+    kind: ClassVar[Kind] = "text"
+    answer_prefix: ClassVar[str] = "cmpl"
+
+    @property
+    def streams(self) -> bool:
+        return self.request.stream
+
+    @property
+    def wants_usage_chunk(self) -> bool:
+        return self.request.wants_usage_chunk()
+
+
+class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=True):
+    """POST /v1/embeddings: never streamed."""
+
+    request: EmbeddingRequest
+    kind: ClassVar[Kind] = "embedding"
+    answer_prefix: ClassVar[str] = ""  # an embeddings answer has no id
+    streams: ClassVar[bool] = False
+    wants_usage_chunk: ClassVar[bool] = False
+
+
+Payload = ChatPayload | CompletionPayload | EmbeddingPayload
+AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest
+
+PAYLOAD_OF: dict[type[AnyRequest], Callable[[Any], Payload]] = {
+    ChatRequest: ChatPayload,
+    CompletionRequest: CompletionPayload,
+    EmbeddingRequest: EmbeddingPayload,
+}
+
+
+def payload_for(request: AnyRequest) -> Payload:
+    """The payload that carries `request`."""
+    return PAYLOAD_OF[type(request)](request)
