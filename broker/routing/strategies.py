@@ -32,6 +32,8 @@ from broker.routing.capabilities import Request, estimate_tokens, output_limit_t
 # Deployment → what its group's strategy compares (seconds, calls in flight); absent: not measured.
 Stats = dict[tuple[str, str], float]
 READS_REDIS = frozenset({"latency", "least-busy"})
+
+
 def order(group: ModelGroup, req: Request, stats: Stats, prices: PriceBook) -> list[Deployment]:
     deployments = group.deployments
     if len(deployments) < 2:
