@@ -40,10 +40,10 @@ from broker.batches.records import BatchError, BatchErrors
 from broker.config import ApiKey, Config
 from broker.errors import BrokerError, OverBudget, RateLimited
 from broker.keys import Keys
-from broker.limits.ratelimit import Limiter, estimate_request_tokens
-from broker.money import budgets
+from broker.limits.admission import admit
+from broker.limits.ratelimit import Limiter
 from broker.queue import async_jobs, job_factory
-from broker.queue.jobs import Failed, Final, key_tpm, reply_decoder
+from broker.queue.jobs import Failed, Final, reply_decoder
 from broker.queue.streams import QueueScripts, cancel, enqueue_first
 from broker.routing.router import Router
 from broker.store.connection import get_many
@@ -197,18 +197,12 @@ class _Run:
         except BrokerError as exc:  # a model it may not use, a request no deployment can serve
             return "failed", line.custom_id, exc
         try:
-            key = self.key
-            admission = await ctx.limiter.admit(self.tenant_name, tenant, estimate_request_tokens(body), job.id,
-                                                job.deadline, key=key,
-                                                hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, key,
-                                                                      body, ctx.router.prices.of(job)))
+            admission = await admit(ctx.limiter, ctx.router.prices, self.tenant_name, tenant, self.key, job)
         except OverBudget as exc:
             return "failed", line.custom_id, exc
         except RateLimited as exc:
             self.paused_until = time.monotonic() + max(exc.retry_after_s or PAUSE_S, 0.05)
             return "paused", line.custom_id, None
-        job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(key)
-        job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
         await async_jobs.submit(ctx.redis, ctx.keys, job)
         try:
             await enqueue_first(ctx.scripts, ctx.keys, ctx.config, job)
