@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from api.auth import Principal
 from api.sse import EventStream
 from api.state import BrokerState
-from broker.errors import BrokerError, Unavailable
+from broker.errors import BrokerError
 from broker.limits.admission import admit
 from broker.limits.ratelimit import Admission
 from broker.queue.jobs import Job
@@ -33,12 +33,8 @@ log = logging.getLogger(__name__)
 async def admitted(state: BrokerState, principal: Principal, job: Job,
                    respond: Callable[[], Awaitable[Response]]) -> Response:
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
-    try:
-        admission = await admit(state.limiter, state.router.prices, principal.tenant_name, principal.tenant,
-                                principal.key, job)
-    except RedisError as exc:
-        log.warning("rate limiter unavailable, answering 503: %s: %s", type(exc).__name__, exc)
-        raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
+    admission = await admit(state.limiter, state.router.prices, principal.tenant_name, principal.tenant,
+                            principal.key, job)  # a Redis error: the edge's 503 (api/unavailable.py)
     try:
         response = await respond()
     except NotQueued as refused:
