@@ -108,12 +108,11 @@ class _Run:
 
     @property
     def inflight_key(self) -> str:
-        return self.ctx.keys.batch(self.batch.id) + ":inflight"
+        return self.ctx.keys.batch_inflight(self.batch.id)
 
     @property
     def done_key(self) -> str:
-        """A bitmap of the lines whose output is written (one bit per line)."""
-        return self.ctx.keys.batch(self.batch.id) + ":done"
+        return self.ctx.keys.batch_done(self.batch.id)
 
     async def resume(self) -> None:
         store = self.ctx.store
