@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
@@ -57,6 +57,8 @@ POLL_S = 0.2
 WIND_DOWN_S = 3.0  # after cancelling its lines, how long a batch waits for their last results
 PAUSE_S = 1.0  # a queue that refused a line is asked again after this
 QUEUE_CONCURRENCY = 64  # lines queued at once (each is a few Redis round trips)
+
+LineOutcome = Literal["queued", "done", "failed", "paused"]
 
 
 class BatchContext:
@@ -165,8 +167,10 @@ class _Run:
                     self._fail(number, custom_id, error)
                 room -= 1
 
-    async def _queue(self, number: int, raw: bytes) -> tuple[str, str, BrokerError | None]:
-        """Queue one line: ("queued" | "failed" | "paused", its custom_id, the error it failed with)."""
+    async def _queue(self, number: int, raw: bytes) -> tuple[LineOutcome, str, BrokerError | None]:
+        """Queue one line: (its outcome, its custom_id, the error it failed with). The outcome is
+        "queued" (now, or before a crash), "done" (its output is written already), "failed" (write the
+        error) or "paused" (a rate limit or a full queue: read it again later)."""
         ctx = self.ctx
         line, body = parse(raw)  # checked at upload: any error here is ours
         if isinstance(body, ChatRequest | CompletionRequest) and body.stream:
