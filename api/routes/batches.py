@@ -1,4 +1,8 @@
-"""The Batch API (PROTOCOLS §4.3): create, read, list and cancel batches; broker/batches/runner.py runs them."""
+"""The Batch API: create, read, list and cancel batches; broker/batches/runner.py runs them.
+
+As OpenAI's (https://platform.openai.com/docs/api-reference/batch): `completion_window` "24h" only,
+`GET /v1/batches` pages with `after` and `limit` (1-100, default 20).
+"""
 
 from __future__ import annotations
 

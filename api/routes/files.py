@@ -1,4 +1,8 @@
-"""The Files API, for batch inputs and outputs (PROTOCOLS §4.1): upload, list, read, delete.
+"""The Files API, for batch inputs and outputs: upload, list, read, delete.
+
+As OpenAI's (https://platform.openai.com/docs/api-reference/files): multipart `file` + `purpose`,
+`expires_after[seconds]` from 3600 to 2592000, `GET /v1/files` with `after`, `limit` (1-10000),
+`order` and `purpose`.
 
 Bodies go to the file store (broker/batches/files.py), never into Redis. An upload is copied to the store
 as it arrives (Starlette spools it to disk past 1 MB), then validated line by line in a thread

@@ -145,7 +145,8 @@ class _ScopeState(msgspec.Struct, array_like=True):
 
 
 def _headers(scopes: list[Scope], states: list[_ScopeState]) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers (PROTOCOLS §3.3): reset = time until the bucket is full.
+    """OpenAI's x-ratelimit-* headers (https://platform.openai.com/docs/guides/rate-limits, "Rate limits in
+    headers"): reset = time until the bucket is full again, as a Go duration.
 
     With both a tenant and a key limit, each header triple shows the tighter one (fewer remaining).
     """
