@@ -71,7 +71,7 @@ class BatchContext:
         self.router = Router(config)
         self.limiter = Limiter(redis, self.keys)
         self.scripts = QueueScripts(redis)
-        self.store = files.FileStore(config.batches.files_dir)
+        self.store = files.FileStore(config.batches.store_dir)
         self.commit = redis.register_script(lua_script("batch_commit"))
 
 
