@@ -1,4 +1,4 @@
-"""The FastAPI edge: app factory, lifespan, and the one exception handler.
+"""The FastAPI edge: app factory, lifespan, and the exception handlers that make every error OpenAI-shaped.
 
 The API authenticates, validates, turns a request into a Job, enqueues it and
 waits for the replies; it never calls a provider.
@@ -16,9 +16,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import dispatch, metrics, request_ids
+from api import dispatch, metrics, request_ids, unavailable
 from api.routes import (
     admin,
     batches,
@@ -63,6 +64,14 @@ def error_response(err: BrokerError, request: Request) -> Response:
 async def _broker_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BrokerError)
     return error_response(exc, request)
+
+
+async def _redis_down(request: Request, exc: Exception) -> Response:
+    """Any Redis failure a route lets through (api/unavailable.py): logged here once, with its cause."""
+    assert isinstance(exc, RedisError)
+    log.warning("%s %s: Redis unavailable, answering 503: %s: %s", request.method, request.url.path,
+                type(exc).__name__, exc)
+    return error_response(unavailable.for_path(request.url.path), request)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -122,6 +131,7 @@ def create_app(config: Config) -> FastAPI:
     app.add_middleware(request_ids.EchoClientRequestId)
     app.add_middleware(metrics.ObserveRequests)  # outermost: it sees every answer's final status
     app.add_exception_handler(BrokerError, _broker_error)
+    app.add_exception_handler(RedisError, _redis_down)  # ConnectionError, TimeoutError...: found by MRO
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_params)
     app.add_exception_handler(Exception, _unexpected)

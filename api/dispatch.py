@@ -20,12 +20,12 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import cached, limits, request_ids, sse
+from api import cached, limits, request_ids, sse, unavailable
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.metrics import SCOPE_KEY, Facts
 from api.state import BrokerState
-from broker.errors import BrokerError, InvalidRequest, RequestTimeout, Unavailable
+from broker.errors import BrokerError, InvalidRequest, RequestTimeout
 from broker.keys import LANES
 from broker.ops import log_context
 from broker.queue import async_jobs, job_factory
@@ -116,9 +116,7 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
     try:
         return await enqueue_first(state.scripts, state.keys, state.config, job)
     except RedisError as exc:
-        log.warning("queue unavailable, answering 503: %s: %s", type(exc).__name__, exc)
-        raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
-                                           retry_after_s=1)) from None
+        raise _queue_unavailable("queue", exc) from None
     except BrokerError as refused:
         raise limits.NotQueued(refused) from None
 
@@ -204,9 +202,7 @@ async def submit(state: BrokerState, job: Job) -> Response:
     try:
         view = await async_jobs.submit(state.redis, state.keys, job)
     except RedisError as exc:
-        log.warning("job store unavailable, answering 503: %s: %s", type(exc).__name__, exc)
-        raise limits.NotQueued(Unavailable("The broker's queue is unavailable; please retry shortly.",
-                                           retry_after_s=1)) from None
+        raise _queue_unavailable("job store", exc) from None
     try:
         await _enqueue(state, job)
     except BaseException:
@@ -214,6 +210,12 @@ async def submit(state: BrokerState, job: Job) -> Response:
         raise
     return Response(json_encoder.encode(view), status_code=202, media_type="application/json",
                     headers={"location": f"/v1/jobs/{job.id}", "preference-applied": "respond-async"})
+
+
+def _queue_unavailable(what: str, exc: RedisError) -> limits.NotQueued:
+    """Redis failed after admission: the edge's 503, but through NotQueued, which refunds the charges."""
+    log.warning("%s unavailable, answering 503: %s: %s", what, type(exc).__name__, exc)
+    return limits.NotQueued(unavailable.error(unavailable.QUEUE))
 
 
 async def _forget(state: BrokerState, job_id: str) -> None:

@@ -22,10 +22,10 @@ from redis.exceptions import RedisError
 from api.auth import Principal
 from api.sse import EventStream
 from api.state import BrokerState
-from broker.errors import BrokerError, Unavailable
-from broker.limits.ratelimit import Admission, estimate_request_tokens
-from broker.money import budgets
-from broker.queue.jobs import Job, key_tpm
+from broker.errors import BrokerError
+from broker.limits.admission import admit
+from broker.limits.ratelimit import Admission
+from broker.queue.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +33,8 @@ log = logging.getLogger(__name__)
 async def admitted(state: BrokerState, principal: Principal, job: Job,
                    respond: Callable[[], Awaitable[Response]]) -> Response:
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
-    hold = budgets.hold_for(state.keys, principal.tenant_name, principal.tenant, principal.key, job.request,
-                            state.router.prices.of(job))
-    try:
-        admission = await state.limiter.admit(principal.tenant_name, principal.tenant,
-                                              estimate_request_tokens(job.request), job.id, job.deadline,
-                                              key=principal.key, hold=hold)
-    except RedisError as exc:
-        log.warning("rate limiter unavailable, answering 503: %s: %s", type(exc).__name__, exc)
-        raise Unavailable("The broker's rate limiter is unavailable; please retry shortly.", retry_after_s=1) from None
-    job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(principal.key)
-    job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
+    admission = await admit(state.limiter, state.router.prices, principal.tenant_name, principal.tenant,
+                            principal.key, job)  # a Redis error: the edge's 503 (api/unavailable.py)
     try:
         response = await respond()
     except NotQueued as refused:

@@ -1,5 +1,7 @@
-"""OpenAI SSE framing, keep-alives, and errors after the 200 (PROTOCOLS §8).
+"""OpenAI SSE framing, keep-alives, and errors after the 200.
 
+Server-sent events (https://html.spec.whatwg.org/multipage/server-sent-events.html) as the
+`openai` Python SDK reads them (`src/openai/_streaming.py`: `SSEDecoder.decode`, `Stream.__stream__`).
 Events are `data: <one-line JSON>\\n\\n`, the stream ends with `data: [DONE]`.
 The 200 is held back until the first reply (or `stream_first_byte_hold_s`), so
 a job that fails before producing anything still gets a real HTTP status the

@@ -50,7 +50,7 @@ class BrokerState:
         # so they can never starve the request path of connections.
         self.readers = connect(config.redis_url, max_connections=EVENT_READERS, timeout=5)
         self.limiter = Limiter(self.redis, self.keys)
-        self.files = FileStore(config.batches.files_dir)
+        self.files = FileStore(config.batches.store_dir)
         self.scripts = QueueScripts(self.redis)
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None

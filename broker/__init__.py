@@ -1,1 +1,1 @@
-"""llm-broker core on Redis. Imports neither api/ nor workers/ (cli.py is the composition root)."""
+"""llm-broker core on Redis. Imports neither api/ nor workers/ (cli/ is the composition root)."""

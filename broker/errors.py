@@ -1,24 +1,26 @@
 """One error hierarchy for the whole broker, rendered OpenAI-shaped at the edge.
 
-    BrokerError                       status, type, code, retryable (class attributes)
+    BrokerError                500    server_error; status, type, code, retryable (class attributes)
     ├─ InvalidRequest          400    invalid_request_error (param = the decode path)
     ├─ AuthenticationFailed    401    invalid_api_key
-    ├─ PermissionDenied        403
+    ├─ PermissionDenied        403    permission_denied
     ├─ ModelNotFound           404    model_not_found
     ├─ RateLimited             429    rate_limit_exceeded, type requests (retry_after)
-    │  └─ TokensRateLimited    429    type tokens (the tokens-per-minute limit)
+    │  ├─ TokensRateLimited    429    type tokens (the tokens-per-minute limit)
+    │  └─ OverBudget           429    insufficient_quota (a budget is spent; not retryable)
     ├─ Unavailable             503    service_unavailable (Redis down, no worker; retry_after)
     │  └─ CircuitOpen          503    circuit_open (the deployment failed too often lately)
     ├─ RequestTimeout          504    timeout (the job's deadline passed)
     └─ UpstreamError           502    upstream_error (status from the upstream; retryable
        │                              for 408/409/429/5xx/529 and transport failures)
-       └─ UpstreamTimeout      504
+       └─ UpstreamTimeout      504    upstream_timeout
 
 Foreign exceptions are translated where they enter: the shared upstream client
 (workers/providers/http.py) turns aiohttp's timeouts and connection errors into
 `UpstreamTimeout` / `UpstreamError`, provider adapters turn upstream error
-bodies into `UpstreamError`s, the API turns
-`msgspec.ValidationError` into `InvalidRequest`. A `Failed` reply crossing Redis
+bodies into `UpstreamError`s, the API turns `msgspec.ValidationError` into
+`InvalidRequest` and any Redis error a route lets through into `Unavailable`
+(api/unavailable.py). A `Failed` reply crossing Redis
 carries `ErrorInfo` and becomes the same class again on the API side, so an
 error raised in a worker reaches the client with its status intact.
 """
@@ -214,10 +216,9 @@ class UpstreamTimeout(UpstreamError):
     default_retryable = True
 
 
-_BY_NAME: dict[str, type[BrokerError]] = {
-    cls.__name__: cls
-    for cls in (
-        BrokerError, InvalidRequest, AuthenticationFailed, PermissionDenied, ModelNotFound,
-        RateLimited, TokensRateLimited, Unavailable, CircuitOpen, RequestTimeout, UpstreamError, UpstreamTimeout,
-    )
-}
+def _family(cls: type[BrokerError]) -> list[type[BrokerError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _family(sub))]
+
+
+# Every class above, by the name `ErrorInfo.kind` carries (a new one needs no list updated).
+_BY_NAME: dict[str, type[BrokerError]] = {cls.__name__: cls for cls in _family(BrokerError)}

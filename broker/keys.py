@@ -32,8 +32,11 @@ name and spread over the cluster.
 | {ns}:file:{id}                        | string  | API (files.py)          | expires with the file: batches.file_ttl_days |
 | {ns}:files:{tenant}                   | zset    | API (files.py)          | file ids; members past the longest file lifetime trimmed at upload |
 | {ns}:batch:{id}                       | hash    | API, batch worker (batches.py) | a few fields; expires batches.retention_days after the batch ends (or its window) |
-| {ns}:batch:{id}:inflight / :done / :lock | hash / bitmap / string | batch worker (batch_runner.py) | <= batches.max_in_flight lines; one bit per written line; both expire a day after the window; the lock's TTL 5 s, refreshed by its step |
+| {ns}:batch:{id}:inflight / :done / :lock | hash / bitmap / string | batch worker (runner.py, worker.py) | <= batches.max_in_flight lines; one bit per written line; both expire a day after the window; the lock's TTL 5 s, refreshed by its step |
 | {ns}:batches:{tenant} / batches:active | zset   | API, batch worker       | batch ids; trimmed past retention / removed when the batch ends |
+| {ns}:arq:queue                        | zset    | arq (API, batch worker) | batch steps queued or running; each removed when its step ends |
+| {ns}:arq:health                       | string  | arq (batch worker)      | TTL arq's health_check_interval + 1 s (an hour); deleted at exit |
+| arq:{job,in-progress,retry,result}:{ns}:{batch}:{n} | string | arq (batch worker) | one step each: deleted when it ends but its result, kept 60 s (keep_result); else the job a day after it was due |
 | {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
 | {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job; expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
@@ -86,6 +89,11 @@ class Keys:
     def active(self, provider: str, lane: str) -> str:
         return f"{self.provider(provider)}active:{lane}"
 
+    def sched(self, provider: str) -> str:
+        """pull.lua's turn state; the script names the lanes' keys from this one's prefix, which is why
+        they all end in the same `provider()` prefix."""
+        return f"{self.provider(provider)}sched"
+
     def backlog(self, provider: str) -> str:
         return f"{self.provider(provider)}backlog"
 
@@ -125,15 +133,39 @@ class Keys:
         return f"{self.ns}:files:{tenant}"
 
     def batch(self, batch_id: str) -> str:
-        """A batch's record; `:inflight`, `:done` and `:lock` are appended to it, so they share its
-        Cluster slot (batch_commit.lua touches three of them)."""
+        """A batch's record. Its step's state below shares its hash tag, so its Cluster slot:
+        batch_commit.lua touches the record, `batch_inflight` and `batch_done` in one step."""
         return f"{self.ns}:batch:{{{batch_id}}}"
+
+    def batch_inflight(self, batch_id: str) -> str:
+        """The batch's lines queued and not yet written: line number → custom_id."""
+        return self.batch(batch_id) + ":inflight"
+
+    def batch_done(self, batch_id: str) -> str:
+        """A bitmap of the batch's lines whose output is written (one bit per line)."""
+        return self.batch(batch_id) + ":done"
+
+    def batch_lock(self, batch_id: str) -> str:
+        """Held by the one step of the batch that runs (broker/batches/worker.py)."""
+        return self.batch(batch_id) + ":lock"
 
     def batches(self, tenant: str) -> str:
         return f"{self.ns}:batches:{tenant}"
 
     def active_batches(self) -> str:
         return f"{self.ns}:batches:active"
+
+    # arq's queue of batch steps and its health line (broker/batches/worker.py), on the broker's Redis or
+    # on batches.queue_url. arq keeps each step under keys of its own, named from the step's job id.
+    def arq_queue(self) -> str:
+        return f"{self.ns}:arq:queue"
+
+    def arq_health(self) -> str:
+        return f"{self.ns}:arq:health"
+
+    def batch_step(self, batch_id: str, n: int | str) -> str:
+        """arq's job id for a batch's step `n`: arq:job:<it>, arq:in-progress:<it>, arq:result:<it>."""
+        return f"{self.ns}:{batch_id}:{n}"
 
     def job(self, job_id: str) -> str:
         """An async job's status record (broker/queue/async_jobs.py)."""
@@ -212,9 +244,18 @@ class Keys:
         """Calls running on a deployment of a least-busy group (broker/routing/strategies.py)."""
         return f"{self.provider(provider)}busy:{model}"
 
-    def deployment_limit(self, provider: str, model: str) -> str:
-        """Prefix of a deployment's own buckets (rpm, tpm, inflight), in its provider's slot."""
+    # A deployment's own buckets (workers, just before each call), in its provider's slot.
+    def _deployment_limit(self, provider: str, model: str) -> str:
         return f"{self.provider(provider)}dl:{model}:"
+
+    def deployment_rate_requests(self, provider: str, model: str) -> str:
+        return self._deployment_limit(provider, model) + "rpm"
+
+    def deployment_rate_tokens(self, provider: str, model: str) -> str:
+        return self._deployment_limit(provider, model) + "tpm"
+
+    def deployment_in_flight(self, provider: str, model: str) -> str:
+        return self._deployment_limit(provider, model) + "inflight"
 
     def in_flight(self, tenant: str, key: str | None = None) -> str:
         # Request ids scored by deadline (ms): slots of a crashed API process expire with them.

@@ -19,6 +19,7 @@ import pytest
 from broker.cli.dev import banner
 from broker.cli.embedded_redis import free_port
 from broker.config import default_config, hash_key, validate
+from tests.conftest import TEST_KEY, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 # Only the Python interpreter's directory on PATH: no redis-server to find.
@@ -40,15 +41,16 @@ class Dev:
 
 
 @contextmanager
-def dev(tmp_path: Path, path_env: str, *args: str) -> Iterator[Dev]:
+def dev(tmp_path: Path, path_env: str, *args: str, cwd: Path = REPO) -> Iterator[Dev]:
     """`llm-broker dev` in a session of its own, as in a terminal: Ctrl-C reaches its whole process group."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LLM_BROKER_CONFIG")}
     env["PATH"] = path_env
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # from any `cwd`
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "dev", "--port", str(port), *args],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
         running = Dev(proc, log_path, port)
         try:
             deadline = time.monotonic() + 30
@@ -149,6 +151,49 @@ def test_ctrl_c_lets_open_streams_finish_before_redis_stops(tmp_path: Path) -> N
     log = running.output()
     assert "llm-broker dev stopped." in log
     assert " WARNING " not in log and " ERROR " not in log and "Traceback" not in log, log
+
+
+BATCH_LINE = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
+              b'"body": {"model": "mock-chat", "messages": [{"role": "user", "content": "hi"}]}}\n')
+
+
+def upload(running: Dev, key: str) -> str:
+    """A Batch API input file, uploaded with the SDK: its id."""
+    client = openai.OpenAI(base_url=running.base_url, api_key=key, max_retries=0)
+    return client.files.create(file=("in.jsonl", BATCH_LINE), purpose="batch").id
+
+
+def files_dir(running: Dev) -> str:
+    line = next(line for line in running.output().splitlines() if line.strip().startswith("files:"))
+    return line.split(":", 1)[1].strip()
+
+
+def test_dev_leaves_nothing_behind_in_its_start_directory_or_temp_dir(tmp_path: Path) -> None:
+    start = tmp_path / "start"
+    start.mkdir()
+    with dev(tmp_path, os.environ["PATH"], cwd=start) as running:
+        file_id = upload(running, "sk-dev")
+        shown = files_dir(running)
+        assert shown.endswith(" (removed at exit)"), shown
+        store = Path(shown.removesuffix(" (removed at exit)"))
+        assert (store / file_id).read_bytes() == BATCH_LINE
+        scratch = store.parent  # the embedded Redis's working dir is in it too, with a redis-server
+        assert not scratch.is_relative_to(start)
+        ctrl_c(running)
+    assert not scratch.exists()
+    assert list(start.iterdir()) == []
+
+
+def test_dev_keeps_the_files_where_its_config_puts_them(tmp_path: Path, namespace: str) -> None:
+    kept = tmp_path / "kept-files"
+    config = write_config(tmp_path / "config.yaml", namespace, providers={"mock": {"kind": "mock"}},
+                          models={"mock-chat": [{"provider": "mock", "model": "mock-chat"}]},
+                          batches={"files_dir": str(kept)})
+    with dev(tmp_path, os.environ["PATH"], "--config", str(config), cwd=tmp_path) as running:
+        file_id = upload(running, TEST_KEY)
+        assert files_dir(running) == str(kept)
+        ctrl_c(running)
+    assert (kept / file_id).read_bytes() == BATCH_LINE
 
 
 def dev_banner(tenants: dict[str, object] | None, api_key: str | None = None) -> str:

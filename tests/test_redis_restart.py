@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from broker.config import hash_key
 from tests.conftest import TEST_KEY, RedisServer, sse_data
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
@@ -60,6 +61,41 @@ def test_requests_work_again_after_redis_restarts(stack_factory: Any, own_redis:
     assert worker.popen.poll() is None  # the worker rode it out
     stream = httpx.post(f"{base_url}/chat/completions", json={**body, "stream": True}, headers=headers)
     assert stream.text.endswith("data: [DONE]\n\n")
+
+
+ADMIN_KEY = "sk-admin-redis-down-0001"
+UNLIMITED_KEY = "sk-unlimited-redis-down-0001"
+# What each route answers while Redis is down (api/unavailable.py): the route, the key, what it names.
+DOWN_ANSWERS = [
+    ("POST", "/v1/chat/completions", TEST_KEY, "The broker's rate limiter"),  # admission is its first step
+    ("POST", "/v1/chat/completions", UNLIMITED_KEY, "The broker's queue"),  # without limits, queueing is
+    ("GET", "/v1/files", TEST_KEY, "The broker's file store"),
+    ("GET", "/v1/files/file-0123456789abcdef", TEST_KEY, "The broker's file store"),
+    ("GET", "/v1/batches", TEST_KEY, "The broker's batch store"),
+    ("GET", f"/v1/jobs/{'0' * 32}", TEST_KEY, "The broker's job store"),
+    ("GET", f"/v1/jobs/{'0' * 32}/events", TEST_KEY, "The broker's job store"),
+    ("GET", "/v1/usage", TEST_KEY, "The usage ledger"),
+    ("GET", "/admin/keys", ADMIN_KEY, "The broker's key store (Redis)"),
+]
+
+
+def test_every_route_answers_a_retryable_openai_503_while_redis_is_down(stack_factory: Any,
+                                                                         own_redis: RedisServer) -> None:
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
+                          redis_url=own_redis.url, admin={"keys": [hash_key(ADMIN_KEY)]},
+                          tenants={"test": {"keys": [hash_key(TEST_KEY)], "rpm": 1000},
+                                   "free": {"keys": [hash_key(UNLIMITED_KEY)]}})
+    root = stack.up("mock").removesuffix("/v1")
+    own_redis.kill()
+    for method, path, key, what in DOWN_ANSWERS:
+        resp = httpx.request(method, root + path, headers={"authorization": f"Bearer {key}"}, timeout=10,
+                             json=chat("m", "down?") if method == "POST" else None)
+        assert resp.status_code == 503, (path, resp.text)
+        assert resp.json() == {"error": {"message": f"{what} is unavailable; please retry shortly.",
+                                         "type": "service_unavailable_error", "param": None,
+                                         "code": "service_unavailable"}}, path
+        assert resp.headers["retry-after"] == "1" and resp.headers["x-request-id"], path
+    assert stack.procs[-1].output().count("answering 503: ConnectionError") == len(DOWN_ANSWERS)  # once each
 
 
 def kill_pubsub_clients(url: str, seconds: float) -> None:

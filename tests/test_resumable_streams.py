@@ -164,7 +164,8 @@ def test_a_client_that_comes_back_keeps_its_job_running(base_url: str) -> None:
 
 def test_the_sdk_reads_streams_with_ids_and_keepalives_between_them(client: openai.OpenAI, base_url: str) -> None:
     # Chunks 0.2 s apart and keep-alives every 0.1 s: comments fall between events that carry ids,
-    # the case where the SDK's decoder would yield an empty event for a blank line (PROTOCOLS §8.2).
+    # the case where the SDK's decoder would yield an empty event for a blank line (it never resets the
+    # last id: `SSEDecoder.decode` in openai-python's src/openai/_streaming.py).
     # The two streams run side by side.
     with ThreadPoolExecutor(1) as pool:
         sdk = pool.submit(lambda: list(client.chat.completions.create(**ask("sdk"))))  # type: ignore[call-overload]

@@ -14,12 +14,11 @@ from __future__ import annotations
 import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from redis.exceptions import RedisError
 
 from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker import api_keys
-from broker.errors import InvalidRequest, Unavailable
+from broker.errors import InvalidRequest
 from broker.wire import json_encoder
 
 router = APIRouter()
@@ -51,19 +50,12 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(json_encoder.encode(body), status_code=status, media_type="application/json")
 
 
-def _unavailable() -> Unavailable:
-    return Unavailable("The broker's key store (Redis) is unavailable; please retry shortly.", retry_after_s=1)
-
-
 @router.post("/admin/keys")
 async def create_key(request: Request) -> Response:
     state = _admin(request)
     spec = decode_body(await read_body(request, MAX_BODY_BYTES), _new_key)
-    try:
-        made = await api_keys.create(state.redis, state.keys, state.config, spec)
-        await state.live_keys.refresh()
-    except RedisError:
-        raise _unavailable() from None
+    made = await api_keys.create(state.redis, state.keys, state.config, spec)
+    await state.live_keys.refresh()
     return _json(made, 201)
 
 
@@ -73,19 +65,13 @@ async def list_keys(request: Request) -> Response:
     tenant = request.query_params.get("tenant")
     if tenant is not None and tenant not in state.config.tenants:
         raise InvalidRequest(f"Unknown tenant {tenant!r}.", param="tenant", code="unknown_tenant")
-    try:
-        found = await api_keys.listing(state.redis, state.keys, state.config, tenant)
-    except RedisError:
-        raise _unavailable() from None
+    found = await api_keys.listing(state.redis, state.keys, state.config, tenant)
     return _json(KeyList(found))
 
 
 @router.delete("/admin/keys/{ref}")
 async def revoke_key(request: Request, ref: str) -> Response:
     state = _admin(request)
-    try:
-        gone = await api_keys.revoke(state.redis, state.keys, state.config, ref)
-        await state.live_keys.refresh()
-    except RedisError:
-        raise _unavailable() from None
+    gone = await api_keys.revoke(state.redis, state.keys, state.config, ref)
+    await state.live_keys.refresh()
     return _json(KeyDeleted(gone.id, gone.name, gone.tenant))

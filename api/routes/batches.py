@@ -1,4 +1,8 @@
-"""The Batch API (PROTOCOLS §4.3): create, read, list and cancel batches; broker/batches/runner.py runs them."""
+"""The Batch API: create, read, list and cancel batches; broker/batches/runner.py runs them.
+
+As OpenAI's (https://platform.openai.com/docs/api-reference/batch): `completion_window` "24h" only,
+`GET /v1/batches` pages with `after` and `limit` (1-100, default 20).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from typing import Annotated
 import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from redis.exceptions import RedisError
 
 from api.decode import decode_body, read_body
 from api.state import BrokerState
@@ -36,10 +39,6 @@ def _not_found(batch_id: str) -> BrokerError:
     return ModelNotFound(f"No batch found with id {batch_id!r}.", param="id", code="batch_not_found")
 
 
-def _unavailable() -> BrokerError:
-    return Unavailable("The broker's batch store is unavailable; please retry shortly.", retry_after_s=1)
-
-
 def _json(body: object) -> Response:
     return Response(json_encoder.encode(body), media_type="application/json")
 
@@ -55,10 +54,7 @@ async def create_batch(request: Request) -> Response:
     if asked.completion_window not in batches.WINDOW_S:
         raise InvalidRequest(f"`completion_window` must be '24h', got {asked.completion_window!r}.",
                              param="completion_window")
-    try:
-        stored = await files.load(state.redis, state.keys, asked.input_file_id, principal.tenant_name)
-    except RedisError:
-        raise _unavailable() from None
+    stored = await files.load(state.redis, state.keys, asked.input_file_id, principal.tenant_name)
     if stored is None or stored.file.purpose != "batch":
         raise InvalidRequest(f"No batch input file with id {asked.input_file_id!r}.", param="input_file_id",
                              status=404, code="file_not_found")
@@ -72,21 +68,15 @@ async def create_batch(request: Request) -> Response:
                           completion_window=asked.completion_window, status="validating", created_at=now,
                           expires_at=now + batches.WINDOW_S[asked.completion_window], metadata=asked.metadata,
                           request_counts=batches.RequestCounts(total=stored.lines))
-    try:
-        await batches.create(state.redis, state.keys, principal.tenant_name, batch,
-                             state.config.batches.retention_days, key=principal.key_name)
-        await batch_worker.first_step(state.redis, state.config, batch.id)
-    except RedisError:
-        raise _unavailable() from None
+    await batches.create(state.redis, state.keys, principal.tenant_name, batch,
+                         state.config.batches.retention_days, key=principal.key_name)
+    await batch_worker.first_step(state.redis, state.config, batch.id)
     return _json(batch)
 
 
 async def _owned(state: BrokerState, request: Request, batch_id: str) -> batches.Loaded:
     principal = state.auth.authenticate(request.headers.get("authorization"))
-    try:
-        loaded = await batches.load(state.redis, state.keys, batch_id, principal.tenant_name)
-    except RedisError:
-        raise _unavailable() from None
+    loaded = await batches.load(state.redis, state.keys, batch_id, principal.tenant_name)
     if loaded is None:
         raise _not_found(batch_id)
     return loaded
@@ -105,11 +95,8 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
     loaded = await _owned(state, request, batch_id)
     if loaded.batch.status in batches.ENDED:
         return _json(loaded.batch)
-    try:
-        await batches.ask_cancel(state.redis, state.keys, batch_id)
-        loaded = await _owned(state, request, batch_id)
-    except RedisError:
-        raise _unavailable() from None
+    await batches.ask_cancel(state.redis, state.keys, batch_id)
+    loaded = await _owned(state, request, batch_id)
     return _json(batches.with_cancel(loaded.batch, loaded.fields))
 
 
@@ -123,9 +110,6 @@ async def list_batches(request: Request) -> Response:
         limit = 0
     if not 1 <= limit <= 100:
         raise InvalidRequest("`limit` must be from 1 to 100.", param="limit")
-    try:
-        page = await batches.page(state.redis, state.keys, principal.tenant_name,
-                                  after=request.query_params.get("after"), limit=limit)
-    except RedisError:
-        raise _unavailable() from None
+    page = await batches.page(state.redis, state.keys, principal.tenant_name,
+                              after=request.query_params.get("after"), limit=limit)
     return _json(page)

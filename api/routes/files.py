@@ -1,4 +1,8 @@
-"""The Files API, for batch inputs and outputs (PROTOCOLS §4.1): upload, list, read, delete.
+"""The Files API, for batch inputs and outputs: upload, list, read, delete.
+
+As OpenAI's (https://platform.openai.com/docs/api-reference/files): multipart `file` + `purpose`,
+`expires_after[seconds]` from 3600 to 2592000, `GET /v1/files` with `after`, `limit` (1-10000),
+`order` and `purpose`.
 
 Bodies go to the file store (broker/batches/files.py), never into Redis. An upload is copied to the store
 as it arrives (Starlette spools it to disk past 1 MB), then validated line by line in a thread
@@ -12,13 +16,12 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from redis.exceptions import RedisError
 from starlette.datastructures import UploadFile
 
 from api.state import BrokerState
 from broker.batches import files
 from broker.batches import input as batch_input
-from broker.errors import BrokerError, InvalidRequest, ModelNotFound, Unavailable
+from broker.errors import BrokerError, InvalidRequest, ModelNotFound
 from broker.wire import json_encoder
 
 router = APIRouter()
@@ -35,16 +38,9 @@ def _too_large(limit: int) -> BrokerError:
     return InvalidRequest(f"A file may be at most {limit} bytes.", param="file", status=413, code="request_too_large")
 
 
-def _unavailable() -> BrokerError:
-    return Unavailable("The broker's file store is unavailable; please retry shortly.", retry_after_s=1)
-
-
 async def _owned(state: BrokerState, request: Request, file_id: str) -> files.StoredFile:
     principal = state.auth.authenticate(request.headers.get("authorization"))
-    try:
-        stored = await files.load(state.redis, state.keys, file_id, principal.tenant_name)
-    except RedisError:
-        raise _unavailable() from None
+    stored = await files.load(state.redis, state.keys, file_id, principal.tenant_name)
     if stored is None:
         raise _not_found(file_id)
     return stored
@@ -102,10 +98,7 @@ async def upload(request: Request) -> Response:
                                                    expires_at=now + ttl_s),
                                   principal.tenant_name, summary.lines, summary.endpoint)
         await files.save(state.redis, state.keys, stored)
-    except RedisError:
-        state.files.discard(file_id)
-        raise _unavailable() from None
-    except BaseException:
+    except BaseException:  # a Redis error too: no file without its record
         state.files.discard(file_id)
         raise
     finally:
@@ -127,11 +120,8 @@ async def list_files(request: Request) -> Response:
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("`order` must be asc or desc.", param="order")
-    try:
-        found, more = await files.listing(state.redis, state.keys, principal.tenant_name, after=query.get("after"),
-                                          limit=limit, ascending=order == "asc", purpose=query.get("purpose"))
-    except RedisError:
-        raise _unavailable() from None
+    found, more = await files.listing(state.redis, state.keys, principal.tenant_name, after=query.get("after"),
+                                      limit=limit, ascending=order == "asc", purpose=query.get("purpose"))
     body = {"object": "list", "data": found, "first_id": found[0].id if found else None,
             "last_id": found[-1].id if found else None, "has_more": more}
     return Response(json_encoder.encode(body), media_type="application/json")
@@ -165,9 +155,6 @@ async def file_content(request: Request, file_id: str) -> Response:
 async def delete_file(request: Request, file_id: str) -> Response:
     state: BrokerState = request.app.state.broker
     stored = await _owned(state, request, file_id)
-    try:
-        await files.delete(state.redis, state.keys, state.files, stored)
-    except RedisError:
-        raise _unavailable() from None
+    await files.delete(state.redis, state.keys, state.files, stored)
     return Response(json_encoder.encode({"id": stored.file.id, "object": "file", "deleted": True}),
                     media_type="application/json")

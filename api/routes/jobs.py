@@ -15,14 +15,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import sse
+from api import sse, unavailable
 from api.state import BrokerState
 from broker.errors import (
     BrokerError,
     InvalidRequest,
     ModelNotFound,
     RequestTimeout,
-    Unavailable,
 )
 from broker.queue import async_jobs, job_events
 from broker.queue.jobs import Chunk, Failed, Final
@@ -45,17 +44,10 @@ def _not_found(given: str) -> BrokerError:
     return ModelNotFound(f"No job found with id {given!r}.", param="id", code="job_not_found")
 
 
-def _unavailable() -> BrokerError:
-    return Unavailable("The broker's job store is unavailable; please retry shortly.", retry_after_s=1)
-
-
 async def _found(state: BrokerState, request: Request, given: str) -> tuple[str, async_jobs.Found]:
     principal = state.auth.authenticate(request.headers.get("authorization"))
     job_id = _job_id(given)
-    try:
-        found = await async_jobs.load(state.redis, state.keys, job_id, principal.tenant_name)
-    except RedisError:
-        raise _unavailable() from None
+    found = await async_jobs.load(state.redis, state.keys, job_id, principal.tenant_name)
     if found is None:
         raise _not_found(given)
     return job_id, found
@@ -73,10 +65,7 @@ async def get_job(request: Request, job_id: str) -> Response:
 async def cancel_job(request: Request, job_id: str) -> Response:
     state: BrokerState = request.app.state.broker
     job_id, found = await _found(state, request, job_id)
-    try:
-        view = await async_jobs.cancel_job(state.redis, state.keys, job_id, found)
-    except RedisError:
-        raise _unavailable() from None
+    view = await async_jobs.cancel_job(state.redis, state.keys, job_id, found)
     return Response(json_encoder.encode(view), media_type="application/json")
 
 
@@ -91,11 +80,8 @@ async def job_events_stream(request: Request, job_id: str) -> Response:
     except ValueError:
         raise InvalidRequest("`Last-Event-ID` must be the id of an event of this stream, as `<attempt>.<index>`.",
                              param="Last-Event-ID") from None
-    try:
-        found = await async_jobs.load(state.redis, state.keys, job_id, principal.tenant_name)
-        origin = await job_events.origin(state.redis, state.keys, job_id) if found is None else None
-    except RedisError:
-        raise _unavailable() from None
+    found = await async_jobs.load(state.redis, state.keys, job_id, principal.tenant_name)
+    origin = await job_events.origin(state.redis, state.keys, job_id) if found is None else None
     if found is not None:
         if not found.record.streams:
             raise InvalidRequest(f"Job {given!r} is not a stream: its result is at GET /v1/jobs/{job_id}.",
@@ -107,10 +93,7 @@ async def job_events_stream(request: Request, job_id: str) -> Response:
     else:
         raise _not_found(given)
     if owned:
-        try:
-            await job_events.attach(state.redis, state.keys, job_id, deadline)
-        except RedisError:
-            raise _unavailable() from None
+        await job_events.attach(state.redis, state.keys, job_id, deadline)
     def ended() -> None:
         response.finished = True
 
@@ -174,5 +157,5 @@ async def _events(state: BrokerState, job_id: str, after: tuple[int, int] | None
                     ended()
                     yield sse.error_event(BrokerError.from_info(info))
                     return
-    except RedisError:
-        yield sse.error_event(_unavailable())
+    except RedisError:  # past the first byte: the 503 the route would have answered, as an event
+        yield sse.error_event(unavailable.for_path(f"/v1/jobs/{job_id}/events"))

@@ -12,10 +12,9 @@ import datetime as dt
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from redis.exceptions import RedisError
 
 from api.state import BrokerState
-from broker.errors import InvalidRequest, Unavailable
+from broker.errors import InvalidRequest
 from broker.money import ledger
 from broker.wire import json_encoder
 
@@ -54,8 +53,5 @@ async def usage(request: Request) -> Response:
         raise InvalidRequest("`start` is after `end`.", param="start")
     if (end - start).days >= ledger.MAX_DAYS:
         raise InvalidRequest(f"A report spans at most {ledger.MAX_DAYS} days.", param="start")
-    try:
-        report = await ledger.report(state.redis, state.keys, principal.tenant_name, start, end, _group_by(request))
-    except RedisError:
-        raise Unavailable("The usage ledger is unavailable; please retry shortly.", retry_after_s=1) from None
+    report = await ledger.report(state.redis, state.keys, principal.tenant_name, start, end, _group_by(request))
     return Response(json_encoder.encode(report.as_json()), media_type="application/json")

@@ -33,7 +33,7 @@ MAX_TTL_S = 3650 * 86_400
 
 
 class FileObject(msgspec.Struct, kw_only=True):
-    """OpenAI's file object (PROTOCOLS §4.1)."""
+    """OpenAI's file object (https://platform.openai.com/docs/api-reference/files/object)."""
 
     id: str
     object: Literal["file"] = "file"

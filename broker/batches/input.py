@@ -1,4 +1,6 @@
-"""A batch input file, line by line (PROTOCOLS §4.2): checked on upload, read again to run it.
+"""A batch input file, line by line: checked on upload, read again to run it.
+
+The format: https://platform.openai.com/docs/api-reference/batch/request-input.
 
 Each line is `{"custom_id", "method": "POST", "url", "body"}`; the body is decoded with the very
 decoder the endpoint uses, so a line that would be a 400 live is refused at upload with its line

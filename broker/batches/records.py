@@ -1,4 +1,5 @@
-"""The Batch API's records: OpenAI's batch object (PROTOCOLS §4.3), kept in Redis.
+"""The Batch API's records: OpenAI's batch object (https://platform.openai.com/docs/api-reference/batch/object),
+kept in Redis.
 
     {ns}:batch:<id>   hash. `b`: the batch object (JSON), written by the API at creation and by
                       the batch worker (broker/batches/runner.py) after that; `t`: the tenant;

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
@@ -40,10 +40,10 @@ from broker.batches.records import BatchError, BatchErrors
 from broker.config import ApiKey, Config
 from broker.errors import BrokerError, OverBudget, RateLimited
 from broker.keys import Keys
-from broker.limits.ratelimit import Limiter, estimate_request_tokens
-from broker.money import budgets
+from broker.limits.admission import admit
+from broker.limits.ratelimit import Limiter
 from broker.queue import async_jobs, job_factory
-from broker.queue.jobs import Failed, Final, key_tpm, reply_decoder
+from broker.queue.jobs import Failed, Final, reply_decoder
 from broker.queue.payloads import payload_for
 from broker.queue.streams import QueueScripts, cancel, enqueue_first
 from broker.routing.router import Router
@@ -59,6 +59,8 @@ WIND_DOWN_S = 3.0  # after cancelling its lines, how long a batch waits for thei
 PAUSE_S = 1.0  # a queue that refused a line is asked again after this
 QUEUE_CONCURRENCY = 64  # lines queued at once (each is a few Redis round trips)
 
+LineOutcome = Literal["queued", "done", "failed", "paused"]
+
 
 class BatchContext:
     """What a batch worker process needs to run batches (built once per process)."""
@@ -70,7 +72,7 @@ class BatchContext:
         self.router = Router(config)
         self.limiter = Limiter(redis, self.keys)
         self.scripts = QueueScripts(redis)
-        self.store = files.FileStore(config.batches.files_dir)
+        self.store = files.FileStore(config.batches.store_dir)
         self.commit = redis.register_script(lua_script("batch_commit"))
 
 
@@ -109,12 +111,11 @@ class _Run:
 
     @property
     def inflight_key(self) -> str:
-        return self.ctx.keys.batch(self.batch.id) + ":inflight"
+        return self.ctx.keys.batch_inflight(self.batch.id)
 
     @property
     def done_key(self) -> str:
-        """A bitmap of the lines whose output is written (one bit per line)."""
-        return self.ctx.keys.batch(self.batch.id) + ":done"
+        return self.ctx.keys.batch_done(self.batch.id)
 
     async def resume(self) -> None:
         store = self.ctx.store
@@ -167,8 +168,10 @@ class _Run:
                     self._fail(number, custom_id, error)
                 room -= 1
 
-    async def _queue(self, number: int, raw: bytes) -> tuple[str, str, BrokerError | None]:
-        """Queue one line: ("queued" | "failed" | "paused", its custom_id, the error it failed with)."""
+    async def _queue(self, number: int, raw: bytes) -> tuple[LineOutcome, str, BrokerError | None]:
+        """Queue one line: (its outcome, its custom_id, the error it failed with). The outcome is
+        "queued" (now, or before a crash), "done" (its output is written already), "failed" (write the
+        error) or "paused" (a rate limit or a full queue: read it again later)."""
         ctx = self.ctx
         line, body = parse(raw)  # checked at upload: any error here is ours
         if isinstance(body, ChatRequest | CompletionRequest) and body.stream:
@@ -199,18 +202,12 @@ class _Run:
         except BrokerError as exc:  # a model it may not use, a request no deployment can serve
             return "failed", line.custom_id, exc
         try:
-            key = self.key
-            admission = await ctx.limiter.admit(self.tenant_name, tenant, estimate_request_tokens(body), job.id,
-                                                job.deadline, key=key,
-                                                hold=budgets.hold_for(ctx.keys, self.tenant_name, tenant, key,
-                                                                      body, ctx.router.prices.of(job)))
+            admission = await admit(ctx.limiter, ctx.router.prices, self.tenant_name, tenant, self.key, job)
         except OverBudget as exc:
             return "failed", line.custom_id, exc
         except RateLimited as exc:
             self.paused_until = time.monotonic() + max(exc.retry_after_s or PAUSE_S, 0.05)
             return "paused", line.custom_id, None
-        job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(key)
-        job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
         await async_jobs.submit(ctx.redis, ctx.keys, job)
         try:
             await enqueue_first(ctx.scripts, ctx.keys, ctx.config, job)

@@ -32,6 +32,7 @@ from broker.batches import files
 from broker.batches import runner as batch_runner
 from broker.config import Config
 from broker.errors import Unavailable
+from broker.keys import Keys
 from broker.store import key_migration
 from broker.store.connection import connect, is_cluster
 
@@ -46,11 +47,11 @@ RESUME_EVERY_S = 5  # how often active batches without a running step are starte
 
 
 def queue_name(config: Config) -> str:
-    return f"{config.namespace}:arq:queue"
+    return Keys(config.namespace).arq_queue()
 
 
 def step_job_id(config: Config, batch_id: str, n: int | str) -> str:
-    return f"{config.namespace}:{batch_id}:{n}"
+    return Keys(config.namespace).batch_step(batch_id, n)
 
 
 def arq_client(config: Config, redis: Redis) -> tuple[ArqRedis, bool]:
@@ -80,7 +81,7 @@ async def first_step(redis: Redis, config: Config, batch_id: str) -> None:
 async def run_batch(ctx: dict[str, Any], batch_id: str, n: int) -> str:
     runner: batch_runner.BatchContext = ctx["batches"]
     config: Config = ctx["config"]
-    lock = runner.keys.batch(batch_id) + ":lock"
+    lock = runner.keys.batch_lock(batch_id)
     token = secrets.token_hex(8)
     if not await runner.redis.set(lock, token, nx=True, px=LOCK_TTL_MS):
         return "another step of this batch is running"
@@ -105,7 +106,7 @@ async def resume_batches(ctx: dict[str, Any]) -> None:
     config: Config = ctx["config"]
     for raw in await runner.redis.zrange(runner.keys.active_batches(), 0, -1):
         batch_id = raw.decode()
-        if not await runner.redis.exists(runner.keys.batch(batch_id) + ":lock"):
+        if not await runner.redis.exists(runner.keys.batch_lock(batch_id)):
             await ctx["redis"].enqueue_job("run_batch", batch_id, 0,
                                            _job_id=step_job_id(config, batch_id, f"resume-{int(time.time())}"),
                                            _queue_name=queue_name(config))
@@ -140,7 +141,7 @@ def worker(config: Config) -> Worker:
                    cron(sweep_files, minute={0, 15, 30, 45}, second=5, unique=True)],
         queue_name=queue_name(config), redis_pool=pool, on_startup=startup, on_shutdown=shutdown,
         job_timeout=JOB_TIMEOUT_S, max_tries=1000, keep_result=60, max_jobs=64,
-        health_check_key=f"{config.namespace}:arq:health", handle_signals=False)
+        health_check_key=Keys(config.namespace).arq_health(), handle_signals=False)
 
 
 async def run(config: Config) -> None:

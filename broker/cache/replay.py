@@ -161,9 +161,9 @@ def _assemble_text(events: list[bytes], usage: Usage | None) -> bytes | None:
 
 
 def replay(kind: Kind, body: bytes, answer_id: str, *, wants_usage: bool) -> list[bytes]:
-    """A cached body as the events of a stream, as the worker would have sent them (PROTOCOLS §1.4):
-    a role chunk, the content, tool calls whole (their first fragment may carry every field), the
-    finish chunk, then the usage chunk if asked for."""
+    """A cached body as the events of a stream, as the worker would have sent them: a role chunk, the
+    content, tool calls whole (their first fragment may carry every field), the finish chunk, then the
+    usage chunk if asked for (https://platform.openai.com/docs/api-reference/chat-streaming)."""
     if kind == "text":
         return _replay_text(body, answer_id, wants_usage)
     chat = _chat.decode(body)

@@ -1,5 +1,6 @@
 """`llm-broker dev`: the API and one worker per provider in one process, on an embedded Redis
-unless a config or $REDIS_URL names one.
+unless a config or $REDIS_URL names one. It leaves nothing behind: the embedded Redis and the
+Batch API's files (unless the config names `batches.files_dir`) live in a temp dir removed at exit.
 
 Shutdown order matters: the API stops accepting and lets open streams finish, the
 workers drain what they hold, and only then does the embedded Redis stop.
@@ -11,8 +12,10 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 
 from broker import config as config_module
@@ -25,21 +28,30 @@ def run(config: Config, args: argparse.Namespace, sock: socket.socket) -> int:
     from broker.cli.embedded_redis import start_embedded_redis
     from broker.store.connection import without_password
 
+    # What this run keeps on disk and the config did not place (the embedded Redis's working dir,
+    # the Batch API's file bodies) goes in one temp dir, removed at exit: the directory dev was
+    # started from is left as it was.
+    scratch = tempfile.mkdtemp(prefix="llm-broker-dev-")
     embedded = None
-    if args.config or os.environ.get("LLM_BROKER_CONFIG") or os.environ.get("REDIS_URL"):
-        redis_note = f"Redis: {without_password(config.redis_url)} (from config/REDIS_URL)"
-    else:
-        embedded = start_embedded_redis()
-        config = config_module.with_redis_url(config, embedded.url)
-        redis_note = f"Redis: embedded {embedded.description}"
     try:
-        return asyncio.run(_serve(config, args, sock, redis_note))
+        if args.config or os.environ.get("LLM_BROKER_CONFIG") or os.environ.get("REDIS_URL"):
+            redis_note = f"Redis: {without_password(config.redis_url)} (from config/REDIS_URL)"
+        else:
+            embedded = start_embedded_redis(workdir=os.path.join(scratch, "redis"))
+            config = config_module.with_redis_url(config, embedded.url)
+            redis_note = f"Redis: embedded {embedded.description}"
+        temporary_files = config.batches.files_dir is None
+        if temporary_files:
+            config = config_module.with_files_dir(config, os.path.join(scratch, "files"))
+        return asyncio.run(_serve(config, args, sock, redis_note, temporary_files))
     finally:
         if embedded:
             embedded.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, redis_note: str) -> int:
+async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, redis_note: str,
+                 temporary_files: bool) -> int:
     import uvicorn
 
     from api.app import create_app
@@ -78,7 +90,7 @@ async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, 
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if server.started:
-            print(banner(config, args, redis_note), flush=True)
+            print(banner(config, args, redis_note, temporary_files=temporary_files), flush=True)
         return await serving
     finally:
         for w in workers:
@@ -89,7 +101,7 @@ async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, 
         print("llm-broker dev stopped.", flush=True)
 
 
-def banner(config: Config, args: argparse.Namespace, redis_note: str) -> str:
+def banner(config: Config, args: argparse.Namespace, redis_note: str, *, temporary_files: bool = False) -> str:
     base_url = f"http://{args.host}:{args.port}/v1"
     model = next(iter(config.models), "mock-chat")
     key = args.api_key or config_module.DEV_API_KEY
@@ -103,6 +115,7 @@ def banner(config: Config, args: argparse.Namespace, redis_note: str) -> str:
         auth, snippet_key = "tenants:  none configured: every request gets 401", "<no key works>"
     return (
         f"llm-broker dev is up\n  base URL: {base_url}\n  {auth}\n  {redis_note}\n"
+        f"  files:    {config.batches.store_dir}{' (removed at exit)' if temporary_files else ''}\n"
         f"  workers:  {', '.join(config.providers)}\n  models:   {', '.join(config.models)}\n\n"
         f"  from openai import OpenAI\n"
         f"  client = OpenAI(base_url=\"{base_url}\", api_key=\"{snippet_key}\")\n"

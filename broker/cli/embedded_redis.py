@@ -8,6 +8,7 @@ enough of the protocol (streams, consumer groups, pub/sub) for development.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -39,15 +40,17 @@ class EmbeddedRedis:
         self._stop()
 
 
-def start_embedded_redis(*, prefer_real: bool = True) -> EmbeddedRedis:
+def start_embedded_redis(*, prefer_real: bool = True, workdir: str | None = None) -> EmbeddedRedis:
+    """A redis-server working in `workdir` (made, and removed by `stop`; default: a temp dir), else fakeredis."""
     executable = shutil.which("redis-server") if prefer_real else None
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     if executable:
-        workdir = tempfile.mkdtemp(prefix="llm-broker-redis-")
+        directory = workdir or tempfile.mkdtemp(prefix="llm-broker-redis-")
+        os.makedirs(directory, exist_ok=True)
         proc = subprocess.Popen(
             [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir],
+             "--dir", directory],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             # Out of our process group: Ctrl-C in a terminal signals the whole group, and Redis
             # must outlive the API and workers while they drain. stop() ends it, last.
@@ -60,10 +63,10 @@ def start_embedded_redis(*, prefer_real: bool = True) -> EmbeddedRedis:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)
 
         _wait_for_ping(url, stop_real)
-        return EmbeddedRedis(url, f"redis-server {executable} (temp dir {workdir}, port {port})", stop_real)
+        return EmbeddedRedis(url, f"redis-server {executable} (temp dir {directory}, port {port})", stop_real)
 
     server = _fake_server(port)
     server.daemon_threads = True

@@ -10,6 +10,7 @@ from broker.config.load import (
     load,
     resolve,
     validate,
+    with_files_dir,
     with_redis_url,
 )
 from broker.config.model import (
@@ -41,5 +42,5 @@ __all__ = [
     "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "Budgets", "CircuitSettings", "Config",
     "ConfigError", "Deployment", "GeminiProvider", "Limits", "MockProvider", "ModelGroup", "OpenAIProvider",
     "ProviderConfig", "QueueSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
-    "default_config", "hash_key", "load", "resolve", "validate", "with_redis_url",
+    "default_config", "hash_key", "load", "resolve", "validate", "with_files_dir", "with_redis_url",
 ]

@@ -169,3 +169,7 @@ def resolve(path: str | None, env: dict[str, str] | None = None, *, dev_api_key:
 def with_redis_url(config: Config, redis_url: str) -> Config:
     return msgspec.structs.replace(config, redis_url=redis_url)
 
+
+def with_files_dir(config: Config, files_dir: str) -> Config:
+    return msgspec.structs.replace(config, batches=msgspec.structs.replace(config.batches, files_dir=files_dir))
+

@@ -94,8 +94,9 @@ class Budgets(Limits):
 
 
 class ApiKey(Budgets, kw_only=True):
-    """A key with a name (in errors, and in the usage ledger to come) and limits of its own,
-    enforced on top of its tenant's: a CI key can be held to 60 RPM inside a 600 RPM tenant."""
+    """A key with a name (in errors, and as the `key` the usage ledger counts by: broker/money/ledger.py)
+    and limits and budgets of its own, enforced on top of its tenant's: a CI key can be held to 60 RPM
+    inside a 600 RPM tenant."""
 
     key: str  # sha256:<64 hex>
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]  # like NAME below

@@ -145,7 +145,8 @@ class _ScopeState(msgspec.Struct, array_like=True):
 
 
 def _headers(scopes: list[Scope], states: list[_ScopeState]) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers (PROTOCOLS §3.3): reset = time until the bucket is full.
+    """OpenAI's x-ratelimit-* headers (https://platform.openai.com/docs/guides/rate-limits, "Rate limits in
+    headers"): reset = time until the bucket is full again, as a Go duration.
 
     With both a tenant and a key limit, each header triple shows the tighter one (fewer remaining).
     """
@@ -213,8 +214,9 @@ class Limiter:
     async def admit_call(self, deployment: Deployment, tokens: int, request_id: str,
                          expires_at: float) -> Admission:
         """Charge one upstream call to a deployment's own limits (workers, just before the call)."""
-        prefix = self.keys.deployment_limit(deployment.provider, deployment.model)
-        scope = Scope(deployment, prefix + "rpm", prefix + "tpm", prefix + "inflight",
+        where = (deployment.provider, deployment.model)
+        scope = Scope(deployment, self.keys.deployment_rate_requests(*where), self.keys.deployment_rate_tokens(*where),
+                      self.keys.deployment_in_flight(*where),
                       f" of deployment {deployment.provider}/{deployment.model}")
         return await self.admit_scopes([scope], tokens, request_id, expires_at, tenant_name="")
 
@@ -260,7 +262,7 @@ class Limiter:
         """A call admitted by `admit_call` is over: free its slot, settle its tokens with the real usage."""
         await self.release(admission)
         if deployment.tpm and actual_tokens is not None and actual_tokens != admission.tokens:
-            bucket = self.keys.deployment_limit(deployment.provider, deployment.model) + "tpm"
+            bucket = self.keys.deployment_rate_tokens(deployment.provider, deployment.model)
             await self._settle(keys=[bucket], args=[deployment.tpm, actual_tokens - admission.tokens])
 
     async def refund(self, admission: Admission) -> None:

@@ -4,7 +4,7 @@ Labels are bounded by config, never by traffic: routes are path templates, model
 are configured names, tenants come from config, statuses are HTTP codes. No job id, key or free
 text is ever a label. Counting is in-process and costs microseconds; nothing here touches Redis.
 
-The API serves them at GET /metrics (api/routes/metrics.py), with the queue gauges read from
+The API serves them at GET /metrics (api/metrics.py), with the queue gauges read from
 Redis at scrape time. `llm-broker api --workers N` runs N processes: then prometheus-client's
 multiprocess mode adds theirs up (the CLI gives them a shared $PROMETHEUS_MULTIPROC_DIR). A
 worker serves its own on `--metrics-port`.

@@ -139,7 +139,7 @@ async def pull(scripts: QueueScripts, keys: Keys, queue: QueueSettings, provider
                count: int) -> list[Pulled]:
     weights = [queue.lane_weights[lane] for lane in LANES]
     rows = await scripts.pull(
-        keys=[f"{keys.provider(provider)}sched", keys.backlog(provider), keys.drain(provider)],
+        keys=[keys.sched(provider), keys.backlog(provider), keys.drain(provider)],
         args=[consumer, count, len(LANES), *LANES, *weights],
     )
     pulled = []

@@ -2,7 +2,10 @@
 
 The `openai` adapter serves every server below; a profile tells it how to adapt
 a request instead of letting the upstream reject it, and tells routing what
-the server can do. Facts are from ../shared/PROTOCOLS.md §7 and vendor docs;
+the server can do. Facts are from each server's own documentation: vLLM
+(https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html), Ollama
+(https://docs.ollama.com/api/openai-compatibility, and the fields `FromChatRequest` in its
+`openai/openai.go` reads), llama.cpp (`tools/server/README.md`), LocalAI (https://localai.io);
 where a server's behaviour is unverified the profile stays permissive.
 """
 
@@ -37,7 +40,7 @@ PROFILES: dict[str, Profile] = {
     "azure": Profile(azure=True),
     # vLLM: `suffix` unsupported; tools need --enable-auto-tool-choice on the server.
     "vllm": Profile(drop=frozenset({"suffix"})),
-    # Ollama: no n, logit_bias, user, tool_choice or logprobs (PROTOCOLS §7).
+    # Ollama: no n, logit_bias, user, tool_choice or logprobs (`FromChatRequest` never reads them).
     "ollama": Profile(drop=frozenset({"n", "logit_bias", "user", "tool_choice", "logprobs", "top_logprobs"}),
                       max_completion_tokens=False),
     "localai": Profile(max_completion_tokens=False),

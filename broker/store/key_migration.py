@@ -52,16 +52,20 @@ return 1
 
 
 def new_name(ns: str, key: str) -> str | None:
-    """The layout-2 name of an old key of namespace `ns`, or None if `key` is not one."""
+    """The layout-2 name of an old key of namespace `ns`, or None if `key` is not one. The old names
+    are parsed here, where they are documented; the new ones come from broker/keys.py."""
+    keys = Keys(ns)
     rest = key[len(ns) + 1:] if key.startswith(ns + ":") else ""
     if m := re.fullmatch(r"usage:([^:{]+):(\d{4}-\d{2}-\d{2})", rest):
-        return f"{ns}:usage:{{{m[1]}}}:{m[2]}"
+        return keys.usage(m[1], m[2])
     if m := re.fullmatch(r"budget:t:([^:{]+):([dm]:[\d-]+(?::holds)?)", rest):
-        return f"{ns}:budget:{{{m[1]}}}:t:{m[2]}"
+        return keys.budget(m[1], "t", m[2])
     if m := re.fullmatch(r"budget:k:([^:{]+):([^:]+):([dm]:[\d-]+(?::holds)?)", rest):
-        return f"{ns}:budget:{{{m[1]}}}:k:{m[2]}:{m[3]}"
-    if m := re.fullmatch(r"batch:(batch_[^:{]+)((?::inflight|:done|:lock)?)", rest):
-        return f"{ns}:batch:{{{m[1]}}}{m[2]}"
+        return keys.budget(m[1], f"k:{m[2]}", m[3])
+    if m := re.fullmatch(r"batch:(batch_[^:{]+)(?::(inflight|done|lock))?", rest):
+        step_state = {None: keys.batch, "inflight": keys.batch_inflight, "done": keys.batch_done,
+                      "lock": keys.batch_lock}
+        return step_state[m[2]](m[1])
     return None
 
 

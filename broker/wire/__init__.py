@@ -2,7 +2,7 @@
 
 Shared by api and workers. Inbound bodies are lenient (unknown fields are
 ignored) but validated where read; optional fields default to UNSET so
-re-encoding forwards exactly what the client sent. See ../shared/PROTOCOLS.md.
+re-encoding forwards exactly what the client sent. Each module names the API reference it follows.
 """
 
 from broker.wire.chat import *  # noqa: F401,F403

@@ -5,7 +5,8 @@ Inbound bodies are lenient (a field we do not model is kept aside in
 server's own extensions do not break clients) but what we do read is validated; the decode path of a
 `msgspec.ValidationError` becomes the OpenAI error's `param`. Optional fields
 default to UNSET so re-encoding a request forwards exactly what the client sent.
-See ../shared/PROTOCOLS.md §1 for every field.
+Every field: https://platform.openai.com/docs/api-reference/chat/create, and the `openai` SDK's
+`src/openai/types/chat/completion_create_params.py`.
 """
 
 from __future__ import annotations

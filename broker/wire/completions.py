@@ -1,4 +1,7 @@
-"""Legacy `POST /v1/completions` (PROTOCOLS §2.1): prompt in, text out; chunks have the same shape."""
+"""Legacy `POST /v1/completions`: prompt in, text out; chunks have the same shape.
+
+https://platform.openai.com/docs/api-reference/completions/create
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""`POST /v1/embeddings` (PROTOCOLS §2.2).
+"""`POST /v1/embeddings` (https://platform.openai.com/docs/api-reference/embeddings/create).
 
 The openai SDK asks for `encoding_format: "base64"` whenever its caller sets
-none and decodes each string as little-endian float32 bytes; providers return
-floats and the worker encodes (`encode_embedding`).
+none and decodes each string as little-endian float32 bytes (`src/openai/resources/embeddings.py`,
+`Embeddings.create`); providers return floats and the worker encodes (`encode_embedding`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The request rules the real Messages API enforces, as the fake's validator (PROTOCOLS §5.1).
+"""The request rules the real Messages API enforces, as the fake's validator (https://docs.anthropic.com/en/api/messages).
 
 A translation bug must fail here exactly as it would against api.anthropic.com,
 so each rule returns a 400 `invalid_request_error` message shaped like the

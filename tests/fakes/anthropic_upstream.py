@@ -1,4 +1,4 @@
-"""A protocol-faithful fake of Anthropic's Messages API (PROTOCOLS §5), on a real port.
+"""A protocol-faithful fake of Anthropic's Messages API (https://docs.anthropic.com/en/api/messages), on a real port.
 
 It checks what the real API checks (headers; the request rules in anthropic_rules.py,
 answered with the same 400 `invalid_request_error` bodies), records every request,

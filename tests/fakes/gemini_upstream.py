@@ -1,4 +1,4 @@
-"""A protocol-faithful fake of the Gemini Developer API v1beta (PROTOCOLS §6), served over real HTTP.
+"""A protocol-faithful fake of the Gemini Developer API v1beta (https://ai.google.dev/api/generate-content), over real HTTP.
 
 Written from the protos (google/ai/generativelanguage/v1beta), not from our
 adapter's Structs, so it proves the translation: bodies decode into strict
@@ -48,7 +48,7 @@ THOUGHTS = 7  # thoughtsTokenCount of the "thinking" model
 THOUGHT_SIGNATURE = "CikBcsjafFK1+68IbtVt/oxVV0Tsn8O=="  # standard base64, as Google sends bytes
 
 
-# ---- errors (PROTOCOLS §6.4) ----
+# ---- errors (https://ai.google.dev/gemini-api/docs/troubleshooting) ----
 
 
 def google_error(code: int, status: str, message: str, details: list[dict[str, Any]] | None = None) -> Response:

@@ -1,4 +1,4 @@
-"""Gemini v1beta request Structs and conversation rules for the fake upstream (PROTOCOLS §6.1).
+"""Gemini v1beta request Structs and conversation rules for the fake upstream (https://ai.google.dev/api/generate-content).
 
 Written from the protos (google/ai/generativelanguage/v1beta/{content,generative_service}.proto),
 not from the adapter's Structs. Strict on purpose: the real API answers an unknown field with
@@ -174,8 +174,9 @@ def _blob_problem(blob: Blob) -> str | None:
 
 
 def _file_problem(file: FileData) -> str | None:
-    """PROTOCOLS §6.5: `fileUri` is a Files-API URI (whose upload recorded its type) or a public https
-    URL, which Gemini fetches itself and which needs `mimeType` (`fileData{mimeType, fileUri}`)."""
+    """`fileUri` is a Files-API URI (whose upload recorded its type) or a public https URL, which
+    Gemini fetches itself and which needs `mimeType` (`fileData{mimeType, fileUri}`):
+    https://ai.google.dev/gemini-api/docs/file-input-methods."""
     if file.file_uri.startswith((FILES_API, "gs://")):
         return None
     if not file.file_uri.startswith("https://"):

@@ -1,4 +1,8 @@
-"""The fake upstream's /v1/completions (legacy) and /v1/embeddings, OpenAI-shaped (PROTOCOLS §2)."""
+"""The fake upstream's /v1/completions (legacy) and /v1/embeddings, OpenAI-shaped.
+
+https://platform.openai.com/docs/api-reference/completions/create,
+https://platform.openai.com/docs/api-reference/embeddings/create
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fake OpenAI's request rules and what it answers (PROTOCOLS §1.1–1.4).
+"""The fake OpenAI's request rules and what it answers (https://platform.openai.com/docs/api-reference/chat).
 
 Rules: the checks api.openai.com makes that are cheap to copy, each a 400
 `invalid_request_error` worded and `param`-ed like the real one, so a request

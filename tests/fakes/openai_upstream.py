@@ -1,4 +1,4 @@
-"""A protocol-faithful fake of OpenAI's Chat Completions API (PROTOCOLS §1, §3, §8).
+"""A protocol-faithful fake of OpenAI's Chat Completions API (https://platform.openai.com/docs/api-reference/chat).
 
 Tests use it as the real upstream on a real port, and the benchmark uses it as the
 baseline, so it must be both exact on the wire and cheap per request: bodies are
@@ -86,7 +86,7 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}{os.getpid():x}{next(_ids):08x}"
 
 
-# ---- errors (PROTOCOLS §3.1: all four keys, param/code may be null) ----
+# ---- errors (openai-openapi's `ErrorResponse`: all four keys, param/code may be null) ----
 
 
 def error_response(
@@ -200,7 +200,8 @@ async def _sleep_unless_disconnected(receive: Receive, delay_s: float) -> bool:
 
 
 def _call_deltas(index: int, call: Call) -> list[Delta]:
-    # As OpenAI streams a call (PROTOCOLS §1.4): id, type and name once, in the opening
+    # As OpenAI streams a call (the recorded gpt-4o streams behind openai-python's
+    # tests/lib/chat/test_completions_streaming.py): id, type and name once, in the opening
     # fragment with arguments "", then only index + argument pieces; calls one after another.
     opening = [ToolCall(index, call.id, "function", Function(call.name, ""))]
     return [Delta(tool_calls=opening)] + [Delta(tool_calls=[ToolCall(index, function=Function(arguments=p))])
@@ -235,7 +236,7 @@ async def _events(plan: _Plan, include_usage: bool, delay_s: float,
             if not await _sleep_unless_disconnected(receive, STALL_S):
                 return
     if plan.model == "midstream-error":
-        yield MIDSTREAM_ERROR  # and no [DONE]: OpenAI just closes the stream (PROTOCOLS 8.3)
+        yield MIDSTREAM_ERROR  # and no [DONE]: OpenAI just closes the stream (the SDK raises: `Stream.__stream__`)
         return
     yield event([ChunkChoice(0, Delta(), finish_reason=plan.finish_reason)])
     if include_usage:

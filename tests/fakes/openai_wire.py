@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions wire Structs for the fake upstream (PROTOCOLS §1.1–1.4).
+"""OpenAI Chat Completions wire Structs for the fake upstream (https://platform.openai.com/docs/api-reference/chat).
 
 Requests declare only the fields the fake reads (lenient: unknown fields are ignored).
 Responses follow the field order of recorded OpenAI payloads; UNSET fields are left out

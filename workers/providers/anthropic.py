@@ -1,4 +1,4 @@
-"""Anthropic Messages API (`POST {base_url}/v1/messages`, PROTOCOLS §5).
+"""Anthropic Messages API (`POST {base_url}/v1/messages`, https://docs.anthropic.com/en/api/messages).
 
 Translation lives in anthropic_translate.py (request, response, errors) and
 anthropic_stream.py (events → chunks), as pure functions golden-tested against

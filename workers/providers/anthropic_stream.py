@@ -1,4 +1,7 @@
-"""Anthropic stream events → OpenAI chunks: a small state machine (PROTOCOLS §5.3, §5.7).
+"""Anthropic stream events → OpenAI chunks: a small state machine.
+
+Events as https://docs.anthropic.com/en/docs/build-with-claude/streaming describes them; chunks as
+https://platform.openai.com/docs/api-reference/chat-streaming.
 
 Anthropic numbers content blocks (text and tool_use alike); OpenAI numbers tool
 calls only, from 0, and its SDK accumulator inserts at `index`. So tool calls
@@ -25,7 +28,7 @@ from workers.providers.anthropic_wire import (
     event_decoder,
 )
 
-# The HTTP status each error type comes with (PROTOCOLS §5.4), so a stream that fails
+# The HTTP status each error type comes with (https://docs.anthropic.com/en/api/errors), so a stream that fails
 # before its first byte reaches the client is mapped exactly like a failed request.
 ERROR_STATUS = {
     "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,

@@ -1,4 +1,8 @@
-"""OpenAI Chat Completions ↔ Anthropic Messages, as pure functions (PROTOCOLS §5.5–5.7).
+"""OpenAI Chat Completions ↔ Anthropic Messages, as pure functions.
+
+From https://platform.openai.com/docs/api-reference/chat/create to https://docs.anthropic.com/en/api/messages
+and back; where Anthropic's own OpenAI layer decided a mapping (system messages hoisted, temperature
+capped at 1, n=1), https://docs.anthropic.com/en/api/openai-sdk is followed.
 
 No I/O here, so golden tests check every mapping against recorded payloads
 (tests/fixtures/anthropic/). The wire Structs are in anthropic_wire.py, stream

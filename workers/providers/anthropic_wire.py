@@ -1,4 +1,5 @@
-"""Anthropic Messages API wire Structs (PROTOCOLS §5.1–5.4).
+"""Anthropic Messages API wire Structs (https://docs.anthropic.com/en/api/messages, errors:
+https://docs.anthropic.com/en/api/errors).
 
 Request Structs carry only what we send; UNSET fields are left out of the JSON
 because the API rejects unknown *and* null-valued optional fields alike

@@ -12,9 +12,14 @@ sees a foreign exception.
 The worker owns identity: it rewrites `id`, `model` and `created` on whatever
 the adapter returns, so adapters need not care what the client will see.
 
-Optional operations are separate small protocols, checked once when a worker
-starts (`supports`): a provider without embeddings simply does not implement
-`EmbeddingsProvider`, and routing never sends it an embeddings job.
+Optional operations are separate small protocols: a provider without embeddings
+simply does not implement `EmbeddingsProvider`. Routing sends an embeddings or
+legacy completions job only to a deployment whose capabilities say it serves one
+(the provider kind's defaults, its profile, the deployment's overrides:
+broker/routing/capabilities.py); should one arrive anyway (a deployment that
+claims `embeddings: true` for an adapter without `embed`), the worker checks the
+protocol on that job (`isinstance`, workers/handlers.py `serve`) and answers it
+400 rather than calling a method that is not there.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """OpenAI Chat Completions → Gemini generateContent, and back: pure functions, no I/O.
 
-Choices the protocols leave to us (PROTOCOLS §6.5):
+Choices the protocols leave to us (neither https://platform.openai.com/docs/api-reference/chat/create
+nor https://ai.google.dev/api/generate-content says how to map the other):
 - Gemini wants alternating turns, so consecutive messages of one role are
   merged into one Content; tool results become `functionResponse` parts of a
   user turn, named after the assistant tool call they answer.
@@ -128,7 +129,8 @@ def _media(url: str, param: str, *, image: bool) -> g.Part:
         return g.Part(inline_data=g.Blob(mime_type=mime, data=data))
     if url.lower().startswith(("https://", "gs://")):
         # Gemini fetches public and signed https URLs (and GCS / Files-API URIs) itself, but needs
-        # their type (PROTOCOLS §6.5): from the path's extension, else, for an image_url, JPEG.
+        # their type (https://ai.google.dev/gemini-api/docs/file-input-methods): from the path's
+        # extension, else, for an image_url, JPEG.
         return g.Part(file_data=g.FileData(file_uri=url, mime_type=_url_mime_type(url, image=image)))
     scheme = url.split(":", 1)[0] if ":" in url else "relative"
     raise InvalidRequest(f"Gemini cannot fetch {scheme} URLs: send an https:// URL or a data: URL", param=param)

@@ -1,4 +1,4 @@
-"""Gemini Developer API (v1beta) payloads as msgspec Structs (PROTOCOLS §6).
+"""Gemini Developer API (v1beta) payloads as msgspec Structs (https://ai.google.dev/api/generate-content).
 
 Requests are written in lowerCamelCase, the proto3 JSON names. Responses
 declare only the fields the translation reads; the API returns many more

@@ -208,7 +208,8 @@ class StreamRepair:
     """Per-stream fixes that make a compatible server's deltas safe for the SDK's accumulator.
 
     The openai SDK concatenates every string field of every delta and matches
-    tool calls by `index` (PROTOCOLS §1.4). Some servers (older Ollama) repeat
+    tool calls by `index` (`accumulate_delta` in its `src/openai/lib/streaming/_deltas.py`). Some
+    servers (older Ollama) repeat
     `role` on every chunk and send each parallel call whole at index 0, which
     the SDK would merge into "assistantassistant" and one garbled call. Here
     `role` is kept only on a choice's first delta, and each new tool-call id

@@ -7,7 +7,7 @@
 -- uncounted, so the drain rate measures real work only.
 -- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
 -- The tenants' streams and cancellation markers are found at run time, so their names (and the
--- lanes' active sets') are built here, from the prefix of KEYS[1] (Keys.provider + 'sched'): it
+-- lanes' active sets') are built here, from the prefix of KEYS[1] (Keys.sched): it
 -- holds the provider's hash tag, so every one is in the declared keys' Cluster slot.
 -- ARGV: 1 consumer, 2 count, 3 n lanes, 4.. lanes, then weights
 -- Returns {{stream, entry id, fields}, ...}
