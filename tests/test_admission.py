@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -16,10 +15,11 @@ import redis
 from bench.loadgen import run_load
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY
 
 HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
+pytestmark = pytest.mark.upstream(chunks=3)
 
 
 def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_factory: Any) -> None:
@@ -147,12 +147,6 @@ def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory:
     assert quoted and float(quoted[1]) <= 0.7 * drain["rate"], body
 
 
-@pytest.fixture
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=3) as server:
-        yield server
-
-
 def namespace_keys(namespace: str) -> set[bytes]:
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -162,10 +156,10 @@ def namespace_keys(namespace: str) -> set[bytes]:
 
 
 def test_keys_return_to_baseline_after_5000_jobs(stack_factory: Any, namespace: str,
-                                                 upstream: UpstreamServer) -> None:
+                                                 own_upstream: UpstreamServer) -> None:
     stack = stack_factory(
         {"mock": {"kind": "mock", "tokens": 4},
-         "up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 64}},
+         "up": {"kind": "openai", "base_url": own_upstream.base_url, "concurrency": 64}},
         {"m": [{"provider": "mock", "model": "m"}], "broken": [{"provider": "up", "model": "fail-500"}],
          "slow": [{"provider": "up", "model": "slow"}]},
         server={"result_ttl_s": 1, "stream_resume_ttl_s": 1},  # results and streams' event logs: 1 s

@@ -11,7 +11,7 @@ import pytest
 
 from api.decode import decode_body
 from broker.errors import InvalidRequest
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 
 PROVIDERS = {"mock": {"kind": "mock", "tokens": 4}, "idle": {"kind": "mock"},
              "slowpoke": {"kind": "mock", "first_token_delay_s": 5}}

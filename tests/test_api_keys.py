@@ -20,7 +20,7 @@ from broker.api_keys import KeyRecord
 from broker.config import ConfigError, hash_key, validate
 from broker.errors import AuthenticationFailed, PermissionDenied
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
 from tests.test_cli import cli
 
 ADMIN_KEY = "sk-admin-key-0001"

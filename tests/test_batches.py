@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,16 +16,13 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY
 
 OTHER_KEY = "sk-other-tenant-0003"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=3) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=3)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from broker.queue.jobs import Job
 from broker.queue.outbox import Outbox
 from broker.queue.streams import QueueScripts
 from broker.wire.embeddings import EmbeddingRequest
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
 
 DOLLAR_A_TOKEN = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 1_000_000.0}
 

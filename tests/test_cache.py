@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,8 +16,9 @@ import yaml
 
 from broker.config import ConfigError, hash_key, validate
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY, Stack, sse_data
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY, sse_data
+from tests.stacks import Stack
 
 OTHER_KEY = "sk-other-tenant-0001"
 LIMITED_KEY = "sk-limited-tenant-01"
@@ -36,10 +36,7 @@ def with_cache(stack: Stack, cache: dict[str, Any]) -> Stack:
     return stack
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")

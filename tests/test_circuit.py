@@ -15,8 +15,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer, create_app, error_response
+from tests.harness import TEST_KEY
 
 OPEN_S = 2.0
 

@@ -28,7 +28,7 @@ import redis
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import TEST_KEY, RedisServer, sse_data, sync_client
+from tests.harness import TEST_KEY, RedisServer, sse_data, sync_client
 
 pytestmark = pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")),
                                 reason="needs redis-server and redis-cli")

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,14 @@ from broker.config import validate
 from broker.errors import ErrorInfo
 from broker.keys import Keys
 from broker.queue.jobs import Final, Job, reply_decoder
-from tests.conftest import REDIS_URL, REPO, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, REPO, TEST_KEY
 
 AUTH = {"authorization": f"Bearer {TEST_KEY}"}
 MESSAGES = [{"role": "user", "content": "unlucky"}]
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=3) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=3)
 
 
 @pytest.fixture(scope="module")

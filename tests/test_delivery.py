@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY, next_data, sse_data
+from tests.harness import REDIS_URL, TEST_KEY, next_data, sse_data
 from workers.providers.mock import mock_words
 
 FAST_RECLAIM = {"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0, "drain_timeout_s": 10}

@@ -11,8 +11,8 @@ import pytest
 
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
 
 MODES = ("stream", "json")
 NARROW_KEY = "sk-narrow-tenant-0001"

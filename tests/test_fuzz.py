@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from schemathesis.core import NOT_SET
 
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 
 GOOD: dict[str, dict[str, Any]] = {
     "/chat/completions": {"model": "m", "messages": [{"role": "user", "content": "fuzz"}]},

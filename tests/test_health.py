@@ -12,7 +12,7 @@ import redis
 
 from broker.config import validate
 from broker.ops.readiness import served_providers
-from tests.conftest import RedisServer
+from tests.harness import RedisServer
 
 PROVIDERS = {"mock": {"kind": "mock"}, "other": {"kind": "mock"}, "spare": {"kind": "mock"}}
 MODELS = {"m": [{"provider": "mock", "model": "m"}], "o": {"deployments": [{"provider": "other", "model": "o"}]}}

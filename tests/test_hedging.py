@@ -14,8 +14,8 @@ import redis
 
 from broker.config import ConfigError, validate
 from broker.queue.jobs import Job
-from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY
 from workers.hedging import MIN_SAMPLES, LatencyWindow
 
 MODES = ("stream", "json")

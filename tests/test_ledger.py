@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,8 +15,8 @@ import pytest
 from broker.config import Deployment, MockProvider, OpenAIProvider, hash_key
 from broker.money.pricing import FREE, Price, charge, resolve, shipped_price
 from broker.wire import Usage
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
 from workers.providers.anthropic_translate import map_usage
 from workers.providers.anthropic_wire import AnthropicUsage
 from workers.providers.gemini_translate import usage as gemini_usage
@@ -71,10 +70,7 @@ def test_a_job_without_reported_usage_is_charged_for_what_went_by() -> None:
 # ---------------------------------------------------------------- through the broker
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")

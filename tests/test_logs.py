@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_KEY, Proc, free_port, wait_for_http
+from broker.cli.embedded_redis import free_port
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
+from tests.stacks import Proc, wait_for_http
 
 SECRET_PROMPT = "the-prompt-must-never-be-logged-7731"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=2) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=2)
 
 
 def json_lines(proc: Proc) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TEST_KEY, free_port
+from broker.cli.embedded_redis import free_port
+from tests.harness import TEST_KEY
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 

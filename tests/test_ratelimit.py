@@ -16,7 +16,7 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL
+from tests.harness import REDIS_URL
 
 TENANTS: dict[str, dict[str, Any]] = {
     "burst": {"rpm": 60},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,17 +12,12 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import TEST_KEY, RedisServer, sse_data
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY, RedisServer, sse_data
 
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
-
-
-@pytest.fixture
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = [pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server"),
+              pytest.mark.upstream(chunks=4)]
 
 
 def sent_upstream(upstream: UpstreamServer, marker: str) -> int:
@@ -111,12 +105,12 @@ def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redi
 
 
 def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
-    stack_factory: Any, own_redis: RedisServer, upstream: UpstreamServer
+    stack_factory: Any, own_redis: RedisServer, own_upstream: UpstreamServer
 ) -> None:
     # One job runs (the upstream takes 30 s), one waits in the queue behind it; Redis then restarts
     # empty (no AOF, or a failover to an empty replica). Both jobs are gone from Redis: their clients
     # hear so at once, not when their 600 s deadline passes, and the running upstream call is aborted.
-    stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},
+    stack = stack_factory({"up": {"kind": "openai", "base_url": own_upstream.base_url, "concurrency": 1}},
                           {"slow": [{"provider": "up", "model": "slow"}],
                            "quick": [{"provider": "up", "model": "fake-model"}]},
                           redis_url=own_redis.url, queue={"heartbeat_interval_s": 0.3})
@@ -126,7 +120,7 @@ def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
         running = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("slow", "running"),
                               headers=headers, timeout=60)
         end = time.monotonic() + 10
-        while not sent_upstream(upstream, "running"):
+        while not sent_upstream(own_upstream, "running"):
             assert time.monotonic() < end
             time.sleep(0.02)
         queued = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("quick", "queued"),
@@ -144,7 +138,7 @@ def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
     while len(openai_upstream.DISCONNECTS) <= disconnects:  # the worker was told to stop paying for it
         assert time.monotonic() < end, "the running upstream call was never aborted"
         time.sleep(0.02)
-    assert sent_upstream(upstream, "queued") == 0
+    assert sent_upstream(own_upstream, "queued") == 0
 
 
 def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 
 OURS = re.compile(r"req_[0-9a-f]{32}")
 AUTH = {"authorization": f"Bearer {TEST_KEY}"}

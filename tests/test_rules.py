@@ -15,7 +15,7 @@ import yaml
 from broker.config import ConfigError, hash_key, load
 from broker.routing.rules import Rule, first_match
 from broker.wire import ChatRequest, EmbeddingRequest
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 
 SHORT = "hi"
 LONG = "word " * 100  # ~128 estimated tokens

@@ -15,7 +15,7 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import RedisServer
+from tests.harness import RedisServer
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 KEY = "sk-metered-0123456789"

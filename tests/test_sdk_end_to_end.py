@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 from workers.providers.mock import mock_words
 
 PROVIDERS = {"mock": {"kind": "mock", "tokens": 12},

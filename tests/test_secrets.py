@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -17,8 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from broker.ops.redaction import redact, remember
-from tests.conftest import TEST_KEY
 from tests.fakes.server import EventStream, FakeServer
+from tests.harness import TEST_KEY
 
 UPSTREAM_KEY = "sk-proj-Ab+cd/EF=gh1234567890xyz"  # + / = : a pattern alone masks only part of it
 HEADER_SECRET = "tok_live_9f8e7d6c5b4a3210"
@@ -58,10 +58,7 @@ def hostile_upstream() -> FakeServer:
     return FakeServer(app)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeServer]:
-    with hostile_upstream() as server:
-        yield server
+pytestmark = pytest.mark.upstream(serve=hostile_upstream)
 
 
 @pytest.fixture(scope="module")

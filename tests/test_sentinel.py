@@ -25,7 +25,8 @@ from broker.config import ConfigError, resolve, validate
 from broker.keys import Keys
 from broker.store.connection import connect
 from broker.store.sentinel_url import DEFAULT_PORT, SentinelURL, parse_sentinel_url
-from tests.conftest import TEST_KEY, Proc
+from tests.harness import TEST_KEY
+from tests.stacks import Proc
 from workers.providers.mock import mock_words
 
 PASSWORD = "s3cr%40t-pw"  # percent-encoded '@': the parsed password is "s3cr@t-pw"

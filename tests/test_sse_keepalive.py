@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import openai
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 
 
 def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: Any) -> None:

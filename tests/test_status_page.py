@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from broker.config import hash_key
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 
 ADMIN_KEY = "sk-admin-status-page-01"
 

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
 
 
 @pytest.fixture(scope="module")

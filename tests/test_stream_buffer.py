@@ -11,7 +11,7 @@ import httpx
 import redis
 
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
 
 BUFFER_BYTES = 65536
 

@@ -15,7 +15,7 @@ from broker.config.types import Secret
 from broker.keys import Keys
 from broker.money.ledger import UsageRecord, record_decoder, record_encoder
 from broker.money.usage_sink import UsageSink, ddl, row
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
 
 asyncpg = pytest.importorskip("asyncpg")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -14,9 +14,9 @@ import openai
 import redis
 
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY, sse_data
 from tests.fakes.openai_upstream import create_app
 from tests.fakes.server import FakeServer
+from tests.harness import REDIS_URL, TEST_KEY, sse_data
 from workers.providers.mock import mock_words
 
 

@@ -16,9 +16,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
 from tests.fakes.anthropic_upstream import anthropic_server
 from tests.fakes.server import FakeServer, RecordedRequest
+from tests.harness import TEST_KEY
 
 UPSTREAM_KEY = "sk-ant-api03-upstream-secret-abcdef123456"
 PUBLIC_MODELS = {

@@ -17,8 +17,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
 
 UPSTREAM_KEY = "sk-upstream-secret-abcdef123456"
 PUBLIC_MODELS = {
