@@ -1,4 +1,4 @@
-"""The test harness keeps to itself on a shared Redis (tests/conftest.py), and README says how to move it."""
+"""The test harness keeps to itself on a shared Redis (tests/harness.py), and README says how to move it."""
 
 from __future__ import annotations
 
