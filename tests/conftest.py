@@ -11,7 +11,14 @@ import pytest
 
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.fakes.server import FakeServer
-from tests.harness import RUN, TEST_KEY, RedisServer, drop_namespace, new_namespace, share_the_default_ssl_context
+from tests.harness import (
+    RUN,
+    TEST_KEY,
+    RedisServer,
+    drop_namespace,
+    new_namespace,
+    share_the_default_ssl_context,
+)
 from tests.stacks import StackFactory, stacks
 
 

@@ -16,6 +16,7 @@ from broker.keys import Keys
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import StackFactory
 
 OTHER_KEY = "sk-other-tenant-0001"
 ASYNC = {"Prefer": "respond-async"}
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, upstream: UpstreamServer) -> str:
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2}},
         {"quick": [{"provider": "up", "model": "fake-model"}], "slow": [{"provider": "up", "model": "slow"}],

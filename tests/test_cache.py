@@ -18,7 +18,7 @@ from broker.config import ConfigError, hash_key, validate
 from broker.keys import Keys
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import REDIS_URL, TEST_KEY, sse_data
-from tests.stacks import Stack
+from tests.stacks import Stack, StackFactory
 
 OTHER_KEY = "sk-other-tenant-0001"
 LIMITED_KEY = "sk-limited-tenant-01"
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Stack:
+def stack(module_stack_factory: StackFactory, upstream: UpstreamServer) -> Stack:
     def group(model: str, **cache: Any) -> dict[str, Any]:
         return {"deployments": [{"provider": "up", "model": model}], **({"cache": cache} if cache else {})}
 
@@ -341,7 +341,7 @@ def test_embeddings_and_legacy_completions_are_cached_too(base_url: str) -> None
     assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
 
 
-def test_the_cache_holds_at_most_max_entries_each_with_a_ttl(stack_factory: Any) -> None:
+def test_the_cache_holds_at_most_max_entries_each_with_a_ttl(stack_factory: StackFactory) -> None:
     stack = with_cache(stack_factory({"mock": {"kind": "mock", "tokens": 3}},
                                      {"m": [{"provider": "mock", "model": "m"}]}), {"ttl_s": 30, "max_entries": 5})
     base_url = stack.up("mock")

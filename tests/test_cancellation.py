@@ -15,6 +15,7 @@ import pytest
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import TEST_KEY, next_data
+from tests.stacks import StackFactory
 
 HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, upstream: UpstreamServer) -> str:
     # One job at a time, so a second request waits in the queue behind the first.
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},

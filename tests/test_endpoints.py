@@ -15,6 +15,7 @@ import pytest
 from broker.config import hash_key
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 PASSTHROUGH_KEY = "sk-passthrough-tenant"
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.upstream(api_key="sk-up", chunks=6)
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, upstream: UpstreamServer) -> str:
     providers = {
         "mock": {"kind": "mock", "tokens": 5},
         "up": {"kind": "openai", "base_url": upstream.base_url, "api_key": "sk-up"},

@@ -15,6 +15,7 @@ import redis
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import TEST_KEY, RedisServer, sse_data
+from tests.stacks import StackFactory
 
 pytestmark = [pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server"),
               pytest.mark.upstream(chunks=4)]
@@ -28,7 +29,7 @@ def chat(model: str, marker: str, *, stream: bool = False) -> dict[str, Any]:
     return {"model": model, "stream": stream, "messages": [{"role": "user", "content": marker}]}
 
 
-def test_requests_work_again_after_redis_restarts(stack_factory: Any, own_redis: RedisServer) -> None:
+def test_requests_work_again_after_redis_restarts(stack_factory: StackFactory, own_redis: RedisServer) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                           redis_url=own_redis.url, queue={"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0})
     base_url = stack.up("mock")
@@ -66,7 +67,7 @@ def kill_pubsub_clients(url: str, seconds: float) -> None:
     client.close()
 
 
-def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redis: RedisServer) -> None:
+def test_answers_survive_the_reply_channel_breaking(stack_factory: StackFactory, own_redis: RedisServer) -> None:
     # Each answer takes ~1 s; the API's pub/sub connection is cut repeatedly around the time
     # the answers are published, so some replies are published while nobody listens.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 5, "first_token_delay_s": 0.8}},
@@ -105,7 +106,7 @@ def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redi
 
 
 def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
-    stack_factory: Any, own_redis: RedisServer, own_upstream: UpstreamServer
+    stack_factory: StackFactory, own_redis: RedisServer, own_upstream: UpstreamServer
 ) -> None:
     # One job runs (the upstream takes 30 s), one waits in the queue behind it; Redis then restarts
     # empty (no AOF, or a failover to an empty replica). Both jobs are gone from Redis: their clients
@@ -142,7 +143,7 @@ def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
 
 
 def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(
-    stack_factory: Any, persistent_redis: RedisServer
+    stack_factory: StackFactory, persistent_redis: RedisServer
 ) -> None:
     # Redis (with AOF: its queue survives) is away longer than the API waits for it. The API fails the
     # waiting requests with 503; when Redis returns, their queued jobs must not be run for nobody,
@@ -183,7 +184,7 @@ def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(
 
 
 def test_a_job_that_ends_while_redis_is_away_is_delivered_once_it_returns_not_run_again(
-    stack_factory: Any, persistent_redis: RedisServer
+    stack_factory: StackFactory, persistent_redis: RedisServer
 ) -> None:
     # The job ends during a 2 s outage (shorter than the API's 5 s grace). Its worker keeps its outcome
     # until Redis is back, rather than leaving the entry to be reclaimed and paid for a second time.

@@ -28,6 +28,7 @@ from broker.config import hash_key
 from broker.keys import Keys
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import REDIS_URL
+from tests.stacks import StackFactory
 
 KEY_A, KEY_B = "sk-tenant-a-000001", "sk-tenant-b-000001"
 TENANTS = {"a": {"keys": [hash_key(KEY_A)]}, "b": {"keys": [hash_key(KEY_B)]}}
@@ -37,7 +38,7 @@ MODELS = {"m": [{"provider": "up", "model": "fake-model"}]}
 pytestmark = pytest.mark.upstream(chunks=3, chunk_delay_s=0.01)
 
 
-def start_stack(stack_factory: Any, upstream: UpstreamServer) -> tuple[Any, str]:
+def start_stack(stack_factory: StackFactory, upstream: UpstreamServer) -> tuple[Any, str]:
     stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url}}, MODELS, tenants=TENANTS)
     return stack, stack.up(("up", "--concurrency", "4"))
 
@@ -102,7 +103,7 @@ def session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(120))
 
 
-def test_a_flooding_tenant_does_not_starve_another(stack_factory: Any, namespace: str,
+def test_a_flooding_tenant_does_not_starve_another(stack_factory: StackFactory, namespace: str,
                                                    own_upstream: UpstreamServer) -> None:
     stack, base_url = start_stack(stack_factory, own_upstream)
     worker = stack.workers[0]
@@ -128,7 +129,7 @@ def test_a_flooding_tenant_does_not_starve_another(stack_factory: Any, namespace
     assert set(asyncio.run(main())) == {200}
 
 
-def test_interactive_jumps_the_batch_queue_and_batch_still_moves(stack_factory: Any, namespace: str,
+def test_interactive_jumps_the_batch_queue_and_batch_still_moves(stack_factory: StackFactory, namespace: str,
                                                                  own_upstream: UpstreamServer) -> None:
     stack, base_url = start_stack(stack_factory, own_upstream)
     worker = stack.workers[0]
