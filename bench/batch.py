@@ -26,8 +26,8 @@ import httpx
 import redis
 
 from bench.compare import BROKER_KEY, start, stop, wait_ready
+from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from tests.conftest import free_port
 
 
 def config(namespace: str, redis_url: str, files_dir: Path, max_in_flight: int) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -16,13 +15,15 @@ import redis
 from bench.loadgen import run_load
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import StackFactory
 
 HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
+pytestmark = pytest.mark.upstream(chunks=3)
 
 
-def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_factory: Any) -> None:
+def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_factory: StackFactory) -> None:
     # Two slots of 0.2 s each: the lane drains ~10 jobs/s.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.2}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue={"min_queue": 5})
@@ -53,7 +54,7 @@ def test_a_lane_that_cannot_drain_before_the_deadline_rejects_at_the_door(stack_
     assert not [s for s, _, _ in hurried if s == 504]  # rejected up front, not left to time out
 
 
-def test_a_first_burst_is_admitted_by_the_assumed_rate_before_any_is_measured(stack_factory: Any) -> None:
+def test_a_first_burst_is_admitted_by_the_assumed_rate_before_any_is_measured(stack_factory: StackFactory) -> None:
     # A fresh deployment: no drain rate measured yet. Two slots of 0.5 s, assumed as such: 4 jobs/s.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.5, "concurrency": 2}},
                           {"m": [{"provider": "mock", "model": "m"}]},
@@ -78,7 +79,7 @@ def test_a_first_burst_is_admitted_by_the_assumed_rate_before_any_is_measured(st
     assert {body["error"]["code"] for status, body in answers if status == 429} == {"queue_full"}
 
 
-def test_jobs_that_would_start_in_time_but_finish_too_late_are_refused_at_the_door(stack_factory: Any) -> None:
+def test_jobs_that_would_start_in_time_but_finish_too_late_are_refused_at_the_door(stack_factory: StackFactory) -> None:
     # One slot, 2 s a job, 8 requests at once with a 5 s deadline: two can finish in time (at ~2 s
     # and ~4 s). A third would start at ~4 s, within 70% of its deadline, and finish at ~6 s:
     # admitting by the start only turns it into a 504 five seconds later.
@@ -106,7 +107,7 @@ def test_jobs_that_would_start_in_time_but_finish_too_late_are_refused_at_the_do
     assert all("take about 2.0s each" in m for m in messages), messages
 
 
-def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory: Any, namespace: str) -> None:
+def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory: StackFactory, namespace: str) -> None:
     # Two tenants share a lane that drains ~10 jobs/s; taking turns, each queue drains at ~5/s.
     keys = {"a": "sk-tenant-a-000001", "b": "sk-tenant-b-000001"}
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.2}},
@@ -147,12 +148,6 @@ def test_each_tenant_is_admitted_by_how_fast_its_own_queue_drains(stack_factory:
     assert quoted and float(quoted[1]) <= 0.7 * drain["rate"], body
 
 
-@pytest.fixture
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=3) as server:
-        yield server
-
-
 def namespace_keys(namespace: str) -> set[bytes]:
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -161,11 +156,11 @@ def namespace_keys(namespace: str) -> set[bytes]:
         client.close()
 
 
-def test_keys_return_to_baseline_after_5000_jobs(stack_factory: Any, namespace: str,
-                                                 upstream: UpstreamServer) -> None:
+def test_keys_return_to_baseline_after_5000_jobs(stack_factory: StackFactory, namespace: str,
+                                                 own_upstream: UpstreamServer) -> None:
     stack = stack_factory(
         {"mock": {"kind": "mock", "tokens": 4},
-         "up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 64}},
+         "up": {"kind": "openai", "base_url": own_upstream.base_url, "concurrency": 64}},
         {"m": [{"provider": "mock", "model": "m"}], "broken": [{"provider": "up", "model": "fail-500"}],
          "slow": [{"provider": "up", "model": "slow"}]},
         server={"result_ttl_s": 1, "stream_resume_ttl_s": 1},  # results and streams' event logs: 1 s

@@ -11,7 +11,8 @@ import pytest
 
 from api.decode import decode_body
 from broker.errors import InvalidRequest
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 PROVIDERS = {"mock": {"kind": "mock", "tokens": 4}, "idle": {"kind": "mock"},
              "slowpoke": {"kind": "mock", "first_token_delay_s": 5}}
@@ -23,7 +24,7 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any) -> str:
+def base_url(module_stack_factory: StackFactory) -> str:
     # drain_timeout_s 0: the 504 tests leave slowpoke's 5 s jobs running, which SIGTERM need not wait for.
     stack = module_stack_factory(PROVIDERS, MODELS, server={"request_timeout_s": 1.5, "max_body_bytes": 64 * 1024},
                                  queue={"drain_timeout_s": 0})

@@ -20,7 +20,8 @@ from broker.api_keys import KeyRecord
 from broker.config import ConfigError, hash_key, validate
 from broker.errors import AuthenticationFailed, PermissionDenied
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import Stack, StackFactory
 from tests.test_cli import cli
 
 ADMIN_KEY = "sk-admin-key-0001"
@@ -29,7 +30,7 @@ ASK: dict[str, Any] = {"model": "m", "max_tokens": 5, "messages": [{"role": "use
 
 
 class Apis:
-    def __init__(self, stack: Any, urls: list[str]) -> None:
+    def __init__(self, stack: Stack, urls: list[str]) -> None:
         self.stack, self.urls = stack, urls
         self.config = str(stack.config_path)
 
@@ -42,7 +43,7 @@ class Apis:
 
 
 @pytest.fixture(scope="module")
-def apis(module_stack_factory: Any) -> Apis:
+def apis(module_stack_factory: StackFactory) -> Apis:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                                  tenants={"test": {"keys": [hash_key(TEST_KEY)]}, "other": {"keys": []}},
                                  admin={"keys": [hash_key(ADMIN_KEY)]})

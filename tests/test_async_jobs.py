@@ -4,7 +4,6 @@ result; DELETE cancels it upstream; ids are tenant-scoped."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,22 +13,20 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import StackFactory
 
 OTHER_KEY = "sk-other-tenant-0001"
 ASYNC = {"Prefer": "respond-async"}
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, upstream: UpstreamServer) -> str:
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2}},
         {"quick": [{"provider": "up", "model": "fake-model"}], "slow": [{"provider": "up", "model": "slow"}],

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,20 +16,18 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import Stack, StackFactory
 
 OTHER_KEY = "sk-other-tenant-0003"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=3) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=3)
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
+def stack(module_stack_factory: StackFactory, upstream: UpstreamServer) -> Stack:
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 16},
          "narrow": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2}},
@@ -45,7 +42,7 @@ def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
 
 
 @pytest.fixture(scope="module")
-def base_url(stack: Any) -> str:
+def base_url(stack: Stack) -> str:
     return str(stack.base_url)
 
 
@@ -180,7 +177,7 @@ def test_a_cancelled_batch_stops_its_lines_and_keeps_what_ended(client: openai.O
 
 
 def test_a_batch_worker_killed_mid_batch_loses_no_line_and_runs_none_twice(client: openai.OpenAI,
-                                                                          stack: Any) -> None:
+                                                                          stack: Stack) -> None:
     lines = [chat_line(f"line-{i}", "hold") for i in range(64)]  # ~4 s at 16 at a time
     uploaded = client.files.create(file=("crash.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
@@ -219,7 +216,7 @@ def test_interactive_requests_keep_their_precedence_while_a_batch_runs(client: o
     assert wait_until(client, batch.id, "completed", timeout_s=60).request_counts.completed == 14
 
 
-def test_a_batch_past_its_window_expires_with_its_unfinished_lines(client: openai.OpenAI, stack: Any,
+def test_a_batch_past_its_window_expires_with_its_unfinished_lines(client: openai.OpenAI, stack: Stack,
                                                                    module_namespace: str) -> None:
     lines = [chat_line(f"late-{i}", "hold") for i in range(300)]  # far more than fits in the time left
     uploaded = client.files.create(file=("late.jsonl", jsonl(lines)), purpose="batch")
@@ -245,7 +242,7 @@ def test_a_batch_past_its_window_expires_with_its_unfinished_lines(client: opena
     assert done.request_counts.failed == len(errors) > 0
 
 
-def test_the_cli_lists_batches_with_their_progress(client: openai.OpenAI, stack: Any) -> None:
+def test_the_cli_lists_batches_with_their_progress(client: openai.OpenAI, stack: Stack) -> None:
     uploaded = client.files.create(file=("cli.jsonl", jsonl([chat_line("c")])), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     wait_until(client, batch.id, "completed")

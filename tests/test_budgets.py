@@ -25,7 +25,8 @@ from broker.queue.payloads import EmbeddingPayload
 from broker.queue.outbox import Outbox
 from broker.queue.streams import QueueScripts
 from broker.wire.embeddings import EmbeddingRequest
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import StackFactory
 
 DOLLAR_A_TOKEN = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 1_000_000.0}
 
@@ -43,7 +44,7 @@ def test_budgets_roll_over_with_the_utc_day_and_month() -> None:
     assert february[1].resets_at == dt.datetime(2028, 3, 1, tzinfo=dt.timezone.utc)  # a leap year's February
 
 
-def test_a_budget_holds_under_200_concurrent_requests_on_two_api_processes(stack_factory: Any,
+def test_a_budget_holds_under_200_concurrent_requests_on_two_api_processes(stack_factory: StackFactory,
                                                                             namespace: str) -> None:
     # Each request may cost up to $13 (3 estimated prompt tokens + max_tokens 10, at $1 a token) and costs $5
     # (1 prompt word + 4 output words). $130 a day fits exactly 10 of them at the door.
@@ -87,7 +88,7 @@ def test_a_budget_holds_under_200_concurrent_requests_on_two_api_processes(stack
 
 
 def test_a_keys_budget_binds_inside_its_tenants_and_a_request_never_queued_is_refunded(
-    stack_factory: Any, namespace: str
+    stack_factory: StackFactory, namespace: str
 ) -> None:
     ci_key = "sk-ci-key-0001"
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 4}, "idle": {"kind": "mock"}},

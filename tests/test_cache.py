@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,8 +16,9 @@ import yaml
 
 from broker.config import ConfigError, hash_key, validate
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY, Stack, sse_data
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY, sse_data
+from tests.stacks import Stack, StackFactory
 
 OTHER_KEY = "sk-other-tenant-0001"
 LIMITED_KEY = "sk-limited-tenant-01"
@@ -36,14 +36,11 @@ def with_cache(stack: Stack, cache: dict[str, Any]) -> Stack:
     return stack
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Stack:
+def stack(module_stack_factory: StackFactory, upstream: UpstreamServer) -> Stack:
     def group(model: str, **cache: Any) -> dict[str, Any]:
         return {"deployments": [{"provider": "up", "model": model}], **({"cache": cache} if cache else {})}
 
@@ -344,7 +341,7 @@ def test_embeddings_and_legacy_completions_are_cached_too(base_url: str) -> None
     assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
 
 
-def test_the_cache_holds_at_most_max_entries_each_with_a_ttl(stack_factory: Any) -> None:
+def test_the_cache_holds_at_most_max_entries_each_with_a_ttl(stack_factory: StackFactory) -> None:
     stack = with_cache(stack_factory({"mock": {"kind": "mock", "tokens": 3}},
                                      {"m": [{"provider": "mock", "model": "m"}]}), {"ttl_s": 30, "max_entries": 5})
     base_url = stack.up("mock")

@@ -7,27 +7,24 @@ The fake upstream records the moment it sees its connection closed
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_KEY, next_data
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY, next_data
+from tests.stacks import StackFactory
 
 HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, upstream: UpstreamServer) -> str:
     # One job at a time, so a second request waits in the queue behind the first.
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},

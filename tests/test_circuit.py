@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import openai
@@ -15,8 +14,9 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer, create_app, error_response
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 OPEN_S = 2.0
 
@@ -59,7 +59,7 @@ def backup() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, primary: Switchable, backup: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, primary: Switchable, backup: UpstreamServer) -> str:
     stack = module_stack_factory(
         {"primary": {"kind": "openai", "base_url": primary.base_url, "max_retries": 0},
          "backup": {"kind": "openai", "base_url": backup.base_url}},

@@ -12,7 +12,7 @@ import pytest
 
 from broker.cli.main import build_parser
 from broker.config import ConfigError
-from tests.conftest import REDIS_URL
+from tests.harness import REDIS_URL
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["dev", "api", "worker", "hash-key", "check-config", "dead"]

@@ -28,7 +28,8 @@ import redis
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import TEST_KEY, RedisServer, sse_data, sync_client
+from tests.harness import TEST_KEY, RedisServer, sse_data, sync_client
+from tests.stacks import Stack, StackFactory
 
 pytestmark = pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")),
                                 reason="needs redis-server and redis-cli")
@@ -108,7 +109,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: Cluster, module_stack_factory: Any) -> Any:
+def stack(cluster: Cluster, module_stack_factory: StackFactory) -> Stack:
     stack = module_stack_factory(
         {"mock": {"kind": "mock", "tokens": 5}},
         {"m": [{"provider": "mock", "model": "m"}], "pm": [{"provider": "mock", "model": "pm", **PRICED}]},
@@ -122,7 +123,7 @@ def stack(cluster: Cluster, module_stack_factory: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def base_url(stack: Any) -> str:
+def base_url(stack: Stack) -> str:
     return str(stack.base_url)
 
 
@@ -201,7 +202,7 @@ def test_a_key_made_at_run_time_works_and_is_revoked_on_a_cluster(base_url: str)
         sdk(base_url, key).models.list()
 
 
-def test_a_dead_workers_jobs_are_reclaimed_on_a_cluster(cluster: Cluster, stack_factory: Any) -> None:
+def test_a_dead_workers_jobs_are_reclaimed_on_a_cluster(cluster: Cluster, stack_factory: StackFactory) -> None:
     stack = stack_factory({"slow": {"kind": "mock", "tokens": 4, "first_token_delay_s": 1.5}},
                           {"s": [{"provider": "slow", "model": "s"}]}, redis_url=cluster.url, queue=FAST_RECLAIM)
     doomed = stack.worker("slow", "--concurrency", "20")
@@ -234,7 +235,7 @@ def test_a_dead_workers_jobs_are_reclaimed_on_a_cluster(cluster: Cluster, stack_
 
 
 def test_batches_run_on_a_cluster_with_arqs_queue_on_a_redis_of_its_own(
-    cluster: Cluster, base_url: str, stack_factory: Any, own_redis: RedisServer
+    cluster: Cluster, base_url: str, stack_factory: StackFactory, own_redis: RedisServer
 ) -> None:
     lines = [{"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
               "body": {"model": "m", "messages": [{"role": "user", "content": f"say {i}"}]}} for i in range(20)]
@@ -276,7 +277,7 @@ def own_redis_keys(server: RedisServer) -> list[str]:
 @pytest.mark.parametrize(("command", "shows"), [(["status"], "mock"), (["queues"], ""), (["batches", "--json"], ""),
                                                (["usage", "--tenant", "test"], "requests"), (["dead", "list"], ""),
                                                (["keys", "list"], "limited")])
-def test_the_operators_commands_read_a_cluster(stack: Any, base_url: str, command: list[str], shows: str) -> None:
+def test_the_operators_commands_read_a_cluster(stack: Stack, base_url: str, command: list[str], shows: str) -> None:
     sdk(base_url).chat.completions.create(model="m", messages=[{"role": "user", "content": "for the record"}])
     done = subprocess.run([sys.executable, "-m", "broker.cli", *command, "--config", str(stack.config_path)],
                           capture_output=True, text=True, timeout=30)

@@ -24,6 +24,7 @@ import yaml
 
 from broker import config as config_module
 from broker.cli.main import build_parser
+from tests.stacks import StackFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -293,7 +294,7 @@ def test_api_healthcheck_is_readyz_on_the_port_the_api_listens_on() -> None:
     assert argv[:2] == ["python", "-c"] and f"http://127.0.0.1:{port}/readyz" in argv[2]
 
 
-def test_api_healthcheck_passes_only_once_the_broker_is_ready(stack_factory: Any) -> None:
+def test_api_healthcheck_passes_only_once_the_broker_is_ready(stack_factory: StackFactory) -> None:
     stack = stack_factory({"mock": {"kind": "mock"}}, {"m": [{"provider": "mock", "model": "m"}]})
     port = urlsplit(stack.api()).port
     script = _healthcheck("api")[2].replace(":8080/", f":{port}/")
@@ -303,7 +304,7 @@ def test_api_healthcheck_passes_only_once_the_broker_is_ready(stack_factory: Any
 
 
 @pytest.mark.parametrize("name", sorted(_workers()))
-def test_worker_healthcheck_reads_the_health_file_the_worker_touches(name: str, stack_factory: Any,
+def test_worker_healthcheck_reads_the_health_file_the_worker_touches(name: str, stack_factory: StackFactory,
                                                                    tmp_path: Path) -> None:
     argv = _argv(_workers()[name])
     health_file = build_parser().parse_args(argv).health_file

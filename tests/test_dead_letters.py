@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,25 @@ from broker.config import validate
 from broker.errors import ErrorInfo
 from broker.keys import Keys
 from broker.queue.jobs import Final, Job, reply_decoder
+<<<<<<< HEAD
 from broker.queue.payloads import EmbeddingPayload
 from broker.wire import EmbeddingRequest
-from tests.conftest import REDIS_URL, REPO, TEST_KEY
+from tests.harness import REDIS_URL, REPO, TEST_KEY
+=======
+>>>>>>> h-tests
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, REPO, TEST_KEY
+from tests.stacks import Stack, StackFactory
 
 AUTH = {"authorization": f"Bearer {TEST_KEY}"}
 MESSAGES = [{"role": "user", "content": "unlucky"}]
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=3) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=3)
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
+def stack(module_stack_factory: StackFactory, upstream: UpstreamServer) -> Stack:
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url}},
         # Each model its own upstream model id ("fail-503@x" fails as "fail-503"), so tests share no circuit.
@@ -60,13 +61,13 @@ def dead(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
 
 
-def listed(stack: Any) -> dict[str, dict[str, Any]]:
+def listed(stack: Stack) -> dict[str, dict[str, Any]]:
     proc = dead(stack.config_path, "list", "--json")
     assert proc.returncode == 0, proc.stderr
     return {row["job_id"]: row for row in map(json.loads, proc.stdout.splitlines())}
 
 
-def fixed_config(stack: Any, **models: str) -> Path:
+def fixed_config(stack: Stack, **models: str) -> Path:
     """The stack's config with `models` now served by a healthy upstream model (the operator's fix)."""
     doc = yaml.safe_load(stack.config_path.read_text())
     for name, upstream_model in models.items():
@@ -76,7 +77,7 @@ def fixed_config(stack: Any, **models: str) -> Path:
     return path
 
 
-def test_a_job_failing_on_every_attempt_is_listed_with_its_attempts_and_last_error(stack: Any) -> None:
+def test_a_job_failing_on_every_attempt_is_listed_with_its_attempts_and_last_error(stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.base_url, api_key=TEST_KEY, max_retries=0,
                            default_headers={"X-Client-Request-Id": "ticket-7"})
     with pytest.raises(openai.InternalServerError) as info:
@@ -95,14 +96,15 @@ def test_a_job_failing_on_every_attempt_is_listed_with_its_attempts_and_last_err
     assert f"[req_{job_id} client ticket-7]" in worker_log
 
 
-def test_the_requests_own_errors_are_not_dead_lettered(stack: Any) -> None:
+def test_the_requests_own_errors_are_not_dead_lettered(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         openai.OpenAI(base_url=stack.base_url, api_key=TEST_KEY, max_retries=0).chat.completions.create(
             model="refused", messages=MESSAGES)
     assert info.value.response.headers["x-request-id"].removeprefix("req_") not in listed(stack)
 
 
-def test_a_replay_runs_the_job_again_and_its_async_client_gets_the_answer(stack: Any, upstream: UpstreamServer) -> None:
+def test_a_replay_runs_the_job_again_and_its_async_client_gets_the_answer(stack: Stack,
+                                                                          upstream: UpstreamServer) -> None:
     http = httpx.Client(base_url=stack.base_url, headers=AUTH, timeout=30)
     job_id = http.post("/chat/completions", json={"model": "down-async", "messages": MESSAGES},
                        headers={"prefer": "respond-async"}).json()["id"]
@@ -124,7 +126,7 @@ def test_a_replay_runs_the_job_again_and_its_async_client_gets_the_answer(stack:
     assert view["expires_at"] > time.time() + 60  # a fresh deadline, not the one it failed by
 
 
-def test_a_replayed_synchronous_job_is_served_and_its_answer_kept(stack: Any, module_namespace: str) -> None:
+def test_a_replayed_synchronous_job_is_served_and_its_answer_kept(stack: Stack, module_namespace: str) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         openai.OpenAI(base_url=stack.base_url, api_key=TEST_KEY, max_retries=0).chat.completions.create(
             model="gone", messages=MESSAGES)
@@ -153,7 +155,7 @@ def test_a_replayed_synchronous_job_is_served_and_its_answer_kept(stack: Any, mo
     assert listed(stack) == {}
 
 
-def test_a_replay_that_cannot_be_queued_stays_dead(stack: Any) -> None:
+def test_a_replay_that_cannot_be_queued_stays_dead(stack: Stack) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         openai.OpenAI(base_url=stack.base_url, api_key=TEST_KEY, max_retries=0).chat.completions.create(
             model="down", messages=MESSAGES)

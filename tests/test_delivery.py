@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY, next_data, sse_data
+from tests.harness import REDIS_URL, TEST_KEY, next_data, sse_data
+from tests.stacks import StackFactory
 from workers.providers.mock import mock_words
 
 FAST_RECLAIM = {"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0, "drain_timeout_s": 10}
@@ -45,7 +46,7 @@ def streamed_text(sse_body: str) -> tuple[str, bool]:
     return text, clean
 
 
-def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_factory: Any) -> None:
+def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_factory: StackFactory) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 6, "first_token_delay_s": 1.5}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM)
     base_url = stack.up(("mock", "--concurrency", "100"))
@@ -79,7 +80,7 @@ def test_sigkill_mid_jobs_every_client_gets_exactly_one_complete_answer(stack_fa
     assert (total["requests"], total["errors"]) == (100, 0)
 
 
-def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(stack_factory: Any) -> None:
+def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(stack_factory: StackFactory) -> None:
     # The survivor may reclaim and run the job after its client has left with the error: neither the
     # API (by the default 5 s resume grace) nor the survivor (by draining it) need hold its shutdown for it.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 30, "token_delay_s": 0.1}},
@@ -102,7 +103,8 @@ def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(st
     assert "".join(received) == "".join([words[0]] + [" " + w for w in words[1:len(received) - 1]])
 
 
-def test_job_failing_on_every_attempt_goes_to_the_dead_letter_stream(stack_factory: Any, namespace: str) -> None:
+def test_job_failing_on_every_attempt_goes_to_the_dead_letter_stream(stack_factory: StackFactory,
+                                                                      namespace: str) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.5}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue={**FAST_RECLAIM, "max_attempts": 1})
     client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)
@@ -116,7 +118,7 @@ def test_job_failing_on_every_attempt_goes_to_the_dead_letter_stream(stack_facto
     assert len(dead) == 1 and b"every attempt" in dead[0][1][b"error"]
 
 
-def test_sigterm_worker_finishes_its_jobs_and_takes_no_more(stack_factory: Any) -> None:
+def test_sigterm_worker_finishes_its_jobs_and_takes_no_more(stack_factory: StackFactory) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.0}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue=FAST_RECLAIM)
     base_url = stack.up(("mock", "--concurrency", "10"))
@@ -140,7 +142,7 @@ def test_sigterm_worker_finishes_its_jobs_and_takes_no_more(stack_factory: Any) 
     assert "worker stopped after 10 jobs" in leaving.output()
 
 
-def test_sigterm_api_lets_open_streams_finish(stack_factory: Any) -> None:
+def test_sigterm_api_lets_open_streams_finish(stack_factory: StackFactory) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 15, "token_delay_s": 0.1}},
                           {"m": [{"provider": "mock", "model": "m"}]})
     base_url = stack.up("mock")
@@ -160,7 +162,7 @@ def test_sigterm_api_lets_open_streams_finish(stack_factory: Any) -> None:
     assert "Traceback" not in api.output()
 
 
-def test_redis_forgetting_its_scripts_is_survived(stack_factory: Any) -> None:
+def test_redis_forgetting_its_scripts_is_survived(stack_factory: StackFactory) -> None:
     # A Redis restart (or SCRIPT FLUSH) drops every loaded script; EVALSHA then fails with NOSCRIPT.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]})
     client = openai.OpenAI(base_url=stack.up("mock"), api_key=TEST_KEY, max_retries=0)

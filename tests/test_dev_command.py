@@ -19,7 +19,7 @@ import pytest
 from broker.cli.dev import banner
 from broker.cli.embedded_redis import free_port
 from broker.config import default_config, hash_key, validate
-from tests.conftest import TEST_KEY, write_config
+from tests.harness import TEST_KEY, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 # Only the Python interpreter's directory on PATH: no redis-server to find.

@@ -7,27 +7,24 @@ against the built-in mock and against the fake OpenAI upstream over real HTTP.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
 from broker.config import hash_key
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 PASSTHROUGH_KEY = "sk-passthrough-tenant"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(api_key="sk-up", chunks=6) as server:
-        yield server
+pytestmark = pytest.mark.upstream(api_key="sk-up", chunks=6)
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, upstream: UpstreamServer) -> str:
     providers = {
         "mock": {"kind": "mock", "tokens": 5},
         "up": {"kind": "openai", "base_url": upstream.base_url, "api_key": "sk-up"},

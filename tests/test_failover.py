@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import openai
 import pytest
 
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 MODES = ("stream", "json")
 NARROW_KEY = "sk-narrow-tenant-0001"
@@ -37,7 +37,7 @@ def locked() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, primary: UpstreamServer, secondary: UpstreamServer,
+def base_url(module_stack_factory: StackFactory, primary: UpstreamServer, secondary: UpstreamServer,
              locked: UpstreamServer) -> str:
     backup = {"provider": "second", "model": "fake-model"}
     stack = module_stack_factory(

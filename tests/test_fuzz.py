@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from schemathesis.core import NOT_SET
 
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 GOOD: dict[str, dict[str, Any]] = {
     "/chat/completions": {"model": "m", "messages": [{"role": "user", "content": "fuzz"}]},
@@ -55,7 +56,7 @@ BAD_VALUES: list[Any] = [
 
 
 @pytest.fixture(scope="module")
-def http(module_stack_factory: Any) -> Iterator[httpx.Client]:
+def http(module_stack_factory: StackFactory) -> Iterator[httpx.Client]:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                                  server={"max_body_bytes": 4 * 1024 * 1024})
     with httpx.Client(base_url=stack.up("mock"), timeout=30,

@@ -1,4 +1,4 @@
-"""The test harness keeps to itself on a shared Redis (tests/conftest.py), and README says how to move it."""
+"""The test harness keeps to itself on a shared Redis (tests/harness.py), and README says how to move it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import RUN, TEST_DB, _find_redis
+from tests.harness import RUN, TEST_DB, find_redis
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -17,8 +17,8 @@ def test_the_local_redis_is_used_on_a_db_of_the_tests_own() -> None:
         redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
     except redis.ConnectionError:
         pytest.skip("no Redis on 127.0.0.1:6379")
-    assert TEST_DB != 0 and _find_redis({}) == f"redis://127.0.0.1:6379/{TEST_DB}"
-    assert _find_redis({"LLM_BROKER_TEST_REDIS_URL": "redis://elsewhere:6380/3"}) == "redis://elsewhere:6380/3"
+    assert TEST_DB != 0 and find_redis({}) == f"redis://127.0.0.1:6379/{TEST_DB}"
+    assert find_redis({"LLM_BROKER_TEST_REDIS_URL": "redis://elsewhere:6380/3"}) == "redis://elsewhere:6380/3"
 
 
 def test_every_namespace_is_under_the_runs_prefix(namespace: str, module_namespace: str) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import redis
 
 from broker.config import validate
 from broker.ops.readiness import served_providers
-from tests.conftest import RedisServer
+from tests.harness import RedisServer
+from tests.stacks import StackFactory
 
 PROVIDERS = {"mock": {"kind": "mock"}, "other": {"kind": "mock"}, "spare": {"kind": "mock"}}
 MODELS = {"m": [{"provider": "mock", "model": "m"}], "o": {"deployments": [{"provider": "other", "model": "o"}]}}
@@ -31,7 +31,7 @@ def until(root: str, status: int) -> httpx.Response:
 
 
 def test_readyz_names_what_is_missing_until_every_served_provider_has_a_live_worker(
-        stack_factory: Any, own_redis: RedisServer) -> None:
+        stack_factory: StackFactory, own_redis: RedisServer) -> None:
     stack = stack_factory(PROVIDERS, MODELS, redis_url=own_redis.url)
     root = stack.api().removesuffix("/v1")
     assert (probe(root, "/healthz").status_code, probe(root, "/healthz").json()) == (200, {"status": "ok"})
@@ -75,7 +75,7 @@ def test_only_providers_that_serve_a_model_need_workers() -> None:
     assert served_providers(config) == ["mock", "other"]
 
 
-def test_a_worker_with_a_health_file_touches_it_every_heartbeat(stack_factory: Any, tmp_path: Path) -> None:
+def test_a_worker_with_a_health_file_touches_it_every_heartbeat(stack_factory: StackFactory, tmp_path: Path) -> None:
     stack = stack_factory({"mock": {"kind": "mock"}}, {"m": [{"provider": "mock", "model": "m"}]},
                           queue={"heartbeat_interval_s": 0.2})
     alive = tmp_path / "worker.alive"

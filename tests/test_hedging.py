@@ -14,10 +14,15 @@ import redis
 
 from broker.config import ConfigError, validate
 from broker.queue.jobs import Job
+<<<<<<< HEAD
 from broker.queue.payloads import EmbeddingPayload
 from broker.wire import EmbeddingRequest
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
+=======
+>>>>>>> h-tests
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import Stack, StackFactory
 from workers.hedging import MIN_SAMPLES, LatencyWindow
 
 MODES = ("stream", "json")
@@ -36,7 +41,7 @@ def quick() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any, slow: UpstreamServer, quick: UpstreamServer) -> Any:
+def stack(module_stack_factory: StackFactory, slow: UpstreamServer, quick: UpstreamServer) -> Stack:
     def hedged(first: str, second: str, after: int | str = 100) -> dict[str, Any]:
         return {"hedge_after_ms": after, "deployments": [{"provider": "first", "model": first},
                                                          {"provider": "second", "model": second}]}
@@ -59,7 +64,7 @@ def stack(module_stack_factory: Any, slow: UpstreamServer, quick: UpstreamServer
 
 
 @pytest.fixture(scope="module")
-def base_url(stack: Any) -> str:
+def base_url(stack: Stack) -> str:
     return str(stack.base_url)
 
 
@@ -152,7 +157,7 @@ def test_a_client_that_leaves_cancels_both_attempts(base_url: str, slow: Upstrea
           "an attempt outlived its client")
 
 
-def test_a_race_leaves_only_keys_that_expire(client: openai.OpenAI, stack: Any) -> None:
+def test_a_race_leaves_only_keys_that_expire(client: openai.OpenAI, stack: Stack) -> None:
     ask(client, "hedged-json", "race-keys", False)
     config = validate(__import__("yaml").safe_load(stack.config_path.read_text()), source="test")
     r = redis.Redis.from_url(REDIS_URL)

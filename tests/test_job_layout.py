@@ -26,7 +26,7 @@ from broker.queue import async_jobs, streams
 from broker.queue.jobs import Job, decode_job, job_encoder
 from broker.queue.payloads import ChatPayload, CompletionPayload, EmbeddingPayload, payload_for
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
 
 FROZEN = json.loads((Path(__file__).parent / "fixtures" / "jobs" / "previous_layout.json").read_text())
 REQUEST_TYPES = {"request": ChatRequest, "completion": CompletionRequest, "embedding": EmbeddingRequest}

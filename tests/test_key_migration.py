@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from broker.keys import Keys
 from broker.store import key_migration
 from broker.store.connection import connect
-from tests.conftest import REDIS_URL
+from tests.harness import REDIS_URL
 
 
 def test_old_names_map_to_their_tagged_ones_and_nothing_else_does() -> None:

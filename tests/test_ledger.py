@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,8 +15,9 @@ import pytest
 from broker.config import Deployment, MockProvider, OpenAIProvider, hash_key
 from broker.money.pricing import FREE, Price, charge, resolve, shipped_price
 from broker.wire import Usage
-from tests.conftest import TEST_KEY
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
+from tests.stacks import Stack, StackFactory
 from workers.providers.anthropic_translate import map_usage
 from workers.providers.anthropic_wire import AnthropicUsage
 from workers.providers.gemini_translate import usage as gemini_usage
@@ -71,14 +71,11 @@ def test_a_job_without_reported_usage_is_charged_for_what_went_by() -> None:
 # ---------------------------------------------------------------- through the broker
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=4)
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
+def stack(module_stack_factory: StackFactory, upstream: UpstreamServer) -> Stack:
     first = {"provider": "up", "model": "fake-model", **PRICE}
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url}, "other": {"kind": "openai", "base_url": upstream.base_url}},
@@ -95,7 +92,7 @@ def stack(module_stack_factory: Any, upstream: UpstreamServer) -> Any:
 
 
 @pytest.fixture(scope="module")
-def base_url(stack: Any) -> str:
+def base_url(stack: Stack) -> str:
     return str(stack.base_url)
 
 
@@ -193,7 +190,7 @@ def test_usage_is_tenant_scoped_and_its_query_is_checked(client: openai.OpenAI, 
 
 
 def test_the_cli_prints_the_same_report_and_check_config_warns_of_unpriced_deployments(
-    client: openai.OpenAI, base_url: str, stack: Any
+    client: openai.OpenAI, base_url: str, stack: Stack
 ) -> None:
     client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "cli"}])
     api = until_counted(base_url, "priced", 1)

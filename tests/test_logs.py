@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_KEY, Proc, free_port, wait_for_http
+from broker.cli.embedded_redis import free_port
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
+from tests.stacks import Proc, StackFactory, wait_for_http
 
 SECRET_PROMPT = "the-prompt-must-never-be-logged-7731"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=2) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=2)
 
 
 def json_lines(proc: Proc) -> list[dict[str, Any]]:
@@ -32,7 +30,7 @@ def json_lines(proc: Proc) -> list[dict[str, Any]]:
     return lines
 
 
-def test_json_logs_have_a_line_per_request_and_per_job(stack_factory: Any, upstream: UpstreamServer) -> None:
+def test_json_logs_have_a_line_per_request_and_per_job(stack_factory: StackFactory, upstream: UpstreamServer) -> None:
     stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "api_key": "sk-upstream-secret-99"}},
                           {"m": [{"provider": "up", "model": "fake-model"}], "bad": [{"provider": "up", "model": "fail-500"}]})
     worker = stack.worker("up", "--log-level", "info", "--log-format", "json")

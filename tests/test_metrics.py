@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TEST_KEY, free_port
+from broker.cli.embedded_redis import free_port
+from tests.harness import TEST_KEY
+from tests.stacks import Stack, StackFactory
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -33,14 +34,14 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any) -> Any:
+def stack(module_stack_factory: StackFactory) -> Stack:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 4}}, {"m": [{"provider": "mock", "model": "m"}]})
     stack.metrics_port = free_port()
     stack.up(("mock", "--metrics-port", str(stack.metrics_port)), apis=(2,))
     return stack
 
 
-def test_api_and_worker_metrics_count_the_traffic(stack: Any) -> None:
+def test_api_and_worker_metrics_count_the_traffic(stack: Stack) -> None:
     base = stack.base_url.removesuffix("/v1")
     before = scrape(f"{base}/metrics")
     client = openai.OpenAI(base_url=stack.base_url, api_key=TEST_KEY, max_retries=0)
@@ -75,7 +76,7 @@ def test_api_and_worker_metrics_count_the_traffic(stack: Any) -> None:
     assert value(worker, "llm_broker_jobs_in_flight", provider="mock") == 0
 
 
-def test_status_and_queues_show_what_redis_holds(stack: Any) -> None:
+def test_status_and_queues_show_what_redis_holds(stack: Stack) -> None:
     def cli(*args: str) -> str:
         return subprocess.run([sys.executable, "-m", "broker.cli", *args, "--config", str(stack.config_path)],
                               capture_output=True, text=True, check=True).stdout

@@ -16,7 +16,8 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL
+from tests.harness import REDIS_URL
+from tests.stacks import StackFactory
 
 TENANTS: dict[str, dict[str, Any]] = {
     "burst": {"rpm": 60},
@@ -55,7 +56,7 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(module_stack_factory: Any, module_namespace: str) -> Iterator[Deployment]:
+def deployment(module_stack_factory: StackFactory, module_namespace: str) -> Iterator[Deployment]:
     stack = module_stack_factory(
         {"mock": {"kind": "mock", "tokens": 4}, "slow": {"kind": "mock", "tokens": 4, "first_token_delay_s": 0.5,
                                                         "token_delay_s": 0.15},

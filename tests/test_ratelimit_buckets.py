@@ -24,7 +24,7 @@ from broker.limits.ratelimit import (
 )
 from broker.queue.streams import QueueScripts
 from broker.wire import ChatRequest, Message
-from tests.conftest import REDIS_URL
+from tests.harness import REDIS_URL
 
 
 def test_go_duration_matches_openai_reset_headers() -> None:

@@ -6,17 +6,17 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bench.overload import served_rate
 from broker.config import hash_key
+from tests.stacks import StackFactory
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_the_sdk_snippet_prints_each_result_on_its_own_line(stack_factory: Any) -> None:
+def test_the_sdk_snippet_prints_each_result_on_its_own_line(stack_factory: StackFactory) -> None:
     section = README.read_text().split("## Use it from the OpenAI SDK", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, re.S)
     assert snippet

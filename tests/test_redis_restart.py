@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,17 +13,13 @@ import pytest
 import redis
 
 from broker.config import hash_key
-from tests.conftest import TEST_KEY, RedisServer, sse_data
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY, RedisServer, sse_data
+from tests.stacks import StackFactory
 
-pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
-
-
-@pytest.fixture
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=4) as server:
-        yield server
+pytestmark = [pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server"),
+              pytest.mark.upstream(chunks=4)]
 
 
 def sent_upstream(upstream: UpstreamServer, marker: str) -> int:
@@ -35,7 +30,7 @@ def chat(model: str, marker: str, *, stream: bool = False) -> dict[str, Any]:
     return {"model": model, "stream": stream, "messages": [{"role": "user", "content": marker}]}
 
 
-def test_requests_work_again_after_redis_restarts(stack_factory: Any, own_redis: RedisServer) -> None:
+def test_requests_work_again_after_redis_restarts(stack_factory: StackFactory, own_redis: RedisServer) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
                           redis_url=own_redis.url, queue={"heartbeat_interval_s": 0.3, "claim_idle_s": 1.0})
     base_url = stack.up("mock")
@@ -108,7 +103,7 @@ def kill_pubsub_clients(url: str, seconds: float) -> None:
     client.close()
 
 
-def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redis: RedisServer) -> None:
+def test_answers_survive_the_reply_channel_breaking(stack_factory: StackFactory, own_redis: RedisServer) -> None:
     # Each answer takes ~1 s; the API's pub/sub connection is cut repeatedly around the time
     # the answers are published, so some replies are published while nobody listens.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 5, "first_token_delay_s": 0.8}},
@@ -147,12 +142,12 @@ def test_answers_survive_the_reply_channel_breaking(stack_factory: Any, own_redi
 
 
 def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
-    stack_factory: Any, own_redis: RedisServer, upstream: UpstreamServer
+    stack_factory: StackFactory, own_redis: RedisServer, own_upstream: UpstreamServer
 ) -> None:
     # One job runs (the upstream takes 30 s), one waits in the queue behind it; Redis then restarts
     # empty (no AOF, or a failover to an empty replica). Both jobs are gone from Redis: their clients
     # hear so at once, not when their 600 s deadline passes, and the running upstream call is aborted.
-    stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 1}},
+    stack = stack_factory({"up": {"kind": "openai", "base_url": own_upstream.base_url, "concurrency": 1}},
                           {"slow": [{"provider": "up", "model": "slow"}],
                            "quick": [{"provider": "up", "model": "fake-model"}]},
                           redis_url=own_redis.url, queue={"heartbeat_interval_s": 0.3})
@@ -162,7 +157,7 @@ def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
         running = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("slow", "running"),
                               headers=headers, timeout=60)
         end = time.monotonic() + 10
-        while not sent_upstream(upstream, "running"):
+        while not sent_upstream(own_upstream, "running"):
             assert time.monotonic() < end
             time.sleep(0.02)
         queued = pool.submit(httpx.post, f"{base_url}/chat/completions", json=chat("quick", "queued"),
@@ -180,11 +175,11 @@ def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
     while len(openai_upstream.DISCONNECTS) <= disconnects:  # the worker was told to stop paying for it
         assert time.monotonic() < end, "the running upstream call was never aborted"
         time.sleep(0.02)
-    assert sent_upstream(upstream, "queued") == 0
+    assert sent_upstream(own_upstream, "queued") == 0
 
 
 def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(
-    stack_factory: Any, persistent_redis: RedisServer
+    stack_factory: StackFactory, persistent_redis: RedisServer
 ) -> None:
     # Redis (with AOF: its queue survives) is away longer than the API waits for it. The API fails the
     # waiting requests with 503; when Redis returns, their queued jobs must not be run for nobody,
@@ -225,7 +220,7 @@ def test_requests_failed_during_a_long_outage_are_not_run_when_redis_returns(
 
 
 def test_a_job_that_ends_while_redis_is_away_is_delivered_once_it_returns_not_run_again(
-    stack_factory: Any, persistent_redis: RedisServer
+    stack_factory: StackFactory, persistent_redis: RedisServer
 ) -> None:
     # The job ends during a 2 s outage (shorter than the API's 5 s grace). Its worker keeps its outcome
     # until Redis is back, rather than leaving the entry to be reclaimed and paid for a second time.

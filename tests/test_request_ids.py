@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 OURS = re.compile(r"req_[0-9a-f]{32}")
 AUTH = {"authorization": f"Bearer {TEST_KEY}"}
@@ -18,7 +18,7 @@ GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any) -> str:
+def base_url(module_stack_factory: StackFactory) -> str:
     stack = module_stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]})
     return str(stack.up("mock"))
 

@@ -15,23 +15,21 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from broker.config import hash_key
-from tests.conftest import TEST_KEY
 from tests.fakes import openai_upstream
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 OTHER_KEY = "sk-other-tenant-0002"
 HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
 CHUNKS = 8
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=CHUNKS, chunk_delay_s=0.2) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=CHUNKS, chunk_delay_s=0.2)
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any, upstream: UpstreamServer) -> str:
+def base_url(module_stack_factory: StackFactory, upstream: UpstreamServer) -> str:
     stack = module_stack_factory(
         {"up": {"kind": "openai", "base_url": upstream.base_url}},
         {"m": [{"provider": "up", "model": "fake-model"}], "hang": [{"provider": "up", "model": "hang-stream"}]},

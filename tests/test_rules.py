@@ -15,7 +15,8 @@ import yaml
 from broker.config import ConfigError, hash_key, load
 from broker.routing.rules import Rule, first_match
 from broker.wire import ChatRequest, EmbeddingRequest
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 SHORT = "hi"
 LONG = "word " * 100  # ~128 estimated tokens
@@ -129,7 +130,7 @@ def test_rule_errors_name_the_field(tmp_path: Path, rule: dict[str, Any], models
 
 
 @pytest.fixture(scope="module")
-def client(module_stack_factory: Any) -> openai.OpenAI:
+def client(module_stack_factory: StackFactory) -> openai.OpenAI:
     providers = {name: {"kind": "mock", "tokens": 2} for name in ("dear", "cheap", "bulk")}
     stack = module_stack_factory(providers, {
         "smart": {"deployments": [{"provider": "dear", "model": "big"}], "rules": [

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,21 +26,19 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import REDIS_URL
 from tests.fakes.openai_upstream import UpstreamServer
+from tests.harness import REDIS_URL
+from tests.stacks import StackFactory
 
 KEY_A, KEY_B = "sk-tenant-a-000001", "sk-tenant-b-000001"
 TENANTS = {"a": {"keys": [hash_key(KEY_A)]}, "b": {"keys": [hash_key(KEY_B)]}}
 MODELS = {"m": [{"provider": "up", "model": "fake-model"}]}
 
 
-@pytest.fixture
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(chunks=3, chunk_delay_s=0.01) as server:
-        yield server
+pytestmark = pytest.mark.upstream(chunks=3, chunk_delay_s=0.01)
 
 
-def start_stack(stack_factory: Any, upstream: UpstreamServer) -> tuple[Any, str]:
+def start_stack(stack_factory: StackFactory, upstream: UpstreamServer) -> tuple[Any, str]:
     stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url}}, MODELS, tenants=TENANTS)
     return stack, stack.up(("up", "--concurrency", "4"))
 
@@ -105,9 +103,9 @@ def session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(120))
 
 
-def test_a_flooding_tenant_does_not_starve_another(stack_factory: Any, namespace: str,
-                                                   upstream: UpstreamServer) -> None:
-    stack, base_url = start_stack(stack_factory, upstream)
+def test_a_flooding_tenant_does_not_starve_another(stack_factory: StackFactory, namespace: str,
+                                                   own_upstream: UpstreamServer) -> None:
+    stack, base_url = start_stack(stack_factory, own_upstream)
     worker = stack.workers[0]
 
     async def main() -> list[int]:
@@ -118,10 +116,10 @@ def test_a_flooding_tenant_does_not_starve_another(stack_factory: Any, namespace
             async with paused(worker):
                 b_sent = [asyncio.ensure_future(sender.send(KEY_B, f"b{i}")) for i in range(10)]
                 await wait_for(namespace, queued("default", "b", 10))
-                mark = len(upstream.requests)
+                mark = len(own_upstream.requests)
             b = await asyncio.gather(*b_sent)
             # Round robin: B's ten alternate with A's (~10 of A's; FIFO would be 900+).
-            a_passed = passed_before_last(started(upstream, mark), "a", "b")
+            a_passed = passed_before_last(started(own_upstream, mark), "a", "b")
             assert a_passed <= 14, f"B waited behind {a_passed} of A's jobs"
             # The order is judged; the ~950 jobs left only have to be answered, which at 4 slots takes
             # ~9 s. A second worker with 32 slots drains them in ~3.
@@ -131,9 +129,9 @@ def test_a_flooding_tenant_does_not_starve_another(stack_factory: Any, namespace
     assert set(asyncio.run(main())) == {200}
 
 
-def test_interactive_jumps_the_batch_queue_and_batch_still_moves(stack_factory: Any, namespace: str,
-                                                                 upstream: UpstreamServer) -> None:
-    stack, base_url = start_stack(stack_factory, upstream)
+def test_interactive_jumps_the_batch_queue_and_batch_still_moves(stack_factory: StackFactory, namespace: str,
+                                                                 own_upstream: UpstreamServer) -> None:
+    stack, base_url = start_stack(stack_factory, own_upstream)
     worker = stack.workers[0]
 
     async def main() -> None:
@@ -144,20 +142,20 @@ def test_interactive_jumps_the_batch_queue_and_batch_still_moves(stack_factory: 
             async with paused(worker):
                 urgent = [asyncio.ensure_future(sender.send(KEY_A, f"int{i}", "interactive")) for i in range(10)]
                 await wait_for(namespace, queued("interactive", "a", 10))
-                mark = len(upstream.requests)
+                mark = len(own_upstream.requests)
             assert set(await asyncio.gather(*urgent)) == {200}
             # Ten interactive jobs started before all but a couple of batch jobs (FIFO: after ~250):
             # batch gets 1 pick in 9 while only those two lanes wait. Batch jobs the worker had
             # pulled when it was paused (up to its 4 slots) may reach the upstream after the mark,
             # but all before the first interactive one: only the picks between first and last count.
-            order = started(upstream, mark)
+            order = started(own_upstream, mark)
             first = min(i for i, tag in enumerate(order) if tag.startswith("int"))
             assert first <= 4 and passed_before_last(order[first:], "batch", "int") <= 2
-            mark = len(upstream.requests)
+            mark = len(own_upstream.requests)
             more = await asyncio.gather(*(sender.send(KEY_A, f"more{i}", "interactive") for i in range(200)))
             assert set(more) == {200}
             # ...yet batch kept its weighted share (~1 in 9, so ~25) while interactive had work.
-            assert passed_before_last(started(upstream, mark), "batch", "more") >= 8
+            assert passed_before_last(started(own_upstream, mark), "batch", "more") >= 8
             assert set(await asyncio.gather(*batch)) == {200}
 
     asyncio.run(main())

@@ -15,7 +15,8 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
-from tests.conftest import RedisServer
+from tests.harness import RedisServer
+from tests.stacks import StackFactory
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 KEY = "sk-metered-0123456789"
@@ -27,7 +28,7 @@ def script_calls(client: redis.Redis) -> dict[str, int]:
     return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha")}
 
 
-def test_settling_usage_sends_evalsha_and_resends_after_a_script_flush(stack_factory: Any, namespace: str,
+def test_settling_usage_sends_evalsha_and_resends_after_a_script_flush(stack_factory: StackFactory, namespace: str,
                                                                         own_redis: RedisServer) -> None:
     # A TPM-limited tenant: every answer settles its token bucket (reconcile.lua) when the job ends.
     # At 6,000 TPM a token is 10 ms of refill: the ~515-token estimate is 5 s, the 4 tokens used 40 ms.

@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 from workers.providers.mock import mock_words
 
 PROVIDERS = {"mock": {"kind": "mock", "tokens": 12},
@@ -22,7 +23,7 @@ MODELS = {"mock-chat": [{"provider": "mock", "model": "mock-upstream-id"}],
 
 
 @pytest.fixture(scope="module")
-def base_url(module_stack_factory: Any) -> str:
+def base_url(module_stack_factory: StackFactory) -> str:
     # drain_timeout_s 0: a timed-out request leaves mock-late's 2.5 s job running, which SIGTERM need not wait for.
     stack = module_stack_factory(PROVIDERS, MODELS, queue={"drain_timeout_s": 0})
     return str(stack.up("mock", "mock-slow", "mock-late"))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
@@ -17,8 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from broker.ops.redaction import redact, remember
-from tests.conftest import TEST_KEY
 from tests.fakes.server import EventStream, FakeServer
+from tests.harness import TEST_KEY
+from tests.stacks import Stack, StackFactory
 
 UPSTREAM_KEY = "sk-proj-Ab+cd/EF=gh1234567890xyz"  # + / = : a pattern alone masks only part of it
 HEADER_SECRET = "tok_live_9f8e7d6c5b4a3210"
@@ -58,14 +58,11 @@ def hostile_upstream() -> FakeServer:
     return FakeServer(app)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeServer]:
-    with hostile_upstream() as server:
-        yield server
+pytestmark = pytest.mark.upstream(serve=hostile_upstream)
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory: Any, upstream: FakeServer) -> Any:
+def stack(module_stack_factory: StackFactory, upstream: FakeServer) -> Stack:
     stack = module_stack_factory(
         {"hostile": {"kind": "openai", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY, "max_retries": 0,
                      "headers": {"X-Custom-Auth": HEADER_SECRET}},
@@ -85,7 +82,7 @@ def assert_clean(text: str) -> None:
 
 
 @pytest.mark.parametrize("model", ["echo-401", "echo-400"])
-def test_an_upstream_error_echoing_our_key_reaches_the_client_without_it(stack: Any, model: str) -> None:
+def test_an_upstream_error_echoing_our_key_reaches_the_client_without_it(stack: Stack, model: str) -> None:
     resp = httpx.post(f"{stack.base_url}/chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
                       json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
     assert resp.status_code in (400, 502), resp.text
@@ -93,7 +90,7 @@ def test_an_upstream_error_echoing_our_key_reaches_the_client_without_it(stack: 
     assert_clean(resp.text)
 
 
-def test_a_mid_stream_error_echoing_our_key_reaches_the_client_without_it(stack: Any) -> None:
+def test_a_mid_stream_error_echoing_our_key_reaches_the_client_without_it(stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.base_url, api_key=TEST_KEY, max_retries=0)
     with pytest.raises(openai.APIError) as info:
         for _ in client.chat.completions.create(model="echo-midstream", stream=True,
@@ -103,7 +100,7 @@ def test_a_mid_stream_error_echoing_our_key_reaches_the_client_without_it(stack:
     assert_clean(info.value.message)
 
 
-def test_logs_never_hold_our_key(stack: Any) -> None:
+def test_logs_never_hold_our_key(stack: Stack) -> None:
     resp = httpx.post(f"{stack.base_url}/chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
                       json={"model": "echo-then-mock", "messages": [{"role": "user", "content": "hi"}]})
     assert resp.status_code == 200  # failed over, and the worker logged why

@@ -25,7 +25,8 @@ from broker.config import ConfigError, resolve, validate
 from broker.keys import Keys
 from broker.store.connection import connect
 from broker.store.sentinel_url import DEFAULT_PORT, SentinelURL, parse_sentinel_url
-from tests.conftest import TEST_KEY, Proc
+from tests.harness import TEST_KEY
+from tests.stacks import Proc, StackFactory
 from workers.providers.mock import mock_words
 
 PASSWORD = "s3cr%40t-pw"  # percent-encoded '@': the parsed password is "s3cr@t-pw"
@@ -222,7 +223,7 @@ def is_openai_error(resp: httpx.Response) -> bool:
 
 
 def test_a_stack_on_a_sentinel_url_answers_before_and_after_a_failover(
-    sentinel_setup: SentinelSetup, stack_factory: Any, namespace: str
+    sentinel_setup: SentinelSetup, stack_factory: StackFactory, namespace: str
 ) -> None:
     setup = sentinel_setup
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 4}}, {"m": [{"provider": "mock", "model": "m"}]},

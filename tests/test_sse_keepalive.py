@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import openai
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 
-def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: Any) -> None:
+def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: StackFactory) -> None:
     stack = stack_factory(
         {"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.2}},
         {"m": [{"provider": "mock", "model": "m"}]},
@@ -36,7 +36,7 @@ def test_waiting_stream_gets_keepalive_comments_then_the_answer(stack_factory: A
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_a_tiny_sdk_read_timeout_cannot_make_keepalives_a_busy_loop(stack_factory: Any) -> None:
+def test_a_tiny_sdk_read_timeout_cannot_make_keepalives_a_busy_loop(stack_factory: StackFactory) -> None:
     # Keep-alives follow half the SDK's read timeout; a client-sent microsecond is floored at 1 s.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 2, "first_token_delay_s": 2.0}},
                           {"m": [{"provider": "mock", "model": "m"}]})

@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from broker.config import hash_key
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 ADMIN_KEY = "sk-admin-status-page-01"
 
@@ -37,7 +38,8 @@ def browser() -> Any:
     driver.quit()
 
 
-def test_the_status_page_shows_the_live_state_to_the_admin(stack_factory: Any, browser: Any, tmp_path: Path) -> None:
+def test_the_status_page_shows_the_live_state_to_the_admin(stack_factory: StackFactory, browser: Any,
+                                                           tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
+from tests.harness import TEST_KEY
+from tests.stacks import StackFactory
 
 
 @pytest.fixture(scope="module")
-def client(module_stack_factory: Any) -> openai.OpenAI:
+def client(module_stack_factory: StackFactory) -> openai.OpenAI:
     providers = {"cheap": {"kind": "mock", "tokens": 2}, "dear": {"kind": "mock", "tokens": 2},
                  "quick": {"kind": "mock", "tokens": 2},
                  "sluggish": {"kind": "mock", "tokens": 2, "first_token_delay_s": 0.3},

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any
 
 import httpx
 import redis
 
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import StackFactory
 
 BUFFER_BYTES = 65536
 
 
-def test_a_reader_that_never_reads_gets_its_stream_ended_and_its_job_cancelled(stack_factory: Any,
+def test_a_reader_that_never_reads_gets_its_stream_ended_and_its_job_cancelled(stack_factory: StackFactory,
                                                                              namespace: str) -> None:
     # ~100,000 one-word chunks (~17 MB of SSE), a token every ~0.1 ms: far more than the kernel's socket
     # buffers and uvicorn's write buffer absorb, so the rest would pile up in the API.

@@ -15,7 +15,8 @@ from broker.config.types import Secret
 from broker.keys import Keys
 from broker.money.ledger import UsageRecord, record_decoder, record_encoder
 from broker.money.usage_sink import UsageSink, ddl, row
-from tests.conftest import REDIS_URL, TEST_KEY
+from tests.harness import REDIS_URL, TEST_KEY
+from tests.stacks import StackFactory
 
 asyncpg = pytest.importorskip("asyncpg")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -49,7 +50,7 @@ async def drop(table: str) -> None:
     await conn.close()
 
 
-def test_every_answered_request_lands_in_postgres_with_its_cost(stack_factory: Any, namespace: str) -> None:
+def test_every_answered_request_lands_in_postgres_with_its_cost(stack_factory: StackFactory, namespace: str) -> None:
     table = "t_" + namespace.replace("-", "_")
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}},
                           {"m": [{"provider": "mock", "model": "m", "input_per_mtok": 2.0, "output_per_mtok": 8.0}]},

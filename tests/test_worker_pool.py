@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import time
-from typing import Any
 
 import aiohttp
 import httpx
@@ -14,9 +13,10 @@ import openai
 import redis
 
 from broker.keys import Keys
-from tests.conftest import REDIS_URL, TEST_KEY, sse_data
 from tests.fakes.openai_upstream import create_app
 from tests.fakes.server import FakeServer
+from tests.harness import REDIS_URL, TEST_KEY, sse_data
+from tests.stacks import StackFactory
 from workers.providers.mock import mock_words
 
 
@@ -26,7 +26,7 @@ def _jobs_done(output: str) -> int:
     return int(match.group(1))
 
 
-def test_two_workers_never_share_a_job(stack_factory: Any, namespace: str) -> None:
+def test_two_workers_never_share_a_job(stack_factory: StackFactory, namespace: str) -> None:
     # A little latency per job so both workers hold jobs at the same time.
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 5, "first_token_delay_s": 0.02}},
                           {"m": [{"provider": "mock", "model": "m"}]})
@@ -64,7 +64,7 @@ def test_two_workers_never_share_a_job(stack_factory: Any, namespace: str) -> No
     assert int(client.hget(keys.backlog("mock"), "default") or 0) == 0
 
 
-def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: Any) -> None:
+def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: StackFactory) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 20, "token_delay_s": 0.005}},
                           {"m": [{"provider": "mock", "model": "m"}]})
     base_url = stack.up(("mock", "--concurrency", "256"))
@@ -100,7 +100,7 @@ def test_200_concurrent_streams_arrive_complete_and_in_order(stack_factory: Any)
         assert finish == "stop"
 
 
-def test_several_api_processes_and_workers_share_one_redis(stack_factory: Any) -> None:
+def test_several_api_processes_and_workers_share_one_redis(stack_factory: StackFactory) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 6, "first_token_delay_s": 0.01}},
                           {"m": [{"provider": "mock", "model": "m"}]})
     stack.up(("mock", "--concurrency", "8"), ("mock", "--concurrency", "8"), apis=(1, 2))
@@ -128,7 +128,7 @@ def test_several_api_processes_and_workers_share_one_redis(stack_factory: Any) -
         assert text == " ".join(mock_words(f"n{i}", 6)), i
 
 
-def test_concurrency_flag_above_the_config_enlarges_the_upstream_pool(stack_factory: Any) -> None:
+def test_concurrency_flag_above_the_config_enlarges_the_upstream_pool(stack_factory: StackFactory) -> None:
     # An upstream holding each request 1 s, a provider configured for 2 at a time, a worker told to run 6.
     with FakeServer(create_app()) as upstream:
         stack = stack_factory({"up": {"kind": "openai", "base_url": upstream.base_url, "concurrency": 2,

@@ -86,12 +86,14 @@ def _system_text(system: Any) -> str:
 
 
 def _sample(schema: dict[str, Any], city: str) -> dict[str, Any]:
-    """An input that fits the tool's schema: properties filled by type, a city where a place is wanted."""
+    """An input that fits the tool's schema: properties filled by type (an enum by its first member), a
+    city where a place is wanted."""
     props = schema.get("properties") or {}
     if not props:
         return {"answer": f"the weather in {city} is sunny"}
     by_type = {"integer": 3, "number": 21.5, "boolean": True, "array": ["sample"], "object": {}}
-    return {name: (city if p.get("type", "string") == "string" and name in ("location", "city") else
+    return {name: (p["enum"][0] if p.get("enum") else
+                   city if p.get("type", "string") == "string" and name in ("location", "city") else
                    by_type.get(p.get("type", "string"), "sample"))
             for name, p in props.items()}
 

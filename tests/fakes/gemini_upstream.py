@@ -105,8 +105,10 @@ def _prompt_tokens(req: GenerateContentRequest) -> int:
 
 
 def _sample(schema: Any) -> Any:
-    """A value that fits a JSON Schema well enough for tests."""
+    """A value that fits a JSON Schema well enough for tests (an enum: its first member)."""
     kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind and schema.get("enum"):
+        return schema["enum"][0]
     if kind == "object":
         return {k: _sample(v) for k, v in (schema.get("properties") or {}).items()}
     if kind == "array":

@@ -29,7 +29,8 @@ def _texts(value: Any) -> list[str]:
     return [v if isinstance(v, str) else " ".join(map(str, v)) for v in value]
 
 
-def _vector(text: str, dimensions: int) -> list[float]:
+def vector(text: str, dimensions: int) -> list[float]:
+    """Deterministic per text: what the fake answers for it."""
     digest = hashlib.sha256(text.encode()).digest() * (dimensions // 32 + 1)
     return [round(b / 255.0, 6) for b in digest[:dimensions]]
 
@@ -78,10 +79,10 @@ def legacy_routes(record: Callable[[Request, Any], None], guard: Callable[[Reque
         dimensions = body.get("dimensions") or 8
         data = []
         for i, text in enumerate(texts):
-            vector: Any = _vector(text, dimensions)
+            values: Any = vector(text, dimensions)
             if body.get("encoding_format") == "base64":
-                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-            data.append({"object": "embedding", "index": i, "embedding": vector})
+                values = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": values})
         tokens = sum(len(t.split()) for t in texts)
         return Response(_encoder.encode({"object": "list", "data": data, "model": body["model"],
                                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),

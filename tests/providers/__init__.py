@@ -1,0 +1,19 @@
+"""The providers of the conformance suite, one line each (as workers/providers/__init__.py registers adapters)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.providers.anthropic_case import AnthropicCase
+from tests.providers.case import ProviderCase, Scenario
+from tests.providers.gemini_case import GeminiCase
+from tests.providers.openai_case import OpenAICase
+
+OPENAI, ANTHROPIC, GEMINI = OpenAICase(), AnthropicCase(), GeminiCase()
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI)
+
+
+def scenario(name: Scenario) -> pytest.MarkDecorator:
+    """Runs a test once for each provider that declares `name`, grouped by provider: one stack each."""
+    cases = [case for case in CASES if name in case.scenarios]
+    return pytest.mark.parametrize("provider", cases, ids=[case.name for case in cases], indirect=True, scope="package")
