@@ -24,12 +24,8 @@ from broker.config import validate
 from broker.errors import ErrorInfo
 from broker.keys import Keys
 from broker.queue.jobs import Final, Job, reply_decoder
-<<<<<<< HEAD
 from broker.queue.payloads import EmbeddingPayload
 from broker.wire import EmbeddingRequest
-from tests.harness import REDIS_URL, REPO, TEST_KEY
-=======
->>>>>>> h-tests
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import REDIS_URL, REPO, TEST_KEY
 from tests.stacks import Stack, StackFactory
