@@ -14,12 +14,8 @@ import redis
 
 from broker.config import ConfigError, validate
 from broker.queue.jobs import Job
-<<<<<<< HEAD
 from broker.queue.payloads import EmbeddingPayload
 from broker.wire import EmbeddingRequest
-from tests.harness import REDIS_URL, TEST_KEY
-=======
->>>>>>> h-tests
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import REDIS_URL, TEST_KEY
 from tests.stacks import Stack, StackFactory
