@@ -1,10 +1,9 @@
-"""Anthropic Messages API wire types: request, content blocks, response, stream events, errors.
+"""Anthropic Messages API wire types: request, content blocks, response, errors (events: messages_events.py).
 
 One copy of the format, for both directions: clients calling our `POST /v1/messages`, and the
 `anthropic` provider calling Anthropic (workers/providers/anthropic_wire.py keeps only the loose
-decoders of what Anthropic sends back). Field names follow https://docs.anthropic.com/en/api/messages
-and the `anthropic` SDK's `src/anthropic/types/` (`message_create_params.py`, `message.py`,
-`raw_message_stream_event.py`); streaming: https://docs.anthropic.com/en/docs/build-with-claude/streaming.
+decoders of what Anthropic sends back). Fields: https://docs.anthropic.com/en/api/messages and the
+`anthropic` SDK's `src/anthropic/types/` (`message_create_params.py`, `message.py`).
 
 Inbound bodies are lenient, as in chat.py: unknown fields are ignored (Claude Code sends fields
 newer than any SDK), what we read is validated, optional fields default to UNSET and are left
@@ -283,62 +282,6 @@ class ErrorResponse(msgspec.Struct, tag_field="type", tag="error", omit_defaults
     request_id: str | UnsetType = UNSET
 
 
-# ---------------------------------------------------------------- stream events
-
-
-class TextDelta(msgspec.Struct, tag_field="type", tag="text_delta"):
-    text: str
-
-
-class InputJSONDelta(msgspec.Struct, tag_field="type", tag="input_json_delta"):
-    partial_json: str
-
-
-class ThinkingDelta(msgspec.Struct, tag_field="type", tag="thinking_delta"):
-    thinking: str
-
-
-class SignatureDelta(msgspec.Struct, tag_field="type", tag="signature_delta"):
-    signature: str
-
-
-class MessageStart(msgspec.Struct, tag_field="type", tag="message_start"):
-    message: Message
-
-
-class ContentBlockStart(msgspec.Struct, tag_field="type", tag="content_block_start"):
-    index: int
-    content_block: ResponseBlock
-
-
-class ContentBlockDelta(msgspec.Struct, tag_field="type", tag="content_block_delta"):
-    index: int
-    delta: TextDelta | InputJSONDelta | ThinkingDelta | SignatureDelta
-
-
-class ContentBlockStop(msgspec.Struct, tag_field="type", tag="content_block_stop"):
-    index: int
-
-
-class StopInfo(msgspec.Struct):
-    stop_reason: str | None = None
-    stop_sequence: str | None = None
-
-
-class MessageDelta(msgspec.Struct, tag_field="type", tag="message_delta"):
-    delta: StopInfo
-    usage: Usage  # cumulative counts; output_tokens is required
-
-
-class MessageStop(msgspec.Struct, tag_field="type", tag="message_stop"): ...
-
-
-class Ping(msgspec.Struct, tag_field="type", tag="ping"): ...
-
-
-StreamEvent = (MessageStart | ContentBlockStart | ContentBlockDelta | ContentBlockStop | MessageDelta
-               | MessageStop | Ping | ErrorResponse)
-
 # ---------------------------------------------------------------- Chat equivalents
 
 # (stop_reason, finish_reason), read both ways: the first pair naming a value is its translation.
@@ -370,16 +313,3 @@ def stop_reason_of(finish_reason: str | None) -> str:
 encoder = msgspec.json.Encoder()
 messages_request_decoder = msgspec.json.Decoder(MessagesRequest)
 messages_envelope_decoder = msgspec.json.Decoder(MessagesEnvelope)
-
-
-def encode_event(event: StreamEvent) -> bytes:
-    """One SSE event: the SDK dispatches on the `event:` line, which must equal the JSON's `type`
-    (`src/anthropic/_streaming.py` skips events without one)."""
-    name = type(event).__struct_config__.tag
-    assert isinstance(name, str)
-    return b"event: %s\ndata: %s\n\n" % (name.encode(), encoder.encode(event))
-
-
-def error_event(error_type: str, message: str) -> bytes:
-    """The `error` event that ends a stream after its 200; the SDK raises it as an APIStatusError."""
-    return encode_event(ErrorResponse(ErrorDetail(error_type, message)))
