@@ -86,8 +86,11 @@ class Message(msgspec.Struct, omit_defaults=True):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
+FUNCTION_NAME = r"^[a-zA-Z0-9_\-]{1,64}$"  # OpenAI's rule for tool names
+
+
 class FunctionDef(msgspec.Struct, omit_defaults=True):
-    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_\-]{1,64}$")]
+    name: Annotated[str, Meta(pattern=FUNCTION_NAME)]
     description: str | UnsetType = UNSET
     parameters: dict[str, Any] | UnsetType = UNSET  # a JSON Schema: passed through untouched
     strict: bool | None | UnsetType = UNSET

@@ -20,13 +20,9 @@ from msgspec import UNSET
 
 from broker.errors import UpstreamError, redact
 from broker.wire import ChatChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall
-from workers.providers.anthropic_translate import JSON_TOOL, map_stop_reason, map_usage
-from workers.providers.anthropic_wire import (
-    AnthropicUsage,
-    ContentBlock,
-    ErrorDetail,
-    event_decoder,
-)
+from broker.wire.messages import ErrorDetail, Usage, finish_reason_of
+from workers.providers.anthropic_translate import JSON_TOOL
+from workers.providers.anthropic_wire import ContentBlock, event_decoder
 
 # The HTTP status each error type comes with (https://docs.anthropic.com/en/api/errors), so a stream that fails
 # before its first byte reaches the client is mapped exactly like a failed request.
@@ -54,7 +50,7 @@ class AnthropicStreamState:
         self.id = ""
         self.model = ""
         self.done = False
-        self._usage = AnthropicUsage(0, 0, 0, 0)
+        self._usage = Usage(0, 0, 0, 0)
         self._stop_reason: str | None = None
         self._tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool call index
         self._json_blocks: set[int] = set()  # the JSON-mode tool's blocks: their input is the answer text
@@ -125,16 +121,16 @@ class AnthropicStreamState:
         return [self._chunk(Delta(tool_calls=[call]))]
 
     def _finish(self) -> list[ChatChunk]:
-        finish = map_stop_reason(self._stop_reason) or "stop"
+        finish = finish_reason_of(self._stop_reason) or "stop"
         if self._json_blocks and not self._tool_index:
             finish = "stop"  # the forced JSON tool is how the answer came, not a call for the client
-        usage = map_usage(self._usage)
+        usage = self._usage.to_chat()
         return [self._chunk(Delta(), finish),
                 ChatChunk(self.id, self.created, self.model, [], usage=usage)]
 
-    def _merge_usage(self, u: AnthropicUsage) -> None:
+    def _merge_usage(self, u: Usage) -> None:
         # message_delta counts are cumulative and may omit fields: keep what it leaves out.
-        for field in AnthropicUsage.__struct_fields__:
+        for field in Usage.__struct_fields__:
             if (value := getattr(u, field)) is not None:
                 setattr(self._usage, field, value)
 

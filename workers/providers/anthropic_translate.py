@@ -40,32 +40,27 @@ from broker.wire import (
     ToolCall,
     Usage,
 )
-from workers.providers.anthropic_wire import (
-    AnthropicUsage,
+from broker.wire.messages import (
     Base64Source,
-    Block,
+    ContentBlock,
     ImageBlock,
     MessagesRequest,
     Metadata,
     TextBlock,
+    Tool,
     ToolChoice,
-    ToolDef,
     ToolResultBlock,
     ToolUseBlock,
     Turn,
     URLSource,
-    error_decoder,
-    response_decoder,
+    Usage as AnthropicUsage,
+    finish_reason_of,
 )
+from workers.providers.anthropic_wire import error_decoder, response_decoder
 
 JSON_TOOL = "json_response"
 JSON_FORMATS = ("json_object", "json_schema")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-STOP_REASONS = {
-    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
-    "max_tokens": "length", "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls", "refusal": "content_filter",
-}  # anything newer reads as "stop": the answer did end
 
 
 def json_mode(req: ChatRequest) -> bool:
@@ -102,7 +97,7 @@ def to_anthropic(req: ChatRequest, *, model: str, default_max_tokens: int, strea
 
 
 def _tools(req: ChatRequest, out: MessagesRequest) -> None:
-    tools = [ToolDef(t.function.name, t.function.parameters or {"type": "object", "properties": {}},
+    tools = [Tool(t.function.name, t.function.parameters or {"type": "object", "properties": {}},
                      description=t.function.description,
                      strict=t.function.strict if isinstance(t.function.strict, bool) else UNSET)
              for t in req.tools or []]
@@ -139,11 +134,11 @@ def _tool_choice(value: object) -> ToolChoice | None:
     raise InvalidRequest(f"unsupported tool_choice {value!r}", param="tool_choice")
 
 
-def _json_tool(response_format: dict[str, Any]) -> ToolDef:
+def _json_tool(response_format: dict[str, Any]) -> Tool:
     spec = response_format.get("json_schema") or {}
     schema = spec.get("schema") or {"type": "object"}
     description = spec.get("description") or "Respond with a JSON object: the whole answer goes in this call."
-    return ToolDef(JSON_TOOL, schema, description=description)
+    return Tool(JSON_TOOL, schema, description=description)
 
 
 def _turns(messages: list[Message]) -> tuple[str, list[Turn]]:
@@ -154,7 +149,7 @@ def _turns(messages: list[Message]) -> tuple[str, list[Turn]]:
     single user message that follows it, ahead of any text.
     """
     system: list[str] = []
-    turns: list[tuple[str, list[Block]]] = []
+    turns: list[tuple[str, list[ContentBlock]]] = []
     for i, m in enumerate(messages):
         if m.role in ("system", "developer"):
             system.append(m.text())
@@ -173,7 +168,7 @@ def _turns(messages: list[Message]) -> tuple[str, list[Turn]]:
     return "\n".join(s for s in system if s), [_turn(role, blocks) for role, blocks in turns]
 
 
-def _turn(role: str, blocks: list[Block]) -> Turn:
+def _turn(role: str, blocks: list[ContentBlock]) -> Turn:
     if role == "user":
         blocks = sorted(blocks, key=lambda b: not isinstance(b, ToolResultBlock))  # stable: results first
     if len(blocks) == 1 and isinstance(blocks[0], TextBlock):
@@ -181,7 +176,7 @@ def _turn(role: str, blocks: list[Block]) -> Turn:
     return Turn("user" if role == "user" else "assistant", blocks)
 
 
-def _blocks(m: Message, i: int) -> list[Block]:
+def _blocks(m: Message, i: int) -> list[ContentBlock]:
     if m.role == "tool":
         assert isinstance(m.tool_call_id, str)
         content = _content(m.content, i)
@@ -189,7 +184,7 @@ def _blocks(m: Message, i: int) -> list[Block]:
             text = "".join(b.text for b in content if isinstance(b, TextBlock))
             return [ToolResultBlock(m.tool_call_id, text or UNSET)]
         return [ToolResultBlock(m.tool_call_id, [b for b in content if isinstance(b, (TextBlock, ImageBlock))])]
-    blocks: list[Block] = list(_content(m.content, i))
+    blocks: list[ContentBlock] = list(_content(m.content, i))
     for j, call in enumerate(m.tool_calls or []):
         blocks.append(ToolUseBlock(call.id, call.function.name, _arguments(call.function.arguments,
                                                                           f"messages[{i}].tool_calls[{j}]")))
@@ -257,12 +252,12 @@ def from_anthropic(body: bytes, *, json_mode: bool = False, created: int | None 
         elif block.type == "tool_use":
             calls.append(ToolCall(block.id, FunctionCall(block.name, bytes(block.input).decode())))
         # thinking / redacted_thinking / server-tool blocks have no OpenAI equivalent: dropped.
-    finish = map_stop_reason(msg.stop_reason)
+    finish = finish_reason_of(msg.stop_reason)
     if answered_json and not calls:
         finish = "stop"
     message = ResponseMessage(content="".join(texts) if texts else None, tool_calls=calls or UNSET)
     return ChatCompletion(id=msg.id, created=int(time.time()) if created is None else created, model=msg.model,
-                          choices=[Choice(0, message, finish)], usage=map_usage(msg.usage))
+                          choices=[Choice(0, message, finish)], usage=msg.usage.to_chat())
 
 
 def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
@@ -284,15 +279,6 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     return UpstreamError.for_status(status, text, code=code, retry_after_s=retry_after)
 
 
-
-def map_stop_reason(reason: str | None) -> str | None:
-    return STOP_REASONS.get(reason, "stop") if reason is not None else None
-
-
 def map_usage(u: AnthropicUsage) -> Usage:
-    """Anthropic counts cached prompt tokens apart from `input_tokens`; OpenAI's prompt_tokens includes them."""
-    cache_read, cache_write = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
-    prompt = (u.input_tokens or 0) + cache_read + cache_write
-    completion = u.output_tokens or 0
-    return Usage(prompt, completion, prompt + completion,
-                 prompt_tokens_details={"cached_tokens": cache_read, "cache_write_tokens": cache_write})
+    """Anthropic's usage as Chat counts it (the ledger prices both the same way)."""
+    return u.to_chat()
