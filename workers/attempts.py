@@ -26,7 +26,8 @@ from broker.queue.streams import Pulled, QueueScripts, enqueue, hand_off
 from broker.routing import failover
 from broker.wire import Usage
 from workers import handlers
-from workers.handlers import Emit, Meter, Outcome
+from workers.handlers import Emit, Outcome
+from workers.meter import Meter
 from workers.providers import Provider
 
 log = logging.getLogger(__name__)

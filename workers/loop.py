@@ -54,8 +54,8 @@ from broker.routing.capabilities import estimate_tokens
 from broker.store import key_migration
 from broker.store.connection import subscriber
 from workers import attempts, observed
-from workers.handlers import Meter
 from workers.hedging import Hedging
+from workers.meter import Meter
 from workers.providers import Provider, build_provider
 
 log = logging.getLogger(__name__)
