@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 from typing import Any
 
@@ -20,7 +22,17 @@ TOP_LEVEL = {
 }
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-BLOCKS = {"user": {"text", "image", "tool_result", "document"}, "assistant": {"text", "tool_use", "thinking"}}
+BLOCKS = {"user": {"text", "image", "tool_result", "document"},
+          "assistant": {"text", "tool_use", "thinking", "redacted_thinking"}}
+# Thinking blocks come back signed; a later turn that carries one back must carry it unchanged, or the
+# API refuses it (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking). The fake
+# signs with a key of its own, as Anthropic does, so a signature edited in transit fails the same way.
+_SIGNING_KEY = b"fake-anthropic-thinking-key"
+
+
+def sign(thinking: str) -> str:
+    digest = hmac.new(_SIGNING_KEY, thinking.encode(), hashlib.sha256).digest()
+    return base64.b64encode(b"EqQB" + digest * 3).decode()  # long and opaque, like the real ones
 
 
 class Invalid(Exception):
@@ -144,6 +156,8 @@ def _blocks(content: Any, i: int, role: str, *, last: bool) -> list[dict[str, An
         if kind == "tool_use" and not (isinstance(block.get("id"), str) and isinstance(block.get("name"), str)
                                        and isinstance(block.get("input"), dict)):
             raise Invalid(f"{path}: tool_use blocks need a string `id` and `name` and an object `input`")
+        if kind == "thinking" and block.get("signature") != sign(str(block.get("thinking"))):
+            raise Invalid(f"{path}: Invalid `signature` in `thinking` block")
         if kind == "tool_result":
             if not isinstance(block.get("tool_use_id"), str):
                 raise Invalid(f"{path}.tool_use_id: Field required")

@@ -13,6 +13,7 @@ What it answers:
                                           (one if disable_parallel_tool_use)
     a tool_result turn                    text quoting the results
     otherwise                             "I see N image(s)." (if any) + "You said: <the prompt>"
+    thinking {"type": "enabled"}          a signed thinking block first (a later turn must return it unchanged)
 `max_tokens` and `stop_sequences` cut the text as the API does; a system prompt
 mentioning "cache" reports cache read/creation tokens.
 
@@ -36,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.fakes.anthropic_rules import Invalid, validate
+from tests.fakes.anthropic_rules import Invalid, sign, validate
 from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 
 CITIES = ("Paris", "Tokyo")
@@ -127,6 +128,9 @@ def plan(body: dict[str, Any]) -> Answer:
             blocks.append({"type": "text", "text": "I'll check the weather."})
         assert weather is not None
         called = [weather, weather] if "two cities" in prompt.lower() and parallel else [weather]
+    if (body.get("thinking") or {}).get("type") == "enabled":
+        thought = f"The user asks: {prompt or 'to go on'}. Let me think it through."
+        blocks.append({"type": "thinking", "thinking": thought, "signature": sign(thought)})
     for name, city in zip(called, CITIES):
         blocks.append({"type": "tool_use", "id": _new_id("toolu_"), "name": name,
                        "input": _sample(tools[name]["input_schema"], city)})
@@ -182,6 +186,11 @@ async def events(body: dict[str, Any], answer: Answer, *, fail_midway: bool = Fa
         if block["type"] == "text":
             yield sse("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
             pieces = [{"type": "text_delta", "text": w} for w in fragments(block["text"], 6)]
+        elif block["type"] == "thinking":  # the signature comes whole, just before the block's stop
+            yield sse("content_block_start", {"index": index, "content_block": {"type": "thinking", "thinking": "",
+                                                                                 "signature": ""}})
+            pieces = [{"type": "thinking_delta", "thinking": w} for w in fragments(block["thinking"], 9)]
+            pieces.append({"type": "signature_delta", "signature": block["signature"]})
         else:
             opening = {**block, "input": {}}
             yield sse("content_block_start", {"index": index, "content_block": opening})
