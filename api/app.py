@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import dispatch, metrics, request_ids, unavailable
+from api import anthropic, dispatch, metrics, request_ids, unavailable
 from api.routes import (
     admin,
     batches,
@@ -29,6 +29,7 @@ from api.routes import (
     files,
     health,
     jobs,
+    messages,
     models,
     status,
     usage,
@@ -57,6 +58,10 @@ def error_response(err: BrokerError, request: Request) -> Response:
         # The OpenAI SDK retries these statuses unless told otherwise: an upstream refusing our
         # own key, a job that failed on every attempt or ran out its deadline will not do better.
         headers["x-should-retry"] = "false"
+    if anthropic.serves(request.url.path):  # Anthropic's clients read Anthropic's error shape
+        headers["request-id"] = headers[request_ids.REQUEST_ID]
+        return Response(anthropic.error_body(err, headers["request-id"]), status_code=anthropic.status_of(err),
+                        headers=headers, media_type="application/json")
     return Response(json_encoder.encode(err.to_body()), status_code=err.status, headers=headers,
                     media_type="application/json")
 
@@ -120,6 +125,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(messages.router)
     app.include_router(models.router)
     app.include_router(usage.router)
     app.include_router(jobs.router)

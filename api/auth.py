@@ -4,6 +4,7 @@ Redis for keys made at run time (`live`, kept current by api/live_keys.py)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 from broker.config import ApiKey, Config, Tenant
 from broker.errors import AuthenticationFailed, PermissionDenied
@@ -48,6 +49,15 @@ class Authenticator:
         if digest in self._by_hash or digest in self.live:
             raise PermissionDenied("This key may not use the admin API: it needs the admin key.")
         raise _incorrect(authorization)
+
+
+def credentials(headers: Mapping[str, str]) -> str | None:
+    """The client's key as an `Authorization` value: that header, or Anthropic's `x-api-key` (its SDK
+    and Claude Code send the key there: https://docs.anthropic.com/en/api/overview#authentication)."""
+    if (authorization := headers.get("authorization")) is not None:
+        return authorization
+    key = headers.get("x-api-key")
+    return f"Bearer {key}" if key else None
 
 
 def _digest(authorization: str | None) -> str:

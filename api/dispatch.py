@@ -20,7 +20,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import cached, limits, request_ids, sse, unavailable
+from api import anthropic, cached, limits, request_ids, sse, unavailable
 from api.auth import Principal
 from api.decode import decode_body, read_body
 from api.metrics import SCOPE_KEY, Facts
@@ -30,14 +30,17 @@ from broker.keys import LANES
 from broker.ops import log_context
 from broker.queue import async_jobs, job_factory
 from broker.queue.jobs import Chunk, Failed, Final, Job
-from broker.queue.payloads import AnyRequest, payload_for
+from broker.queue.payloads import Payload, payload_for
 from broker.queue.replies import ReplyGap
 from broker.queue.streams import enqueue_first
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
+from broker.wire.messages import MessagesRequest
 
 log = logging.getLogger(__name__)
 
-P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest)
+P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest)
+# How each inbound protocol writes a stream (broker/queue/payloads.py names a payload's dialect).
+_DIALECTS = {"openai": sse.OPENAI, "anthropic": anthropic.STREAM}
 
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "x-request-timeout"
@@ -91,9 +94,8 @@ def _lane(request: Request, principal: Principal, *, asynchronous: bool) -> str:
     return lane
 
 
-async def new_job(state: BrokerState, request: Request, principal: Principal, body: AnyRequest, *,
+async def new_job(state: BrokerState, request: Request, principal: Principal, payload: Payload, *,
                   asynchronous: bool = False) -> Job:
-    payload = payload_for(body)
     return await job_factory.build(
         state.router, state.redis, state.keys, principal.tenant_name, principal.tenant, principal.key_name, payload,
         lane=_lane(request, principal, asynchronous=asynchronous),
@@ -173,7 +175,7 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
         if not finished:  # the client may reconnect and resume it (broker/queue/job_events.py)
             state.cancel_job(job, grace_s=state.config.server.stream_resume_grace_s)
 
-    response = sse.stream_response(waiter, first, keepalive_s=keepalive_s,
+    response = sse.stream_response(waiter, first, dialect=_DIALECTS[job.payload.dialect], keepalive_s=keepalive_s,
                                    deadline=job.deadline, timeout_message=timeout_message)
     response.on_close(on_close)
     if isinstance(first, Chunk):  # the stream's headers can say what served it only if it has started
@@ -233,13 +235,29 @@ def _served(reply: Chunk | Final) -> dict[str, str]:
     return served
 
 
-def endpoint(decoder: msgspec.json.Decoder[P]) -> Callable[[Request], Awaitable[Response]]:
-    """A route handler for a job-backed endpoint: authenticate, decode, route, run."""
+def _plain(decoded: Any, body: bytes, request: Request) -> Payload:
+    """The payload of an OpenAI request (a type payload_for knows: the routes that use this default)."""
+    return payload_for(decoded)
+
+
+def _bearer(request: Request) -> str | None:
+    return request.headers.get("authorization")
+
+
+def endpoint(decoder: msgspec.json.Decoder[P], to_payload: Callable[[P, bytes, Request], Payload] = _plain, *,
+             credentials: Callable[[Request], str | None] = _bearer) -> Callable[[Request], Awaitable[Response]]:
+    """A route handler for a job-backed endpoint: authenticate, decode, route, run.
+
+    `to_payload` makes the job's payload from the decoded body (and the raw one, and the request's
+    headers); `credentials` finds the client's key as an `Authorization` value. An inbound protocol
+    other than OpenAI's brings its own of both (api/routes/messages.py).
+    """
 
     async def handle(request: Request) -> Response:
         state: BrokerState = request.app.state.broker
-        principal = state.auth.authenticate(request.headers.get("authorization"))
-        payload = decode_body(await read_body(request, state.config.server.max_body_bytes), decoder)
+        principal = state.auth.authenticate(credentials(request))
+        body = await read_body(request, state.config.server.max_body_bytes)
+        payload = to_payload(decode_body(body, decoder), body, request)
         asynchronous = _prefers_async(request)
         job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
         # For its metrics and log line (api/metrics.py); a passthrough model is not a label.

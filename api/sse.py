@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -45,6 +46,20 @@ def frame_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes
 
 def error_event(err: BrokerError) -> bytes:
     return frame([json_encoder.encode(err.to_body())]) + DONE
+
+
+class Dialect(NamedTuple):
+    """How one inbound protocol writes a stream: events (as workers emit them) with their resume ids,
+    its end, an error after the 200, and keep-alives (before and after the first `id:` line)."""
+
+    frame_with_ids: Callable[[list[bytes], int, int], bytes]
+    done: bytes
+    error_event: Callable[[BrokerError], bytes]
+    keepalive: bytes
+    keepalive_after_ids: bytes
+
+
+OPENAI = Dialect(frame_with_ids, DONE, error_event, KEEPALIVE, KEEPALIVE_AFTER_IDS)
 
 
 async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float, timeout_message: str) -> Reply | None:
@@ -95,38 +110,40 @@ def stream_response(
     waiter: Waiter,
     first: Reply | None,
     *,
+    dialect: Dialect = OPENAI,
     keepalive_s: float,
     deadline: float,
     timeout_message: str,
 ) -> EventStream:
     async def events() -> AsyncIterator[bytes]:
         reply = first
-        keepalive, attempt, index = KEEPALIVE, 0, 0
+        keepalive, attempt, index = dialect.keepalive, 0, 0
         while True:
             match reply:
                 case None:
                     if time.time() >= deadline:
                         response.finished = True  # the worker drops the job itself once past its deadline
-                        yield error_event(RequestTimeout(timeout_message))
+                        yield dialect.error_event(RequestTimeout(timeout_message))
                         return
                     yield keepalive
                 case Chunk(events=chunks):
                     if reply.attempt != attempt:  # a new attempt took over before anything was sent
                         attempt, index = reply.attempt, 0
-                    yield frame_with_ids(chunks, attempt, index)
-                    keepalive, index = KEEPALIVE_AFTER_IDS, index + len(chunks)
+                    yield dialect.frame_with_ids(chunks, attempt, index)
+                    keepalive, index = dialect.keepalive_after_ids, index + len(chunks)
                 case Final():
                     response.finished = True
-                    yield DONE
+                    if dialect.done:
+                        yield dialect.done
                     return
                 case Failed(error=info):
                     response.finished = True
-                    yield error_event(BrokerError.from_info(info))
+                    yield dialect.error_event(BrokerError.from_info(info))
                     return
             try:
                 reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
             except ReplyGap as exc:
-                yield error_event(exc.as_error())
+                yield dialect.error_event(exc.as_error())
                 return
 
     response = EventStream(events())

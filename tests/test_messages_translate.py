@@ -1,4 +1,4 @@
-"""Golden tests of Anthropic Messages served over Chat (workers/inbound/messages.py, messages_stream.py).
+"""Golden tests of Anthropic Messages served over Chat (broker/inbound/messages.py, messages_stream.py).
 
 Fixtures in tests/fixtures/messages/ pair an input with the exact expected output. What the
 client reads is checked with the official `anthropic` SDK: `to_message` output through its
@@ -28,8 +28,8 @@ from broker.wire.messages import (
     stop_reason_of,
 )
 from broker.wire.messages_events import error_event
-from workers.inbound.messages import to_chat, to_message
-from workers.inbound.messages_stream import MessagesStream
+from broker.inbound.messages import to_chat, to_message
+from broker.inbound.messages_stream import MessagesStream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "messages"
 USER = [{"role": "user", "content": "hi"}]

@@ -5,9 +5,8 @@ account; streamed chunks go out through `emit` as they come. The worker, not
 the adapter, sets `id`, `model` (the public name) and `created`, so a client
 sees one consistent identity whatever the upstream sends.
 
-The job's Meter prices the reported usage (`usage.cost`, broker/money/pricing.py) and
-counts the output that went by, so a stream without usage, cut off or cancelled,
-can still be charged for what was sent.
+Every handler reports to the job's Meter (workers/meter.py) what the provider said it used
+and what output went by.
 """
 
 from __future__ import annotations
@@ -18,18 +17,17 @@ from typing import Any, TypeVar
 import msgspec
 
 from broker.errors import InvalidRequest
-from broker.money.pricing import Price, usd
 from broker.queue.jobs import Job
 from broker.queue.payloads import (
     ChatPayload,
     CompletionPayload,
     EmbeddingPayload,
+    MessagesPayload,
     Payload,
 )
 from broker.wire import (
     ChatChunk,
     ChatRequest,
-    ChunkChoice,
     CompletionRequest,
     Embedding,
     EmbeddingRequest,
@@ -40,45 +38,17 @@ from broker.wire import (
     encode_embedding,
     json_encoder,
 )
+from workers import messages
+from workers.meter import Meter
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
+from workers.providers.base import MessagesProvider
 
 Emit = Callable[[bytes], None]
 Outcome = tuple[bytes, Usage | None]
 
 
-class Meter:
-    """One job's tally: its deployment's price, the usage the provider reported, the output seen."""
-
-    __slots__ = ("price", "usage", "output_chars", "responded")
-
-    def __init__(self, price: Price | None) -> None:
-        self.price = price
-        self.usage: Usage | None = None
-        self.output_chars = 0
-        self.responded = False  # the upstream began answering: the prompt was read (and is billed)
-
-    def stamp(self, usage: Usage) -> Usage:
-        """Record the provider's usage and put its cost on it (unpriced: none, never 0)."""
-        self.usage = usage
-        usage.cost = usd(self.price.cost_nanos(usage)) if self.price is not None else msgspec.UNSET
-        return usage
-
-    def saw(self, chunk: ChatChunk | TextCompletion) -> None:
-        self.responded = True
-        for choice in chunk.choices:
-            if isinstance(choice, ChunkChoice):
-                delta = choice.delta
-                if isinstance(delta.content, str):
-                    self.output_chars += len(delta.content)
-                for call in delta.tool_calls or ():
-                    if call.function and isinstance(call.function.arguments, str):
-                        self.output_chars += len(call.function.arguments)
-            else:
-                self.output_chars += len(choice.text)
-
-
 Handler = Callable[[Provider, Job, Any, Emit, Meter], Awaitable[Outcome]]
-P = TypeVar("P", ChatPayload, CompletionPayload, EmbeddingPayload)
+P = TypeVar("P", ChatPayload, CompletionPayload, EmbeddingPayload, MessagesPayload)
 # Payload type → its handler. A new endpoint registers its handler here with @handles.
 HANDLERS: dict[type[Payload], Handler] = {}
 
@@ -120,6 +90,14 @@ async def _serve_embeddings(provider: Provider, job: Job, payload: EmbeddingPayl
     if not isinstance(provider, EmbeddingsProvider):
         raise InvalidRequest(f"provider {job.provider!r} has no embeddings endpoint", param="model")
     return await _embeddings(provider, job, payload.request, meter)
+
+
+@handles(MessagesPayload)
+async def _serve_messages(provider: Provider, job: Job, payload: MessagesPayload, emit: Emit,
+                          meter: Meter) -> Outcome:
+    if isinstance(provider, MessagesProvider):  # Anthropic itself: the client's bytes go up as they are
+        return await messages.relay(provider, job, payload, emit, meter)
+    return await messages.translated(provider, job, payload, emit, meter)
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

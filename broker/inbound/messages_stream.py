@@ -14,6 +14,7 @@ when the first call starts (what OpenAI streams do); text arriving during a call
 
 from __future__ import annotations
 
+from broker.inbound.messages import msg_id, stop_reason, tool_use_id
 from broker.wire.chat import ChatChunk, DeltaToolCall
 from broker.wire.chat import Usage as ChatUsage
 from broker.wire.messages import Message, TextBlock, ToolUseBlock, Usage
@@ -29,7 +30,6 @@ from broker.wire.messages_events import (
     TextDelta,
     encode_event,
 )
-from workers.inbound.messages import msg_id, stop_reason, tool_use_id
 
 
 class _Text:

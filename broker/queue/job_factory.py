@@ -18,7 +18,7 @@ from broker.config import Deployment, ModelGroup, Tenant
 from broker.errors import InvalidRequest
 from broker.keys import Keys
 from broker.queue.jobs import HEDGE_P95, Job, Target
-from broker.queue.payloads import Payload, payload_for
+from broker.queue.payloads import Payload
 from broker.routing import strategies
 from broker.routing.router import Router
 from broker.routing.strategies import Stats
@@ -40,7 +40,7 @@ def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
                              param=CLIENT_FALLBACKS)
     rest = {k: v for k, v in extra.items() if k != CLIENT_FALLBACKS}
     request = msgspec.structs.replace(payload.request, extra_body=rest or msgspec.UNSET)
-    return payload_for(request), names
+    return msgspec.structs.replace(payload, request=request), names
 
 
 async def _strategy_stats(redis: Redis, keys: Keys, group: ModelGroup, streams: bool) -> Stats:

@@ -21,7 +21,10 @@ import msgspec
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 # What the response cache stores and replays for a payload (broker/cache/replay.py).
-Kind = Literal["chat", "text", "embedding"]
+Kind = Literal["chat", "text", "embedding", "messages"]
+# How its answer is written to the client: OpenAI's SSE (`data:` lines, `[DONE]`) or Anthropic's
+# (`event:` + `data:` per event, no terminator). The API frames a stream by it (api/sse.py).
+Dialect = Literal["openai", "anthropic"]
 
 
 class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
@@ -30,6 +33,7 @@ class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
     request: ChatRequest
     kind: ClassVar[Kind] = "chat"
     answer_prefix: ClassVar[str] = "chatcmpl"  # the answer id's prefix, as OpenAI's
+    dialect: ClassVar[Dialect] = "openai"
 
     @property
     def streams(self) -> bool:
@@ -46,6 +50,7 @@ class CompletionPayload(msgspec.Struct, tag="completion", array_like=True, froze
     request: CompletionRequest
     kind: ClassVar[Kind] = "text"
     answer_prefix: ClassVar[str] = "cmpl"
+    dialect: ClassVar[Dialect] = "openai"
 
     @property
     def streams(self) -> bool:
@@ -62,11 +67,39 @@ class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=
     request: EmbeddingRequest
     kind: ClassVar[Kind] = "embedding"
     answer_prefix: ClassVar[str] = ""  # an embeddings answer has no id
+    dialect: ClassVar[Dialect] = "openai"
     streams: ClassVar[bool] = False
     wants_usage_chunk: ClassVar[bool] = False
 
 
-Payload = ChatPayload | CompletionPayload | EmbeddingPayload
+class MessagesPayload(msgspec.Struct, tag="messages", array_like=True, frozen=True):
+    """POST /v1/messages (Anthropic's Messages API, served inbound).
+
+    `body` is the client's request exactly as received: an Anthropic deployment gets it as it is
+    (field order, unknown fields, thinking signatures and cache_control markers intact), with only
+    its model swapped. `request` is the same request as Chat Completions, for everything else:
+    routing, limits and budgets read it like any chat job, and other providers are called with it
+    (their answer translated back to a Message by the worker). `beta` is the client's
+    `anthropic-beta` header, forwarded to Anthropic deployments only.
+    """
+
+    request: ChatRequest
+    body: bytes
+    beta: str = ""
+    kind: ClassVar[Kind] = "messages"
+    answer_prefix: ClassVar[str] = "msg"
+    dialect: ClassVar[Dialect] = "anthropic"
+
+    @property
+    def streams(self) -> bool:
+        return self.request.stream
+
+    @property
+    def wants_usage_chunk(self) -> bool:
+        return False  # an Anthropic stream carries usage in message_start and message_delta
+
+
+Payload = ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload
 AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest
 
 PAYLOAD_OF: dict[type[AnyRequest], Callable[[Any], Payload]] = {

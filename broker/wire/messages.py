@@ -214,6 +214,34 @@ class MessagesRequest(Base, kw_only=True):
     output_config: OutputConfig | UnsetType = UNSET
 
 
+class CountTokensRequest(MessagesRequest, kw_only=True):
+    """POST /v1/messages/count_tokens: a Messages request without `max_tokens` or `stream`
+    (https://docs.anthropic.com/en/api/messages-count-tokens)."""
+
+    max_tokens: Count = 1  # never sent here; the Chat form of the request needs one
+
+
+class TokenCount(msgspec.Struct):
+    input_tokens: int
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    """One model as `GET /v1/models` lists it to Anthropic's clients (https://docs.anthropic.com/en/api/models-list)."""
+
+    id: str
+    display_name: str
+    created_at: str  # RFC 3339
+    type: str = "model"
+    lifecycle: str = "active"
+
+
+class ModelInfoList(msgspec.Struct, kw_only=True):
+    data: list[ModelInfo]
+    has_more: bool = False
+    first_id: str | None
+    last_id: str | None
+
+
 class MessagesEnvelope(msgspec.Struct):
     """The few fields routing and metering read, whatever blocks the body holds (for pass-through)."""
 
@@ -313,3 +341,4 @@ def stop_reason_of(finish_reason: str | None) -> str:
 encoder = msgspec.json.Encoder()
 messages_request_decoder = msgspec.json.Decoder(MessagesRequest)
 messages_envelope_decoder = msgspec.json.Decoder(MessagesEnvelope)
+count_tokens_request_decoder = msgspec.json.Decoder(CountTokensRequest)

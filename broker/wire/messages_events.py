@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import msgspec
 
-from broker.wire.messages import ErrorDetail, ErrorResponse, Message, ResponseBlock, Usage, encoder
+from broker.wire.messages import (
+    ErrorDetail,
+    ErrorResponse,
+    Message,
+    ResponseBlock,
+    Usage,
+    encoder,
+)
 
 
 class Tagged(msgspec.Struct, tag_field="type"):

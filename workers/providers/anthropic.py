@@ -21,7 +21,7 @@ from workers.providers.anthropic_translate import (
 )
 from workers.providers.anthropic_wire import request_encoder
 from workers.providers.http import UpstreamHTTP
-from workers.providers.sse import SSEParser
+from workers.providers.sse import SSEEvent, SSEParser
 
 
 class AnthropicMessages:
@@ -62,6 +62,31 @@ class AnthropicMessages:
                     if state.done:
                         return
         # No message_stop: a cut-off stream must not pass for a complete one.
+        raise UpstreamError(f"upstream {self.name} ended the stream early", retryable=True)
+
+    # ------------------------------------------------------------ /v1/messages relayed as received
+
+    def _beta(self, beta: str) -> dict[str, str]:
+        # The client's beta flags travel with the body that uses them: dropping one breaks the request.
+        return {"anthropic-beta": beta} if beta else {}
+
+    async def relay_messages(self, body: bytes, *, beta: str, deadline: float) -> bytes:
+        async with self._http.post("/v1/messages", body, deadline=deadline, headers=self._beta(beta)) as resp:
+            content = await resp.read()
+        if resp.status >= 400:
+            raise error_from_response(resp.status, content, resp.headers)
+        return content
+
+    async def relay_message_events(self, body: bytes, *, beta: str, deadline: float) -> AsyncIterator[SSEEvent]:
+        async with self._http.post("/v1/messages", body, deadline=deadline, headers=self._beta(beta)) as resp:
+            if resp.status >= 400:
+                raise error_from_response(resp.status, await resp.read(), resp.headers)
+            parser = SSEParser()
+            async for raw in resp.iter_chunks():
+                for event in parser.feed(raw):
+                    yield event
+                    if event.event == "message_stop":
+                        return
         raise UpstreamError(f"upstream {self.name} ended the stream early", retryable=True)
 
     async def aclose(self) -> None:

@@ -53,8 +53,10 @@ from broker.wire.messages import (
     ToolUseBlock,
     Turn,
     URLSource,
-    Usage as AnthropicUsage,
     finish_reason_of,
+)
+from broker.wire.messages import (
+    Usage as AnthropicUsage,
 )
 from workers.providers.anthropic_wire import error_decoder, response_decoder
 

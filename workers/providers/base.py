@@ -37,6 +37,7 @@ from broker.wire import (
     EmbeddingRequest,
     TextCompletion,
 )
+from workers.providers.sse import SSEEvent
 
 
 @runtime_checkable
@@ -71,4 +72,19 @@ class TextCompletionProvider(Protocol):
     async def complete_text(self, req: CompletionRequest, *, model: str, deadline: float) -> TextCompletion: ...
 
     def stream_text(self, req: CompletionRequest, *, model: str, deadline: float) -> AsyncIterator[TextCompletion]:
+        ...
+
+
+@runtime_checkable
+class MessagesProvider(Protocol):
+    """Anthropic's Messages API spoken natively: a /v1/messages job's body goes up as the client sent
+    it and the answer comes back as the upstream wrote it (workers/messages.py), so thinking
+    signatures, cache_control markers and beta features survive the trip."""
+
+    async def relay_messages(self, body: bytes, *, beta: str, deadline: float) -> bytes:
+        """The upstream's Message JSON for a non-streaming `body`, as received."""
+        ...
+
+    def relay_message_events(self, body: bytes, *, beta: str, deadline: float) -> AsyncIterator[SSEEvent]:
+        """The upstream's SSE events for a streaming `body`, as received, through `message_stop`."""
         ...

@@ -24,6 +24,8 @@ import aiohttp
 
 from broker.errors import UpstreamError, UpstreamTimeout
 
+_JSON = {"content-type": "application/json"}
+
 
 class UpstreamResponse:
     __slots__ = ("status", "headers", "_response")
@@ -70,13 +72,15 @@ class UpstreamHTTP:
                                      connect=min(self.connect_timeout_s, remaining))
 
     @asynccontextmanager
-    async def post(self, path: str, body: bytes, *, deadline: float) -> AsyncIterator[UpstreamResponse]:
-        """POST a JSON body; yields the response with its body still unread."""
+    async def post(self, path: str, body: bytes, *, deadline: float,
+                   headers: Mapping[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
+        """POST a JSON body (with this request's own `headers` beside the client's); yields the response
+        with its body still unread."""
         try:
             # No redirects: following one could carry our upstream key to another host.
             async with self._client().post(
                 self.base_url + path, data=body, timeout=self._timeout(deadline), allow_redirects=False,
-                headers={"content-type": "application/json"},
+                headers={"content-type": "application/json", **headers} if headers else _JSON,
             ) as response:
                 yield UpstreamResponse(response)
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
