@@ -20,9 +20,10 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import anthropic, cached, limits, request_ids, sse, unavailable
-from api.auth import Principal
+from api import cached, limits, request_ids, sse, unavailable
+from api.auth import Principal, credentials
 from api.decode import decode_body, read_body
+from api.dialects import dialect
 from api.metrics import SCOPE_KEY, Facts
 from api.state import BrokerState
 from broker.errors import BrokerError, InvalidRequest, RequestTimeout
@@ -39,8 +40,7 @@ from broker.wire.messages import MessagesRequest
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest)
-# How each inbound protocol writes a stream (broker/queue/payloads.py names a payload's dialect).
-_DIALECTS = {"openai": sse.OPENAI, "anthropic": anthropic.STREAM}
+
 
 PRIORITY_HEADER = "x-priority"
 TIMEOUT_HEADER = "x-request-timeout"
@@ -175,7 +175,7 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
         if not finished:  # the client may reconnect and resume it (broker/queue/job_events.py)
             state.cancel_job(job, grace_s=state.config.server.stream_resume_grace_s)
 
-    response = sse.stream_response(waiter, first, dialect=_DIALECTS[job.payload.dialect], keepalive_s=keepalive_s,
+    response = sse.stream_response(waiter, first, dialect=dialect(job.payload.dialect), keepalive_s=keepalive_s,
                                    deadline=job.deadline, timeout_message=timeout_message)
     response.on_close(on_close)
     if isinstance(first, Chunk):  # the stream's headers can say what served it only if it has started
@@ -240,22 +240,17 @@ def _plain(decoded: Any, body: bytes, request: Request) -> Payload:
     return payload_for(decoded)
 
 
-def _bearer(request: Request) -> str | None:
-    return request.headers.get("authorization")
-
-
-def endpoint(decoder: msgspec.json.Decoder[P], to_payload: Callable[[P, bytes, Request], Payload] = _plain, *,
-             credentials: Callable[[Request], str | None] = _bearer) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(decoder: msgspec.json.Decoder[P],
+             to_payload: Callable[[P, bytes, Request], Payload] = _plain) -> Callable[[Request], Awaitable[Response]]:
     """A route handler for a job-backed endpoint: authenticate, decode, route, run.
 
     `to_payload` makes the job's payload from the decoded body (and the raw one, and the request's
-    headers); `credentials` finds the client's key as an `Authorization` value. An inbound protocol
-    other than OpenAI's brings its own of both (api/routes/messages.py).
+    headers): an inbound protocol other than OpenAI's brings its own (api/routes/messages.py).
     """
 
     async def handle(request: Request) -> Response:
         state: BrokerState = request.app.state.broker
-        principal = state.auth.authenticate(credentials(request))
+        principal = state.auth.authenticate(credentials(request.headers))
         body = await read_body(request, state.config.server.max_body_bytes)
         payload = to_payload(decode_body(body, decoder), body, request)
         asynchronous = _prefers_async(request)

@@ -343,3 +343,22 @@ def test_a_budget_refuses_in_anthropics_shape(base_url: str) -> None:
     with pytest.raises(anthropic.RateLimitError) as caught:  # a dollar a token: over $1 before it starts
         broke.messages.create(model="priced", max_tokens=64, messages=[{"role": "user", "content": "hello there"}])
     assert caught.value.body["error"]["type"] == "rate_limit_error" and "budget" in caught.value.message
+
+
+@pytest.mark.parametrize("model", ["claude-direct", "gpt-translated"])
+def test_a_messages_stream_resumes_in_anthropics_framing_and_only_for_its_tenant(base_url: str, model: str) -> None:
+    headers = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"}
+    body = {"model": model, "max_tokens": 32, "stream": True, "messages": [{"role": "user", "content": "resume me"}]}
+    with httpx.stream("POST", f"{base_url}/messages", json=body, headers=headers, timeout=10) as answer:
+        request_id = answer.headers["x-request-id"]
+        live = events_of(answer.read().decode())
+    assert request_id.startswith("req_") and live[-1][0] == "message_stop"
+    replayed = httpx.get(f"{base_url}/jobs/{request_id}/events", headers=headers, timeout=10)
+    assert replayed.status_code == 200 and "[DONE]" not in replayed.text
+    assert [e for e in events_of(replayed.text) if e[0] != "ping"] == [e for e in live if e[0] != "ping"]
+    resumed = httpx.get(f"{base_url}/jobs/{request_id}/events", timeout=10,
+                        headers={**headers, "last-event-id": replayed.text.split("id: ")[2].split("\n")[0]})
+    assert [e for e in events_of(resumed.text) if e[0] != "ping"] == [e for e in live if e[0] != "ping"][2:]
+    other = {"x-api-key": TIGHT_KEY}
+    assert httpx.get(f"{base_url}/jobs/{request_id}/events", headers=other, timeout=10).status_code == 404
+    assert httpx.delete(f"{base_url}/jobs/{request_id}", headers=other, timeout=10).status_code == 404

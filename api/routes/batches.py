@@ -13,6 +13,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from api.auth import credentials
 from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker.batches import files
@@ -46,7 +47,7 @@ def _json(body: object) -> Response:
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
     state: BrokerState = request.app.state.broker
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     asked = decode_body(await read_body(request, 1 << 20), _create_decoder)
     if asked.endpoint not in batch_input.DECODERS:
         raise InvalidRequest(f"`endpoint` must be one of {', '.join(batch_input.DECODERS)}, got {asked.endpoint!r}.",
@@ -75,7 +76,7 @@ async def create_batch(request: Request) -> Response:
 
 
 async def _owned(state: BrokerState, request: Request, batch_id: str) -> batches.Loaded:
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     loaded = await batches.load(state.redis, state.keys, batch_id, principal.tenant_name)
     if loaded is None:
         raise _not_found(batch_id)
@@ -103,7 +104,7 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
 @router.get("/v1/batches")
 async def list_batches(request: Request) -> Response:
     state: BrokerState = request.app.state.broker
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     try:
         limit = int(request.query_params.get("limit", "20"))
     except ValueError:

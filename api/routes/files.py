@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
+from api.auth import credentials
 from api.state import BrokerState
 from broker.batches import files
 from broker.batches import input as batch_input
@@ -39,7 +40,7 @@ def _too_large(limit: int) -> BrokerError:
 
 
 async def _owned(state: BrokerState, request: Request, file_id: str) -> files.StoredFile:
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     stored = await files.load(state.redis, state.keys, file_id, principal.tenant_name)
     if stored is None:
         raise _not_found(file_id)
@@ -62,7 +63,7 @@ def _expiry_s(form_value: object, default_s: int) -> int:
 @router.post("/v1/files")
 async def upload(request: Request) -> Response:
     state: BrokerState = request.app.state.broker
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     limits = state.config.batches
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_file_bytes + 65536:
@@ -109,7 +110,7 @@ async def upload(request: Request) -> Response:
 @router.get("/v1/files")
 async def list_files(request: Request) -> Response:
     state: BrokerState = request.app.state.broker
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     query = request.query_params
     try:
         limit = int(query.get("limit", "10000"))

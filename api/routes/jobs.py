@@ -16,6 +16,8 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from api import sse, unavailable
+from api.auth import credentials
+from api.dialects import dialect
 from api.state import BrokerState
 from broker.errors import (
     BrokerError,
@@ -45,7 +47,7 @@ def _not_found(given: str) -> BrokerError:
 
 
 async def _found(state: BrokerState, request: Request, given: str) -> tuple[str, async_jobs.Found]:
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     job_id = _job_id(given)
     found = await async_jobs.load(state.redis, state.keys, job_id, principal.tenant_name)
     if found is None:
@@ -73,7 +75,7 @@ async def cancel_job(request: Request, job_id: str) -> Response:
 async def job_events_stream(request: Request, job_id: str) -> Response:
     """The job's SSE events after `Last-Event-ID` (all of them without it), then the live ones."""
     state: BrokerState = request.app.state.broker
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     given, job_id = job_id, _job_id(job_id)
     try:
         after = job_events.parse_event_id(request.headers.get("last-event-id"))
@@ -87,9 +89,11 @@ async def job_events_stream(request: Request, job_id: str) -> Response:
             raise InvalidRequest(f"Job {given!r} is not a stream: its result is at GET /v1/jobs/{job_id}.",
                                  param="id", code="not_a_stream")
         deadline, providers, owned = found.record.deadline, found.record.providers, False
+        framing = dialect(found.record.dialect)
     elif origin is not None and origin.tenant == principal.tenant_name:
         # A live request's stream: if this reader leaves too, the job is cancelled after the grace.
         deadline, providers, owned = origin.deadline, origin.providers, True
+        framing = dialect(origin.dialect)
     else:
         raise _not_found(given)
     if owned:
@@ -97,7 +101,7 @@ async def job_events_stream(request: Request, job_id: str) -> Response:
     def ended() -> None:
         response.finished = True
 
-    response = sse.EventStream(_events(state, job_id, after, deadline, ended))
+    response = sse.EventStream(_events(state, job_id, after, deadline, ended, framing))
 
     def on_close(finished: bool) -> None:
         if owned:
@@ -118,8 +122,9 @@ async def _detach(state: BrokerState, job_id: str, providers: list[str], deadlin
 
 
 async def _events(state: BrokerState, job_id: str, after: tuple[int, int] | None, deadline: float,
-                  ended: Callable[[], None]) -> AsyncIterator[bytes]:
-    """Replay from the job's event log, resuming after `after` = (attempt, index)."""
+                  ended: Callable[[], None], framing: sse.Dialect) -> AsyncIterator[bytes]:
+    """Replay from the job's event log, resuming after `after` = (attempt, index), in the stream's own
+    dialect (an Anthropic client resumes an Anthropic stream)."""
     keepalive_s = state.config.server.keepalive_interval_s
     attempt, index = (after[0], after[1] + 1) if after else (0, 0)  # index: of the next event to send
     sent = after is not None  # whether the client holds events of `attempt`
@@ -129,9 +134,9 @@ async def _events(state: BrokerState, job_id: str, after: tuple[int, int] | None
             match reply:
                 case None:
                     if time.time() > deadline + job_events.EXPIRY_MARGIN_S:
-                        yield sse.error_event(RequestTimeout("The job's stream ended without its last event."))
+                        yield framing.error_event(RequestTimeout("The job's stream ended without its last event."))
                         return
-                    yield sse.KEEPALIVE_AFTER_IDS
+                    yield framing.keepalive_after_ids
                     continue
                 case Chunk():
                     if reply.attempt < attempt:
@@ -140,22 +145,23 @@ async def _events(state: BrokerState, job_id: str, after: tuple[int, int] | None
                         if sent:
                             error = AttemptRestarted("the job was restarted after a worker failure and its "
                                                      "stream cannot be resumed").as_error()
-                            yield sse.error_event(error)
+                            yield framing.error_event(error)
                             return
                         attempt, seen = reply.attempt, 0
                     fresh = reply.events[max(index - seen, 0):]
                     if fresh:
-                        yield sse.frame_with_ids(fresh, attempt, seen + len(reply.events) - len(fresh))
+                        yield framing.frame_with_ids(fresh, attempt, seen + len(reply.events) - len(fresh))
                         sent = True
                     seen += len(reply.events)
                     index = max(index, seen)
                 case Final():
                     ended()
-                    yield sse.DONE
+                    if framing.done:
+                        yield framing.done
                     return
                 case Failed(error=info):
                     ended()
-                    yield sse.error_event(BrokerError.from_info(info))
+                    yield framing.error_event(BrokerError.from_info(info))
                     return
     except RedisError:  # past the first byte: the 503 the route would have answered, as an event
-        yield sse.error_event(unavailable.for_path(f"/v1/jobs/{job_id}/events"))
+        yield framing.error_event(unavailable.for_path(f"/v1/jobs/{job_id}/events"))

@@ -37,12 +37,7 @@ def _payload(decoded: MessagesRequest, body: bytes, request: Request) -> Message
     return MessagesPayload(to_chat(decoded), body, request.headers.get("anthropic-beta", ""))
 
 
-def _credentials(request: Request) -> str | None:
-    return credentials(request.headers)
-
-
-router.add_api_route("/v1/messages", dispatch.endpoint(messages_request_decoder, _payload, credentials=_credentials),
-                     methods=["POST"])
+router.add_api_route("/v1/messages", dispatch.endpoint(messages_request_decoder, _payload), methods=["POST"])
 
 
 @router.post("/v1/messages/count_tokens")

@@ -13,6 +13,7 @@ import datetime as dt
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from api.auth import credentials
 from api.state import BrokerState
 from broker.errors import InvalidRequest
 from broker.money import ledger
@@ -45,7 +46,7 @@ def _group_by(request: Request) -> list[ledger.GroupBy]:
 @router.get("/v1/usage")
 async def usage(request: Request) -> Response:
     state: BrokerState = request.app.state.broker
-    principal = state.auth.authenticate(request.headers.get("authorization"))
+    principal = state.auth.authenticate(credentials(request.headers))
     today = dt.datetime.now(dt.timezone.utc).date()
     end = _day(request, "end", today)
     start = _day(request, "start", end - dt.timedelta(days=DEFAULT_DAYS - 1))

@@ -41,6 +41,7 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     providers: list[str]  # every provider the job may run on: a cancellation reaches them all
     streams: bool
     lane: str
+    dialect: str = "openai"  # how its stream is framed (broker/queue/payloads.py); appended: array_like
 
 
 class JobView(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -63,7 +64,8 @@ _encoder = msgspec.msgpack.Encoder()
 
 def record_of(job: Job) -> Record:
     providers = list(dict.fromkeys([job.provider, *(t.provider for t in job.fallbacks)]))
-    return Record(job.tenant, job.model, job.created, job.deadline, providers, job.streams, job.lane)
+    return Record(job.tenant, job.model, job.created, job.deadline, providers, job.streams, job.lane,
+                  job.payload.dialect)
 
 
 async def submit(redis: Redis, keys: Keys, job: Job) -> JobView:

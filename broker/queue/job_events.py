@@ -46,11 +46,15 @@ class Origin(msgspec.Struct, frozen=True):
     tenant: str
     providers: list[str]
     deadline: float
+    dialect: str = "openai"  # how its events are framed (broker/queue/payloads.py)
 
 
 def _origin_fields(job: Job) -> dict[Any, Any]:
     providers = ",".join(dict.fromkeys([job.provider, *(t.provider for t in job.fallbacks)]))
-    return {"t": job.tenant, "p": providers, "d": repr(job.deadline)}
+    fields = {"t": job.tenant, "p": providers, "d": repr(job.deadline)}
+    if job.payload.dialect != "openai":  # the default: entries written before the field existed read as it
+        fields["f"] = job.payload.dialect
+    return fields
 
 
 def record(pipe: Pipeline, keys: Keys, job: Job, seq: int, encoded_chunk: bytes) -> None:
@@ -78,7 +82,8 @@ async def origin(redis: Redis, keys: Keys, job_id: str) -> Origin | None:
     if not first or b"t" not in first[0][1]:
         return None
     fields = first[0][1]
-    return Origin(fields[b"t"].decode(), fields[b"p"].decode().split(","), float(fields[b"d"]))
+    return Origin(fields[b"t"].decode(), fields[b"p"].decode().split(","), float(fields[b"d"]),
+                  fields.get(b"f", b"openai").decode())
 
 
 async def replies(redis: Redis, job_id: str, keys: Keys, *, wait_s: float) -> AsyncIterator[Reply | None]:
