@@ -35,11 +35,11 @@ from broker.queue.payloads import Payload, payload_for
 from broker.queue.replies import ReplyGap
 from broker.queue.streams import enqueue_first
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
-from broker.wire.messages import MessagesRequest
+from broker.wire.messages import CountTokensRequest, MessagesRequest
 
 log = logging.getLogger(__name__)
 
-P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest)
+P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest, CountTokensRequest)
 
 
 PRIORITY_HEADER = "x-priority"
@@ -265,7 +265,8 @@ def endpoint(decoder: msgspec.json.Decoder[P],
             headers[ROUTE_HEADER] = job.route
         answer = (lambda: submit(state, job)) if asynchronous else (lambda: run(state, request, job))
         # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
-        policy = state.cache.policy(job.model) if state.cache is not None and not asynchronous else None
+        policy = (state.cache.policy(job.model) if state.cache is not None and not asynchronous and job.payload.cacheable
+                  else None)
         try:
             if policy is None:
                 response = await limits.admitted(state, principal, job, answer)

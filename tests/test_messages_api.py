@@ -184,11 +184,18 @@ def test_the_beta_header_is_not_sent_to_a_translated_deployment(
 
 
 @pytest.mark.parametrize("model", ALL)
-def test_count_tokens_estimates_the_input(client: anthropic.Anthropic, model: str) -> None:
+def test_count_tokens_counts_on_anthropic_and_estimates_elsewhere(client: anthropic.Anthropic, model: str,
+                                                                  upstreams: dict[str, FakeServer]) -> None:
     short = client.messages.count_tokens(model=model, messages=[{"role": "user", "content": "hi"}])
     long = client.messages.count_tokens(model=model, system="You are terse. " * 50,
                                         messages=[{"role": "user", "content": "hi " * 400}])
     assert 0 < short.input_tokens < long.input_tokens
+    if model == "claude-direct":  # the upstream's own count (its fake's tokenizer: a word a token)...
+        assert (short.input_tokens, long.input_tokens) == (1, 3 * 50 + 400)
+        asked = upstreams[model].requests[-1]
+        assert asked.path == "/v1/messages/count_tokens" and asked.body["model"] == ANTHROPIC.models["chat"]
+    else:  # ...or admission's estimate, about four characters a token
+        assert long.input_tokens > 250
 
 
 def test_a_bearer_token_works_as_well_as_x_api_key(base_url: str) -> None:

@@ -21,6 +21,7 @@ from broker.queue.jobs import Job
 from broker.queue.payloads import (
     ChatPayload,
     CompletionPayload,
+    CountTokensPayload,
     EmbeddingPayload,
     MessagesPayload,
     Payload,
@@ -48,7 +49,7 @@ Outcome = tuple[bytes, Usage | None]
 
 
 Handler = Callable[[Provider, Job, Any, Emit, Meter], Awaitable[Outcome]]
-P = TypeVar("P", ChatPayload, CompletionPayload, EmbeddingPayload, MessagesPayload)
+P = TypeVar("P", ChatPayload, CompletionPayload, CountTokensPayload, EmbeddingPayload, MessagesPayload)
 # Payload type → its handler. A new endpoint registers its handler here with @handles.
 HANDLERS: dict[type[Payload], Handler] = {}
 
@@ -98,6 +99,12 @@ async def _serve_messages(provider: Provider, job: Job, payload: MessagesPayload
     if isinstance(provider, MessagesProvider):  # Anthropic itself: the client's bytes go up as they are
         return await messages.relay(provider, job, payload, emit, meter)
     return await messages.translated(provider, job, payload, emit, meter)
+
+
+@handles(CountTokensPayload)
+async def _serve_count_tokens(provider: Provider, job: Job, payload: CountTokensPayload, emit: Emit,
+                              meter: Meter) -> Outcome:
+    return await messages.count_tokens(provider, job, payload, meter)
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

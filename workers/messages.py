@@ -20,9 +20,10 @@ import msgspec
 from broker.inbound.messages import to_message
 from broker.inbound.messages_stream import MessagesStream
 from broker.queue.jobs import Job
-from broker.queue.payloads import MessagesPayload
+from broker.queue.payloads import CountTokensPayload, MessagesPayload
+from broker.routing.capabilities import estimate_tokens
 from broker.wire import Usage
-from broker.wire.messages import ErrorDetail
+from broker.wire.messages import ErrorDetail, TokenCount
 from broker.wire.messages import Usage as MessagesUsage
 from broker.wire.messages import encoder as messages_encoder
 from workers.meter import Meter
@@ -86,6 +87,16 @@ async def relay(provider: MessagesProvider, job: Job, payload: MessagesPayload, 
             meter.output_chars += len(parsed.delta.text) + len(parsed.delta.partial_json)
         emit(b"event: %s\ndata: %s\n\n" % ((event.event or parsed.type).encode(), data))
     return b"", meter.stamp(usage.to_chat())
+
+
+async def count_tokens(provider: Provider, job: Job, payload: CountTokensPayload, meter: Meter) -> Outcome:
+    """Anthropic counts with its own tokenizer; any other deployment gets admission's estimate. Nothing is
+    billed: the meter is told so, or the worker would charge the prompt's estimate of an unanswered call."""
+    meter.stamp(Usage(0, 0, 0))
+    if isinstance(provider, MessagesProvider):
+        body = with_model(payload.body, job.upstream_model)
+        return await provider.relay_count_tokens(body, beta=payload.beta, deadline=job.deadline), None
+    return messages_encoder.encode(TokenCount(estimate_tokens(payload.request))), None
 
 
 async def translated(provider: Provider, job: Job, payload: MessagesPayload, emit: Emit, meter: Meter) -> Outcome:

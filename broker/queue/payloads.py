@@ -21,7 +21,7 @@ import msgspec
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 # What the response cache stores and replays for a payload (broker/cache/replay.py).
-Kind = Literal["chat", "text", "embedding", "messages"]
+Kind = Literal["chat", "text", "embedding", "messages", "count_tokens"]
 # How its answer is written to the client: OpenAI's SSE (`data:` lines, `[DONE]`) or Anthropic's
 # (`event:` + `data:` per event, no terminator). The API frames a stream by it (api/sse.py).
 Dialect = Literal["openai", "anthropic"]
@@ -34,6 +34,7 @@ class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
     kind: ClassVar[Kind] = "chat"
     answer_prefix: ClassVar[str] = "chatcmpl"  # the answer id's prefix, as OpenAI's
     dialect: ClassVar[Dialect] = "openai"
+    cacheable: ClassVar[bool] = True  # the response cache stores and replays its kind (broker/cache/replay.py)
 
     @property
     def streams(self) -> bool:
@@ -51,6 +52,7 @@ class CompletionPayload(msgspec.Struct, tag="completion", array_like=True, froze
     kind: ClassVar[Kind] = "text"
     answer_prefix: ClassVar[str] = "cmpl"
     dialect: ClassVar[Dialect] = "openai"
+    cacheable: ClassVar[bool] = True
 
     @property
     def streams(self) -> bool:
@@ -68,6 +70,7 @@ class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=
     kind: ClassVar[Kind] = "embedding"
     answer_prefix: ClassVar[str] = ""  # an embeddings answer has no id
     dialect: ClassVar[Dialect] = "openai"
+    cacheable: ClassVar[bool] = True
     streams: ClassVar[bool] = False
     wants_usage_chunk: ClassVar[bool] = False
 
@@ -89,6 +92,7 @@ class MessagesPayload(msgspec.Struct, tag="messages", array_like=True, frozen=Tr
     kind: ClassVar[Kind] = "messages"
     answer_prefix: ClassVar[str] = "msg"
     dialect: ClassVar[Dialect] = "anthropic"
+    cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays OpenAI's shapes only
 
     @property
     def streams(self) -> bool:
@@ -99,7 +103,23 @@ class MessagesPayload(msgspec.Struct, tag="messages", array_like=True, frozen=Tr
         return False  # an Anthropic stream carries usage in message_start and message_delta
 
 
-Payload = ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload
+class CountTokensPayload(msgspec.Struct, tag="count_tokens", array_like=True, frozen=True):
+    """POST /v1/messages/count_tokens: the body as received, for an Anthropic deployment to count
+    (https://docs.anthropic.com/en/api/messages-count-tokens); `request`, its Chat form, for any other
+    to estimate by admission's rules. Never streamed, never billed."""
+
+    request: ChatRequest
+    body: bytes
+    beta: str = ""
+    kind: ClassVar[Kind] = "count_tokens"
+    answer_prefix: ClassVar[str] = ""
+    dialect: ClassVar[Dialect] = "anthropic"
+    cacheable: ClassVar[bool] = False
+    streams: ClassVar[bool] = False
+    wants_usage_chunk: ClassVar[bool] = False
+
+
+Payload = ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload | CountTokensPayload
 AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest
 
 PAYLOAD_OF: dict[type[AnyRequest], Callable[[Any], Payload]] = {

@@ -151,9 +151,14 @@ def plan(body: dict[str, Any]) -> Answer:
         blocks.append({"type": "text", "text": " ".join(words)})
         output_tokens = len(words)
     cached = "cache" in _system_text(body.get("system"))
+    return Answer(blocks, stop_reason, stop_sequence, input_tokens(body), output_tokens,
+                  100 if cached else 0, 20 if cached else 0)
+
+
+def input_tokens(body: dict[str, Any]) -> int:
+    """The fake's tokenizer: a word a token, over the turns and the system prompt."""
     prompt_words = sum(len(t.split()) for m in body["messages"] for t in _texts(m["content"]))
-    return Answer(blocks, stop_reason, stop_sequence, prompt_words + len(_system_text(body.get("system")).split()),
-                  output_tokens, 100 if cached else 0, 20 if cached else 0)
+    return prompt_words + len(_system_text(body.get("system")).split())
 
 
 # ---- answering ----
@@ -244,7 +249,23 @@ def create_app(*, api_key: str, anthropic_version: str = "2023-06-01") -> Starle
         return Response(_encoder.encode(message(body, answer)), headers={"request-id": _new_id("req_")},
                         media_type="application/json")
 
-    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    async def count_tokens(request: Request) -> Response:
+        """https://docs.anthropic.com/en/api/messages-count-tokens: the same body without max_tokens."""
+        raw = await request.body()
+        body = json.loads(raw)
+        requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers), body))
+        if request.headers.get("x-api-key") != api_key:
+            return error_response(401, "authentication_error", "invalid x-api-key")
+        try:
+            if "max_tokens" in body or "stream" in body:
+                raise Invalid(f"{'max_tokens' if 'max_tokens' in body else 'stream'}: Extra inputs are not permitted")
+            validate({**body, "max_tokens": 1})
+        except Invalid as exc:
+            return error_response(400, "invalid_request_error", str(exc))
+        return Response(_encoder.encode({"input_tokens": input_tokens(body)}), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]),
+                            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"])])
     app.state.requests = requests
     return app
 

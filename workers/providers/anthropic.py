@@ -71,7 +71,13 @@ class AnthropicMessages:
         return {"anthropic-beta": beta} if beta else {}
 
     async def relay_messages(self, body: bytes, *, beta: str, deadline: float) -> bytes:
-        async with self._http.post("/v1/messages", body, deadline=deadline, headers=self._beta(beta)) as resp:
+        return await self._relay("/v1/messages", body, beta, deadline)
+
+    async def relay_count_tokens(self, body: bytes, *, beta: str, deadline: float) -> bytes:
+        return await self._relay("/v1/messages/count_tokens", body, beta, deadline)
+
+    async def _relay(self, path: str, body: bytes, beta: str, deadline: float) -> bytes:
+        async with self._http.post(path, body, deadline=deadline, headers=self._beta(beta)) as resp:
             content = await resp.read()
         if resp.status >= 400:
             raise error_from_response(resp.status, content, resp.headers)

@@ -85,6 +85,10 @@ class MessagesProvider(Protocol):
         """The upstream's Message JSON for a non-streaming `body`, as received."""
         ...
 
+    async def relay_count_tokens(self, body: bytes, *, beta: str, deadline: float) -> bytes:
+        """The upstream's `{"input_tokens": N}` for a count_tokens `body`, as received."""
+        ...
+
     def relay_message_events(self, body: bytes, *, beta: str, deadline: float) -> AsyncIterator[SSEEvent]:
         """The upstream's SSE events for a streaming `body`, as received, through `message_stop`."""
         ...
