@@ -73,6 +73,11 @@ def test_enum_choices_vary_with_the_seed_and_repeat_with_it() -> None:
     {"type": "object", "minProperties": 2, "additionalProperties": {"type": "integer"}},
     {"type": "object", "properties": {"s": {"type": "string", "maxLength": 0}}},
     {"type": "object", "definitions": {"d": {"enum": [1, 2]}}, "properties": {"d": {"$ref": "#/definitions/d"}}},
+    # Strict mode's recursion: every field required, the recursive one nullable.
+    {"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}}, "required": ["next"],
+     "additionalProperties": False},
+    {"$ref": "#/$defs/node", "$defs": {"node": {"type": ["object", "null"], "required": ["next"],
+                                                "properties": {"next": {"$ref": "#/$defs/node"}}}}},
 ])
 def test_edge_schemas(schema: dict[str, Any]) -> None:
     for i in range(10):
