@@ -108,6 +108,22 @@ def test_a_batch_runs_every_line_and_keys_its_output_by_custom_id(client: openai
     assert output_file.purpose == "batch_output"
 
 
+def test_a_batch_reports_its_files_only_once_they_can_be_downloaded(client: openai.OpenAI) -> None:
+    lines = [chat_line("bad", "broken")] + [chat_line(f"held-{i}", "hold") for i in range(40)]  # 1 s each, 16 at once
+    uploaded = client.files.create(file=("held.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    until_some_completed(client, batch.id)  # both files have lines written now, neither is a file yet
+    running = client.batches.retrieve(batch.id)
+    listed = next(b for b in client.batches.list() if b.id == batch.id)
+    assert running.status == listed.status == "in_progress" and running.request_counts.failed == 1
+    assert (running.output_file_id, running.error_file_id, listed.output_file_id, listed.error_file_id) == (None,) * 4
+    done = wait_until(client, batch.id, "completed")
+    assert done.output_file_id and done.error_file_id
+    assert len(by_custom_id(client, done.output_file_id)) == 40
+    assert set(by_custom_id(client, done.error_file_id)) == {"bad"}
+
+
 def test_an_input_file_is_checked_line_by_line(client: openai.OpenAI) -> None:
     good = chat_line("a")
     cases = {

@@ -86,7 +86,7 @@ async def _owned(state: BrokerState, request: Request, batch_id: str) -> batches
 @router.get("/v1/batches/{batch_id}")
 async def get_batch(request: Request, batch_id: str) -> Response:
     loaded = await _owned(request.app.state.broker, request, batch_id)
-    return _json(batches.with_cancel(loaded.batch, loaded.fields))
+    return _json(batches.as_seen(loaded.batch, loaded.fields))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
@@ -94,11 +94,10 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
     """Cancelling → cancelled once the worker has stopped its lines; a batch that ended stays as it is."""
     state: BrokerState = request.app.state.broker
     loaded = await _owned(state, request, batch_id)
-    if loaded.batch.status in batches.ENDED:
-        return _json(loaded.batch)
-    await batches.ask_cancel(state.redis, state.keys, batch_id)
-    loaded = await _owned(state, request, batch_id)
-    return _json(batches.with_cancel(loaded.batch, loaded.fields))
+    if loaded.batch.status not in batches.ENDED:
+        await batches.ask_cancel(state.redis, state.keys, batch_id)
+        loaded = await _owned(state, request, batch_id)
+    return _json(batches.as_seen(loaded.batch, loaded.fields))
 
 
 @router.get("/v1/batches")

@@ -2,7 +2,8 @@
 kept in Redis.
 
     {ns}:batch:<id>   hash. `b`: the batch object (JSON), written by the API at creation and by
-                      the batch worker (broker/batches/runner.py) after that; `t`: the tenant;
+                      the batch worker (broker/batches/runner.py) after that, clients see it
+                      through `as_seen`; `t`: the tenant;
                       `cancel`: when the client asked to cancel it (the API writes only this
                       field, so it never races the worker's writes of `b`); the runner's cursor
                       and output offsets. Expires `batches.retention_days` after the batch ends.
@@ -84,12 +85,18 @@ def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
 
-def with_cancel(batch: Batch, fields: dict[bytes, bytes]) -> Batch:
-    """The batch as a client sees it: `cancelling` from the moment it asked, until the worker has ended it."""
+def as_seen(batch: Batch, fields: dict[bytes, bytes]) -> Batch:
+    """The batch as a client sees it: `cancelling` from the moment it asked, until the worker has ended it;
+    and no file ids until then. The runner names both output files when the batch starts and appends to
+    them uncommitted; they become files (or, empty, go) only as it ends, and OpenAI reports an id only
+    for a file there is (https://platform.openai.com/docs/api-reference/batch/object)."""
+    if batch.status in ENDED:
+        return batch
+    seen = msgspec.structs.replace(batch, output_file_id=None, error_file_id=None)
     asked = fields.get(b"cancel")
-    if asked is not None and batch.status in ("validating", "in_progress", "finalizing"):
-        return msgspec.structs.replace(batch, status="cancelling", cancelling_at=int(float(asked)))
-    return batch
+    if asked is not None:
+        return msgspec.structs.replace(seen, status="cancelling", cancelling_at=int(float(asked)))
+    return seen
 
 
 async def create(redis: Redis, keys: Keys, tenant: str, batch: Batch, retention_days: int, *, key: str | None) -> None:
@@ -144,7 +151,7 @@ async def page(redis: Redis, keys: Keys, tenant: str, *, after: str | None, limi
     for batch_id in ids:
         loaded = await load(redis, keys, batch_id, tenant)
         if loaded is not None:
-            found.append(with_cancel(loaded.batch, loaded.fields))
+            found.append(as_seen(loaded.batch, loaded.fields))
         if len(found) > limit:
             break
     data = found[:limit]

@@ -8,8 +8,14 @@ cuts the answer short with finish_reason "length"; `n` gives n choices.
 
 It also does what clients test against: a tool call when `tool_choice` forces
 one (arguments valid against the tool's JSON Schema: mock_schema.py), a JSON object
-in JSON mode, legacy completions, and embeddings (unit vectors from the text's
-hash, `dimensions` long, 16 by default).
+in JSON mode (`{"answer": <the words>}`), a document valid against the schema for
+structured outputs (the same generator, so `parse()` into a Pydantic model works),
+legacy completions, and embeddings (unit vectors from the text's hash,
+`dimensions` long, 16 by default). A JSON answer is emitted, and counted, a
+whitespace-separated piece per token; a structured one is as long as its schema
+makes it, and `max_tokens` cuts it short (finish_reason "length", the JSON left
+incomplete), as a real model's is: the case for which openai-python's `parse()`
+raises `LengthFinishReasonError` (src/openai/lib/_parsing/_completions.py).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -63,6 +70,11 @@ def prompt_text(req: ChatRequest) -> str:
     return "\n".join(m.text() for m in req.messages)
 
 
+def pieces(text: str) -> list[str]:
+    """`text` as the mock's tokens, each word with the whitespace before it: they join back to `text`."""
+    return re.findall(r"\s*\S+", text)
+
+
 def mock_words(prompt: str, count: int) -> list[str]:
     """`count` words chosen by a hash chain over the prompt: deterministic, prompt-dependent."""
     words: list[str] = []
@@ -81,6 +93,10 @@ def mock_vector(text: str, dimensions: int) -> list[float]:
         digest = hashlib.blake2b(digest, digest_size=64).digest()
     norm = math.sqrt(sum(x * x for x in raw[:dimensions])) or 1.0
     return [x / norm for x in raw[:dimensions]]
+
+
+def _seed(prompt: str, choice: int) -> str:
+    return prompt + (f"#{choice}" if choice else "")
 
 
 def _forced_tool(req: ChatRequest) -> tuple[str, dict[str, Any]] | None:
@@ -109,12 +125,28 @@ class MockProvider:
         configured = self.settings.tokens
         count = configured if limit is None else min(limit, configured)
         finish = "length" if limit is not None and limit < configured else "stop"
-        words = mock_words(prompt + (f"#{choice}" if choice else ""), count)
+        words = mock_words(_seed(prompt, choice), count)
         return [w if i == 0 else " " + w for i, w in enumerate(words)], finish
 
     def _chat_plans(self, req: ChatRequest) -> list[tuple[list[str], str]]:
+        """Each choice's content as tokens (JSON in the JSON modes), and its finish_reason."""
         n = req.n if isinstance(req.n, int) else 1
-        return [self._plan(prompt_text(req), req.output_limit(), i) for i in range(n)]
+        prompt, limit = prompt_text(req), req.output_limit()
+        asked = req.response_format if isinstance(req.response_format, dict) else {}
+        plans = []
+        for i in range(n):
+            tokens, finish = self._plan(prompt, limit, i)
+            match asked.get("type"):
+                case "json_object":
+                    tokens = pieces(json.dumps({"answer": "".join(tokens)}))
+                case "json_schema":
+                    spec = asked.get("json_schema")
+                    schema = spec.get("schema") if isinstance(spec, dict) else None
+                    tokens = pieces(json.dumps(sample(schema, _seed(prompt, i), VOCABULARY)))
+                    finish = "length" if limit is not None and limit < len(tokens) else "stop"
+                    tokens = tokens[:limit]
+            plans.append((tokens, finish))
+        return plans
 
     async def _delay(self, tokens: int) -> None:
         delay = self.settings.first_token_delay_s + self.settings.token_delay_s * max(tokens - 1, 0)
@@ -140,14 +172,8 @@ class MockProvider:
                 message = ResponseMessage(None, tool_calls=[self._tool_call(req, tool)])
                 choices.append(Choice(i, message, "tool_calls"))
             else:
-                choices.append(Choice(i, ResponseMessage(self._content(req, "".join(tokens))), finish))
+                choices.append(Choice(i, ResponseMessage("".join(tokens)), finish))
         return ChatCompletion("", int(time.time()), model, choices, self._usage(prompt_tokens(req), usage_out))
-
-    @staticmethod
-    def _content(req: ChatRequest, text: str) -> str:
-        wants_json = isinstance(req.response_format, dict) and req.response_format.get("type") in (
-            "json_object", "json_schema")
-        return json.dumps({"answer": text}) if wants_json else text
 
     @staticmethod
     def _usage(prompt: int, completion: int) -> Usage:
@@ -174,16 +200,13 @@ class MockProvider:
                 0, function=DeltaFunction(arguments=call.function.arguments))])) for i in range(n)])
             yield chunk([ChunkChoice(i, Delta(), "tool_calls") for i in range(n)])
         else:
-            if isinstance(req.response_format, dict) and req.response_format.get("type") in (
-                    "json_object", "json_schema"):
-                plans = [([self._content(req, "".join(tokens))], finish) for tokens, finish in plans]
             for position in range(max(len(tokens) for tokens, _ in plans)):
                 if position and self.settings.token_delay_s:
                     await asyncio.sleep(self.settings.token_delay_s)
                 yield chunk([ChunkChoice(i, Delta(content=tokens[position]))
                              for i, (tokens, _) in enumerate(plans) if position < len(tokens)])
             yield chunk([ChunkChoice(i, Delta(), finish) for i, (_, finish) in enumerate(plans)])
-        completion = sum(len(tokens) for tokens, _ in self._chat_plans(req))
+        completion = sum(len(tokens) for tokens, _ in plans)
         yield ChatChunk("", created, model, [], usage=self._usage(prompt_tokens(req), completion))
 
     # ---------------------------------------------------------------- legacy completions

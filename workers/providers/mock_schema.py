@@ -1,7 +1,9 @@
-"""Tool-call arguments for the mock: a value valid against the tool's JSON Schema, the same for the same seed.
+"""Tool-call arguments and structured outputs for the mock: a value valid against a JSON Schema
+(a tool's `parameters`, a `response_format`'s `json_schema.schema`), the same for the same seed.
 
-People test their tool-calling code against `llm-broker dev`, so the arguments
-must pass the validation their code does: enums and consts, every JSON type,
+People test their tool-calling and structured-output code against `llm-broker dev`
+(OpenAI's SDK parses the latter into their Pydantic model), so the values must
+pass the validation their code does: enums and consts, every JSON type,
 nested objects and arrays, required fields, numeric and length bounds,
 anyOf / oneOf / allOf, and `$ref` into `$defs`. Where there is a choice (which
 enum member, which word, which number) a hash chain over the seed decides, so a
@@ -47,7 +49,7 @@ class _Draws:
 
 
 def sample(schema: Any, seed: str, vocabulary: Sequence[str]) -> Any:
-    """A value valid against `schema` (a tool's `parameters`; absent means an empty object)."""
+    """A value valid against `schema` (absent means an empty object, as for a tool without `parameters`)."""
     if not isinstance(schema, dict) or not schema:
         return {}
     return _Sampler(schema, _Draws(seed, vocabulary)).value(schema, 0)
@@ -84,14 +86,17 @@ class _Sampler:
             return self.draws.pick(schema["enum"])
         for key in ("anyOf", "oneOf"):
             if isinstance(schema.get(key), list) and schema[key]:
-                # The first branch that is not just null. For oneOf that assumes the branches do not
-                # overlap (`integer` beside `number` would); tool schemas rarely make them.
-                branches = [b for b in schema[key] if self.resolve(b) != {"type": "null"}] or schema[key]
+                # The first branch that is not just null (null once deep: a strict schema makes every
+                # field required, an optional one nullable, so a recursive model ends only there). For
+                # oneOf that assumes the branches do not overlap (`integer` beside `number` would).
+                nulls = [b for b in schema[key] if self.resolve(b) == {"type": "null"}]
+                others = [b for b in schema[key] if b not in nulls]
+                branches = nulls if nulls and (depth >= MAX_DEPTH or not others) else others
                 rest = {k: v for k, v in schema.items() if k != key}
                 return self.value({**rest, **self.resolve(branches[0])} if rest else branches[0], depth)
         kind = schema.get("type")
         if isinstance(kind, list):
-            kind = next((k for k in kind if k != "null"), "null")
+            kind = "null" if "null" in kind and depth >= MAX_DEPTH else next((k for k in kind if k != "null"), "null")
         if kind is None:
             kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
         match kind:
