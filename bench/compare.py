@@ -1,7 +1,8 @@
 """Broker vs. the upstream alone vs. LiteLLM proxy, same fake upstream, same load.
 
-    python -m bench.compare                      # broker + direct (+ LiteLLM if installed)
+    python -m bench.compare                      # broker + direct (+ LiteLLM if installed), chat and /v1/messages
     python -m bench.compare --litellm-workers 1 2 --requests 5000
+    python -m bench.compare --no-messages        # chat only
 
 Starts the fake OpenAI upstream (tests/fakes/openai_upstream.py) in its own
 process, then `llm-broker api` + `llm-broker worker` processes on Redis
@@ -12,6 +13,16 @@ venv: `python3 -m venv /opt/litellm-venv && /opt/litellm-venv/bin/pip install
 Every target gets the same requests from bench/loadgen.py; the table shows
 throughput, latency, TTFT, the latency the broker adds over the direct call,
 and the broker/LiteLLM ratio. Redis memory before/after shows nothing is left.
+
+The /v1/messages case (Anthropic's Messages API inbound; off with --no-messages) adds the fake
+Anthropic upstream (tests/fakes/anthropic_upstream.py, its own process too) and measures
+  - relayed: the broker's /v1/messages to an Anthropic deployment (the body goes up as received),
+    against the Anthropic fake alone;
+  - translated: the broker's /v1/messages for the OpenAI fake's model (Messages -> Chat
+    Completions -> Messages in the worker), against the OpenAI fake alone and the broker's own chat.
+Both fakes stream the same number of content chunks (--chunks): Chat's `data:` deltas, Anthropic's
+`content_block_delta` events (https://docs.anthropic.com/en/docs/build-with-claude/streaming),
+whose first is the TTFT there.
 """
 
 from __future__ import annotations
@@ -29,13 +40,15 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.loadgen import LoadStats, run_load
+from bench.loadgen import Api, LoadStats, run_load
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_KEY = "sk-bench-broker"
 LITELLM_KEY = "sk-bench"
+ANTHROPIC_KEY = "sk-ant-bench-upstream"
+CLAUDE_MODEL = "claude-sonnet-4-20250514"  # what the Anthropic fake is asked for, by the broker or directly
 
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.Popen[bytes]:
@@ -73,14 +86,25 @@ def drop_namespace(r: redis.Redis, namespace: str) -> None:
         r.unlink(*keys[i:i + 1000])
 
 
-def measure(name: str, base_url: str, key: str, model: str, opts: argparse.Namespace) -> dict[str, LoadStats]:
+def measure(name: str, base_url: str, key: str, model: str, opts: argparse.Namespace,
+            api: Api = "chat") -> dict[str, LoadStats]:
     results = {}
     for mode, stream, total in (("non-stream", False, opts.requests), ("stream", True, opts.stream_requests)):
-        asyncio.run(run_load(base_url, key, model, concurrency=opts.concurrency, total=opts.warmup, stream=stream))
-        stats = asyncio.run(run_load(base_url, key, model, concurrency=opts.concurrency, total=total, stream=stream))
-        print(f"  {name:<22} {mode:<10} {stats.summary()}", flush=True)
+        asyncio.run(run_load(base_url, key, model, concurrency=opts.concurrency, total=opts.warmup, stream=stream,
+                             api=api))
+        stats = asyncio.run(run_load(base_url, key, model, concurrency=opts.concurrency, total=total, stream=stream,
+                                     api=api))
+        print(f"  {name:<30} {mode:<10} {stats.summary()}", flush=True)
         results[mode] = stats
     return results
+
+
+def added(b: LoadStats, d: LoadStats) -> str:
+    return f"p50 {b.latency_p50_ms - d.latency_p50_ms:+.1f} ms, p99 {b.latency_p99_ms - d.latency_p99_ms:+.1f} ms"
+
+
+def ttft(b: LoadStats, d: LoadStats, what: str) -> str:
+    return f"; TTFT p50 {b.ttft_p50_ms:.1f} ms ({what} {d.ttft_p50_ms:.1f}), p99 {b.ttft_p99_ms:.1f} ms"
 
 
 def litellm(opts: argparse.Namespace, upstream_url: str, workers: int, tmp: Path) -> dict[str, LoadStats] | None:
@@ -119,47 +143,73 @@ def main() -> None:
     parser.add_argument("--worker-procs", type=int, default=1, help="broker worker processes")
     parser.add_argument("--litellm-bin", default=os.environ.get("LITELLM_BIN", "/opt/litellm-venv/bin/litellm"))
     parser.add_argument("--litellm-workers", type=int, nargs="*", default=[1])
+    parser.add_argument("--messages", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure POST /v1/messages, relayed to an Anthropic fake and translated to chat")
     opts = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="llm-broker-bench-"))
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    upstream_port, api_port = free_port(), free_port()
+    upstream_port, api_port, anthropic_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+    anthropic_origin = f"http://127.0.0.1:{anthropic_port}"  # as https://api.anthropic.com: no /v1
+    providers = [f"  up: {{kind: openai, base_url: '{upstream_url}', api_key: fake, concurrency: 256}}\n"]
+    models = ["  fake-model: [{provider: up, model: fake-model}]\n"]
+    if opts.messages:
+        providers.append(f"  ant: {{kind: anthropic, base_url: '{anthropic_origin}', api_key: {ANTHROPIC_KEY}, "
+                         "concurrency: 256}\n")
+        models.append(f"  claude-bench: [{{provider: ant, model: {CLAUDE_MODEL}}}]\n")
     (tmp / "broker.yaml").write_text(
         f"redis_url: {redis_url}\nnamespace: {namespace}\n"
-        f"providers:\n  up: {{kind: openai, base_url: '{upstream_url}', api_key: fake, concurrency: 256}}\n"
-        "models:\n  fake-model: [{provider: up, model: fake-model}]\n"
+        f"providers:\n{''.join(providers)}models:\n{''.join(models)}"
         # Limits high enough never to bite, so every request pays for the rate-limit round trip.
         f"tenants:\n  bench: {{keys: ['{hash_key(BROKER_KEY)}'], rpm: 100000000, tpm: 100000000000, "
         "max_concurrent: 100000}\n"
     )
     r = redis.Redis.from_url(redis_url)
     memory_before = r.info("memory")["used_memory"]
-    print(f"fake upstream :{upstream_port} ({opts.chunks} chunks/stream), broker API :{api_port} "
-          f"({opts.api_workers} proc, {opts.worker_procs} worker proc), c={opts.concurrency}, logs in {tmp}")
+    print(f"fake upstream :{upstream_port} ({opts.chunks} chunks/stream), "
+          + (f"fake Anthropic upstream :{anthropic_port}, " if opts.messages else "")
+          + f"broker API :{api_port} ({opts.api_workers} proc, {opts.worker_procs} worker proc"
+          + (" per provider" if opts.messages else "") + f"), c={opts.concurrency}, logs in {tmp}")
 
-    procs = [start([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(upstream_port),
-                    "--chunks", str(opts.chunks)], tmp / "upstream.log")]
+    upstreams = [start([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(upstream_port),
+                        "--chunks", str(opts.chunks)], tmp / "upstream.log")]
+    if opts.messages:
+        upstreams.append(start([sys.executable, "-m", "tests.fakes.anthropic_upstream", "--port", str(anthropic_port),
+                                "--api-key", ANTHROPIC_KEY, "--chunks", str(opts.chunks)], tmp / "anthropic.log"))
+    broker_procs: list[subprocess.Popen[bytes]] = []
+    messages: dict[str, dict[str, LoadStats]] = {}
     try:
-        wait_ready(f"{upstream_url}/models", procs[0], 30)
-        procs += [start([sys.executable, "-m", "broker.cli", "worker", "--config", str(tmp / "broker.yaml"),
-                         "--provider", "up", "--log-level", "warning"], tmp / f"worker-{i}.log")
-                  for i in range(opts.worker_procs)]
-        procs.append(start([sys.executable, "-m", "broker.cli", "api", "--config", str(tmp / "broker.yaml"),
-                            "--host", "127.0.0.1", "--port", str(api_port), "--workers", str(opts.api_workers),
-                            "--log-level", "warning"], tmp / "api.log"))
-        wait_ready(f"http://127.0.0.1:{api_port}/v1/models", procs[-1], 60)
+        wait_ready(f"{upstream_url}/models", upstreams[0], 30)
+        if opts.messages:  # it only serves POST /v1/messages: a 405 to a GET says it is up
+            wait_ready(f"{anthropic_origin}/v1/messages", upstreams[1], 30)
+        broker_procs += [start([sys.executable, "-m", "broker.cli", "worker", "--config", str(tmp / "broker.yaml"),
+                                "--provider", provider, "--log-level", "warning"], tmp / f"worker-{provider}-{i}.log")
+                         for provider in (("up", "ant") if opts.messages else ("up",))
+                         for i in range(opts.worker_procs)]
+        broker_procs.append(start([sys.executable, "-m", "broker.cli", "api", "--config", str(tmp / "broker.yaml"),
+                                   "--host", "127.0.0.1", "--port", str(api_port), "--workers", str(opts.api_workers),
+                                   "--log-level", "warning"], tmp / "api.log"))
+        wait_ready(f"http://127.0.0.1:{api_port}/v1/models", broker_procs[-1], 60)
 
+        broker_url = f"http://127.0.0.1:{api_port}/v1"
         direct = measure("upstream direct", upstream_url, "fake", "fake-model", opts)
-        broker = measure("llm-broker", f"http://127.0.0.1:{api_port}/v1", BROKER_KEY, "fake-model", opts)
+        broker = measure("llm-broker", broker_url, BROKER_KEY, "fake-model", opts)
+        if opts.messages:
+            messages["direct"] = measure("messages: Anthropic direct", f"{anthropic_origin}/v1", ANTHROPIC_KEY,
+                                         CLAUDE_MODEL, opts, api="messages")
+            messages["relayed"] = measure("messages: broker relayed", broker_url, BROKER_KEY, "claude-bench", opts,
+                                          api="messages")
+            messages["translated"] = measure("messages: broker translated", broker_url, BROKER_KEY, "fake-model",
+                                             opts, api="messages")
         memory_after = r.info("memory")["used_memory"]
         leftover = sum(1 for _ in r.scan_iter(match=f"{namespace}:*", count=1000))
-        for proc in procs[1:]:
+        for proc in broker_procs + upstreams[1:]:
             stop(proc)
         theirs = {w: litellm(opts, upstream_url, w, tmp) for w in opts.litellm_workers}
     finally:
-        for proc in procs:
+        for proc in upstreams + broker_procs:
             stop(proc)
         drop_namespace(r, namespace)
 
@@ -167,15 +217,27 @@ def main() -> None:
     for mode in ("non-stream", "stream"):
         b, d = broker[mode], direct[mode]
         line = (f"  {mode:<10} broker {b.throughput_rps:7.1f} req/s vs upstream alone {d.throughput_rps:7.1f}; "
-                f"added latency p50 {b.latency_p50_ms - d.latency_p50_ms:+.1f} ms, p99 {b.latency_p99_ms - d.latency_p99_ms:+.1f} ms")
+                f"added latency {added(b, d)}")
         if mode == "stream":
-            line += f"; TTFT p50 {b.ttft_p50_ms:.1f} ms (upstream {d.ttft_p50_ms:.1f}), p99 {b.ttft_p99_ms:.1f} ms"
+            line += ttft(b, d, "upstream")
         print(line)
         for workers, stats in theirs.items():
             if stats:
                 s = stats[mode]
                 print(f"  {'':<10} LiteLLM ({workers}w) {s.throughput_rps:7.1f} req/s -> broker is "
                       f"{b.throughput_rps / s.throughput_rps:.1f}x")
+    if messages:
+        print("  /v1/messages (Anthropic Messages API in; chat's figures above)")
+        for mode in ("non-stream", "stream"):
+            rel, ant = messages["relayed"][mode], messages["direct"][mode]
+            tr, d, chat = messages["translated"][mode], direct[mode], broker[mode]
+            line = (f"  {mode:<10} relayed    {rel.throughput_rps:7.1f} req/s vs Anthropic upstream alone "
+                    f"{ant.throughput_rps:7.1f}; added latency {added(rel, ant)}")
+            print(line + (ttft(rel, ant, "upstream") if mode == "stream" else ""))
+            line = (f"  {'':<10} translated {tr.throughput_rps:7.1f} req/s vs OpenAI upstream alone "
+                    f"{d.throughput_rps:7.1f} (broker chat {chat.throughput_rps:.1f}); added latency {added(tr, d)}, "
+                    f"over broker chat {added(tr, chat)}")
+            print(line + (ttft(tr, d, "upstream") if mode == "stream" else ""))
     print(f"  Redis used_memory {memory_before / 1e6:.2f} MB before, {memory_after / 1e6:.2f} MB after; "
           f"{leftover} keys left in the broker's namespace (results expire after their TTL)")
 

@@ -1,4 +1,5 @@
-"""A light load generator for OpenAI-compatible `POST /chat/completions` endpoints.
+"""A light load generator for OpenAI-compatible `POST /chat/completions` endpoints, and for
+Anthropic's `POST /messages` (https://docs.anthropic.com/en/api/messages) with `--api messages`.
 
 The benchmark machine has two cores shared by the gateway, Redis, the fake upstream
 and this client, so every cycle spent here is stolen from what is measured. Hence a
@@ -7,8 +8,14 @@ openai SDK: one pre-built request, one keep-alive connection per concurrent work
 responses parsed in `data_received` (the worker wakes once per response, not once per
 read), and SSE handled by counting `data:` events rather than decoding JSON.
 
+Anthropic streams name every event (`event: content_block_delta` then its `data:`) and end with
+`event: message_stop` rather than `[DONE]`
+(https://docs.anthropic.com/en/docs/build-with-claude/streaming): there a chunk is a
+`content_block_delta` event, the TTFT is the first of them, and the ping, start/stop and
+message_delta events around them are not counted.
+
     python -m bench.loadgen --base-url http://127.0.0.1:8000/v1 --key sk-x \\
-        --model fake-model -c 64 -n 2000 [--stream]
+        --model fake-model -c 64 -n 2000 [--stream] [--api messages]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -29,9 +37,9 @@ class LoadStats(msgspec.Struct, kw_only=True):
     latency_p50_ms: float
     latency_p99_ms: float
     latency_p999_ms: float = 0.0
-    ttft_p50_ms: float | None = None  # streams only: time to the first `data:` event
+    ttft_p50_ms: float | None = None  # streams only: time to the first chunk (below)
     ttft_p99_ms: float | None = None
-    chunks_per_stream: float | None = None  # mean `data:` events before [DONE]
+    chunks_per_stream: float | None = None  # mean chunks: chat's `data:` events before [DONE], messages' content_block_delta
     client_cpu_s: float = 0.0  # this process's CPU: what the load generator cost the box
     error_samples: list[str] = []
 
@@ -61,12 +69,23 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def build_request(base_url: str, api_key: str, model: str, prompt: str, stream: bool) -> bytes:
+Api = Literal["chat", "messages"]
+ANTHROPIC_VERSION = "2023-06-01"
+MAX_TOKENS = 1024  # Messages requires max_tokens; ample for any fake's answer, so never the stop reason
+
+
+def build_request(base_url: str, api_key: str, model: str, prompt: str, stream: bool, api: Api = "chat") -> bytes:
     url = urlsplit(base_url)
-    body = msgspec.json.encode({"model": model, "stream": stream,
-                                "messages": [{"role": "user", "content": prompt}]})
-    head = (f"POST {url.path.rstrip('/')}/chat/completions HTTP/1.1\r\n"
-            f"Host: {url.netloc}\r\nAuthorization: Bearer {api_key}\r\n"
+    messages = [{"role": "user", "content": prompt}]
+    if api == "messages":
+        # As the Anthropic SDK sends it: key in x-api-key, the API version pinned by header.
+        body = msgspec.json.encode({"model": model, "max_tokens": MAX_TOKENS, "stream": stream, "messages": messages})
+        path, auth = "messages", f"x-api-key: {api_key}\r\nanthropic-version: {ANTHROPIC_VERSION}"
+    else:
+        body = msgspec.json.encode({"model": model, "stream": stream, "messages": messages})
+        path, auth = "chat/completions", f"Authorization: Bearer {api_key}"
+    head = (f"POST {url.path.rstrip('/')}/{path} HTTP/1.1\r\n"
+            f"Host: {url.netloc}\r\n{auth}\r\n"
             f"Content-Type: application/json\r\nAccept: */*\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
@@ -104,12 +123,14 @@ class _SSECounter:
     of the previous piece is kept so a marker split across two reads is still seen."""
 
     _EVENT, _DONE, _ERROR = b"\ndata:", b"\ndata: [DONE]", b'\ndata: {"error"'
+    _DONE_IS_EVENT = True  # [DONE] is a `data:` line too, but no chunk
 
     def __init__(self) -> None:
         self.tail = b"\n"  # the body starts at a line start
         self.events = 0  # including the [DONE] line until `done` is set
         self.done = False
         self.error: bytes | None = None
+        self._keep = max(len(self._EVENT), len(self._DONE), len(self._ERROR)) - 1
 
     def feed(self, data: bytes) -> None:
         seen = self.tail + data
@@ -118,18 +139,28 @@ class _SSECounter:
             self.error = seen[at + 1:at + 200]
         if not self.done and self._DONE in seen:
             self.done = True
-            self.events -= 1
-        self.tail = seen[-(len(self._ERROR) - 1):]
+            self.events -= self._DONE_IS_EVENT
+        self.tail = seen[-self._keep:]
+
+
+class _MessagesSSECounter(_SSECounter):
+    """The same scan over Anthropic's named events: a chunk is a `content_block_delta`, the
+    stream ends at `message_stop`, and a failure after the 200 is an `event: error`
+    (https://docs.anthropic.com/en/docs/build-with-claude/streaming)."""
+
+    _EVENT, _DONE, _ERROR = b"\nevent: content_block_delta", b"\nevent: message_stop", b"\nevent: error"
+    _DONE_IS_EVENT = False
 
 
 class _Exchange:
     """One response, parsed as bytes arrive in `data_received`. The waiting worker is
     woken once, when `done` resolves, instead of once per socket read."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: bool, api: Api = "chat") -> None:
         self.done: asyncio.Future[None] = loop.create_future()
         self.start = time.perf_counter()
         self.stream = stream
+        self.api = api
         self.head = b""
         self.status = 0
         self.keep_alive = True
@@ -178,7 +209,7 @@ class _Exchange:
             elif name == b"connection" and value == b"close":
                 self.keep_alive = False
         if self.stream and self.status == 200:
-            self.sse = _SSECounter()
+            self.sse = _MessagesSSECounter() if self.api == "messages" else _SSECounter()
 
     def result(self) -> _Result:
         latency_s = time.perf_counter() - self.start
@@ -186,13 +217,15 @@ class _Exchange:
         if self.status != 200:
             raise BadResponse(f"HTTP {self.status}: {body[:200]!r}")
         if self.sse is None:
-            if b'"choices"' not in body:
-                raise BadResponse(f"no choices: {body[:200]!r}")
+            expected = b'"content"' if self.api == "messages" else b'"choices"'  # a Message / a ChatCompletion
+            if expected not in body:
+                raise BadResponse(f"no {expected.decode()}: {body[:200]!r}")
             return _Result(latency_s)
         if self.sse.error is not None:
             raise BadResponse(f"stream error: {self.sse.error!r}")
         if not self.sse.done:
-            raise BadResponse(f"stream ended without [DONE] after {self.sse.events} events")
+            end = "message_stop" if self.api == "messages" else "[DONE]"
+            raise BadResponse(f"stream ended without {end} after {self.sse.events} events")
         return _Result(latency_s, self.ttft_s, self.sse.events)
 
 
@@ -221,10 +254,10 @@ class _Connection(asyncio.Protocol):
         else:
             ex.done.set_exception(ConnectionResetError("connection closed mid-response"))
 
-    async def send(self, request: bytes, stream: bool, timeout_s: float) -> _Result:
+    async def send(self, request: bytes, stream: bool, timeout_s: float, api: Api = "chat") -> _Result:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        self.exchange = ex = _Exchange(loop, stream)
+        self.exchange = ex = _Exchange(loop, stream, api)
         transport = self.transport
 
         def expire() -> None:
@@ -243,12 +276,13 @@ class _Connection(asyncio.Protocol):
 
 async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int, total: int,
                    stream: bool, prompt: str = "hello", duration_s: float | None = None,
-                   timeout_s: float = 60.0) -> LoadStats:
+                   timeout_s: float = 60.0, api: Api = "chat") -> LoadStats:
     """Runs `total` requests (or until `duration_s` passes, whichever is first) over
-    `concurrency` keep-alive connections and returns what was measured."""
+    `concurrency` keep-alive connections and returns what was measured. `api` picks the
+    endpoint under `base_url`: "chat" (/chat/completions) or "messages" (Anthropic's /messages)."""
     url = urlsplit(base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
-    request = build_request(base_url, api_key, model, prompt, stream)
+    request = build_request(base_url, api_key, model, prompt, stream, api)
     results: list[_Result] = []
     errors: list[str] = []
     remaining = total
@@ -264,7 +298,7 @@ async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int,
             try:
                 if conn is None or conn.closed:
                     _, conn = await loop.create_connection(_Connection, host, port)
-                results.append(await conn.send(request, stream, timeout_s))
+                results.append(await conn.send(request, stream, timeout_s, api))
                 if conn.exchange and not conn.exchange.keep_alive:
                     conn.transport.close()  # type: ignore[union-attr]
                     conn = None
@@ -294,7 +328,7 @@ async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="load an OpenAI-compatible chat endpoint")
+    p = argparse.ArgumentParser(description="load an OpenAI-compatible chat endpoint or Anthropic's /messages")
     p.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--key", default="sk-none")
     p.add_argument("--model", default="fake-model")
@@ -302,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-n", "--total", type=int, default=2000)
     p.add_argument("-d", "--duration-s", type=float, default=None)
     p.add_argument("--stream", action="store_true")
+    p.add_argument("--api", choices=("chat", "messages"), default="chat",
+                   help="chat: POST {base-url}/chat/completions; messages: POST {base-url}/messages, Anthropic-style")
     p.add_argument("--prompt", default="hello")
     p.add_argument("--timeout-s", type=float, default=60.0, help="per request")
     p.add_argument("--warmup", type=int, default=0, help="requests run first and not counted")
@@ -311,11 +347,11 @@ def main(argv: list[str] | None = None) -> None:
     async def go() -> LoadStats:
         if args.warmup:
             await run_load(args.base_url, args.key, args.model, concurrency=args.concurrency,
-                           total=args.warmup, stream=args.stream, prompt=args.prompt)
+                           total=args.warmup, stream=args.stream, prompt=args.prompt, api=args.api)
         return await run_load(args.base_url, args.key, args.model,
                               concurrency=args.concurrency, total=args.total,
                               stream=args.stream, prompt=args.prompt,
-                              duration_s=args.duration_s, timeout_s=args.timeout_s)
+                              duration_s=args.duration_s, timeout_s=args.timeout_s, api=args.api)
 
     try:
         import uvloop  # cheaper event loop: the client must stay out of the measurement

@@ -20,18 +20,27 @@ mentioning "cache" reports cache read/creation tokens.
 The model name injects failures:
     overloaded 529 overloaded_error · rate-limited 429 + retry-after · bad 400 · server-error 500
     midstream-error   200, some text, then `event: error` (overloaded_error), no message_stop
+
+Run standalone (the benchmark does, in its own process, as it runs openai_upstream.py):
+    python -m tests.fakes.anthropic_upstream --port 9200 --api-key fake --chunks 20 --workers 1
+`--chunks N` makes the plain-text answer "tok0 tok1 … tok<N-1>", streamed one word per
+content_block_delta, as the OpenAI fake's `--chunks` does: the same amount of streaming on both
+sides of a comparison, whatever the prompt. Every request check stays on.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import itertools
 import json
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,6 +52,7 @@ from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 CITIES = ("Paris", "Tokyo")
 _ids = itertools.count()
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
 
 
 def _new_id(prefix: str) -> str:
@@ -109,7 +119,7 @@ class Answer(msgspec.Struct):
     cache_write: int
 
 
-def plan(body: dict[str, Any]) -> Answer:
+def plan(body: dict[str, Any], chunks: int | None = None) -> Answer:
     last = body["messages"][-1]
     prompt = " ".join(_texts(last["content"])) if last["role"] == "user" else ""
     last_blocks = last["content"] if isinstance(last["content"], list) else []
@@ -142,6 +152,8 @@ def plan(body: dict[str, Any]) -> Answer:
         else:
             images = sum(1 for b in last_blocks if b.get("type") == "image")
             text = (f"I see {images} image(s). " if images else "") + f"You said: {prompt}"
+            if chunks:  # the benchmark's fixed answer (see the module's docstring)
+                text = " ".join(f"tok{i}" for i in range(chunks))
         for seq in body.get("stop_sequences") or []:
             if seq in text:
                 text, stop_reason, stop_sequence = text[:text.index(seq)], "stop_sequence", seq
@@ -182,7 +194,16 @@ def fragments(text: str, size: int) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
-async def events(body: dict[str, Any], answer: Answer, *, fail_midway: bool = False) -> AsyncIterator[bytes]:
+_WORD = re.compile(r" ?[^ ]+| +")
+
+
+def words(text: str) -> list[str]:
+    """One piece per word, its leading space kept: "tok0 tok1" → "tok0", " tok1" (--chunks N streams N)."""
+    return _WORD.findall(text)
+
+
+async def events(body: dict[str, Any], answer: Answer, *, fail_midway: bool = False,
+                 split: Callable[[str], list[str]] = lambda text: fragments(text, 6)) -> AsyncIterator[bytes]:
     start = message(body, answer)
     start.update(content=[], stop_reason=None, stop_sequence=None)
     start["usage"] = {**start["usage"], "output_tokens": 1}
@@ -190,7 +211,7 @@ async def events(body: dict[str, Any], answer: Answer, *, fail_midway: bool = Fa
     for index, block in enumerate(answer.blocks):
         if block["type"] == "text":
             yield sse("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
-            pieces = [{"type": "text_delta", "text": w} for w in fragments(block["text"], 6)]
+            pieces = [{"type": "text_delta", "text": w} for w in split(block["text"])]
         elif block["type"] == "thinking":  # the signature comes whole, just before the block's stop
             yield sse("content_block_start", {"index": index, "content_block": {"type": "thinking", "thinking": "",
                                                                                  "signature": ""}})
@@ -215,14 +236,16 @@ async def events(body: dict[str, Any], answer: Answer, *, fail_midway: bool = Fa
     yield sse("message_stop", {})
 
 
-def create_app(*, api_key: str, anthropic_version: str = "2023-06-01") -> Starlette:
+def create_app(*, api_key: str, anthropic_version: str = "2023-06-01", chunks: int | None = None) -> Starlette:
+    """`chunks`: answer plain prompts with that many words (the benchmark's cheap fixed answer)."""
+    split = words if chunks else (lambda text: fragments(text, 6))
     requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
 
     async def messages(request: Request) -> Response:
         raw = await request.body()
         try:
-            body = json.loads(raw)
-        except ValueError:
+            body = _decoder.decode(raw)  # msgspec: a cheaper decode than json's, and the same dicts
+        except msgspec.DecodeError:
             body = None
         requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers), body))
         given = request.headers.get("x-api-key")
@@ -241,9 +264,9 @@ def create_app(*, api_key: str, anthropic_version: str = "2023-06-01") -> Starle
         if injected := INJECTED.get(body["model"]):
             status, kind, text, headers = injected
             return error_response(status, kind, text, headers)
-        answer = plan(body)
+        answer = plan(body, chunks)
         if body.get("stream"):
-            return EventStream(events(body, answer, fail_midway=body["model"] == "midstream-error"))
+            return EventStream(events(body, answer, fail_midway=body["model"] == "midstream-error", split=split))
         if body["model"] == "midstream-error":
             return error_response(500, "api_error", "Internal server error")
         return Response(_encoder.encode(message(body, answer)), headers={"request-id": _new_id("req_")},
@@ -277,3 +300,34 @@ def anthropic_server(*, api_key: str) -> FakeServer:
     origin, `http://127.0.0.1:{port}`, as for https://api.anthropic.com.
     """
     return FakeServer(create_app(api_key=api_key))
+
+
+# ---- running it standalone ----
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory for multi-worker runs: each worker process rebuilds the app from the environment."""
+    chunks = int(os.environ.get("FAKE_ANTHROPIC_CHUNKS", "0")) or None
+    return create_app(api_key=os.environ.get("FAKE_ANTHROPIC_API_KEY", "fake"), chunks=chunks)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9200)
+    parser.add_argument("--api-key", default="fake", help="the x-api-key it demands (always checked, as by the API)")
+    parser.add_argument("--chunks", type=int, default=0, help="answer plain prompts with N words, one per delta "
+                        "(0: echo the prompt, as the tests see it)")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    # Passed by environment so that every worker process (spawned) sees the same settings.
+    os.environ["FAKE_ANTHROPIC_API_KEY"] = args.api_key
+    os.environ["FAKE_ANTHROPIC_CHUNKS"] = str(args.chunks)
+    # The cheap serving path, as openai_upstream.py's: uvloop + httptools, no access log, no lifespan.
+    uvicorn.run("tests.fakes.anthropic_upstream:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+                lifespan="off")
+
+
+if __name__ == "__main__":
+    main()
