@@ -132,7 +132,7 @@ def input_item(raw: object, where: str) -> InputItem:
     if isinstance(raw, _ITEM_TYPES):
         return raw
     if not isinstance(raw, dict):
-        raise ValueError(f"`{where}`: expected an object")
+        raise TypeError(f"`{where}`: expected an object")
     kind = raw.get("type") or ("message" if "role" in raw else "item_reference")
     if not isinstance(kind, str) or kind not in _TAGS:
         raise ValueError(f"`{where}.type`: this model reads items of type {', '.join(sorted(_TAGS))}, "

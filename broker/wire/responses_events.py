@@ -20,89 +20,68 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True):
     sequence_number: int = 0  # set by the stream that sends the event, as it sends it
 
 
-class ResponseCreated(Event, tag="response.created"):
-    response: Response
+class Lifecycle(Event):
+    response: Response  # the whole Response as it stands
 
 
-class ResponseInProgress(Event, tag="response.in_progress"):
-    response: Response
+class ResponseCreated(Lifecycle, tag="response.created"): ...
+class ResponseInProgress(Lifecycle, tag="response.in_progress"): ...
+class ResponseCompleted(Lifecycle, tag="response.completed"): ...
+class ResponseIncomplete(Lifecycle, tag="response.incomplete"): ...
+class ResponseFailed(Lifecycle, tag="response.failed"): ...
 
 
-class ResponseCompleted(Event, tag="response.completed"):
-    response: Response
-
-
-class ResponseIncomplete(Event, tag="response.incomplete"):
-    response: Response
-
-
-class ResponseFailed(Event, tag="response.failed"):
-    response: Response
-
-
-class OutputItemAdded(Event, tag="response.output_item.added"):
+class ItemEvent(Event):
     output_index: int
     item: OutputItem
 
 
-class OutputItemDone(Event, tag="response.output_item.done"):
-    output_index: int
-    item: OutputItem
+class OutputItemAdded(ItemEvent, tag="response.output_item.added"): ...
+class OutputItemDone(ItemEvent, tag="response.output_item.done"): ...
 
 
-class ContentPartAdded(Event, tag="response.content_part.added"):
+class InItem(Event):
+    """An event about part of an item: which item, by id and by position in `output`."""
+
     item_id: str
     output_index: int
+
+
+class InPart(InItem):
     content_index: int
+
+
+class ContentPartAdded(InPart, tag="response.content_part.added"):
     part: OutputPart
 
 
-class ContentPartDone(Event, tag="response.content_part.done"):
-    item_id: str
-    output_index: int
-    content_index: int
+class ContentPartDone(InPart, tag="response.content_part.done"):
     part: OutputPart
 
 
-class OutputTextDelta(Event, tag="response.output_text.delta"):
-    item_id: str
-    output_index: int
-    content_index: int
+class OutputTextDelta(InPart, tag="response.output_text.delta"):
     delta: str
     logprobs: list[dict[str, Any]] = []  # required by the SDK's type, even empty
 
 
-class OutputTextDone(Event, tag="response.output_text.done"):
-    item_id: str
-    output_index: int
-    content_index: int
+class OutputTextDone(InPart, tag="response.output_text.done"):
     text: str
     logprobs: list[dict[str, Any]] = []
 
 
-class RefusalDelta(Event, tag="response.refusal.delta"):
-    item_id: str
-    output_index: int
-    content_index: int
+class RefusalDelta(InPart, tag="response.refusal.delta"):
     delta: str
 
 
-class RefusalDone(Event, tag="response.refusal.done"):
-    item_id: str
-    output_index: int
-    content_index: int
+class RefusalDone(InPart, tag="response.refusal.done"):
     refusal: str
 
 
-class FunctionCallArgumentsDelta(Event, tag="response.function_call_arguments.delta"):
-    item_id: str
-    output_index: int
+class FunctionCallArgumentsDelta(InItem, tag="response.function_call_arguments.delta"):
     delta: str
 
 
-class FunctionCallArgumentsDone(Event, tag="response.function_call_arguments.done"):
-    item_id: str
-    output_index: int
+class FunctionCallArgumentsDone(InItem, tag="response.function_call_arguments.done"):
     name: str  # in the API reference's event, if not (yet) in every SDK's type
     arguments: str
 
