@@ -25,8 +25,20 @@ from broker.errors import InvalidRequest
 from broker.inbound.responses import to_chat
 from broker.inbound.responses_output import to_response
 from broker.inbound.responses_stream import ResponsesStream
-from broker.wire import ChatChunk, ChatCompletion, Usage, chat_request_decoder, json_encoder
-from broker.wire.responses import FunctionCallItem, ResponsesRequest, encoder, responses_request_decoder
+from broker.wire import (
+    ChatChunk,
+    ChatCompletion,
+    Usage,
+    chat_request_decoder,
+    json_encoder,
+)
+from broker.wire.responses import (
+    FunctionCallItem,
+    ResponsesRequest,
+    encoder,
+    responses_request_decoder,
+)
+from tests.chat_answers import TEXT_THEN_PARALLEL_CALLS, call, chunk, completion, events
 
 FIXTURES = Path(__file__).parent / "fixtures" / "responses"
 
@@ -41,12 +53,6 @@ def request(body: dict[str, Any]) -> ResponsesRequest:
 
 def chat(body: dict[str, Any], history: Any = ()) -> Any:
     return json.loads(json_encoder.encode(to_chat(request(body), history)))
-
-
-def completion(message: dict[str, Any], finish_reason: str | None = "stop", usage: Any = None) -> ChatCompletion:
-    body = {"id": "c", "created": 1, "model": "up", "usage": msgspec.to_builtins(usage),
-            "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"content": None, **message}}]}
-    return msgspec.json.decode(json.dumps(body), type=ChatCompletion)
 
 
 def client(handler: Callable[[httpx2.Request], httpx2.Response]) -> openai.OpenAI:
@@ -76,39 +82,11 @@ def unparsed(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: unparsed(v) for k, v in value.items() if k not in ("parsed", "parsed_arguments")}
     return [unparsed(v) for v in value] if isinstance(value, list) else value
-
-
-def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, usage: dict[str, Any] | None = None,
-          ) -> ChatChunk:
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-    return msgspec.json.decode(json.dumps({"id": "c", "created": 1, "model": "up", "choices": choices,
-                                           "usage": usage}), type=ChatChunk)
-
-
-def call(index: int, id: str | None = None, name: str | None = None, arguments: str = "") -> dict[str, Any]:
-    fragment: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
-    if id is not None:
-        fragment.update(id=id, type="function")
-        fragment["function"]["name"] = name
-    return {"tool_calls": [fragment]}
-
-
 def streamed(chunks: list[ChatChunk], usage: Usage | None = None, body: dict[str, Any] | None = None,
              ) -> tuple[ResponsesStream, list[bytes]]:
     stream = ResponsesStream(request(body or {}), "resp_s1", 1760000000)
     frames = stream.start() + [f for c in chunks for f in stream.on_chunk(c)] + stream.finish(usage, completed_at=1760000009)
     return stream, frames
-
-
-def events(frames: list[bytes]) -> list[dict[str, Any]]:
-    """Each frame is one event whose `event:` line names its JSON's type."""
-    out = []
-    for frame in frames:
-        name, data = frame.removesuffix(b"\n\n").split(b"\n")
-        payload = json.loads(data.removeprefix(b"data: "))
-        assert name == b"event: " + payload["type"].encode()
-        out.append(payload)
-    return out
 
 
 # ---------------------------------------------------------------- request
@@ -293,17 +271,6 @@ def test_function_call_round_trip_replays_the_sdks_output_items_as_input() -> No
 
 # ---------------------------------------------------------------- stream
 
-TEXT_THEN_PARALLEL_CALLS = [
-    chunk({"role": "assistant", "content": ""}),
-    chunk({"content": "Checking "}), chunk({"content": "both."}),
-    chunk(call(0, "call_1", "get_weather", "")), chunk(call(0, arguments='{"city":')),
-    chunk(call(1, "call_2", "get_weather", '{"ci')),  # the second call starts before the first is done
-    chunk(call(0, arguments=' "Paris"}')), chunk(call(1, arguments='ty": "Tokyo"}')),
-    chunk({}, "tool_calls"),
-    chunk(usage={"prompt_tokens": 500, "completion_tokens": 30, "total_tokens": 530,
-                 "prompt_tokens_details": {"cached_tokens": 100}}),
-]
-
 
 @pytest.mark.parametrize("slice_size", [None, 1, 7])
 def test_the_sdk_rebuilds_text_and_parallel_tool_calls_from_our_stream(slice_size: int | None) -> None:
@@ -349,6 +316,7 @@ def test_a_stream_cut_at_max_output_tokens_ends_incomplete() -> None:
     stream, frames = streamed([chunk({"content": "Once upon"}), chunk({}, "length")], body={"max_output_tokens": 2})
     got = events(frames)
     assert got[-1]["type"] == "response.incomplete" and got[-2]["item"]["status"] == "incomplete"
+    assert got[-1]["response"] == json.loads(encoder.encode(stream.response))
     assert got[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     assert got[-1]["response"]["completed_at"] is None and got[-1]["response"]["max_output_tokens"] == 2
     openai.types.responses.Response.model_validate(got[-1]["response"])
@@ -367,7 +335,7 @@ def test_a_refusal_streams_as_its_own_part() -> None:
 
 def test_a_server_that_numbers_every_call_zero_and_sends_no_ids() -> None:
     chunks = [chunk(call(0, "a", "f", "{}")), chunk(call(0, "b", "g", "{}")), chunk({}, "stop")]
-    stream, frames = streamed(chunks, Usage(prompt_tokens=10, completion_tokens=3, total_tokens=13))
+    _, frames = streamed(chunks, Usage(prompt_tokens=10, completion_tokens=3, total_tokens=13))
     final = sdk_stream(frames)[1]
     assert [(o.name, o.call_id) for o in final.output] == [("f", "a"), ("g", "b")]
     assert final.usage is not None and final.usage.total_tokens == 13
