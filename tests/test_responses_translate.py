@@ -34,6 +34,7 @@ from broker.wire import (
 )
 from broker.wire.responses import (
     FunctionCallItem,
+    Response,
     ResponsesRequest,
     encoder,
     responses_request_decoder,
@@ -179,11 +180,14 @@ def test_an_item_that_cannot_be_read_names_its_path_first_where_the_api_reads_it
         responses_request_decoder.decode(json.dumps({"model": "m", "input": [{"role": "user", "content": "x"}, item]}))
 
 
-def test_items_survive_the_jobs_msgpack() -> None:
-    req = fixture("request_agents_sdk_turn.json")["responses"]
-    decoded = responses_request_decoder.decode(json.dumps(req))
-    again = msgspec.msgpack.decode(msgspec.msgpack.encode(decoded), type=ResponsesRequest)
-    assert again == decoded and isinstance(again.items()[3], FunctionCallItem)
+def test_requests_and_responses_survive_msgpack_as_jobs_and_the_store_keep_them() -> None:
+    req = responses_request_decoder.decode(json.dumps(fixture("request_agents_sdk_turn.json")["responses"]))
+    again = msgspec.msgpack.decode(msgspec.msgpack.encode(req), type=ResponsesRequest)
+    assert again == req and isinstance(again.items()[3], FunctionCallItem)
+    case = fixture("response_text_and_tool_calls.json")
+    out = to_response(msgspec.json.decode(json.dumps(case["chat"]), type=ChatCompletion), req, response_id="r",
+                      created_at=1)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(out), type=Response) == out
 
 
 # ---------------------------------------------------------------- response

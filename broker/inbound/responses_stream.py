@@ -111,8 +111,9 @@ class ResponsesStream:
             return []
         out = self.start()
         self._ended = True
-        for item in self.response.output:
-            item.status = item.status if self._closed else "incomplete"
+        if not self._closed:  # items still open never finished
+            for item in self.response.output:
+                item.status = "incomplete"
         self.response.status, self.response.error = "failed", ResponseError(error_code, message)
         error = error_event(error_code, message, sequence_number=self._next(), error_type=error_type)
         return [*out, error, self._emit(ResponseFailed(response=self.response))]
