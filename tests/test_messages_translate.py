@@ -19,7 +19,15 @@ import msgspec
 import pytest
 
 from broker.errors import InvalidRequest
-from broker.wire import ChatChunk, ChatCompletion, Usage, chat_request_decoder, json_encoder
+from broker.inbound.messages import to_chat, to_message
+from broker.inbound.messages_stream import MessagesStream
+from broker.wire import (
+    ChatChunk,
+    ChatCompletion,
+    Usage,
+    chat_request_decoder,
+    json_encoder,
+)
 from broker.wire.messages import (
     encoder,
     finish_reason_of,
@@ -28,8 +36,7 @@ from broker.wire.messages import (
     stop_reason_of,
 )
 from broker.wire.messages_events import error_event
-from broker.inbound.messages import to_chat, to_message
-from broker.inbound.messages_stream import MessagesStream
+from tests.chat_answers import TEXT_THEN_PARALLEL_CALLS, call, chunk, completion, events
 
 FIXTURES = Path(__file__).parent / "fixtures" / "messages"
 USER = [{"role": "user", "content": "hi"}]
@@ -42,12 +49,6 @@ def fixture(name: str) -> Any:
 def chat(body: dict[str, Any]) -> Any:
     req = messages_request_decoder.decode(json.dumps({"model": "m", "max_tokens": 100, **body}))
     return json.loads(json_encoder.encode(to_chat(req)))
-
-
-def completion(message: dict[str, Any], finish_reason: str | None = "stop", usage: Any = None) -> ChatCompletion:
-    body = {"id": "c", "created": 1, "model": "up", "usage": usage,
-            "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"content": None, **message}}]}
-    return msgspec.json.decode(json.dumps(body), type=ChatCompletion)
 
 
 def sdk_read(events: list[bytes], *, slice_size: int | None = None) -> anthropic.types.Message:
@@ -65,37 +66,9 @@ def sdk_read(events: list[bytes], *, slice_size: int | None = None) -> anthropic
                                  http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
     with client.messages.stream(model="m", max_tokens=100, messages=[{"role": "user", "content": "x"}]) as stream:
         return stream.get_final_message()
-
-
-def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, usage: dict[str, Any] | None = None,
-          ) -> ChatChunk:
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-    body = {"id": "c", "created": 1, "model": "up", "choices": choices, "usage": usage}
-    return msgspec.json.decode(json.dumps(body), type=ChatChunk)
-
-
-def call(index: int, id: str | None = None, name: str | None = None, arguments: str = "") -> dict[str, Any]:
-    fragment: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
-    if id is not None:
-        fragment.update(id=id, type="function")
-        fragment["function"]["name"] = name
-    return {"tool_calls": [fragment]}
-
-
 def run(chunks: list[ChatChunk], usage: Usage | None = None) -> list[bytes]:
     stream = MessagesStream("claude-alias", "msg_01ABC")
     return [event for c in chunks for event in stream.on_chunk(c)] + stream.finish(usage)
-
-
-def events(frames: list[bytes]) -> list[dict[str, Any]]:
-    """Each frame is one event whose `event:` line names its JSON's type."""
-    out = []
-    for frame in frames:
-        name, data = frame.removesuffix(b"\n\n").split(b"\n")
-        payload = json.loads(data.removeprefix(b"data: "))
-        assert name == b"event: " + payload["type"].encode()
-        out.append(payload)
-    return out
 
 
 # ---------------------------------------------------------------- request
@@ -227,17 +200,6 @@ def test_tool_calls_finished_with_stop_and_refusals_say_what_happened() -> None:
 
 
 # ---------------------------------------------------------------- stream
-
-TEXT_THEN_PARALLEL_CALLS = [
-    chunk({"role": "assistant", "content": ""}),
-    chunk({"content": "Checking "}), chunk({"content": "both."}),
-    chunk(call(0, "call_1", "get_weather", "")), chunk(call(0, arguments='{"city":')),
-    chunk(call(1, "call_2", "get_weather", '{"ci')),  # the second call starts before the first is done
-    chunk(call(0, arguments=' "Paris"}')), chunk(call(1, arguments='ty": "Tokyo"}')),
-    chunk({}, "tool_calls"),
-    chunk(usage={"prompt_tokens": 500, "completion_tokens": 30, "total_tokens": 530,
-                 "prompt_tokens_details": {"cached_tokens": 100}}),
-]
 
 
 @pytest.mark.parametrize("slice_size", [None, 1, 7])

@@ -45,7 +45,7 @@ class Price(NamedTuple):
     def cost_nanos(self, usage: Usage) -> int:
         """The cost of `usage` in nano-dollars. Cached prompt tokens (counted inside prompt_tokens,
         as OpenAI reports them; the adapters translate the others to that) at the cached price."""
-        cached = min(cached_tokens(usage), usage.prompt_tokens)
+        cached = min(usage.prompt_detail("cached_tokens"), usage.prompt_tokens)
         micro_usd_x1000 = ((usage.prompt_tokens - cached) * self.input + cached * self.cached_input
                            + usage.completion_tokens * self.output)
         return round(micro_usd_x1000 * 1000)  # tokens x USD/Mtok = µUSD; x 1000 = nano-dollars
@@ -185,15 +185,9 @@ def charge(price: Price | None, usage: Usage | None, *, prompt_estimate: int, ou
         estimated = True
     else:
         estimated = False
-    cached = min(cached_tokens(usage), usage.prompt_tokens)
+    cached = min(usage.prompt_detail("cached_tokens"), usage.prompt_tokens)
     return Charge(usage.prompt_tokens, usage.completion_tokens, cached,
                   None if price is None else price.cost_nanos(usage), estimated)
-
-
-def cached_tokens(usage: Usage) -> int:
-    details = usage.prompt_tokens_details
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return cached if isinstance(cached, int) and cached > 0 else 0
 
 
 def usd(nanos: int) -> float:

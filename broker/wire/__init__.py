@@ -3,8 +3,8 @@
 Shared by api and workers. Inbound bodies are lenient (unknown fields are
 ignored) but validated where read; optional fields default to UNSET so
 re-encoding forwards exactly what the client sent. Each module names the API reference it follows.
-Anthropic's Messages API (messages.py) is imported by its module name, not re-exported: its
-Message, Usage and Tool are other things than Chat's.
+Anthropic's Messages API (messages.py) and OpenAI's Responses API (responses.py) are imported by
+their module names, not re-exported: their Message, Usage, Tool... are other things than Chat's.
 """
 
 from broker.wire.chat import *  # noqa: F401,F403

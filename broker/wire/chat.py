@@ -188,6 +188,20 @@ class Usage(msgspec.Struct, omit_defaults=True):
     completion_tokens_details: dict[str, Any] | None | UnsetType = UNSET
     cost: float | None | UnsetType = UNSET  # USD, set by the broker (broker/money/pricing.py), OpenRouter's field
 
+    def prompt_detail(self, name: str) -> int:
+        """A count from `prompt_tokens_details` (`cached_tokens`, `cache_write_tokens`), 0 if absent:
+        the details are passed through from upstreams, so anything but a positive int reads as none."""
+        return _positive(self.prompt_tokens_details, name)
+
+    def completion_detail(self, name: str) -> int:
+        """A count from `completion_tokens_details` (`reasoning_tokens`, ...), 0 if absent."""
+        return _positive(self.completion_tokens_details, name)
+
+
+def _positive(details: object, name: str) -> int:
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
 
 class ResponseMessage(msgspec.Struct):
     content: str | None

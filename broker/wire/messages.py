@@ -273,15 +273,10 @@ class Usage(msgspec.Struct, omit_defaults=True):
     @classmethod
     def from_chat(cls, usage: ChatUsage) -> Usage:
         """The inverse of `to_chat`: cached and cache-write tokens come out of `input_tokens`."""
-        details = usage.prompt_tokens_details if isinstance(usage.prompt_tokens_details, dict) else {}
-        cache_read, cache_write = _count(details.get("cached_tokens")), _count(details.get("cache_write_tokens"))
+        cache_read, cache_write = usage.prompt_detail("cached_tokens"), usage.prompt_detail("cache_write_tokens")
         return cls(input_tokens=max(usage.prompt_tokens - cache_read - cache_write, 0),
                    output_tokens=usage.completion_tokens,
                    cache_creation_input_tokens=cache_write, cache_read_input_tokens=cache_read)
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 ResponseBlock = TextBlock | ToolUseBlock | ThinkingBlock | RedactedThinkingBlock
