@@ -15,21 +15,17 @@ from typing import Any
 
 import anthropic
 import httpx
-import openai
 import pytest
 
-from broker.config import hash_key
+from tests import backends
+from tests.backends import ALL, BROKE_KEY, MODELS, TIGHT_KEY, chat_text
 from tests.fakes.anthropic_rules import sign
 from tests.fakes.server import FakeServer
 from tests.harness import TEST_KEY
-from tests.providers import ANTHROPIC, GEMINI, OPENAI
+from tests.providers import ANTHROPIC
 from tests.stacks import StackFactory
 
-MODELS = {"claude-direct": ANTHROPIC, "gpt-translated": OPENAI, "gemini-translated": GEMINI}
-ALL = [*MODELS, "mock-translated"]
 FAKES = list(MODELS)
-TIGHT_KEY, BROKE_KEY = "sk-tight-tenant-0001", "sk-broke-tenant-0001"
-DOLLAR_A_TOKEN = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 1_000_000.0}
 CLAUDE_CODE = json.loads((Path(__file__).parent / "fixtures" / "messages" / "request_claude_code_turns.json")
                          .read_text())["messages"]
 WEATHER = {"name": "get_weather", "description": "Current weather for a city",
@@ -38,34 +34,13 @@ WEATHER = {"name": "get_weather", "description": "Current weather for a city",
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[dict[str, FakeServer]]:
-    servers = {model: case.serve() for model, case in MODELS.items()}
-    for server in servers.values():
-        server.start()
-    yield servers
-    for server in servers.values():
-        server.stop()
+    with backends.upstreams() as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")
 def base_url(module_stack_factory: StackFactory, upstreams: dict[str, FakeServer]) -> str:
-    providers: dict[str, Any] = {"mock": {"kind": "mock"}}
-    models: dict[str, Any] = {"mock-translated": [{"provider": "mock", "model": "mock-chat"}]}
-    for model, case in MODELS.items():
-        providers[case.name] = {"kind": case.name, "base_url": case.base_url(upstreams[model]), "api_key": case.key}
-        models[model] = [{"provider": case.name, "model": case.models["chat"]}]
-    models["claude-limited"] = [{"provider": ANTHROPIC.name, "model": "rate-limited"}]
-    models["claude-dies"] = [{"provider": ANTHROPIC.name, "model": "midstream-error"}]
-    models["gpt-dies"] = [{"provider": OPENAI.name, "model": "midstream-error"}]
-    # Failover before the first event, from a relayed deployment to a translated one and back.
-    models["claude-then-gpt"] = [{"provider": ANTHROPIC.name, "model": "overloaded"},
-                                 {"provider": OPENAI.name, "model": OPENAI.models["chat"]}]
-    models["gpt-then-claude"] = [{"provider": OPENAI.name, "model": "fail-503"},
-                                 {"provider": ANTHROPIC.name, "model": ANTHROPIC.models["chat"]}]
-    models["priced"] = [{"provider": OPENAI.name, "model": OPENAI.models["chat"] + "@priced", **DOLLAR_A_TOKEN}]
-    tenants = {"test": {"keys": [hash_key(TEST_KEY)]},
-               "tight": {"keys": [hash_key(TIGHT_KEY)], "rpm": 1},
-               "broke": {"keys": [hash_key(BROKE_KEY)], "daily_budget_usd": 1}}
-    return module_stack_factory(providers, models, tenants=tenants).up("mock", *(c.name for c in MODELS.values()))
+    return backends.stack(module_stack_factory, upstreams).base_url
 
 
 @pytest.fixture
@@ -75,14 +50,6 @@ def client(base_url: str) -> anthropic.Anthropic:
 
 def text_of(message: anthropic.types.Message) -> str:
     return "".join(block.text for block in message.content if block.type == "text")
-
-
-def chat_text(base_url: str, model: str, prompt: str, **options: Any) -> str:
-    """What the same model answers the same prompt on /v1/chat/completions: the upstreams (and the
-    mock) answer deterministically, so a faithful translation gives the same text."""
-    chat = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
-    reply = chat.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], **options)
-    return reply.choices[0].message.content or ""
 
 
 @pytest.mark.parametrize("model", ALL)
