@@ -14,7 +14,7 @@ keep-alives are `ping` events, which the SDK skips; an error after the 200 is `e
 
 from __future__ import annotations
 
-from api.sse import Dialect
+from api.sse import Dialect, frame_blocks_with_ids
 from broker.errors import BrokerError
 from broker.wire.messages import ErrorDetail, ErrorResponse, encoder
 from broker.wire.messages_events import Ping, encode_event, error_event
@@ -47,15 +47,9 @@ def error_body(err: BrokerError, request_id: str | None) -> bytes:
     return encoder.encode(ErrorResponse(detail, request_id=request_id) if request_id else ErrorResponse(detail))
 
 
-def _frame_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes:
-    # Each event is a whole `event:` + `data:` block already (workers/messages.py); an `id:` line
-    # may go first in a block (the SSE spec reads a block's fields in any order).
-    return b"".join(b"id: %d.%d\n%s" % (attempt, first_index + i, event) for i, event in enumerate(events))
-
-
 def _error_event(err: BrokerError) -> bytes:
     return error_event(error_type(status_of(err)), err.message)
 
 
 PING = encode_event(Ping())
-STREAM = Dialect(_frame_with_ids, b"", _error_event, PING, PING)
+STREAM = Dialect(frame_blocks_with_ids, b"", _error_event, PING, PING)

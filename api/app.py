@@ -31,6 +31,7 @@ from api.routes import (
     jobs,
     messages,
     models,
+    responses,
     status,
     usage,
 )
@@ -126,6 +127,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(messages.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(usage.router)
     app.include_router(jobs.router)

@@ -36,10 +36,12 @@ from broker.queue.replies import ReplyGap
 from broker.queue.streams import enqueue_first
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
 from broker.wire.messages import CountTokensRequest, MessagesRequest
+from broker.wire.responses import ResponsesRequest
 
 log = logging.getLogger(__name__)
 
-P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest, CountTokensRequest)
+P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest, CountTokensRequest,
+            ResponsesRequest)
 
 
 PRIORITY_HEADER = "x-priority"
@@ -123,7 +125,13 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
         raise limits.NotQueued(refused) from None
 
 
-async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | None = None) -> Response:
+# What an inbound protocol does with a job's final body before its client gets it (api/responses_store.py
+# stores a Response there, so that it is readable the moment its client sees it complete).
+Finalize = Callable[[BrokerState, Principal, Job, bytes], Awaitable[bytes]]
+
+
+async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | None = None,
+              finalize: Callable[[Job, bytes], Awaitable[bytes]] | None = None) -> Response:
     """Enqueue the job and answer with its result: a JSON body, or an SSE stream (`tap` sees its replies)."""
     waiter = state.replies.open(job.id, abandon=lambda: state.cancel_job(job))
     waiter.tap = tap
@@ -155,6 +163,8 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
             state.replies.close(job.id)
         match reply:
             case Final(body=body):
+                if finalize is not None:
+                    body = await finalize(job, body)
                 if reply.usage is not None and (facts := request.scope.get(SCOPE_KEY)) is not None:
                     facts.tokens = reply.usage.total_tokens
                 return Response(body, media_type="application/json", headers=_served(reply))
@@ -175,7 +185,9 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
         if not finished:  # the client may reconnect and resume it (broker/queue/job_events.py)
             state.cancel_job(job, grace_s=state.config.server.stream_resume_grace_s)
 
-    response = sse.stream_response(waiter, first, dialect=dialect(job.payload.dialect), keepalive_s=keepalive_s,
+    response = sse.stream_response(waiter, first, dialect=dialect(job.payload.dialect),
+                                   finalize=(lambda body: finalize(job, body)) if finalize else None,
+                                   keepalive_s=keepalive_s,
                                    deadline=job.deadline, timeout_message=timeout_message)
     response.on_close(on_close)
     if isinstance(first, Chunk):  # the stream's headers can say what served it only if it has started
@@ -235,13 +247,14 @@ def _served(reply: Chunk | Final) -> dict[str, str]:
     return served
 
 
-def _plain(decoded: Any, body: bytes, request: Request) -> Payload:
+async def _plain(decoded: Any, body: bytes, request: Request, principal: Principal) -> Payload:
     """The payload of an OpenAI request (a type payload_for knows: the routes that use this default)."""
     return payload_for(decoded)
 
 
 def endpoint(decoder: msgspec.json.Decoder[P],
-             to_payload: Callable[[P, bytes, Request], Payload] = _plain) -> Callable[[Request], Awaitable[Response]]:
+             to_payload: Callable[[P, bytes, Request, Principal], Awaitable[Payload]] = _plain,
+             finalize: Finalize | None = None) -> Callable[[Request], Awaitable[Response]]:
     """A route handler for a job-backed endpoint: authenticate, decode, route, run.
 
     `to_payload` makes the job's payload from the decoded body (and the raw one, and the request's
@@ -252,7 +265,7 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         state: BrokerState = request.app.state.broker
         principal = state.auth.authenticate(credentials(request.headers))
         body = await read_body(request, state.config.server.max_body_bytes)
-        payload = to_payload(decode_body(body, decoder), body, request)
+        payload = await to_payload(decode_body(body, decoder), body, request, principal)
         asynchronous = _prefers_async(request)
         job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
         # For its metrics and log line (api/metrics.py); a passthrough model is not a label.
@@ -263,7 +276,8 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         log_context.bind(headers[request_ids.REQUEST_ID], job.client_request_id)
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
-        answer = (lambda: submit(state, job)) if asynchronous else (lambda: run(state, request, job))
+        done = (lambda job, body: finalize(state, principal, job, body)) if finalize is not None else None
+        answer = (lambda: submit(state, job)) if asynchronous else (lambda: run(state, request, job, None, done))
         # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
         policy = (state.cache.policy(job.model) if state.cache is not None and not asynchronous and job.payload.cacheable
                   else None)
@@ -273,7 +287,7 @@ def endpoint(decoder: msgspec.json.Decoder[P],
             else:
                 response = await cached.respond(state, request, job, policy, stream_timings(state, request),
                                                 lambda tap: limits.admitted(
-                                                    state, principal, job, lambda: run(state, request, job, tap)))
+                                                    state, principal, job, lambda: run(state, request, job, tap, done)))
         except BrokerError as exc:
             exc.headers.update(headers)
             raise

@@ -15,7 +15,7 @@ stream at /v1/jobs/{id}/events (broker/queue/job_events.py).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
 from fastapi.responses import StreamingResponse
@@ -42,6 +42,13 @@ def frame_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes
     """Events with their `id: <attempt>.<index>` lines, which a client resumes from (broker/queue/job_events.py)."""
     return b"".join(b"id: %d.%d\ndata: %s\n\n" % (attempt, first_index + i, event)
                     for i, event in enumerate(events))
+
+
+def frame_blocks_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes:
+    """Whole event blocks (`event:` + `data:`, as the workers of the Anthropic and Responses dialects
+    emit them) with their resume ids: an `id:` line may open a block, whose fields the SSE spec reads
+    in any order."""
+    return b"".join(b"id: %d.%d\n%s" % (attempt, first_index + i, event) for i, event in enumerate(events))
 
 
 def error_event(err: BrokerError) -> bytes:
@@ -111,6 +118,7 @@ def stream_response(
     first: Reply | None,
     *,
     dialect: Dialect = OPENAI,
+    finalize: Callable[[bytes], Awaitable[bytes]] | None = None,
     keepalive_s: float,
     deadline: float,
     timeout_message: str,
@@ -131,8 +139,10 @@ def stream_response(
                         attempt, index = reply.attempt, 0
                     yield dialect.frame_with_ids(chunks, attempt, index)
                     keepalive, index = dialect.keepalive_after_ids, index + len(chunks)
-                case Final():
+                case Final(body=body):
                     response.finished = True
+                    if body:  # a stream's last events, held back by the worker until its answer is kept
+                        yield await finalize(body) if finalize is not None else body
                     if dialect.done:
                         yield dialect.done
                     return

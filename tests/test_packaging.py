@@ -18,7 +18,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("api", "broker", "workers")
 # Distribution name → the module it provides, where they differ.
-MODULE_OF = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
+MODULE_OF = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "openai-agents": "agents"}
 # Imported modules that a declared dependency brings and pins: FastAPI its starlette (a second
 # requirement could only disagree with FastAPI's pin), uvicorn[standard] uvloop.
 BROUGHT_BY = {"starlette": "fastapi", "uvloop": "uvicorn"}

@@ -25,6 +25,7 @@ from broker.queue.payloads import (
     EmbeddingPayload,
     MessagesPayload,
     Payload,
+    ResponsesPayload,
 )
 from broker.wire import (
     ChatChunk,
@@ -39,7 +40,7 @@ from broker.wire import (
     encode_embedding,
     json_encoder,
 )
-from workers import messages
+from workers import messages, responses
 from workers.meter import Meter
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
 from workers.providers.base import MessagesProvider
@@ -49,7 +50,8 @@ Outcome = tuple[bytes, Usage | None]
 
 
 Handler = Callable[[Provider, Job, Any, Emit, Meter], Awaitable[Outcome]]
-P = TypeVar("P", ChatPayload, CompletionPayload, CountTokensPayload, EmbeddingPayload, MessagesPayload)
+P = TypeVar("P", ChatPayload, CompletionPayload, CountTokensPayload, EmbeddingPayload, MessagesPayload,
+            ResponsesPayload)
 # Payload type → its handler. A new endpoint registers its handler here with @handles.
 HANDLERS: dict[type[Payload], Handler] = {}
 
@@ -105,6 +107,12 @@ async def _serve_messages(provider: Provider, job: Job, payload: MessagesPayload
 async def _serve_count_tokens(provider: Provider, job: Job, payload: CountTokensPayload, emit: Emit,
                               meter: Meter) -> Outcome:
     return await messages.count_tokens(provider, job, payload, meter)
+
+
+@handles(ResponsesPayload)
+async def _serve_responses(provider: Provider, job: Job, payload: ResponsesPayload, emit: Emit,
+                           meter: Meter) -> Outcome:
+    return await responses.serve(provider, job, payload, emit, meter)
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

@@ -154,8 +154,10 @@ async def _events(state: BrokerState, job_id: str, after: tuple[int, int] | None
                         sent = True
                     seen += len(reply.events)
                     index = max(index, seen)
-                case Final():
+                case Final(body=body):
                     ended()
+                    if body:  # a stream's last events, held back by the worker (api/sse.py)
+                        yield body
                     if framing.done:
                         yield framing.done
                     return

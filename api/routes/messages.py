@@ -15,6 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api import dispatch
+from api.auth import Principal
 from broker.inbound.messages import to_chat
 from broker.queue.payloads import CountTokensPayload, MessagesPayload
 from broker.wire.messages import (
@@ -27,14 +28,15 @@ from broker.wire.messages import (
 router = APIRouter()
 
 
-def _payload(decoded: MessagesRequest, body: bytes, request: Request) -> MessagesPayload:
+async def _payload(decoded: MessagesRequest, body: bytes, request: Request, principal: Principal) -> MessagesPayload:
     return MessagesPayload(to_chat(decoded), body, request.headers.get("anthropic-beta", ""))
 
 
 router.add_api_route("/v1/messages", dispatch.endpoint(messages_request_decoder, _payload), methods=["POST"])
 
 
-def _count_payload(decoded: CountTokensRequest, body: bytes, request: Request) -> CountTokensPayload:
+async def _count_payload(decoded: CountTokensRequest, body: bytes, request: Request,
+                         principal: Principal) -> CountTokensPayload:
     return CountTokensPayload(to_chat(decoded), body, request.headers.get("anthropic-beta", ""))
 
 

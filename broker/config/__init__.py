@@ -24,6 +24,7 @@ from broker.config.model import (
     Limits,
     ModelGroup,
     QueueSettings,
+    ResponsesSettings,
     ServerSettings,
     Tenant,
     UsageSettings,
@@ -41,6 +42,6 @@ from broker.config.types import Secret, Strict
 __all__ = [
     "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "Budgets", "CircuitSettings", "Config",
     "ConfigError", "Deployment", "GeminiProvider", "Limits", "MockProvider", "ModelGroup", "OpenAIProvider",
-    "ProviderConfig", "QueueSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
+    "ProviderConfig", "QueueSettings", "ResponsesSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
     "default_config", "hash_key", "load", "resolve", "validate", "with_files_dir", "with_redis_url",
 ]

@@ -210,6 +210,14 @@ class UsageSettings(Strict):
     postgres_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "llm_broker_usage"
 
 
+class ResponsesSettings(Strict):
+    """The Responses API's stored responses (`store`, on by default as at OpenAI): each is kept with its
+    whole context, so `previous_response_id` costs one read. Memory: responses stored a day x their
+    context's size x the days kept."""
+
+    store_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=366 * 86400)] = 30 * 86400  # OpenAI keeps them 30 days
+
+
 class Config(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key this deployment owns (see broker/keys.py).
@@ -219,6 +227,7 @@ class Config(Strict):
     circuit: CircuitSettings = msgspec.field(default_factory=CircuitSettings)
     usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
     batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     # The exact-match response cache (broker/cache/exact.py); off unless this section is present.
     cache: CacheSettings | None = None
     providers: dict[str, ProviderConfig] = {}

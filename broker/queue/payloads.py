@@ -21,10 +21,10 @@ import msgspec
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 # What the response cache stores and replays for a payload (broker/cache/replay.py).
-Kind = Literal["chat", "text", "embedding", "messages", "count_tokens"]
+Kind = Literal["chat", "text", "embedding", "messages", "count_tokens", "responses"]
 # How its answer is written to the client: OpenAI's SSE (`data:` lines, `[DONE]`) or Anthropic's
 # (`event:` + `data:` per event, no terminator). The API frames a stream by it (api/sse.py).
-Dialect = Literal["openai", "anthropic"]
+Dialect = Literal["openai", "anthropic", "responses"]
 
 
 class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
@@ -119,7 +119,34 @@ class CountTokensPayload(msgspec.Struct, tag="count_tokens", array_like=True, fr
     wants_usage_chunk: ClassVar[bool] = False
 
 
-Payload = ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload | CountTokensPayload
+class ResponsesPayload(msgspec.Struct, tag="responses", array_like=True, frozen=True):
+    """POST /v1/responses (OpenAI's Responses API, served for every model).
+
+    `request` is its Chat Completions form, earlier turns of `previous_response_id` included: routing,
+    limits, failover and the ledger treat it as a chat job, and the provider is called with it. `body`
+    is the client's request as sent (the Response echoes its settings); `response_id` the id it answers
+    with, minted at the door.
+    """
+
+    request: ChatRequest
+    body: bytes
+    response_id: str
+    kind: ClassVar[Kind] = "responses"
+    answer_prefix: ClassVar[str] = "resp"
+    dialect: ClassVar[Dialect] = "responses"
+    cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays Chat's shapes only
+
+    @property
+    def streams(self) -> bool:
+        return self.request.stream
+
+    @property
+    def wants_usage_chunk(self) -> bool:
+        return False  # usage rides on response.completed
+
+
+Payload = (ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload | CountTokensPayload
+           | ResponsesPayload)
 AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest
 
 PAYLOAD_OF: dict[type[AnyRequest], Callable[[Any], Payload]] = {

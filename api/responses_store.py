@@ -1,0 +1,110 @@
+"""Stored responses of the Responses API: kept when one completes, read by id for its own tenant.
+
+`store` is on by default, as at OpenAI (https://platform.openai.com/docs/api-reference/responses/create).
+A response is written once, before its client sees it complete (api/dispatch.py `Finalize`), with its
+whole context: the earlier turns' items and its own input. So `previous_response_id` costs one read,
+from any API process, the moment the previous response is done, and a chain never walks back turn by
+turn. Another tenant's id reads as absent: the client gets the 404 an unknown id gets.
+
+Key (broker/keys.py): `{ns}:response:{id}`, a hash: `t` tenant, `r` the Response JSON, `c` the context
+items (a JSON array), `n` how many of them, at its end, are the response's own input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from broker.config import ResponsesSettings
+from broker.errors import ModelNotFound
+from broker.keys import Keys
+from broker.wire.responses import (
+    FunctionCallOutputItem,
+    InputItem,
+    MessageItem,
+    ResponsesRequest,
+    encoder,
+)
+
+_items = msgspec.json.Decoder(list[InputItem])
+
+
+class _Output(msgspec.Struct):
+    output: list[InputItem] = []  # a Response's output items are input items of the next turn
+
+
+_output_of = msgspec.json.Decoder(_Output)
+
+
+class Stored(msgspec.Struct, frozen=True):
+    response: bytes  # the Response JSON, as its client got it
+    context: list[InputItem]  # earlier turns' items, then its own input items
+    own: int  # how many items at the end of `context` are its own input
+
+    def history(self) -> list[InputItem]:
+        """What a request continuing from this response starts with: its context, then its output."""
+        return [*self.context, *_output_of.decode(self.response).output]
+
+    def input_items(self) -> list[InputItem]:
+        return self.context[len(self.context) - self.own:]
+
+
+def not_found(response_id: str, param: str | None = None) -> ModelNotFound:
+    return ModelNotFound(f"No response found with id '{response_id}'.", param=param,
+                         code="previous_response_not_found" if param else "not_found")
+
+
+async def load(redis: Redis, keys: Keys, tenant: str, response_id: str) -> Stored | None:
+    """The stored response `response_id` of `tenant`; None if there is none (or it is another tenant's)."""
+    found: list[bytes | None] = await redis.hmget(keys.response(response_id), ["t", "r", "c", "n"])  # type: ignore[misc]
+    owner, response, context, own = found
+    if owner is None or owner.decode() != tenant or response is None:
+        return None
+    return Stored(response, _items.decode(context or b"[]"), int(own or 0))
+
+
+async def history(redis: Redis, keys: Keys, tenant: str, request: ResponsesRequest) -> list[InputItem]:
+    """The items of the turns before a request (`previous_response_id`); 404 when that id is not found."""
+    previous = request.previous_response_id
+    if not isinstance(previous, str):
+        return []
+    stored = await load(redis, keys, tenant, previous)
+    if stored is None:
+        raise not_found(previous, "previous_response_id")
+    return stored.history()
+
+
+def _with_id(item: InputItem, fallback: str) -> InputItem:
+    """An input item as input_items lists it: with an id (pagination's `after` names one), minted from
+    the response's if the client sent none."""
+    if isinstance(item, MessageItem) and not isinstance(item.id, str):
+        return msgspec.structs.replace(item, id=f"msg_{fallback}")
+    if isinstance(item, FunctionCallOutputItem) and not isinstance(item.id, str):
+        return msgspec.structs.replace(item, id=f"fco_{fallback}")
+    return item
+
+
+async def save(redis: Redis, keys: Keys, settings: ResponsesSettings, tenant: str, response_id: str,
+               request: ResponsesRequest, response: bytes) -> None:
+    """Keep a completed response (unless its request said `store: false`) with its whole context."""
+    if request.store is False:
+        return
+    previous = request.previous_response_id
+    before = await load(redis, keys, tenant, previous) if isinstance(previous, str) else None  # gone: starts here
+    earlier = before.history() if before is not None else []
+    suffix = response_id.removeprefix("resp_")
+    own = [_with_id(item, f"{suffix}_in{i}") for i, item in enumerate(request.items())]
+    key = keys.response(response_id)
+    fields: dict[Any, Any] = {"t": tenant, "r": response, "c": encoder.encode([*earlier, *own]), "n": len(own)}
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, settings.store_ttl_s)
+        await pipe.execute()
+
+
+async def delete(redis: Redis, keys: Keys, tenant: str, response_id: str) -> bool:
+    if await load(redis, keys, tenant, response_id) is None:
+        return False
+    return bool(await redis.delete(keys.response(response_id)))
