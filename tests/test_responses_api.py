@@ -179,3 +179,38 @@ def test_the_agents_sdk_runs_an_agent_with_a_function_tool(base_url: str) -> Non
                          tools=[get_weather])
     result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?"))
     assert asked == ["Paris"] and "18C, sunny" in result.final_output
+
+
+@pytest.mark.parametrize("model", ["claude-then-gpt", "gpt-then-claude"])
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_failover_before_the_first_event_is_unseen(client: openai.OpenAI, model: str, stream: bool) -> None:
+    if stream:
+        with client.responses.stream(model=model, input="hello there") as s:
+            kinds = [event.type for event in s]
+            response = s.get_final_response()
+        assert kinds[0] == "response.created" and kinds.count("response.created") == 1
+    else:
+        raw = client.responses.with_raw_response.create(model=model, input="hello there")
+        assert raw.headers["x-llm-broker-attempts"] == "2"
+        response = raw.parse()
+    assert response.status == "completed" and response.model == model and response.output_text
+    assert (response.output_text == "You said: hello there") == (model == "gpt-then-claude")
+
+
+@pytest.mark.parametrize("model", ["claude-dies", "gpt-dies"])
+def test_a_failure_after_the_first_event_ends_the_stream_with_error_and_response_failed(
+        base_url: str, model: str) -> None:
+    import httpx
+
+    with httpx.stream("POST", f"{base_url}/responses", json={"model": model, "input": "hello there", "stream": True},
+                      headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=10) as answer:
+        body = answer.read().decode()
+    kinds = [line.removeprefix("event: ") for line in body.splitlines() if line.startswith("event: ")]
+    assert kinds[0] == "response.created" and "response.output_text.delta" in kinds
+    assert kinds[kinds.index("error"):kinds.index("error") + 2] == ["error", "response.failed"]
+    assert "response.completed" not in kinds and body.rstrip().endswith("data: [DONE]")
+    with pytest.raises(openai.APIError):
+        with openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0).responses.stream(
+                model=model, input="hello there") as s:
+            for _ in s:
+                pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from broker.errors import BrokerError
 from broker.inbound.responses_output import to_response
 from broker.inbound.responses_stream import ResponsesStream
 from broker.queue.jobs import Job
@@ -38,16 +39,22 @@ async def serve(provider: Provider, job: Job, payload: ResponsesPayload, emit: E
     stream = ResponsesStream(request, payload.response_id, created)
     opening = stream.start()
     reported: Usage | None = None
-    async for chunk in provider.stream(payload.request, model=job.upstream_model, deadline=job.deadline):
-        if isinstance(chunk.usage, Usage):
-            reported = chunk.usage
-        if chunk.choices:
-            meter.saw(chunk)
-        events = stream.on_chunk(chunk)
-        if events:
-            for event in [*opening, *events]:
+    try:
+        async for chunk in provider.stream(payload.request, model=job.upstream_model, deadline=job.deadline):
+            if isinstance(chunk.usage, Usage):
+                reported = chunk.usage
+            if chunk.choices:
+                meter.saw(chunk)
+            events = stream.on_chunk(chunk)
+            if events:
+                for event in [*opening, *events]:
+                    emit(event)
+                opening = []
+    except BrokerError as failure:
+        if not opening:  # past the first event: the stream says it failed, then the error goes on as usual
+            for event in stream.failed(failure.code or failure.type, failure.message, error_type=failure.type):
                 emit(event)
-            opening = []
+        raise
     if reported is not None:
         meter.stamp(reported)
     return b"".join([*opening, *stream.finish(reported)]), reported
