@@ -211,8 +211,9 @@ def _prefers_async(request: Request) -> bool:
                                       for p in prefer.split(","))
 
 
-async def submit(state: BrokerState, job: Job) -> Response:
-    """An async job: record it, queue it, and answer 202 with where to poll it (broker/queue/async_jobs.py)."""
+async def submit(state: BrokerState, job: Job, accepted: Callable[[], Awaitable[Response]] | None = None) -> Response:
+    """An async job: record it, queue it, and answer 202 with where to poll it (broker/queue/async_jobs.py),
+    or as its protocol answers a request it runs in the background (`accepted`)."""
     try:
         view = await async_jobs.submit(state.redis, state.keys, job)
     except RedisError as exc:
@@ -222,8 +223,14 @@ async def submit(state: BrokerState, job: Job) -> Response:
     except BaseException:
         state.spawn(_forget(state, job.id))
         raise
+    if accepted is not None:
+        return await accepted()
     return Response(json_encoder.encode(view), status_code=202, media_type="application/json",
                     headers={"location": f"/v1/jobs/{job.id}", "preference-applied": "respond-async"})
+
+
+async def _accepted(accepted: Finalize, state: BrokerState, principal: Principal, job: Job) -> Response:
+    return Response(await accepted(state, principal, job, b""), media_type="application/json")
 
 
 def _queue_unavailable(what: str, exc: RedisError) -> limits.NotQueued:
@@ -254,7 +261,8 @@ async def _plain(decoded: Any, body: bytes, request: Request, principal: Princip
 
 def endpoint(decoder: msgspec.json.Decoder[P],
              to_payload: Callable[[P, bytes, Request, Principal], Awaitable[Payload]] = _plain,
-             finalize: Finalize | None = None) -> Callable[[Request], Awaitable[Response]]:
+             finalize: Finalize | None = None, accepted: Finalize | None = None,
+             ) -> Callable[[Request], Awaitable[Response]]:
     """A route handler for a job-backed endpoint: authenticate, decode, route, run.
 
     `to_payload` makes the job's payload from the decoded body (and the raw one, and the request's
@@ -266,7 +274,7 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         principal = state.auth.authenticate(credentials(request.headers))
         body = await read_body(request, state.config.server.max_body_bytes)
         payload = await to_payload(decode_body(body, decoder), body, request, principal)
-        asynchronous = _prefers_async(request)
+        asynchronous = _prefers_async(request) or payload.background
         job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
         # For its metrics and log line (api/metrics.py); a passthrough model is not a label.
         request.scope[SCOPE_KEY] = Facts(job.model if job.model in state.config.models else "passthrough",
@@ -277,7 +285,8 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
         done = (lambda job, body: finalize(state, principal, job, body)) if finalize is not None else None
-        answer = (lambda: submit(state, job)) if asynchronous else (lambda: run(state, request, job, None, done))
+        told = (lambda: _accepted(accepted, state, principal, job)) if accepted is not None else None
+        answer = (lambda: submit(state, job, told)) if asynchronous else (lambda: run(state, request, job, None, done))
         # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
         policy = (state.cache.policy(job.model) if state.cache is not None and not asynchronous and job.payload.cacheable
                   else None)

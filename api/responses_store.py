@@ -39,13 +39,15 @@ _output_of = msgspec.json.Decoder(_Output)
 
 
 class Stored(msgspec.Struct, frozen=True):
-    response: bytes  # the Response JSON, as its client got it
+    response: bytes | None  # the Response JSON, as its client got it; None: a background one not done yet
     context: list[InputItem]  # earlier turns' items, then its own input items
     own: int  # how many items at the end of `context` are its own input
+    job: str | None = None  # a background response's async job (broker/queue/async_jobs.py)
+    queued: bytes | None = None  # and the Response its client got at once, status `queued`
 
     def history(self) -> list[InputItem]:
         """What a request continuing from this response starts with: its context, then its output."""
-        return [*self.context, *_output_of.decode(self.response).output]
+        return [*self.context, *(_output_of.decode(self.response).output if self.response else ())]
 
     def input_items(self) -> list[InputItem]:
         return self.context[len(self.context) - self.own:]
@@ -58,11 +60,12 @@ def not_found(response_id: str, param: str | None = None) -> ModelNotFound:
 
 async def load(redis: Redis, keys: Keys, tenant: str, response_id: str) -> Stored | None:
     """The stored response `response_id` of `tenant`; None if there is none (or it is another tenant's)."""
-    found: list[bytes | None] = await redis.hmget(keys.response(response_id), ["t", "r", "c", "n"])  # type: ignore[misc]
-    owner, response, context, own = found
-    if owner is None or owner.decode() != tenant or response is None:
+    found: list[bytes | None] = await redis.hmget(keys.response(response_id),  # type: ignore[misc]
+                                                  ["t", "r", "c", "n", "j", "q"])
+    owner, response, context, own, job, queued = found
+    if owner is None or owner.decode() != tenant or (response is None and job is None):
         return None
-    return Stored(response, _items.decode(context or b"[]"), int(own or 0))
+    return Stored(response, _items.decode(context or b"[]"), int(own or 0), job.decode() if job else None, queued)
 
 
 async def history(redis: Redis, keys: Keys, tenant: str, request: ResponsesRequest) -> list[InputItem]:
@@ -71,7 +74,7 @@ async def history(redis: Redis, keys: Keys, tenant: str, request: ResponsesReque
     if not isinstance(previous, str):
         return []
     stored = await load(redis, keys, tenant, previous)
-    if stored is None:
+    if stored is None or stored.response is None:  # a background response not done is not a turn yet
         raise not_found(previous, "previous_response_id")
     return stored.history()
 
@@ -87,9 +90,10 @@ def _with_id(item: InputItem, fallback: str) -> InputItem:
 
 
 async def save(redis: Redis, keys: Keys, settings: ResponsesSettings, tenant: str, response_id: str,
-               request: ResponsesRequest, response: bytes) -> None:
-    """Keep a completed response (unless its request said `store: false`) with its whole context."""
-    if request.store is False:
+               request: ResponsesRequest, response: bytes, *, job: str | None = None) -> None:
+    """Keep a response (unless its request said `store: false`) with its whole context: a completed one,
+    or, for `background`, the queued one its client got, with the job that will complete it."""
+    if request.store is False and job is None:
         return
     previous = request.previous_response_id
     before = await load(redis, keys, tenant, previous) if isinstance(previous, str) else None  # gone: starts here
@@ -97,11 +101,17 @@ async def save(redis: Redis, keys: Keys, settings: ResponsesSettings, tenant: st
     suffix = response_id.removeprefix("resp_")
     own = [_with_id(item, f"{suffix}_in{i}") for i, item in enumerate(request.items())]
     key = keys.response(response_id)
-    fields: dict[Any, Any] = {"t": tenant, "r": response, "c": encoder.encode([*earlier, *own]), "n": len(own)}
+    fields: dict[Any, Any] = {"t": tenant, "c": encoder.encode([*earlier, *own]), "n": len(own)}
+    fields.update({"j": job, "q": response} if job is not None else {"r": response})
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, settings.store_ttl_s)
         await pipe.execute()
+
+
+async def complete(redis: Redis, keys: Keys, response_id: str, response: bytes) -> None:
+    """A background response's answer, kept once its job is done (read then, by whoever asks first)."""
+    await redis.hset(keys.response(response_id), mapping={"r": response})  # type: ignore[misc]
 
 
 async def delete(redis: Redis, keys: Keys, tenant: str, response_id: str) -> bool:

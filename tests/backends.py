@@ -47,6 +47,7 @@ def stack(make: StackFactory, servers: dict[str, FakeServer]) -> Stack:
     models["claude-limited"] = [{"provider": ANTHROPIC.name, "model": "rate-limited"}]
     models["claude-dies"] = [{"provider": ANTHROPIC.name, "model": "midstream-error"}]
     models["gpt-dies"] = [{"provider": OPENAI.name, "model": "midstream-error"}]
+    models["gpt-slow"] = [{"provider": OPENAI.name, "model": "slow"}]  # answers after 30 s
     # Failover before the first event, from a relayed deployment to a translated one and back.
     models["claude-then-gpt"] = [{"provider": ANTHROPIC.name, "model": "overloaded"},
                                  {"provider": OPENAI.name, "model": OPENAI.models["chat"]}]

@@ -8,6 +8,7 @@ Response, and two API processes, so a stored response is read from the one that 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -214,3 +215,27 @@ def test_a_failure_after_the_first_event_ends_the_stream_with_error_and_response
                 model=model, input="hello there") as s:
             for _ in s:
                 pass
+
+
+def test_background_answers_queued_at_once_and_retrieve_follows_it_to_the_end(client: openai.OpenAI,
+                                                                              stack: Stack) -> None:
+    created = client.responses.create(model="mock-translated", input="in the background", background=True)
+    assert created.status in ("queued", "in_progress") and created.background is True and not created.output
+    other_process = openai.OpenAI(base_url=stack.base_urls[1], api_key=TEST_KEY, max_retries=0)
+    deadline = time.monotonic() + 15
+    while (found := other_process.responses.retrieve(created.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert found.status == "completed" and found.id == created.id
+    assert found.output_text == client.responses.create(model="mock-translated", input="in the background").output_text
+    assert client.responses.retrieve(created.id).output_text == found.output_text  # kept once done
+
+
+def test_a_background_response_is_cancelled(client: openai.OpenAI) -> None:
+    created = client.responses.create(model="gpt-slow", input="take your time", background=True)
+    cancelled = client.responses.cancel(created.id)
+    assert cancelled.id == created.id and cancelled.status == "cancelled"
+    assert client.responses.retrieve(created.id).status == "cancelled"
+    done = client.responses.create(model="mock-translated", input="quick")
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(done.id)

@@ -19,10 +19,18 @@ from fastapi.responses import Response
 from api import dispatch, responses_store
 from api.auth import Principal, credentials
 from api.state import BrokerState
+from broker.errors import InvalidRequest
 from broker.inbound.responses import to_chat
+from broker.inbound.responses_output import new_response
+from broker.queue import async_jobs
 from broker.queue.jobs import Job
 from broker.queue.payloads import ResponsesPayload
-from broker.wire.responses import ResponsesRequest, encoder, responses_request_decoder
+from broker.wire.responses import (
+    ResponseError,
+    ResponsesRequest,
+    encoder,
+    responses_request_decoder,
+)
 
 router = APIRouter()
 _encoder = msgspec.json.Encoder()
@@ -31,7 +39,10 @@ _encoder = msgspec.json.Encoder()
 async def _payload(decoded: ResponsesRequest, body: bytes, request: Request, principal: Principal) -> ResponsesPayload:
     state: BrokerState = request.app.state.broker
     history = await responses_store.history(state.redis, state.keys, principal.tenant_name, decoded)
-    return ResponsesPayload(to_chat(decoded, history), body, f"resp_{uuid.uuid4().hex}")
+    if decoded.background is True and decoded.stream is True:
+        raise InvalidRequest("Streaming a background response is not served yet: drop `stream`, then poll "
+                             "GET /v1/responses/{id}.", param="stream")
+    return ResponsesPayload(to_chat(decoded, history), body, f"resp_{uuid.uuid4().hex}", decoded.background is True)
 
 
 def completed_response(job: Job, body: bytes) -> bytes:
@@ -50,7 +61,20 @@ async def _keep(state: BrokerState, principal: Principal, job: Job, body: bytes)
     return body
 
 
-router.add_api_route("/v1/responses", dispatch.endpoint(responses_request_decoder, _payload, _keep), methods=["POST"])
+async def _queued(state: BrokerState, principal: Principal, job: Job, _: bytes) -> bytes:
+    """`background: true`: its Response at once, status `queued`, kept with the job that will complete it."""
+    assert isinstance(job.payload, ResponsesPayload)
+    request = responses_request_decoder.decode(job.payload.body)
+    queued = new_response(request, response_id=job.payload.response_id, created_at=int(job.created))
+    queued.status = "queued"
+    body = encoder.encode(queued)
+    await responses_store.save(state.redis, state.keys, state.config.responses, principal.tenant_name,
+                               job.payload.response_id, request, body, job=job.id)
+    return body
+
+
+router.add_api_route("/v1/responses", dispatch.endpoint(responses_request_decoder, _payload, _keep, _queued),
+                     methods=["POST"])
 
 
 async def _stored(request: Request, response_id: str) -> tuple[BrokerState, Principal, responses_store.Stored]:
@@ -62,10 +86,47 @@ async def _stored(request: Request, response_id: str) -> tuple[BrokerState, Prin
     return state, principal, stored
 
 
+class _Progress(msgspec.Struct, omit_defaults=True):
+    status: str
+    error: ResponseError | None = None
+
+
+async def _current(state: BrokerState, principal: Principal, response_id: str,
+                   stored: responses_store.Stored) -> bytes:
+    """A stored response as it is now: a background one follows its job, and is kept once it is done."""
+    if stored.response is not None or stored.job is None or stored.queued is None:
+        return stored.response or b"{}"
+    found = await async_jobs.load(state.redis, state.keys, stored.job, principal.tenant_name)
+    if found is None:
+        raise responses_store.not_found(response_id)
+    view = async_jobs.view(stored.job, found.record, found.flags, found.result)
+    if view.status == "completed" and view.response is not None:
+        await responses_store.complete(state.redis, state.keys, response_id, bytes(view.response))
+        return bytes(view.response)
+    status = {"expired": "failed"}.get(view.status, view.status)
+    error = ResponseError(view.error.code or view.error.type, view.error.message) if view.error else None
+    fields = msgspec.json.decode(stored.queued, type=dict[str, msgspec.Raw])
+    fields.update({name: msgspec.Raw(encoder.encode(value))
+                   for name, value in msgspec.structs.asdict(_Progress(status, error)).items()})
+    return encoder.encode(fields)
+
+
 @router.get("/v1/responses/{response_id}")
 async def retrieve(request: Request, response_id: str) -> Response:
-    _, _, stored = await _stored(request, response_id)
-    return Response(stored.response, media_type="application/json")
+    state, principal, stored = await _stored(request, response_id)
+    return Response(await _current(state, principal, response_id, stored), media_type="application/json")
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel(request: Request, response_id: str) -> Response:
+    """A background response's job is cancelled (its upstream call aborted); one that has ended stays as it is."""
+    state, principal, stored = await _stored(request, response_id)
+    if stored.job is None:
+        raise InvalidRequest("Only a response created with `background: true` can be cancelled.", param="response_id")
+    found = await async_jobs.load(state.redis, state.keys, stored.job, principal.tenant_name)
+    if found is not None:
+        await async_jobs.cancel_job(state.redis, state.keys, stored.job, found)
+    return Response(await _current(state, principal, response_id, stored), media_type="application/json")
 
 
 class _Deleted(msgspec.Struct):

@@ -34,6 +34,7 @@ class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
     kind: ClassVar[Kind] = "chat"
     answer_prefix: ClassVar[str] = "chatcmpl"  # the answer id's prefix, as OpenAI's
     dialect: ClassVar[Dialect] = "openai"
+    background: ClassVar[bool] = False  # runs as an async job whatever the client's Prefer header says
     cacheable: ClassVar[bool] = True  # the response cache stores and replays its kind (broker/cache/replay.py)
 
     @property
@@ -52,6 +53,7 @@ class CompletionPayload(msgspec.Struct, tag="completion", array_like=True, froze
     kind: ClassVar[Kind] = "text"
     answer_prefix: ClassVar[str] = "cmpl"
     dialect: ClassVar[Dialect] = "openai"
+    background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
 
     @property
@@ -70,6 +72,7 @@ class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=
     kind: ClassVar[Kind] = "embedding"
     answer_prefix: ClassVar[str] = ""  # an embeddings answer has no id
     dialect: ClassVar[Dialect] = "openai"
+    background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
     streams: ClassVar[bool] = False
     wants_usage_chunk: ClassVar[bool] = False
@@ -92,6 +95,7 @@ class MessagesPayload(msgspec.Struct, tag="messages", array_like=True, frozen=Tr
     kind: ClassVar[Kind] = "messages"
     answer_prefix: ClassVar[str] = "msg"
     dialect: ClassVar[Dialect] = "anthropic"
+    background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays OpenAI's shapes only
 
     @property
@@ -114,6 +118,7 @@ class CountTokensPayload(msgspec.Struct, tag="count_tokens", array_like=True, fr
     kind: ClassVar[Kind] = "count_tokens"
     answer_prefix: ClassVar[str] = ""
     dialect: ClassVar[Dialect] = "anthropic"
+    background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = False
     streams: ClassVar[bool] = False
     wants_usage_chunk: ClassVar[bool] = False
@@ -131,6 +136,7 @@ class ResponsesPayload(msgspec.Struct, tag="responses", array_like=True, frozen=
     request: ChatRequest
     body: bytes
     response_id: str
+    background: bool = False  # `background: true`: an async job, answered at once with status `queued`
     kind: ClassVar[Kind] = "responses"
     answer_prefix: ClassVar[str] = "resp"
     dialect: ClassVar[Dialect] = "responses"
