@@ -1,8 +1,9 @@
 """Broker vs. the upstream alone vs. LiteLLM proxy, same fake upstream, same load.
 
-    python -m bench.compare                      # broker + direct (+ LiteLLM if installed), chat and /v1/messages
+    python -m bench.compare                      # broker + direct (+ LiteLLM if installed), chat, /v1/messages
+                                                 # and /v1/responses
     python -m bench.compare --litellm-workers 1 2 --requests 5000
-    python -m bench.compare --no-messages        # chat only
+    python -m bench.compare --no-messages --no-responses   # chat only
 
 Starts the fake OpenAI upstream (tests/fakes/openai_upstream.py) in its own
 process, then `llm-broker api` + `llm-broker worker` processes on Redis
@@ -23,6 +24,14 @@ Anthropic upstream (tests/fakes/anthropic_upstream.py, its own process too) and 
 Both fakes stream the same number of content chunks (--chunks): Chat's `data:` deltas, Anthropic's
 `content_block_delta` events (https://docs.anthropic.com/en/docs/build-with-claude/streaming),
 whose first is the TTFT there.
+
+The /v1/responses case (OpenAI's Responses API inbound; off with --no-responses) sends the broker's
+/v1/responses for the OpenAI fake's model (Responses -> Chat Completions -> a Response or its event
+stream in the worker; the response stored, as `store` defaults to true), against the OpenAI fake alone
+and the broker's own chat, the same requests as chat completions. A chunk there is a
+`response.output_text.delta` event, whose first is the TTFT
+(https://platform.openai.com/docs/api-reference/responses-streaming). The summary prints what a
+Responses request costs relative to a chat one (throughput and p50 ratios); the target is at most 1.10.
 """
 
 from __future__ import annotations
@@ -107,6 +116,20 @@ def ttft(b: LoadStats, d: LoadStats, what: str) -> str:
     return f"; TTFT p50 {b.ttft_p50_ms:.1f} ms ({what} {d.ttft_p50_ms:.1f}), p99 {b.ttft_p99_ms:.1f} ms"
 
 
+RESPONSES_TARGET = 1.10  # the Responses path may cost at most 10% more than chat
+
+
+def cost_ratio(resp: LoadStats, chat: LoadStats) -> str:
+    """What a Responses request costs relative to a chat one through the same broker: per request
+    (chat's throughput over Responses'; the box is CPU-bound, so that is CPU per request) and in p50
+    latency, each against the target."""
+    per_request = chat.throughput_rps / resp.throughput_rps if resp.throughput_rps else float("inf")
+    p50 = resp.latency_p50_ms / chat.latency_p50_ms if chat.latency_p50_ms else float("inf")
+    verdict = "within" if max(per_request, p50) <= RESPONSES_TARGET else "OVER"
+    return (f"cost vs chat x{per_request:.3f} per request (throughput), x{p50:.3f} p50 -> {verdict} the "
+            f"x{RESPONSES_TARGET:.2f} target")
+
+
 def litellm(opts: argparse.Namespace, upstream_url: str, workers: int, tmp: Path) -> dict[str, LoadStats] | None:
     binary = Path(opts.litellm_bin)
     if not binary.exists():
@@ -145,7 +168,10 @@ def main() -> None:
     parser.add_argument("--litellm-workers", type=int, nargs="*", default=[1])
     parser.add_argument("--messages", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure POST /v1/messages, relayed to an Anthropic fake and translated to chat")
+    parser.add_argument("--responses", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure POST /v1/responses, translated to chat, against the broker's chat")
     opts = parser.parse_args()
+    began = time.monotonic()  # the whole run's wall time is printed: the default run should stay ~3 minutes
 
     tmp = Path(tempfile.mkdtemp(prefix="llm-broker-bench-"))
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -180,6 +206,7 @@ def main() -> None:
                                 "--api-key", ANTHROPIC_KEY, "--chunks", str(opts.chunks)], tmp / "anthropic.log"))
     broker_procs: list[subprocess.Popen[bytes]] = []
     messages: dict[str, dict[str, LoadStats]] = {}
+    responses: dict[str, LoadStats] = {}
     try:
         wait_ready(f"{upstream_url}/models", upstreams[0], 30)
         if opts.messages:  # it only serves POST /v1/messages: a 405 to a GET says it is up
@@ -203,8 +230,12 @@ def main() -> None:
                                           api="messages")
             messages["translated"] = measure("messages: broker translated", broker_url, BROKER_KEY, "fake-model",
                                              opts, api="messages")
+        if opts.responses:
+            responses = measure("responses: broker", broker_url, BROKER_KEY, "fake-model", opts, api="responses")
         memory_after = r.info("memory")["used_memory"]
         leftover = sum(1 for _ in r.scan_iter(match=f"{namespace}:*", count=1000))
+        # Stored responses are kept on purpose (store defaults to true; responses.store_ttl_s, 30 days).
+        stored = sum(1 for _ in r.scan_iter(match=f"{namespace}:response:*", count=1000)) if opts.responses else 0
         for proc in broker_procs + upstreams[1:]:
             stop(proc)
         theirs = {w: litellm(opts, upstream_url, w, tmp) for w in opts.litellm_workers}
@@ -238,8 +269,21 @@ def main() -> None:
                     f"{d.throughput_rps:7.1f} (broker chat {chat.throughput_rps:.1f}); added latency {added(tr, d)}, "
                     f"over broker chat {added(tr, chat)}")
             print(line + (ttft(tr, d, "upstream") if mode == "stream" else ""))
+    if responses:
+        print("  /v1/responses (OpenAI Responses API in, translated to chat; chat's figures above)")
+        for mode in ("non-stream", "stream"):
+            rs, d, chat = responses[mode], direct[mode], broker[mode]
+            line = (f"  {mode:<10} responses  {rs.throughput_rps:7.1f} req/s vs OpenAI upstream alone "
+                    f"{d.throughput_rps:7.1f} (broker chat {chat.throughput_rps:.1f}); added latency {added(rs, d)}, "
+                    f"over broker chat {added(rs, chat)}")
+            if mode == "stream":
+                line += ttft(rs, d, "upstream") + f", broker chat {chat.ttft_p50_ms:.1f}"
+            print(line)
+            print(f"  {'':<10} {cost_ratio(rs, chat)}")
     print(f"  Redis used_memory {memory_before / 1e6:.2f} MB before, {memory_after / 1e6:.2f} MB after; "
-          f"{leftover} keys left in the broker's namespace (results expire after their TTL)")
+          f"{leftover} keys left in the broker's namespace (results expire after their TTL"
+          + (f"; {stored} of them stored responses, kept responses.store_ttl_s" if responses else "") + ")")
+    print(f"  run took {time.monotonic() - began:.0f} s")
 
 
 if __name__ == "__main__":

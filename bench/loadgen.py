@@ -1,5 +1,7 @@
-"""A light load generator for OpenAI-compatible `POST /chat/completions` endpoints, and for
-Anthropic's `POST /messages` (https://docs.anthropic.com/en/api/messages) with `--api messages`.
+"""A light load generator for OpenAI-compatible `POST /chat/completions` endpoints, for
+Anthropic's `POST /messages` (https://docs.anthropic.com/en/api/messages) with `--api messages`,
+and for OpenAI's `POST /responses` (https://platform.openai.com/docs/api-reference/responses) with
+`--api responses`.
 
 The benchmark machine has two cores shared by the gateway, Redis, the fake upstream
 and this client, so every cycle spent here is stolen from what is measured. Hence a
@@ -14,8 +16,14 @@ Anthropic streams name every event (`event: content_block_delta` then its `data:
 `content_block_delta` event, the TTFT is the first of them, and the ping, start/stop and
 message_delta events around them are not counted.
 
+Responses streams name their events too (`event: response.output_text.delta`, then its `data:`;
+https://platform.openai.com/docs/api-reference/responses-streaming) but end with `data: [DONE]`
+as Chat does: there a chunk is a `response.output_text.delta` event, the TTFT is the first of
+them, and `response.created`, `response.in_progress`, the item/part open and close events and
+`response.completed` are not counted. A failure after the 200 is an `event: error`.
+
     python -m bench.loadgen --base-url http://127.0.0.1:8000/v1 --key sk-x \\
-        --model fake-model -c 64 -n 2000 [--stream] [--api messages]
+        --model fake-model -c 64 -n 2000 [--stream] [--api messages|responses]
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ class LoadStats(msgspec.Struct, kw_only=True):
     latency_p999_ms: float = 0.0
     ttft_p50_ms: float | None = None  # streams only: time to the first chunk (below)
     ttft_p99_ms: float | None = None
-    chunks_per_stream: float | None = None  # mean chunks: chat's `data:` events before [DONE], messages' content_block_delta
+    chunks_per_stream: float | None = None  # mean chunks: chat's `data:` events before [DONE], messages'
+    # content_block_delta events, responses' response.output_text.delta events
     client_cpu_s: float = 0.0  # this process's CPU: what the load generator cost the box
     error_samples: list[str] = []
 
@@ -69,9 +78,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-Api = Literal["chat", "messages"]
+Api = Literal["chat", "messages", "responses"]
 ANTHROPIC_VERSION = "2023-06-01"
-MAX_TOKENS = 1024  # Messages requires max_tokens; ample for any fake's answer, so never the stop reason
+# Messages requires max_tokens (Responses' max_output_tokens is optional, sent so both carry a cap, as
+# clients usually do); ample for any fake's answer, so never the stop reason.
+MAX_TOKENS = 1024
 
 
 def build_request(base_url: str, api_key: str, model: str, prompt: str, stream: bool, api: Api = "chat") -> bytes:
@@ -81,6 +92,13 @@ def build_request(base_url: str, api_key: str, model: str, prompt: str, stream: 
         # As the Anthropic SDK sends it: key in x-api-key, the API version pinned by header.
         body = msgspec.json.encode({"model": model, "max_tokens": MAX_TOKENS, "stream": stream, "messages": messages})
         path, auth = "messages", f"x-api-key: {api_key}\r\nanthropic-version: {ANTHROPIC_VERSION}"
+    elif api == "responses":
+        # The prompt as a plain string `input`, the simplest form the API takes; no `store`, so the
+        # response is stored as by default (https://platform.openai.com/docs/api-reference/responses/create),
+        # and that write is part of what is measured.
+        body = msgspec.json.encode({"model": model, "input": prompt, "max_output_tokens": MAX_TOKENS,
+                                    "stream": stream})
+        path, auth = "responses", f"Authorization: Bearer {api_key}"
     else:
         body = msgspec.json.encode({"model": model, "stream": stream, "messages": messages})
         path, auth = "chat/completions", f"Authorization: Bearer {api_key}"
@@ -152,6 +170,22 @@ class _MessagesSSECounter(_SSECounter):
     _DONE_IS_EVENT = False
 
 
+class _ResponsesSSECounter(_SSECounter):
+    """The same scan over the Responses API's named events: a chunk is a `response.output_text.delta`,
+    the stream ends at `data: [DONE]` as Chat's does, and a failure after the 200 is an `event: error`
+    (https://platform.openai.com/docs/api-reference/responses-streaming). The broker's `id:` lines
+    open each block, so `event:` still starts a line."""
+
+    _EVENT, _ERROR = b"\nevent: response.output_text.delta", b"\nevent: error"
+    _DONE_IS_EVENT = False  # `data: [DONE]` is not an `event: response.output_text.delta` line
+
+
+_COUNTERS: dict[str, type[_SSECounter]] = {"chat": _SSECounter, "messages": _MessagesSSECounter,
+                                           "responses": _ResponsesSSECounter}
+_NON_STREAM_MARK = {"chat": b'"choices"', "messages": b'"content"', "responses": b'"output"'}  # ChatCompletion,
+# Message, Response: a key each must have
+
+
 class _Exchange:
     """One response, parsed as bytes arrive in `data_received`. The waiting worker is
     woken once, when `done` resolves, instead of once per socket read."""
@@ -209,7 +243,7 @@ class _Exchange:
             elif name == b"connection" and value == b"close":
                 self.keep_alive = False
         if self.stream and self.status == 200:
-            self.sse = _MessagesSSECounter() if self.api == "messages" else _SSECounter()
+            self.sse = _COUNTERS[self.api]()
 
     def result(self) -> _Result:
         latency_s = time.perf_counter() - self.start
@@ -217,7 +251,7 @@ class _Exchange:
         if self.status != 200:
             raise BadResponse(f"HTTP {self.status}: {body[:200]!r}")
         if self.sse is None:
-            expected = b'"content"' if self.api == "messages" else b'"choices"'  # a Message / a ChatCompletion
+            expected = _NON_STREAM_MARK[self.api]
             if expected not in body:
                 raise BadResponse(f"no {expected.decode()}: {body[:200]!r}")
             return _Result(latency_s)
@@ -279,7 +313,8 @@ async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int,
                    timeout_s: float = 60.0, api: Api = "chat") -> LoadStats:
     """Runs `total` requests (or until `duration_s` passes, whichever is first) over
     `concurrency` keep-alive connections and returns what was measured. `api` picks the
-    endpoint under `base_url`: "chat" (/chat/completions) or "messages" (Anthropic's /messages)."""
+    endpoint under `base_url`: "chat" (/chat/completions), "messages" (Anthropic's /messages) or
+    "responses" (OpenAI's /responses)."""
     url = urlsplit(base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     request = build_request(base_url, api_key, model, prompt, stream, api)
@@ -328,7 +363,8 @@ async def run_load(base_url: str, api_key: str, model: str, *, concurrency: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="load an OpenAI-compatible chat endpoint or Anthropic's /messages")
+    p = argparse.ArgumentParser(description="load an OpenAI-compatible chat endpoint, Anthropic's /messages "
+                                            "or OpenAI's /responses")
     p.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--key", default="sk-none")
     p.add_argument("--model", default="fake-model")
@@ -336,8 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-n", "--total", type=int, default=2000)
     p.add_argument("-d", "--duration-s", type=float, default=None)
     p.add_argument("--stream", action="store_true")
-    p.add_argument("--api", choices=("chat", "messages"), default="chat",
-                   help="chat: POST {base-url}/chat/completions; messages: POST {base-url}/messages, Anthropic-style")
+    p.add_argument("--api", choices=("chat", "messages", "responses"), default="chat",
+                   help="chat: POST {base-url}/chat/completions; messages: POST {base-url}/messages, "
+                        "Anthropic-style; responses: POST {base-url}/responses")
     p.add_argument("--prompt", default="hello")
     p.add_argument("--timeout-s", type=float, default=60.0, help="per request")
     p.add_argument("--warmup", type=int, default=0, help="requests run first and not counted")
