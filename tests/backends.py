@@ -39,7 +39,7 @@ def upstreams() -> Iterator[dict[str, FakeServer]]:
 
 
 def stack(make: StackFactory, servers: dict[str, FakeServer]) -> Stack:
-    providers: dict[str, Any] = {"mock": {"kind": "mock"}}
+    providers: dict[str, Any] = {"mock": {"kind": "mock"}, "idle": {"kind": "mock"}}  # idle: no worker runs
     models: dict[str, Any] = {"mock-translated": [{"provider": "mock", "model": "mock-chat"}]}
     for model, case in MODELS.items():
         providers[case.name] = {"kind": case.name, "base_url": case.base_url(servers[model]), "api_key": case.key}
@@ -48,6 +48,8 @@ def stack(make: StackFactory, servers: dict[str, FakeServer]) -> Stack:
     models["claude-dies"] = [{"provider": ANTHROPIC.name, "model": "midstream-error"}]
     models["gpt-dies"] = [{"provider": OPENAI.name, "model": "midstream-error"}]
     models["gpt-slow"] = [{"provider": OPENAI.name, "model": "slow"}]  # answers after 30 s
+    models["claude-broken"] = [{"provider": ANTHROPIC.name, "model": "server-error"}]
+    models["nobody-home"] = [{"provider": "idle", "model": "m"}]
     # Failover before the first event, from a relayed deployment to a translated one and back.
     models["claude-then-gpt"] = [{"provider": ANTHROPIC.name, "model": "overloaded"},
                                  {"provider": OPENAI.name, "model": OPENAI.models["chat"]}]

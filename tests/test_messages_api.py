@@ -336,3 +336,37 @@ def test_a_messages_stream_resumes_in_anthropics_framing_and_only_for_its_tenant
     other = {"x-api-key": TIGHT_KEY}
     assert httpx.get(f"{base_url}/jobs/{request_id}/events", headers=other, timeout=10).status_code == 404
     assert httpx.delete(f"{base_url}/jobs/{request_id}", headers=other, timeout=10).status_code == 404
+
+
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+@pytest.mark.parametrize("model", FAKES)
+def test_images_base64_and_url_reach_every_backend(client: anthropic.Anthropic, model: str,
+                                                   upstreams: dict[str, FakeServer]) -> None:
+    content: Any = [{"type": "text", "text": "What is in this image?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}]
+    message = client.messages.create(model=model, max_tokens=64, messages=[{"role": "user", "content": content}])
+    assert text_of(message) and message.stop_reason == "end_turn"
+    sent = json.dumps(upstreams[model].requests[-1].body)
+    assert PIXEL in sent  # the image went up, in whatever form the upstream takes it
+    if model == "claude-direct":
+        assert text_of(message).startswith("I see 1 image(s).")
+    url: Any = [{"type": "text", "text": "And this one?"},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]
+    if model != "gemini-translated":  # Gemini takes inline data or its own file URIs only
+        client.messages.create(model=model, max_tokens=64, messages=[{"role": "user", "content": url}])
+        assert "https://example.com/cat.png" in json.dumps(upstreams[model].requests[-1].body)
+
+
+def test_no_worker_is_529_overloaded_which_the_sdk_retries(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        client.messages.create(model="nobody-home", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 529 and caught.value.body["error"]["type"] == "overloaded_error"
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+
+
+def test_an_upstream_server_error_is_an_api_error(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        client.messages.create(model="claude-broken", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code >= 500 and caught.value.body["error"]["type"] == "api_error"
