@@ -118,11 +118,7 @@ async def _serve_responses(provider: Provider, job: Job, payload: ResponsesPaylo
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:
     result = await provider.complete(req, model=job.upstream_model, deadline=job.deadline)
     result = msgspec.structs.replace(result, id=f"chatcmpl-{job.id}", model=job.model, created=int(job.created))
-    if result.usage is not None:
-        meter.stamp(result.usage)
-    else:
-        meter.output_chars += sum(len(c.message.content or "") for c in result.choices)
-    return json_encoder.encode(result), result.usage
+    return json_encoder.encode(result), meter.answered(result)
 
 
 async def _chat_stream(provider: Provider, job: Job, req: ChatRequest, emit: Emit, meter: Meter) -> Usage | None:

@@ -103,10 +103,7 @@ async def translated(provider: Provider, job: Job, payload: MessagesPayload, emi
     message_id = f"msg_{job.id}"
     if not payload.streams:
         result = await provider.complete(payload.request, model=job.upstream_model, deadline=job.deadline)
-        meter.responded = True
-        usage = meter.stamp(result.usage) if result.usage is not None else None
-        if usage is None:
-            meter.output_chars += sum(len(c.message.content or "") for c in result.choices)
+        usage = meter.answered(result)
         return messages_encoder.encode(to_message(result, model=job.model, message_id=message_id)), usage
     stream = MessagesStream(job.model, message_id)
     reported: Usage | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from broker.money.pricing import Price, usd
-from broker.wire import ChatChunk, ChunkChoice, TextCompletion, Usage
+from broker.wire import ChatChunk, ChatCompletion, ChunkChoice, TextCompletion, Usage
 
 
 class Meter:
@@ -29,6 +29,14 @@ class Meter:
         self.usage = usage
         usage.cost = usd(self.price.cost_nanos(usage)) if self.price is not None else msgspec.UNSET
         return usage
+
+    def answered(self, result: ChatCompletion) -> Usage | None:
+        """A whole chat answer: its usage stamped, or, unreported, its output counted."""
+        self.responded = True
+        if result.usage is not None:
+            return self.stamp(result.usage)
+        self.output_chars += sum(len(c.message.content or "") for c in result.choices)
+        return None
 
     def saw(self, chunk: ChatChunk | TextCompletion) -> None:
         self.responded = True

@@ -30,10 +30,7 @@ async def serve(provider: Provider, job: Job, payload: ResponsesPayload, emit: E
     created = int(job.created)
     if not payload.streams:
         result = await provider.complete(payload.request, model=job.upstream_model, deadline=job.deadline)
-        meter.responded = True
-        usage = meter.stamp(result.usage) if result.usage is not None else None
-        if usage is None:
-            meter.output_chars += sum(len(c.message.content or "") for c in result.choices)
+        usage = meter.answered(result)
         response = to_response(result, request, response_id=payload.response_id, created_at=created)
         return encoder.encode(response), usage
     stream = ResponsesStream(request, payload.response_id, created)

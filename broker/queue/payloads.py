@@ -27,7 +27,28 @@ Kind = Literal["chat", "text", "embedding", "messages", "count_tokens", "respons
 Dialect = Literal["openai", "anthropic", "responses"]
 
 
-class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
+class _Streamed:
+    """A payload whose request streams when its client asks (`stream: true`)."""
+
+    __slots__ = ()
+    request: ChatRequest | CompletionRequest
+
+    @property
+    def streams(self) -> bool:
+        return self.request.stream
+
+
+class _OpenAIStreamed(_Streamed):
+    """Chat's and legacy completions' streams end with a usage chunk when the client asks for one."""
+
+    __slots__ = ()
+
+    @property
+    def wants_usage_chunk(self) -> bool:
+        return self.request.wants_usage_chunk()
+
+
+class ChatPayload(_OpenAIStreamed, msgspec.Struct, tag="chat", array_like=True, frozen=True):
     """POST /v1/chat/completions."""
 
     request: ChatRequest
@@ -37,16 +58,9 @@ class ChatPayload(msgspec.Struct, tag="chat", array_like=True, frozen=True):
     background: ClassVar[bool] = False  # runs as an async job whatever the client's Prefer header says
     cacheable: ClassVar[bool] = True  # the response cache stores and replays its kind (broker/cache/replay.py)
 
-    @property
-    def streams(self) -> bool:
-        return self.request.stream
-
-    @property
-    def wants_usage_chunk(self) -> bool:
-        return self.request.wants_usage_chunk()
 
 
-class CompletionPayload(msgspec.Struct, tag="completion", array_like=True, frozen=True):
+class CompletionPayload(_OpenAIStreamed, msgspec.Struct, tag="completion", array_like=True, frozen=True):
     """POST /v1/completions (legacy text completions)."""
 
     request: CompletionRequest
@@ -56,13 +70,6 @@ class CompletionPayload(msgspec.Struct, tag="completion", array_like=True, froze
     background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
 
-    @property
-    def streams(self) -> bool:
-        return self.request.stream
-
-    @property
-    def wants_usage_chunk(self) -> bool:
-        return self.request.wants_usage_chunk()
 
 
 class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=True):
@@ -78,7 +85,7 @@ class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=
     wants_usage_chunk: ClassVar[bool] = False
 
 
-class MessagesPayload(msgspec.Struct, tag="messages", array_like=True, frozen=True):
+class MessagesPayload(_Streamed, msgspec.Struct, tag="messages", array_like=True, frozen=True):
     """POST /v1/messages (Anthropic's Messages API, served inbound).
 
     `body` is the client's request exactly as received: an Anthropic deployment gets it as it is
@@ -98,9 +105,6 @@ class MessagesPayload(msgspec.Struct, tag="messages", array_like=True, frozen=Tr
     background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays OpenAI's shapes only
 
-    @property
-    def streams(self) -> bool:
-        return self.request.stream
 
     @property
     def wants_usage_chunk(self) -> bool:
@@ -124,7 +128,7 @@ class CountTokensPayload(msgspec.Struct, tag="count_tokens", array_like=True, fr
     wants_usage_chunk: ClassVar[bool] = False
 
 
-class ResponsesPayload(msgspec.Struct, tag="responses", array_like=True, frozen=True):
+class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=True, frozen=True):
     """POST /v1/responses (OpenAI's Responses API, served for every model).
 
     `request` is its Chat Completions form, earlier turns of `previous_response_id` included: routing,
@@ -142,9 +146,6 @@ class ResponsesPayload(msgspec.Struct, tag="responses", array_like=True, frozen=
     dialect: ClassVar[Dialect] = "responses"
     cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays Chat's shapes only
 
-    @property
-    def streams(self) -> bool:
-        return self.request.stream
 
     @property
     def wants_usage_chunk(self) -> bool:
