@@ -14,7 +14,7 @@ keep-alives are `ping` events, which the SDK skips; an error after the 200 is `e
 
 from __future__ import annotations
 
-from api.sse import Dialect, frame_blocks_with_ids
+from api.sse import Dialect, frame_blocks, frame_blocks_with_ids
 from broker.errors import BrokerError
 from broker.wire.messages import ErrorDetail, ErrorResponse, encoder
 from broker.wire.messages_events import Ping, encode_event, error_event
@@ -52,4 +52,4 @@ def _error_event(err: BrokerError) -> bytes:
 
 
 PING = encode_event(Ping())
-STREAM = Dialect(frame_blocks_with_ids, b"", _error_event, PING, PING)
+STREAM = Dialect(frame_blocks_with_ids, frame_blocks, b"", _error_event, PING, PING)

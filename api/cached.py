@@ -32,6 +32,7 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from api import sse
+from api.dialects import dialect
 from api.sse import EventStream
 from api.state import BrokerState
 from broker.cache.exact import Policy, Slot, deterministic
@@ -259,13 +260,14 @@ def _waiting_stream(state: BrokerState, job: Job, flight: asyncio.Future[bytes |
 
 
 def _answer_id(job: Job) -> str:
-    return f"{job.payload.answer_prefix}-{job.id}"
+    return f"{job.payload.answer_prefix}{job.id}"
 
 
 def _replayed(state: BrokerState, job: Job, entry: bytes) -> bytes:
     events = replay(job.payload.kind, entry, _answer_id(job), wants_usage=job.payload.wants_usage_chunk)
     state.spawn(_count_hit(state, job))
-    return sse.frame(events) + sse.DONE
+    framing = dialect(job.payload.dialect)
+    return framing.frame(events) + framing.done
 
 
 def _hit(state: BrokerState, job: Job, entry: bytes) -> Response | None:

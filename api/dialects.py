@@ -22,7 +22,7 @@ def _responses_error(err: BrokerError) -> bytes:
     return event + sse.DONE
 
 
-RESPONSES = sse.Dialect(sse.frame_blocks_with_ids, sse.DONE, _responses_error, sse.KEEPALIVE,
+RESPONSES = sse.Dialect(sse.frame_blocks_with_ids, sse.frame_blocks, sse.DONE, _responses_error, sse.KEEPALIVE,
                         sse.KEEPALIVE_AFTER_IDS)
 DIALECTS: dict[str, sse.Dialect] = {"openai": sse.OPENAI, "anthropic": anthropic.STREAM, "responses": RESPONSES}
 

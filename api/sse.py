@@ -44,6 +44,10 @@ def frame_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes
                     for i, event in enumerate(events))
 
 
+def frame_blocks(events: list[bytes]) -> bytes:
+    return b"".join(events)
+
+
 def frame_blocks_with_ids(events: list[bytes], attempt: int, first_index: int) -> bytes:
     """Whole event blocks (`event:` + `data:`, as the workers of the Anthropic and Responses dialects
     emit them) with their resume ids: an `id:` line may open a block, whose fields the SSE spec reads
@@ -60,13 +64,14 @@ class Dialect(NamedTuple):
     its end, an error after the 200, and keep-alives (before and after the first `id:` line)."""
 
     frame_with_ids: Callable[[list[bytes], int, int], bytes]
+    frame: Callable[[list[bytes]], bytes]  # without ids: a cached answer replayed
     done: bytes
     error_event: Callable[[BrokerError], bytes]
     keepalive: bytes
     keepalive_after_ids: bytes
 
 
-OPENAI = Dialect(frame_with_ids, DONE, error_event, KEEPALIVE, KEEPALIVE_AFTER_IDS)
+OPENAI = Dialect(frame_with_ids, frame, DONE, error_event, KEEPALIVE, KEEPALIVE_AFTER_IDS)
 
 
 async def first_reply(waiter: Waiter, *, hold_s: float, deadline: float, timeout_message: str) -> Reply | None:

@@ -366,3 +366,48 @@ def test_cache_config_is_off_unless_present_and_a_model_cannot_have_one_alone() 
                                            "cache": {"shared": True}}}}, source="t")
     with pytest.raises(ConfigError, match="max_entries"):
         validate({**base, "cache": {"max_entries": 0}}, source="t")
+
+
+# ---- /v1/messages: kept and replayed in Anthropic's shapes
+
+
+def _messages(base_url: str) -> Any:
+    import anthropic
+
+    return anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key=TEST_KEY, max_retries=0)
+
+
+def _message_text(message: Any) -> str:
+    return "".join(block.text for block in message.content if block.type == "text")
+
+
+def test_a_messages_answer_is_kept_and_given_back_as_a_message(base_url: str, upstream: UpstreamServer) -> None:
+    client = _messages(base_url)
+    request: Any = {"model": "cached", "max_tokens": 16, "extra_body": {"temperature": 0},
+                    "messages": [{"role": "user", "content": "cache this message"}]}
+    before = calls(upstream)
+    first = client.messages.with_raw_response.create(**request)
+    second = client.messages.with_raw_response.create(**request)
+    assert first.headers["x-llm-broker-cache"] == "miss" and second.headers["x-llm-broker-cache"] == "hit"
+    assert calls(upstream) == before + 1
+    a, b = first.parse(), second.parse()
+    assert b.id.startswith("msg_") and b.id != a.id and b.content == a.content and b.stop_reason == a.stop_reason
+
+
+@pytest.mark.parametrize("first_streams", [True, False], ids=["stream-then-create", "create-then-stream"])
+def test_a_messages_stream_is_kept_whole_and_replayed_as_events(base_url: str, upstream: UpstreamServer,
+                                                              first_streams: bool) -> None:
+    client = _messages(base_url)
+    request: Any = {"model": "cached", "max_tokens": 16, "extra_body": {"temperature": 0},
+                    "messages": [{"role": "user", "content": f"cache me {first_streams}"}]}
+
+    def streamed() -> Any:
+        with client.messages.stream(**request) as stream:
+            return stream.get_final_message()
+
+    before = calls(upstream)
+    first = streamed() if first_streams else client.messages.create(**request)
+    second = client.messages.create(**request) if first_streams else streamed()
+    assert calls(upstream) == before + 1  # the second came from the cache, in the other form
+    assert _message_text(second) == _message_text(first) and second.stop_reason == first.stop_reason
+    assert second.usage.output_tokens == first.usage.output_tokens

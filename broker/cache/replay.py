@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
+from broker.cache import replay_messages
 from broker.queue.payloads import Kind
 from broker.wire import (
     ChatChunk,
@@ -44,6 +45,8 @@ def _free(usage: Usage | None | msgspec.UnsetType) -> Usage | None:
 
 def hit_body(kind: Kind, body: bytes, answer_id: str) -> bytes:
     """A cached body as this request's own non-streaming answer."""
+    if kind == "messages":
+        return replay_messages.hit_body(body, answer_id)
     if kind == "chat":
         chat = _chat.decode(body)
         return json_encoder.encode(msgspec.structs.replace(chat, id=answer_id, usage=_free(chat.usage)))
@@ -65,6 +68,8 @@ def assemble(kind: Kind, events: list[bytes], usage: Usage | None) -> bytes | No
         return _assemble_chat(events, usage)
     if kind == "text":
         return _assemble_text(events, usage)
+    if kind == "messages":
+        return replay_messages.assemble(events)
     return None  # embeddings never stream
 
 
@@ -166,6 +171,8 @@ def replay(kind: Kind, body: bytes, answer_id: str, *, wants_usage: bool) -> lis
     usage chunk if asked for (https://platform.openai.com/docs/api-reference/chat-streaming)."""
     if kind == "text":
         return _replay_text(body, answer_id, wants_usage)
+    if kind == "messages":
+        return replay_messages.replay(body, answer_id)
     chat = _chat.decode(body)
     marker = None if wants_usage else UNSET  # OpenAI's "usage": null on every chunk once usage is asked
 

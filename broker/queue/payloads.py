@@ -53,7 +53,7 @@ class ChatPayload(_OpenAIStreamed, msgspec.Struct, tag="chat", array_like=True, 
 
     request: ChatRequest
     kind: ClassVar[Kind] = "chat"
-    answer_prefix: ClassVar[str] = "chatcmpl"  # the answer id's prefix, as OpenAI's
+    answer_prefix: ClassVar[str] = "chatcmpl-"  # the answer id's prefix, as OpenAI's
     dialect: ClassVar[Dialect] = "openai"
     background: ClassVar[bool] = False  # runs as an async job whatever the client's Prefer header says
     cacheable: ClassVar[bool] = True  # the response cache stores and replays its kind (broker/cache/replay.py)
@@ -65,7 +65,7 @@ class CompletionPayload(_OpenAIStreamed, msgspec.Struct, tag="completion", array
 
     request: CompletionRequest
     kind: ClassVar[Kind] = "text"
-    answer_prefix: ClassVar[str] = "cmpl"
+    answer_prefix: ClassVar[str] = "cmpl-"
     dialect: ClassVar[Dialect] = "openai"
     background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
@@ -100,11 +100,10 @@ class MessagesPayload(_Streamed, msgspec.Struct, tag="messages", array_like=True
     body: bytes
     beta: str = ""
     kind: ClassVar[Kind] = "messages"
-    answer_prefix: ClassVar[str] = "msg"
+    answer_prefix: ClassVar[str] = "msg_"
     dialect: ClassVar[Dialect] = "anthropic"
     background: ClassVar[bool] = False
-    cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays OpenAI's shapes only
-
+    cacheable: ClassVar[bool] = True
 
     @property
     def wants_usage_chunk(self) -> bool:
@@ -142,7 +141,7 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
     response_id: str
     background: bool = False  # `background: true`: an async job, answered at once with status `queued`
     kind: ClassVar[Kind] = "responses"
-    answer_prefix: ClassVar[str] = "resp"
+    answer_prefix: ClassVar[str] = "resp_"
     dialect: ClassVar[Dialect] = "responses"
     cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays Chat's shapes only
 
