@@ -9,6 +9,7 @@ beta headers, the body's bytes) is checked on the Anthropic one.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,19 @@ def test_an_upstream_server_error_is_an_api_error(client: anthropic.Anthropic) -
     with pytest.raises(anthropic.InternalServerError) as caught:
         client.messages.create(model="claude-broken", max_tokens=8, messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code >= 500 and caught.value.body["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_a_client_that_leaves_cancels_the_upstream_call(base_url: str, upstreams: dict[str, FakeServer],
+                                                        stream: bool) -> None:
+    stats = f"{upstreams['gpt-translated'].base_url}/fake/stats"
+    before = httpx.get(stats).json()["abandoned"]
+    body = {"model": "gpt-slow", "max_tokens": 8, "stream": stream, "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up on a 30 s answer after 1 s
+        with httpx.stream("POST", f"{base_url}/messages", json=body, headers={"x-api-key": TEST_KEY},
+                          timeout=httpx.Timeout(10, read=1)) as answer:
+            answer.read()
+    deadline = time.monotonic() + 10
+    while httpx.get(stats).json()["abandoned"] == before:  # the worker closed the upstream connection
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
