@@ -239,3 +239,20 @@ def test_a_background_response_is_cancelled(client: openai.OpenAI) -> None:
     done = client.responses.create(model="mock-translated", input="quick")
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(done.id)
+
+
+@pytest.mark.parametrize("effort, budget", [("low", 2048), ("high", 24576)])
+def test_reasoning_effort_becomes_each_upstreams_own_control(client: openai.OpenAI, upstreams: dict[str, FakeServer],
+                                                             effort: Literal["low", "high"], budget: int) -> None:
+    reasoning: Any = {"effort": effort}
+    client.responses.create(model="gpt-translated", input="think", reasoning=reasoning, max_output_tokens=64)
+    assert upstreams["gpt-translated"].requests[-1].body["reasoning_effort"] == effort
+    answer = client.responses.create(model="claude-direct", input="think", reasoning=reasoning, max_output_tokens=64)
+    sent = upstreams["claude-direct"].requests[-1].body
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": budget} and sent["max_tokens"] == 64 + budget
+    assert answer.output_text == "You said: think"  # the thinking block does not leak into the text
+    with client.responses.stream(model="claude-direct", input="think", reasoning=reasoning) as stream:
+        assert stream.get_final_response().output_text == "You said: think"  # nor into a stream
+    client.responses.create(model="gemini-translated", input="think", reasoning=reasoning)
+    sent = upstreams["gemini-translated"].requests[-1].body
+    assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": budget}

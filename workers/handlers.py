@@ -118,7 +118,8 @@ async def _serve_responses(provider: Provider, job: Job, payload: ResponsesPaylo
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:
     result = await provider.complete(req, model=job.upstream_model, deadline=job.deadline)
     result = msgspec.structs.replace(result, id=f"chatcmpl-{job.id}", model=job.model, created=int(job.created))
-    return json_encoder.encode(result), meter.answered(result)
+    usage = meter.answered(result)  # first: it puts the cost on the usage the body carries
+    return json_encoder.encode(result), usage
 
 
 async def _chat_stream(provider: Provider, job: Job, req: ChatRequest, emit: Emit, meter: Meter) -> Usage | None:

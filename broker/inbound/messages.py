@@ -58,12 +58,9 @@ from broker.wire.messages import (
     encoder,
     stop_reason_of,
 )
+from broker.wire.reasoning import effort_for
 
 MAX_STOP = 4  # Chat's limit on `stop`
-# thinking.budget_tokens → reasoning_effort. The minimum budget is 1,024 and Anthropic suggests 16k+
-# for complex tasks (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking): near the
-# minimum is "low", below 16k "medium", beyond "high".
-EFFORT_BANDS = ((4096, "low"), (16384, "medium"))
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -93,7 +90,7 @@ def to_chat(req: MessagesRequest) -> ChatRequest:
     _tools(req, out)
     budget = req.thinking.budget_tokens if req.thinking and req.thinking.type == "enabled" else UNSET
     if isinstance(budget, int):
-        out.reasoning_effort = next((effort for limit, effort in EFFORT_BANDS if budget < limit), "high")
+        out.reasoning_effort = effort_for(budget)  # thinking.budget_tokens → its level (broker/wire/reasoning.py)
     if req.output_config and req.output_config.format:
         if req.output_config.format.type != "json_schema" or req.output_config.format.schema is UNSET:
             raise InvalidRequest("output_config.format must be a json_schema with a `schema`",

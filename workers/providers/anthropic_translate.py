@@ -47,6 +47,7 @@ from broker.wire.messages import (
     MessagesRequest,
     Metadata,
     TextBlock,
+    ThinkingConfig,
     Tool,
     ToolChoice,
     ToolResultBlock,
@@ -58,6 +59,7 @@ from broker.wire.messages import (
 from broker.wire.messages import (
     Usage as AnthropicUsage,
 )
+from broker.wire.reasoning import budget_for
 from workers.providers.anthropic_wire import error_decoder, response_decoder
 
 JSON_TOOL = "json_response"
@@ -93,9 +95,23 @@ def to_anthropic(req: ChatRequest, *, model: str, default_max_tokens: int, strea
     if isinstance(user, str) and user:
         out.metadata = Metadata(user)
     _tools(req, out)
+    _thinking(req, out)
     if stream:
         out.stream = True
     return out
+
+
+def _thinking(req: ChatRequest, out: MessagesRequest) -> None:
+    """reasoning_effort → a thinking budget (broker/wire/reasoning.py). Anthropic counts it inside
+    max_tokens, so the answer's own limit is kept on top of it; thinking takes neither sampling changes
+    nor a forced tool (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking)."""
+    budget = budget_for(req.reasoning_effort)
+    forced = isinstance(out.tool_choice, ToolChoice) and out.tool_choice.type in ("any", "tool")
+    if not budget or forced:
+        return
+    out.thinking = ThinkingConfig(type="enabled", budget_tokens=budget)
+    out.max_tokens += budget
+    out.temperature = out.top_p = out.top_k = UNSET
 
 
 def _tools(req: ChatRequest, out: MessagesRequest) -> None:

@@ -42,6 +42,7 @@ from broker.wire import (
     Usage,
 )
 from broker.wire import FunctionCall as OpenAIFunctionCall
+from broker.wire.reasoning import budget_for
 from workers.providers import gemini_wire as g
 
 SIGNATURE_MARK = "__ts__"
@@ -226,6 +227,9 @@ def _generation_config(req: ChatRequest) -> g.GenerationConfig | UnsetType:
         temperature=given(req.temperature), top_p=given(req.top_p), top_k=given(req.top_k), seed=given(req.seed),
         presence_penalty=given(req.presence_penalty), frequency_penalty=given(req.frequency_penalty),
     )
+    budget = budget_for(req.reasoning_effort)  # reasoning_effort → thinkingBudget (broker/wire/reasoning.py)
+    if budget is not None:
+        config.thinking_config = g.ThinkingConfig(thinking_budget=budget)
     fmt = req.response_format if isinstance(req.response_format, dict) else {}
     if fmt.get("type") in ("json_object", "json_schema"):
         config.response_mime_type = "application/json"

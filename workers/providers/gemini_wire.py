@@ -75,6 +75,10 @@ class ToolConfig(_Out):
     function_calling_config: FunctionCallingConfig
 
 
+class ThinkingConfig(_Out):
+    thinking_budget: int  # tokens; 0 turns thinking off on the models that allow it
+
+
 class GenerationConfig(_Out):
     candidate_count: int | UnsetType = UNSET
     stop_sequences: list[str] | UnsetType = UNSET
@@ -87,6 +91,7 @@ class GenerationConfig(_Out):
     frequency_penalty: float | UnsetType = UNSET
     response_mime_type: str | UnsetType = UNSET
     response_json_schema: dict[str, Any] | UnsetType = UNSET  # JSON Schema, so no OpenAPI-subset rewrite
+    thinking_config: ThinkingConfig | UnsetType = UNSET
 
 
 class GenerateContentRequest(_Out):
