@@ -8,6 +8,7 @@ Response, and two API processes, so a stored response is read from the one that 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -256,3 +257,29 @@ def test_reasoning_effort_becomes_each_upstreams_own_control(client: openai.Open
     client.responses.create(model="gemini-translated", input="think", reasoning=reasoning)
     sent = upstreams["gemini-translated"].requests[-1].body
     assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": budget}
+
+
+class Forecast(pydantic.BaseModel):
+    city: str
+    kind: Literal["sunny", "rainy", "snowy"]
+
+
+@pytest.mark.parametrize("model", ["claude-direct", "gpt-translated", "gemini-translated"])
+def test_json_schema_output_parses_on_every_upstream(client: openai.OpenAI, model: str) -> None:
+    parsed = client.responses.parse(model=model, input="The forecast, please", text_format=Forecast)
+    assert isinstance(parsed.output_parsed, Forecast) and parsed.status == "completed"
+
+
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+@pytest.mark.parametrize("model", ["claude-direct", "gpt-translated", "gemini-translated"])
+def test_an_image_part_reaches_every_upstream(client: openai.OpenAI, model: str,
+                                              upstreams: dict[str, FakeServer]) -> None:
+    content: Any = [{"type": "input_text", "text": "What is in this image?"},
+                    {"type": "input_image", "image_url": f"data:image/png;base64,{PIXEL}", "detail": "auto"}]
+    response = client.responses.create(model=model, input=[{"role": "user", "content": content}])
+    assert response.status == "completed" and response.output_text
+    assert PIXEL in json.dumps(upstreams[model].requests[-1].body)
+    if model == "claude-direct":
+        assert response.output_text.startswith("I see 1 image(s).")
