@@ -50,6 +50,8 @@ def stack(make: StackFactory, servers: dict[str, FakeServer]) -> Stack:
     models["gpt-slow"] = [{"provider": OPENAI.name, "model": "slow"}]  # answers after 30 s
     models["claude-broken"] = [{"provider": ANTHROPIC.name, "model": "server-error"}]
     models["nobody-home"] = [{"provider": "idle", "model": "m"}]
+    models["gpt-small"] = [{"provider": OPENAI.name, "model": OPENAI.models["chat"] + "@small",
+                            "capabilities": {"max_context_tokens": 40}}]
     # Failover before the first event, from a relayed deployment to a translated one and back.
     models["claude-then-gpt"] = [{"provider": ANTHROPIC.name, "model": "overloaded"},
                                  {"provider": OPENAI.name, "model": OPENAI.models["chat"]}]

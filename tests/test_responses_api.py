@@ -283,3 +283,17 @@ def test_an_image_part_reaches_every_upstream(client: openai.OpenAI, model: str,
     assert PIXEL in json.dumps(upstreams[model].requests[-1].body)
     if model == "claude-direct":
         assert response.output_text.startswith("I see 1 image(s).")
+
+
+def test_truncation_auto_drops_the_oldest_turns_and_disabled_refuses(client: openai.OpenAI,
+                                                                     upstreams: dict[str, FakeServer]) -> None:
+    first = client.responses.create(model="gpt-small", input="A" * 100)  # ~25 tokens of a 40-token window
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="gpt-small", previous_response_id=first.id, input="B" * 100)
+    assert caught.value.code == "context_length_exceeded" and caught.value.body["param"] == "input"
+    second = client.responses.create(model="gpt-small", previous_response_id=first.id, input="B" * 100,
+                                     truncation="auto")
+    assert second.status == "completed"
+    assert upstreams["gpt-translated"].requests[-1].body["messages"] == [{"role": "user", "content": "B" * 100}]
+    with pytest.raises(openai.BadRequestError):  # its own input alone does not fit: nothing left to drop
+        client.responses.create(model="gpt-small", input="C" * 400, truncation="auto")

@@ -25,7 +25,11 @@ from broker.inbound.responses_output import new_response
 from broker.queue import async_jobs
 from broker.queue.jobs import Job
 from broker.queue.payloads import ResponsesPayload
+from broker.routing.capabilities import estimate_tokens
+from broker.wire import ChatRequest
 from broker.wire.responses import (
+    InputItem,
+    MessageItem,
     ResponseError,
     ResponsesRequest,
     encoder,
@@ -39,10 +43,38 @@ _encoder = msgspec.json.Encoder()
 async def _payload(decoded: ResponsesRequest, body: bytes, request: Request, principal: Principal) -> ResponsesPayload:
     state: BrokerState = request.app.state.broker
     history = await responses_store.history(state.redis, state.keys, principal.tenant_name, decoded)
+    chat = _within_context(state, principal, decoded, history)
     if decoded.background is True and decoded.stream is True:
         raise InvalidRequest("Streaming a background response is not served yet: drop `stream`, then poll "
                              "GET /v1/responses/{id}.", param="stream")
-    return ResponsesPayload(to_chat(decoded, history), body, f"resp_{uuid.uuid4().hex}", decoded.background is True)
+    return ResponsesPayload(chat, body, f"resp_{uuid.uuid4().hex}", decoded.background is True)
+
+
+def _within_context(state: BrokerState, principal: Principal, request: ResponsesRequest,
+                    history: list[InputItem]) -> ChatRequest:
+    """The request's Chat form, fitted to the model's context window as `truncation` says
+    (https://platform.openai.com/docs/api-reference/responses/create): `auto` drops the oldest earlier
+    turns, whole (a tool call never loses its output), until it fits; `disabled`, the default, refuses
+    it. The window is the largest of the model's deployments' `max_context_tokens` (failover moves to a
+    larger one); with none configured, the upstream is the judge."""
+    chat = to_chat(request, history)
+    limits = [state.router.capabilities(d).max_context_tokens
+              for d in state.router.group(principal.tenant, request.model).deployments]
+    window = max(limit or 0 for limit in limits) if limits and all(limits) else None
+    while window is not None and estimate_tokens(chat) > window:
+        if request.truncation != "auto" or not history:
+            raise InvalidRequest(f"The input is about {estimate_tokens(chat):,} tokens, more than model "
+                                 f"{request.model!r}'s context window of {window:,}; `truncation: auto` drops "
+                                 "the oldest turns to fit.", param="input", code="context_length_exceeded")
+        history = _without_oldest_turn(history)
+        chat = to_chat(request, history)
+    return chat
+
+
+def _without_oldest_turn(history: list[InputItem]) -> list[InputItem]:
+    """The history from its second user message on: the first turn, its answer and tool calls, dropped."""
+    starts = [i for i, item in enumerate(history) if isinstance(item, MessageItem) and item.role == "user"]
+    return history[starts[1]:] if len(starts) > 1 else []
 
 
 def completed_response(job: Job, body: bytes) -> bytes:
