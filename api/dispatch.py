@@ -128,6 +128,8 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
 # What an inbound protocol does with a job's final body before its client gets it (api/responses_store.py
 # stores a Response there, so that it is readable the moment its client sees it complete).
 Finalize = Callable[[BrokerState, Principal, Job, bytes], Awaitable[bytes]]
+# How an inbound protocol answers a request it runs in the background (an async job it queued).
+Accepted = Callable[[BrokerState, Request, Principal, Job], Awaitable[Response]]
 
 
 async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | None = None,
@@ -229,10 +231,6 @@ async def submit(state: BrokerState, job: Job, accepted: Callable[[], Awaitable[
                     headers={"location": f"/v1/jobs/{job.id}", "preference-applied": "respond-async"})
 
 
-async def _accepted(accepted: Finalize, state: BrokerState, principal: Principal, job: Job) -> Response:
-    return Response(await accepted(state, principal, job, b""), media_type="application/json")
-
-
 def _queue_unavailable(what: str, exc: RedisError) -> limits.NotQueued:
     """Redis failed after admission: the edge's 503, but through NotQueued, which refunds the charges."""
     log.warning("%s unavailable, answering 503: %s: %s", what, type(exc).__name__, exc)
@@ -261,7 +259,7 @@ async def _plain(decoded: Any, body: bytes, request: Request, principal: Princip
 
 def endpoint(decoder: msgspec.json.Decoder[P],
              to_payload: Callable[[P, bytes, Request, Principal], Awaitable[Payload]] = _plain,
-             finalize: Finalize | None = None, accepted: Finalize | None = None,
+             finalize: Finalize | None = None, accepted: Accepted | None = None,
              ) -> Callable[[Request], Awaitable[Response]]:
     """A route handler for a job-backed endpoint: authenticate, decode, route, run.
 
@@ -285,7 +283,7 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
         done = (lambda job, body: finalize(state, principal, job, body)) if finalize is not None else None
-        told = (lambda: _accepted(accepted, state, principal, job)) if accepted is not None else None
+        told = (lambda: accepted(state, request, principal, job)) if accepted is not None else None
         answer = (lambda: submit(state, job, told)) if asynchronous else (lambda: run(state, request, job, None, done))
         # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
         policy = (state.cache.policy(job.model) if state.cache is not None and not asynchronous and job.payload.cacheable

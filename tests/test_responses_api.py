@@ -297,3 +297,20 @@ def test_truncation_auto_drops_the_oldest_turns_and_disabled_refuses(client: ope
     assert upstreams["gpt-translated"].requests[-1].body["messages"] == [{"role": "user", "content": "B" * 100}]
     with pytest.raises(openai.BadRequestError):  # its own input alone does not fit: nothing left to drop
         client.responses.create(model="gpt-small", input="C" * 400, truncation="auto")
+
+
+def test_a_background_stream_is_followed_and_picked_up_again_after_any_event(client: openai.OpenAI,
+                                                                             stack: Stack) -> None:
+    events = list(client.responses.create(model="gpt-translated", input="long story", background=True, stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    response_id = events[0].response.id
+    other_process = openai.OpenAI(base_url=stack.base_urls[1], api_key=TEST_KEY, max_retries=0)
+    resumed = list(other_process.responses.retrieve(response_id, stream=True, starting_after=3))
+    assert [event.sequence_number for event in resumed] == list(range(4, len(events)))
+    assert [event.type for event in resumed] == kinds[4:]
+    final = other_process.responses.retrieve(response_id)
+    assert final.status == "completed" and final.output_text == events[-1].response.output_text
+    with pytest.raises(openai.BadRequestError):  # a response that did not run in the background
+        client.responses.retrieve(client.responses.create(model="mock-translated", input="x").id, stream=True)

@@ -101,7 +101,7 @@ async def job_events_stream(request: Request, job_id: str) -> Response:
     def ended() -> None:
         response.finished = True
 
-    response = sse.EventStream(_events(state, job_id, after, deadline, ended, framing))
+    response = sse.EventStream(replay(state, job_id, after, deadline, ended, framing))
 
     def on_close(finished: bool) -> None:
         if owned:
@@ -121,7 +121,7 @@ async def _detach(state: BrokerState, job_id: str, providers: list[str], deadlin
         pass
 
 
-async def _events(state: BrokerState, job_id: str, after: tuple[int, int] | None, deadline: float,
+async def replay(state: BrokerState, job_id: str, after: tuple[int, int] | None, deadline: float,
                   ended: Callable[[], None], framing: sse.Dialect) -> AsyncIterator[bytes]:
     """Replay from the job's event log, resuming after `after` = (attempt, index), in the stream's own
     dialect (an Anthropic client resumes an Anthropic stream)."""

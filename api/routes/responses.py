@@ -9,15 +9,19 @@ it at once, from any API process.
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import msgspec
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api import dispatch, responses_store
+from api import dispatch, responses_store, sse
 from api.auth import Principal, credentials
+from api.dialects import dialect
+from api.routes import jobs
 from api.state import BrokerState
 from broker.errors import InvalidRequest
 from broker.inbound.responses import to_chat
@@ -44,9 +48,6 @@ async def _payload(decoded: ResponsesRequest, body: bytes, request: Request, pri
     state: BrokerState = request.app.state.broker
     history = await responses_store.history(state.redis, state.keys, principal.tenant_name, decoded)
     chat = _within_context(state, principal, decoded, history)
-    if decoded.background is True and decoded.stream is True:
-        raise InvalidRequest("Streaming a background response is not served yet: drop `stream`, then poll "
-                             "GET /v1/responses/{id}.", param="stream")
     return ResponsesPayload(chat, body, f"resp_{uuid.uuid4().hex}", decoded.background is True)
 
 
@@ -79,7 +80,11 @@ def _without_oldest_turn(history: list[InputItem]) -> list[InputItem]:
 
 def completed_response(job: Job, body: bytes) -> bytes:
     """The Response in a job's final body: the body itself, or a stream's last event's `response`."""
-    if not job.streams:
+    return _response_in(body, streamed=job.streams)
+
+
+def _response_in(body: bytes, *, streamed: bool) -> bytes:
+    if not streamed:
         return body
     data = body[body.rindex(b"\ndata: ") + 7:].strip()
     return bytes(msgspec.json.decode(data, type=dict[str, msgspec.Raw])["response"])
@@ -93,8 +98,10 @@ async def _keep(state: BrokerState, principal: Principal, job: Job, body: bytes)
     return body
 
 
-async def _queued(state: BrokerState, principal: Principal, job: Job, _: bytes) -> bytes:
-    """`background: true`: its Response at once, status `queued`, kept with the job that will complete it."""
+async def _queued(state: BrokerState, http: Request, principal: Principal, job: Job) -> Response:
+    """`background: true`: its Response at once, status `queued`, kept with the job that will complete it;
+    with `stream: true`, its events as they come, read from the job's event log, so a client that leaves
+    neither cancels it nor loses it (GET /v1/responses/{id}?stream=true picks it up again)."""
     assert isinstance(job.payload, ResponsesPayload)
     request = responses_request_decoder.decode(job.payload.body)
     queued = new_response(request, response_id=job.payload.response_id, created_at=int(job.created))
@@ -102,7 +109,35 @@ async def _queued(state: BrokerState, principal: Principal, job: Job, _: bytes) 
     body = encoder.encode(queued)
     await responses_store.save(state.redis, state.keys, state.config.responses, principal.tenant_name,
                                job.payload.response_id, request, body, job=job.id)
-    return body
+    if job.streams:
+        return _replay(state, job.id, job.deadline, after=-1)
+    return Response(body, media_type="application/json")
+
+
+def _replay(state: BrokerState, job_id: str, deadline: float, *, after: int) -> Response:
+    """A background stream's events with a sequence_number past `after`, from its job's event log
+    (api/routes/jobs.py reads it), then the live ones, then [DONE]."""
+    response = sse.EventStream(_after(jobs.replay(state, job_id, None, deadline, lambda: None,
+                                                    dialect("responses")), after))
+    response.headers["x-request-id"] = f"req_{job_id}"
+    return response
+
+
+_SEQUENCE = re.compile(rb'"sequence_number":(\d+)')
+
+
+async def _after(events: AsyncIterator[bytes], after: int) -> AsyncIterator[bytes]:
+    """Only the events numbered past `after` (the SDK's `starting_after`), keep-alives and the end kept.
+    A worker numbers a stream's events as it emits them, from 0, so the number is the event's place."""
+    async for chunk in events:
+        if after < 0 or b"sequence_number" not in chunk:
+            yield chunk
+            continue
+        blocks = [b for b in chunk.split(b"\n\n") if b]
+        kept = [b for b in blocks  # an error the API adds is not numbered in the stream: never dropped
+                if b"event: error" in b or not (m := _SEQUENCE.search(b)) or int(m.group(1)) > after]
+        if kept:
+            yield b"\n\n".join(kept) + b"\n\n"
 
 
 router.add_api_route("/v1/responses", dispatch.endpoint(responses_request_decoder, _payload, _keep, _queued),
@@ -133,8 +168,9 @@ async def _current(state: BrokerState, principal: Principal, response_id: str,
         raise responses_store.not_found(response_id)
     view = async_jobs.view(stored.job, found.record, found.flags, found.result)
     if view.status == "completed" and view.response is not None:
-        await responses_store.complete(state.redis, state.keys, response_id, bytes(view.response))
-        return bytes(view.response)
+        done = _response_in(bytes(view.response), streamed=found.record.streams)
+        await responses_store.complete(state.redis, state.keys, response_id, done)
+        return done
     status = {"expired": "failed"}.get(view.status, view.status)
     error = ResponseError(view.error.code or view.error.type, view.error.message) if view.error else None
     fields = msgspec.json.decode(stored.queued, type=dict[str, msgspec.Raw])
@@ -144,9 +180,16 @@ async def _current(state: BrokerState, principal: Principal, response_id: str,
 
 
 @router.get("/v1/responses/{response_id}")
-async def retrieve(request: Request, response_id: str) -> Response:
+async def retrieve(request: Request, response_id: str, stream: bool = False, starting_after: int = -1) -> Response:
     state, principal, stored = await _stored(request, response_id)
-    return Response(await _current(state, principal, response_id, stored), media_type="application/json")
+    if not stream:
+        return Response(await _current(state, principal, response_id, stored), media_type="application/json")
+    found = (await async_jobs.load(state.redis, state.keys, stored.job, principal.tenant_name)
+             if stored.job is not None else None)
+    if found is None or not found.record.streams:
+        raise InvalidRequest("Only a response created with `background: true` and `stream: true` can be "
+                             "streamed again.", param="stream")
+    return _replay(state, stored.job or "", found.record.deadline, after=starting_after)
 
 
 @router.post("/v1/responses/{response_id}/cancel")
