@@ -127,7 +127,7 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
 
 # What an inbound protocol does with a job's final body before its client gets it (api/responses_store.py
 # stores a Response there, so that it is readable the moment its client sees it complete).
-Finalize = Callable[[BrokerState, Principal, Job, bytes], Awaitable[bytes]]
+Finalize = Callable[[BrokerState, Request, Principal, Job, bytes], Awaitable[bytes]]
 # How an inbound protocol answers a request it runs in the background (an async job it queued).
 Accepted = Callable[[BrokerState, Request, Principal, Job], Awaitable[Response]]
 
@@ -282,7 +282,7 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         log_context.bind(headers[request_ids.REQUEST_ID], job.client_request_id)
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
-        done = (lambda job, body: finalize(state, principal, job, body)) if finalize is not None else None
+        done = (lambda job, body: finalize(state, request, principal, job, body)) if finalize is not None else None
         told = (lambda: accepted(state, request, principal, job)) if accepted is not None else None
         answer = (lambda: submit(state, job, told)) if asynchronous else (lambda: run(state, request, job, None, done))
         # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.

@@ -90,14 +90,12 @@ def _with_id(item: InputItem, fallback: str) -> InputItem:
 
 
 async def save(redis: Redis, keys: Keys, settings: ResponsesSettings, tenant: str, response_id: str,
-               request: ResponsesRequest, response: bytes, *, job: str | None = None) -> None:
-    """Keep a response (unless its request said `store: false`) with its whole context: a completed one,
+               request: ResponsesRequest, earlier: list[InputItem], response: bytes, *, job: str | None = None) -> None:
+    """Keep a response (unless its request said `store: false`) with its whole context, `earlier` (the
+    turns before it, as its request was answered with them) then its own input: a completed response,
     or, for `background`, the queued one its client got, with the job that will complete it."""
     if request.store is False and job is None:
         return
-    previous = request.previous_response_id
-    before = await load(redis, keys, tenant, previous) if isinstance(previous, str) else None  # gone: starts here
-    earlier = before.history() if before is not None else []
     suffix = response_id.removeprefix("resp_")
     own = [_with_id(item, f"{suffix}_in{i}") for i, item in enumerate(request.items())]
     key = keys.response(response_id)

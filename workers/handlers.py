@@ -43,7 +43,6 @@ from broker.wire import (
 from workers import messages, responses
 from workers.meter import Meter
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
-from workers.providers.base import MessagesProvider
 
 Emit = Callable[[bytes], None]
 Outcome = tuple[bytes, Usage | None]
@@ -95,24 +94,10 @@ async def _serve_embeddings(provider: Provider, job: Job, payload: EmbeddingPayl
     return await _embeddings(provider, job, payload.request, meter)
 
 
-@handles(MessagesPayload)
-async def _serve_messages(provider: Provider, job: Job, payload: MessagesPayload, emit: Emit,
-                          meter: Meter) -> Outcome:
-    if isinstance(provider, MessagesProvider):  # Anthropic itself: the client's bytes go up as they are
-        return await messages.relay(provider, job, payload, emit, meter)
-    return await messages.translated(provider, job, payload, emit, meter)
-
-
-@handles(CountTokensPayload)
-async def _serve_count_tokens(provider: Provider, job: Job, payload: CountTokensPayload, emit: Emit,
-                              meter: Meter) -> Outcome:
-    return await messages.count_tokens(provider, job, payload, meter)
-
-
-@handles(ResponsesPayload)
-async def _serve_responses(provider: Provider, job: Job, payload: ResponsesPayload, emit: Emit,
-                           meter: Meter) -> Outcome:
-    return await responses.serve(provider, job, payload, emit, meter)
+# The inbound protocols' handlers live in their own modules (workers/messages.py, workers/responses.py).
+handles(MessagesPayload)(messages.serve)
+handles(CountTokensPayload)(messages.count_tokens)
+handles(ResponsesPayload)(responses.serve)
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

@@ -32,7 +32,7 @@ from workers.providers.anthropic_stream import error_from_event
 from workers.providers.anthropic_wire import event_decoder, response_decoder
 from workers.providers.base import MessagesProvider
 
-Emit = Callable[[bytes], None]  # as workers/handlers.py's, which registers these two
+Emit = Callable[[bytes], None]  # as workers/handlers.py's, which registers `serve` and `count_tokens`
 Outcome = tuple[bytes, Usage | None]
 _fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encoder = msgspec.json.Encoder()
@@ -53,14 +53,6 @@ def _message_start_with_model(data: bytes, model: str) -> bytes:
     return _encoder.encode(fields)
 
 
-def _merged(usage: MessagesUsage, update: MessagesUsage | None) -> MessagesUsage:
-    """message_delta's counts are cumulative and may leave some out: the latest of each wins."""
-    if update is None:
-        return usage
-    changes = {name: value for name in update.__struct_fields__ if (value := getattr(update, name)) is not None}
-    return msgspec.structs.replace(usage, **changes)
-
-
 async def relay(provider: MessagesProvider, job: Job, payload: MessagesPayload, emit: Emit, meter: Meter) -> Outcome:
     body = with_model(payload.body, job.upstream_model)
     if not payload.streams:
@@ -79,17 +71,23 @@ async def relay(provider: MessagesProvider, job: Job, payload: MessagesPayload, 
         data = event.data
         if parsed.type == "message_start":
             meter.responded = True
-            usage = _merged(usage, parsed.message.usage if parsed.message else None)
+            usage = usage.merged(parsed.message.usage if parsed.message else None)
             data = _message_start_with_model(data, job.model)
         elif parsed.type == "message_delta":
-            usage = _merged(usage, parsed.usage)
+            usage = usage.merged(parsed.usage)
         elif parsed.type == "content_block_delta" and parsed.delta is not None:
             meter.output_chars += len(parsed.delta.text) + len(parsed.delta.partial_json)
         emit(b"event: %s\ndata: %s\n\n" % ((event.event or parsed.type).encode(), data))
     return b"", meter.stamp(usage.to_chat())
 
 
-async def count_tokens(provider: Provider, job: Job, payload: CountTokensPayload, meter: Meter) -> Outcome:
+async def serve(provider: Provider, job: Job, payload: MessagesPayload, emit: Emit, meter: Meter) -> Outcome:
+    if isinstance(provider, MessagesProvider):  # Anthropic itself: the client's bytes go up as they are
+        return await relay(provider, job, payload, emit, meter)
+    return await translated(provider, job, payload, emit, meter)
+
+
+async def count_tokens(provider: Provider, job: Job, payload: CountTokensPayload, emit: Emit, meter: Meter) -> Outcome:
     """Anthropic counts with its own tokenizer; any other deployment gets admission's estimate. Nothing is
     billed: the meter is told so, or the worker would charge the prompt's estimate of an unanswered call."""
     meter.stamp(Usage(0, 0, 0))

@@ -47,12 +47,14 @@ _encoder = msgspec.json.Encoder()
 async def _payload(decoded: ResponsesRequest, body: bytes, request: Request, principal: Principal) -> ResponsesPayload:
     state: BrokerState = request.app.state.broker
     history = await responses_store.history(state.redis, state.keys, principal.tenant_name, decoded)
-    chat = _within_context(state, principal, decoded, history)
+    chat, history = _within_context(state, principal, decoded, history)
+    # What the response is stored with, at its end (`_keep`, `_queued`): neither decoded nor read again.
+    request.state.responses_turn = (decoded, history)
     return ResponsesPayload(chat, body, f"resp_{uuid.uuid4().hex}", decoded.background is True)
 
 
 def _within_context(state: BrokerState, principal: Principal, request: ResponsesRequest,
-                    history: list[InputItem]) -> ChatRequest:
+                    history: list[InputItem]) -> tuple[ChatRequest, list[InputItem]]:
     """The request's Chat form, fitted to the model's context window as `truncation` says
     (https://platform.openai.com/docs/api-reference/responses/create): `auto` drops the oldest earlier
     turns, whole (a tool call never loses its output), until it fits; `disabled`, the default, refuses
@@ -69,7 +71,7 @@ def _within_context(state: BrokerState, principal: Principal, request: Responses
                                  "the oldest turns to fit.", param="input", code="context_length_exceeded")
         history = _without_oldest_turn(history)
         chat = to_chat(request, history)
-    return chat
+    return chat, history
 
 
 def _without_oldest_turn(history: list[InputItem]) -> list[InputItem]:
@@ -90,11 +92,11 @@ def _response_in(body: bytes, *, streamed: bool) -> bytes:
     return bytes(msgspec.json.decode(data, type=dict[str, msgspec.Raw])["response"])
 
 
-async def _keep(state: BrokerState, principal: Principal, job: Job, body: bytes) -> bytes:
+async def _keep(state: BrokerState, http: Request, principal: Principal, job: Job, body: bytes) -> bytes:
     assert isinstance(job.payload, ResponsesPayload)
+    request, earlier = http.state.responses_turn
     await responses_store.save(state.redis, state.keys, state.config.responses, principal.tenant_name,
-                               job.payload.response_id, responses_request_decoder.decode(job.payload.body),
-                               completed_response(job, body))
+                               job.payload.response_id, request, earlier, completed_response(job, body))
     return body
 
 
@@ -103,12 +105,12 @@ async def _queued(state: BrokerState, http: Request, principal: Principal, job: 
     with `stream: true`, its events as they come, read from the job's event log, so a client that leaves
     neither cancels it nor loses it (GET /v1/responses/{id}?stream=true picks it up again)."""
     assert isinstance(job.payload, ResponsesPayload)
-    request = responses_request_decoder.decode(job.payload.body)
+    request, earlier = http.state.responses_turn
     queued = new_response(request, response_id=job.payload.response_id, created_at=int(job.created))
     queued.status = "queued"
     body = encoder.encode(queued)
     await responses_store.save(state.redis, state.keys, state.config.responses, principal.tenant_name,
-                               job.payload.response_id, request, body, job=job.id)
+                               job.payload.response_id, request, earlier, body, job=job.id)
     if job.streams:
         return _replay(state, job.id, job.deadline, after=-1)
     return Response(body, media_type="application/json")

@@ -13,7 +13,7 @@ import json
 
 import msgspec
 
-from broker.wire.messages import Message, ThinkingBlock, ToolUseBlock, Usage, encoder
+from broker.wire.messages import Message, ThinkingBlock, ToolUseBlock, encoder
 from broker.wire.messages_events import (
     ContentBlockDelta,
     ContentBlockStart,
@@ -39,11 +39,6 @@ def _data(block: bytes) -> bytes:
     return block[block.index(b"data: ") + 6:].split(b"\n", 1)[0]
 
 
-def _merged(usage: Usage, update: Usage) -> Usage:
-    changes = {name: value for name in update.__struct_fields__ if (value := getattr(update, name)) is not None}
-    return msgspec.structs.replace(usage, **changes)
-
-
 def assemble(events: list[bytes]) -> bytes | None:
     """The Message a whole stream carried; None if it is not whole or holds what we do not model."""
     message: Message | None = None
@@ -66,7 +61,7 @@ def assemble(events: list[bytes]) -> bytes | None:
                 case ContentBlockDelta(index=index, delta=SignatureDelta(signature=signature)):
                     blocks[index] = msgspec.structs.replace(blocks[index], signature=signature)
                 case MessageDelta(delta=delta, usage=usage) if message is not None:
-                    stop, message = delta, msgspec.structs.replace(message, usage=_merged(message.usage, usage))
+                    stop, message = delta, msgspec.structs.replace(message, usage=message.usage.merged(usage))
                 case MessageStop():
                     stopped = True
     except (msgspec.DecodeError, KeyError, ValueError):

@@ -262,6 +262,14 @@ class Usage(msgspec.Struct, omit_defaults=True):
     cache_creation_input_tokens: Int64 | None = None
     cache_read_input_tokens: Int64 | None = None
 
+    def merged(self, update: Usage | None) -> Usage:
+        """These counts updated by a later report's: message_delta's are cumulative and may leave some
+        out, so the latest of each wins."""
+        if update is None:
+            return self
+        changes = {name: value for name in update.__struct_fields__ if (value := getattr(update, name)) is not None}
+        return msgspec.structs.replace(self, **changes)
+
     def to_chat(self) -> ChatUsage:
         """Chat's prompt_tokens includes cached tokens; Anthropic counts them apart from input_tokens."""
         cache_read, cache_write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
