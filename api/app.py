@@ -1,4 +1,5 @@
-"""The FastAPI edge: app factory, lifespan, and the exception handlers that make every error OpenAI-shaped.
+"""The FastAPI edge: app factory, lifespan, and the exception handlers that shape every error as its
+protocol does (OpenAI's; Anthropic's on /v1/messages: api/anthropic.py).
 
 The API authenticates, validates, turns a request into a Job, enqueues it and
 waits for the replies; it never calls a provider.

@@ -1,4 +1,5 @@
-"""OpenAI SSE framing, keep-alives, and errors after the 200.
+"""SSE framing, keep-alives, and errors after the 200: OpenAI's here, and the `Dialect` by which the
+other inbound protocols write theirs (api/dialects.py).
 
 Server-sent events (https://html.spec.whatwg.org/multipage/server-sent-events.html) as the
 `openai` Python SDK reads them (`src/openai/_streaming.py`: `SSEDecoder.decode`, `Stream.__stream__`).
