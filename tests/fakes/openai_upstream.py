@@ -347,6 +347,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         return _injected_error(str(body.get("model", "")))
 
     from tests.fakes.openai_legacy import legacy_routes
+    from tests.fakes.openai_responses import responses_routes
 
     app = Starlette(routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -354,6 +355,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         Route("/v1/fake/stats", lambda _: Response(_encoder.encode({"chat_calls": calls[0], "abandoned": abandoned[0]}),
                                                    media_type="application/json"), methods=["GET"]),
         *legacy_routes(record, guard, chunks, EventStream),
+        *responses_routes(record, guard, EventStream),
         # Azure OpenAI: deployment in the path, api-version required, key in `api-key`.
         Route("/openai/deployments/{deployment}/chat/completions", azure_chat, methods=["POST"]),
     ])
