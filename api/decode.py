@@ -19,6 +19,7 @@ import msgspec
 from starlette.requests import Request
 
 from broker.errors import InvalidRequest
+from broker.wire.responses import ForeignItem
 
 T = TypeVar("T")
 
@@ -57,8 +58,15 @@ MAX_DEPTH = 64
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # "unrolled": runs of plain bytes matched at once
 _NOT_BRACKET = bytes(set(range(256)) - set(b"[]{}"))
 _INNERMOST = re.compile(rb"\[\]|\{\}")  # once only brackets are left, the innermost pairs are empty
+def _foreign_bytes(obj: Any) -> bytes:
+    """An item only a Responses-speaking upstream reads travels as the JSON it came as."""
+    if isinstance(obj, ForeignItem):
+        return bytes(obj.raw)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
 # The Job's own encoder: what it cannot encode must be refused here, where the field is known.
-_job_probe = msgspec.msgpack.Encoder()
+_job_probe = msgspec.msgpack.Encoder(enc_hook=_foreign_bytes)
 
 
 def nesting_depth(body: bytes, limit: int = MAX_DEPTH) -> int:

@@ -21,18 +21,17 @@ from broker.config import ResponsesSettings
 from broker.errors import ModelNotFound
 from broker.keys import Keys
 from broker.wire.responses import (
+    AnyItem,
     FunctionCallOutputItem,
-    InputItem,
     MessageItem,
     ResponsesRequest,
+    decode_items,
     encoder,
 )
 
-_items = msgspec.json.Decoder(list[InputItem])
-
 
 class _Output(msgspec.Struct):
-    output: list[InputItem] = []  # a Response's output items are input items of the next turn
+    output: msgspec.Raw = msgspec.Raw(b"[]")  # a Response's output items are input items of the next turn
 
 
 _output_of = msgspec.json.Decoder(_Output)
@@ -40,16 +39,16 @@ _output_of = msgspec.json.Decoder(_Output)
 
 class Stored(msgspec.Struct, frozen=True):
     response: bytes | None  # the Response JSON, as its client got it; None: a background one not done yet
-    context: list[InputItem]  # earlier turns' items, then its own input items
+    context: list[AnyItem]  # earlier turns' items, then its own input items
     own: int  # how many items at the end of `context` are its own input
     job: str | None = None  # a background response's async job (broker/queue/async_jobs.py)
     queued: bytes | None = None  # and the Response its client got at once, status `queued`
 
-    def history(self) -> list[InputItem]:
+    def history(self) -> list[AnyItem]:
         """What a request continuing from this response starts with: its context, then its output."""
-        return [*self.context, *(_output_of.decode(self.response).output if self.response else ())]
+        return [*self.context, *(decode_items(_output_of.decode(self.response).output) if self.response else ())]
 
-    def input_items(self) -> list[InputItem]:
+    def input_items(self) -> list[AnyItem]:
         return self.context[len(self.context) - self.own:]
 
 
@@ -65,10 +64,10 @@ async def load(redis: Redis, keys: Keys, tenant: str, response_id: str) -> Store
     owner, response, context, own, job, queued = found
     if owner is None or owner.decode() != tenant or (response is None and job is None):
         return None
-    return Stored(response, _items.decode(context or b"[]"), int(own or 0), job.decode() if job else None, queued)
+    return Stored(response, decode_items(context or b"[]"), int(own or 0), job.decode() if job else None, queued)
 
 
-async def history(redis: Redis, keys: Keys, tenant: str, request: ResponsesRequest) -> list[InputItem]:
+async def history(redis: Redis, keys: Keys, tenant: str, request: ResponsesRequest) -> list[AnyItem]:
     """The items of the turns before a request (`previous_response_id`); 404 when that id is not found."""
     previous = request.previous_response_id
     if not isinstance(previous, str):
@@ -79,7 +78,7 @@ async def history(redis: Redis, keys: Keys, tenant: str, request: ResponsesReque
     return stored.history()
 
 
-def _with_id(item: InputItem, fallback: str) -> InputItem:
+def _with_id(item: AnyItem, fallback: str) -> AnyItem:
     """An input item as input_items lists it: with an id (pagination's `after` names one), minted from
     the response's if the client sent none."""
     if isinstance(item, MessageItem) and not isinstance(item.id, str):
@@ -90,7 +89,7 @@ def _with_id(item: InputItem, fallback: str) -> InputItem:
 
 
 async def save(redis: Redis, keys: Keys, settings: ResponsesSettings, tenant: str, response_id: str,
-               request: ResponsesRequest, earlier: list[InputItem], response: bytes, *, job: str | None = None) -> None:
+               request: ResponsesRequest, earlier: list[AnyItem], response: bytes, *, job: str | None = None) -> None:
     """Keep a response (unless its request said `store: false`) with its whole context, `earlier` (the
     turns before it, as its request was answered with them) then its own input: a completed response,
     or, for `background`, the queued one its client got, with the job that will complete it."""

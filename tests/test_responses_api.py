@@ -107,6 +107,19 @@ class Weather(pydantic.BaseModel):
     temperatures: list[int]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_usage_carries_its_cost_as_on_chat(client: openai.OpenAI, stream: bool) -> None:
+    """`priced` charges a dollar a token: usage.cost is what the tokens cost, as a chat answer's is."""
+    request: Any = {"model": "priced", "input": "what does this cost", "max_output_tokens": 16}
+    if stream:
+        with client.responses.stream(**request) as events:
+            response = events.get_final_response()
+    else:
+        response = client.responses.create(**request)
+    assert response.usage is not None
+    assert getattr(response.usage, "cost") == response.usage.input_tokens + response.usage.output_tokens
+
+
 def test_parse_gives_an_instance_of_the_model(client: openai.OpenAI) -> None:
     parsed = client.responses.parse(model="mock-translated", input="The weather, please", text_format=Weather)
     assert isinstance(parsed.output_parsed, Weather)

@@ -33,9 +33,11 @@ from broker.wire import (
     json_encoder,
 )
 from broker.wire.responses import (
+    ForeignItem,
     FunctionCallItem,
     Response,
     ResponsesRequest,
+    decode_items,
     encoder,
     responses_request_decoder,
 )
@@ -169,7 +171,6 @@ def test_inbound_bodies_are_lenient_but_what_is_read_is_validated() -> None:
 
 
 @pytest.mark.parametrize(("item", "field"), [
-    ({"type": "web_search_call", "id": "ws_1", "status": "completed"}, "input[1].type"),
     ({"type": "function_call", "name": "f", "arguments": "{}"}, "input[1].call_id"),
     ({"role": "user", "content": [{"type": "input_text", "text": 3}]}, "input[1].content[0].text"),
     ({"role": "critic", "content": "x"}, "input[1].role"),
@@ -178,6 +179,20 @@ def test_inbound_bodies_are_lenient_but_what_is_read_is_validated() -> None:
 def test_an_item_that_cannot_be_read_names_its_path_first_where_the_api_reads_it(item: Any, field: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=rf"^`{re.escape(field)}`: "):
         responses_request_decoder.decode(json.dumps({"model": "m", "input": [{"role": "user", "content": "x"}, item]}))
+
+
+def test_an_item_only_openai_runs_is_kept_as_sent_and_refused_by_name_when_translated() -> None:
+    """A web_search_call (or any type we do not model) reads as a ForeignItem, written back byte for byte for
+    a deployment that speaks the Responses API; the Chat translation refuses it, naming the item's type."""
+    item = {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "q"}}
+    req = responses_request_decoder.decode(json.dumps({"model": "m", "input": [{"role": "user", "content": "x"}, item]}))
+    foreign = req.items()[1]
+    assert isinstance(foreign, ForeignItem) and foreign.type == "web_search_call"
+    assert json.loads(encoder.encode(req.items())) == [{"type": "message", "role": "user", "content": "x"}, item]
+    assert decode_items(encoder.encode(req.items())) == req.items()
+    with pytest.raises(InvalidRequest, match="'web_search_call' items") as refused:
+        to_chat(req)
+    assert refused.value.param == "input[1].type"
 
 
 def test_requests_and_responses_survive_msgpack_as_jobs_and_the_store_keep_them() -> None:

@@ -24,6 +24,7 @@ from api.dialects import dialect
 from api.routes import jobs
 from api.state import BrokerState
 from broker.errors import InvalidRequest
+from broker.inbound import responses_native as native
 from broker.inbound.responses import to_chat
 from broker.inbound.responses_output import new_response
 from broker.queue import async_jobs
@@ -32,7 +33,7 @@ from broker.queue.payloads import ResponsesPayload
 from broker.routing.capabilities import estimate_tokens
 from broker.wire import ChatRequest
 from broker.wire.responses import (
-    InputItem,
+    AnyItem,
     MessageItem,
     ResponseError,
     ResponsesRequest,
@@ -47,14 +48,30 @@ _encoder = msgspec.json.Encoder()
 async def _payload(decoded: ResponsesRequest, body: bytes, request: Request, principal: Principal) -> ResponsesPayload:
     state: BrokerState = request.app.state.broker
     history = await responses_store.history(state.redis, state.keys, principal.tenant_name, decoded)
-    chat, history = _within_context(state, principal, decoded, history)
+    speaks = state.router.speaks_responses(principal.tenant, decoded.model)
+    native_only = False
+    try:
+        chat, history = _within_context(state, principal, decoded, history)
+    except InvalidRequest as refused:
+        # What only a Responses-speaking upstream runs (a built-in tool, OpenAI's own items): such a
+        # deployment can still serve it as sent, routing told to pick one; with none, the refusal stands.
+        if not speaks or refused.code == "context_length_exceeded":
+            raise
+        try:
+            chat, _ = _within_context(state, principal, *native.translatable(decoded, history))
+        except InvalidRequest:
+            raise refused from None
+        native_only = True
     # What the response is stored with, at its end (`_keep`, `_queued`): neither decoded nor read again.
     request.state.responses_turn = (decoded, history)
-    return ResponsesPayload(chat, body, f"resp_{uuid.uuid4().hex}", decoded.background is True)
+    native_body = (native.native_body(body, history, decoded.items())
+                   if speaks and native.needs_native_body(decoded, history) else b"")
+    return ResponsesPayload(chat, body, f"resp_{uuid.uuid4().hex}", decoded.background is True, native_body,
+                            native_only)
 
 
 def _within_context(state: BrokerState, principal: Principal, request: ResponsesRequest,
-                    history: list[InputItem]) -> tuple[ChatRequest, list[InputItem]]:
+                    history: list[AnyItem]) -> tuple[ChatRequest, list[AnyItem]]:
     """The request's Chat form, fitted to the model's context window as `truncation` says
     (https://platform.openai.com/docs/api-reference/responses/create): `auto` drops the oldest earlier
     turns, whole (a tool call never loses its output), until it fits; `disabled`, the default, refuses
@@ -74,7 +91,7 @@ def _within_context(state: BrokerState, principal: Principal, request: Responses
     return chat, history
 
 
-def _without_oldest_turn(history: list[InputItem]) -> list[InputItem]:
+def _without_oldest_turn(history: list[AnyItem]) -> list[AnyItem]:
     """The history from its second user message on: the first turn, its answer and tool calls, dropped."""
     starts = [i for i, item in enumerate(history) if isinstance(item, MessageItem) and item.role == "user"]
     return history[starts[1]:] if len(starts) > 1 else []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, get_args
 
+import msgspec
 from msgspec import Meta
 
 from broker.config.types import Secret, Strict
@@ -35,6 +36,9 @@ class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True
     # Ask the upstream for a usage chunk on streams (we account by it); off for servers that reject it.
     stream_usage: bool = True
     api_version: str | None = None  # Azure only: the `api-version` query parameter
+    # The upstream serves POST /responses itself (OpenAI, Azure OpenAI, vLLM, Ollama): /v1/responses requests
+    # go up as the client sent them instead of as Chat, and may use what only it runs (workers/responses.py).
+    responses_api: bool = False
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -43,7 +47,8 @@ class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True
             raise ValueError("the azure profile needs `api_version`")
 
     def capabilities(self) -> Capabilities:
-        return PROFILES[self.profile].capabilities
+        capabilities = PROFILES[self.profile].capabilities
+        return msgspec.structs.replace(capabilities, responses_api=True) if self.responses_api else capabilities
 
 
 class AnthropicProvider(_HTTPProvider, tag_field="kind", tag="anthropic", kw_only=True):

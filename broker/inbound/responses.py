@@ -38,7 +38,8 @@ from broker.wire.responses import (
     FunctionCallOutputItem,
     InputFile,
     InputImage,
-    InputItem,
+    AnyItem,
+    ForeignItem,
     InputPart,
     InputText,
     ItemReference,
@@ -52,7 +53,7 @@ from broker.wire.responses import (
 )
 
 
-def to_chat(req: ResponsesRequest, history: Sequence[InputItem] = ()) -> ChatRequest:
+def to_chat(req: ResponsesRequest, history: Sequence[AnyItem] = ()) -> ChatRequest:
     """The Chat request for a Responses request, `model` still the client's name. `history` is the
     earlier turns' items (inputs and outputs, from `previous_response_id`), resolved by the caller.
     What Chat cannot carry raises InvalidRequest whose `param` is the field's path (`input[2].content[0]`)."""
@@ -91,7 +92,7 @@ class _Turns:
         self.messages: list[ChatMessage] = []
         self._returned: list[ContentPart] = []
 
-    def add(self, items: Sequence[InputItem], param: Callable[[int], str]) -> None:
+    def add(self, items: Sequence[AnyItem], param: Callable[[int], str]) -> None:
         for i, item in enumerate(items):
             if not isinstance(item, FunctionCallOutputItem | ReasoningItem):
                 self._flush()
@@ -107,6 +108,10 @@ class _Turns:
                                          param=param(i))
                 case ReasoningItem():
                     pass
+                case ForeignItem():
+                    raise InvalidRequest(f"{item.type!r} items are OpenAI's own (its servers run their tools): "
+                                         "this model reads messages, function calls and their outputs",
+                                         param=f"{param(i)}.type")
         self._flush()
 
     def _call(self, call: ToolCall) -> None:

@@ -79,7 +79,7 @@ def usage_of(usage: ChatUsage) -> ResponseUsage:
         input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens, total_tokens=usage.total_tokens,
         input_tokens_details=InputTokensDetails(usage.prompt_detail("cached_tokens"),
                                                 usage.prompt_detail("cache_write_tokens")),
-        output_tokens_details=OutputTokensDetails(usage.completion_detail("reasoning_tokens")))
+        output_tokens_details=OutputTokensDetails(usage.completion_detail("reasoning_tokens")), cost=usage.cost)
 
 
 def to_response(result: ChatCompletion, req: ResponsesRequest, *, response_id: str, created_at: int,

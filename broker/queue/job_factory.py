@@ -18,7 +18,7 @@ from broker.config import Deployment, ModelGroup, Tenant
 from broker.errors import InvalidRequest
 from broker.keys import Keys
 from broker.queue.jobs import HEDGE_P95, Job, Target
-from broker.queue.payloads import Payload
+from broker.queue.payloads import Payload, ResponsesPayload
 from broker.routing import strategies
 from broker.routing.router import Router
 from broker.routing.strategies import Stats
@@ -62,7 +62,9 @@ async def build(router: Router, redis: Redis, keys: Keys, tenant_name: str, tena
     request = payload.request
     route = router.route(tenant, request.model, request, lane=lane, headers=headers)
     stats = await _strategy_stats(redis, keys, route.group, payload.streams)
-    deployment, *fallbacks = router.candidates(tenant, request.model, request, route=route, also=also, stats=stats)
+    requires = payload.requires if isinstance(payload, ResponsesPayload) else None
+    deployment, *fallbacks = router.candidates(tenant, request.model, request, route=route, also=also, stats=stats,
+                                               requires=requires)
 
     def context_of(d: Deployment) -> int:
         return router.capabilities(d).max_context_tokens or 0

@@ -140,6 +140,11 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
     body: bytes
     response_id: str
     background: bool = False  # `background: true`: an async job, answered at once with status `queued`
+    # For a deployment that speaks the Responses API itself: the body to send it when it is not `body`
+    # (earlier turns inlined as `input`, `background` left out: broker/inbound/responses_native.py).
+    native: bytes = b""
+    # Only such a deployment can serve it (built-in tools, OpenAI's own items): routing requires one.
+    native_only: bool = False
     kind: ClassVar[Kind] = "responses"
     answer_prefix: ClassVar[str] = "resp_"
     dialect: ClassVar[Dialect] = "responses"
@@ -149,6 +154,11 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
     @property
     def wants_usage_chunk(self) -> bool:
         return False  # usage rides on response.completed
+
+    @property
+    def requires(self) -> dict[str, str]:
+        """Capabilities its Chat form does not show (capability → the field that needs it)."""
+        return {"responses_api": "tools"} if self.native_only else {}
 
 
 Payload = (ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload | CountTokensPayload

@@ -23,6 +23,9 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     json_object: bool = True  # response_format {"type": "json_object"}
     json_schema: bool = True  # response_format {"type": "json_schema"} (structured outputs)
     max_context_tokens: int | None = None
+    # Serves OpenAI's Responses API itself (the provider's `responses_api`): /v1/responses goes up as sent,
+    # so built-in tools and OpenAI's own items (encrypted reasoning, web search calls) can be used.
+    responses_api: bool = False
 
 
 class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

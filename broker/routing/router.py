@@ -35,6 +35,7 @@ _WHAT = {
     "vision": "image inputs",
     "json_object": "JSON mode (response_format json_object)",
     "json_schema": "structured outputs (response_format json_schema)",
+    "responses_api": "what only a Responses API upstream runs (built-in tools, OpenAI's own items)",
 }
 
 
@@ -50,9 +51,23 @@ class Router:
         self.config = config
         self._provider_caps = {name: p.capabilities() for name, p in config.providers.items()}
         self.prices = PriceBook(config)
+        self._native: dict[str, bool] = {}
 
     def capabilities(self, deployment: Deployment) -> Capabilities:
         return deployment.capabilities.apply(self._provider_caps[deployment.provider])
+
+    def speaks_responses(self, tenant: Tenant, model: str) -> bool:
+        """Whether any deployment that could serve `model` (its own, its fallbacks', its rules' targets')
+        serves the Responses API itself: only then is a request's native form worth building."""
+        if model not in self._native:
+            group = self.group(tenant, model)
+            names = [*group.fallbacks, *(rule.use for rule in group.rules)]
+            groups = [group, *(g for name in names if (g := self.config.group(name)) is not None)]
+            native = any(self.capabilities(d).responses_api for g in groups for d in g.deployments)
+            if model not in self.config.models:  # a passthrough name: not worth remembering
+                return native
+            self._native[model] = native
+        return self._native[model]
 
     def visible_models(self, tenant: Tenant) -> list[str]:
         """The public models this tenant may use."""
@@ -88,16 +103,18 @@ class Router:
         return self.group(tenant, model).deployments[0]
 
     def candidates(self, tenant: Tenant, model: str, req: Request, *, route: Route | None = None,
-                   also: list[str] | None = None, stats: Stats | None = None) -> list[Deployment]:
+                   also: list[str] | None = None, stats: Stats | None = None,
+                   requires: Mapping[str, str] | None = None) -> list[Deployment]:
         """Every deployment that can serve `req`, in failover order: `model`'s own, or its `route`'s
         (ordered by the group's strategy, with the `stats` it compares: broker/routing/strategies.py), then
         that group's `fallbacks`, then the models in `also` (the client's own fallback list,
-        OpenRouter's `models`). 400 if none can."""
+        OpenRouter's `models`). `requires`: capabilities the request needs beyond what it shows (capability →
+        the field that needs it). 400 if none can."""
         groups = [route.group if route is not None else self.group(tenant, model)]
         groups += [fallback for name in groups[0].fallbacks
                    if (fallback := self.config.group(name)) is not None and (not tenant.models or name in tenant.models)]
         groups += [self.group(tenant, name, param=f"models[{i}]") for i, name in enumerate(also or [])]
-        required = needs(req)
+        required = needs(req) | dict(requires or {})
         lacking: str | None = None
         too_long: int | None = None
         capable: list[Deployment] = []

@@ -118,7 +118,27 @@ class ItemReference(Tagged, tag="item_reference"):
     id: str  # an item of a stored response: the caller inlines it before translating
 
 
+class ForeignItem:
+    """An item of a type only a Responses-speaking upstream runs (web_search_call, custom_tool_call,
+    computer_call, ...), kept as received: a native deployment gets it back byte for byte (the
+    `encoder` below writes its JSON), a translation refuses it by name. Not a Struct: msgspec cannot
+    decode an open set of tags, and a Struct would not encode as the JSON it came as."""
+
+    __slots__ = ("type", "raw")
+
+    def __init__(self, type: str, raw: msgspec.Raw) -> None:
+        self.type = type
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ForeignItem) and bytes(self.raw) == bytes(other.raw)
+
+    def __repr__(self) -> str:
+        return f"ForeignItem({self.type!r})"
+
+
 InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | ItemReference
+AnyItem = InputItem | ForeignItem  # what `input` and a stored context hold
 OutputItem = MessageItem | FunctionCallItem | ReasoningItem
 _ITEM_TYPES: tuple[type[InputItem], ...] = (MessageItem, FunctionCallItem, FunctionCallOutputItem, ReasoningItem,
                                              ItemReference)
@@ -127,16 +147,18 @@ _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
-def input_item(raw: object, where: str) -> InputItem:
-    """One item of `input` as its Struct; a ValueError naming `where` (and the field in it) if it cannot be."""
-    if isinstance(raw, _ITEM_TYPES):
+def input_item(raw: object, where: str) -> AnyItem:
+    """One item of `input` as its Struct, or a ForeignItem for a type we do not model; a ValueError naming
+    `where` (and the field in it) if it cannot be read."""
+    if isinstance(raw, ForeignItem) or isinstance(raw, _ITEM_TYPES):
         return raw
     if not isinstance(raw, dict):
         raise TypeError(f"`{where}`: expected an object")
     kind = raw.get("type") or ("message" if "role" in raw else "item_reference")
-    if not isinstance(kind, str) or kind not in _TAGS:
-        raise ValueError(f"`{where}.type`: this model reads items of type {', '.join(sorted(_TAGS))}, "
-                         f"not {kind!r}")
+    if not isinstance(kind, str):
+        raise ValueError(f"`{where}.type`: expected a string")
+    if kind not in _TAGS:
+        return ForeignItem(kind, msgspec.Raw(encoder.encode(raw)))
     try:
         item: InputItem = msgspec.convert({**raw, "type": kind}, InputItem)
     except msgspec.ValidationError as exc:
@@ -245,7 +267,7 @@ class ResponsesRequest(Base, kw_only=True):
         if isinstance(self.input, list):
             self.input = [input_item(raw, f"input[{i}]") for i, raw in enumerate(self.input)]
 
-    def items(self) -> list[InputItem]:
+    def items(self) -> list[AnyItem]:
         """`input` as items; a string is one user message."""
         if isinstance(self.input, str):
             return [MessageItem(role="user", content=self.input)]
@@ -270,6 +292,7 @@ class ResponseUsage(msgspec.Struct, kw_only=True):
     total_tokens: Count
     input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
     output_tokens_details: OutputTokensDetails = msgspec.field(default_factory=OutputTokensDetails)
+    cost: float | None | UnsetType = UNSET  # USD, as on chat's usage (broker/money/pricing.py); unpriced: absent
 
 
 class ResponseError(msgspec.Struct):
@@ -328,6 +351,25 @@ def status_of(finish_reason: str | None) -> tuple[Literal["completed", "incomple
     return ("incomplete", IncompleteDetails(reason)) if reason else ("completed", None)
 
 
+def _foreign_json(obj: Any) -> msgspec.Raw:
+    if isinstance(obj, ForeignItem):
+        return obj.raw
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_known_items = msgspec.json.Decoder(list[InputItem])
+_any_items = msgspec.json.Decoder(list[Any])
+
+
+def decode_items(data: bytes) -> list[AnyItem]:
+    """A JSON array of items (a stored context, a Response's `output`), a ForeignItem for each type we do
+    not model: at once when every item is of a known type, as they are unless a native deployment answered."""
+    try:
+        return list(_known_items.decode(data))
+    except msgspec.ValidationError:
+        return [input_item(raw, f"[{i}]") for i, raw in enumerate(_any_items.decode(data))]
+
+
 # Built once: msgspec's encoders and decoders are cheapest reused (docs/perf-tips.rst).
-encoder = msgspec.json.Encoder()
+encoder = msgspec.json.Encoder(enc_hook=_foreign_json)
 responses_request_decoder = msgspec.json.Decoder(ResponsesRequest)

@@ -92,3 +92,21 @@ class MessagesProvider(Protocol):
     def relay_message_events(self, body: bytes, *, beta: str, deadline: float) -> AsyncIterator[SSEEvent]:
         """The upstream's SSE events for a streaming `body`, as received, through `message_stop`."""
         ...
+
+
+@runtime_checkable
+class ResponsesProvider(Protocol):
+    """OpenAI's Responses API spoken natively, when its settings say the upstream serves it
+    (`speaks_responses`): a /v1/responses job's body goes up nearly as the client sent it and the answer
+    comes back as the upstream wrote it (workers/responses.py), so built-in tools and encrypted
+    reasoning survive the trip."""
+
+    speaks_responses: bool
+
+    async def relay_responses(self, body: bytes, *, deadline: float) -> bytes:
+        """The upstream's Response JSON for a non-streaming `body`, as received."""
+        ...
+
+    def relay_response_events(self, body: bytes, *, deadline: float) -> AsyncIterator[SSEEvent]:
+        """The upstream's SSE events for a streaming `body`, as received, through its last."""
+        ...

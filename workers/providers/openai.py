@@ -27,9 +27,10 @@ from broker.wire import (
 from workers.providers import openai_translate as tr
 from workers.providers.base import EmbeddingsResult
 from workers.providers.http import UpstreamHTTP
-from workers.providers.sse import SSEParser
+from workers.providers.sse import SSEEvent, SSEParser
 
 T = TypeVar("T")
+_LAST_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 R = TypeVar("R", ChatRequest, CompletionRequest)
 
 
@@ -46,6 +47,7 @@ class OpenAICompatible:
                 headers["authorization"] = f"Bearer {settings.api_key.reveal()}"
         self._http = UpstreamHTTP(name, settings.base_url, headers=headers, max_connections=settings.concurrency,
                                   timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s)
+        self.speaks_responses = settings.responses_api
 
     def _path(self, endpoint: str, model: str) -> str:
         if self.profile.azure:  # the deployment is in the path, the API version in the query
@@ -98,6 +100,38 @@ class OpenAICompatible:
                                 deadline)
         vectors, prompt_tokens = tr.embeddings(body, len(req.texts()))
         return EmbeddingsResult(vectors, prompt_tokens)
+
+    # ---- the Responses API, relayed (workers/responses.py) when the settings say the upstream serves it
+
+    def _responses_path(self) -> str:
+        # Azure: the deployment is the body's `model`, not in the path
+        # (https://learn.microsoft.com/azure/ai-foundry/openai/how-to/responses).
+        if self.profile.azure:
+            return f"/openai/responses?api-version={self.settings.api_version}"
+        return "/responses"
+
+    async def relay_responses(self, body: bytes, *, deadline: float) -> bytes:
+        async with self._http.post(self._responses_path(), body, deadline=deadline) as resp:
+            content = await resp.read()
+        if resp.status >= 400:
+            raise tr.error_from_response(resp.status, content, resp.headers)
+        return content
+
+    async def relay_response_events(self, body: bytes, *, deadline: float) -> AsyncIterator[SSEEvent]:
+        """Its events through the last one (`response.completed`, `.incomplete`, `.failed`) or `[DONE]`:
+        whether OpenAI sends one after the last event is not documented, so either ends it."""
+        async with self._http.post(self._responses_path(), body, deadline=deadline) as resp:
+            if resp.status >= 400:
+                raise tr.error_from_response(resp.status, await resp.read(), resp.headers)
+            parser = SSEParser()
+            async for raw in resp.iter_chunks():
+                for event in parser.feed(raw):
+                    if event.data.startswith(b"[DONE]"):
+                        return
+                    yield event
+                    if event.event in _LAST_EVENTS:
+                        return
+        raise UpstreamError(f"upstream {self.name} ended the stream early", retryable=True)
 
     async def aclose(self) -> None:
         await self._http.aclose()
