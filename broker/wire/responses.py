@@ -270,6 +270,7 @@ class ResponseUsage(msgspec.Struct, kw_only=True):
     total_tokens: Count
     input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
     output_tokens_details: OutputTokensDetails = msgspec.field(default_factory=OutputTokensDetails)
+    cost: float | None | UnsetType = UNSET
 
 
 class ResponseError(msgspec.Struct):
