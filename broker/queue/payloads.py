@@ -143,8 +143,8 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
     kind: ClassVar[Kind] = "responses"
     answer_prefix: ClassVar[str] = "resp_"
     dialect: ClassVar[Dialect] = "responses"
-    cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays Chat's shapes only
-
+    # Kept whole, the completed Response; a hit is a new response to its own request (broker/cache/replay_responses.py).
+    cacheable: ClassVar[bool] = True
 
     @property
     def wants_usage_chunk(self) -> bool:
