@@ -13,6 +13,9 @@ its flight; its followers look again and one of them leads. A streamed follower 
 the first-byte hold has started its 200 with keep-alives, so if its leader fails then, it ends with
 a retryable error event instead (the status can no longer change).
 
+A hit is kept as the route keeps an answer it ran (its finalize step: api/dispatch.py `Finalize`), so
+a Responses hit is a stored response like any other, which `previous_response_id` can name.
+
 Hits, followers included, bypass rate limits and budgets: they reach no upstream, and a hit costs
 the broker about what refusing it would (one Redis call). They are counted in the usage ledger as
 requests of the pseudo-deployment `cache`, with no tokens and no cost (`cache_hits`).
@@ -36,11 +39,10 @@ from api.dialects import dialect
 from api.sse import EventStream
 from api.state import BrokerState
 from broker.cache.exact import Policy, Slot, deterministic
-from broker.cache.replay import assemble, hit_body, replay
+from broker.cache.replay import FROM_EVENTS, hit_answer, hit_events, kept
 from broker.errors import RequestTimeout, Unavailable
 from broker.money import ledger
 from broker.queue.jobs import Chunk, Final, Job, Reply
-from broker.queue.payloads import Kind
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
 
 Tap = Callable[[Reply], None]
 Runner = Callable[[Tap | None], Awaitable[Response]]
+# The route's last step with an answer's final body before its client gets it (api/dispatch.py `Finalize`,
+# bound to its request): a hit goes through it too. None for the routes that have none.
+Finalizer = Callable[[Job, bytes], Awaitable[bytes]]
 
 
 class Wants(NamedTuple):
@@ -70,9 +75,10 @@ def wants(request: Request) -> Wants:
 
 
 async def respond(state: BrokerState, request: Request, job: Job, policy: Policy, timings: tuple[float, float],
-                  run: Runner) -> Response:
+                  run: Runner, finalize: Finalizer | None = None) -> Response:
     """Answer `job` through the cache; `run(tap)` admits and runs it (its replies shown to `tap`).
-    `timings`: a stream's first-byte hold and keep-alive interval (api/dispatch.py `stream_timings`)."""
+    `timings`: a stream's first-byte hold and keep-alive interval (api/dispatch.py `stream_timings`);
+    `finalize`: what `run` does with its final body, done to a hit's."""
     assert state.cache is not None
     want = wants(request)
     if not (want.lookup or want.store) or (policy.deterministic_only and not deterministic(job.request)):
@@ -103,7 +109,7 @@ async def respond(state: BrokerState, request: Request, job: Job, policy: Policy
                 case "alone":
                     _resolve(state, slot, flight, None)
                     return _miss(await run(None))
-        answer = await _follow(state, job, flight, timings)
+        answer = await _follow(state, job, flight, timings, finalize)
         if answer is not None:
             return answer
     # `no-cache` (or leaders that kept failing): run, and store the answer unless told not to.
@@ -128,16 +134,16 @@ def _resolve(state: BrokerState, slot: Slot, flight: asyncio.Future[bytes | None
 class _Collector:
     """A leader's replies, kept until its answer is whole (streams: its events, up to a bound)."""
 
-    __slots__ = ("kind", "limit", "events", "size", "final")
+    __slots__ = ("job", "limit", "events", "size", "final")
 
-    def __init__(self, kind: Kind, limit: int) -> None:
-        self.kind, self.limit = kind, limit
+    def __init__(self, job: Job, limit: int) -> None:
+        self.job, self.limit = job, limit
         self.events: list[bytes] = []
         self.size = 0
         self.final: Final | None = None
 
     def take(self, reply: Reply) -> None:
-        if isinstance(reply, Chunk) and self.size <= self.limit:
+        if isinstance(reply, Chunk) and self.size <= self.limit and self.job.payload.kind in FROM_EVENTS:
             self.events.extend(reply.events)
             self.size += sum(len(event) for event in reply.events)
         elif isinstance(reply, Final):
@@ -147,7 +153,7 @@ class _Collector:
         """The answer's JSON body if it is whole and small enough to keep."""
         if self.final is None or self.size > self.limit:
             return None
-        body = self.final.body or assemble(self.kind, self.events, self.final.usage)
+        body = kept(self.job.payload.kind, self.final.body, self.events, self.final.usage, streamed=self.job.streams)
         return body if body is not None and len(body) <= self.limit else None
 
 
@@ -155,7 +161,7 @@ async def _lead(state: BrokerState, job: Job, slot: Slot, policy: Policy,
                 flight: asyncio.Future[bytes | None] | None, run: Runner) -> Response:
     """Run the job; when its response is over, store its answer (if whole) and land the flight."""
     assert state.cache is not None
-    collector = _Collector(job.payload.kind, state.cache.settings.max_entry_bytes)
+    collector = _Collector(job, state.cache.settings.max_entry_bytes)
     settled = False
 
     def settle(_finished: bool = True) -> None:
@@ -213,7 +219,7 @@ async def _poll(state: BrokerState, slot: Slot, deadline: float, flight: asyncio
 
 
 async def _follow(state: BrokerState, job: Job, flight: asyncio.Future[bytes | None],
-                  timings: tuple[float, float]) -> Response | None:
+                  timings: tuple[float, float], finalize: Finalizer | None) -> Response | None:
     """The flight's answer as a hit, or None if it landed without one (then look again)."""
     remaining = job.deadline - time.time()
     if not job.streams:
@@ -222,17 +228,17 @@ async def _follow(state: BrokerState, job: Job, flight: asyncio.Future[bytes | N
         except asyncio.TimeoutError:
             raise RequestTimeout(f"Request timed out after {job.deadline - job.created:g}s waiting for an "
                                  "identical request's answer.") from None
-        return None if entry is None else _hit(state, job, entry)
+        return None if entry is None else await _hit(state, job, entry, finalize)
     hold_s, keepalive_s = timings
     done, _ = await asyncio.wait({flight}, timeout=max(min(hold_s, remaining), 0))
     if done:
         entry = flight.result()
-        return None if entry is None else _hit(state, job, entry)
-    return _waiting_stream(state, job, flight, keepalive_s)
+        return None if entry is None else await _hit(state, job, entry, finalize)
+    return _waiting_stream(state, job, flight, keepalive_s, finalize)
 
 
 def _waiting_stream(state: BrokerState, job: Job, flight: asyncio.Future[bytes | None],
-                    keepalive_s: float) -> EventStream:
+                    keepalive_s: float, finalize: Finalizer | None) -> EventStream:
     """A streamed follower whose leader is slow: keep-alives until its answer, then the replay."""
 
     async def events() -> AsyncIterator[bytes]:
@@ -249,7 +255,7 @@ def _waiting_stream(state: BrokerState, job: Job, flight: asyncio.Future[bytes |
             yield sse.error_event(Unavailable("The identical request this one was waiting for failed; please "
                                               "retry.", code="cache_flight_failed"))
             return
-        yield _replayed(state, job, entry)
+        yield await _replayed(state, job, hit_events(job, entry, now=time.time()), finalize)
 
     response = EventStream(events())
     response.headers[CACHE_HEADER] = "hit"
@@ -259,29 +265,30 @@ def _waiting_stream(state: BrokerState, job: Job, flight: asyncio.Future[bytes |
 # ---------------------------------------------------------------- hits
 
 
-def _answer_id(job: Job) -> str:
-    return f"{job.payload.answer_prefix}{job.id}"
-
-
-def _replayed(state: BrokerState, job: Job, entry: bytes) -> bytes:
-    events = replay(job.payload.kind, entry, _answer_id(job), wants_usage=job.payload.wants_usage_chunk)
-    state.spawn(_count_hit(state, job))
+async def _replayed(state: BrokerState, job: Job, events: list[bytes], finalize: Finalizer | None) -> bytes:
     framing = dialect(job.payload.dialect)
-    return framing.frame(events) + framing.done
+    body = framing.frame(events)
+    if finalize is not None:  # the events without the end marker, as a worker's Final gives them
+        body = await finalize(job, body)
+    state.spawn(_count_hit(state, job))
+    return body + framing.done
 
 
-def _hit(state: BrokerState, job: Job, entry: bytes) -> Response | None:
+async def _hit(state: BrokerState, job: Job, entry: bytes, finalize: Finalizer | None) -> Response | None:
     """The cached answer as this request's own; None if the entry cannot be read (then it runs)."""
     try:
-        if job.streams:
-            response = Response(_replayed(state, job, entry), media_type="text/event-stream", headers=sse.HEADERS)
-        else:
-            response = Response(hit_body(job.payload.kind, entry, _answer_id(job)),
-                                media_type="application/json")
-            state.spawn(_count_hit(state, job))
+        answer: list[bytes] | bytes = (hit_events(job, entry, now=time.time()) if job.streams
+                                       else hit_answer(job, entry, now=time.time()))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         log.warning("unreadable cache entry ignored: %s", exc)
         return None
+    if isinstance(answer, list):
+        response = Response(await _replayed(state, job, answer, finalize), media_type="text/event-stream",
+                            headers=sse.HEADERS)
+    else:
+        response = Response(await finalize(job, answer) if finalize is not None else answer,
+                            media_type="application/json")
+        state.spawn(_count_hit(state, job))
     response.headers.update({CACHE_HEADER: "hit", "x-llm-broker-cost-usd": "0"})
     return response
 

@@ -294,7 +294,8 @@ def endpoint(decoder: msgspec.json.Decoder[P],
             else:
                 response = await cached.respond(state, request, job, policy, stream_timings(state, request),
                                                 lambda tap: limits.admitted(
-                                                    state, principal, job, lambda: run(state, request, job, tap, done)))
+                                                    state, principal, job, lambda: run(state, request, job, tap, done)),
+                                                done)
         except BrokerError as exc:
             exc.headers.update(headers)
             raise

@@ -411,3 +411,103 @@ def test_a_messages_stream_is_kept_whole_and_replayed_as_events(base_url: str, u
     assert calls(upstream) == before + 1  # the second came from the cache, in the other form
     assert _message_text(second) == _message_text(first) and second.stop_reason == first.stop_reason
     assert second.usage.output_tokens == first.usage.output_tokens
+
+
+# ---- /v1/responses: a Response kept whole; a hit is a new response, stored like any other
+
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a city",
+                "parameters": WEATHER[0]["function"]["parameters"]}
+
+
+def respond(client: openai.OpenAI, text: str, **kw: Any) -> Any:
+    """A deterministic Responses request, raw: (headers, parsed response)."""
+    raw = client.responses.with_raw_response.create(model="cached", input=text, temperature=0, **kw)
+    return raw.headers, raw.parse()
+
+
+def test_a_responses_hit_is_a_new_response_that_echoes_its_own_request(client: openai.OpenAI,
+                                                                      upstream: UpstreamServer) -> None:
+    before = calls(upstream)
+    headers, first = respond(client, "cache this response", metadata={"run": "1"})
+    assert headers["x-llm-broker-cache"] == "miss" and calls(upstream) == before + 1
+    # Labels and who asked are not part of the key: it hits, and says what this request said.
+    headers, again = respond(client, "cache this response", metadata={"run": "2"}, user="someone-else")
+    assert headers["x-llm-broker-cache"] == "hit" and calls(upstream) == before + 1
+    assert headers["x-llm-broker-cost-usd"] == "0"
+    assert again.id.startswith("resp_") and again.id != first.id
+    assert again.output_text == first.output_text and again.status == first.status == "completed"
+    assert again.metadata == {"run": "2"} and again.user == "someone-else" and first.metadata == {"run": "1"}
+    assert again.output[0].id != first.output[0].id  # its items are its own too
+    assert again.usage.output_tokens == first.usage.output_tokens  # the answer's own counts...
+    assert again.usage.model_extra["cost"] == 0  # ...at no cost
+
+
+@pytest.mark.parametrize("first_streams", [True, False], ids=["stream-then-create", "create-then-stream"])
+def test_a_responses_stream_is_kept_whole_and_replayed_as_its_events(client: openai.OpenAI,
+                                                                    upstream: UpstreamServer,
+                                                                    first_streams: bool) -> None:
+    request: dict[str, Any] = {"model": "cached", "temperature": 0, "input": f"stream this response {first_streams}"}
+
+    def streamed() -> tuple[list[Any], Any]:
+        with client.responses.stream(**request) as stream:
+            events = list(stream)
+            return events, stream.get_final_response()
+
+    before = calls(upstream)
+    if first_streams:
+        _, first = streamed()
+        raw = client.responses.with_raw_response.create(**request)
+        assert raw.headers["x-llm-broker-cache"] == "hit"
+        second = raw.parse()
+    else:
+        first = client.responses.create(**request)
+        events, second = streamed()
+        kinds = [event.type for event in events]
+        assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added", "response.output_text.delta", "response.output_text.done",
+                         "response.content_part.done", "response.output_item.done", "response.completed"]
+        assert [event.sequence_number for event in events] == list(range(len(events)))
+        assert events[0].response.id == second.id and events[4].delta == first.output_text
+        raw = client.responses.with_raw_response.create(stream=True, **request)  # the events as sent
+        assert raw.headers["x-llm-broker-cache"] == "hit"
+        completed = list(raw.parse())[-1]
+        assert completed.type == "response.completed" and completed.response.usage.model_extra["cost"] == 0
+    assert calls(upstream) == before + 1  # the second came from the cache, in the other form
+    assert second.id != first.id and second.status == "completed"
+    assert second.output_text == first.output_text and second.usage.total_tokens == first.usage.total_tokens
+    if first_streams:
+        assert second.usage.model_extra["cost"] == 0
+
+
+def test_a_responses_function_call_is_replayed_with_its_call_id_and_arguments(client: openai.OpenAI,
+                                                                             upstream: UpstreamServer) -> None:
+    request: dict[str, Any] = {"model": "cached", "temperature": 0, "input": "weather in Paris, as a response?",
+                               "tools": [WEATHER_TOOL], "tool_choice": "required"}
+    first = client.responses.create(**request)
+    made = [(item.call_id, item.name, item.arguments) for item in first.output if item.type == "function_call"]
+    assert made and made[0][1] == "get_weather"
+    before = calls(upstream)
+    with client.responses.stream(**request) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert calls(upstream) == before
+    assert [(item.call_id, item.name, item.arguments) for item in final.output if item.type == "function_call"] == made
+    done = [event for event in events if event.type == "response.function_call_arguments.done"]
+    assert [event.arguments for event in done] == [arguments for _, _, arguments in made]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+
+
+def test_a_responses_hit_is_stored_and_can_be_continued(client: openai.OpenAI, upstream: UpstreamServer) -> None:
+    request: dict[str, Any] = {"model": "cached", "temperature": 0, "input": "remember this response"}
+    first = client.responses.create(**request)
+    before = calls(upstream)
+    hit = client.responses.create(**request)
+    with client.responses.stream(**request) as stream:
+        streamed = stream.get_final_response()
+    assert calls(upstream) == before and len({first.id, hit.id, streamed.id}) == 3
+    for answer in (hit, streamed):  # stored before its client saw it, as a response that ran is
+        found = client.responses.retrieve(answer.id)
+        assert found.id == answer.id and found.output_text == answer.output_text == first.output_text
+    follow = client.responses.create(model="cached", temperature=0, previous_response_id=hit.id, input="and then?")
+    assert follow.status == "completed" and follow.output_text and follow.previous_response_id == hit.id
+    assert calls(upstream) == before + 1

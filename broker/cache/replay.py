@@ -3,7 +3,9 @@ cached body given back as a hit, as JSON or replayed as the chunks of an SSE str
 
 Pure functions over the wire Structs (no I/O). A hit is a new answer: it gets the request's own id
 (`chatcmpl-<job id>`, as its x-request-id says) and `usage.cost` 0, since no upstream was paid for it;
-the token counts stay those of the answer, which is what they describe.
+the token counts stay those of the answer, which is what they describe. Anthropic Messages have
+their own module (replay_messages.py), and so do Responses (replay_responses.py), whose hit is a
+new response to its own request: `kept`, `hit_answer` and `hit_events` take the job for that.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from broker.cache import replay_messages
-from broker.queue.payloads import Kind
+from broker.cache import replay_messages, replay_responses
+from broker.queue.jobs import Job
+from broker.queue.payloads import Kind, ResponsesPayload
 from broker.wire import (
     ChatChunk,
     ChatCompletion,
@@ -32,6 +35,7 @@ from broker.wire import (
     Usage,
     json_encoder,
 )
+from broker.wire.responses import responses_request_decoder
 
 _chat = msgspec.json.Decoder(ChatCompletion)
 _chat_chunk = msgspec.json.Decoder(ChatChunk)
@@ -41,6 +45,51 @@ _embeddings = msgspec.json.Decoder(EmbeddingResponse)
 
 def _free(usage: Usage | None | msgspec.UnsetType) -> Usage | None:
     return msgspec.structs.replace(usage, cost=0.0) if isinstance(usage, Usage) else None
+
+
+# ---------------------------------------------------------------- a job's entry and hits
+
+
+# The kinds whose streamed answer is assembled from its events; a Response stream's Final carries it whole.
+FROM_EVENTS: frozenset[Kind] = frozenset({"chat", "text", "messages"})
+
+
+def kept(kind: Kind, final_body: bytes, events: list[bytes], usage: Usage | None, *,
+         streamed: bool) -> bytes | None:
+    """What the cache keeps of an answer, from its Final's body, a stream's events and its usage; None if
+    there is nothing whole to keep. A Response stream's Final body is its closing events, not the answer."""
+    if kind == "responses":
+        return replay_responses.assemble(final_body, streamed=streamed)
+    return final_body or assemble(kind, events, usage)
+
+
+def hit_id(job: Job) -> str:
+    """A hit's id: a Response's was minted at the door (the store keeps it under it), others are the job's."""
+    payload = job.payload
+    return payload.response_id if isinstance(payload, ResponsesPayload) else f"{payload.answer_prefix}{job.id}"
+
+
+def hit_answer(job: Job, entry: bytes, *, now: float) -> bytes:
+    """A cached entry as `job`'s own non-streaming answer."""
+    payload = job.payload
+    if isinstance(payload, ResponsesPayload):
+        return replay_responses.hit_body(entry, responses_request_decoder.decode(payload.body),
+                                         response_id=payload.response_id, created_at=int(job.created),
+                                         completed_at=int(now))
+    return hit_body(payload.kind, entry, hit_id(job))
+
+
+def hit_events(job: Job, entry: bytes, *, now: float) -> list[bytes]:
+    """A cached entry as the events of `job`'s own stream."""
+    payload = job.payload
+    if isinstance(payload, ResponsesPayload):
+        return replay_responses.replay(entry, responses_request_decoder.decode(payload.body),
+                                       response_id=payload.response_id, created_at=int(job.created),
+                                       completed_at=int(now))
+    return replay(payload.kind, entry, hit_id(job), wants_usage=payload.wants_usage_chunk)
+
+
+# ---------------------------------------------------------------- hits by kind
 
 
 def hit_body(kind: Kind, body: bytes, answer_id: str) -> bytes:

@@ -148,12 +148,17 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
     kind: ClassVar[Kind] = "responses"
     answer_prefix: ClassVar[str] = "resp_"
     dialect: ClassVar[Dialect] = "responses"
-    cacheable: ClassVar[bool] = False  # not yet: the cache assembles and replays Chat's shapes only
-
 
     @property
     def wants_usage_chunk(self) -> bool:
         return False  # usage rides on response.completed
+
+    @property
+    def cacheable(self) -> bool:
+        """The completed Response is kept whole, and a hit is a new response to its own request
+        (broker/cache/replay_responses.py); not when only a Responses-speaking upstream can answer it:
+        a built-in tool's results (a web search) depend on more than the request."""
+        return not self.native_only
 
     @property
     def requires(self) -> dict[str, str]:
