@@ -16,10 +16,12 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from broker.config import ResponsesSettings
 from broker.errors import ModelNotFound
 from broker.keys import Keys
+from broker.store.scripts import lua_script
 from broker.wire.responses import (
     AnyItem,
     FunctionCallOutputItem,
@@ -50,6 +52,10 @@ class Stored(msgspec.Struct, frozen=True):
 
     def input_items(self) -> list[AnyItem]:
         return self.context[len(self.context) - self.own:]
+
+
+def keeper(redis: Redis) -> AsyncScript:
+    return redis.register_script(lua_script("response_keep"))
 
 
 def not_found(response_id: str, param: str | None = None) -> ModelNotFound:
@@ -88,22 +94,19 @@ def _with_id(item: AnyItem, fallback: str) -> AnyItem:
     return item
 
 
-async def save(redis: Redis, keys: Keys, settings: ResponsesSettings, tenant: str, response_id: str,
+async def save(keep: AsyncScript, keys: Keys, settings: ResponsesSettings, tenant: str, response_id: str,
                request: ResponsesRequest, earlier: list[AnyItem], response: bytes, *, job: str | None = None) -> None:
     """Keep a response (unless its request said `store: false`) with its whole context, `earlier` (the
     turns before it, as its request was answered with them) then its own input: a completed response,
-    or, for `background`, the queued one its client got, with the job that will complete it."""
+    or, for `background`, the queued one its client got, with the job that will complete it. `keep` is
+    response_keep.lua (`keeper`): one command, the fields and the expiry together."""
     if request.store is False and job is None:
         return
     suffix = response_id.removeprefix("resp_")
     own = [_with_id(item, f"{suffix}_in{i}") for i, item in enumerate(request.items())]
-    key = keys.response(response_id)
-    fields: dict[Any, Any] = {"t": tenant, "c": encoder.encode([*earlier, *own]), "n": len(own)}
-    fields.update({"j": job, "q": response} if job is not None else {"r": response})
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, settings.store_ttl_s)
-        await pipe.execute()
+    fields: list[Any] = ["t", tenant, "c", encoder.encode([*earlier, *own]), "n", len(own)]
+    fields += ["j", job, "q", response] if job is not None else ["r", response]
+    await keep(keys=[keys.response(response_id)], args=[settings.store_ttl_s, *fields])
 
 
 async def complete(redis: Redis, keys: Keys, response_id: str, response: bytes) -> None:

@@ -112,7 +112,7 @@ def _response_in(body: bytes, *, streamed: bool) -> bytes:
 async def _keep(state: BrokerState, http: Request, principal: Principal, job: Job, body: bytes) -> bytes:
     assert isinstance(job.payload, ResponsesPayload)
     request, earlier = http.state.responses_turn
-    await responses_store.save(state.redis, state.keys, state.config.responses, principal.tenant_name,
+    await responses_store.save(state.response_keep, state.keys, state.config.responses, principal.tenant_name,
                                job.payload.response_id, request, earlier, completed_response(job, body))
     return body
 
@@ -126,7 +126,7 @@ async def _queued(state: BrokerState, http: Request, principal: Principal, job: 
     queued = new_response(request, response_id=job.payload.response_id, created_at=int(job.created))
     queued.status = "queued"
     body = encoder.encode(queued)
-    await responses_store.save(state.redis, state.keys, state.config.responses, principal.tenant_name,
+    await responses_store.save(state.response_keep, state.keys, state.config.responses, principal.tenant_name,
                                job.payload.response_id, request, earlier, body, job=job.id)
     if job.streams:
         return _replay(state, job.id, job.deadline, after=-1)
