@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api import dispatch
+from api.direct_route import DirectRoute
 from broker.wire import CompletionRequest, completion_request_decoder
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)  # its one route: api/direct_route.py
 router.add_api_route("/v1/completions", dispatch.endpoint(completion_request_decoder), methods=["POST"],
                      openapi_extra=dispatch.openapi_body(CompletionRequest))

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 
 from api import dispatch
 from api.auth import Principal
+from api.direct_route import DirectRoute
 from broker.inbound.messages import to_chat
 from broker.queue.payloads import CountTokensPayload, MessagesPayload
 from broker.wire.messages import (
@@ -32,7 +33,8 @@ async def _payload(decoded: MessagesRequest, body: bytes, request: Request, prin
     return MessagesPayload(to_chat(decoded), body, request.headers.get("anthropic-beta", ""))
 
 
-router.add_api_route("/v1/messages", dispatch.endpoint(messages_request_decoder, _payload), methods=["POST"])
+router.add_api_route("/v1/messages", dispatch.endpoint(messages_request_decoder, _payload), methods=["POST"],
+                     route_class_override=DirectRoute)
 
 
 async def _count_payload(decoded: CountTokensRequest, body: bytes, request: Request,
@@ -43,4 +45,4 @@ async def _count_payload(decoded: CountTokensRequest, body: bytes, request: Requ
 # Counted by an Anthropic deployment itself (a job like any: the API calls no provider), estimated by
 # admission's rules for any other (broker/routing/capabilities.py): either way, never billed.
 router.add_api_route("/v1/messages/count_tokens", dispatch.endpoint(count_tokens_request_decoder, _count_payload),
-                     methods=["POST"])
+                     methods=["POST"], route_class_override=DirectRoute)

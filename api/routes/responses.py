@@ -20,6 +20,7 @@ from fastapi.responses import Response
 
 from api import dispatch, responses_store, sse
 from api.auth import Principal, credentials
+from api.direct_route import DirectRoute
 from api.dialects import dialect
 from api.routes import jobs
 from api.state import BrokerState
@@ -160,7 +161,7 @@ async def _after(events: AsyncIterator[bytes], after: int) -> AsyncIterator[byte
 
 
 router.add_api_route("/v1/responses", dispatch.endpoint(responses_request_decoder, _payload, _keep, _queued),
-                     methods=["POST"])
+                     methods=["POST"], route_class_override=DirectRoute)
 
 
 async def _stored(request: Request, response_id: str) -> tuple[BrokerState, Principal, responses_store.Stored]:
