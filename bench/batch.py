@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.compare import BROKER_KEY, start, stop, wait_ready
+from bench.compare import BROKER_KEY
+from bench.procs import start, stop, wait_ready
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
 

@@ -4,10 +4,12 @@
                                                  # and /v1/responses
     python -m bench.compare --litellm-workers 1 2 --requests 5000
     python -m bench.compare --no-messages --no-responses   # chat only
+    python -m bench.compare --no-burst --no-memory         # goals table without the held-stream phases
 
 Starts the fake OpenAI upstream (tests/fakes/openai_upstream.py) in its own
-process, then `llm-broker api` + `llm-broker worker` processes on Redis
-($REDIS_URL, else 127.0.0.1:6379), and, when a LiteLLM proxy is installed
+process, then `llm-broker api` + `llm-broker worker` processes on a redis-server of its own (a free port,
+nothing persisted, so INFO commandstats and Redis's CPU count the broker alone; $REDIS_URL uses
+that Redis instead, and those figures read "n/a (shared Redis)"), and, when a LiteLLM proxy is installed
 (`--litellm-bin` or $LITELLM_BIN, default /opt/litellm-venv/bin/litellm; install it in its own
 venv: `python3 -m venv /opt/litellm-venv && /opt/litellm-venv/bin/pip install
 'litellm[proxy]'`), the proxy with no database in front of the same upstream.
@@ -32,6 +34,12 @@ and the broker's own chat, the same requests as chat completions. A chunk there 
 `response.output_text.delta` event, whose first is the TTFT
 (https://platform.openai.com/docs/api-reference/responses-streaming). The summary prints what a
 Responses request costs relative to a chat one (throughput and p50 ratios); the target is at most 1.10.
+
+Issue 22's goals (bench/goals.py; off with --no-goals, --no-burst, --no-memory) end the summary as a
+table with PASS/FAIL: added latency and TTFT at c=1, added p99 of an open loop at half the c=64
+rate (bench/openloop.py), CPU (bench/probes.py) and Redis commands per request, throughput as a
+share of direct, a burst of streams on slow fakes (bench/held.py) and memory per held-open stream.
+Before it, a per-hop timeline of one request at c=1 (bench/timeline.py).
 """
 
 from __future__ import annotations
@@ -46,63 +54,36 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import redis
 
+from bench.goals import measure_latency, render, rows
+from bench.held import SlowProvider, held_memory
+from bench.held import burst as run_burst
 from bench.loadgen import Api, LoadStats, run_load
-from broker.cli.embedded_redis import free_port
+from bench.probes import Probe
+from bench.procs import drop_namespace, start, stop, wait_ready
+from bench.timeline import timeline
+from broker.cli.embedded_redis import free_port, start_embedded_redis
 from broker.config import hash_key
 
-REPO = Path(__file__).resolve().parent.parent
 BROKER_KEY = "sk-bench-broker"
 LITELLM_KEY = "sk-bench"
 ANTHROPIC_KEY = "sk-ant-bench-upstream"
 CLAUDE_MODEL = "claude-sonnet-4-20250514"  # what the Anthropic fake is asked for, by the broker or directly
 
 
-def start(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=cwd,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, headers: dict[str, str] | None = None) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, headers=headers, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout_s}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-
-
-def drop_namespace(r: redis.Redis, namespace: str) -> None:
-    """A bench's namespace is its own (random): leave nothing of it behind once its figures are taken."""
-    keys = list(r.scan_iter(match=f"{namespace}:*", count=1000))
-    for i in range(0, len(keys), 1000):
-        r.unlink(*keys[i:i + 1000])
-
-
 def measure(name: str, base_url: str, key: str, model: str, opts: argparse.Namespace,
-            api: Api = "chat") -> dict[str, LoadStats]:
+            api: Api = "chat", probe: Probe | None = None) -> dict[str, LoadStats]:
+    """Warm-up, then the measured run, non-stream and stream; `probe` records each run's cost."""
     results = {}
     for mode, stream, total in (("non-stream", False, opts.requests), ("stream", True, opts.stream_requests)):
         asyncio.run(run_load(base_url, key, model, concurrency=opts.concurrency, total=opts.warmup, stream=stream,
                              api=api))
+        before = probe.snap() if probe is not None else None
         stats = asyncio.run(run_load(base_url, key, model, concurrency=opts.concurrency, total=total, stream=stream,
                                      api=api))
+        if probe is not None and before is not None:
+            probe.record(f"c={opts.concurrency} {mode}", before, stats.requests)
         print(f"  {name:<30} {mode:<10} {stats.summary()}", flush=True)
         results[mode] = stats
     return results
@@ -170,11 +151,33 @@ def main() -> None:
                         help="also measure POST /v1/messages, relayed to an Anthropic fake and translated to chat")
     parser.add_argument("--responses", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure POST /v1/responses, translated to chat, against the broker's chat")
+    goals = parser.add_argument_group("issue 22's goals (the table at the end)")
+    goals.add_argument("--goals", action=argparse.BooleanOptionalAction, default=True,
+                       help="c=1 latency, c=50, open loop, per-hop timeline, CPU and Redis commands per request")
+    goals.add_argument("--c1-requests", type=int, default=1000)
+    goals.add_argument("--c1-stream-requests", type=int, default=500)
+    goals.add_argument("--c50-requests", type=int, default=2000)
+    goals.add_argument("--open-loop-s", type=float, default=10.0, help="open loop at half the c=64 rate, seconds")
+    goals.add_argument("--burst", action=argparse.BooleanOptionalAction, default=True,
+                       help="open --burst-streams streams at --burst-rate against one API process")
+    goals.add_argument("--burst-streams", type=int, default=10_000)
+    goals.add_argument("--burst-rate", type=float, default=500.0, help="streams opened per second")
+    goals.add_argument("--burst-stream-s", type=float, default=1.0, help="how long each burst stream lasts")
+    goals.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                       help="Redis memory and API RSS per open stream, --hold-streams held open")
+    goals.add_argument("--hold-streams", type=int, default=1000)
+    goals.add_argument("--hold-stream-s", type=float, default=10.0, help="how long each held stream lasts")
     opts = parser.parse_args()
-    began = time.monotonic()  # the whole run's wall time is printed: the default run should stay ~3 minutes
+    began = time.monotonic()  # the whole run's wall time is printed: the default run should stay ~5 minutes
 
     tmp = Path(tempfile.mkdtemp(prefix="llm-broker-bench-"))
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    # A Redis of its own unless $REDIS_URL says otherwise: commandstats and Redis's CPU are exact only
+    # when nobody else uses it.
+    own_redis = None if "REDIS_URL" in os.environ else start_embedded_redis(prefer_real=True)
+    if own_redis is not None and not own_redis.description.startswith("redis-server"):
+        own_redis.stop()
+        raise SystemExit("bench.compare needs redis-server on PATH, or $REDIS_URL")
+    redis_url = own_redis.url if own_redis is not None else os.environ["REDIS_URL"]
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     upstream_port, api_port, anthropic_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
@@ -185,6 +188,12 @@ def main() -> None:
         providers.append(f"  ant: {{kind: anthropic, base_url: '{anthropic_origin}', api_key: {ANTHROPIC_KEY}, "
                          "concurrency: 256}\n")
         models.append(f"  claude-bench: [{{provider: ant, model: {CLAUDE_MODEL}}}]\n")
+    slow = {"burst": SlowProvider("burst", "burst-model", free_port(), opts.chunks, opts.burst_stream_s / opts.chunks),
+            "hold": SlowProvider("hold", "hold-model", free_port(), opts.chunks, opts.hold_stream_s / opts.chunks)}
+    for provider in (slow["burst"],) * opts.burst + (slow["hold"],) * opts.memory:
+        provider_line, model_line = provider.config_lines()
+        providers.append(provider_line)
+        models.append(model_line)
     (tmp / "broker.yaml").write_text(
         f"redis_url: {redis_url}\nnamespace: {namespace}\n"
         f"providers:\n{''.join(providers)}models:\n{''.join(models)}"
@@ -192,12 +201,14 @@ def main() -> None:
         f"tenants:\n  bench: {{keys: ['{hash_key(BROKER_KEY)}'], rpm: 100000000, tpm: 100000000000, "
         "max_concurrent: 100000}\n"
     )
+    config = tmp / "broker.yaml"
     r = redis.Redis.from_url(redis_url)
     memory_before = r.info("memory")["used_memory"]
     print(f"fake upstream :{upstream_port} ({opts.chunks} chunks/stream), "
           + (f"fake Anthropic upstream :{anthropic_port}, " if opts.messages else "")
           + f"broker API :{api_port} ({opts.api_workers} proc, {opts.worker_procs} worker proc"
-          + (" per provider" if opts.messages else "") + f"), c={opts.concurrency}, logs in {tmp}")
+          + (" per provider" if opts.messages else "") + f"), c={opts.concurrency}, logs in {tmp}\n"
+          + (f"Redis of its own: {own_redis.description}" if own_redis else f"shared Redis {redis_url}"))
 
     upstreams = [start([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(upstream_port),
                         "--chunks", str(opts.chunks)], tmp / "upstream.log")]
@@ -207,23 +218,45 @@ def main() -> None:
     broker_procs: list[subprocess.Popen[bytes]] = []
     messages: dict[str, dict[str, LoadStats]] = {}
     responses: dict[str, LoadStats] = {}
+    latency = burst = held = None
+    hops: list[str] = []
     try:
         wait_ready(f"{upstream_url}/models", upstreams[0], 30)
         if opts.messages:  # it only serves POST /v1/messages: a 405 to a GET says it is up
             wait_ready(f"{anthropic_origin}/v1/messages", upstreams[1], 30)
         broker_procs += [start([sys.executable, "-m", "broker.cli", "worker", "--config", str(tmp / "broker.yaml"),
                                 "--provider", provider, "--log-level", "warning"], tmp / f"worker-{provider}-{i}.log")
-                         for provider in (("up", "ant") if opts.messages else ("up",))
-                         for i in range(opts.worker_procs)]
+                         for provider in ("up",) for i in range(opts.worker_procs)]
         broker_procs.append(start([sys.executable, "-m", "broker.cli", "api", "--config", str(tmp / "broker.yaml"),
                                    "--host", "127.0.0.1", "--port", str(api_port), "--workers", str(opts.api_workers),
                                    "--log-level", "warning"], tmp / "api.log"))
         wait_ready(f"http://127.0.0.1:{api_port}/v1/models", broker_procs[-1], 60)
 
         broker_url = f"http://127.0.0.1:{api_port}/v1"
+        # The API and chat's workers; the other providers' workers run only in their own phases, so
+        # their idle polling is in no per-request figure.
+        probe = Probe([proc.pid for proc in broker_procs], r if own_redis is not None else None)
+        if opts.memory:  # first, while nothing of the other phases is there to expire during it
+            held = held_memory(slow["hold"], config, tmp, broker_url, BROKER_KEY, broker_procs[-1].pid, upstream_url,
+                               probe.redis, opts.hold_streams, opts.burst_rate)
+            print(f"  {'held streams':<30} {held.open_streams} open, {held.text_bytes_per_stream:.0f} B text each: "
+                  f"Redis {held.redis_bytes_per_stream or 0:.0f} B, API RSS {held.api_rss_bytes_per_stream:.0f} B "
+                  "per stream", flush=True)
         direct = measure("upstream direct", upstream_url, "fake", "fake-model", opts)
-        broker = measure("llm-broker", broker_url, BROKER_KEY, "fake-model", opts)
+        broker = measure("llm-broker", broker_url, BROKER_KEY, "fake-model", opts, probe=probe)
+        if opts.goals:
+            latency = measure_latency(upstream_url, broker_url, BROKER_KEY, opts, probe,
+                                      broker["non-stream"].throughput_rps)
+            hops = timeline(broker_url, upstream_url, BROKER_KEY, "fake", "fake-model",
+                            redis_url if own_redis is not None else None)
+        if opts.burst:
+            burst = run_burst(slow["burst"], config, tmp, broker_url, BROKER_KEY, opts.burst_streams, opts.burst_rate)
+            print(f"  {'burst':<30} {burst.summary()}", flush=True)
         if opts.messages:
+            broker_procs += [start([sys.executable, "-m", "broker.cli", "worker", "--config", str(config),
+                                    "--provider", "ant", "--log-level", "warning"], tmp / f"worker-ant-{i}.log")
+                             for i in range(opts.worker_procs)]
+            time.sleep(1.0)  # its first heartbeat: before it, the API has no live worker to admit to
             messages["direct"] = measure("messages: Anthropic direct", f"{anthropic_origin}/v1", ANTHROPIC_KEY,
                                          CLAUDE_MODEL, opts, api="messages")
             messages["relayed"] = measure("messages: broker relayed", broker_url, BROKER_KEY, "claude-bench", opts,
@@ -243,6 +276,8 @@ def main() -> None:
         for proc in upstreams + broker_procs:
             stop(proc)
         drop_namespace(r, namespace)
+        if own_redis is not None:
+            own_redis.stop()
 
     print("\nsummary (c=%d)" % opts.concurrency)
     for mode in ("non-stream", "stream"):
@@ -283,6 +318,14 @@ def main() -> None:
     print(f"  Redis used_memory {memory_before / 1e6:.2f} MB before, {memory_after / 1e6:.2f} MB after; "
           f"{leftover} keys left in the broker's namespace (results expire after their TTL"
           + (f"; {stored} of them stored responses, kept responses.store_ttl_s" if responses else "") + ")")
+    if hops:
+        print("\n" + "\n".join(hops))
+    installed = Path(opts.litellm_bin).exists()
+    theirs_first = next((stats for stats in theirs.values() if stats), None)
+    table = rows(latency, direct, broker, theirs_first, "n/a (not installed)" if not installed else "n/a",
+                 probe.costs, burst, held)
+    print("\nissue 22's goals (added = broker minus direct, same run; LiteLLM: its first --litellm-workers run)")
+    print("\n".join(render(table)))
     print(f"  run took {time.monotonic() - began:.0f} s")
 
 

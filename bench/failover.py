@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.compare import BROKER_KEY, drop_namespace, stop
+from bench.compare import BROKER_KEY
 from bench.loadgen import LoadStats, run_load
+from bench.procs import drop_namespace, stop
 from bench.stack import broker_over_fakes
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key

@@ -203,8 +203,12 @@ class _Exchange:
         self.body: list[bytes] = []
         self.sse: _SSECounter | None = None
         self.ttft_s: float | None = None
+        self.first_byte_s: float | None = None  # since `start`: the per-hop timeline's "answer began"
+        self.headers: dict[bytes, bytes] = {}  # lower-cased names and values (Retry-After, x-llm-broker-*)
 
     def feed(self, data: bytes) -> None:
+        if self.first_byte_s is None:
+            self.first_byte_s = time.perf_counter() - self.start
         if not self.status:
             self.head += data
             end = self.head.find(b"\r\n\r\n")
@@ -236,6 +240,7 @@ class _Exchange:
         for line in lines:
             name, _, value = line.partition(b":")
             name, value = name.strip().lower(), value.strip().lower()
+            self.headers[name] = value
             if name == b"content-length":
                 self.remaining = int(value)
             elif name == b"transfer-encoding" and b"chunked" in value:

@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from bench.compare import drop_namespace, start, stop, wait_ready
+from bench.procs import drop_namespace, start, stop, wait_ready
 from broker.cli.embedded_redis import free_port
 from broker.config import hash_key
 

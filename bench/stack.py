@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.compare import BROKER_KEY, start, wait_ready
+from bench.compare import BROKER_KEY
+from bench.procs import start, wait_ready
 
 
 def broker_over_fakes(tmp: Path, config: str, upstreams: dict[str, int], api_port: int,
