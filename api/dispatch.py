@@ -283,8 +283,11 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
             headers[ROUTE_HEADER] = job.route
         done = (lambda job, body: finalize(state, request, principal, job, body)) if finalize is not None else None
+        # A Responses job's worker keeps its answer itself (broker/queue/stored_responses.py): then only a
+        # cache hit, which reaches no worker, is finalized here.
+        ran = None if getattr(job.payload, "keep", False) else done
         told = (lambda: accepted(state, request, principal, job)) if accepted is not None else None
-        answer = (lambda: submit(state, job, told)) if asynchronous else (lambda: run(state, request, job, None, done))
+        answer = (lambda: submit(state, job, told)) if asynchronous else (lambda: run(state, request, job, None, ran))
         # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
         policy = (state.cache.policy(job.model) if state.cache is not None and not asynchronous and job.payload.cacheable
                   else None)
@@ -294,7 +297,7 @@ def endpoint(decoder: msgspec.json.Decoder[P],
             else:
                 response = await cached.respond(state, request, job, policy, stream_timings(state, request),
                                                 lambda tap: limits.admitted(
-                                                    state, principal, job, lambda: run(state, request, job, tap, done)),
+                                                    state, principal, job, lambda: run(state, request, job, tap, ran)),
                                                 done)
         except BrokerError as exc:
             exc.headers.update(headers)

@@ -1,18 +1,15 @@
 """Stored responses of the Responses API: kept when one completes, read by id for its own tenant.
 
 `store` is on by default, as at OpenAI (https://platform.openai.com/docs/api-reference/responses/create).
-A response is written once, before its client sees it complete (api/dispatch.py `Finalize`), with its
-whole context: the earlier turns' items and its own input. So `previous_response_id` costs one read,
-from any API process, the moment the previous response is done, and a chain never walks back turn by
-turn. Another tenant's id reads as absent: the client gets the 404 an unknown id gets.
+A response is written once, before its client sees it complete (by the worker that answered it, with
+its reply), with its whole context: the earlier turns' items and its own input. So `previous_response_id`
+costs one read, from any API process, the moment the previous response is done, and a chain never walks
+back turn by turn. Another tenant's id reads as absent: the client gets the 404 an unknown id gets.
 
-Key (broker/keys.py): `{ns}:response:{id}`, a hash: `t` tenant, `r` the Response JSON, `c` the context
-items (a JSON array), `n` how many of them, at its end, are the response's own input.
+What the key holds, and its write: broker/queue/stored_responses.py.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -21,15 +18,8 @@ from redis.commands.core import AsyncScript
 from broker.config import ResponsesSettings
 from broker.errors import ModelNotFound
 from broker.keys import Keys
-from broker.store.scripts import lua_script
-from broker.wire.responses import (
-    AnyItem,
-    FunctionCallOutputItem,
-    MessageItem,
-    ResponsesRequest,
-    decode_items,
-    encoder,
-)
+from broker.queue import stored_responses
+from broker.wire.responses import AnyItem, ResponsesRequest, decode_items
 
 
 class _Output(msgspec.Struct):
@@ -52,10 +42,6 @@ class Stored(msgspec.Struct, frozen=True):
 
     def input_items(self) -> list[AnyItem]:
         return self.context[len(self.context) - self.own:]
-
-
-def keeper(redis: Redis) -> AsyncScript:
-    return redis.register_script(lua_script("response_keep"))
 
 
 def not_found(response_id: str, param: str | None = None) -> ModelNotFound:
@@ -84,29 +70,18 @@ async def history(redis: Redis, keys: Keys, tenant: str, request: ResponsesReque
     return stored.history()
 
 
-def _with_id(item: AnyItem, fallback: str) -> AnyItem:
-    """An input item as input_items lists it: with an id (pagination's `after` names one), minted from
-    the response's if the client sent none."""
-    if isinstance(item, MessageItem) and not isinstance(item.id, str):
-        return msgspec.structs.replace(item, id=f"msg_{fallback}")
-    if isinstance(item, FunctionCallOutputItem) and not isinstance(item.id, str):
-        return msgspec.structs.replace(item, id=f"fco_{fallback}")
-    return item
-
-
 async def save(keep: AsyncScript, keys: Keys, settings: ResponsesSettings, tenant: str, response_id: str,
                request: ResponsesRequest, earlier: list[AnyItem], response: bytes, *, job: str | None = None) -> None:
-    """Keep a response (unless its request said `store: false`) with its whole context, `earlier` (the
-    turns before it, as its request was answered with them) then its own input: a completed response,
-    or, for `background`, the queued one its client got, with the job that will complete it. `keep` is
-    response_keep.lua (`keeper`): one command, the fields and the expiry together."""
+    """Keep a response the API answered itself (a cache hit; a completed one is kept by its worker:
+    broker/queue/stored_responses.py), unless its request said `store: false`, or, for `background`,
+    the queued one its client got, with the job that will complete it. `keep` is response_keep.lua."""
     if request.store is False and job is None:
         return
-    suffix = response_id.removeprefix("resp_")
-    own = [_with_id(item, f"{suffix}_in{i}") for i, item in enumerate(request.items())]
-    fields: list[Any] = ["t", tenant, "c", encoder.encode([*earlier, *own]), "n", len(own)]
-    fields += ["j", job, "q", response] if job is not None else ["r", response]
-    await keep(keys=[keys.response(response_id)], args=[settings.store_ttl_s, *fields])
+    context, own = stored_responses.context(response_id, request, earlier)
+    args = (stored_responses.keep_args(settings.store_ttl_s, tenant, context, own, job=job, queued=response)
+            if job is not None else stored_responses.keep_args(settings.store_ttl_s, tenant, context, own,
+                                                               response=response))
+    await keep(keys=[keys.response(response_id)], args=args)
 
 
 async def complete(redis: Redis, keys: Keys, response_id: str, response: bytes) -> None:

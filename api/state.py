@@ -10,7 +10,6 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from api import responses_store
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
 from broker.batches.files import FileStore
@@ -53,7 +52,6 @@ class BrokerState:
         self.limiter = Limiter(self.redis, self.keys)
         self.files = FileStore(config.batches.store_dir)
         self.scripts = QueueScripts(self.redis)
-        self.response_keep = responses_store.keeper(self.redis)  # /v1/responses' stored responses
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None
         self.flights: dict[str, asyncio.Future[bytes | None]] = {}
@@ -72,8 +70,7 @@ class BrokerState:
 
     def lua_scripts(self) -> dict[str, AsyncScript]:
         """Every script this process runs, by name (what /readyz checks Redis has)."""
-        return {**self.scripts.named(), **self.limiter.named(), "response_keep": self.response_keep,
-                **(self.cache.named() if self.cache else {})}
+        return {**self.scripts.named(), **self.limiter.named(), **(self.cache.named() if self.cache else {})}
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` in its own task, outside the caller's cancellation.

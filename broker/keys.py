@@ -38,7 +38,7 @@ name and spread over the cluster.
 | {ns}:arq:health                       | string  | arq (batch worker)      | TTL arq's health_check_interval + 1 s (an hour); deleted at exit |
 | arq:{job,in-progress,retry,result}:{ns}:{batch}:{n} | string | arq (batch worker) | one step each: deleted when it ends but its result, kept 60 s (keep_result); else the job a day after it was due |
 | {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
-| {ns}:response:{id}                    | hash    | API (responses_store.py) | 4 fields, one write when the response completes (store: true); expires responses.store_ttl_s later |
+| {ns}:response:{id}                    | hash    | worker (stored_responses.py) | 4 fields, one write with the reply that completes it (store: true; the API for cache hits, background); expires responses.store_ttl_s later |
 | {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job; expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
 | {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |

@@ -93,7 +93,8 @@ class Worker:
         self.scripts = QueueScripts(redis)
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants, usage=config.usage,
-                             resume_ttl_s=config.server.stream_resume_ttl_s)
+                             resume_ttl_s=config.server.stream_resume_ttl_s,
+                             responses_ttl_s=config.responses.store_ttl_s)
         self.hedging = Hedging(redis, self.scripts, self.keys, config)
         self.prices = pricing.PriceBook(config)
         self.jobs_done = 0

@@ -28,7 +28,7 @@ from broker.errors import InvalidRequest
 from broker.inbound import responses_native as native
 from broker.inbound.responses import to_chat
 from broker.inbound.responses_output import new_response
-from broker.queue import async_jobs
+from broker.queue import async_jobs, stored_responses
 from broker.queue.jobs import Job
 from broker.queue.payloads import ResponsesPayload
 from broker.routing.capabilities import estimate_tokens
@@ -67,8 +67,10 @@ async def _payload(decoded: ResponsesRequest, body: bytes, request: Request, pri
     request.state.responses_turn = (decoded, history)
     native_body = (native.native_body(body, history, decoded.items())
                    if speaks and native.needs_native_body(decoded, history) else b"")
+    # Kept by the worker that answers it, with its reply (broker/queue/stored_responses.py).
+    keep = decoded.store is not False and decoded.background is not True
     return ResponsesPayload(chat, body, f"resp_{uuid.uuid4().hex}", decoded.background is True, native_body,
-                            native_only)
+                            native_only, keep, encoder.encode(history) if keep and history else b"")
 
 
 def _within_context(state: BrokerState, principal: Principal, request: ResponsesRequest,
@@ -98,23 +100,13 @@ def _without_oldest_turn(history: list[AnyItem]) -> list[AnyItem]:
     return history[starts[1]:] if len(starts) > 1 else []
 
 
-def completed_response(job: Job, body: bytes) -> bytes:
-    """The Response in a job's final body: the body itself, or a stream's last event's `response`."""
-    return _response_in(body, streamed=job.streams)
-
-
-def _response_in(body: bytes, *, streamed: bool) -> bytes:
-    if not streamed:
-        return body
-    data = body[body.rindex(b"\ndata: ") + 7:].strip()
-    return bytes(msgspec.json.decode(data, type=dict[str, msgspec.Raw])["response"])
-
-
 async def _keep(state: BrokerState, http: Request, principal: Principal, job: Job, body: bytes) -> bytes:
+    """A cache hit's Response, kept as its worker would have kept it had one answered it."""
     assert isinstance(job.payload, ResponsesPayload)
     request, earlier = http.state.responses_turn
-    await responses_store.save(state.response_keep, state.keys, state.config.responses, principal.tenant_name,
-                               job.payload.response_id, request, earlier, completed_response(job, body))
+    response = stored_responses.completed_response(body, streamed=job.streams)
+    await responses_store.save(state.scripts.response_keep, state.keys, state.config.responses, principal.tenant_name,
+                               job.payload.response_id, request, earlier, response)
     return body
 
 
@@ -127,7 +119,7 @@ async def _queued(state: BrokerState, http: Request, principal: Principal, job: 
     queued = new_response(request, response_id=job.payload.response_id, created_at=int(job.created))
     queued.status = "queued"
     body = encoder.encode(queued)
-    await responses_store.save(state.response_keep, state.keys, state.config.responses, principal.tenant_name,
+    await responses_store.save(state.scripts.response_keep, state.keys, state.config.responses, principal.tenant_name,
                                job.payload.response_id, request, earlier, body, job=job.id)
     if job.streams:
         return _replay(state, job.id, job.deadline, after=-1)
@@ -188,7 +180,7 @@ async def _current(state: BrokerState, principal: Principal, response_id: str,
         raise responses_store.not_found(response_id)
     view = async_jobs.view(stored.job, found.record, found.flags, found.result)
     if view.status == "completed" and view.response is not None:
-        done = _response_in(bytes(view.response), streamed=found.record.streams)
+        done = stored_responses.completed_response(bytes(view.response), streamed=found.record.streams)
         await responses_store.complete(state.redis, state.keys, response_id, done)
         return done
     status = {"expired": "failed"}.get(view.status, view.status)

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from broker.config import Tenant, UsageSettings
@@ -38,11 +39,13 @@ from broker.keys import Keys
 from broker.limits.ratelimit import reconcile_into
 from broker.money import ledger
 from broker.ops.redaction import redact
-from broker.queue import async_jobs, job_events
+from broker.queue import async_jobs, job_events, stored_responses
 from broker.queue.jobs import Chunk, Failed, Final, Job, key_limits, reply_encoder
+from broker.queue.payloads import ResponsesPayload
 from broker.queue.streams import QueueScripts
 from broker.store.scripts import Queued, evalsha_into, publish_into, resend_unknown
 from broker.wire import Usage
+from broker.wire.responses import responses_request_decoder
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,8 @@ class _End:
 
 class Outbox:
     def __init__(self, redis: Redis, keys: Keys, scripts: QueueScripts, *, result_ttl_s: int,
-                 tenants: dict[str, Tenant], usage: UsageSettings, resume_ttl_s: int = 60) -> None:
+                 tenants: dict[str, Tenant], usage: UsageSettings, resume_ttl_s: int = 60,
+                 responses_ttl_s: int = 30 * 86_400) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
@@ -85,6 +89,7 @@ class Outbox:
         self.usage = usage
         self.result_ttl_s = result_ttl_s
         self.resume_ttl_s = resume_ttl_s
+        self.responses_ttl_s = responses_ttl_s  # stored Responses (config `responses.store_ttl_s`)
         self._ops: list[_Chunks | _Started | _End] = []
         self._open: dict[str, _Chunks] = {}
         self._seq: dict[str, int] = {}
@@ -226,6 +231,10 @@ class Outbox:
                 key = key_limits(job) or tenant.api_key(job.key)
                 scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
                                            job.estimated_tokens, op.usage.total_tokens, key=key)
+            if op.error is None and isinstance(job.payload, ResponsesPayload) and job.payload.keep:
+                # Before the reply: its client cannot see it complete before it is readable (stored_responses.py).
+                if (kept := self._keep_response(pipe, job, job.payload, op.body)) is not None:
+                    scripted.append(kept)
             publish_into(pipe, job.reply_to, encoded)
             pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
             op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
@@ -256,6 +265,19 @@ class Outbox:
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)
+
+    def _keep_response(self, pipe: Pipeline, job: Job, payload: ResponsesPayload, body: bytes) -> Queued | None:
+        try:
+            request = responses_request_decoder.decode(payload.body)
+            context, own = stored_responses.context(payload.response_id, request, payload.earlier)
+            response = stored_responses.completed_response(body, streamed=job.streams)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
+            # The API decoded this body and a worker wrote the answer: never expected, and never worth
+            # failing every end in this pipeline for. The client gets its answer; the id reads as unknown.
+            log.error("response %s not stored: %s", payload.response_id, exc)
+            return None
+        return evalsha_into(pipe, self.scripts.response_keep, [self.keys.response(payload.response_id)],
+                            stored_responses.keep_args(self.responses_ttl_s, job.tenant, context, own, response=response))
 
     def finish_keys(self, job: Job, stream: str | bytes) -> list[Any]:
         """finish.lua's KEYS, all in the provider's Cluster slot."""

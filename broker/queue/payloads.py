@@ -145,6 +145,10 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
     native: bytes = b""
     # Only such a deployment can serve it (built-in tools, OpenAI's own items): routing requires one.
     native_only: bool = False
+    # Stored at its end by the worker that answers it, with its reply (broker/queue/stored_responses.py):
+    # `store` was not false and it is no background one. `earlier`: the earlier turns' items, a JSON array.
+    keep: bool = False
+    earlier: bytes = b""
     kind: ClassVar[Kind] = "responses"
     answer_prefix: ClassVar[str] = "resp_"
     dialect: ClassVar[Dialect] = "responses"

@@ -37,7 +37,8 @@ from broker.store.scripts import lua_script, publish_into
 
 class QueueScripts:
     """The Lua scripts a job's way through the queue runs, registered once per Redis client (EVALSHA
-    afterwards). `reconcile` is the rate limiter's, here because it rides in the worker's finish pipeline."""
+    afterwards). `reconcile` is the rate limiter's, here because it rides in the worker's finish pipeline;
+    `response_keep` a stored Response's (broker/queue/stored_responses.py), written there too."""
 
     def __init__(self, redis: Redis) -> None:
         self.enqueue: AsyncScript = redis.register_script(lua_script("enqueue"))
@@ -48,10 +49,12 @@ class QueueScripts:
         self.reconcile: AsyncScript = redis.register_script(RECONCILE)
         self.circuit: AsyncScript = redis.register_script(lua_script("circuit"))
         self.race: AsyncScript = redis.register_script(lua_script("race"))
+        self.response_keep: AsyncScript = redis.register_script(lua_script("response_keep"))
 
     def named(self) -> dict[str, AsyncScript]:
         return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "ledger": self.ledger,
-                "reclaim": self.reclaim, "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race}
+                "reclaim": self.reclaim, "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race,
+                "response_keep": self.response_keep}
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
