@@ -125,17 +125,20 @@ class Worker:
                 if self._redis_lost:
                     await self._until_redis_is_back()
                 self._bell.clear()  # before pulling: a bell rung during the pull is not lost
+                asked = min(free, 64)
                 try:
-                    pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer,
-                                        min(free, 64))
+                    pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer, asked)
                 except RedisError as exc:  # Redis restarting or unreachable: keep the jobs we hold, retry
                     log.warning("cannot pull jobs: %s", exc)
                     self._redis_lost = True
                     continue
                 for item in pulled:
                     self._start(item)
-                if not pulled:
-                    if self.burst and not self._in_flight:
+                if len(pulled) < asked:
+                    # The queues had no more to give: pulling again at once would only find them empty
+                    # (a whole pull.lua run). The next job enqueued rings the bell (enqueue.lua); a bell
+                    # missed (pub/sub is at most once) costs at most the timeout.
+                    if not pulled and self.burst and not self._in_flight:
                         break
                     await self._until(self._bell, timeout_s=0.05 if self.burst else 1.0)
         finally:

@@ -30,9 +30,10 @@ while taken < want and guard < 100000 do
   guard = guard + 1
   local total, best, best_weight = 0, nil, nil
   local current = {}
+  local stored = redis.call('HMGET', KEYS[1], unpack(lanes))  -- one command for every lane's credit
   for i = 1, nl do
     if not done[i] then
-      current[i] = tonumber(redis.call('HGET', KEYS[1], lanes[i]) or '0') + weights[i]
+      current[i] = tonumber(stored[i] or '0') + weights[i]
       total = total + weights[i]
       if best == nil or current[i] > best_weight then best, best_weight = i, current[i] end
     end
@@ -68,10 +69,13 @@ while taken < want and guard < 100000 do
         -- Only a job taken counts as the lane's turn. A lane whose head tenant had
         -- only running jobs, or only dead ones, keeps its weight: otherwise a lane
         -- with many busy tenants would lose its share to those misses.
+        local credits = {}
         for i, value in pairs(current) do
           if i == best then value = value - total end
-          redis.call('HSET', KEYS[1], lanes[i], value)
+          credits[#credits + 1] = lanes[i]
+          credits[#credits + 1] = value
         end
+        redis.call('HSET', KEYS[1], unpack(credits))
       end
     else
       if redis.call('XLEN', stream) == 0 then
@@ -108,7 +112,7 @@ local function measure(prefix_, still_waiting, n)
   end
 end
 local waiting = 0
-for i = 1, nl do waiting = waiting + tonumber(redis.call('HGET', KEYS[2], lanes[i]) or '0') end
+for _, count in ipairs(redis.call('HMGET', KEYS[2], unpack(lanes))) do waiting = waiting + tonumber(count or '0') end
 measure('', waiting, taken)
 for own_field, n in pairs(taken_from) do
   measure(own_field .. ':', tonumber(redis.call('HGET', KEYS[2], own_field) or '0'), n)
