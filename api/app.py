@@ -19,8 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
-from api import anthropic, dispatch, metrics, request_ids, unavailable
+from api import anthropic, dispatch, door, metrics, request_ids, unavailable
 from api.routes import (
     admin,
     batches,
@@ -39,7 +40,7 @@ from api.routes import (
 from api.state import BrokerState
 from broker import config as config_module
 from broker.config import Config
-from broker.errors import BrokerError, InvalidRequest, ModelNotFound
+from broker.errors import BrokerError, InvalidRequest, ModelNotFound, Overloaded
 from broker.ops import log_context
 from broker.wire import json_encoder
 
@@ -66,6 +67,10 @@ def error_response(err: BrokerError, request: Request) -> Response:
                         headers=headers, media_type="application/json")
     return Response(json_encoder.encode(err.to_body()), status_code=err.status, headers=headers,
                     media_type="application/json")
+
+
+def _refuse(scope: Scope, err: Overloaded) -> Response:
+    return error_response(err, Request(scope))
 
 
 async def _broker_error(request: Request, exc: Exception) -> Response:
@@ -138,7 +143,11 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(status.router)
     app.add_middleware(request_ids.EchoClientRequestId)
-    app.add_middleware(metrics.ObserveRequests)  # outermost: it sees every answer's final status
+    app.add_middleware(metrics.ObserveRequests)  # it sees every answer's final status...
+    server = config.server
+    if server.max_in_flight or server.max_new_per_s:  # ...but the door's refusals, counted by the door
+        app.add_middleware(door.Door, max_in_flight=server.max_in_flight, max_new_per_s=server.max_new_per_s,
+                           refuse=_refuse)
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(RedisError, _redis_down)  # ConnectionError, TimeoutError...: found by MRO
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -9,7 +9,8 @@
     │  ├─ TokensRateLimited    429    type tokens (the tokens-per-minute limit)
     │  └─ OverBudget           429    insufficient_quota (a budget is spent; not retryable)
     ├─ Unavailable             503    service_unavailable (Redis down, no worker; retry_after)
-    │  └─ CircuitOpen          503    circuit_open (the deployment failed too often lately)
+    │  ├─ CircuitOpen          503    circuit_open (the deployment failed too often lately)
+    │  └─ Overloaded           503    server_overloaded (refused at an API process's door: api/door.py)
     ├─ RequestTimeout          504    timeout (the job's deadline passed)
     └─ UpstreamError           502    upstream_error (status from the upstream; retryable
        │                              for 408/409/429/5xx/529 and transport failures)
@@ -168,6 +169,23 @@ class Unavailable(BrokerError):
 
 class CircuitOpen(Unavailable):
     default_code = "circuit_open"
+
+
+class Overloaded(Unavailable):
+    """One API process holds all it may (`server.max_in_flight`, `server.max_new_per_s`); another
+    process, or this one a moment later, can serve the request."""
+
+    default_code = "server_overloaded"
+
+    @classmethod
+    def in_flight(cls, retry_after_s: float) -> Overloaded:
+        return cls("The server is handling as many requests as it can; please retry shortly.",
+                   retry_after_s=retry_after_s)
+
+    @classmethod
+    def rate(cls, retry_after_s: float) -> Overloaded:
+        return cls("The server is receiving new requests faster than it can start them; please retry shortly.",
+                   retry_after_s=retry_after_s)
 
 
 class RequestTimeout(BrokerError):

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "api":
         sock.close()  # uvicorn binds again (each of --workers processes needs it); we only checked it is free
-        return _run_api(args)
+        return _run_api(args, config)
     from broker.cli import dev
 
     _install_uvloop()
@@ -288,7 +288,7 @@ def _run_batch_worker(config: config_module.Config) -> int:
 HTTP_PROTOCOL = "api.http_protocol:OpenAIErrorsHTTPProtocol"
 
 
-def _run_api(args: argparse.Namespace) -> int:
+def _run_api(args: argparse.Namespace, config: config_module.Config) -> int:
     import uvicorn
 
     if args.config:
@@ -307,7 +307,7 @@ def _run_api(args: argparse.Namespace) -> int:
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
         loop="uvloop", http=HTTP_PROTOCOL, log_level=args.log_level, access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=30, backlog=config.server.listen_backlog,
     )
     return 0
 

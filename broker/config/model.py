@@ -156,6 +156,18 @@ class ServerSettings(Strict):
     # back before its job is cancelled (0: cancel at once, as with no resumption).
     stream_resume_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
     stream_resume_grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 5.0
+    # The door (api/door.py): past this many requests in flight in one API process (open streams
+    # included), a new one is refused at once with 503 + Retry-After (Anthropic's 529 on /v1/messages)
+    # rather than taken on and drowned: a burst of 500 new streams a second left one process too busy
+    # to accept connections, and clients met resets and connect timeouts instead (issue 22). 0: no cap.
+    max_in_flight: Annotated[int, msgspec.Meta(ge=0, le=10**9)] = 2048
+    # ...and past this many new requests a second per process (a token bucket of one second's worth),
+    # which bounds the set-up work (auth, Redis, subscription) a burst can ask of it. 0: no cap.
+    max_new_per_s: Annotated[float, msgspec.Meta(ge=0, le=10**9)] = 0
+    # Connections the kernel queues for the API before it accepts them (uvicorn's `backlog`, 2048 by
+    # default); a burst that outruns the event loop overflows it and its clients' connections are
+    # dropped or reset. The kernel caps it at net.core.somaxconn (4096 since Linux 5.4).
+    listen_backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4096
 
 
 class CircuitSettings(Strict):

@@ -23,6 +23,8 @@ REQUESTS = Counter("llm_broker_requests_total", "HTTP requests answered by the A
 REQUEST_SECONDS = Histogram("llm_broker_request_duration_seconds",
                             "Time to the end of the response (a stream's whole length)", ["route", "model"],
                             buckets=LATENCY_BUCKETS)
+# reason: in_flight (server.max_in_flight) or rate (server.max_new_per_s): api/door.py.
+SHED = Counter("llm_broker_shed_total", "Requests an API process refused at its door, before any work", ["reason"])
 CACHE = Counter("llm_broker_cache_lookups_total", "Response cache lookups", ["model", "result"])
 
 # ---------------------------------------------------------------- workers
