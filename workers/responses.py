@@ -131,9 +131,12 @@ async def translated(provider: Provider, job: Job, payload: ResponsesPayload, em
                 meter.saw(chunk)
             events = stream.on_chunk(chunk)
             if events:
-                for event in [*opening, *events]:
+                if opening:
+                    for event in opening:
+                        emit(event)
+                    opening = []
+                for event in events:
                     emit(event)
-                opening = []
     except BrokerError as failure:
         if not opening:  # past the first event: the stream says it failed, then the error goes on as usual
             for event in stream.failed(failure.code or failure.type, failure.message, error_type=failure.type):

@@ -17,6 +17,7 @@ done, part done, item done; arguments done, item done); the usage chunk may stil
 from __future__ import annotations
 
 from broker.inbound.responses_output import call_id, item_id, new_response, settle
+from broker.wire.responses import encoder
 from broker.wire.chat import ChatChunk, DeltaToolCall
 from broker.wire.chat import Usage as ChatUsage
 from broker.wire.responses import (
@@ -68,6 +69,11 @@ class ResponsesStream:
         self._calls: dict[int, tuple[str, int, FunctionCallItem]] = {}  # Chat's index → (its id, output_index, item)
         self._finish_reason: str | None = None
         self._usage: ChatUsage | None = None
+        # The text part's deltas, joined into its `text` only when it is read (`_texts`): `+=` on an
+        # attribute copies the whole text on every delta. And its delta events' bytes around the two
+        # values that change (`_delta_template`): the stream's most frequent event, built without a Struct.
+        self._pieces: list[str] = []
+        self._text_part: tuple[OutputText, int, tuple[bytes, bytes, bytes] | None] | None = None
 
     def start(self) -> list[bytes]:
         if self._started:
@@ -111,6 +117,7 @@ class ResponsesStream:
             return []
         out = self.start()
         self._ended = True
+        self._texts()
         if not self._closed:  # items still open never finished
             for item in self.response.output:
                 item.status = "incomplete"
@@ -128,6 +135,10 @@ class ResponsesStream:
             out.append(self._add(self._message[1]))
         index, message = self._message
         assert isinstance(message.id, str)
+        if kind is OutputText and self._text_part is not None and self._text_part[2] is not None:
+            self._pieces.append(delta)
+            head, middle, tail = self._text_part[2]
+            return [b"%s%d%s%s%s" % (head, self._next(), middle, encoder.encode(delta), tail)]
         part = next((p for p in self._content if isinstance(p, kind)), None)
         if part is None:
             part = OutputText(text="") if kind is OutputText else Refusal(refusal="")
@@ -136,9 +147,15 @@ class ResponsesStream:
                                                    content_index=len(self._content) - 1, part=part)))
         k = self._content.index(part)
         if isinstance(part, OutputText):
-            part.text += delta
-            return [*out, self._emit(OutputTextDelta(item_id=message.id, output_index=index, content_index=k,
-                                                     delta=delta))]
+            if self._text_part is None:
+                self._text_part = (part, k, _delta_template(message.id, index, k))
+            _, _, template = self._text_part
+            self._pieces.append(delta)
+            if template is None:
+                return [*out, self._emit(OutputTextDelta(item_id=message.id, output_index=index, content_index=k,
+                                                         delta=delta))]
+            head, middle, tail = template
+            return [*out, b"%s%d%s%s%s" % (head, self._next(), middle, encoder.encode(delta), tail)]
         part.refusal += delta
         return [*out, self._emit(RefusalDelta(item_id=message.id, output_index=index, content_index=k, delta=delta))]
 
@@ -165,11 +182,17 @@ class ResponsesStream:
             out.append(self._emit(FunctionCallArgumentsDelta(item_id=item.id, output_index=index, delta=arguments)))
         return out
 
+    def _texts(self) -> None:
+        """The text part's `text`, from its deltas so far."""
+        if self._text_part is not None:
+            self._text_part[0].text = "".join(self._pieces)
+
     def _close(self) -> list[bytes]:
         """Every item done, in index order, with the status the finish_reason gives."""
         if self._closed:
             return []
         self._closed = True
+        self._texts()
         status, _ = status_of(self._finish_reason)
         out: list[bytes] = []
         for index, item in enumerate(self.response.output):
@@ -204,3 +227,17 @@ class ResponsesStream:
         """Numbered and encoded now, so the event shows the items as they are at this point of the stream."""
         event.sequence_number = self._next()
         return encode_event(event)
+
+
+_SEQUENCE, _DELTA = 987_654_321, "\u0000"
+
+
+def _delta_template(message_id: str, output_index: int, content_index: int) -> tuple[bytes, bytes, bytes] | None:
+    """A text delta event's bytes around its sequence number and its delta, cut from one encoded with
+    stand-ins for both, so the fast path writes exactly what encode_event writes; None if they do not
+    come in that order (then every delta is encoded whole)."""
+    sample = encode_event(OutputTextDelta(item_id=message_id, output_index=output_index, content_index=content_index,
+                                          delta=_DELTA, sequence_number=_SEQUENCE))
+    head, _, rest = sample.partition(b"%d" % _SEQUENCE)
+    middle, found, tail = rest.partition(encoder.encode(_DELTA))
+    return (head, middle, tail) if found and _DELTA.encode() not in head else None
