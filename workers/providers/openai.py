@@ -58,16 +58,17 @@ class OpenAICompatible:
         return tr.shape_request(req, model=model, stream=stream, stream_usage=self.settings.stream_usage,
                                 profile=self.profile)
 
-    async def _post(self, endpoint: str, model: str, body: bytes, deadline: float) -> bytes:
-        async with self._http.post(self._path(endpoint, model), body, deadline=deadline) as resp:
+    async def _post(self, path: str, body: bytes, deadline: float) -> bytes:
+        async with self._http.post(path, body, deadline=deadline) as resp:
             content = await resp.read()
         if resp.status >= 400:
             raise tr.error_from_response(resp.status, content, resp.headers)
         return content
 
-    async def _events(self, endpoint: str, model: str, body: bytes, deadline: float,
-                      decode: Callable[[bytes], T]) -> AsyncIterator[T]:
-        async with self._http.post(self._path(endpoint, model), body, deadline=deadline) as resp:
+    async def _events(self, path: str, body: bytes, deadline: float, decode: Callable[[SSEEvent], T],
+                      last: frozenset[str] = frozenset()) -> AsyncIterator[T]:
+        """The stream's events, decoded, through `[DONE]` or an event named in `last`."""
+        async with self._http.post(path, body, deadline=deadline) as resp:
             if resp.status >= 400:
                 raise tr.error_from_response(resp.status, await resp.read(), resp.headers)
             parser = SSEParser()
@@ -75,29 +76,32 @@ class OpenAICompatible:
                 for event in parser.feed(raw):
                     if event.data.startswith(b"[DONE]"):
                         return
-                    yield decode(event.data)
-        # The body ended without [DONE]: a cut-off stream must not pass for a complete one.
+                    yield decode(event)
+                    if event.event in last:
+                        return
+        # The body ended before its end: a cut-off stream must not pass for a complete one.
         raise UpstreamError(f"upstream {self.name} ended the stream early", retryable=True)
 
     async def complete(self, req: ChatRequest, *, model: str, deadline: float) -> ChatCompletion:
-        body = await self._post("chat/completions", model, self._shape(req, model, False), deadline)
+        body = await self._post(self._path("chat/completions", model), self._shape(req, model, False), deadline)
         return tr.chat_completion(body)
 
     def stream(self, req: ChatRequest, *, model: str, deadline: float) -> AsyncIterator[ChatChunk]:
         repair = tr.StreamRepair()
-        return self._events("chat/completions", model, self._shape(req, model, True), deadline,
-                            lambda data: repair(tr.chat_chunk(data)))
+        return self._events(self._path("chat/completions", model), self._shape(req, model, True), deadline,
+                            lambda event: repair(tr.chat_chunk(event.data)))
 
     async def complete_text(self, req: CompletionRequest, *, model: str, deadline: float) -> TextCompletion:
-        body = await self._post("completions", model, self._shape(req, model, False), deadline)
+        body = await self._post(self._path("completions", model), self._shape(req, model, False), deadline)
         return tr.text_completion(body)
 
     def stream_text(self, req: CompletionRequest, *, model: str, deadline: float) -> AsyncIterator[TextCompletion]:
-        return self._events("completions", model, self._shape(req, model, True), deadline, tr.text_chunk)
+        return self._events(self._path("completions", model), self._shape(req, model, True), deadline,
+                            lambda event: tr.text_chunk(event.data))
 
     async def embed(self, req: EmbeddingRequest, *, model: str, deadline: float) -> EmbeddingsResult:
-        body = await self._post("embeddings", model, tr.shape_embeddings(req, model=model, profile=self.profile),
-                                deadline)
+        body = await self._post(self._path("embeddings", model),
+                                tr.shape_embeddings(req, model=model, profile=self.profile), deadline)
         vectors, prompt_tokens = tr.embeddings(body, len(req.texts()))
         return EmbeddingsResult(vectors, prompt_tokens)
 
@@ -111,27 +115,12 @@ class OpenAICompatible:
         return "/responses"
 
     async def relay_responses(self, body: bytes, *, deadline: float) -> bytes:
-        async with self._http.post(self._responses_path(), body, deadline=deadline) as resp:
-            content = await resp.read()
-        if resp.status >= 400:
-            raise tr.error_from_response(resp.status, content, resp.headers)
-        return content
+        return await self._post(self._responses_path(), body, deadline)
 
-    async def relay_response_events(self, body: bytes, *, deadline: float) -> AsyncIterator[SSEEvent]:
+    def relay_response_events(self, body: bytes, *, deadline: float) -> AsyncIterator[SSEEvent]:
         """Its events through the last one (`response.completed`, `.incomplete`, `.failed`) or `[DONE]`:
         whether OpenAI sends one after the last event is not documented, so either ends it."""
-        async with self._http.post(self._responses_path(), body, deadline=deadline) as resp:
-            if resp.status >= 400:
-                raise tr.error_from_response(resp.status, await resp.read(), resp.headers)
-            parser = SSEParser()
-            async for raw in resp.iter_chunks():
-                for event in parser.feed(raw):
-                    if event.data.startswith(b"[DONE]"):
-                        return
-                    yield event
-                    if event.event in _LAST_EVENTS:
-                        return
-        raise UpstreamError(f"upstream {self.name} ended the stream early", retryable=True)
+        return self._events(self._responses_path(), body, deadline, lambda event: event, last=_LAST_EVENTS)
 
     async def aclose(self) -> None:
         await self._http.aclose()
