@@ -397,3 +397,23 @@ def test_failure_after_the_200_sends_the_error_both_ways_then_response_failed() 
     with pytest.raises(openai.APIError, match="Upstream is busy") as info:
         sdk_stream(frames)
     assert info.value.code == "rate_limit_exceeded"
+
+
+def test_text_deltas_and_the_opening_events_are_the_bytes_encode_event_writes() -> None:
+    """The stream writes its most frequent events from templates (broker/inbound/responses_stream.py):
+    the same bytes as the Structs encoded whole, quotes, escapes and all."""
+    from broker.wire.responses_events import OutputTextDelta, ResponseCreated, ResponseInProgress, encode_event
+
+    req = responses_request_decoder.decode(json.dumps({"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}))
+    stream = ResponsesStream(req, "resp_abc", 7)
+    opening = stream.start()
+    assert opening == [encode_event(ResponseCreated(response=stream.response, sequence_number=0)),
+                       encode_event(ResponseInProgress(response=stream.response, sequence_number=1))]
+    pieces = ["Hel", 'lo "quoted"\n', "\u00e9\u4e2d\U0001f600", "\\ and \u0000"]
+    frames = [frame for piece in pieces for frame in stream.on_chunk(chunk({"content": piece}))]
+    deltas = [f for f in frames if f.startswith(b"event: response.output_text.delta")]
+    assert deltas == [encode_event(OutputTextDelta(item_id=stream.response.output[0].id, output_index=0,  # type: ignore[arg-type]
+                                                   content_index=0, delta=piece, sequence_number=n))
+                      for piece, n in zip(pieces, (4, 5, 6, 7))]
+    done = events(stream.on_chunk(chunk({}, finish="stop")) + stream.finish())
+    assert done[-1]["response"]["output"][0]["content"][0]["text"] == "".join(pieces)

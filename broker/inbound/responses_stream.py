@@ -16,6 +16,10 @@ done, part done, item done; arguments done, item done); the usage chunk may stil
 
 from __future__ import annotations
 
+from typing import cast
+
+import msgspec
+
 from broker.inbound.responses_output import call_id, item_id, new_response, settle
 from broker.wire.responses import encoder
 from broker.wire.chat import ChatChunk, DeltaToolCall
@@ -73,13 +77,14 @@ class ResponsesStream:
         # attribute copies the whole text on every delta. And its delta events' bytes around the two
         # values that change (`_delta_template`): the stream's most frequent event, built without a Struct.
         self._pieces: list[str] = []
-        self._text_part: tuple[OutputText, int, tuple[bytes, bytes, bytes] | None] | None = None
+        self._text_part: tuple[OutputText, _Template] | None = None
 
     def start(self) -> list[bytes]:
         if self._started:
             return []
         self._started = True
-        return [self._emit(ResponseCreated(response=self.response)), self._emit(ResponseInProgress(response=self.response))]
+        response = encoder.encode(self.response)  # the same Response in both: encoded once
+        return [_CREATED.write(self._next(), response), _IN_PROGRESS.write(self._next(), response)]
 
     def on_chunk(self, chunk: ChatChunk) -> list[bytes]:
         if self._ended:
@@ -135,10 +140,9 @@ class ResponsesStream:
             out.append(self._add(self._message[1]))
         index, message = self._message
         assert isinstance(message.id, str)
-        if kind is OutputText and self._text_part is not None and self._text_part[2] is not None:
+        if kind is OutputText and self._text_part is not None:
             self._pieces.append(delta)
-            head, middle, tail = self._text_part[2]
-            return [b"%s%d%s%s%s" % (head, self._next(), middle, encoder.encode(delta), tail)]
+            return [self._text_part[1].write(self._next(), encoder.encode(delta))]
         part = next((p for p in self._content if isinstance(p, kind)), None)
         if part is None:
             part = OutputText(text="") if kind is OutputText else Refusal(refusal="")
@@ -147,15 +151,9 @@ class ResponsesStream:
                                                    content_index=len(self._content) - 1, part=part)))
         k = self._content.index(part)
         if isinstance(part, OutputText):
-            if self._text_part is None:
-                self._text_part = (part, k, _delta_template(message.id, index, k))
-            _, _, template = self._text_part
+            self._text_part = (part, _delta_template(message.id, index, k))
             self._pieces.append(delta)
-            if template is None:
-                return [*out, self._emit(OutputTextDelta(item_id=message.id, output_index=index, content_index=k,
-                                                         delta=delta))]
-            head, middle, tail = template
-            return [*out, b"%s%d%s%s%s" % (head, self._next(), middle, encoder.encode(delta), tail)]
+            return [*out, self._text_part[1].write(self._next(), encoder.encode(delta))]
         part.refusal += delta
         return [*out, self._emit(RefusalDelta(item_id=message.id, output_index=index, content_index=k, delta=delta))]
 
@@ -229,15 +227,41 @@ class ResponsesStream:
         return encode_event(event)
 
 
-_SEQUENCE, _DELTA = 987_654_321, "\u0000"
+_SEQUENCE = 987_654_321  # stand-ins, found once each in a sample event's bytes
+_DELTA = "\u0000"
+_RESPONSE = msgspec.Raw(b'"\\u0000response"')
 
 
-def _delta_template(message_id: str, output_index: int, content_index: int) -> tuple[bytes, bytes, bytes] | None:
-    """A text delta event's bytes around its sequence number and its delta, cut from one encoded with
-    stand-ins for both, so the fast path writes exactly what encode_event writes; None if they do not
-    come in that order (then every delta is encoded whole)."""
+class _Template:
+    """An event's bytes around its sequence number and one other value (a delta, a Response), cut from
+    one encode_event wrote with stand-ins for both, so that writing an event from it costs a join and
+    gives exactly what encode_event writes, whatever order msgspec puts the two fields in."""
+
+    __slots__ = ("head", "middle", "tail", "value_first")
+
+    def __init__(self, sample: bytes, value: bytes) -> None:
+        number = b"%d" % _SEQUENCE
+        assert sample.count(number) == 1 and sample.count(value) == 1, "each stand-in appears once"
+        self.value_first = sample.index(value) < sample.index(number)
+        first, second = (value, number) if self.value_first else (number, value)
+        self.head, _, rest = sample.partition(first)
+        self.middle, _, self.tail = rest.partition(second)
+
+    def write(self, sequence_number: int, value: bytes) -> bytes:
+        number = b"%d" % sequence_number
+        if self.value_first:
+            return b"".join((self.head, value, self.middle, number, self.tail))
+        return b"".join((self.head, number, self.middle, value, self.tail))
+
+
+def _delta_template(message_id: str, output_index: int, content_index: int) -> _Template:
     sample = encode_event(OutputTextDelta(item_id=message_id, output_index=output_index, content_index=content_index,
                                           delta=_DELTA, sequence_number=_SEQUENCE))
-    head, _, rest = sample.partition(b"%d" % _SEQUENCE)
-    middle, found, tail = rest.partition(encoder.encode(_DELTA))
-    return (head, middle, tail) if found and _DELTA.encode() not in head else None
+    return _Template(sample, encoder.encode(_DELTA))
+
+
+def _lifecycle_template(kind: type[ResponseCreated | ResponseInProgress]) -> _Template:
+    return _Template(encode_event(kind(response=cast(Response, _RESPONSE), sequence_number=_SEQUENCE)), bytes(_RESPONSE))
+
+
+_CREATED, _IN_PROGRESS = _lifecycle_template(ResponseCreated), _lifecycle_template(ResponseInProgress)
