@@ -7,6 +7,7 @@ waits for the replies; it never calls a provider.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from api import anthropic, dispatch, door, metrics, request_ids, unavailable
+from api.loop_lag import LoopLag
 from api.routes import (
     admin,
     batches,
@@ -117,14 +119,18 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(config: Config) -> FastAPI:
+    lag = LoopLag(config.server.shed_lag_ms)  # sampled even when it sheds nothing: its metrics guide the setting
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = BrokerState(config)
         await state.start()
         app.state.broker = state
+        probe = asyncio.get_running_loop().create_task(lag.run(), name="loop-lag")
         try:
             yield
         finally:
+            probe.cancel()
             await state.aclose()
 
     app = FastAPI(title="llm-broker", version="0.1.0", lifespan=lifespan)
@@ -145,9 +151,9 @@ def create_app(config: Config) -> FastAPI:
     app.add_middleware(request_ids.EchoClientRequestId)
     app.add_middleware(metrics.ObserveRequests)  # it sees every answer's final status...
     server = config.server
-    if server.max_in_flight or server.max_new_per_s:  # ...but the door's refusals, counted by the door
-        app.add_middleware(door.Door, max_in_flight=server.max_in_flight, max_new_per_s=server.max_new_per_s,
-                           refuse=_refuse)
+    if server.max_in_flight or server.max_new_per_s or server.shed_lag_ms:  # ...but the door's refusals,
+        app.add_middleware(door.Door, max_in_flight=server.max_in_flight,  # counted by the door
+                           max_new_per_s=server.max_new_per_s, lag=lag, refuse=_refuse)
     app.add_exception_handler(BrokerError, _broker_error)
     app.add_exception_handler(RedisError, _redis_down)  # ConnectionError, TimeoutError...: found by MRO
     app.add_exception_handler(StarletteHTTPException, _http_error)

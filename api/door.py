@@ -1,7 +1,8 @@
 """The door: an API process refuses what it cannot hold, before it spends anything on it.
 
 Past `server.max_in_flight` requests in flight (a stream is in flight until it ends or its client
-leaves), or past `server.max_new_per_s` new requests a second, a request is answered 503 with
+leaves), past `server.max_new_per_s` new requests a second, or while the process's event loop lags
+past `server.shed_lag_ms` (api/loop_lag.py), a request is answered 503 with
 `Retry-After` in its protocol's error shape (OpenAI's `server_overloaded`; Anthropic's 529
 `overloaded_error` on /v1/messages, api/anthropic.py) before its body is read, its key checked or
 Redis touched: tens of microseconds. Without a door, a burst is not refused but drowned: at 500
@@ -12,7 +13,7 @@ connection resets and connect timeouts instead of an answer (issue 22).
 Health, readiness, metrics, the status page and the admin API are never refused: an operator
 must still see and steer an overloaded process. A pure ASGI middleware placed outermost, not
 Starlette's BaseHTTPMiddleware (a task and a memory stream per request); its hot path is an
-increment, a comparison and a decrement. The count falls when the app call returns, which for a
+increment, a comparison, a bool read and a decrement. The count falls when the app call returns, which for a
 stream is when its last byte is sent or its client has disconnected (Starlette's
 StreamingResponse returns on `http.disconnect`), whatever the response.
 """
@@ -27,6 +28,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.loop_lag import LoopLag
 from broker.errors import Overloaded
 from broker.ops import metrics
 
@@ -41,8 +43,10 @@ Refuse = Callable[[Scope, Overloaded], Response]
 
 
 class Door:
-    def __init__(self, app: ASGIApp, *, max_in_flight: int, max_new_per_s: float, refuse: Refuse) -> None:
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, max_new_per_s: float, lag: LoopLag,
+                 refuse: Refuse) -> None:
         self.app = app
+        self.lag = lag
         self.max_in_flight = max_in_flight or 2**62  # 0: no cap, checked as one that is never reached
         self.max_new_per_s = max_new_per_s
         self.refuse = refuse
@@ -52,6 +56,7 @@ class Door:
         self._refilled = time.monotonic()
         self._shed_in_flight = metrics.SHED.labels("in_flight")
         self._shed_rate = metrics.SHED.labels("rate")
+        self._shed_lag = metrics.SHED.labels("lag")
         _InFlight.door = self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,6 +73,10 @@ class Door:
                 self._shed_rate.inc()
                 await self.refuse(scope, Overloaded.rate((1 - self._tokens) / self.max_new_per_s))(
                     scope, receive, send)
+                return
+            if self.lag.shedding and not _never_shed(scope["path"]):
+                self._shed_lag.inc()
+                await self.refuse(scope, Overloaded.lag(self.lag.retry_after_s()))(scope, receive, send)
                 return
             await self.app(scope, receive, send)
         finally:
@@ -99,6 +108,8 @@ class _InFlight(Collector):
         if self.door is not None:
             yield GaugeMetricFamily("llm_broker_api_in_flight", "Requests this API process holds (open streams "
                                     "included)", value=self.door.in_flight)
+            yield GaugeMetricFamily("llm_broker_api_loop_lag_recent_seconds", "The smoothed event-loop lag the door "
+                                    "compares with server.shed_lag_ms", value=self.door.lag.lag_s)
 
 
 REGISTRY.register(_InFlight())

@@ -172,8 +172,8 @@ class CircuitOpen(Unavailable):
 
 
 class Overloaded(Unavailable):
-    """One API process holds all it may (`server.max_in_flight`, `server.max_new_per_s`); another
-    process, or this one a moment later, can serve the request."""
+    """One API process holds all it may (`server.max_in_flight`, `server.max_new_per_s`,
+    `server.shed_lag_ms`); another process, or this one a moment later, can serve the request."""
 
     default_code = "server_overloaded"
 
@@ -185,6 +185,11 @@ class Overloaded(Unavailable):
     @classmethod
     def rate(cls, retry_after_s: float) -> Overloaded:
         return cls("The server is receiving new requests faster than it can start them; please retry shortly.",
+                   retry_after_s=retry_after_s)
+
+    @classmethod
+    def lag(cls, retry_after_s: float) -> Overloaded:
+        return cls("The server is too busy to take new requests right now; please retry shortly.",
                    retry_after_s=retry_after_s)
 
 

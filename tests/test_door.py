@@ -1,5 +1,6 @@
-"""The door (api/door.py): past its cap an API process answers 503 + Retry-After at once, in each
-protocol's shape, never on the routes an operator needs, and takes requests again once streams end."""
+"""The door (api/door.py): past its cap, or while its event loop lags (api/loop_lag.py), an API process
+answers 503 + Retry-After at once, in each protocol's shape, never on the routes an operator needs,
+and takes requests again once streams end or the lag falls."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from api.door import Door
+from api.loop_lag import INTERVAL_S, MAX_RETRY_S, LoopLag
 from broker.errors import Overloaded
 from tests.harness import TEST_KEY, next_data
 from tests.stacks import StackFactory
@@ -62,7 +64,7 @@ async def call(door: Door, path: str) -> list[Message]:
 
 async def test_the_count_falls_when_the_app_returns_or_raises_and_refusals_never_reach_it() -> None:
     gate = Gate()
-    door = Door(gate, max_in_flight=2, max_new_per_s=0, refuse=refused)
+    door = Door(gate, max_in_flight=2, max_new_per_s=0, lag=LoopLag(0), refuse=refused)
     held = [asyncio.ensure_future(call(door, path)) for path in ("/v1/chat/completions", "/boom")]
     await asyncio.sleep(0)
     assert door.in_flight == 2
@@ -80,12 +82,65 @@ async def test_the_count_falls_when_the_app_returns_or_raises_and_refusals_never
 async def test_past_its_rate_the_door_refuses_until_the_bucket_refills() -> None:
     gate = Gate()
     gate.release.set()
-    door = Door(gate, max_in_flight=0, max_new_per_s=5, refuse=refused)
+    door = Door(gate, max_in_flight=0, max_new_per_s=5, lag=LoopLag(0), refuse=refused)
     statuses = [(await call(door, "/v1/messages") or [{"status": 200}])[0]["status"] for _ in range(8)]
     assert statuses == [200] * 5 + [503] * 3
     assert (await call(door, "/admin/keys")) == []  # never shed, rate or not
     await asyncio.sleep(0.25)  # a fifth of a second: one more token
     assert (await call(door, "/v1/messages")) == []
+
+
+def lagging(lag: LoopLag, late_s: float, for_s: float) -> None:
+    """Feed `lag` samples of a loop that runs `late_s` late, for `for_s` seconds of its time."""
+    for _ in range(round(for_s / (INTERVAL_S + late_s))):
+        lag.observe(late_s, INTERVAL_S + late_s)
+
+
+def test_the_lag_sheds_on_sustained_lateness_not_on_one_spike_and_does_not_flap() -> None:
+    lag = LoopLag(100)
+    lagging(lag, 0.012, 5)  # a busy loop under ordinary load: well below
+    assert not lag.shedding
+    lag.observe(0.1, 0.11)  # one 100 ms pause (a collection, one long callback): smoothed away
+    assert not lag.shedding and lag.lag_s < 0.05
+    lagging(lag, 0.2, 0.5)  # a burst: 200 ms late, sustained, crosses within half a second
+    assert lag.shedding and 1 < lag.retry_after_s() < MAX_RETRY_S
+    lagging(lag, 0.07, 2)  # back under the threshold but above half of it: still shedding
+    assert lag.shedding and 0.05 < lag.lag_s < 0.1
+    lagging(lag, 0.002, 1)  # below half: takes requests again
+    assert not lag.shedding and lag.retry_after_s() == 1
+    lagging(lag, 5, 60)
+    assert lag.retry_after_s() == MAX_RETRY_S  # never sent away for good
+
+
+def test_with_shed_lag_ms_0_the_lag_is_measured_but_nothing_is_shed() -> None:
+    lag = LoopLag(0)
+    lagging(lag, 1, 5)
+    assert lag.lag_s > 0.9 and not lag.shedding
+
+
+async def test_the_probe_measures_how_late_its_timer_runs() -> None:
+    lag = LoopLag(100)
+    probe = asyncio.ensure_future(lag.run())
+    await asyncio.sleep(INTERVAL_S / 2)  # the probe's timer is set: now hold the loop past it
+    time.sleep(0.2)
+    await asyncio.sleep(INTERVAL_S * 2)
+    probe.cancel()
+    assert lag.lag_s > 0.01  # one 190 ms late sample, smoothed over half a second
+
+
+async def test_while_the_loop_lags_the_door_refuses_with_a_retry_after_from_the_lag_but_never_an_operator() -> None:
+    gate = Gate()
+    gate.release.set()
+    lag = LoopLag(100)
+    door = Door(gate, max_in_flight=0, max_new_per_s=0, lag=lag, refuse=lambda scope, err: Response(
+        f"{err.code} {err.retry_after_s}", status_code=err.status))
+    lagging(lag, 0.5, 2)
+    sent = await call(door, "/v1/chat/completions")
+    assert sent[0]["status"] == 503 and sent[1]["body"] == f"server_overloaded {lag.retry_after_s()}".encode()
+    assert lag.retry_after_s() > 2  # half a second late against 100 ms: a longer back-off than 1 s
+    assert await call(door, "/metrics") == [] and await call(door, "/admin/keys") == [] and gate.calls == 2
+    lagging(lag, 0.001, 3)
+    assert await call(door, "/v1/chat/completions") == [] and gate.calls == 3
 
 
 # ---------------------------------------------------------------- one API process, over real HTTP

@@ -164,6 +164,9 @@ class ServerSettings(Strict):
     # ...and past this many new requests a second per process (a token bucket of one second's worth),
     # which bounds the set-up work (auth, Redis, subscription) a burst can ask of it. 0: no cap.
     max_new_per_s: Annotated[float, msgspec.Meta(ge=0, le=10**9)] = 0
+    # ...and while its event loop runs this late, smoothed (api/loop_lag.py): a process past what its
+    # machine can do, measured rather than configured. 0: never on lag.
+    shed_lag_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 100
     # Connections the kernel queues for the API before it accepts them (uvicorn's `backlog`, 2048 by
     # default); a burst that outruns the event loop overflows it and its clients' connections are
     # dropped or reset. The kernel caps it at net.core.somaxconn (4096 since Linux 5.4).

@@ -23,8 +23,12 @@ REQUESTS = Counter("llm_broker_requests_total", "HTTP requests answered by the A
 REQUEST_SECONDS = Histogram("llm_broker_request_duration_seconds",
                             "Time to the end of the response (a stream's whole length)", ["route", "model"],
                             buckets=LATENCY_BUCKETS)
-# reason: in_flight (server.max_in_flight) or rate (server.max_new_per_s): api/door.py.
+# reason: in_flight (server.max_in_flight), rate (server.max_new_per_s) or lag (server.shed_lag_ms): api/door.py.
 SHED = Counter("llm_broker_shed_total", "Requests an API process refused at its door, before any work", ["reason"])
+# Each 10 ms sample of api/loop_lag.py: an idle loop reads under 1 ms (libuv's timer resolution), a
+# drowning one hundreds; the buckets span both so `server.shed_lag_ms` can be chosen from them.
+LOOP_LAG = Histogram("llm_broker_api_loop_lag_seconds", "How late an API process's event loop ran a 10 ms timer",
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 CACHE = Counter("llm_broker_cache_lookups_total", "Response cache lookups", ["model", "result"])
 
 # ---------------------------------------------------------------- workers
