@@ -39,7 +39,7 @@ name and spread over the cluster.
 | arq:{job,in-progress,retry,result}:{ns}:{batch}:{n} | string | arq (batch worker) | one step each: deleted when it ends but its result, kept 60 s (keep_result); else the job a day after it was due |
 | {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
 | {ns}:response:{id}                    | hash    | worker (stored_responses.py) | 4 fields, one write with the reply that completes it (store: true; the API for cache hits, background); expires responses.store_ttl_s later |
-| {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job; expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
+| {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job, each event as its edit of the one before (event_deltas.py); expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
 | {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |

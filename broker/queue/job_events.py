@@ -11,6 +11,13 @@ reclaimed from a dead worker starts over as attempt + 1; a client that already h
 the old attempt cannot be given the new one's without duplicating or garbling output, so it gets
 an explicit error instead (as the live path does: broker/queue/replies.py `AttemptRestarted`).
 
+An entry keeps what a resume needs, not the reply as published: a burst is `e`, msgpack
+`[attempt, *events]`, each event whole or as its edit of the event before (broker/queue/event_deltas.py),
+which makes an event of a long stream cost tens of bytes instead of its whole JSON. The terminal
+reply is `r`, the whole msgpack reply, as every entry was before this release; a reader takes both.
+An edit chains to the previous entry, so after a failed flush (an entry maybe lost) the worker starts
+the chain again from a whole event (`EventLog.reset`).
+
 The first entry of each attempt carries who may read the stream (its tenant) and how to cancel
 the job (its providers and deadline), so any API process can serve and cancel a stream it did
 not start. The key expires `stream_resume_ttl_s` after the job's end (async jobs: their result
@@ -32,7 +39,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from broker.keys import Keys
-from broker.queue.jobs import Job, Reply, reply_decoder
+from broker.queue import event_deltas
+from broker.queue.jobs import Chunk, Job, Reply, reply_decoder
 from broker.queue.streams import cancel
 
 # A job cannot run past its deadline; its events stay at least this long after it regardless.
@@ -57,23 +65,75 @@ def _origin_fields(job: Job) -> dict[Any, Any]:
     return fields
 
 
-def record(pipe: Pipeline, keys: Keys, job: Job, seq: int, encoded_chunk: bytes) -> None:
-    """Queue a burst of a streamed job's events (the Chunk just published) on the outbox pipeline."""
-    if not job.streams:
-        return
-    key = keys.events(job.id)
-    if seq == 0:  # an attempt's first burst: a few fields once, and an expiry past any end
-        pipe.xadd(key, {"r": encoded_chunk, **_origin_fields(job)})
-        pipe.expireat(key, int(job.deadline) + max(job.async_ttl_s, EXPIRY_MARGIN_S))
-    else:
-        pipe.xadd(key, {"r": encoded_chunk})
+class EventLog:
+    """A worker's writer of its streamed jobs' events: it holds the last event each job logged,
+    which that job's next event is written as an edit of."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self._last: dict[str, bytes] = {}
+
+    def record(self, pipe: Pipeline, job: Job, seq: int, events: list[bytes]) -> None:
+        """Queue a burst of a streamed job's events (the Chunk just published) on the outbox pipeline."""
+        if not job.streams:
+            return
+        key = self.keys.events(job.id)
+        previous = self._last.get(job.id) if seq > 0 else None  # an attempt starts from a whole event
+        entry: dict[Any, Any] = {"e": _entry_encoder.encode([job.attempt, *event_deltas.compact(previous, events)])}
+        if events:
+            self._last[job.id] = events[-1]
+        if seq == 0:  # an attempt's first burst: a few fields once, and an expiry past any end
+            pipe.xadd(key, {**entry, **_origin_fields(job)})
+            pipe.expireat(key, int(job.deadline) + max(job.async_ttl_s, EXPIRY_MARGIN_S))
+        else:
+            pipe.xadd(key, entry)
+
+    def record_end(self, pipe: Pipeline, job: Job, seq: int, encoded_terminal: bytes, ttl_s: int) -> None:
+        """Queue a streamed job's terminal reply; its events then stay `ttl_s` for late readers."""
+        self._last.pop(job.id, None)
+        key = self.keys.events(job.id)
+        pipe.xadd(key, {"r": encoded_terminal, **(_origin_fields(job) if seq == 0 else {})})
+        pipe.expire(key, ttl_s)
+
+    def forget(self, job_id: str) -> None:
+        self._last.pop(job_id, None)
+
+    def reset(self) -> None:
+        """A flush failed: an entry may be missing, so every job's next entry starts from a whole event."""
+        self._last.clear()
 
 
-def record_end(pipe: Pipeline, keys: Keys, job: Job, seq: int, encoded_terminal: bytes, ttl_s: int) -> None:
-    """Queue a streamed job's terminal reply; its events then stay `ttl_s` for late readers."""
-    key = keys.events(job.id)
-    pipe.xadd(key, {"r": encoded_terminal, **(_origin_fields(job) if seq == 0 else {})})
-    pipe.expire(key, ttl_s)
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(list[int | bytes | list[int | bytes]])
+
+
+class _Reader:
+    """Replies from entries read in order: an `e` entry's edits need the event read before them."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.attempt = self.seq = 0
+        self.previous: bytes | None = None
+
+    def reply(self, fields: dict[bytes, bytes]) -> Reply:
+        if b"e" not in fields:  # a terminal reply, or an entry of a release before edits
+            reply: Reply = reply_decoder.decode(fields[b"r"])
+            self._turn(reply.attempt)
+        else:
+            attempt, *rest = _entry_decoder.decode(fields[b"e"])
+            items = [item for item in rest if not isinstance(item, int)]
+            if not isinstance(attempt, int) or len(items) != len(rest):
+                raise ValueError(f"job {self.job_id}: not an event log entry")
+            self._turn(attempt)
+            reply = Chunk(self.job_id, attempt, self.seq, event_deltas.expand(self.previous, items))
+        self.seq += 1
+        if isinstance(reply, Chunk) and reply.events:
+            self.previous = reply.events[-1]
+        return reply
+
+    def _turn(self, attempt: int) -> None:
+        if attempt != self.attempt:  # a new attempt numbers its replies from 0 and starts from a whole event
+            self.attempt, self.seq, self.previous = attempt, 0, None
 
 
 async def origin(redis: Redis, keys: Keys, job_id: str) -> Origin | None:
@@ -91,6 +151,7 @@ async def replies(redis: Redis, job_id: str, keys: Keys, *, wait_s: float) -> As
     without one (time for a keep-alive), until the caller stops."""
     key, cursor = keys.events(job_id), "0-0"
     block_ms = max(1, int(wait_s * 1000))
+    reader = _Reader(job_id)
     while True:
         read: Any = await redis.xread({key: cursor}, count=READ_BATCH, block=block_ms)
         if not read:
@@ -98,7 +159,7 @@ async def replies(redis: Redis, job_id: str, keys: Keys, *, wait_s: float) -> As
             continue
         for entry_id, fields in read[0][1]:
             cursor = entry_id
-            yield reply_decoder.decode(fields[b"r"])
+            yield reader.reply(fields)
 
 
 def parse_event_id(value: str | None) -> tuple[int, int] | None:

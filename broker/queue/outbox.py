@@ -93,6 +93,7 @@ class Outbox:
         self._ops: list[_Chunks | _Started | _End] = []
         self._open: dict[str, _Chunks] = {}
         self._seq: dict[str, int] = {}
+        self._log = job_events.EventLog(keys)  # streamed jobs' resumable event logs
         self._wake = asyncio.Event()
         self._counts: list[ledger.Entry] = []  # acknowledged ends for the ledger: in the next pipeline
         self._idle = asyncio.Event()  # nothing queued, nothing being sent
@@ -166,6 +167,7 @@ class Outbox:
     def forget(self, job_id: str) -> None:
         """The job's end will not be retried: drop its sequence counter."""
         self._seq.pop(job_id, None)
+        self._log.forget(job_id)
 
     def _next_seq(self, job_id: str) -> int:
         seq = self._seq.get(job_id, 0)
@@ -183,6 +185,7 @@ class Outbox:
                 await self._flush(ops, counts)
             except Exception as exc:
                 log.error("reply flush failed (%d ops): %s", len(ops), exc)
+                self._log.reset()
                 for op in ops:
                     if isinstance(op, _End) and not op.done.done():
                         # A retried end keeps its sequence number: the API, which may have missed only
@@ -210,7 +213,7 @@ class Outbox:
                          else Chunk(job.id, job.attempt, seq, op.events))
                 encoded = reply_encoder.encode(reply)
                 publish_into(pipe, job.reply_to, encoded)
-                job_events.record(pipe, self.keys, job, seq, encoded)
+                self._log.record(pipe, job, seq, op.events)
                 continue
             seq = op.seq = self._next_seq(job.id)
             del self._seq[job.id]
@@ -222,7 +225,7 @@ class Outbox:
             )
             encoded = reply_encoder.encode(terminal)
             if job.streams:
-                job_events.record_end(pipe, self.keys, job, seq, encoded, job.async_ttl_s or self.resume_ttl_s)
+                self._log.record_end(pipe, job, seq, encoded, job.async_ttl_s or self.resume_ttl_s)
             tenant = self.tenants.get(job.tenant)
             if tenant is not None and op.usage is not None:
                 # The TPM bucket was charged an estimate at admission; settle it with what was used,

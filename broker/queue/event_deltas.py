@@ -1,0 +1,118 @@
+"""A stream's events as what changed since the event before: how the event log keeps them small.
+
+Consecutive events of one stream are nearly the same bytes. Two chat chunks differ in the content
+delta; two Responses `response.output_text.delta` events in `sequence_number` and `delta`; two
+Anthropic `content_block_delta` events in `delta.text`. So an event is kept as an *edit* of the one
+before it: at most two holes, `[copy, skip, insert, copy, skip, insert]` (bytes copied from the
+previous event, bytes of it skipped, bytes put in their place; the rest of it copied after the last
+hole). Nothing here parses JSON or knows a dialect: an event whose edit is not smaller than itself
+(the first of a stream, a finish or usage chunk, an error) is kept whole, and every edit is checked
+to rebuild the event byte for byte before it is used.
+
+A run of events therefore decodes only in order from a whole one; `compact` starts each run it is
+given with `previous=None` when the reader cannot have what came before (broker/queue/job_events.py).
+"""
+
+from __future__ import annotations
+
+Edit = list[int | bytes]
+Item = bytes | Edit  # an event kept whole, or as an edit of the one before
+
+ANCHOR = 8  # bytes after a first hole that must match for a second hole to be tried
+MAX_FIRST_HOLE = 8  # the first hole of a two-hole edit: a counter's digits, not text
+EDIT_OVERHEAD = 8  # msgpack's array and integer headers, roughly: an edit must save more than this
+
+
+def _prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix (binary search: slice comparisons run in C)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _suffix(a: bytes, b: bytes, limit: int) -> int:
+    """Length of the common suffix, at most `limit`."""
+    lo, hi = 0, min(len(a), len(b), limit)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _two_holes(ref: bytes, ev: bytes) -> Edit | None:
+    """`ev` from `ref` (both without the common prefix and suffix) as a short first hole, a common
+    run, and a second hole: a sequence number, then a delta."""
+    for skip in range(1, min(MAX_FIRST_HOLE, len(ref) - ANCHOR) + 1):
+        at = ev.find(ref[skip:skip + ANCHOR], 0, skip + 2 * MAX_FIRST_HOLE + ANCHOR)
+        if at >= 0:
+            rest_ref, rest_ev = ref[skip:], ev[at:]
+            copy = _prefix(rest_ref, rest_ev)
+            return [0, skip, ev[:at], copy, len(rest_ref) - copy, rest_ev[copy:]]
+    return None
+
+
+def delta(ref: bytes, ev: bytes) -> Edit:
+    """The smallest edit of `ref` into `ev` with at most two holes that this finds."""
+    head = _prefix(ref, ev)
+    tail = _suffix(ref, ev, min(len(ref), len(ev)) - head)
+    mid_ref, mid_ev = ref[head:len(ref) - tail], ev[head:len(ev) - tail]
+    edit: Edit = [head, len(mid_ref), mid_ev]
+    two = _two_holes(mid_ref, mid_ev) if len(mid_ref) > ANCHOR else None
+    if two is not None and _size(two) < _size(edit):
+        two[0] = head
+        edit = two
+    return edit
+
+
+def apply(ref: bytes, edit: Edit) -> bytes:
+    out: list[bytes] = []
+    at = 0
+    for i in range(0, len(edit), 3):
+        copy, skip, insert = edit[i], edit[i + 1], edit[i + 2]
+        if not isinstance(copy, int) or not isinstance(skip, int) or not isinstance(insert, bytes):
+            raise ValueError("not an event edit")
+        out += (ref[at:at + copy], insert)
+        at += copy + skip
+    if at > len(ref):
+        raise ValueError("an event edit past its reference")
+    out.append(ref[at:])
+    return b"".join(out)
+
+
+def _size(edit: Edit) -> int:
+    return sum(len(part) if isinstance(part, bytes) else 2 for part in edit)
+
+
+def compact(previous: bytes | None, events: list[bytes]) -> list[Item]:
+    """`events`, each whole or as an edit of the one before (`previous` before the first; None: none)."""
+    items: list[Item] = []
+    for event in events:
+        item: Item = event
+        if previous is not None:
+            edit = delta(previous, event)
+            if _size(edit) + EDIT_OVERHEAD < len(event) and apply(previous, edit) == event:
+                item = edit
+        items.append(item)
+        previous = event
+    return items
+
+
+def expand(previous: bytes | None, items: list[Item]) -> list[bytes]:
+    """The events `compact` was given, from its items and the same `previous`."""
+    events: list[bytes] = []
+    for item in items:
+        if isinstance(item, list):
+            if previous is None:
+                raise ValueError("an event edit without the event before it")
+            item = apply(previous, item)
+        events.append(item)
+        previous = item
+    return events

@@ -1,0 +1,105 @@
+"""The event log (broker/queue/job_events.py) on real Redis: what a worker records is what a resuming
+reader gets, the log a previous release wrote still reads, and a failed flush never garbles what follows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from broker.errors import ErrorInfo
+from broker.keys import Keys
+from broker.queue import job_events
+from broker.queue.jobs import Chunk, Failed, Final, Job, Reply, reply_encoder
+from broker.queue.payloads import ChatPayload
+from broker.wire.chat import ChatRequest
+from tests.harness import REDIS_URL
+from tests.test_event_deltas import chat_events
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+def job(attempt: int = 1) -> Job:
+    request = msgspec.convert({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                              ChatRequest)
+    return Job(id="0123456789abcdef0123456789abcdef", tenant="t", model="m", provider="p", upstream_model="u",
+               reply_to="r", created=time.time(), deadline=time.time() + 60, payload=ChatPayload(request),
+               attempt=attempt)
+
+
+async def read_all(redis: Redis, keys: Keys, job_id: str) -> list[Reply]:
+    out: list[Reply] = []
+    async for reply in job_events.replies(redis, job_id, keys, wait_s=0.05):
+        if reply is None or isinstance(reply, Final | Failed):
+            return out + ([reply] if reply is not None else [])
+        out.append(reply)
+    return out
+
+
+def events_of(replies: list[Reply], attempt: int | None = None) -> list[bytes]:
+    return [e for r in replies if isinstance(r, Chunk) and attempt in (None, r.attempt) for e in r.events]
+
+
+async def test_what_a_worker_records_a_reader_gets_back_byte_for_byte(redis: Redis, namespace: str) -> None:
+    keys, j, stream = Keys(namespace), job(), chat_events()
+    log = job_events.EventLog(keys)
+    for seq, start in enumerate(range(0, len(stream), 3)):
+        pipe = redis.pipeline(transaction=False)
+        log.record(pipe, j, seq, stream[start:start + 3])
+        await pipe.execute()
+    pipe = redis.pipeline(transaction=False)
+    log.record_end(pipe, j, seq + 1, reply_encoder.encode(Final(j.id, 1, seq + 1, b"")), 60)
+    await pipe.execute()
+    replies = await read_all(redis, keys, j.id)
+    assert events_of(replies) == stream
+    assert [r.seq for r in replies] == list(range(len(replies)))
+    assert isinstance(replies[-1], Final)
+    found = await job_events.origin(redis, keys, j.id)
+    assert found is not None and (found.tenant, found.providers) == ("t", ["p"])
+    size = await redis.memory_usage(keys.events(j.id))
+    assert size is not None and size < 4096 + 1024  # the stream's first node, preallocated by Redis, holds it all
+
+
+async def test_a_log_written_by_the_previous_release_still_reads(redis: Redis, namespace: str) -> None:
+    keys, j, stream = Keys(namespace), job(), chat_events()
+    key = keys.events(j.id)
+    await redis.xadd(key, {"r": reply_encoder.encode(Chunk(j.id, 1, 0, stream[:2], "p/u", 1)), "t": "t", "p": "p",
+                           "d": repr(j.deadline)})
+    await redis.xadd(key, {"r": reply_encoder.encode(Chunk(j.id, 1, 1, stream[2:5]))})
+    # ...and a worker of this release takes the job over after a restart: a new attempt, in the new form
+    log = job_events.EventLog(keys)
+    pipe = redis.pipeline(transaction=False)
+    log.record(pipe, job(attempt=2), 0, stream[:4])
+    log.record(pipe, job(attempt=2), 1, stream[4:6])
+    log.record_end(pipe, job(attempt=2), 2, reply_encoder.encode(Failed(j.id, 2, 2, ErrorInfo(
+        kind="UpstreamError", status=502, type="upstream_error", message="gone"))), 60)
+    await pipe.execute()
+    replies = await read_all(redis, keys, j.id)
+    assert events_of(replies, 1) == stream[:5]
+    assert events_of(replies, 2) == stream[:6]
+    assert [(r.attempt, r.seq) for r in replies] == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+    assert isinstance(replies[-1], Failed)
+
+
+async def test_after_a_failed_flush_the_next_entry_stands_alone(redis: Redis, namespace: str) -> None:
+    keys, j, stream = Keys(namespace), job(), chat_events()
+    log = job_events.EventLog(keys)
+    pipe = redis.pipeline(transaction=False)
+    log.record(pipe, j, 0, stream[:3])
+    await pipe.execute()
+    log.record(redis.pipeline(transaction=False), j, 1, stream[3:6])  # never sent: its flush failed
+    log.reset()
+    pipe = redis.pipeline(transaction=False)
+    log.record(pipe, j, 2, stream[6:9])
+    log.record_end(pipe, j, 3, reply_encoder.encode(Final(j.id, 1, 3, b"")), 60)
+    await pipe.execute()
+    replies = await read_all(redis, keys, j.id)
+    assert events_of(replies) == stream[:3] + stream[6:9]  # a gap, as before; never garbled bytes
