@@ -65,7 +65,8 @@ def delta(ref: bytes, ev: bytes) -> Edit:
     # A second hole only where the run it would copy between the two is long: a Responses text delta's
     # text and sequence number are 33 bytes apart, and searching for the second hole cost a worker
     # serving Responses streams 5% of its time for those 33 bytes an event.
-    if len(mid_ref) > ANCHOR and len(mid_ev) > TWO_HOLES_FROM:
+    # And only between events alike enough for an edit to pay (a lifecycle event after a delta is not).
+    if len(mid_ref) > ANCHOR and TWO_HOLES_FROM < len(mid_ev) < len(ev) * 2 // 3:
         two = _two_holes(mid_ref, mid_ev)
         if two is not None and _size(two) < _size(edit):
             two[0] = head
