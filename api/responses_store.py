@@ -77,7 +77,7 @@ async def save(keep: AsyncScript, keys: Keys, settings: ResponsesSettings, tenan
     the queued one its client got, with the job that will complete it. `keep` is response_keep.lua."""
     if request.store is False and job is None:
         return
-    context, own = stored_responses.context(response_id, request, earlier)
+    context, own = stored_responses.context(response_id, request.items(), earlier)
     args = (stored_responses.keep_args(settings.store_ttl_s, tenant, context, own, job=job, queued=response)
             if job is not None else stored_responses.keep_args(settings.store_ttl_s, tenant, context, own,
                                                                response=response))

@@ -45,7 +45,6 @@ from broker.queue.payloads import ResponsesPayload
 from broker.queue.streams import QueueScripts
 from broker.store.scripts import Queued, evalsha_into, publish_into, resend_unknown
 from broker.wire import Usage
-from broker.wire.responses import responses_request_decoder
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +270,10 @@ class Outbox:
 
     def _keep_response(self, pipe: Pipeline, job: Job, payload: ResponsesPayload, body: bytes) -> Queued | None:
         try:
-            request = responses_request_decoder.decode(payload.body)
-            context, own = stored_responses.context(payload.response_id, request, payload.earlier)
+            items = stored_responses.own_items(payload.body)
+            context, own = stored_responses.context(payload.response_id, items, payload.earlier)
             response = stored_responses.completed_response(body, streamed=job.streams)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError, KeyError) as exc:
             # The API decoded this body and a worker wrote the answer: never expected, and never worth
             # failing every end in this pipeline for. The client gets its answer; the id reads as unknown.
             log.error("response %s not stored: %s", payload.response_id, exc)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from broker.wire.responses import (
     AnyItem,
@@ -38,11 +39,24 @@ def _with_id(item: AnyItem, fallback: str) -> AnyItem:
     return item
 
 
-def context(response_id: str, request: ResponsesRequest, earlier: Sequence[AnyItem] | bytes) -> tuple[bytes, int]:
+class _Input(msgspec.Struct):
+    input: str | list[Any] | UnsetType = UNSET
+
+
+_input_of = msgspec.json.Decoder(_Input)
+
+
+def own_items(body: bytes) -> list[AnyItem]:
+    """A Responses request's own input items, read from its body without the rest of it (its tools'
+    schemas, its text format...): what a worker keeping its response needs of it."""
+    return ResponsesRequest(model="", input=_input_of.decode(body).input).items()
+
+
+def context(response_id: str, items: Sequence[AnyItem], earlier: Sequence[AnyItem] | bytes) -> tuple[bytes, int]:
     """The `c` and `n` fields: the earlier turns' items (as Structs, or already a JSON array), then the
-    request's own input, each with an id."""
+    request's own input `items`, each with an id."""
     suffix = response_id.removeprefix("resp_")
-    own = [_with_id(item, f"{suffix}_in{i}") for i, item in enumerate(request.items())]
+    own = [_with_id(item, f"{suffix}_in{i}") for i, item in enumerate(items)]
     if not isinstance(earlier, bytes):
         return encoder.encode([*earlier, *own]), len(own)
     mine = encoder.encode(own)
