@@ -39,7 +39,9 @@ name and spread over the cluster.
 | arq:{job,in-progress,retry,result}:{ns}:{batch}:{n} | string | arq (batch worker) | one step each: deleted when it ends but its result, kept 60 s (keep_result); else the job a day after it was due |
 | {ns}:job:{job}                        | hash    | API (async_jobs.py), workers | 2 fields, async jobs only; expires async_result_ttl_s after the job's deadline |
 | {ns}:response:{id}                    | hash    | worker (stored_responses.py) | 4 fields, one write with the reply that completes it (store: true; the API for cache hits, background); expires responses.store_ttl_s later |
-| {ns}:events:{job}                     | stream  | workers (outbox.py)     | one entry per flushed burst of a streamed job, each event as its edit of the one before (event_deltas.py); expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
+| {ns}:ev:{job}                         | list    | workers (outbox.py)     | one element per flushed burst of a streamed job, each event as its edit of the one before (event_deltas.py); expires stream_resume_ttl_s after its end (async: async_result_ttl_s), or after its deadline |
+| {ns}:evbell:{job}                     | stream  | API readers (job_events.py), workers | only while a resumed or async reader waits on the job: MAXLEN 1 (workers XADD NOMKSTREAM, never creating it); TTL the job's deadline + 60 s |
+| {ns}:events:{job}                     | stream  | the previous release's workers | read only, as a fallback, until its TTL (as ev:{job}'s) lets it go |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
 | {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
@@ -177,8 +179,16 @@ class Keys:
         """An async job's status record (broker/queue/async_jobs.py)."""
         return f"{self.ns}:job:{job_id}"
 
-    def events(self, job_id: str) -> str:
+    def event_log(self, job_id: str) -> str:
         """A streamed job's events, for clients that resume it (broker/queue/job_events.py)."""
+        return f"{self.ns}:ev:{job_id}"
+
+    def event_bell(self, job_id: str) -> str:
+        """Rung by a job's every appended burst, once a reader waiting for the next one has made it exist."""
+        return f"{self.ns}:evbell:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        """The event log as the previous release wrote it (a stream), read while such logs may still exist."""
         return f"{self.ns}:events:{job_id}"
 
     def readers(self, job_id: str) -> str:

@@ -1,8 +1,10 @@
 """The event log (broker/queue/job_events.py) on real Redis: what a worker records is what a resuming
-reader gets, the log a previous release wrote still reads, and a failed flush never garbles what follows."""
+reader gets, a waiting reader wakes on the next burst, the logs previous releases wrote still read, and a
+failed flush never garbles what follows."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -12,7 +14,7 @@ from redis.asyncio import Redis
 
 from broker.errors import ErrorInfo
 from broker.keys import Keys
-from broker.queue import job_events
+from broker.queue import event_deltas, job_events
 from broker.queue.jobs import Chunk, Failed, Final, Job, Reply, reply_encoder
 from broker.queue.payloads import ChatPayload
 from broker.wire.chat import ChatRequest
@@ -64,18 +66,86 @@ async def test_what_a_worker_records_a_reader_gets_back_byte_for_byte(redis: Red
     assert isinstance(replies[-1], Final)
     found = await job_events.origin(redis, keys, j.id)
     assert found is not None and (found.tenant, found.providers) == ("t", ["p"])
-    size = await redis.memory_usage(keys.events(j.id))
-    assert size is not None and size < 4096 + 1024  # the stream's first node, preallocated by Redis, holds it all
+    # A list, not a stream: Redis preallocates 4 KB for a stream's first node, which a list does not pay.
+    size = await redis.memory_usage(keys.event_log(j.id))
+    assert size is not None and size < 1024 + sum(len(e) for e in stream) // 4, size
+    assert await redis.ttl(keys.event_log(j.id)) > 0
+    assert not await redis.exists(keys.event_bell(j.id))  # no reader waited: the worker's bell made nothing
+
+
+async def test_a_waiting_reader_wakes_on_the_next_burst_not_on_its_keepalive(redis: Redis, namespace: str) -> None:
+    keys, j, stream = Keys(namespace), job(), chat_events()
+    log = job_events.EventLog(keys)
+    got: list[tuple[float, Reply | None]] = []
+
+    async def read() -> None:
+        async for reply in job_events.replies(redis, j.id, keys, wait_s=5.0, deadline=j.deadline):
+            got.append((time.monotonic(), reply))
+            if isinstance(reply, Final):
+                return
+
+    reader = asyncio.create_task(read())
+    for seq in range(3):
+        await asyncio.sleep(0.2)  # the reader has read everything and waits on the bell
+        sent = time.monotonic()
+        pipe = redis.pipeline(transaction=False)
+        log.record(pipe, j, seq, stream[seq:seq + 1])
+        await pipe.execute()
+        while len(got) <= seq:
+            await asyncio.sleep(0.005)
+        assert got[seq][0] - sent < 0.5, "woken by the burst, not by its 5 s keep-alive wait"
+    pipe = redis.pipeline(transaction=False)
+    log.record_end(pipe, j, 3, reply_encoder.encode(Final(j.id, 1, 3, b"")), 60)
+    await pipe.execute()
+    await asyncio.wait_for(reader, 2.0)
+    assert events_of([r for _, r in got if r is not None]) == stream[:3]
+    assert 0 < await redis.ttl(keys.event_bell(j.id)) <= int(j.deadline - time.time()) + job_events.EXPIRY_MARGIN_S + 1
+
+
+async def test_a_reader_whose_bell_vanished_still_reads_at_its_next_keepalive(redis: Redis, namespace: str) -> None:
+    keys, j, stream = Keys(namespace), job(), chat_events()
+    log = job_events.EventLog(keys)
+    replies = job_events.replies(redis, j.id, keys, wait_s=0.2, deadline=j.deadline)
+    reading = asyncio.ensure_future(replies.__anext__())
+    await asyncio.sleep(0.1)
+    await redis.delete(keys.event_bell(j.id))  # as a Redis restart without persistence would
+    pipe = redis.pipeline(transaction=False)
+    log.record(pipe, j, 0, stream[:2])
+    await pipe.execute()
+    first = await asyncio.wait_for(reading, 2.0)
+    if first is None:  # its keep-alive wait ended first: the list is read again after it
+        first = await asyncio.wait_for(replies.__anext__(), 2.0)
+    assert isinstance(first, Chunk) and first.events == stream[:2]
+    await replies.aclose()
 
 
 async def test_a_log_written_by_the_previous_release_still_reads(redis: Redis, namespace: str) -> None:
+    """The previous release kept the log in a Redis stream, entries `e` (edits) and `r` (terminal), and the
+    release before it whole `r` replies: both still read, through their end."""
     keys, j, stream = Keys(namespace), job(), chat_events()
     key = keys.events(j.id)
     await redis.xadd(key, {"r": reply_encoder.encode(Chunk(j.id, 1, 0, stream[:2], "p/u", 1)), "t": "t", "p": "p",
                            "d": repr(j.deadline)})
     await redis.xadd(key, {"r": reply_encoder.encode(Chunk(j.id, 1, 1, stream[2:5]))})
-    # ...and a worker of this release takes the job over after a restart: a new attempt, in the new form
+    edits = msgspec.msgpack.encode([1, *event_deltas.compact(stream[4], stream[5:8])])
+    await redis.xadd(key, {"e": edits})
+    await redis.xadd(key, {"r": reply_encoder.encode(Final(j.id, 1, 3, b""))})
+    replies = await read_all(redis, keys, j.id)
+    assert events_of(replies) == stream[:8]
+    assert [r.seq for r in replies] == [0, 1, 2, 3]
+    assert isinstance(replies[-1], Final)
+    found = await job_events.origin(redis, keys, j.id)
+    assert found is not None and (found.tenant, found.providers, found.dialect) == ("t", ["p"], "openai")
+
+
+async def test_a_restarted_attempt_reads_after_the_first(redis: Redis, namespace: str) -> None:
+    keys, j, stream = Keys(namespace), job(), chat_events()
     log = job_events.EventLog(keys)
+    pipe = redis.pipeline(transaction=False)
+    log.record(pipe, j, 0, stream[:2])
+    log.record(pipe, j, 1, stream[2:5])
+    await pipe.execute()
+    # ...and another worker takes the job over after a restart: a new attempt, numbered from 0 again
     pipe = redis.pipeline(transaction=False)
     log.record(pipe, job(attempt=2), 0, stream[:4])
     log.record(pipe, job(attempt=2), 1, stream[4:6])

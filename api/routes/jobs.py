@@ -130,7 +130,8 @@ async def replay(state: BrokerState, job_id: str, after: tuple[int, int] | None,
     sent = after is not None  # whether the client holds events of `attempt`
     seen = 0  # events of `attempt` read from the log so far
     try:
-        async for reply in job_events.replies(state.readers, job_id, state.keys, wait_s=keepalive_s):
+        async for reply in job_events.replies(state.readers, job_id, state.keys, wait_s=keepalive_s,
+                                              deadline=deadline):
             match reply:
                 case None:
                     if time.time() > deadline + job_events.EXPIRY_MARGIN_S:

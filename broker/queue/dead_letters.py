@@ -129,7 +129,7 @@ async def replay(redis: Redis, scripts: QueueScripts, keys: Keys, config: Config
     job.budget_counters = old.budget_counters
     providers = {old.provider, job.provider, *(t.provider for t in job.fallbacks)}
     pipe = redis.pipeline(transaction=False)
-    pipe.delete(keys.result(old.id), keys.events(old.id), keys.race(old.id))
+    pipe.delete(keys.result(old.id), keys.event_log(old.id), keys.events(old.id), keys.race(old.id))
     for provider in providers:
         pipe.delete(keys.cancelled(provider, old.id))
     await pipe.execute()

@@ -1,27 +1,35 @@
-"""Resumable streams: every streamed job's replies are also kept in a per-job Redis stream.
+"""Resumable streams: every streamed job's replies are also kept in a per-job Redis list.
 
 The live path is pub/sub (broker/queue/replies.py): fast, but a message nobody hears is gone. So the
-worker's outbox also appends each burst it publishes, and the terminal reply, to
-`{ns}:events:<job>` in the same pipeline. A client whose connection dropped, or any client of
-an async job, reads it back with `GET /v1/jobs/{id}/events` and `Last-Event-ID`: the events
-after that id, then the live ones as they are appended, then `[DONE]`.
+worker's outbox also appends each burst it publishes, and the terminal reply, to `{ns}:ev:<job>` in
+the same pipeline. A client whose connection dropped, or any client of an async job, reads it back
+with `GET /v1/jobs/{id}/events` and `Last-Event-ID`: the events after that id, then the live ones as
+they are appended, then `[DONE]`.
 
 Event ids are `<attempt>.<index>`: the index counts the events of one attempt from 0. A job
 reclaimed from a dead worker starts over as attempt + 1; a client that already holds events of
 the old attempt cannot be given the new one's without duplicating or garbling output, so it gets
 an explicit error instead (as the live path does: broker/queue/replies.py `AttemptRestarted`).
 
-An entry keeps what a resume needs, not the reply as published: a burst is `e`, msgpack
-`[attempt, *events]`, each event whole or as its edit of the event before (broker/queue/event_deltas.py),
-which makes an event of a long stream cost tens of bytes instead of its whole JSON. The terminal
-reply is `r`, the whole msgpack reply, as every entry was before this release; a reader takes both.
-An edit chains to the previous entry, so after a failed flush (an entry maybe lost) the worker starts
-the chain again from a whole event (`EventLog.reset`).
+An element keeps what a resume needs, not the reply as published: a burst is `e` + msgpack
+`[attempt, *events]`, each event as its edit of the event before (broker/queue/event_deltas.py), which
+makes an event of a long stream cost tens of bytes instead of its whole JSON, or whole, deflated
+against a dictionary of the protocols' field names (broker/queue/whole_events.py). The terminal
+reply is `r` + the whole msgpack reply. An edit chains to the previous element, so after a failed
+flush (an element maybe lost) the worker starts the chain again from a whole event (`EventLog.reset`).
+Each attempt's first burst is preceded by an `o` element: who may read the stream (its tenant) and how
+to cancel the job (its providers and deadline), so any API process can serve and cancel a stream it did
+not start. The key expires `stream_resume_ttl_s` after the job's end (async jobs: their result TTL),
+and in any case a while after its deadline.
 
-The first entry of each attempt carries who may read the stream (its tenant) and how to cancel
-the job (its providers and deadline), so any API process can serve and cancel a stream it did
-not start. The key expires `stream_resume_ttl_s` after the job's end (async jobs: their result
-TTL), and in any case a while after its deadline.
+Why a list and not a Redis stream, as the previous release kept (and this one still reads): Redis
+preallocates 4 KB for a stream's first node (t_stream.c, `STREAM_LISTPACK_MAX_PRE_ALLOCATE`), which
+was most of what an open stream held in Redis; a list of a few short elements is a few hundred bytes.
+What a stream gave for free, a reader blocking until the next entry, a list does not, so a reader that
+has read everything rings a bell: it makes `{ns}:evbell:<job>` exist (a stream of one entry) and blocks
+on it with XREAD; a worker appends each burst with an `XADD ... NOMKSTREAM` to that bell, which costs
+nothing when no reader made it exist. A reader arms the bell before it reads the list once more, so an
+element appended in between is read, not waited for.
 
 A client that drops no longer cancels its job at once: `cancel_unless_resumed` waits
 `stream_resume_grace_s`, and cancels only if nobody has attached meanwhile (`{ns}:readers:<job>`).
@@ -39,7 +47,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from broker.keys import Keys
-from broker.queue import event_deltas
+from broker.queue import event_deltas, whole_events
 from broker.queue.jobs import Chunk, Job, Reply, reply_decoder
 from broker.queue.streams import cancel
 
@@ -48,7 +56,7 @@ EXPIRY_MARGIN_S = 60
 READ_BATCH = 100
 
 
-class Origin(msgspec.Struct, frozen=True):
+class Origin(msgspec.Struct, frozen=True, array_like=True):
     """Who may read a job's stream, and how to cancel the job."""
 
     tenant: str
@@ -57,12 +65,9 @@ class Origin(msgspec.Struct, frozen=True):
     dialect: str = "openai"  # how its events are framed (broker/queue/payloads.py)
 
 
-def _origin_fields(job: Job) -> dict[Any, Any]:
-    providers = ",".join(dict.fromkeys([job.provider, *(t.provider for t in job.fallbacks)]))
-    fields = {"t": job.tenant, "p": providers, "d": repr(job.deadline)}
-    if job.payload.dialect != "openai":  # the default: entries written before the field existed read as it
-        fields["f"] = job.payload.dialect
-    return fields
+def _origin(job: Job) -> Origin:
+    providers = list(dict.fromkeys([job.provider, *(t.provider for t in job.fallbacks)]))
+    return Origin(job.tenant, providers, job.deadline, job.payload.dialect)
 
 
 class EventLog:
@@ -77,23 +82,30 @@ class EventLog:
         """Queue a burst of a streamed job's events (the Chunk just published) on the outbox pipeline."""
         if not job.streams:
             return
-        key = self.keys.events(job.id)
+        key = self.keys.event_log(job.id)
         previous = self._last.get(job.id) if seq > 0 else None  # an attempt starts from a whole event
-        entry: dict[Any, Any] = {"e": _entry_encoder.encode([job.attempt, *event_deltas.compact(previous, events)])}
+        items = [whole_events.pack(item) if isinstance(item, bytes) else item
+                 for item in event_deltas.compact(previous, events)]
+        entry = b"e" + _entry_encoder.encode([job.attempt, *items])
         if events:
             self._last[job.id] = events[-1]
-        if seq == 0:  # an attempt's first burst: a few fields once, and an expiry past any end
-            pipe.xadd(key, {**entry, **_origin_fields(job)})
+        if seq == 0:  # an attempt's first burst: who may read it, once, and an expiry past any end
+            pipe.rpush(key, b"o" + _origin_encoder.encode(_origin(job)), entry)
             pipe.expireat(key, int(job.deadline) + max(job.async_ttl_s, EXPIRY_MARGIN_S))
         else:
-            pipe.xadd(key, entry)
+            pipe.rpush(key, entry)
+        _ring(pipe, self.keys, job.id)
 
     def record_end(self, pipe: Pipeline, job: Job, seq: int, encoded_terminal: bytes, ttl_s: int) -> None:
         """Queue a streamed job's terminal reply; its events then stay `ttl_s` for late readers."""
         self._last.pop(job.id, None)
-        key = self.keys.events(job.id)
-        pipe.xadd(key, {"r": encoded_terminal, **(_origin_fields(job) if seq == 0 else {})})
+        key = self.keys.event_log(job.id)
+        if seq == 0:
+            pipe.rpush(key, b"o" + _origin_encoder.encode(_origin(job)), b"r" + encoded_terminal)
+        else:
+            pipe.rpush(key, b"r" + encoded_terminal)
         pipe.expire(key, ttl_s)
+        _ring(pipe, self.keys, job.id)
 
     def forget(self, job_id: str) -> None:
         self._last.pop(job_id, None)
@@ -103,31 +115,58 @@ class EventLog:
         self._last.clear()
 
 
+def _ring(pipe: Pipeline, keys: Keys, job_id: str) -> None:
+    # NOMKSTREAM: no-op unless a waiting reader made the bell exist (Redis >= 6.2).
+    pipe.xadd(keys.event_bell(job_id), {"b": b""}, maxlen=1, approximate=False, nomkstream=True)
+
+
 _entry_encoder = msgspec.msgpack.Encoder()
-_entry_decoder = msgspec.msgpack.Decoder(list[int | bytes | list[int | bytes]])
+_entry_decoder = msgspec.msgpack.Decoder(list[int | bytes | list[int | bytes] | msgspec.msgpack.Ext])
+_origin_encoder = msgspec.msgpack.Encoder()
+_origin_decoder = msgspec.msgpack.Decoder(Origin)
 
 
 class _Reader:
-    """Replies from entries read in order: an `e` entry's edits need the event read before them."""
+    """Replies from elements read in order: an `e` element's edits need the event read before them."""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.attempt = self.seq = 0
         self.previous: bytes | None = None
 
-    def reply(self, fields: dict[bytes, bytes]) -> Reply:
-        if b"e" not in fields:  # a terminal reply, or an entry of a release before edits
-            reply: Reply = reply_decoder.decode(fields[b"r"])
-            self._turn(reply.attempt)
-        else:
-            attempt, *rest = _entry_decoder.decode(fields[b"e"])
-            items = [item for item in rest if not isinstance(item, int)]
-            if not isinstance(attempt, int) or len(items) != len(rest):
-                raise ValueError(f"job {self.job_id}: not an event log entry")
-            self._turn(attempt)
-            reply = Chunk(self.job_id, attempt, self.seq, event_deltas.expand(self.previous, items))
+    def element(self, element: bytes) -> Reply | None:
+        """A list element's reply; None for an origin."""
+        kind, body = element[:1], element[1:]
+        if kind == b"e":
+            return self._events(body)
+        if kind == b"r":
+            return self._terminal(body)
+        if kind == b"o":
+            return None
+        raise ValueError(f"job {self.job_id}: not an event log element")
+
+    def entry(self, fields: dict[bytes, bytes]) -> Reply:
+        """A reply from an entry of the stream the previous release kept."""
+        return self._events(fields[b"e"]) if b"e" in fields else self._terminal(fields[b"r"])
+
+    def _terminal(self, encoded: bytes) -> Reply:
+        reply: Reply = reply_decoder.decode(encoded)
+        self._turn(reply.attempt)
         self.seq += 1
-        if isinstance(reply, Chunk) and reply.events:
+        if isinstance(reply, Chunk) and reply.events:  # the release before edits kept bursts whole
+            self.previous = reply.events[-1]
+        return reply
+
+    def _events(self, encoded: bytes) -> Reply:
+        attempt, *rest = _entry_decoder.decode(encoded)
+        items = [whole_events.unpack(item) if isinstance(item, msgspec.msgpack.Ext) else item
+                 for item in rest if not isinstance(item, int)]
+        if not isinstance(attempt, int) or len(items) != len(rest):
+            raise ValueError(f"job {self.job_id}: not an event log entry")
+        self._turn(attempt)
+        reply = Chunk(self.job_id, attempt, self.seq, event_deltas.expand(self.previous, items))
+        self.seq += 1
+        if reply.events:
             self.previous = reply.events[-1]
         return reply
 
@@ -138,17 +177,58 @@ class _Reader:
 
 async def origin(redis: Redis, keys: Keys, job_id: str) -> Origin | None:
     """The stream's origin, or None if the job has no events (yet, or any more)."""
-    first: Any = await redis.xrange(keys.events(job_id), count=1)
-    if not first or b"t" not in first[0][1]:
+    first: Any = await redis.lindex(keys.event_log(job_id), 0)  # type: ignore[misc]
+    if first is not None:
+        return _origin_decoder.decode(first[1:]) if first[:1] == b"o" else None
+    entries: Any = await redis.xrange(keys.events(job_id), count=1)  # a log the previous release wrote
+    if not entries or b"t" not in entries[0][1]:
         return None
-    fields = first[0][1]
+    fields = entries[0][1]
     return Origin(fields[b"t"].decode(), fields[b"p"].decode().split(","), float(fields[b"d"]),
                   fields.get(b"f", b"openai").decode())
 
 
-async def replies(redis: Redis, job_id: str, keys: Keys, *, wait_s: float) -> AsyncIterator[Reply | None]:
+async def replies(redis: Redis, job_id: str, keys: Keys, *, wait_s: float,
+                  deadline: float | None = None) -> AsyncIterator[Reply | None]:
     """The job's replies from its first, then each one as it is appended; None after `wait_s`
-    without one (time for a keep-alive), until the caller stops."""
+    without one (time for a keep-alive), until the caller stops. `deadline`: the job's, which the bell
+    this reader may ring outlives."""
+    if not await redis.exists(keys.event_log(job_id)) and await redis.exists(keys.events(job_id)):
+        async for reply in _previous_release(redis, job_id, keys, wait_s=wait_s):
+            yield reply
+        return
+    key, bell, cursor = keys.event_log(job_id), keys.event_bell(job_id), 0
+    block_ms = max(1, int(wait_s * 1000))
+    bell_expiry = int(deadline if deadline is not None else time.time() + 3600) + EXPIRY_MARGIN_S
+    reader = _Reader(job_id)
+    rung: bytes | None = None  # the bell's entry this reader armed it with, or last heard
+    drained = False  # the list was read to its end after the bell's last entry
+    while True:
+        if not drained:
+            elements: Any = await redis.lrange(key, cursor, cursor + READ_BATCH - 1)  # type: ignore[misc]
+            for element in elements:
+                cursor += 1
+                if (reply := reader.element(element)) is not None:
+                    yield reply
+            drained = len(elements) < READ_BATCH
+            continue
+        if rung is None:  # armed, then the list read again: an element appended in between is not missed
+            pipe = redis.pipeline(transaction=False)
+            pipe.xadd(bell, {"b": b""}, maxlen=1, approximate=False)
+            pipe.expireat(bell, bell_expiry)
+            rung, drained = (await pipe.execute())[0], False
+            continue
+        read: Any = await redis.xread({bell: rung}, count=1, block=block_ms)
+        drained = False
+        if not read:
+            yield None
+            rung = None  # armed again after each quiet wait: a bell lost meanwhile (a Redis restart) is rebuilt
+            continue
+        rung = read[0][1][-1][0]
+
+
+async def _previous_release(redis: Redis, job_id: str, keys: Keys, *, wait_s: float) -> AsyncIterator[Reply | None]:
+    """A log the previous release wrote: a Redis stream, read with a blocking XREAD."""
     key, cursor = keys.events(job_id), "0-0"
     block_ms = max(1, int(wait_s * 1000))
     reader = _Reader(job_id)
@@ -159,7 +239,7 @@ async def replies(redis: Redis, job_id: str, keys: Keys, *, wait_s: float) -> As
             continue
         for entry_id, fields in read[0][1]:
             cursor = entry_id
-            yield reader.reply(fields)
+            yield reader.entry(fields)
 
 
 def parse_event_id(value: str | None) -> tuple[int, int] | None:
