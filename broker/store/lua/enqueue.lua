@@ -34,9 +34,12 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
   end
 end
 local mine, my_weight, weights = 0, 1, 0
+local own_field = lane .. ':' .. ARGV[1]
+-- Every lane's backlog and this tenant's own in one command: the lanes' names are ARGV[11..10+nl].
+local backlog = redis.call('HMGET', KEYS[3], own_field, unpack(ARGV, 11, 10 + nl))
 for i = 1, nl do
   local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
-  local waiting = tonumber(redis.call('HGET', KEYS[3], name) or '0')
+  local waiting = tonumber(backlog[1 + i] or '0')
   if name == lane then
     mine, my_weight = waiting, weight
     weights = weights + weight
@@ -56,12 +59,13 @@ end
 -- been measured (a provider's first saturation): a cautious guess from the
 -- live workers' slots, so a first burst of short-deadline requests is not
 -- all admitted to time out.
-local rate = tonumber(redis.call('HGET', KEYS[4], 'rate') or '0')
-if rate <= 0 then rate = live_workers * tonumber(ARGV[11 + 2 * nl]) end
-local own_field = lane .. ':' .. ARGV[1]
-local own = tonumber(redis.call('HGET', KEYS[3], own_field) or '0')
+-- (Read only past min_queue: below it nothing here is needed, and a quiet queue reads nothing more.)
 if mine >= tonumber(ARGV[7]) then
-  local own_rate = tonumber(redis.call('HGET', KEYS[4], own_field .. ':rate') or '0')
+  local own = tonumber(backlog[1] or '0')
+  local drains = redis.call('HMGET', KEYS[4], 'rate', own_field .. ':rate', 'service_ms')
+  local rate = tonumber(drains[1] or '0')
+  if rate <= 0 then rate = live_workers * tonumber(ARGV[11 + 2 * nl]) end
+  local own_rate = tonumber(drains[2] or '0')
   local ahead, drain = own + 1, own_rate
   if own_rate <= 0 then
     ahead = math.min(mine, (own + 1) * math.max(redis.call('ZCARD', KEYS[2]), 1))
@@ -70,7 +74,7 @@ if mine >= tonumber(ARGV[7]) then
     drain = rate * my_weight / weights
   end
   local wait_ms = ahead / drain * 1000
-  local service_ms = tonumber(redis.call('HGET', KEYS[4], 'service_ms') or '0')
+  local service_ms = tonumber(drains[3] or '0')
   local budget = tonumber(ARGV[5]) * 0.7
   if service_ms > 0 then budget = tonumber(ARGV[5]) * 0.9 - service_ms end
   if wait_ms > budget then

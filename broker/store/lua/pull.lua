@@ -26,6 +26,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out, taken, guard = {}, 0, 0
 local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
+local left_in = {}  -- 'lane:tenant' -> its backlog after them
 while taken < want and guard < 100000 do
   guard = guard + 1
   local total, best, best_weight = 0, nil, nil
@@ -53,9 +54,16 @@ while taken < want and guard < 100000 do
     end
     if got then
       local entry = got[1][2][1]
-      redis.call('HINCRBY', KEYS[2], lane, -1)
+      -- The lane's last waiting job: no other tenant's queue in it has one to give, so the lane is not
+      -- probed again in this call (the next call probes it as ever: a miscount costs a probe, no job).
+      if redis.call('HINCRBY', KEYS[2], lane, -1) <= 0 then done[best] = true end
       local own_field = lane .. ':' .. tenant
-      if redis.call('HINCRBY', KEYS[2], own_field, -1) <= 0 then redis.call('HDEL', KEYS[2], own_field) end
+      local own_left = redis.call('HINCRBY', KEYS[2], own_field, -1)
+      if own_left <= 0 then
+        redis.call('HDEL', KEYS[2], own_field)
+        own_left = 0
+      end
+      left_in[own_field] = own_left
       redis.call('ZADD', active, turn, tenant)  -- to the back of the lane's round robin
       local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
       if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
@@ -93,6 +101,7 @@ end
 -- waiting: then pulls are limited by capacity and competition, not by
 -- arrivals. One for the provider, one per tenant queue of a lane (fields
 -- '<lane>:<tenant>:rate|since|count'); enqueue.lua uses them.
+local resets = {}  -- fields of queues with nothing waiting now: zeroed in one HSET at the end
 local function measure(prefix_, still_waiting, n)
   if still_waiting > 0 and n > 0 then
     local since = tonumber(redis.call('HGET', KEYS[3], prefix_ .. 'since') or '0')
@@ -108,13 +117,17 @@ local function measure(prefix_, still_waiting, n)
       end
     end
   elseif still_waiting == 0 then
-    redis.call('HSET', KEYS[3], prefix_ .. 'since', 0, prefix_ .. 'count', 0)
+    resets[#resets + 1] = prefix_ .. 'since'
+    resets[#resets + 1] = 0
+    resets[#resets + 1] = prefix_ .. 'count'
+    resets[#resets + 1] = 0
   end
 end
 local waiting = 0
 for _, count in ipairs(redis.call('HMGET', KEYS[2], unpack(lanes))) do waiting = waiting + tonumber(count or '0') end
 measure('', waiting, taken)
 for own_field, n in pairs(taken_from) do
-  measure(own_field .. ':', tonumber(redis.call('HGET', KEYS[2], own_field) or '0'), n)
+  measure(own_field .. ':', left_in[own_field], n)
 end
+if #resets > 0 then redis.call('HSET', KEYS[3], unpack(resets)) end
 return out
