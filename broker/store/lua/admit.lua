@@ -39,9 +39,13 @@ for s = 1, tonumber(ARGV[4]) do
     end
   end
   if scope.max_concurrent > 0 then
-    -- Slots of requests whose deadline passed belong to crashed or stuck processes: reclaim them.
-    redis.call('ZREMRANGEBYSCORE', scope.keys[3], '-inf', math.floor(now / 1000))
     scope.in_flight = redis.call('ZCARD', scope.keys[3])
+    if scope.in_flight >= scope.max_concurrent then
+      -- Slots of requests whose deadline passed belong to crashed or stuck processes: reclaimed when
+      -- they would refuse one (below the limit they refuse nothing; the set never holds more than it).
+      redis.call('ZREMRANGEBYSCORE', scope.keys[3], '-inf', math.floor(now / 1000))
+      scope.in_flight = redis.call('ZCARD', scope.keys[3])
+    end
     -- When a slot frees is unknowable here; a second is the retry hint.
     if scope.in_flight >= scope.max_concurrent and worst < 1000000 then reason, worst, culprit = 3, 1000000, s end
   end
@@ -99,9 +103,14 @@ if reason == 0 then
     end
     if scope.max_concurrent > 0 then
       redis.call('ZADD', scope.keys[3], math.floor(now / 1000) + ttl, ARGV[2])
+      -- The set lives as long as its latest slot could: a new set gets its TTL, an existing one's is
+      -- only ever lengthened (GT, Redis 7), one command either way.
+      if scope.in_flight == 0 then
+        redis.call('PEXPIRE', scope.keys[3], ttl)
+      else
+        redis.call('PEXPIRE', scope.keys[3], ttl, 'GT')
+      end
       scope.in_flight = scope.in_flight + 1
-      -- The set lives as long as its latest slot could.
-      if redis.call('PTTL', scope.keys[3]) < ttl then redis.call('PEXPIRE', scope.keys[3], ttl) end
     end
   end
 end

@@ -27,6 +27,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out, taken, guard = {}, 0, 0
 local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
 local left_in = {}  -- 'lane:tenant' -> its backlog after them
+local lane_left = {}  -- lane index -> its backlog after the last job taken from it
 while taken < want and guard < 100000 do
   guard = guard + 1
   local total, best, best_weight = 0, nil, nil
@@ -48,15 +49,16 @@ while taken < want and guard < 100000 do
   else
     local stream = prefix .. 'q:' .. lane .. ':' .. tenant
     local turn = redis.call('HINCRBY', KEYS[1], 'turn', 1)
-    local got = nil
-    if redis.call('EXISTS', stream) == 1 then
-      got = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
-    end
+    -- A tenant in the lane's active set has its stream (enqueue.lua, finish.lua and this script add and
+    -- remove both together); should it be gone anyway (evicted), XREADGROUP's NOGROUP error is a miss.
+    local got = redis.pcall('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+    if type(got) == 'table' and got.err then got = nil end
     if got then
       local entry = got[1][2][1]
       -- The lane's last waiting job: no other tenant's queue in it has one to give, so the lane is not
       -- probed again in this call (the next call probes it as ever: a miscount costs a probe, no job).
-      if redis.call('HINCRBY', KEYS[2], lane, -1) <= 0 then done[best] = true end
+      lane_left[best] = redis.call('HINCRBY', KEYS[2], lane, -1)
+      if lane_left[best] <= 0 then done[best] = true end
       local own_field = lane .. ':' .. tenant
       local own_left = redis.call('HINCRBY', KEYS[2], own_field, -1)
       if own_left <= 0 then
@@ -77,13 +79,16 @@ while taken < want and guard < 100000 do
         -- Only a job taken counts as the lane's turn. A lane whose head tenant had
         -- only running jobs, or only dead ones, keeps its weight: otherwise a lane
         -- with many busy tenants would lose its share to those misses.
+        -- Written only where they changed: with one lane at work its credit stays as it was.
         local credits = {}
         for i, value in pairs(current) do
           if i == best then value = value - total end
-          credits[#credits + 1] = lanes[i]
-          credits[#credits + 1] = value
+          if value ~= tonumber(stored[i] or '0') then
+            credits[#credits + 1] = lanes[i]
+            credits[#credits + 1] = value
+          end
         end
-        redis.call('HSET', KEYS[1], unpack(credits))
+        if #credits > 0 then redis.call('HSET', KEYS[1], unpack(credits)) end
       end
     else
       if redis.call('XLEN', stream) == 0 then
@@ -123,8 +128,17 @@ local function measure(prefix_, still_waiting, n)
     resets[#resets + 1] = 0
   end
 end
-local waiting = 0
-for _, count in ipairs(redis.call('HMGET', KEYS[2], unpack(lanes))) do waiting = waiting + tonumber(count or '0') end
+-- Jobs still waiting in every lane: known without a read when each lane was either empty from the
+-- start (no tenant active) or left as its last HINCRBY said.
+local waiting, known = 0, true
+for i = 1, nl do
+  if lane_left[i] ~= nil then waiting = waiting + math.max(lane_left[i], 0)
+  elseif members[i] > 0 then known = false end
+end
+if not known then
+  waiting = 0
+  for _, count in ipairs(redis.call('HMGET', KEYS[2], unpack(lanes))) do waiting = waiting + tonumber(count or '0') end
+end
 measure('', waiting, taken)
 for own_field, n in pairs(taken_from) do
   measure(own_field .. ':', left_in[own_field], n)
