@@ -145,7 +145,7 @@ class TokenUsage(_In):
 
 
 class ConverseResponse(_In):
-    output: Output = Output()
+    output: Output = msgspec.field(default_factory=Output)
     stop_reason: str = "end_turn"
     usage: TokenUsage | None = None
 
@@ -174,7 +174,7 @@ class BlockStart(_In):
 
 class ContentBlockStart(_In):
     content_block_index: int = 0
-    start: BlockStart = BlockStart()
+    start: BlockStart = msgspec.field(default_factory=BlockStart)
 
 
 class DeltaToolUse(_In):
@@ -189,7 +189,7 @@ class BlockDelta(_In):
 
 class ContentBlockDelta(_In):
     content_block_index: int = 0
-    delta: BlockDelta = BlockDelta()
+    delta: BlockDelta = msgspec.field(default_factory=BlockDelta)
 
 
 class MessageStop(_In):
