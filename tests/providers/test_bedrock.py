@@ -20,9 +20,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 
-from broker.config import BedrockProvider
+from broker.config import BedrockProvider, default_config
 from broker.config.types import Secret
 from broker.errors import UpstreamError
+from broker.ops.redaction import redact, remember, secrets_of
 from broker.wire import ChatRequest
 from tests.fakes.bedrock_upstream import BLOCKED, REGION, BedrockServer
 from tests.fakes.bedrock_sigv4 import Keys
@@ -269,3 +270,12 @@ async def test_tool_choice_none_sends_no_tools_unless_the_conversation_holds_too
                                       messages=[{"role": "user", "content": "weather?"}]),
                                  model=PROFILE, deadline=time.time() + 10)
     assert "toolConfig" not in last(upstream).body and reply.choices[0].finish_reason == "stop"
+
+
+def test_the_configs_aws_secrets_are_redacted_as_api_keys_are() -> None:
+    key_id, secret, token = TEMPORARY
+    config = msgspec.structs.replace(default_config(), providers={"b": settings(
+        {"region": REGION, "access_key_id": key_id, "secret_access_key": secret, "session_token": token})})
+    assert {secret, token} <= set(secrets_of(config))
+    remember(secrets_of(config))
+    assert redact(f"token {token} secret {secret}") == "token *** secret ***"
