@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from broker.config import Deployment, MockProvider, OpenAIProvider, hash_key
+from broker.config import BedrockProvider, Deployment, MockProvider, OpenAIProvider, hash_key
 from broker.money.pricing import FREE, Price, charge, resolve, shipped_price
 from broker.wire import Usage
 from tests.fakes.openai_upstream import UpstreamServer
@@ -20,6 +20,8 @@ from tests.harness import TEST_KEY
 from tests.stacks import Stack, StackFactory
 from workers.providers.anthropic_translate import map_usage
 from workers.providers.anthropic_wire import AnthropicUsage
+from workers.providers.bedrock_translate import usage as bedrock_usage
+from workers.providers.bedrock_wire import TokenUsage
 from workers.providers.gemini_translate import usage as gemini_usage
 from workers.providers.gemini_wire import UsageMetadata
 
@@ -46,6 +48,9 @@ def test_cost_is_exact_for_each_providers_usage_shape() -> None:
     gemini = gemini_usage(UsageMetadata(prompt_token_count=1000, cached_content_token_count=400,
                                         candidates_token_count=200))
     assert gemini is not None and price.cost_nanos(gemini) == price.cost_nanos(openai_usage)
+    # Bedrock's Converse counts cache reads (and writes) apart from inputTokens, as Anthropic does.
+    bedrock = bedrock_usage(TokenUsage(input_tokens=600, output_tokens=200, cache_read_input_tokens=400))
+    assert bedrock is not None and price.cost_nanos(bedrock) == price.cost_nanos(openai_usage)
 
 
 def test_prices_come_from_config_then_the_table_then_self_hosting_else_none() -> None:
@@ -56,6 +61,15 @@ def test_prices_come_from_config_then_the_table_then_self_hosting_else_none() ->
     assert resolve(Deployment(provider="p", model="Qwen/Qwen2.5-7B"), OpenAIProvider(base_url="x", profile="vllm")) == FREE
     assert resolve(Deployment(provider="p", model="anything"), MockProvider()) == FREE
     assert resolve(Deployment(provider="p", model="my-finetune"), hosted) is None  # unpriced, never free
+    # Bedrock: by its model ids; a cross-region inference profile (or its ARN) costs what its model costs.
+    bedrock = BedrockProvider(region="us-east-1")
+    haiku = resolve(Deployment(provider="b", model="anthropic.claude-3-5-haiku-20241022-v1:0"), bedrock)
+    assert haiku == Price(0.80, 4.00, 0.08) == resolve(
+        Deployment(provider="b", model="us.anthropic.claude-3-5-haiku-20241022-v1:0"), bedrock)
+    assert resolve(Deployment(provider="b", model="arn:aws:bedrock:eu-west-1:123456789012:inference-profile/"
+                                                 "eu.amazon.nova-lite-v1:0"), bedrock) == Price(0.06, 0.24, 0.015)
+    assert resolve(Deployment(provider="b", model="mistral.mistral-large-2402-v1:0"), bedrock) != resolve(
+        Deployment(provider="b", model="mistral.mistral-large-2407-v1:0"), bedrock)
 
 
 def test_a_job_without_reported_usage_is_charged_for_what_went_by() -> None:

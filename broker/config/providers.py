@@ -72,6 +72,40 @@ class GeminiProvider(_HTTPProvider, tag_field="kind", tag="gemini", kw_only=True
         return Capabilities(completions=False, embeddings=True)
 
 
+class BedrockProvider(_HTTPProvider, tag_field="kind", tag="bedrock", kw_only=True):
+    """AWS Bedrock's Converse API (`POST /model/{modelId}/converse` and `/converse-stream`).
+
+    Requests are signed with SigV4: with `access_key_id` + `secret_access_key` (+ `session_token`) when
+    given, else with the standard AWS chain as botocore resolves it (environment, `profile` and the shared
+    files, web identity, ECS and instance roles), refreshed as they near expiry. `api_key` is a Bedrock
+    API key instead (a bearer token, https://docs.aws.amazon.com/bedrock/latest/userguide/api-keys.html).
+    """
+
+    region: str
+    access_key_id: Secret | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
+    profile: str | None = None  # a named profile of the shared AWS files, for the chain
+    endpoint_url: str | None = None  # default https://bedrock-runtime.{region}.amazonaws.com (a VPC endpoint...)
+
+    def __post_init__(self) -> None:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both `access_key_id` and `secret_access_key`, or neither (the AWS chain)")
+        if self.session_token is not None and self.access_key_id is None:
+            raise ValueError("`session_token` goes with `access_key_id` and `secret_access_key`")
+        if sum(x is not None for x in (self.access_key_id, self.profile, self.api_key)) > 1:
+            raise ValueError("give one of `access_key_id`, `profile` and `api_key`")
+
+    @property
+    def base_url(self) -> str:
+        return (self.endpoint_url or f"https://bedrock-runtime.{self.region}.amazonaws.com").rstrip("/")
+
+    def capabilities(self) -> Capabilities:
+        # Converse takes images as bytes (or S3 locations) only: a request with an image URL goes elsewhere.
+        return Capabilities(completions=False, embeddings=False, json_object=False, json_schema=False,
+                            image_urls=False)
+
+
 class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
     """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
 
@@ -84,5 +118,5 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
         return Capabilities(completions=True, embeddings=True)
 
 
-ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | MockProvider
+ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | BedrockProvider | MockProvider
 KINDS = sorted(str(t.__struct_config__.tag) for t in get_args(ProviderConfig))

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import msgspec
 
 from broker.config import (
+    BedrockProvider,
     Config,
     Deployment,
     MockProvider,
@@ -103,7 +104,25 @@ SHIPPED: dict[str, Price] = {
     # DeepSeek (cached: cache hits)
     "deepseek-chat": _p(0.27, 1.10, 0.07),
     "deepseek-reasoner": _p(0.55, 2.19, 0.14),
+    # AWS Bedrock, on demand in us-east-1 (https://aws.amazon.com/bedrock/pricing/), by Bedrock's model ids;
+    # a cross-region inference profile costs what its model costs in the source region (see `resolve`).
+    "anthropic.claude-3-5-haiku": _p(0.80, 4.00, 0.08),
+    "anthropic.claude-3-5-sonnet": _p(3.00, 15.00, 0.30),
+    "anthropic.claude-3-7-sonnet": _p(3.00, 15.00, 0.30),
+    "anthropic.claude-sonnet-4": _p(3.00, 15.00, 0.30),
+    "anthropic.claude-3-haiku": _p(0.25, 1.25, 0.03),
+    "amazon.nova-micro": _p(0.035, 0.14, 0.00875),
+    "amazon.nova-lite": _p(0.06, 0.24, 0.015),
+    "amazon.nova-pro": _p(0.80, 3.20, 0.20),
+    "meta.llama3-1-8b-instruct": _p(0.22, 0.22),
+    "meta.llama3-1-70b-instruct": _p(0.72, 0.72),
+    "mistral.mistral-large-2402": _p(4.00, 12.00),
+    "mistral.mistral-large-2407": _p(2.00, 6.00),
+    "cohere.command-r-plus": _p(3.00, 15.00),
+    "cohere.command-r": _p(0.50, 1.50),
 }
+# Bedrock's cross-region inference profiles: the model id behind a geography's prefix.
+BEDROCK_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "us-gov.", "jp.", "au.", "ca.", "global.")
 # Longest stems first, so "gpt-4o-mini-2024-07-18" is gpt-4o-mini, not gpt-4o.
 _STEMS = sorted(SHIPPED, key=len, reverse=True)
 
@@ -128,6 +147,11 @@ def resolve(deployment: Deployment, provider: ProviderConfig) -> Price | None:
     if isinstance(provider, MockProvider) or (isinstance(provider, OpenAIProvider)
                                               and provider.profile in SELF_HOSTED_PROFILES):
         return FREE
+    if isinstance(provider, BedrockProvider):
+        # AWS charges nothing extra for a profile: "the price is calculated basis the region you made the
+        # request in" (https://aws.amazon.com/bedrock/pricing/, cross-region inference).
+        model = deployment.model.rsplit("/", 1)[-1]  # an inference profile's ARN ends with its id
+        return shipped_price(next((model[len(p):] for p in BEDROCK_PROFILE_PREFIXES if model.startswith(p)), model))
     return shipped_price(deployment.model)
 
 

@@ -22,6 +22,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
+import msgspec
+
+from broker.config.types import Secret
+
 if TYPE_CHECKING:
     from broker.config import Config
 
@@ -34,12 +38,11 @@ _known: re.Pattern[str] | None = None
 
 
 def secrets_of(config: Config) -> list[str]:
-    """Every upstream credential the config holds: api keys, and header values long enough to be one."""
+    """Every upstream credential the config holds: its secrets (api keys, AWS secret keys and session
+    tokens...), and header values long enough to be one."""
     found: list[str] = []
     for provider in config.providers.values():
-        api_key = getattr(provider, "api_key", None)
-        if api_key:
-            found.append(api_key.reveal())
+        found += [value.reveal() for value in msgspec.structs.astuple(provider) if isinstance(value, Secret) and value]
         found += [value for value in getattr(provider, "headers", {}).values() if len(value) >= MIN_SECRET_LEN]
     return found
 

@@ -20,6 +20,8 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     embeddings: bool = False
     tools: bool = True
     vision: bool = True
+    # Images given by URL, not inline as data: URLs (Bedrock's Converse takes bytes only).
+    image_urls: bool = True
     json_object: bool = True  # response_format {"type": "json_object"}
     json_schema: bool = True  # response_format {"type": "json_schema"} (structured outputs)
     max_context_tokens: int | None = None
@@ -36,6 +38,7 @@ class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     embeddings: bool | None = None
     tools: bool | None = None
     vision: bool | None = None
+    image_urls: bool | None = None
     json_object: bool | None = None
     json_schema: bool | None = None
     max_context_tokens: int | None = None
@@ -62,6 +65,11 @@ def needs(req: Request) -> dict[str, str]:
     if any(isinstance(m.content, list) and any(isinstance(p, ImageUrlPart) for p in m.content)
            for m in req.messages):
         required["vision"] = "messages"
+        linked = next((f"messages[{i}].content[{j}].image_url.url" for i, m in enumerate(req.messages)
+                       if isinstance(m.content, list) for j, p in enumerate(m.content)
+                       if isinstance(p, ImageUrlPart) and not p.image_url.url.startswith("data:")), None)
+        if linked is not None:
+            required["image_urls"] = linked
     return required
 
 

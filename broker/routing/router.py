@@ -33,6 +33,7 @@ _WHAT = {
     "embeddings": "embeddings",
     "tools": "tools (function calling)",
     "vision": "image inputs",
+    "image_urls": "images by URL (send the image inline, as a data: URL)",
     "json_object": "JSON mode (response_format json_object)",
     "json_schema": "structured outputs (response_format json_schema)",
     "responses_api": "what only a Responses API upstream runs (built-in tools, OpenAI's own items)",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tests.providers.anthropic_case import AnthropicCase
+from tests.providers.bedrock_case import BedrockCase
 from tests.providers.case import ProviderCase, Scenario
 from tests.providers.gemini_case import GeminiCase
 from tests.providers.openai_case import OpenAICase
 
-OPENAI, ANTHROPIC, GEMINI = OpenAICase(), AnthropicCase(), GeminiCase()
-CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI)
+OPENAI, ANTHROPIC, GEMINI, BEDROCK = OpenAICase(), AnthropicCase(), GeminiCase(), BedrockCase()
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, BEDROCK)
 
 
 def scenario(name: Scenario) -> pytest.MarkDecorator:

@@ -76,7 +76,7 @@ class ProviderCase:
     bad_request_says: ClassVar[str] = ""
     bad_request_param: ClassVar[str | None] = None
     rate_limited_says: ClassVar[str] = ""
-    retry_after: ClassVar[str] = ""  # the fake's, in seconds, as the client must get it
+    retry_after: ClassVar[str] = ""  # the fake's, in seconds, as the client must get it ("": it sends none)
     overloaded_says: ClassVar[str] = ""
     wrong_key_says: ClassVar[str] = ""
     midstream: ClassVar[tuple[str, str]] = ("", "")  # the text before the error event, and its words

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Mapping
 
 import aiohttp
+from yarl import URL
 
 from broker.errors import UpstreamError, UpstreamTimeout
 
@@ -72,14 +73,16 @@ class UpstreamHTTP:
                                      connect=min(self.connect_timeout_s, remaining))
 
     @asynccontextmanager
-    async def post(self, path: str, body: bytes, *, deadline: float,
-                   headers: Mapping[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
+    async def post(self, path: str, body: bytes, *, deadline: float, headers: Mapping[str, str] | None = None,
+                   encoded: bool = False) -> AsyncIterator[UpstreamResponse]:
         """POST a JSON body (with this request's own `headers` beside the client's); yields the response
-        with its body still unread."""
+        with its body still unread. `encoded`: `path` is percent-encoded already and goes out byte for
+        byte (yarl would otherwise decode `%3A` to `:`, and a SigV4 signature over the path would break)."""
+        url = self.base_url + path
         try:
             # No redirects: following one could carry our upstream key to another host.
             async with self._client().post(
-                self.base_url + path, data=body, timeout=self._timeout(deadline), allow_redirects=False,
+                URL(url, encoded=True) if encoded else url, data=body, timeout=self._timeout(deadline), allow_redirects=False,
                 headers={"content-type": "application/json", **headers} if headers else _JSON,
             ) as response:
                 yield UpstreamResponse(response)
