@@ -13,12 +13,14 @@ from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionP
 from workers.providers.gemini import GeminiGenerateContent
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
+from workers.providers.vertex import vertex
 
 REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "openai": OpenAICompatible,
     "mock": MockProvider,
     "gemini": GeminiGenerateContent,
     "anthropic": AnthropicMessages,
+    "vertex": vertex,
 }
 
 
