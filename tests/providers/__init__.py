@@ -8,9 +8,11 @@ from tests.providers.anthropic_case import AnthropicCase
 from tests.providers.case import ProviderCase, Scenario
 from tests.providers.gemini_case import GeminiCase
 from tests.providers.openai_case import OpenAICase
+from tests.providers.vertex_case import VertexClaudeCase, VertexGeminiCase
 
 OPENAI, ANTHROPIC, GEMINI = OpenAICase(), AnthropicCase(), GeminiCase()
-CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI)
+VERTEX, VERTEX_CLAUDE = VertexGeminiCase(), VertexClaudeCase()
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, VERTEX, VERTEX_CLAUDE)
 
 
 def scenario(name: Scenario) -> pytest.MarkDecorator:
