@@ -20,6 +20,7 @@ Errors come in two shapes: Vertex's own front (credentials, quota, an unknown mo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -30,8 +31,10 @@ from workers.providers import anthropic_translate
 from workers.providers.anthropic import MessagesClient
 from workers.providers.base import Provider
 from workers.providers.gemini import GenerateContent, error_from_response
-from workers.providers.google_tokens import TokenSource
 from workers.providers.http import UpstreamHTTP
+
+if TYPE_CHECKING:
+    from workers.providers.google_tokens import TokenSource
 
 
 def api_root(location: str) -> str:
@@ -48,11 +51,14 @@ class _Vertex:
     """What both publishers' adapters share: the pool to the project's host, its tokens and its path."""
 
     def __init__(self, name: str, config: VertexProvider, publisher: str) -> None:
+        # Here: google-auth takes half a second to import, which workers of other kinds need not pay.
+        from workers.providers.google_tokens import TokenSource
+
         self.config = config
         self.http = UpstreamHTTP(name, config.base_url or api_root(config.location), headers=config.headers,
                                  max_connections=config.concurrency, timeout_s=config.timeout_s,
                                  connect_timeout_s=config.connect_timeout_s)
-        self.tokens = TokenSource(name, config.credentials_file, timeout_s=config.connect_timeout_s + 10)
+        self.tokens: TokenSource = TokenSource(name, config.credentials_file, timeout_s=config.connect_timeout_s + 10)
         self.models = f"/projects/{config.project}/locations/{config.location}/publishers/{publisher}/models"
 
     async def auth(self) -> dict[str, str]:

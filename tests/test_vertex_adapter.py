@@ -1,6 +1,9 @@
-"""Vertex AI's credentials over real HTTP to the fake's token endpoint (tests/fakes/vertex_upstream.py):
-a token is minted once for concurrent calls, kept until near its expiry, replaced after it, forgotten
-when Google refuses it; a key Google does not trust is a 502 that names no secret.
+"""Vertex AI's adapter over real HTTP to the fake (tests/fakes/vertex_upstream.py), and what it reads.
+
+Credentials: a token is minted once for concurrent calls, kept until near its expiry, replaced after
+it, forgotten when Google refuses it; a key Google does not trust is a 502 that names no secret.
+Errors: Claude on Vertex answers in two shapes, Google's and Anthropic's. Config: nothing in it can
+change the host or path a call goes to.
 
 The fake signs nothing for us: it checks the JWT-bearer assertion google-auth signs with the test's
 freshly generated service-account key, and takes only the tokens it minted, unexpired.
@@ -22,10 +25,10 @@ from broker.config import VertexProvider
 from broker.errors import UpstreamError
 from broker.wire import ChatRequest, chat_request_decoder
 from tests.fakes.vertex_upstream import VertexServer
-from workers.providers.vertex import VertexGemini, api_root, vertex
+from workers.providers.vertex import VertexGemini, api_root, error_from_vertex, vertex
 
 PROJECT, LOCATION = "tokens-test-0042", "europe-west4"
-LIFETIME_S = 2  # the fake's tokens: we replace one after 1.5 s (a quarter of its life early)
+LIFETIME_S = 3  # the fake's tokens: we replace one after 2.25 s (a quarter of its life early)
 HELLO: Any = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
 
 
@@ -151,3 +154,18 @@ def test_the_location_picks_the_host() -> None:
 def test_a_location_or_project_that_would_change_the_url_is_refused(field: str, value: str) -> None:
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"kind": "vertex", "project": "p-1", field: value}, VertexProvider)
+
+
+def test_claude_on_vertex_reads_googles_errors_and_anthropics() -> None:
+    quota = error_from_vertex(429, b'{"error": {"code": 429, "message": "Resource exhausted.", '
+                                   b'"status": "RESOURCE_EXHAUSTED"}}', {})
+    assert quota.status == 429 and quota.retryable and "Vertex AI error (429 RESOURCE_EXHAUSTED)" in quota.message
+    busy = error_from_vertex(503, b'{"error": {"code": 503, "message": "Service unavailable.", "status": "UNAVAILABLE"}}', {})
+    assert busy.status == 503 and busy.retryable
+    overloaded = error_from_vertex(529, b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
+                                   {})
+    assert overloaded.status == 503 and overloaded.retryable and "overloaded_error" in overloaded.message
+    bad = error_from_vertex(400, b'{"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}', {})
+    assert bad.status == 400 and not bad.retryable
+    proxy = error_from_vertex(502, b"<html>Bad Gateway</html>", {"retry-after": "3"})
+    assert proxy.status == 502 and proxy.retryable and proxy.retry_after_s == 3
