@@ -23,7 +23,8 @@ import pytest
 
 from broker.config import VertexProvider
 from broker.errors import UpstreamError
-from broker.wire import ChatRequest, chat_request_decoder
+from broker.wire import ChatRequest, EmbeddingRequest, chat_request_decoder, embedding_request_decoder
+from tests.fakes.gemini_upstream import embedding
 from tests.fakes.vertex_upstream import VertexServer
 from workers.providers.vertex import VertexGemini, api_root, error_from_vertex, vertex
 
@@ -141,6 +142,24 @@ async def test_a_project_the_token_cannot_reach_is_googles_403(server: VertexSer
     finally:
         await adapter.aclose()
     assert info.value.upstream_status == 403 and "PERMISSION_DENIED" in info.value.message
+
+
+def embedding_request(texts: list[str], **body: Any) -> EmbeddingRequest:
+    return embedding_request_decoder.decode(json.dumps({"model": "e", "input": texts, **body}).encode())
+
+
+async def test_embeddings_go_up_in_batches_the_model_takes(gemini: VertexGemini, server: VertexServer) -> None:
+    texts = [f"text number {i}" for i in range(260)]
+    result = await gemini.embed(embedding_request(texts, dimensions=8), model="text-embedding-005",
+                                deadline=time.time() + 10)
+    assert result.vectors == [embedding(t, 8) for t in texts] and result.prompt_tokens == 3 * 260  # Google's count
+    sent = [r.body for r in server.requests if r.path.endswith("/text-embedding-005:predict")]
+    assert sorted(len(b["instances"]) for b in sent) == [10, 250]
+    assert sent[0]["parameters"] == {"autoTruncate": False, "outputDimensionality": 8}
+    # gemini-embedding models take one text a request.
+    result = await gemini.embed(embedding_request(["a b", "c"]), model="gemini-embedding-001", deadline=time.time() + 10)
+    assert result.vectors == [embedding("a b", 768), embedding("c", 768)] and result.prompt_tokens == 3
+    assert [len(r.body["instances"]) for r in server.requests if "gemini-embedding-001" in r.path] == [1, 1]
 
 
 def test_the_location_picks_the_host() -> None:

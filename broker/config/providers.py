@@ -110,7 +110,7 @@ class VertexProvider(_Pool, tag_field="kind", tag="vertex", kw_only=True):
             raise ValueError(f"`location` {self.location!r} is not a Vertex AI location (e.g. global, us-central1)")
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(completions=False, embeddings=False)
+        return Capabilities(completions=False, embeddings=self.publisher == "google")
 
 
 class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):

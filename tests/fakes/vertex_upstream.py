@@ -14,6 +14,8 @@ only for its project and location (else 403 PERMISSION_DENIED / 400), and answer
     POST /v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent
                                                           ...:streamGenerateContent?alt=sse
         Gemini's answers, from gemini_upstream.py (its model names inject its failures)
+                                                          ...:predict
+        text embeddings: gemini_upstream.py's vectors, at most 250 instances (1 for gemini-embedding-*)
     POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{m}:rawPredict | :streamRawPredict
         Claude's, from anthropic_upstream.py, for a body without `model`, with `anthropic_version`
         "vertex-2023-10-16" and `stream` matching the method; URL image sources refused, as Vertex does
@@ -153,6 +155,32 @@ def _claude(model: str, method: str, body: Any) -> Response:
     return anthropic_upstream.answer({"model": model, **claude})
 
 
+def _predict(model: str, body: Any) -> Response:
+    """Text embeddings (https://cloud.google.com/vertex-ai/generative-ai/docs/model-reference/text-embeddings-api),
+    vectors from gemini_upstream.embedding, a word a token."""
+    if not isinstance(body, dict) or set(body) - {"instances", "parameters"}:
+        return google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received. Unknown name at the top level.")
+    instances, parameters = body.get("instances"), body.get("parameters") or {}
+    most = 1 if model.startswith("gemini-embedding") else 250
+    if not isinstance(instances, list) or not 1 <= len(instances) <= most:
+        return google_error(400, "INVALID_ARGUMENT", f"The model {model} takes between 1 and {most} instances.")
+    if set(parameters) - {"outputDimensionality", "autoTruncate"}:
+        return google_error(400, "INVALID_ARGUMENT", f"Unknown parameters: {sorted(parameters)}.")
+    dims = parameters.get("outputDimensionality", gemini_upstream.EMBEDDING_DIMENSIONS)
+    if not isinstance(dims, int) or not 1 <= dims <= 3072:
+        return google_error(400, "INVALID_ARGUMENT", "outputDimensionality is out of range.")
+    predictions = []
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict) or not isinstance(instance.get("content"), str) or set(instance) - {
+                "content", "task_type", "title"}:
+            return google_error(400, "INVALID_ARGUMENT", f"instances[{i}]: a text instance is {{content}}.")
+        text = instance["content"]
+        predictions.append({"embeddings": {"values": gemini_upstream.embedding(text, dims),
+                                           "statistics": {"truncated": False, "token_count": len(text.split())}}})
+    return JSONResponse({"predictions": predictions,
+                         "metadata": {"billableCharacterCount": sum(len(i["content"]) for i in instances)}})
+
+
 def create_app(*, project: str, location: str, lifetime_s: int) -> Starlette:
     requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
     tokens = Tokens(lifetime_s)
@@ -185,6 +213,8 @@ def create_app(*, project: str, location: str, lifetime_s: int) -> Starlette:
             return _quota()
         if params["publisher"] == "anthropic":
             return _claude(model, method, body)
+        if params["publisher"] == "google" and method == "predict":
+            return _predict(model, body)
         if params["publisher"] == "google":
             return gemini_upstream.answer(model, method, body, alt=request.query_params.get("alt"),
                                           response_id=f"vertexResp{next(counter):04d}")

@@ -57,8 +57,9 @@ class _OnVertex:
 class VertexGeminiCase(_OnVertex, GeminiCase):
     name = "vertex"
     publisher = "google"
-    scenarios = (GeminiCase.scenarios | {S.SERVER_ERROR}) - {S.EMBEDDINGS}
-    models = {**GeminiCase.models, "chat": "gemini-2.0-flash", "limited": "quota-exhausted", "broken": "fail-500"}
+    scenarios = GeminiCase.scenarios | {S.SERVER_ERROR}
+    models = {**GeminiCase.models, "chat": "gemini-2.0-flash", "limited": "quota-exhausted", "broken": "fail-500",
+              "embed": "text-embedding-005"}
     rate_limited_says, retry_after = "RESOURCE_EXHAUSTED", "7"
 
     def check_chat(self, upstream: FakeServer, request: Request, reply: ChatCompletion) -> None:

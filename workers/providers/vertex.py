@@ -5,6 +5,7 @@ the host, the path and the credentials (https://cloud.google.com/vertex-ai/docs/
 
     POST {root}/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent
                                                                            ...:streamGenerateContent?alt=sse
+                                                                           ...:predict (embeddings: vertex_embeddings.py)
     POST {root}/projects/{project}/locations/{location}/publishers/anthropic/models/{model}:rawPredict
                                                                            ...:streamRawPredict
                                                   .../publishers/anthropic/models/count-tokens:rawPredict
@@ -19,6 +20,7 @@ Errors come in two shapes: Vertex's own front (credentials, quota, an unknown mo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -26,10 +28,11 @@ import msgspec
 
 from broker.config.providers import VertexProvider
 from broker.errors import InvalidRequest, UpstreamError
-from broker.wire import ChatRequest, ImageUrlPart
+from broker.wire import ChatRequest, EmbeddingRequest, ImageUrlPart
 from workers.providers import anthropic_translate
+from workers.providers import vertex_embeddings as embeddings
 from workers.providers.anthropic import MessagesClient
-from workers.providers.base import Provider
+from workers.providers.base import EmbeddingsResult, Provider
 from workers.providers.gemini import GenerateContent, error_from_response
 from workers.providers.http import UpstreamHTTP
 
@@ -85,6 +88,25 @@ class VertexGemini(GenerateContent):
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return self._vertex.refused(super()._error(status, body, headers))
+
+    async def embed(self, req: EmbeddingRequest, *, model: str, deadline: float) -> EmbeddingsResult:
+        if req.is_token_input():
+            raise InvalidRequest("Vertex AI embeds text only, not token ids", param="input")
+        texts, size = req.texts(), embeddings.batch_size(model)
+        dimensions = req.dimensions if isinstance(req.dimensions, int) else None
+        batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+        results = await asyncio.gather(*(self._predict(batch, model, dimensions, deadline) for batch in batches))
+        return EmbeddingsResult([v for vectors, _ in results for v in vectors], sum(tokens for _, tokens in results))
+
+    async def _predict(self, texts: list[str], model: str, dimensions: int | None,
+                       deadline: float) -> tuple[list[list[float]], int]:
+        body = embeddings.to_predict(texts, dimensions)
+        async with self._http.post(self._path(model, "predict"), body, deadline=deadline,
+                                   headers=await self._auth()) as resp:
+            content = await resp.read()
+        if resp.status >= 400:
+            raise self._error(resp.status, content, resp.headers)
+        return embeddings.from_predict(content, len(texts))
 
 
 class _ErrorShape(msgspec.Struct):
