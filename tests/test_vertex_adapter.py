@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -162,6 +163,20 @@ async def test_embeddings_go_up_in_batches_the_model_takes(gemini: VertexGemini,
     assert [len(r.body["instances"]) for r in server.requests if "gemini-embedding-001" in r.path] == [1, 1]
 
 
+@pytest.mark.parametrize("authorization, reason", [(None, "CREDENTIALS_MISSING"),
+                                                   ("Bearer ya29.never-minted", "ACCESS_TOKEN_TYPE_UNSUPPORTED")])
+async def test_the_fake_refuses_a_call_without_a_token_it_minted_as_google_does(
+    server: VertexServer, authorization: str | None, reason: str
+) -> None:
+    headers = {"authorization": authorization} if authorization else {}
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(f"{server.base_url}/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/"
+                               "gemini-2.0-flash:generateContent", json=HELLO, headers=headers)
+    assert resp.status_code == 401
+    error = resp.json()["error"]
+    assert (error["code"], error["status"], error["details"][0]["reason"]) == (401, "UNAUTHENTICATED", reason)
+
+
 def test_the_location_picks_the_host() -> None:
     assert api_root("global") == "https://aiplatform.googleapis.com/v1"
     assert api_root("us") == "https://aiplatform.us.rep.googleapis.com/v1"
@@ -179,10 +194,11 @@ def test_claude_on_vertex_reads_googles_errors_and_anthropics() -> None:
     quota = error_from_vertex(429, b'{"error": {"code": 429, "message": "Resource exhausted.", '
                                    b'"status": "RESOURCE_EXHAUSTED"}}', {})
     assert quota.status == 429 and quota.retryable and "Vertex AI error (429 RESOURCE_EXHAUSTED)" in quota.message
-    busy = error_from_vertex(503, b'{"error": {"code": 503, "message": "Service unavailable.", "status": "UNAVAILABLE"}}', {})
+    busy = error_from_vertex(503, b'{"error": {"code": 503, "message": "Service unavailable.", '
+                                  b'"status": "UNAVAILABLE"}}', {})
     assert busy.status == 503 and busy.retryable
-    overloaded = error_from_vertex(529, b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
-                                   {})
+    overloaded = error_from_vertex(529, b'{"type": "error", "error": {"type": "overloaded_error", '
+                                        b'"message": "Overloaded"}}', {})
     assert overloaded.status == 503 and overloaded.retryable and "overloaded_error" in overloaded.message
     bad = error_from_vertex(400, b'{"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}', {})
     assert bad.status == 400 and not bad.retryable

@@ -5,7 +5,7 @@ the host, the path and the credentials (https://cloud.google.com/vertex-ai/docs/
 
     POST {root}/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent
                                                                            ...:streamGenerateContent?alt=sse
-                                                                           ...:predict (embeddings: vertex_embeddings.py)
+                                                                           ...:predict (vertex_embeddings.py)
     POST {root}/projects/{project}/locations/{location}/publishers/anthropic/models/{model}:rawPredict
                                                                            ...:streamRawPredict
                                                   .../publishers/anthropic/models/count-tokens:rawPredict
