@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,8 +115,9 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("kind", ["kind: anthropix", "label: x"])
 def test_a_wrong_or_missing_kind_lists_the_kinds(tmp_path: Path, kind: str) -> None:
-    assert {"anthropic", "bedrock", "gemini", "mock", "openai"} <= set(KINDS)
-    with pytest.raises(ConfigError, match=rf"\(kinds: {', '.join(KINDS)}\) - at `\$.providers.local-vllm"):
+    assert {"anthropic", "bedrock", "gemini", "mock", "openai", "vertex"} <= set(KINDS)
+    kinds = re.escape(f"(kinds: {', '.join(KINDS)})")  # every registered kind, as the message lists them
+    with pytest.raises(ConfigError, match=kinds + r" - at `\$.providers.local-vllm"):
         load(write(tmp_path, GOOD.replace("kind: openai", kind, 1)), env={"VLLM_KEY": "k"})
 
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from broker.config import BedrockProvider, Deployment, MockProvider, OpenAIProvider, hash_key
+from broker.config import BedrockProvider, Deployment, MockProvider, OpenAIProvider, VertexProvider, hash_key
 from broker.money.pricing import FREE, Price, charge, resolve, shipped_price
 from broker.wire import Usage
 from tests.fakes.openai_upstream import UpstreamServer
@@ -70,6 +70,14 @@ def test_prices_come_from_config_then_the_table_then_self_hosting_else_none() ->
                                                  "eu.amazon.nova-lite-v1:0"), bedrock) == Price(0.06, 0.24, 0.015)
     assert resolve(Deployment(provider="b", model="mistral.mistral-large-2402-v1:0"), bedrock) != resolve(
         Deployment(provider="b", model="mistral.mistral-large-2407-v1:0"), bedrock)
+
+
+def test_vertex_deployments_are_priced_at_vertexs_prices_then_the_makers() -> None:
+    vertex = VertexProvider(project="p-1", publisher="anthropic")
+    assert resolve(Deployment(provider="v", model="gemini-2.0-flash-001"), vertex) == Price(0.15, 0.60, 0.0375)
+    assert shipped_price("gemini-2.0-flash") == Price(0.10, 0.40, 0.025)  # the Developer API's, for `gemini`
+    assert resolve(Deployment(provider="v", model="claude-3-5-haiku@20241022"), vertex) == Price(0.80, 4.00, 0.08)
+    assert resolve(Deployment(provider="v", model="claude-3-haiku@20240307"), vertex) == shipped_price("claude-3-haiku")
 
 
 def test_a_job_without_reported_usage_is_charged_for_what_went_by() -> None:

@@ -37,6 +37,7 @@ from broker.config.providers import (
     MockProvider,
     OpenAIProvider,
     ProviderConfig,
+    VertexProvider,
 )
 from broker.config.types import Secret, Strict
 
@@ -44,5 +45,6 @@ __all__ = [
     "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "BedrockProvider", "Budgets", "CircuitSettings", "Config",
     "ConfigError", "Deployment", "GeminiProvider", "Limits", "MockProvider", "ModelGroup", "OpenAIProvider",
     "ProviderConfig", "QueueSettings", "ResponsesSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
+    "VertexProvider",
     "default_config", "hash_key", "load", "resolve", "validate", "with_files_dir", "with_redis_url",
 ]

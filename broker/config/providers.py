@@ -6,7 +6,8 @@ Each knows its defaults, including what its deployments can do
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+import re
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -16,8 +17,9 @@ from broker.routing.capabilities import Capabilities
 from broker.routing.profiles import PROFILES
 
 
-class _HTTPProvider(Strict, kw_only=True):
-    api_key: Secret | None = None
+class _Pool(Strict, kw_only=True):
+    """What every HTTP upstream has: its connection pool, timeouts, extra headers and retries."""
+
     concurrency: int = 64  # jobs in flight per worker process = pooled keep-alive connections
     # Positive: aiohttp reads 0 as "no timeout at all".
     timeout_s: Annotated[float, Meta(gt=0, le=604_800)] = 600.0
@@ -26,6 +28,10 @@ class _HTTPProvider(Strict, kw_only=True):
     # Retries of a failed call (429, 5xx, timeouts...) on this deployment, with backoff and honouring
     # Retry-After, when the job has no other deployment left to fail over to (broker/routing/failover.py).
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 1
+
+
+class _HTTPProvider(_Pool, kw_only=True):
+    api_key: Secret | None = None
 
 
 class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True):
@@ -106,6 +112,41 @@ class BedrockProvider(_HTTPProvider, tag_field="kind", tag="bedrock", kw_only=Tr
                             image_urls=False)
 
 
+# Both go into the upstream's host name and path: a stray "/" or "." would send the call elsewhere.
+_LOCATION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9:.-]{0,62}")  # ids, numbers, and legacy "example.com:project" ids
+
+
+class VertexProvider(_Pool, tag_field="kind", tag="vertex", kw_only=True):
+    """Google Vertex AI: one project and location, one publisher's models.
+
+    `publisher: google` serves Gemini through generateContent (the `gemini` kind's translation);
+    `publisher: anthropic` serves Claude through rawPredict (the `anthropic` kind's). The publisher is
+    said, not guessed from model ids, because it decides the wire format and what /v1/messages does.
+    Credentials: a service-account key file, else application-default credentials
+    (https://cloud.google.com/docs/authentication/application-default-credentials).
+    """
+
+    project: str
+    location: str = "global"  # "global", a region ("us-east5"), or a multi-region ("us", "eu")
+    publisher: Literal["google", "anthropic"] = "google"
+    credentials_file: str | None = None  # a service-account JSON key; none: application-default credentials
+    # The API root, `.../v1`; derived from `location` when unset (tests point it at a fake).
+    base_url: str | None = None
+    # Claude only: the body's `anthropic_version`, and max_tokens when the client sends none.
+    anthropic_version: str = "vertex-2023-10-16"
+    default_max_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if not _PROJECT.fullmatch(self.project):
+            raise ValueError(f"`project` {self.project!r} is not a Google Cloud project id")
+        if not _LOCATION.fullmatch(self.location):
+            raise ValueError(f"`location` {self.location!r} is not a Vertex AI location (e.g. global, us-central1)")
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=False, embeddings=self.publisher == "google")
+
+
 class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
     """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
 
@@ -118,5 +159,5 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
         return Capabilities(completions=True, embeddings=True)
 
 
-ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | BedrockProvider | MockProvider
+ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | BedrockProvider | VertexProvider | MockProvider
 KINDS = sorted(str(t.__struct_config__.tag) for t in get_args(ProviderConfig))

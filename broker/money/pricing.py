@@ -3,7 +3,8 @@
 A deployment's price, in USD per million tokens, is the first of:
 1. its config (`input_per_mtok`, `output_per_mtok`, `cached_input_per_mtok`; cached input defaults
    to the input price);
-2. the shipped table below, for well-known hosted models (dated: prices change);
+2. the shipped table below, for well-known hosted models (dated: prices change); Vertex AI
+   deployments look in Vertex's own table first;
 3. zero for self-hosted servers (the `mock` kind, and OpenAI-compatible providers whose profile
    is a self-hosted server: vLLM, Ollama, LocalAI, llama.cpp);
 4. none: the deployment is *unpriced*, which is reported as such, never as free.
@@ -26,6 +27,7 @@ from broker.config import (
     MockProvider,
     OpenAIProvider,
     ProviderConfig,
+    VertexProvider,
 )
 from broker.queue.jobs import Job
 from broker.wire import Usage
@@ -123,17 +125,31 @@ SHIPPED: dict[str, Price] = {
 }
 # Bedrock's cross-region inference profiles: the model id behind a geography's prefix.
 BEDROCK_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "us-gov.", "jp.", "au.", "ca.", "global.")
-# Longest stems first, so "gpt-4o-mini-2024-07-18" is gpt-4o-mini, not gpt-4o.
-_STEMS = sorted(SHIPPED, key=len, reverse=True)
+# Google Vertex AI's own prices (https://cloud.google.com/vertex-ai/generative-ai/pricing), where a
+# model is billed by Google rather than its maker; the `vertex` kind looks here first, then above.
+# Gemini 2.0 Flash costs more on Vertex than on the Developer API; cached input is Vertex's context
+# cache read price. Claude's are Anthropic's list prices, which Vertex charges on its global endpoint.
+SHIPPED_VERTEX: dict[str, Price] = {
+    "gemini-2.5-pro": _p(1.25, 10.00, 0.125),
+    "gemini-2.5-flash": _p(0.30, 2.50, 0.03),
+    "gemini-2.0-flash": _p(0.15, 0.60, 0.0375),
+    "gemini-2.0-flash-lite": _p(0.075, 0.30),
+    "claude-sonnet-4": _p(3.00, 15.00, 0.30),
+    "claude-3-5-sonnet": _p(3.00, 15.00, 0.30),
+    "claude-3-5-haiku": _p(0.80, 4.00, 0.08),
+}
 
 
-def shipped_price(model: str) -> Price | None:
+def shipped_price(model: str, table: dict[str, Price] = SHIPPED) -> Price | None:
     """The table's price for `model`: its exact id, or the longest stem it extends with a `-`, `@`
-    or `:` (dated snapshots, `-latest`, Ollama-style tags); a vendor prefix (`openai/gpt-4o`) is skipped."""
+    or `:` (dated snapshots, `-latest`, Vertex's `claude-3-5-haiku@20241022`, Ollama-style tags); a
+    vendor prefix (`openai/gpt-4o`) is skipped."""
     name = model.rsplit("/", 1)[-1].lower()
-    for stem in _STEMS:
+    # Longest stems first, so "gpt-4o-mini-2024-07-18" is gpt-4o-mini, not gpt-4o (sorted per call:
+    # prices are resolved once per process, in PriceBook).
+    for stem in sorted(table, key=len, reverse=True):
         if name == stem or (name.startswith(stem) and name[len(stem)] in "-@:"):
-            return SHIPPED[stem]
+            return table[stem]
     return None
 
 
@@ -152,6 +168,8 @@ def resolve(deployment: Deployment, provider: ProviderConfig) -> Price | None:
         # request in" (https://aws.amazon.com/bedrock/pricing/, cross-region inference).
         model = deployment.model.rsplit("/", 1)[-1]  # an inference profile's ARN ends with its id
         return shipped_price(next((model[len(p):] for p in BEDROCK_PROFILE_PREFIXES if model.startswith(p)), model))
+    if isinstance(provider, VertexProvider):
+        return shipped_price(deployment.model, SHIPPED_VERTEX) or shipped_price(deployment.model)
     return shipped_price(deployment.model)
 
 

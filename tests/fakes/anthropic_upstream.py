@@ -236,6 +236,37 @@ async def events(body: dict[str, Any], answer: Answer, *, fail_midway: bool = Fa
     yield sse("message_stop", {})
 
 
+def answer(body: Any, *, chunks: int | None = None,
+           split: Callable[[str], list[str]] = lambda text: fragments(text, 6)) -> Response:
+    """The answer to a Messages `body` that names its model, once the caller is let in. Vertex AI's fake
+    (vertex_upstream.py) mounts the same answers under its own paths and auth."""
+    try:
+        validate(body)
+    except Invalid as exc:
+        return error_response(400, "invalid_request_error", str(exc))
+    if injected := INJECTED.get(body["model"]):
+        status, kind, text, headers = injected
+        return error_response(status, kind, text, headers)
+    plan_ = plan(body, chunks)
+    if body.get("stream"):
+        return EventStream(events(body, plan_, fail_midway=body["model"] == "midstream-error", split=split))
+    if body["model"] == "midstream-error":
+        return error_response(500, "api_error", "Internal server error")
+    return Response(_encoder.encode(message(body, plan_)), headers={"request-id": _new_id("req_")},
+                    media_type="application/json")
+
+
+def count(body: Any) -> Response:
+    """count_tokens' answer: the token count of a Messages body without max_tokens or stream."""
+    try:
+        if "max_tokens" in body or "stream" in body:
+            raise Invalid(f"{'max_tokens' if 'max_tokens' in body else 'stream'}: Extra inputs are not permitted")
+        validate({**body, "max_tokens": 1})
+    except Invalid as exc:
+        return error_response(400, "invalid_request_error", str(exc))
+    return Response(_encoder.encode({"input_tokens": input_tokens(body)}), media_type="application/json")
+
+
 def create_app(*, api_key: str, anthropic_version: str = "2023-06-01", chunks: int | None = None) -> Starlette:
     """`chunks`: answer plain prompts with that many words (the benchmark's cheap fixed answer)."""
     split = words if chunks else (lambda text: fragments(text, 6))
@@ -257,20 +288,7 @@ def create_app(*, api_key: str, anthropic_version: str = "2023-06-01", chunks: i
             return error_response(400, "invalid_request_error", "anthropic-version: header is required")
         if not request.headers.get("content-type", "").startswith("application/json"):
             return error_response(400, "invalid_request_error", "content-type must be application/json")
-        try:
-            validate(body)
-        except Invalid as exc:
-            return error_response(400, "invalid_request_error", str(exc))
-        if injected := INJECTED.get(body["model"]):
-            status, kind, text, headers = injected
-            return error_response(status, kind, text, headers)
-        answer = plan(body, chunks)
-        if body.get("stream"):
-            return EventStream(events(body, answer, fail_midway=body["model"] == "midstream-error", split=split))
-        if body["model"] == "midstream-error":
-            return error_response(500, "api_error", "Internal server error")
-        return Response(_encoder.encode(message(body, answer)), headers={"request-id": _new_id("req_")},
-                        media_type="application/json")
+        return answer(body, chunks=chunks, split=split)
 
     async def count_tokens(request: Request) -> Response:
         """https://docs.anthropic.com/en/api/messages-count-tokens: the same body without max_tokens."""
@@ -279,13 +297,7 @@ def create_app(*, api_key: str, anthropic_version: str = "2023-06-01", chunks: i
         requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers), body))
         if request.headers.get("x-api-key") != api_key:
             return error_response(401, "authentication_error", "invalid x-api-key")
-        try:
-            if "max_tokens" in body or "stream" in body:
-                raise Invalid(f"{'max_tokens' if 'max_tokens' in body else 'stream'}: Extra inputs are not permitted")
-            validate({**body, "max_tokens": 1})
-        except Invalid as exc:
-            return error_response(400, "invalid_request_error", str(exc))
-        return Response(_encoder.encode({"input_tokens": input_tokens(body)}), media_type="application/json")
+        return count(body)
 
     app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]),
                             Route("/v1/messages/count_tokens", count_tokens, methods=["POST"])])

@@ -12,7 +12,7 @@ field per part). Errors are Google's `{"error": {code, message, status, details}
     POST /v1beta/models/{model}:batchEmbedContents              deterministic vectors, outputDimensionality honoured
 
 The model name picks a behaviour:
-    fail-400 fail-429 fail-503   Google error bodies (429 carries RetryInfo retryDelay "7s")
+    fail-400 fail-429 fail-500 fail-503   Google error bodies (429 carries RetryInfo retryDelay "7s")
     blocked-prompt               no candidates, promptFeedback.blockReason SAFETY
     unsafe-answer                finishReason SAFETY (streams: a few words first)
     thinking                     a thought part, thoughtsTokenCount, thoughtSignature on function calls
@@ -83,6 +83,8 @@ def _injected_error(model: str) -> Response | None:
                                 {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}])
     if model == "fail-503":
         return google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+    if model == "fail-500":
+        return google_error(500, "INTERNAL", "Internal error encountered.")
     return None
 
 
@@ -249,39 +251,51 @@ def embed(model: str, req: BatchEmbedContentsRequest) -> Response:
 # ---- app ----
 
 
+def answer(model: str, action: str, body: Any, *, alt: str | None, response_id: str) -> Response:
+    """A model method's answer to a JSON `body` (None: it was not JSON), once the caller is let in.
+    Vertex AI's fake (vertex_upstream.py) mounts the same answers under its own paths and auth."""
+    if body is None:
+        return google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+    if injected := _injected_error(model):
+        return injected
+    try:
+        if action == "batchEmbedContents":
+            return embed(model, msgspec.convert(body, BatchEmbedContentsRequest))
+        req = msgspec.convert(body, GenerateContentRequest)
+    except msgspec.ValidationError as exc:
+        return _decode_error(exc)
+    if problem := validate(req):
+        return google_error(400, "INVALID_ARGUMENT", problem)
+    if action == "generateContent":
+        return Response(json.dumps(generate(model, req, response_id)), media_type="application/json; charset=UTF-8")
+    if action == "streamGenerateContent" and alt == "sse":
+        return EventStream(stream(model, req, response_id))
+    return google_error(404, "NOT_FOUND", f"Method {action!r} is not served by this fake.")
+
+
+async def read_json(request: Request, requests: collections.deque[RecordedRequest]) -> Any:
+    """The body as JSON (None if it is not), the request recorded."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    requests.append(RecordedRequest(request.method, path, dict(request.headers), body))
+    return body
+
+
 def create_app(*, api_key: str) -> Starlette:
     requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
     counter = iter(range(1, 1 << 30))
 
     async def models(request: Request) -> Response:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        requests.append(RecordedRequest(request.method, path, dict(request.headers), body))
+        body = await read_json(request, requests)
         if denied := _auth_error(request, api_key):
             return denied
         model, _, action = request.path_params["target"].rpartition(":")
-        if body is None:
-            return google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
-        if injected := _injected_error(model):
-            return injected
-        try:
-            if action == "batchEmbedContents":
-                return embed(model, msgspec.convert(body, BatchEmbedContentsRequest))
-            req = msgspec.convert(body, GenerateContentRequest)
-        except msgspec.ValidationError as exc:
-            return _decode_error(exc)
-        if problem := validate(req):
-            return google_error(400, "INVALID_ARGUMENT", problem)
-        response_id = f"fakeResp{next(counter):04d}"
-        if action == "generateContent":
-            return Response(json.dumps(generate(model, req, response_id)), media_type="application/json; charset=UTF-8")
-        if action == "streamGenerateContent" and request.query_params.get("alt") == "sse":
-            return EventStream(stream(model, req, response_id))
-        return google_error(404, "NOT_FOUND", f"Method {action!r} is not served by this fake.")
+        return answer(model, action, body, alt=request.query_params.get("alt"),
+                      response_id=f"fakeResp{next(counter):04d}")
 
     app = Starlette(routes=[Route("/v1beta/models/{target:path}", models, methods=["POST"])])
     app.state.requests = requests

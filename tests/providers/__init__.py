@@ -9,9 +9,11 @@ from tests.providers.bedrock_case import BedrockCase
 from tests.providers.case import ProviderCase, Scenario
 from tests.providers.gemini_case import GeminiCase
 from tests.providers.openai_case import OpenAICase
+from tests.providers.vertex_case import VertexClaudeCase, VertexGeminiCase
 
 OPENAI, ANTHROPIC, GEMINI, BEDROCK = OpenAICase(), AnthropicCase(), GeminiCase(), BedrockCase()
-CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, BEDROCK)
+VERTEX, VERTEX_CLAUDE = VertexGeminiCase(), VertexClaudeCase()
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, BEDROCK, VERTEX, VERTEX_CLAUDE)
 
 
 def scenario(name: Scenario) -> pytest.MarkDecorator:

@@ -65,7 +65,7 @@ class Scenario(enum.StrEnum):
 class ProviderCase:
     """One provider as the suite sees it; a subclass fills in the class attributes its scenarios read."""
 
-    name: ClassVar[str]  # the provider's `kind`, and the test id
+    name: ClassVar[str]  # the provider's name in the stack, and the test id (its `kind` unless `deployment` says another)
     key: ClassVar[str]  # the key its fake accepts
     scenarios: ClassVar[frozenset[Scenario]]
     models: ClassVar[dict[str, str]]  # public model → the fake's model id; "chat" answers
@@ -97,11 +97,18 @@ class ProviderCase:
         """What the provider's `base_url` is for the fake."""
         return upstream.base_url
 
+    def deployment(self, upstream: FakeServer) -> dict[str, Any]:
+        """The provider's config for the fake."""
+        return {"kind": self.name, "base_url": self.base_url(upstream), "api_key": self.key, "timeout_s": self.timeout_s}
+
+    def misconfigured(self, deployment: dict[str, Any], upstream: FakeServer) -> dict[str, Any]:
+        """The same provider with credentials its upstream refuses (the `misconfigured` model's)."""
+        return {**deployment, "api_key": WRONG_KEY}
+
     def start(self, make: StackFactory, upstream: FakeServer) -> str:
         """A stack serving every model the scenarios call; its API's base URL."""
-        deployment = {"kind": self.name, "base_url": self.base_url(upstream), "api_key": self.key,
-                      "timeout_s": self.timeout_s}
-        providers = {self.name: deployment, "wrong-key": {**deployment, "api_key": WRONG_KEY},
+        deployment = self.deployment(upstream)
+        providers = {self.name: deployment, "wrong-key": self.misconfigured(deployment, upstream),
                      "mock": {"kind": "mock", "tokens": 2}}
         models: dict[str, Any] = {public: [{"provider": self.name, "model": m}] for public, m in self.models.items()}
         models["misconfigured"] = [{"provider": "wrong-key", "model": self.models["chat"]}]

@@ -14,6 +14,7 @@ from workers.providers.bedrock import BedrockConverse
 from workers.providers.gemini import GeminiGenerateContent
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
+from workers.providers.vertex import vertex
 
 REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "openai": OpenAICompatible,
@@ -21,6 +22,7 @@ REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "gemini": GeminiGenerateContent,
     "anthropic": AnthropicMessages,
     "bedrock": BedrockConverse,
+    "vertex": vertex,
 }
 
 

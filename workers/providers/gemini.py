@@ -4,6 +4,7 @@ Translation lives in gemini_translate.py (requests, responses) and
 gemini_stream.py (SSE events → chunks); this module wires the shared HTTP
 client to them and maps Google's errors where they enter. The key goes in the
 `x-goog-api-key` header, never in the URL, so it cannot end up in a log line.
+`GenerateContent` is the part any Google host shares: Vertex AI (vertex.py) reuses it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def model_path(model: str) -> str:
 # ---------------------------------------------------------------- errors
 
 
-def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str], *,
+                        upstream: str = "Gemini") -> UpstreamError:
     """Google's `{"error": {code, message, status, details}}` → the broker's error for that status."""
     message, retry_after = f"HTTP {status}", None
     label = str(status)
@@ -56,7 +58,7 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
     if retry_after is None:
         retry_after = _float(headers.get("retry-after"))
     return UpstreamError.for_status(
-        status, f"Gemini error ({label}): {redact(message)}",
+        status, f"{upstream} error ({label}): {redact(message)}",
         code="rate_limit_exceeded" if status == 429 else None, retry_after_s=retry_after,
     )
 
@@ -96,30 +98,41 @@ def estimate_tokens(texts: list[str]) -> int:
     return sum(max(1, math.ceil(len(t) / 4)) for t in texts)
 
 
-# ---------------------------------------------------------------- adapter
+# ---------------------------------------------------------------- adapters
 
 
-class GeminiGenerateContent:
-    def __init__(self, name: str, config: GeminiConfig) -> None:
+class GenerateContent:
+    """Gemini's generateContent over some Google host: the Developer API below, Vertex AI in vertex.py.
+
+    The hosts differ only in where a model's methods live (`_path`) and how a call is authorised
+    (`_auth`); the translation and the error mapping are the same.
+    """
+
+    upstream = "Gemini"  # how error messages name the upstream
+
+    def __init__(self, name: str, http: UpstreamHTTP, *, secret: str = "") -> None:
         self.name = name
-        self.config = config
-        headers = dict(config.headers)
-        self._key = config.api_key.reveal() if config.api_key else ""
-        if self._key:
-            headers["x-goog-api-key"] = self._key
-        self._http = UpstreamHTTP(name, config.base_url, headers=headers, max_connections=config.concurrency,
-                                  timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s)
+        self._http = http
+        self._secret = secret  # never to be echoed back in an error message
+
+    def _path(self, model: str, method: str) -> str:
+        raise NotImplementedError
+
+    async def _auth(self) -> Mapping[str, str] | None:
+        """Headers of this call alone (a bearer token that changes); None: the client's own will do."""
+        return None
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-        err = error_from_response(status, body, headers)
-        if self._key and self._key in err.message:  # Google echoes keys in some messages ("Consumer 'api_key:…'")
-            err.message = err.message.replace(self._key, "***")
+        err = error_from_response(status, body, headers, upstream=self.upstream)
+        if self._secret and self._secret in err.message:  # Google echoes keys in some messages ("Consumer 'api_key:…'")
+            err.message = err.message.replace(self._secret, "***")
             err.args = (err.message,)
         return err
 
     async def complete(self, req: ChatRequest, *, model: str, deadline: float) -> ChatCompletion:
         body = to_upstream(req)
-        async with self._http.post(f"/{model_path(model)}:generateContent", body, deadline=deadline) as resp:
+        async with self._http.post(self._path(model, "generateContent"), body, deadline=deadline,
+                                   headers=await self._auth()) as resp:
             content = await resp.read()
         if resp.status >= 400:
             raise self._error(resp.status, content, resp.headers)
@@ -127,8 +140,8 @@ class GeminiGenerateContent:
 
     async def stream(self, req: ChatRequest, *, model: str, deadline: float) -> AsyncIterator[ChatChunk]:
         body = to_upstream(req)
-        path = f"/{model_path(model)}:streamGenerateContent?alt=sse"
-        async with self._http.post(path, body, deadline=deadline) as resp:
+        path = self._path(model, "streamGenerateContent") + "?alt=sse"
+        async with self._http.post(path, body, deadline=deadline, headers=await self._auth()) as resp:
             if resp.status >= 400:
                 raise self._error(resp.status, await resp.read(), resp.headers)
             parser, state = SSEParser(), StreamState(model)
@@ -138,6 +151,26 @@ class GeminiGenerateContent:
                         yield chunk
         for chunk in on_end(state):
             yield chunk
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class GeminiGenerateContent(GenerateContent):
+    """The Developer API (generativelanguage.googleapis.com): an API key, and embeddings too."""
+
+    def __init__(self, name: str, config: GeminiConfig) -> None:
+        self.config = config
+        headers = dict(config.headers)
+        key = config.api_key.reveal() if config.api_key else ""
+        if key:
+            headers["x-goog-api-key"] = key
+        super().__init__(name, UpstreamHTTP(name, config.base_url, headers=headers, max_connections=config.concurrency,
+                                            timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s),
+                         secret=key)
+
+    def _path(self, model: str, method: str) -> str:
+        return f"/{model_path(model)}:{method}"
 
     async def embed(self, req: EmbeddingRequest, *, model: str, deadline: float) -> EmbeddingsResult:
         if req.is_token_input():
@@ -151,11 +184,8 @@ class GeminiGenerateContent:
     async def _embed_batch(self, texts: list[str], model: str, dimensions: int | None,
                            deadline: float) -> list[list[float]]:
         body = to_embed_request(texts, model=model, dimensions=dimensions)
-        async with self._http.post(f"/{model_path(model)}:batchEmbedContents", body, deadline=deadline) as resp:
+        async with self._http.post(self._path(model, "batchEmbedContents"), body, deadline=deadline) as resp:
             content = await resp.read()
         if resp.status >= 400:
             raise self._error(resp.status, content, resp.headers)
         return from_embed_response(content, len(texts))
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
