@@ -355,3 +355,21 @@ def test_bad_inputs_are_openai_shaped_4xx(client: openai.OpenAI, base_url: str) 
     too_large = httpx.post(f"{base_url}/audio/transcriptions", headers=headers, data={"model": "whisper-mock"},
                            files={"file": ("big.mp3", b"\0" * (UPLOAD_LIMIT + 100_000))})
     assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
+
+
+def test_an_async_transcription_is_answered_at_its_job_and_its_upload_removed_by_the_worker(
+        base_url: str, stack: Stack) -> None:
+    headers = {"authorization": f"Bearer {TEST_KEY}", "prefer": "respond-async"}
+    refused = httpx.post(f"{base_url}/audio/transcriptions", headers=headers, files={"file": ("a.mp3", AUDIO)},
+                         data={"model": "whisper-mock", "response_format": "srt"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "response_format"
+    accepted = httpx.post(f"{base_url}/audio/transcriptions", headers=headers, files={"file": ("a.mp3", AUDIO)},
+                          data={"model": "whisper-mock", "response_format": "verbose_json"})
+    assert accepted.status_code == 202, accepted.text
+    end = time.monotonic() + 10
+    while (job := httpx.get(f"{base_url}/jobs/{accepted.json()['id']}", headers=headers).json())["status"] != "completed":
+        assert time.monotonic() < end, job
+        time.sleep(0.05)
+    assert job["response"]["duration"] == pytest.approx(6.4) and job["response"]["text"]
+    uploads = Path(yaml.safe_load(stack.config_path.read_text())["batches"]["files_dir"]) / "uploads"
+    assert list(uploads.iterdir()) == []

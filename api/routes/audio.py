@@ -113,6 +113,9 @@ async def _transcribe(request: Request, *, translate: bool) -> Response:
             raise InvalidRequest("The audio file is empty.", param="file")
         upload = Upload(str(path), part.filename or "audio", part.content_type or "application/octet-stream", size)
         req = _fields(form, upload, translate)
+        if req.response_format not in ("json", "verbose_json") and dispatch.prefers_async(request):
+            raise InvalidRequest("An async job's result is JSON (/v1/jobs/{id}); ask for `json` or `verbose_json`.",
+                                 param="response_format")
         response = await dispatch.respond(state, request, principal, TranscriptionPayload(req))
     except BaseException:
         if path is not None:
