@@ -55,6 +55,7 @@ def stack(module_stack_factory: StackFactory, upstream: UpstreamServer) -> Stack
         "whisper-1": [{"provider": "up", "model": "whisper-1"}],
         "tts-mock": [{"provider": "mock-slow", "model": "tts-1"}],
         "tts-1": [{"provider": "up", "model": "tts-1"}],
+        "tts-cut": [{"provider": "up", "model": "midstream-error@tts"}],
         "chat-only": [{"provider": "up-generic", "model": "fake-model"}],
     }
     made = module_stack_factory(providers, models, server={"max_upload_bytes": UPLOAD_LIMIT})
@@ -319,6 +320,18 @@ def test_upstream_speech_is_relayed_incrementally_and_priced_per_character(clien
     with wave.open(io.BytesIO(b"".join(chunks))) as wav:  # the fake answers WAV bytes whatever the format
         assert wav.getnframes() == 12_000
     assert _ledger(base_url, "tts-1", 1)["cost_usd"] == pytest.approx(len(text) * 15 / 1e6)
+
+
+def test_speech_cut_after_its_first_bytes_is_a_truncated_body_never_a_short_file(client: openai.OpenAI) -> None:
+    received = b""
+    # (httpx's RemoteProtocolError, from whichever httpx the SDK runs on)
+    with pytest.raises(Exception, match="incomplete chunked read"):
+        with client.audio.speech.with_streaming_response.create(model="tts-cut", voice="nova", input="hello",
+                                                                response_format="wav") as response:
+            assert response.status_code == 200
+            for piece in response.iter_bytes():
+                received += piece
+    assert received[:4] == b"RIFF"  # the pieces before the cut arrived as they came
 
 
 # ---- errors

@@ -12,6 +12,7 @@ and the client reads them as a chunked body with the format's content type.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
+from starlette.types import Receive, Scope, Send
 
 from api import dispatch
 from api.auth import Principal, credentials
 from api.decode import invalid_field
+from api.dialects import AudioCut
 from api.direct_route import DirectRoute
 from api.sse import EventStream
 from api.state import BrokerState
@@ -38,6 +41,8 @@ from broker.wire.audio import (
     Upload,
     speech_request_decoder,
 )
+
+log = logging.getLogger(__name__)
 
 COPY_BLOCK = 1 << 20
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the other fields, beside the file
@@ -151,10 +156,29 @@ async def _speech_payload(req: SpeechRequest, body: bytes, request: Request, _: 
 _speech = dispatch.endpoint(speech_request_decoder, _speech_payload)
 
 
+class _AudioStream(Response):
+    """The reply path's stream carrying raw audio (api/dialects.py), with its format's content type. Cut
+    after its first bytes (AudioCut), it is left incomplete, which has the server drop the connection:
+    a warning here, not an unhandled error's traceback."""
+
+    def __init__(self, stream: EventStream, media_type: str) -> None:
+        self.stream = stream
+        self.status_code = stream.status_code
+        self.background = None
+        stream.headers["content-type"] = media_type
+        self.raw_headers = stream.raw_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream(scope, receive, send)
+        except AudioCut as cut:
+            log.warning("speech stream cut after its first bytes: %s", cut)
+
+
 async def speech(request: Request) -> Response:
     response = await _speech(request)
-    if isinstance(response, EventStream):  # the reply path's stream, carrying raw audio (api/dialects.py)
-        response.headers["content-type"] = request.scope[_MEDIA_TYPE]
+    if isinstance(response, EventStream):
+        return _AudioStream(response, request.scope[_MEDIA_TYPE])
     return response
 
 

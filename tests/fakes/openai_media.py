@@ -11,7 +11,8 @@ https://platform.openai.com/docs/api-reference/images/create, .../moderations/cr
   verbose_json. The transcript names the file's size and SHA-256, so a test sees the audio arrived whole.
   text/srt/vtt come back as text/plain, the JSON ones with `usage` seconds (1 s per 16,000 bytes).
 - Speech: JSON, `model`/`input`/`voice` required, `input` at most 4096 characters; a WAV streamed in
-  SPEECH_CHUNKS pieces, SPEECH_DELAY_S apart, with the format's content type.
+  SPEECH_CHUNKS pieces, SPEECH_DELAY_S apart, with the format's content type; model `midstream-error`
+  drops the connection after two pieces.
 """
 
 from __future__ import annotations
@@ -196,10 +197,14 @@ def media_routes(record: Callable[[Request, Any], None], guard: Callable[[Reques
         audio = _wav(0.5)
         step = -(-len(audio) // SPEECH_CHUNKS)
 
+        cut = str(body["model"]).split("@")[0] == "midstream-error"
+
         async def pieces() -> AsyncIterator[bytes]:
             for start in range(0, len(audio), step):
                 if start:
                     await asyncio.sleep(SPEECH_DELAY_S)
+                if cut and start >= 2 * step:  # the connection drops mid-body (no terminating chunk)
+                    raise ConnectionResetError("midstream-error: the fake drops the connection")
                 yield audio[start:start + step]
 
         response = events(pieces())
