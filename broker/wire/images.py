@@ -21,10 +21,12 @@ class ImageRequest(msgspec.Struct, omit_defaults=True):
     n: Annotated[int, Meta(ge=1, le=10)] | UnsetType = UNSET
     size: str | UnsetType = UNSET  # "1024x1024", "auto", ...
     quality: str | UnsetType = UNSET  # low/medium/high/auto (GPT image), standard/hd (DALL·E 3)
-    style: Literal["vivid", "natural"] | UnsetType = UNSET
+    # Lenient where the broker only passes a value on: the SDK adds values (output_format gif, svg) upstreams
+    # may know before this module does. `response_format` decides what the client reads, so it is checked.
+    style: str | UnsetType = UNSET  # vivid/natural (DALL·E 3)
     response_format: Literal["url", "b64_json"] | UnsetType = UNSET
-    background: Literal["transparent", "opaque", "auto"] | UnsetType = UNSET
-    output_format: Literal["png", "webp", "jpeg"] | UnsetType = UNSET
+    background: str | UnsetType = UNSET  # transparent/opaque/auto
+    output_format: str | UnsetType = UNSET  # png/webp/jpeg/...
     stream: bool | UnsetType = UNSET
     user: str | UnsetType = UNSET
     capability: ClassVar[str] = "images"
