@@ -26,15 +26,18 @@ from api import anthropic, dispatch, door, metrics, request_ids, unavailable
 from api.loop_lag import LoopLag
 from api.routes import (
     admin,
+    audio,
     batches,
     chat,
     completions,
     embeddings,
     files,
     health,
+    images,
     jobs,
     messages,
     models,
+    moderations,
     responses,
     status,
     usage,
@@ -138,6 +141,9 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(images.router)
+    app.include_router(moderations.router)
+    app.include_router(audio.router)
     app.include_router(messages.router)
     app.include_router(responses.router)
     app.include_router(models.router)

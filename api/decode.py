@@ -168,7 +168,7 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     except RecursionError:  # msgspec's own guard, before ours below could count
         raise _too_deep() from None
     except msgspec.ValidationError as exc:
-        raise _invalid_field(str(exc)) from None
+        raise invalid_field(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise _undecodable(body) from None
     if nesting_depth(body) > MAX_DEPTH:
@@ -177,7 +177,7 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     return payload
 
 
-def _invalid_field(text: str) -> InvalidRequest:
+def invalid_field(text: str) -> InvalidRequest:
     """A 400 naming the field msgspec's message points at (its JSON path is our `param`)."""
     match = _AT_PATH.search(text)
     # msgspec writes a dict entry as `[...]` (it does not say which key): name the dict instead.

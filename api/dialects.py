@@ -5,6 +5,7 @@
 - `responses`: /v1/responses, `event:` + `data:` blocks with `sequence_number`, then `[DONE]`
   (https://platform.openai.com/docs/api-reference/responses-streaming); keep-alives are comments, as
   on Chat, which the SDK skips.
+- `audio`: /v1/audio/speech, the audio's bytes as the worker relays them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,25 @@ def _responses_error(err: BrokerError) -> bytes:
 
 RESPONSES = sse.Dialect(sse.frame_blocks_with_ids, sse.frame_blocks, sse.DONE, _responses_error, sse.KEEPALIVE,
                         sse.KEEPALIVE_AFTER_IDS)
-DIALECTS: dict[str, sse.Dialect] = {"openai": sse.OPENAI, "anthropic": anthropic.STREAM, "responses": RESPONSES}
+
+
+class AudioCut(Exception):
+    """A speech stream failed after its first bytes: the connection is dropped rather than ended, so the
+    client sees a truncated body (httpx: `RemoteProtocolError`), never a short file passing for whole."""
+
+
+def _audio_error(err: BrokerError) -> bytes:
+    raise AudioCut(err.message)
+
+
+def _raw(events: list[bytes], _attempt: int = 0, _index: int = 0) -> bytes:
+    return b"".join(events)
+
+
+# `audio`: /v1/audio/speech, raw bytes as they come, no framing, no keep-alive bytes (an empty write).
+AUDIO = sse.Dialect(_raw, _raw, b"", _audio_error, b"", b"")
+DIALECTS: dict[str, sse.Dialect] = {"openai": sse.OPENAI, "anthropic": anthropic.STREAM, "responses": RESPONSES,
+                                    "audio": AUDIO}
 
 
 def dialect(name: str) -> sse.Dialect:

@@ -35,13 +35,16 @@ from broker.queue.payloads import Payload, payload_for
 from broker.queue.replies import ReplyGap
 from broker.queue.streams import enqueue_first
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
+from broker.wire.audio import SpeechRequest
+from broker.wire.images import ImageRequest
 from broker.wire.messages import CountTokensRequest, MessagesRequest
+from broker.wire.moderations import ModerationRequest
 from broker.wire.responses import ResponsesRequest
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest, CountTokensRequest,
-            ResponsesRequest)
+            ResponsesRequest, ImageRequest, ModerationRequest, SpeechRequest)
 
 
 PRIORITY_HEADER = "x-priority"
@@ -206,7 +209,7 @@ def stream_timings(state: BrokerState, request: Request) -> tuple[float, float]:
     return hold_s, keepalive_s
 
 
-def _prefers_async(request: Request) -> bool:
+def prefers_async(request: Request) -> bool:
     """`Prefer: respond-async` (RFC 7240: comma-separated preferences, each maybe with parameters)."""
     prefer = request.headers.get("prefer")
     return prefer is not None and any(p.split(";")[0].split("=")[0].strip().lower() == "respond-async"
@@ -272,40 +275,47 @@ def endpoint(decoder: msgspec.json.Decoder[P],
         principal = state.auth.authenticate(credentials(request.headers))
         body = await read_body(request, state.config.server.max_body_bytes)
         payload = await to_payload(decode_body(body, decoder), body, request, principal)
-        asynchronous = _prefers_async(request) or payload.background
-        job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
-        # For its metrics and log line (api/metrics.py); a passthrough model is not a label.
-        request.scope[SCOPE_KEY] = Facts(job.model if job.model in state.config.models else "passthrough",
-                                         principal.tenant_name, principal.key_name, job.lane)
-        # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
-        headers = {request_ids.REQUEST_ID: f"req_{job.id}"}
-        log_context.bind(headers[request_ids.REQUEST_ID], job.client_request_id)
-        if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
-            headers[ROUTE_HEADER] = job.route
-        done = (lambda job, body: finalize(state, request, principal, job, body)) if finalize is not None else None
-        # A Responses job's worker keeps its answer itself (broker/queue/stored_responses.py): then only a
-        # cache hit, which reaches no worker, is finalized here.
-        ran = None if getattr(job.payload, "keep", False) else done
-        told = (lambda: accepted(state, request, principal, job)) if accepted is not None else None
-        answer = (lambda: submit(state, job, told)) if asynchronous else (lambda: run(state, request, job, None, ran))
-        # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
-        policy = (state.cache.policy(job.model) if state.cache is not None and not asynchronous and job.payload.cacheable
-                  else None)
-        try:
-            if policy is None:
-                response = await limits.admitted(state, principal, job, answer)
-            else:
-                response = await cached.respond(state, request, job, policy, stream_timings(state, request),
-                                                lambda tap: limits.admitted(
-                                                    state, principal, job, lambda: run(state, request, job, tap, ran)),
-                                                done)
-        except BrokerError as exc:
-            exc.headers.update(headers)
-            raise
-        response.headers.update(headers)
-        return response
+        return await respond(state, request, principal, payload, finalize, accepted)
 
     return handle
+
+
+async def respond(state: BrokerState, request: Request, principal: Principal, payload: Payload,
+                  finalize: Finalize | None = None, accepted: Accepted | None = None) -> Response:
+    """Run `payload` for this authenticated request: its job built, admitted, queued (or answered from the
+    cache) and answered. For routes that make their payload another way than from a JSON body (an upload)."""
+    asynchronous = prefers_async(request) or payload.background
+    job = await new_job(state, request, principal, payload, asynchronous=asynchronous)
+    # For its metrics and log line (api/metrics.py); a passthrough model is not a label.
+    request.scope[SCOPE_KEY] = Facts(job.model if job.model in state.config.models else "passthrough",
+                                     principal.tenant_name, principal.key_name, job.lane)
+    # As OpenAI does (the SDK shows it as `_request_id`); it is the job id the workers log.
+    headers = {request_ids.REQUEST_ID: f"req_{job.id}"}
+    log_context.bind(headers[request_ids.REQUEST_ID], job.client_request_id)
+    if job.route:  # why another model's deployment served it (or failed it): one of its rules matched
+        headers[ROUTE_HEADER] = job.route
+    done = (lambda job, body: finalize(state, request, principal, job, body)) if finalize is not None else None
+    # A Responses job's worker keeps its answer itself (broker/queue/stored_responses.py): then only a
+    # cache hit, which reaches no worker, is finalized here.
+    ran = None if getattr(job.payload, "keep", False) else done
+    told = (lambda: accepted(state, request, principal, job)) if accepted is not None else None
+    answer = (lambda: submit(state, job, told)) if asynchronous else (lambda: run(state, request, job, None, ran))
+    # The response cache (api/cached.py), for models it serves; none configured: not even a lookup.
+    policy = (state.cache.policy(job.model) if state.cache is not None and not asynchronous and job.payload.cacheable
+              else None)
+    try:
+        if policy is None:
+            response = await limits.admitted(state, principal, job, answer)
+        else:
+            response = await cached.respond(state, request, job, policy, stream_timings(state, request),
+                                            lambda tap: limits.admitted(
+                                                state, principal, job, lambda: run(state, request, job, tap, ran)),
+                                            done)
+    except BrokerError as exc:
+        exc.headers.update(headers)
+        raise
+    response.headers.update(headers)
+    return response
 
 
 # The request Structs' JSON schemas, as OpenAPI components: msgspec's own `#/$defs/...` references

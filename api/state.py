@@ -20,6 +20,7 @@ from broker.limits.ratelimit import Limiter
 from broker.ops import redaction
 from broker.queue import job_events
 from broker.queue.jobs import Job
+from broker.queue.spool import Spool
 from broker.queue.replies import ReplyRouter
 from broker.queue.streams import QueueScripts, cancel
 from broker.routing.router import Router
@@ -51,6 +52,7 @@ class BrokerState:
         self.readers = connect(config.redis_url, max_connections=EVENT_READERS, timeout=5)
         self.limiter = Limiter(self.redis, self.keys)
         self.files = FileStore(config.batches.store_dir)
+        self.spool = Spool(config.batches.store_dir)  # uploads that travel with a job by reference
         self.scripts = QueueScripts(self.redis)
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None

@@ -40,7 +40,8 @@ from broker.wire import (
     encode_embedding,
     json_encoder,
 )
-from workers import messages, responses
+from broker.queue.payloads import ImagePayload, ModerationPayload, SpeechPayload, TranscriptionPayload
+from workers import media, messages, responses
 from workers.meter import Meter
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
 
@@ -50,7 +51,7 @@ Outcome = tuple[bytes, Usage | None]
 
 Handler = Callable[[Provider, Job, Any, Emit, Meter], Awaitable[Outcome]]
 P = TypeVar("P", ChatPayload, CompletionPayload, CountTokensPayload, EmbeddingPayload, MessagesPayload,
-            ResponsesPayload)
+            ResponsesPayload, ImagePayload, ModerationPayload, TranscriptionPayload, SpeechPayload)
 # Payload type → its handler. A new endpoint registers its handler here with @handles.
 HANDLERS: dict[type[Payload], Handler] = {}
 
@@ -98,6 +99,11 @@ async def _serve_embeddings(provider: Provider, job: Job, payload: EmbeddingPayl
 handles(MessagesPayload)(messages.serve)
 handles(CountTokensPayload)(messages.count_tokens)
 handles(ResponsesPayload)(responses.serve)
+# OpenAI's media endpoints (workers/media.py).
+handles(ImagePayload)(media.images)
+handles(ModerationPayload)(media.moderations)
+handles(TranscriptionPayload)(media.transcriptions)
+handles(SpeechPayload)(media.speech)
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

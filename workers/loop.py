@@ -270,6 +270,7 @@ class Worker:
         prompt_estimate = estimate_tokens(job.request) if meter.usage is None else 0
         charge = pricing.charge(meter.price, meter.usage, prompt_estimate=prompt_estimate,
                                 output_chars=meter.output_chars, answered=error is None or meter.responded)
+        charge = meter.settle(charge)  # a media job's own units (workers/media.py)
         outcome: ledger.Outcome = "ok" if error is None else "cancelled" if error is CLIENT_GONE else "error"
         observed.job_ended(job, outcome, service_ms, ttft_ms, charge, error=error, waited_s=waited_s,
                            elapsed_ms=int((time.monotonic() - started) * 1000))

@@ -30,6 +30,7 @@ from broker.config import Config
 from broker.config.cache import CacheSettings
 from broker.keys import Keys
 from broker.queue.jobs import Job
+from broker.queue.payloads import AnyRequest, MediaRequest
 from broker.store.scripts import lua_script
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
@@ -64,8 +65,10 @@ class Lookup(NamedTuple):
     entry: bytes | None = None
 
 
-def normalized(payload: ChatRequest | CompletionRequest | EmbeddingRequest) -> object:
+def normalized(payload: AnyRequest) -> object:
     """The request without the fields that do not change its answer."""
+    if isinstance(payload, MediaRequest):
+        return payload  # never cached (broker/queue/payloads.py): a new image or transcript each time
     if isinstance(payload, ChatRequest):
         return msgspec.structs.replace(payload, stream=False, stream_options=UNSET, user=UNSET, metadata=UNSET,
                                        store=UNSET, safety_identifier=UNSET, prompt_cache_key=UNSET)
@@ -74,10 +77,12 @@ def normalized(payload: ChatRequest | CompletionRequest | EmbeddingRequest) -> o
     return msgspec.structs.replace(payload, user=UNSET)
 
 
-def deterministic(payload: ChatRequest | CompletionRequest | EmbeddingRequest) -> bool:
+def deterministic(payload: AnyRequest) -> bool:
     """Meant to give the same answer again: `temperature: 0` or a `seed` (embeddings always are)."""
     if isinstance(payload, EmbeddingRequest):
         return True
+    if isinstance(payload, MediaRequest):
+        return False
     return payload.temperature == 0 or isinstance(payload.seed, int)
 
 

@@ -144,6 +144,9 @@ class ServerSettings(Strict):
     result_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 60  # Redis refuses SET ... EX 0
     # Larger request bodies get a 413 before they are read whole (each body is queued in Redis).
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    # An uploaded audio file (/v1/audio/transcriptions, /translations) larger than this gets a 413; it is
+    # spooled to disk, never held in memory or Redis (broker/queue/spool.py). OpenAI's own limit: 25 MB.
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 34)] = 25 * 1024 * 1024
     # Stream events one client may leave unread (it reads slower than its job writes); past this its
     # stream ends with an error and its job is cancelled, so a slow reader cannot grow the API's memory.
     stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024

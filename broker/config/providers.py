@@ -156,7 +156,8 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
     first_token_delay_s: float = 0.0
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(completions=True, embeddings=True)
+        return Capabilities(completions=True, embeddings=True, images=True, moderations=True, transcriptions=True,
+                            speech=True)
 
 
 ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | BedrockProvider | VertexProvider | MockProvider

@@ -16,6 +16,7 @@ carry the same figure in USD (`usage.cost`, OpenRouter's field).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import msgspec
@@ -234,3 +235,84 @@ def charge(price: Price | None, usage: Usage | None, *, prompt_estimate: int, ou
 
 def usd(nanos: int) -> float:
     return nanos / NANOS_PER_USD
+
+
+# ---- media endpoints: priced by their own units (images, audio minutes, characters), not tokens.
+# From https://platform.openai.com/docs/pricing (taken PRICES_TAKEN). A deployment priced at zero
+# (the mock, self-hosted servers: FREE above) is free for these too; a model in none of these tables
+# is unpriced, as for tokens.
+
+# USD per image by (quality, size); "*" matches any. DALL·E 3: standard/hd; GPT image: low/medium/high.
+IMAGE_USD: dict[str, dict[tuple[str, str], float]] = {
+    "dall-e-2": {("*", "256x256"): 0.016, ("*", "512x512"): 0.018, ("*", "1024x1024"): 0.020},
+    "dall-e-3": {("standard", "1024x1024"): 0.040, ("standard", "*"): 0.080,
+                 ("hd", "1024x1024"): 0.080, ("hd", "*"): 0.120},
+    "gpt-image-1": {("low", "1024x1024"): 0.011, ("low", "*"): 0.016,
+                    ("medium", "1024x1024"): 0.042, ("medium", "*"): 0.063,
+                    ("high", "1024x1024"): 0.167, ("high", "*"): 0.250},
+}
+IMAGE_DEFAULTS = {"dall-e-2": ("standard", "1024x1024"), "dall-e-3": ("standard", "1024x1024"),
+                  "gpt-image-1": ("high", "1024x1024")}  # `auto` is billed as what it usually picks
+# GPT image models report tokens; when they do, these prices (USD per 1M: text in, image in, image out) apply.
+IMAGE_TOKEN_USD = {"gpt-image-1": (5.00, 10.00, 40.00), "gpt-image-1-mini": (2.00, 2.50, 8.00)}
+# USD per minute of audio transcribed or translated; per 1M tokens (audio in, text out) when reported.
+TRANSCRIPTION_USD_PER_MIN = {"whisper-1": 0.006, "gpt-4o-transcribe": 0.006, "gpt-4o-mini-transcribe": 0.003}
+TRANSCRIPTION_TOKEN_USD = {"gpt-4o-transcribe": (6.00, 10.00), "gpt-4o-mini-transcribe": (3.00, 5.00)}
+# USD per 1M input characters (tts-1, tts-1-hd); gpt-4o-mini-tts is billed by tokens: $0.60 per 1M text
+# tokens in (estimated at CHARS_PER_TOKEN) and $12 per 1M audio tokens out, which the audio stream does
+# not report: that part is not charged (README, pricing notes).
+SPEECH_USD_PER_MCHAR = {"tts-1": 15.00, "tts-1-hd": 30.00}
+SPEECH_TOKEN_USD = {"gpt-4o-mini-tts": 0.60}
+
+
+def media_stem(table: Iterable[str], model: str) -> str | None:
+    name = model.rsplit("/", 1)[-1].lower()
+    for stem in sorted(table, key=len, reverse=True):
+        if name == stem or (name.startswith(stem) and name[len(stem)] in "-@:"):
+            return stem
+    return None
+
+
+def _nanos(usd_amount: float) -> int:
+    return round(usd_amount * NANOS_PER_USD)
+
+
+def image_nanos(price: Price | None, model: str, *, images: int, quality: str | None, size: str | None,
+                tokens: tuple[int, int, int] | None = None) -> int | None:
+    """`images` images of `model` (tokens: text in, image in, image out, when the upstream reported them)."""
+    if price == FREE:
+        return 0
+    if tokens is not None and (stem := media_stem(IMAGE_TOKEN_USD, model)) is not None:
+        rates = IMAGE_TOKEN_USD[stem]
+        return round(sum(n * rate for n, rate in zip(tokens, rates)) * 1000)
+    stem = media_stem(IMAGE_USD, model)
+    if stem is None:
+        return None
+    default_quality, default_size = IMAGE_DEFAULTS[stem]
+    quality = default_quality if quality in (None, "auto") else quality
+    size = default_size if size in (None, "auto") else size
+    table = IMAGE_USD[stem]
+    each = next((table[k] for k in ((quality, size), (quality, "*"), ("*", size)) if k in table), None)
+    return None if each is None else _nanos(each * images)
+
+
+def transcription_nanos(price: Price | None, model: str, *, seconds: float | None,
+                        tokens: tuple[int, int] | None) -> int | None:
+    if price == FREE:
+        return 0
+    if tokens is not None and (stem := media_stem(TRANSCRIPTION_TOKEN_USD, model)) is not None:
+        audio_in, text_out = TRANSCRIPTION_TOKEN_USD[stem]
+        return round((tokens[0] * audio_in + tokens[1] * text_out) * 1000)
+    stem = media_stem(TRANSCRIPTION_USD_PER_MIN, model)
+    if stem is None or seconds is None:
+        return None
+    return _nanos(TRANSCRIPTION_USD_PER_MIN[stem] * seconds / 60)
+
+
+def speech_nanos(price: Price | None, model: str, *, characters: int) -> int | None:
+    if price == FREE:
+        return 0
+    if (stem := media_stem(SPEECH_TOKEN_USD, model)) is not None:
+        return round(-(-characters // CHARS_PER_TOKEN) * SPEECH_TOKEN_USD[stem] * 1000)
+    stem = media_stem(SPEECH_USD_PER_MCHAR, model)
+    return None if stem is None else round(characters * SPEECH_USD_PER_MCHAR[stem] * 1000)

@@ -80,7 +80,7 @@ class EventLog:
 
     def record(self, pipe: Pipeline, job: Job, seq: int, events: list[bytes]) -> None:
         """Queue a burst of a streamed job's events (the Chunk just published) on the outbox pipeline."""
-        if not job.streams:
+        if not job.streams or job.payload.dialect == "audio":  # raw audio has no event ids to resume from
             return
         key = self.keys.event_log(job.id)
         previous = self._last.get(job.id) if seq > 0 else None  # an attempt starts from a whole event
@@ -98,6 +98,8 @@ class EventLog:
 
     def record_end(self, pipe: Pipeline, job: Job, seq: int, encoded_terminal: bytes, ttl_s: int) -> None:
         """Queue a streamed job's terminal reply; its events then stay `ttl_s` for late readers."""
+        if job.payload.dialect == "audio":
+            return
         self._last.pop(job.id, None)
         key = self.keys.event_log(job.id)
         if seq == 0:

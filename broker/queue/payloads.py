@@ -19,12 +19,17 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
+from broker.wire.audio import SPEECH_MEDIA_TYPES, SpeechRequest, TranscriptionRequest
+from broker.wire.images import ImageRequest
+from broker.wire.moderations import ModerationRequest
 
 # What the response cache stores and replays for a payload (broker/cache/replay.py).
-Kind = Literal["chat", "text", "embedding", "messages", "count_tokens", "responses"]
+Kind = Literal["chat", "text", "embedding", "messages", "count_tokens", "responses", "image", "moderation",
+               "transcription", "speech"]
 # How its answer is written to the client: OpenAI's SSE (`data:` lines, `[DONE]`) or Anthropic's
 # (`event:` + `data:` per event, no terminator). The API frames a stream by it (api/sse.py).
-Dialect = Literal["openai", "anthropic", "responses"]
+# `audio`: raw bytes, no framing (/v1/audio/speech).
+Dialect = Literal["openai", "anthropic", "responses", "audio"]
 
 
 class _Streamed:
@@ -170,9 +175,65 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
         return {"responses_api": "tools"} if self.native_only else {}
 
 
+class _Unstreamed:
+    """A media payload answered in one body: never streamed, never cached (a new image or transcript
+    each time is what the client pays for), not run in the background unless the client asks."""
+
+    __slots__ = ()
+    answer_prefix: ClassVar[str] = ""
+    dialect: ClassVar[Dialect] = "openai"
+    background: ClassVar[bool] = False
+    cacheable: ClassVar[bool] = False
+    streams: ClassVar[bool] = False
+    wants_usage_chunk: ClassVar[bool] = False
+
+
+class ImagePayload(_Unstreamed, msgspec.Struct, tag="image", array_like=True, frozen=True):
+    """POST /v1/images/generations. `body` is the client's JSON, sent up with only `model` swapped."""
+
+    request: ImageRequest
+    body: bytes
+    kind: ClassVar[Kind] = "image"
+
+
+class ModerationPayload(_Unstreamed, msgspec.Struct, tag="moderation", array_like=True, frozen=True):
+    """POST /v1/moderations. `body` is the client's JSON, sent up with only `model` swapped."""
+
+    request: ModerationRequest
+    body: bytes
+    kind: ClassVar[Kind] = "moderation"
+
+
+class TranscriptionPayload(_Unstreamed, msgspec.Struct, tag="transcription", array_like=True, frozen=True):
+    """POST /v1/audio/transcriptions and /translations: the form's fields, and the audio by reference
+    (`request.file`, spooled by the API: broker/queue/spool.py)."""
+
+    request: TranscriptionRequest
+    kind: ClassVar[Kind] = "transcription"
+
+
+class SpeechPayload(msgspec.Struct, tag="speech", array_like=True, frozen=True):
+    """POST /v1/audio/speech: always streamed, as raw audio bytes relayed while they arrive."""
+
+    request: SpeechRequest
+    body: bytes
+    kind: ClassVar[Kind] = "speech"
+    answer_prefix: ClassVar[str] = ""
+    dialect: ClassVar[Dialect] = "audio"
+    background: ClassVar[bool] = False
+    cacheable: ClassVar[bool] = False
+    streams: ClassVar[bool] = True
+    wants_usage_chunk: ClassVar[bool] = False
+
+    @property
+    def media_type(self) -> str:
+        return SPEECH_MEDIA_TYPES[self.request.response_format]
+
+
 Payload = (ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload | CountTokensPayload
-           | ResponsesPayload)
-AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest
+           | ResponsesPayload | ImagePayload | ModerationPayload | TranscriptionPayload | SpeechPayload)
+MediaRequest = ImageRequest | ModerationRequest | TranscriptionRequest | SpeechRequest
+AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest | MediaRequest
 
 PAYLOAD_OF: dict[type[AnyRequest], Callable[[Any], Payload]] = {
     ChatRequest: ChatPayload,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from broker.queue.payloads import AnyRequest
+from broker.queue.payloads import AnyRequest, MediaRequest
 from broker.wire import CompletionRequest, EmbeddingRequest, ImageUrlPart
 
 
@@ -28,6 +28,12 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # Serves OpenAI's Responses API itself (the provider's `responses_api`): /v1/responses goes up as sent,
     # so built-in tools and OpenAI's own items (encrypted reasoning, web search calls) can be used.
     responses_api: bool = False
+    # OpenAI's media endpoints (/v1/images/generations, /v1/moderations, /v1/audio/transcriptions and
+    # /translations, /v1/audio/speech): off unless the provider kind or profile serves them.
+    images: bool = False
+    moderations: bool = False
+    transcriptions: bool = False
+    speech: bool = False
 
 
 class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -42,6 +48,10 @@ class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     json_object: bool | None = None
     json_schema: bool | None = None
     max_context_tokens: int | None = None
+    images: bool | None = None
+    moderations: bool | None = None
+    transcriptions: bool | None = None
+    speech: bool | None = None
 
     def apply(self, base: Capabilities) -> Capabilities:
         changes = {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
@@ -55,6 +65,8 @@ def needs(req: Request) -> dict[str, str]:
     """Capability → the request field that needs it (the 400's `param` if nobody has it)."""
     if isinstance(req, EmbeddingRequest):
         return {"embeddings": "model"}
+    if isinstance(req, MediaRequest):
+        return {req.capability: "model"}
     if isinstance(req, CompletionRequest):
         return {"completions": "model"}
     required = {"chat": "model"}
@@ -79,8 +91,8 @@ DEFAULT_OUTPUT_TOKENS = 512
 
 def output_limit_tokens(req: Request) -> int:
     """The most output a request asks for: its limit (`max_completion_tokens` / `max_tokens`, else
-    DEFAULT_OUTPUT_TOKENS) times its choices (`n`; completions: max(n, best_of)). Embeddings: 0."""
-    if isinstance(req, EmbeddingRequest):
+    DEFAULT_OUTPUT_TOKENS) times its choices (`n`; completions: max(n, best_of)). Embeddings, media: 0."""
+    if isinstance(req, EmbeddingRequest | MediaRequest):
         return 0
     limit = req.output_limit()
     choices = req.n if isinstance(req.n, int) else 1
@@ -95,4 +107,6 @@ def estimate_tokens(req: Request) -> int:
         return sum(len(t) for t in req.texts()) // 4
     if isinstance(req, CompletionRequest):
         return sum(len(p) for p in req.prompts()) // 4
+    if isinstance(req, MediaRequest):
+        return req.prompt_chars() // 4
     return sum(len(m.text()) for m in req.messages) // 4 + 3 * len(req.messages)

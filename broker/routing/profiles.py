@@ -34,16 +34,26 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     azure: bool = False
 
 
+# OpenAI serves every media endpoint (https://platform.openai.com/docs/api-reference); Azure OpenAI all but
+# moderations (https://learn.microsoft.com/azure/ai-foundry/openai/reference).
+_MEDIA = {"images": True, "moderations": True, "transcriptions": True, "speech": True}
+
 PROFILES: dict[str, Profile] = {
     "generic": Profile(),
-    "openai": Profile(),
-    "azure": Profile(azure=True),
+    "openai": Profile(capabilities=Capabilities(completions=True, embeddings=True, **_MEDIA)),
+    "azure": Profile(azure=True, capabilities=Capabilities(completions=True, embeddings=True,
+                                                           **(_MEDIA | {"moderations": False}))),
     # vLLM: `suffix` unsupported; tools need --enable-auto-tool-choice on the server.
-    "vllm": Profile(drop=frozenset({"suffix"})),
+    # vLLM serves Whisper models at /v1/audio/transcriptions and /translations.
+    "vllm": Profile(drop=frozenset({"suffix"}),
+                    capabilities=Capabilities(completions=True, embeddings=True, transcriptions=True)),
     # Ollama: no n, logit_bias, user, tool_choice or logprobs (`FromChatRequest` never reads them).
     "ollama": Profile(drop=frozenset({"n", "logit_bias", "user", "tool_choice", "logprobs", "top_logprobs"}),
                       max_completion_tokens=False),
-    "localai": Profile(max_completion_tokens=False),
+    # LocalAI: /v1/images/generations, /v1/audio/transcriptions, /v1/audio/speech (https://localai.io/features/).
+    "localai": Profile(max_completion_tokens=False,
+                       capabilities=Capabilities(completions=True, embeddings=True, images=True,
+                                                 transcriptions=True, speech=True)),
     "llamacpp": Profile(max_completion_tokens=False),
     # Mistral: strict schema, 422 `extra_forbidden` for any field it does not know, `name` on a
     # user message included; `random_seed` for seed; no stream_options (usage comes in the last chunk).
@@ -63,7 +73,10 @@ PROFILES: dict[str, Profile] = {
     # Groq: no logprobs, logit_bias or messages[].name (400 if supplied); n must be 1.
     "groq": Profile(drop=frozenset({"logprobs", "top_logprobs", "logit_bias", "n"}),
                     drop_message_fields=frozenset({"name"}),
-                    capabilities=Capabilities(completions=False, embeddings=False)),
-    "together": Profile(),
+                    # https://console.groq.com/docs/speech-to-text, https://console.groq.com/docs/text-to-speech
+                    capabilities=Capabilities(completions=False, embeddings=False, transcriptions=True,
+                                              speech=True)),
+    # https://docs.together.ai/reference/post-images-generations
+    "together": Profile(capabilities=Capabilities(completions=True, embeddings=True, images=True)),
     "openrouter": Profile(capabilities=Capabilities(completions=True, embeddings=False)),
 }

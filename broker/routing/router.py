@@ -37,6 +37,10 @@ _WHAT = {
     "json_object": "JSON mode (response_format json_object)",
     "json_schema": "structured outputs (response_format json_schema)",
     "responses_api": "what only a Responses API upstream runs (built-in tools, OpenAI's own items)",
+    "images": "image generation (/v1/images/generations)",
+    "moderations": "moderations (/v1/moderations)",
+    "transcriptions": "audio transcriptions and translations (/v1/audio/transcriptions, /v1/audio/translations)",
+    "speech": "text to speech (/v1/audio/speech)",
 }
 
 

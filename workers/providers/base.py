@@ -37,6 +37,9 @@ from broker.wire import (
     EmbeddingRequest,
     TextCompletion,
 )
+from broker.wire.audio import SpeechRequest, TranscriptionRequest
+from broker.wire.images import ImageRequest
+from broker.wire.moderations import ModerationRequest
 from workers.providers.sse import SSEEvent
 
 
@@ -109,4 +112,42 @@ class ResponsesProvider(Protocol):
 
     def relay_response_events(self, body: bytes, *, deadline: float) -> AsyncIterator[SSEEvent]:
         """The upstream's SSE events for a streaming `body`, as received, through its last."""
+        ...
+
+
+# ---- OpenAI's media endpoints (workers/media.py). Each returns the upstream's answer in OpenAI's
+# shape, as received: the worker reads from it only what it bills.
+
+
+@runtime_checkable
+class ImagesProvider(Protocol):
+    async def generate_images(self, req: ImageRequest, body: bytes, *, model: str, deadline: float) -> bytes:
+        """An ImagesResponse JSON for the client's JSON `body` (its `model` is to be `model`)."""
+        ...
+
+
+@runtime_checkable
+class ModerationsProvider(Protocol):
+    async def moderate(self, req: ModerationRequest, body: bytes, *, model: str, deadline: float) -> bytes:
+        """A moderation JSON (`id`, `model`, `results`) for the client's JSON `body`."""
+        ...
+
+
+class Transcribed(msgspec.Struct):
+    body: bytes  # in the request's response_format
+    seconds: float | None = None  # of audio, when the upstream said
+    tokens: tuple[int, int] | None = None  # (input, output), when the upstream reported tokens
+
+
+@runtime_checkable
+class TranscriptionsProvider(Protocol):
+    async def transcribe(self, req: TranscriptionRequest, *, model: str, deadline: float) -> Transcribed:
+        """The transcript (or translation) of the audio at `req.file.path`, read from there, not memory."""
+        ...
+
+
+@runtime_checkable
+class SpeechProvider(Protocol):
+    def speak(self, req: SpeechRequest, body: bytes, *, model: str, deadline: float) -> AsyncIterator[bytes]:
+        """The audio in `req.response_format`, in pieces as they arrive (a bounded amount in memory)."""
         ...

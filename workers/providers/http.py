@@ -95,6 +95,23 @@ class UpstreamHTTP:
                 f"cannot reach upstream {self.name}: {type(exc).__name__}", retryable=True
             ) from None
 
+    @asynccontextmanager
+    async def post_form(self, path: str, form: aiohttp.FormData, *, deadline: float) -> AsyncIterator[UpstreamResponse]:
+        """POST multipart form data (an upload: aiohttp streams a file part from its file, a block at a
+        time); yields the response with its body still unread. Errors mapped as `post`'s."""
+        try:
+            async with self._client().post(self.base_url + path, data=form, timeout=self._timeout(deadline),
+                                           allow_redirects=False) as response:
+                yield UpstreamResponse(response)
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout(f"upstream {self.name} timed out") from None
+        except aiohttp.ClientPayloadError:
+            raise UpstreamError(f"upstream {self.name} cut the response short", retryable=True) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"cannot reach upstream {self.name}: {type(exc).__name__}", retryable=True
+            ) from None
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

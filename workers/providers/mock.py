@@ -10,8 +10,9 @@ It also does what clients test against: a tool call when `tool_choice` forces
 one (arguments valid against the tool's JSON Schema: mock_schema.py), a JSON object
 in JSON mode (`{"answer": <the words>}`), a document valid against the schema for
 structured outputs (the same generator, so `parse()` into a Pydantic model works),
-legacy completions, and embeddings (unit vectors from the text's hash,
-`dimensions` long, 16 by default). A JSON answer is emitted, and counted, a
+legacy completions, embeddings (unit vectors from the text's hash,
+`dimensions` long, 16 by default), and the media endpoints: PNG images, WAV/MP3 speech,
+transcripts and moderations (mock_media.py). A JSON answer is emitted, and counted, a
 whitespace-separated piece per token; a structured one is as long as its schema
 makes it, and `max_tokens` cuts it short (finish_reason "length", the JSON left
 incomplete), as a real model's is: the case for which openai-python's `parse()`
@@ -29,7 +30,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from msgspec import UNSET
+
 from broker.config.providers import MockProvider as MockSettings
+from broker.errors import InvalidRequest
 from broker.wire import (
     ChatChunk,
     ChatCompletion,
@@ -47,8 +51,13 @@ from broker.wire import (
     TextCompletion,
     ToolCall,
     Usage,
+    json_encoder,
 )
-from workers.providers.base import EmbeddingsResult
+from broker.wire.audio import SpeechRequest, TranscriptionRequest
+from broker.wire.images import ImageData, ImageRequest, ImagesResponse
+from broker.wire.moderations import ModerationRequest, ModerationResponse
+from workers.providers import mock_media
+from workers.providers.base import EmbeddingsResult, Transcribed
 from workers.providers.mock_schema import sample
 
 VOCABULARY = (
@@ -246,3 +255,42 @@ class MockProvider:
     async def aclose(self) -> None:
         return None
 
+
+    # ---------------------------------------------------------------- media (mock_media.py)
+
+    async def generate_images(self, req: ImageRequest, body: bytes, *, model: str, deadline: float) -> bytes:
+        if req.output_format not in (UNSET, "png"):
+            raise InvalidRequest(f"The mock draws PNG only, not {req.output_format!r}.", param="output_format")
+        await self._delay(1)
+        alpha = req.background == "transparent"
+        size = req.size if isinstance(req.size, str) else None
+        images = [mock_media.image_b64(req.prompt, i, size, alpha=alpha) for i in range(req.images())]
+        # `url`: a data: URL, which any client can read without a server to fetch it from.
+        data = [ImageData(url=f"data:image/png;base64,{b64}") if req.response_format == "url" else ImageData(b64_json=b64)
+                for b64 in images]
+        return json_encoder.encode(ImagesResponse(
+            int(time.time()), data, size=size or "1024x1024", output_format="png",
+            quality=req.quality if isinstance(req.quality, str) else "high",
+            background="transparent" if alpha else "opaque"))
+
+    async def moderate(self, req: ModerationRequest, body: bytes, *, model: str, deadline: float) -> bytes:
+        omni = "omni" in model or "omni" in req.model
+        results = [mock_media.moderation(parts, omni=omni) for parts in req.items()]
+        digest = hashlib.blake2b(body, digest_size=12).hexdigest()
+        return json_encoder.encode(ModerationResponse(f"modr-{digest}", req.model, results))
+
+    async def transcribe(self, req: TranscriptionRequest, *, model: str, deadline: float) -> Transcribed:
+        body, seconds = await asyncio.to_thread(mock_media.transcript, req, mock_words)
+        await self._delay(1)
+        return Transcribed(body, seconds=seconds)
+
+    async def speak(self, req: SpeechRequest, body: bytes, *, model: str, deadline: float) -> AsyncIterator[bytes]:
+        pieces = mock_media.speech(req.input, req.response_format)
+        first = next(pieces)  # a format the mock cannot make fails here, before anything is sent
+        if self.settings.first_token_delay_s:
+            await asyncio.sleep(self.settings.first_token_delay_s)
+        yield first
+        for piece in pieces:
+            if self.settings.token_delay_s:
+                await asyncio.sleep(self.settings.token_delay_s)
+            yield piece

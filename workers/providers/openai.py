@@ -24,8 +24,12 @@ from broker.wire import (
     EmbeddingRequest,
     TextCompletion,
 )
+from workers.providers import openai_media as media_tr
 from workers.providers import openai_translate as tr
-from workers.providers.base import EmbeddingsResult
+from broker.wire.audio import SpeechRequest, TranscriptionRequest, reported_usage
+from broker.wire.images import ImageRequest
+from broker.wire.moderations import ModerationRequest
+from workers.providers.base import EmbeddingsResult, Transcribed
 from workers.providers.http import UpstreamHTTP
 from workers.providers.sse import SSEEvent, SSEParser
 
@@ -121,6 +125,32 @@ class OpenAICompatible:
         """Its events through the last one (`response.completed`, `.incomplete`, `.failed`) or `[DONE]`:
         whether OpenAI sends one after the last event is not documented, so either ends it."""
         return self._events(self._responses_path(), body, deadline, lambda event: event, last=_LAST_EVENTS)
+
+    # ---- OpenAI's media endpoints (workers/media.py): bodies relayed with the upstream's model id
+
+    async def generate_images(self, req: ImageRequest, body: bytes, *, model: str, deadline: float) -> bytes:
+        return await self._post(self._path("images/generations", model), media_tr.with_model(body, model), deadline)
+
+    async def moderate(self, req: ModerationRequest, body: bytes, *, model: str, deadline: float) -> bytes:
+        return await self._post(self._path("moderations", model), media_tr.with_model(body, model), deadline)
+
+    async def transcribe(self, req: TranscriptionRequest, *, model: str, deadline: float) -> Transcribed:
+        with open(req.file.path, "rb") as audio:
+            async with self._http.post_form(self._path(req.endpoint, model), media_tr.transcription_form(req, model, audio),
+                                            deadline=deadline) as resp:
+                content = await resp.read()
+        if resp.status >= 400:
+            raise tr.error_from_response(resp.status, content, resp.headers)
+        seconds, tokens = reported_usage(content) if req.response_format in ("json", "verbose_json") else (None, None)
+        return Transcribed(content, seconds=seconds, tokens=tokens)
+
+    async def speak(self, req: SpeechRequest, body: bytes, *, model: str, deadline: float) -> AsyncIterator[bytes]:
+        async with self._http.post(self._path("audio/speech", model), media_tr.with_model(body, model),
+                                   deadline=deadline) as resp:
+            if resp.status >= 400:
+                raise tr.error_from_response(resp.status, await resp.read(), resp.headers)
+            async for piece in resp.iter_chunks():
+                yield piece
 
     async def aclose(self) -> None:
         await self._http.aclose()
