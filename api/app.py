@@ -35,6 +35,7 @@ from api.routes import (
     jobs,
     messages,
     models,
+    rerank,
     responses,
     status,
     usage,
@@ -138,6 +139,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(rerank.router)
     app.include_router(messages.router)
     app.include_router(responses.router)
     app.include_router(models.router)
@@ -168,6 +170,7 @@ def _with_wire_components(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
         schema.setdefault("components", {}).setdefault("schemas", {}).update(dispatch.OPENAPI_COMPONENTS)
+        schema["components"]["schemas"].update(rerank.OPENAPI_COMPONENTS)
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -36,12 +36,13 @@ from broker.queue.replies import ReplyGap
 from broker.queue.streams import enqueue_first
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest, json_encoder
 from broker.wire.messages import CountTokensRequest, MessagesRequest
+from broker.wire.rerank import RerankRequest
 from broker.wire.responses import ResponsesRequest
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest, CountTokensRequest,
-            ResponsesRequest)
+            ResponsesRequest, RerankRequest)
 
 
 PRIORITY_HEADER = "x-priority"

@@ -25,6 +25,7 @@ from broker.queue.payloads import (
     EmbeddingPayload,
     MessagesPayload,
     Payload,
+    RerankPayload,
     ResponsesPayload,
 )
 from broker.wire import (
@@ -40,7 +41,7 @@ from broker.wire import (
     encode_embedding,
     json_encoder,
 )
-from workers import messages, responses
+from workers import messages, rerank, responses
 from workers.meter import Meter
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
 
@@ -50,7 +51,7 @@ Outcome = tuple[bytes, Usage | None]
 
 Handler = Callable[[Provider, Job, Any, Emit, Meter], Awaitable[Outcome]]
 P = TypeVar("P", ChatPayload, CompletionPayload, CountTokensPayload, EmbeddingPayload, MessagesPayload,
-            ResponsesPayload)
+            ResponsesPayload, RerankPayload)
 # Payload type → its handler. A new endpoint registers its handler here with @handles.
 HANDLERS: dict[type[Payload], Handler] = {}
 
@@ -98,6 +99,7 @@ async def _serve_embeddings(provider: Provider, job: Job, payload: EmbeddingPayl
 handles(MessagesPayload)(messages.serve)
 handles(CountTokensPayload)(messages.count_tokens)
 handles(ResponsesPayload)(responses.serve)
+handles(RerankPayload)(rerank.serve)  # workers/rerank.py
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

@@ -31,6 +31,7 @@ from broker.config.cache import CacheSettings
 from broker.keys import Keys
 from broker.queue.jobs import Job
 from broker.store.scripts import lua_script
+from broker.queue.payloads import AnyRequest
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 # Part of every digest: bump it when the entry's form changes, and old entries are simply missed.
@@ -64,19 +65,21 @@ class Lookup(NamedTuple):
     entry: bytes | None = None
 
 
-def normalized(payload: ChatRequest | CompletionRequest | EmbeddingRequest) -> object:
+def normalized(payload: AnyRequest) -> object:
     """The request without the fields that do not change its answer."""
     if isinstance(payload, ChatRequest):
         return msgspec.structs.replace(payload, stream=False, stream_options=UNSET, user=UNSET, metadata=UNSET,
                                        store=UNSET, safety_identifier=UNSET, prompt_cache_key=UNSET)
     if isinstance(payload, CompletionRequest):
         return msgspec.structs.replace(payload, stream=False, stream_options=UNSET, user=UNSET)
-    return msgspec.structs.replace(payload, user=UNSET)
-
-
-def deterministic(payload: ChatRequest | CompletionRequest | EmbeddingRequest) -> bool:
-    """Meant to give the same answer again: `temperature: 0` or a `seed` (embeddings always are)."""
     if isinstance(payload, EmbeddingRequest):
+        return msgspec.structs.replace(payload, user=UNSET)
+    return payload  # a rerank: every field changes its answer
+
+
+def deterministic(payload: AnyRequest) -> bool:
+    """Meant to give the same answer again: `temperature: 0` or a `seed` (embeddings and reranks always are)."""
+    if not isinstance(payload, ChatRequest | CompletionRequest):
         return True
     return payload.temperature == 0 or isinstance(payload.seed, int)
 

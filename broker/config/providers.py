@@ -81,7 +81,7 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
     first_token_delay_s: float = 0.0
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(completions=True, embeddings=True)
+        return Capabilities(completions=True, embeddings=True, rerank=True)
 
 
 ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | MockProvider

@@ -19,9 +19,10 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
+from broker.wire.rerank import RerankRequest
 
 # What the response cache stores and replays for a payload (broker/cache/replay.py).
-Kind = Literal["chat", "text", "embedding", "messages", "count_tokens", "responses"]
+Kind = Literal["chat", "text", "embedding", "messages", "count_tokens", "responses", "rerank"]
 # How its answer is written to the client: OpenAI's SSE (`data:` lines, `[DONE]`) or Anthropic's
 # (`event:` + `data:` per event, no terminator). The API frames a stream by it (api/sse.py).
 Dialect = Literal["openai", "anthropic", "responses"]
@@ -81,6 +82,19 @@ class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=
     dialect: ClassVar[Dialect] = "openai"
     background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
+    streams: ClassVar[bool] = False
+    wants_usage_chunk: ClassVar[bool] = False
+
+
+class RerankPayload(msgspec.Struct, tag="rerank", array_like=True, frozen=True):
+    """POST /v1/rerank: never streamed. Not cached: the response cache replays chat, text and vectors only."""
+
+    request: RerankRequest
+    kind: ClassVar[Kind] = "rerank"
+    answer_prefix: ClassVar[str] = "rerank-"
+    dialect: ClassVar[Dialect] = "openai"
+    background: ClassVar[bool] = False
+    cacheable: ClassVar[bool] = False
     streams: ClassVar[bool] = False
     wants_usage_chunk: ClassVar[bool] = False
 
@@ -171,13 +185,14 @@ class ResponsesPayload(_Streamed, msgspec.Struct, tag="responses", array_like=Tr
 
 
 Payload = (ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload | CountTokensPayload
-           | ResponsesPayload)
-AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest
+           | ResponsesPayload | RerankPayload)
+AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest | RerankRequest
 
 PAYLOAD_OF: dict[type[AnyRequest], Callable[[Any], Payload]] = {
     ChatRequest: ChatPayload,
     CompletionRequest: CompletionPayload,
     EmbeddingRequest: EmbeddingPayload,
+    RerankRequest: RerankPayload,
 }
 
 

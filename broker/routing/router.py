@@ -36,6 +36,7 @@ _WHAT = {
     "json_object": "JSON mode (response_format json_object)",
     "json_schema": "structured outputs (response_format json_schema)",
     "responses_api": "what only a Responses API upstream runs (built-in tools, OpenAI's own items)",
+    "rerank": "reranking (/v1/rerank)",
 }
 
 

@@ -9,7 +9,7 @@ import msgspec
 
 from broker.config import ProviderConfig
 from workers.providers.anthropic import AnthropicMessages
-from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionProvider
+from workers.providers.base import EmbeddingsProvider, Provider, RerankProvider, TextCompletionProvider
 from workers.providers.gemini import GeminiGenerateContent
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
@@ -32,4 +32,5 @@ def build_provider(name: str, config: ProviderConfig, *, concurrency: int | None
     return REGISTRY[str(kind)](name, config)
 
 
-__all__ = ["REGISTRY", "EmbeddingsProvider", "Provider", "TextCompletionProvider", "build_provider"]
+__all__ = ["REGISTRY", "EmbeddingsProvider", "Provider", "RerankProvider", "TextCompletionProvider",
+           "build_provider"]
