@@ -6,7 +6,7 @@ Each knows its defaults, including what its deployments can do
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -72,6 +72,18 @@ class GeminiProvider(_HTTPProvider, tag_field="kind", tag="gemini", kw_only=True
         return Capabilities(completions=False, embeddings=True)
 
 
+class CohereProvider(_HTTPProvider, tag_field="kind", tag="cohere", kw_only=True):
+    """Cohere's v2 API: /v2/chat, /v2/embed, /v2/rerank (https://docs.cohere.com/v2/reference/chat)."""
+
+    base_url: str = "https://api.cohere.com"
+    # What /v2/embed's required `input_type` is for OpenAI-shaped requests, which cannot say:
+    # search_document | search_query | classification | clustering.
+    embed_input_type: Literal["search_document", "search_query", "classification", "clustering"] = "search_document"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=False, embeddings=True, rerank=True)
+
+
 class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
     """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
 
@@ -84,5 +96,5 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
         return Capabilities(completions=True, embeddings=True, rerank=True)
 
 
-ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | MockProvider
+ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | CohereProvider | MockProvider
 KINDS = sorted(str(t.__struct_config__.tag) for t in get_args(ProviderConfig))

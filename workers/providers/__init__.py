@@ -10,6 +10,7 @@ import msgspec
 from broker.config import ProviderConfig
 from workers.providers.anthropic import AnthropicMessages
 from workers.providers.base import EmbeddingsProvider, Provider, RerankProvider, TextCompletionProvider
+from workers.providers.cohere import CohereV2
 from workers.providers.gemini import GeminiGenerateContent
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
@@ -19,6 +20,7 @@ REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "mock": MockProvider,
     "gemini": GeminiGenerateContent,
     "anthropic": AnthropicMessages,
+    "cohere": CohereV2,
 }
 
 
