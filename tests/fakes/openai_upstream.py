@@ -347,6 +347,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         return _injected_error(str(body.get("model", "")))
 
     from tests.fakes.openai_legacy import legacy_routes
+    from tests.fakes.openai_rerank import rerank_routes
     from tests.fakes.openai_responses import responses_routes
 
     app = Starlette(routes=[
@@ -356,6 +357,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
                                                    media_type="application/json"), methods=["GET"]),
         *legacy_routes(record, guard, chunks, EventStream),
         *responses_routes(record, guard, EventStream),
+        *rerank_routes(record, guard),  # vLLM's, for cross-encoder models
         # Azure OpenAI: deployment in the path, api-version required, key in `api-key`.
         Route("/openai/deployments/{deployment}/chat/completions", azure_chat, methods=["POST"]),
     ])

@@ -6,11 +6,12 @@ import pytest
 
 from tests.providers.anthropic_case import AnthropicCase
 from tests.providers.case import ProviderCase, Scenario
+from tests.providers.cohere_case import CohereCase
 from tests.providers.gemini_case import GeminiCase
 from tests.providers.openai_case import OpenAICase
 
-OPENAI, ANTHROPIC, GEMINI = OpenAICase(), AnthropicCase(), GeminiCase()
-CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI)
+OPENAI, ANTHROPIC, GEMINI, COHERE = OpenAICase(), AnthropicCase(), GeminiCase(), CohereCase()
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, COHERE)
 
 
 def scenario(name: Scenario) -> pytest.MarkDecorator:

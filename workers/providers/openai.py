@@ -24,8 +24,10 @@ from broker.wire import (
     EmbeddingRequest,
     TextCompletion,
 )
+from broker.wire.rerank import RerankRequest
+from workers.providers import openai_rerank
 from workers.providers import openai_translate as tr
-from workers.providers.base import EmbeddingsResult
+from workers.providers.base import EmbeddingsResult, Ranked
 from workers.providers.http import UpstreamHTTP
 from workers.providers.sse import SSEEvent, SSEParser
 
@@ -104,6 +106,11 @@ class OpenAICompatible:
                                 tr.shape_embeddings(req, model=model, profile=self.profile), deadline)
         vectors, prompt_tokens = tr.embeddings(body, len(req.texts()))
         return EmbeddingsResult(vectors, prompt_tokens)
+
+    async def rerank(self, req: RerankRequest, *, model: str, deadline: float) -> Ranked:
+        """Routed here only for deployments marked `capabilities: {rerank: true}` (workers/providers/openai_rerank.py)."""
+        body = await self._post(self._path("rerank", model), openai_rerank.shape_rerank(req, model=model), deadline)
+        return openai_rerank.ranked(body)
 
     # ---- the Responses API, relayed (workers/responses.py) when the settings say the upstream serves it
 
