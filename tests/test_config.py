@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from broker.config import (
     load,
     resolve,
 )
+from broker.config.providers import KINDS
 
 GOOD = """
 redis_url: redis://127.0.0.1:6379/0
@@ -113,7 +115,9 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("kind", ["kind: anthropix", "label: x"])
 def test_a_wrong_or_missing_kind_lists_the_kinds(tmp_path: Path, kind: str) -> None:
-    with pytest.raises(ConfigError, match=r"\(kinds: anthropic, gemini, mock, openai\) - at `\$.providers.local-vllm"):
+    # Every registered kind, in order (providers.KINDS): each new provider joins the list.
+    kinds = re.escape(", ".join(KINDS))
+    with pytest.raises(ConfigError, match=rf"\(kinds: {kinds}\) - at `\$.providers.local-vllm"):
         load(write(tmp_path, GOOD.replace("kind: openai", kind, 1)), env={"VLLM_KEY": "k"})
 
 

@@ -154,3 +154,15 @@ def test_an_upstream_429_is_a_429_with_its_words(base_url: str) -> None:
     assert answer.status_code == 429
     error = answer.json()["error"]
     assert error["code"] == "rate_limit_exceeded" and "Trial key" in error["message"]
+
+
+def test_search_units_follow_coheres_definition() -> None:
+    from broker.routing.capabilities import estimate_search_units
+    from broker.wire.rerank import RerankRequest
+
+    def units(documents: list[str]) -> int:
+        return estimate_search_units(RerankRequest(model="m", query="q" * 400, documents=list(documents)))
+
+    assert units(["short"] * 100) == 1 and units(["short"] * 101) == 2  # up to 100 documents a search unit
+    # A 100-token query beside a 1,900-token document: 2,000 tokens, four 500-token chunks, four documents.
+    assert units(["d" * 7_600] * 25) == 1 and units(["d" * 7_600] * 26) == 2
