@@ -38,6 +38,7 @@ from api.routes import (
     messages,
     models,
     moderations,
+    rerank,
     responses,
     status,
     usage,
@@ -144,6 +145,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(images.router)
     app.include_router(moderations.router)
     app.include_router(audio.router)
+    app.include_router(rerank.router)
     app.include_router(messages.router)
     app.include_router(responses.router)
     app.include_router(models.router)
@@ -174,6 +176,7 @@ def _with_wire_components(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
         schema.setdefault("components", {}).setdefault("schemas", {}).update(dispatch.OPENAPI_COMPONENTS)
+        schema["components"]["schemas"].update(rerank.OPENAPI_COMPONENTS)
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -39,12 +39,13 @@ from broker.wire.audio import SpeechRequest
 from broker.wire.images import ImageRequest
 from broker.wire.messages import CountTokensRequest, MessagesRequest
 from broker.wire.moderations import ModerationRequest
+from broker.wire.rerank import RerankRequest
 from broker.wire.responses import ResponsesRequest
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest, CountTokensRequest,
-            ResponsesRequest, ImageRequest, ModerationRequest, SpeechRequest)
+            ResponsesRequest, ImageRequest, ModerationRequest, SpeechRequest, RerankRequest)
 
 
 PRIORITY_HEADER = "x-priority"

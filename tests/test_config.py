@@ -115,9 +115,10 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("kind", ["kind: anthropix", "label: x"])
 def test_a_wrong_or_missing_kind_lists_the_kinds(tmp_path: Path, kind: str) -> None:
-    assert {"anthropic", "bedrock", "gemini", "mock", "openai", "vertex"} <= set(KINDS)
-    kinds = re.escape(f"(kinds: {', '.join(KINDS)})")  # every registered kind, as the message lists them
-    with pytest.raises(ConfigError, match=kinds + r" - at `\$.providers.local-vllm"):
+    assert {"anthropic", "bedrock", "cohere", "gemini", "mock", "openai", "vertex"} <= set(KINDS)
+    # Every registered kind, in order (providers.KINDS): each new provider joins the list.
+    kinds = re.escape(", ".join(KINDS))
+    with pytest.raises(ConfigError, match=rf"\(kinds: {kinds}\) - at `\$.providers.local-vllm"):
         load(write(tmp_path, GOOD.replace("kind: openai", kind, 1)), env={"VLLM_KEY": "k"})
 
 

@@ -25,6 +25,7 @@ from broker.queue.payloads import (
     EmbeddingPayload,
     MessagesPayload,
     Payload,
+    RerankPayload,
     ResponsesPayload,
 )
 from broker.wire import (
@@ -41,7 +42,7 @@ from broker.wire import (
     json_encoder,
 )
 from broker.queue.payloads import ImagePayload, ModerationPayload, SpeechPayload, TranscriptionPayload
-from workers import media, messages, responses
+from workers import media, messages, rerank, responses
 from workers.meter import Meter
 from workers.providers import EmbeddingsProvider, Provider, TextCompletionProvider
 
@@ -51,7 +52,7 @@ Outcome = tuple[bytes, Usage | None]
 
 Handler = Callable[[Provider, Job, Any, Emit, Meter], Awaitable[Outcome]]
 P = TypeVar("P", ChatPayload, CompletionPayload, CountTokensPayload, EmbeddingPayload, MessagesPayload,
-            ResponsesPayload, ImagePayload, ModerationPayload, TranscriptionPayload, SpeechPayload)
+            ResponsesPayload, ImagePayload, ModerationPayload, TranscriptionPayload, SpeechPayload, RerankPayload)
 # Payload type → its handler. A new endpoint registers its handler here with @handles.
 HANDLERS: dict[type[Payload], Handler] = {}
 
@@ -104,6 +105,7 @@ handles(ImagePayload)(media.images)
 handles(ModerationPayload)(media.moderations)
 handles(TranscriptionPayload)(media.transcriptions)
 handles(SpeechPayload)(media.speech)
+handles(RerankPayload)(rerank.serve)  # workers/rerank.py
 
 
 async def _chat(provider: Provider, job: Job, req: ChatRequest, meter: Meter) -> Outcome:

@@ -32,6 +32,7 @@ from broker.keys import Keys
 from broker.queue.jobs import Job
 from broker.queue.payloads import AnyRequest, MediaRequest
 from broker.store.scripts import lua_script
+from broker.queue.payloads import AnyRequest
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 # Part of every digest: bump it when the entry's form changes, and old entries are simply missed.
@@ -74,15 +75,18 @@ def normalized(payload: AnyRequest) -> object:
                                        store=UNSET, safety_identifier=UNSET, prompt_cache_key=UNSET)
     if isinstance(payload, CompletionRequest):
         return msgspec.structs.replace(payload, stream=False, stream_options=UNSET, user=UNSET)
-    return msgspec.structs.replace(payload, user=UNSET)
+    if isinstance(payload, EmbeddingRequest):
+        return msgspec.structs.replace(payload, user=UNSET)
+    return payload  # a rerank: every field changes its answer
 
 
 def deterministic(payload: AnyRequest) -> bool:
-    """Meant to give the same answer again: `temperature: 0` or a `seed` (embeddings always are)."""
-    if isinstance(payload, EmbeddingRequest):
-        return True
+    """Meant to give the same answer again: `temperature: 0` or a `seed` (embeddings and reranks always are;
+    media never)."""
     if isinstance(payload, MediaRequest):
         return False
+    if not isinstance(payload, ChatRequest | CompletionRequest):
+        return True
     return payload.temperature == 0 or isinstance(payload.seed, int)
 
 

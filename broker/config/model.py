@@ -52,6 +52,8 @@ class Deployment(Limits, kw_only=True):
     input_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
     output_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
     cached_input_per_mtok: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
+    # USD per 1,000 search units, for rerank models (Cohere's unit: broker/routing/capabilities.py).
+    per_1k_searches: Annotated[float, msgspec.Meta(ge=0, le=1e6)] | None = None
     # Corrections to what the provider (or its profile) can do, e.g. {tools: false} for a small model.
     capabilities: CapabilityOverrides = msgspec.field(default_factory=CapabilityOverrides)
     # Share of the requests under the `weighted` strategy.

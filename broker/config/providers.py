@@ -147,6 +147,18 @@ class VertexProvider(_Pool, tag_field="kind", tag="vertex", kw_only=True):
         return Capabilities(completions=False, embeddings=self.publisher == "google")
 
 
+class CohereProvider(_HTTPProvider, tag_field="kind", tag="cohere", kw_only=True):
+    """Cohere's v2 API: /v2/chat, /v2/embed, /v2/rerank (https://docs.cohere.com/v2/reference/chat)."""
+
+    base_url: str = "https://api.cohere.com"
+    # What /v2/embed's required `input_type` is for OpenAI-shaped requests, which cannot say:
+    # search_document | search_query | classification | clustering.
+    embed_input_type: Literal["search_document", "search_query", "classification", "clustering"] = "search_document"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(completions=False, embeddings=True, rerank=True)
+
+
 class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
     """Built-in fake LLM: deterministic text from the prompt, real usage numbers."""
 
@@ -157,8 +169,9 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(completions=True, embeddings=True, images=True, moderations=True, transcriptions=True,
-                            speech=True)
+                            speech=True, rerank=True)
 
 
-ProviderConfig = OpenAIProvider | AnthropicProvider | GeminiProvider | BedrockProvider | VertexProvider | MockProvider
+ProviderConfig = (OpenAIProvider | AnthropicProvider | GeminiProvider | BedrockProvider | VertexProvider
+                  | CohereProvider | MockProvider)
 KINDS = sorted(str(t.__struct_config__.tag) for t in get_args(ProviderConfig))

@@ -31,7 +31,7 @@ from broker.config import ApiKey, Budgets, Tenant
 from broker.errors import OverBudget
 from broker.keys import Keys
 from broker.money.pricing import NANOS_PER_USD, Price, usd
-from broker.routing.capabilities import Request, estimate_tokens, output_limit_tokens
+from broker.routing.capabilities import Request, estimate_search_units, estimate_tokens, output_limit_tokens
 
 REMAINING_HEADER = "x-llm-broker-budget-remaining-usd"
 
@@ -78,8 +78,8 @@ def applicable(keys: Keys, tenant_name: str, tenant: Budgets, key_name: str | No
 
 def worst_case_nanos(req: Request, prices: list[Price | None]) -> int:
     """The most `req` may cost on any of the priced candidates (0 if none is priced)."""
-    prompt, output = estimate_tokens(req), output_limit_tokens(req)
-    return max((p.estimate_nanos(prompt, output) for p in prices if p is not None), default=0)
+    prompt, output, searches = estimate_tokens(req), output_limit_tokens(req), estimate_search_units(req)
+    return max((p.estimate_nanos(prompt, output, searches) for p in prices if p is not None), default=0)
 
 
 def remaining_header(left_nanos: int) -> dict[str, str]:

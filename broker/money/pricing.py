@@ -40,11 +40,12 @@ SELF_HOSTED_PROFILES = frozenset({"vllm", "ollama", "localai", "llamacpp"})
 
 
 class Price(NamedTuple):
-    """USD per million tokens."""
+    """USD per million tokens, and per thousand searches (rerank models: Cohere prices them per search unit)."""
 
     input: float
     output: float
     cached_input: float
+    per_1k_searches: float = 0.0
 
     def cost_nanos(self, usage: Usage) -> int:
         """The cost of `usage` in nano-dollars. Cached prompt tokens (counted inside prompt_tokens,
@@ -52,11 +53,14 @@ class Price(NamedTuple):
         cached = min(usage.prompt_detail("cached_tokens"), usage.prompt_tokens)
         micro_usd_x1000 = ((usage.prompt_tokens - cached) * self.input + cached * self.cached_input
                            + usage.completion_tokens * self.output)
-        return round(micro_usd_x1000 * 1000)  # tokens x USD/Mtok = µUSD; x 1000 = nano-dollars
+        searches = usage.search_units if isinstance(usage.search_units, int) else 0
+        # tokens x USD/Mtok = µUSD, x 1000 = nano-dollars; searches x USD/1k searches x 1e6 = nano-dollars
+        return round(micro_usd_x1000 * 1000 + searches * self.per_1k_searches * 1_000_000)
 
-    def estimate_nanos(self, prompt_tokens: int, output_tokens: int) -> int:
-        """What a request of that many prompt and output tokens would cost, none of them cached."""
-        return round((prompt_tokens * self.input + output_tokens * self.output) * 1000)
+    def estimate_nanos(self, prompt_tokens: int, output_tokens: int, search_units: int = 0) -> int:
+        """What a request of that many prompt and output tokens (and searches) would cost, none of them cached."""
+        return round((prompt_tokens * self.input + output_tokens * self.output) * 1000
+                     + search_units * self.per_1k_searches * 1_000_000)
 
 
 FREE = Price(0.0, 0.0, 0.0)
@@ -64,6 +68,10 @@ FREE = Price(0.0, 0.0, 0.0)
 
 def _p(input: float, output: float, cached: float | None = None) -> Price:
     return Price(input, output, input if cached is None else cached)
+
+
+def _searches(per_1k: float) -> Price:
+    return Price(0.0, 0.0, 0.0, per_1k)
 
 
 # Model id (or the stem of dated and suffixed ids: "gpt-4o-2024-08-06" is "gpt-4o") → price.
@@ -123,6 +131,19 @@ SHIPPED: dict[str, Price] = {
     "mistral.mistral-large-2407": _p(2.00, 6.00),
     "cohere.command-r-plus": _p(3.00, 15.00),
     "cohere.command-r": _p(0.50, 1.50),
+    # Cohere (https://cohere.com/pricing): chat and embed per token, rerank per 1,000 search units
+    "command-a": _p(2.50, 10.00),
+    "command-r-plus": _p(2.50, 10.00),
+    "command-r": _p(0.15, 0.60),
+    "command-r7b": _p(0.0375, 0.15),
+    "embed-v4.0": _p(0.12, 0.0),
+    "embed-english-v3.0": _p(0.10, 0.0),
+    "embed-multilingual-v3.0": _p(0.10, 0.0),
+    "embed-english-light-v3.0": _p(0.10, 0.0),
+    "embed-multilingual-light-v3.0": _p(0.10, 0.0),
+    "rerank-v3.5": _searches(2.00),
+    "rerank-english-v3.0": _searches(2.00),
+    "rerank-multilingual-v3.0": _searches(2.00),
 }
 # Bedrock's cross-region inference profiles: the model id behind a geography's prefix.
 BEDROCK_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "us-gov.", "jp.", "au.", "ca.", "global.")
@@ -156,11 +177,13 @@ def shipped_price(model: str, table: dict[str, Price] = SHIPPED) -> Price | None
 
 def resolve(deployment: Deployment, provider: ProviderConfig) -> Price | None:
     """The deployment's price, or None: unpriced (see the module docstring for the order)."""
-    configured = (deployment.input_per_mtok, deployment.output_per_mtok, deployment.cached_input_per_mtok)
+    configured = (deployment.input_per_mtok, deployment.output_per_mtok, deployment.cached_input_per_mtok,
+                  deployment.per_1k_searches)
     if any(value is not None for value in configured):
         given = deployment.input_per_mtok or 0.0
         cached = deployment.cached_input_per_mtok
-        return Price(given, deployment.output_per_mtok or 0.0, given if cached is None else cached)
+        return Price(given, deployment.output_per_mtok or 0.0, given if cached is None else cached,
+                     deployment.per_1k_searches or 0.0)
     if isinstance(provider, MockProvider) or (isinstance(provider, OpenAIProvider)
                                               and provider.profile in SELF_HOSTED_PROFILES):
         return FREE

@@ -22,10 +22,11 @@ from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 from broker.wire.audio import SPEECH_MEDIA_TYPES, SpeechRequest, TranscriptionRequest
 from broker.wire.images import ImageRequest
 from broker.wire.moderations import ModerationRequest
+from broker.wire.rerank import RerankRequest
 
 # What the response cache stores and replays for a payload (broker/cache/replay.py).
 Kind = Literal["chat", "text", "embedding", "messages", "count_tokens", "responses", "image", "moderation",
-               "transcription", "speech"]
+               "transcription", "speech", "rerank"]
 # How its answer is written to the client: OpenAI's SSE (`data:` lines, `[DONE]`) or Anthropic's
 # (`event:` + `data:` per event, no terminator). The API frames a stream by it (api/sse.py).
 # `audio`: raw bytes, no framing (/v1/audio/speech).
@@ -86,6 +87,19 @@ class EmbeddingPayload(msgspec.Struct, tag="embedding", array_like=True, frozen=
     dialect: ClassVar[Dialect] = "openai"
     background: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
+    streams: ClassVar[bool] = False
+    wants_usage_chunk: ClassVar[bool] = False
+
+
+class RerankPayload(msgspec.Struct, tag="rerank", array_like=True, frozen=True):
+    """POST /v1/rerank: never streamed. Not cached: the response cache replays chat, text and vectors only."""
+
+    request: RerankRequest
+    kind: ClassVar[Kind] = "rerank"
+    answer_prefix: ClassVar[str] = "rerank-"
+    dialect: ClassVar[Dialect] = "openai"
+    background: ClassVar[bool] = False
+    cacheable: ClassVar[bool] = False
     streams: ClassVar[bool] = False
     wants_usage_chunk: ClassVar[bool] = False
 
@@ -231,14 +245,16 @@ class SpeechPayload(msgspec.Struct, tag="speech", array_like=True, frozen=True):
 
 
 Payload = (ChatPayload | CompletionPayload | EmbeddingPayload | MessagesPayload | CountTokensPayload
-           | ResponsesPayload | ImagePayload | ModerationPayload | TranscriptionPayload | SpeechPayload)
+           | ResponsesPayload | ImagePayload | ModerationPayload | TranscriptionPayload | SpeechPayload
+           | RerankPayload)
 MediaRequest = ImageRequest | ModerationRequest | TranscriptionRequest | SpeechRequest
-AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest | MediaRequest
+AnyRequest = ChatRequest | CompletionRequest | EmbeddingRequest | MediaRequest | RerankRequest
 
 PAYLOAD_OF: dict[type[AnyRequest], Callable[[Any], Payload]] = {
     ChatRequest: ChatPayload,
     CompletionRequest: CompletionPayload,
     EmbeddingRequest: EmbeddingPayload,
+    RerankRequest: RerankPayload,
 }
 
 

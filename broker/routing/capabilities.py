@@ -8,10 +8,13 @@ capability it needs, so adapters never receive requests they cannot serve.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from broker.queue.payloads import AnyRequest, MediaRequest
 from broker.wire import CompletionRequest, EmbeddingRequest, ImageUrlPart
+from broker.wire.rerank import RerankRequest
 
 
 class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -34,6 +37,8 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     moderations: bool = False
     transcriptions: bool = False
     speech: bool = False
+    # Serves POST /v1/rerank (workers/providers/base.py `RerankProvider`); off unless the kind or the deployment says.
+    rerank: bool = False
 
 
 class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -52,6 +57,7 @@ class CapabilityOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     moderations: bool | None = None
     transcriptions: bool | None = None
     speech: bool | None = None
+    rerank: bool | None = None
 
     def apply(self, base: Capabilities) -> Capabilities:
         changes = {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
@@ -67,6 +73,8 @@ def needs(req: Request) -> dict[str, str]:
         return {"embeddings": "model"}
     if isinstance(req, MediaRequest):
         return {req.capability: "model"}
+    if isinstance(req, RerankRequest):
+        return {"rerank": "model"}
     if isinstance(req, CompletionRequest):
         return {"completions": "model"}
     required = {"chat": "model"}
@@ -91,8 +99,8 @@ DEFAULT_OUTPUT_TOKENS = 512
 
 def output_limit_tokens(req: Request) -> int:
     """The most output a request asks for: its limit (`max_completion_tokens` / `max_tokens`, else
-    DEFAULT_OUTPUT_TOKENS) times its choices (`n`; completions: max(n, best_of)). Embeddings, media: 0."""
-    if isinstance(req, EmbeddingRequest | MediaRequest):
+    DEFAULT_OUTPUT_TOKENS) times its choices (`n`; completions: max(n, best_of)). Embeddings, media, reranks: 0."""
+    if isinstance(req, EmbeddingRequest | MediaRequest | RerankRequest):
         return 0
     limit = req.output_limit()
     choices = req.n if isinstance(req.n, int) else 1
@@ -109,4 +117,23 @@ def estimate_tokens(req: Request) -> int:
         return sum(len(p) for p in req.prompts()) // 4
     if isinstance(req, MediaRequest):
         return req.prompt_chars() // 4
+    if isinstance(req, RerankRequest):  # the query is read beside every document
+        return sum(len(req.query) + len(t) for t in req.texts()) // 4
     return sum(len(m.text()) for m in req.messages) // 4 + 3 * len(req.messages)
+
+
+# Cohere's definition (https://cohere.com/pricing, "What is a search unit?"): one search unit is a query with up
+# to 100 documents to be ranked; a document longer than 500 tokens, the query included, is split into chunks
+# of that size, each of which counts as a document.
+SEARCH_UNIT_DOCUMENTS = 100
+SEARCH_UNIT_CHUNK_TOKENS = 500
+
+
+def estimate_search_units(req: Request) -> int:
+    """The search units a rerank costs by Cohere's definition, from ~4 characters a token (0 for anything
+    else): what is billed when the upstream does not say (every server but Cohere's own)."""
+    if not isinstance(req, RerankRequest):
+        return 0
+    query = len(req.query) / 4
+    chunks = sum(max(1, math.ceil((query + len(t) / 4) / SEARCH_UNIT_CHUNK_TOKENS)) for t in req.texts())
+    return math.ceil(chunks / SEARCH_UNIT_DOCUMENTS)

@@ -41,6 +41,7 @@ _WHAT = {
     "moderations": "moderations (/v1/moderations)",
     "transcriptions": "audio transcriptions and translations (/v1/audio/transcriptions, /v1/audio/translations)",
     "speech": "text to speech (/v1/audio/speech)",
+    "rerank": "reranking (/v1/rerank)",
 }
 
 

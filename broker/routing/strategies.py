@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from broker.config import Deployment, ModelGroup
 from broker.keys import Keys
 from broker.money.pricing import PriceBook
-from broker.routing.capabilities import Request, estimate_tokens, output_limit_tokens
+from broker.routing.capabilities import Request, estimate_search_units, estimate_tokens, output_limit_tokens
 
 # Deployment → what its group's strategy compares (seconds, calls in flight); absent: not measured.
 Stats = dict[tuple[str, str], float]
@@ -43,10 +43,10 @@ def order(group: ModelGroup, req: Request, stats: Stats, prices: PriceBook) -> l
             # Weighted random order without replacement (Efraimidis-Spirakis).
             return sorted(deployments, key=lambda d: random.random() ** (1 / d.weight), reverse=True)
         case "cost":
-            prompt, output = estimate_tokens(req), output_limit_tokens(req)
+            prompt, output, searches = estimate_tokens(req), output_limit_tokens(req), estimate_search_units(req)
             def cost(d: Deployment) -> float:  # an unpriced deployment is never taken for the cheapest
                 price = prices.price(d.provider, d.model)
-                return math.inf if price is None else price.estimate_nanos(prompt, output)
+                return math.inf if price is None else price.estimate_nanos(prompt, output, searches)
             return sorted(deployments, key=cost)
         case "latency" | "least-busy":
             # Not yet measured counts as best: it gets tried, and so measured. Ties keep the listed order.

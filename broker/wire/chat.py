@@ -187,6 +187,9 @@ class Usage(msgspec.Struct, omit_defaults=True):
     prompt_tokens_details: dict[str, Any] | None | UnsetType = UNSET
     completion_tokens_details: dict[str, Any] | None | UnsetType = UNSET
     cost: float | None | UnsetType = UNSET  # USD, set by the broker (broker/money/pricing.py), OpenRouter's field
+    # A rerank's billed searches (Cohere's `billed_units.search_units`, else estimated): priced per search, not
+    # per token. Never set on chat, so never written there.
+    search_units: Int64 | UnsetType = UNSET
 
     def prompt_detail(self, name: str) -> int:
         """A count from `prompt_tokens_details` (`cached_tokens`, `cache_write_tokens`), 0 if absent:

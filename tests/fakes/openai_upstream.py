@@ -348,6 +348,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
 
     from tests.fakes.openai_legacy import legacy_routes
     from tests.fakes.openai_media import media_routes
+    from tests.fakes.openai_rerank import rerank_routes
     from tests.fakes.openai_responses import responses_routes
 
     app = Starlette(routes=[
@@ -358,6 +359,7 @@ def create_app(*, api_key: str | None = None, chunks: int = 20,
         *legacy_routes(record, guard, chunks, EventStream),
         *responses_routes(record, guard, EventStream),
         *media_routes(record, guard, EventStream),
+        *rerank_routes(record, guard),  # vLLM's, for cross-encoder models
         # Azure OpenAI: deployment in the path, api-version required, key in `api-key`.
         Route("/openai/deployments/{deployment}/chat/completions", azure_chat, methods=["POST"]),
     ])

@@ -7,13 +7,14 @@ import pytest
 from tests.providers.anthropic_case import AnthropicCase
 from tests.providers.bedrock_case import BedrockCase
 from tests.providers.case import ProviderCase, Scenario
+from tests.providers.cohere_case import CohereCase
 from tests.providers.gemini_case import GeminiCase
 from tests.providers.openai_case import OpenAICase
 from tests.providers.vertex_case import VertexClaudeCase, VertexGeminiCase
 
-OPENAI, ANTHROPIC, GEMINI, BEDROCK = OpenAICase(), AnthropicCase(), GeminiCase(), BedrockCase()
+OPENAI, ANTHROPIC, GEMINI, BEDROCK, COHERE = OpenAICase(), AnthropicCase(), GeminiCase(), BedrockCase(), CohereCase()
 VERTEX, VERTEX_CLAUDE = VertexGeminiCase(), VertexClaudeCase()
-CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, BEDROCK, VERTEX, VERTEX_CLAUDE)
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, BEDROCK, VERTEX, VERTEX_CLAUDE, COHERE)
 
 
 def scenario(name: Scenario) -> pytest.MarkDecorator:

@@ -9,8 +9,9 @@ import msgspec
 
 from broker.config import ProviderConfig
 from workers.providers.anthropic import AnthropicMessages
-from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionProvider
+from workers.providers.base import EmbeddingsProvider, Provider, RerankProvider, TextCompletionProvider
 from workers.providers.bedrock import BedrockConverse
+from workers.providers.cohere import CohereV2
 from workers.providers.gemini import GeminiGenerateContent
 from workers.providers.mock import MockProvider
 from workers.providers.openai import OpenAICompatible
@@ -23,6 +24,7 @@ REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "anthropic": AnthropicMessages,
     "bedrock": BedrockConverse,
     "vertex": vertex,
+    "cohere": CohereV2,
 }
 
 
@@ -36,4 +38,5 @@ def build_provider(name: str, config: ProviderConfig, *, concurrency: int | None
     return REGISTRY[str(kind)](name, config)
 
 
-__all__ = ["REGISTRY", "EmbeddingsProvider", "Provider", "TextCompletionProvider", "build_provider"]
+__all__ = ["REGISTRY", "EmbeddingsProvider", "Provider", "RerankProvider", "TextCompletionProvider",
+           "build_provider"]

@@ -40,6 +40,7 @@ from broker.wire import (
 from broker.wire.audio import SpeechRequest, TranscriptionRequest
 from broker.wire.images import ImageRequest
 from broker.wire.moderations import ModerationRequest
+from broker.wire.rerank import RerankRequest
 from workers.providers.sse import SSEEvent
 
 
@@ -66,6 +67,23 @@ class EmbeddingsProvider(Protocol):
     async def embed(self, req: EmbeddingRequest, *, model: str, deadline: float) -> EmbeddingsResult:
         """Float vectors; the worker applies `encoding_format`."""
         ...
+
+
+class Ranked(msgspec.Struct):
+    """A rerank's scores: `(document index, relevance score)` for some or all documents, in any order (the
+    worker sorts, cuts to `top_n` and attaches documents), and what the upstream said it used, if it did."""
+
+    scores: list[tuple[int, float]]
+    prompt_tokens: int | None = None
+    search_units: int | None = None
+
+
+@runtime_checkable
+class RerankProvider(Protocol):
+    """POST /v1/rerank: Cohere's /v2/rerank, an OpenAI-compatible server's /rerank (vLLM, Infinity), the mock.
+    Bedrock's Cohere Rerank fits the same method (InvokeModel with `query`, `documents`, `top_n`)."""
+
+    async def rerank(self, req: RerankRequest, *, model: str, deadline: float) -> Ranked: ...
 
 
 @runtime_checkable

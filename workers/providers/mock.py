@@ -11,8 +11,9 @@ one (arguments valid against the tool's JSON Schema: mock_schema.py), a JSON obj
 in JSON mode (`{"answer": <the words>}`), a document valid against the schema for
 structured outputs (the same generator, so `parse()` into a Pydantic model works),
 legacy completions, embeddings (unit vectors from the text's hash,
-`dimensions` long, 16 by default), and the media endpoints: PNG images, WAV/MP3 speech,
-transcripts and moderations (mock_media.py). A JSON answer is emitted, and counted, a
+`dimensions` long, 16 by default), reranks (scored by the words a document shares with the query),
+and the media endpoints: PNG images, WAV/MP3 speech, transcripts and moderations (mock_media.py).
+A JSON answer is emitted, and counted, a
 whitespace-separated piece per token; a structured one is as long as its schema
 makes it, and `max_tokens` cuts it short (finish_reason "length", the JSON left
 incomplete), as a real model's is: the case for which openai-python's `parse()`
@@ -56,8 +57,9 @@ from broker.wire import (
 from broker.wire.audio import SpeechRequest, TranscriptionRequest
 from broker.wire.images import ImageData, ImageRequest, ImagesResponse
 from broker.wire.moderations import ModerationRequest, ModerationResponse
+from broker.wire.rerank import RerankRequest
 from workers.providers import mock_media
-from workers.providers.base import EmbeddingsResult, Transcribed
+from workers.providers.base import EmbeddingsResult, Ranked, Transcribed
 from workers.providers.mock_schema import sample
 
 VOCABULARY = (
@@ -102,6 +104,16 @@ def mock_vector(text: str, dimensions: int) -> list[float]:
         digest = hashlib.blake2b(digest, digest_size=64).digest()
     norm = math.sqrt(sum(x * x for x in raw[:dimensions])) or 1.0
     return [x / norm for x in raw[:dimensions]]
+
+
+def overlap_score(query: str, document: str) -> float:
+    """The share of the query's distinct words the document contains, nudged by a hash of the pair so that
+    ties between documents still have a deterministic order: in [0, 1)."""
+    asked = set(re.findall(r"\w+", query.lower()))
+    found = set(re.findall(r"\w+", document.lower()))
+    share = len(asked & found) / len(asked) if asked else 0.0
+    nudge = hashlib.blake2b(f"{query}\0{document}".encode(), digest_size=2).digest()
+    return round(share * 0.9 + int.from_bytes(nudge, "big") / 65536 * 0.09, 6)
 
 
 def _seed(prompt: str, choice: int) -> str:
@@ -244,6 +256,15 @@ class MockProvider:
         yield TextCompletion("", created, model, [TextChoice(i, "", finish) for i, (_, finish) in enumerate(plans)])
         usage = self._usage(count_words(req.prompts()), sum(len(t) for t, _ in plans))
         yield TextCompletion("", created, model, [], usage=usage)
+
+    # ---------------------------------------------------------------- rerank
+
+    async def rerank(self, req: RerankRequest, *, model: str, deadline: float) -> Ranked:
+        """Scores by word overlap with the query, so the order means something; exact usage in mock tokens."""
+        texts = req.texts()
+        scores = [(i, overlap_score(req.query, text)) for i, text in enumerate(texts)]
+        query_words = count_words([req.query])
+        return Ranked(scores, prompt_tokens=query_words * len(texts) + count_words(texts))
 
     # ---------------------------------------------------------------- embeddings
 

@@ -24,12 +24,14 @@ from broker.wire import (
     EmbeddingRequest,
     TextCompletion,
 )
-from workers.providers import openai_media as media_tr
-from workers.providers import openai_translate as tr
 from broker.wire.audio import SpeechRequest, TranscriptionRequest, reported_usage
 from broker.wire.images import ImageRequest
 from broker.wire.moderations import ModerationRequest
-from workers.providers.base import EmbeddingsResult, Transcribed
+from broker.wire.rerank import RerankRequest
+from workers.providers import openai_media as media_tr
+from workers.providers import openai_rerank
+from workers.providers import openai_translate as tr
+from workers.providers.base import EmbeddingsResult, Ranked, Transcribed
 from workers.providers.http import UpstreamHTTP
 from workers.providers.sse import SSEEvent, SSEParser
 
@@ -108,6 +110,11 @@ class OpenAICompatible:
                                 tr.shape_embeddings(req, model=model, profile=self.profile), deadline)
         vectors, prompt_tokens = tr.embeddings(body, len(req.texts()))
         return EmbeddingsResult(vectors, prompt_tokens)
+
+    async def rerank(self, req: RerankRequest, *, model: str, deadline: float) -> Ranked:
+        """Routed here only for deployments marked `capabilities: {rerank: true}` (workers/providers/openai_rerank.py)."""
+        body = await self._post(self._path("rerank", model), openai_rerank.shape_rerank(req, model=model), deadline)
+        return openai_rerank.ranked(body)
 
     # ---- the Responses API, relayed (workers/responses.py) when the settings say the upstream serves it
 
