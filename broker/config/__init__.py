@@ -32,6 +32,8 @@ from broker.config.model import (
 )
 from broker.config.providers import (
     AnthropicProvider,
+    AzureProvider,
+    EntraAuth,
     GeminiProvider,
     MockProvider,
     OpenAIProvider,
@@ -40,8 +42,8 @@ from broker.config.providers import (
 from broker.config.types import Secret, Strict
 
 __all__ = [
-    "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "Budgets", "CircuitSettings", "Config",
-    "ConfigError", "Deployment", "GeminiProvider", "Limits", "MockProvider", "ModelGroup", "OpenAIProvider",
+    "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "AzureProvider", "Budgets", "CircuitSettings", "Config",
+    "ConfigError", "Deployment", "EntraAuth", "GeminiProvider", "Limits", "MockProvider", "ModelGroup", "OpenAIProvider",
     "ProviderConfig", "QueueSettings", "ResponsesSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
     "default_config", "hash_key", "load", "resolve", "validate", "with_files_dir", "with_redis_url",
 ]

@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from broker.config import checks as config_checks
+from broker.config import legacy
 from broker.config.model import (
     DEV_API_KEY,
     Config,
@@ -78,7 +79,8 @@ def _dec_hook(typ: type, obj: Any) -> Any:
 
 
 def validate(raw: Any, *, source: str, env: dict[str, str] | None = None) -> Config:
-    expanded = _expand(raw if raw is not None else {}, "$", dict(os.environ) if env is None else env, source)
+    expanded = legacy.migrate(_expand(raw if raw is not None else {}, "$", dict(os.environ) if env is None else env,
+                                      source))
     try:
         config = msgspec.convert(expanded, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:

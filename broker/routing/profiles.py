@@ -30,14 +30,11 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     rename: tuple[tuple[str, str], ...] = ()
     # Knows max_completion_tokens; if not, it is sent as max_tokens.
     max_completion_tokens: bool = True
-    # Azure: `api-key` header, deployment in the path, `api-version` query parameter.
-    azure: bool = False
 
 
 PROFILES: dict[str, Profile] = {
     "generic": Profile(),
     "openai": Profile(),
-    "azure": Profile(azure=True),
     # vLLM: `suffix` unsupported; tools need --enable-auto-tool-choice on the server.
     "vllm": Profile(drop=frozenset({"suffix"})),
     # Ollama: no n, logit_bias, user, tool_choice or logprobs (`FromChatRequest` never reads them).

@@ -9,6 +9,7 @@ import msgspec
 
 from broker.config import ProviderConfig
 from workers.providers.anthropic import AnthropicMessages
+from workers.providers.azure import AzureOpenAI
 from workers.providers.base import EmbeddingsProvider, Provider, TextCompletionProvider
 from workers.providers.gemini import GeminiGenerateContent
 from workers.providers.mock import MockProvider
@@ -16,6 +17,7 @@ from workers.providers.openai import OpenAICompatible
 
 REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "openai": OpenAICompatible,
+    "azure": AzureOpenAI,
     "mock": MockProvider,
     "gemini": GeminiGenerateContent,
     "anthropic": AnthropicMessages,
