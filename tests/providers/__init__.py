@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tests.providers.anthropic_case import AnthropicCase
+from tests.providers.azure_case import AzureCase, AzureV1Case
 from tests.providers.case import ProviderCase, Scenario
 from tests.providers.gemini_case import GeminiCase
 from tests.providers.openai_case import OpenAICase
 
 OPENAI, ANTHROPIC, GEMINI = OpenAICase(), AnthropicCase(), GeminiCase()
-CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI)
+AZURE, AZURE_V1 = AzureCase(), AzureV1Case()
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, AZURE, AZURE_V1)
 
 
 def scenario(name: Scenario) -> pytest.MarkDecorator:

@@ -97,16 +97,20 @@ class ProviderCase:
         """What the provider's `base_url` is for the fake."""
         return upstream.base_url
 
+    def settings(self, upstream: FakeServer, key: str) -> dict[str, Any]:
+        """The provider's config for the fake, authenticating with `key`."""
+        return {"kind": self.name, "base_url": self.base_url(upstream), "api_key": key, "timeout_s": self.timeout_s}
+
     def start(self, make: StackFactory, upstream: FakeServer) -> str:
         """A stack serving every model the scenarios call; its API's base URL."""
-        deployment = {"kind": self.name, "base_url": self.base_url(upstream), "api_key": self.key,
-                      "timeout_s": self.timeout_s}
-        providers = {self.name: deployment, "wrong-key": {**deployment, "api_key": WRONG_KEY},
+        providers = {self.name: self.settings(upstream, self.key), "wrong-key": self.settings(upstream, WRONG_KEY),
                      "mock": {"kind": "mock", "tokens": 2}}
         models: dict[str, Any] = {public: [{"provider": self.name, "model": m}] for public, m in self.models.items()}
         models["misconfigured"] = [{"provider": "wrong-key", "model": self.models["chat"]}]
         if "overloaded" in self.models:
             models["overloaded-or-mock"] = [*models["overloaded"], {"provider": "mock", "model": "m"}]
+        if "limited" in self.models:
+            models["limited-or-mock"] = [*models["limited"], {"provider": "mock", "model": "m"}]
         return make(providers, models).up(self.name, "wrong-key", "mock")
 
     # The hooks of the scenarios a provider declares; `upstream.requests[-1]` is what it received last.
