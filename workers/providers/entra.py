@@ -120,8 +120,7 @@ class ClientCredentials:
         what = " ".join(part for part in (str(status), detail.error) if part)
         # 4xx other than 429: the tenant, client or secret is wrong, which is ours to fix (401).
         upstream = status if status == 429 or status >= 500 else 401
-        err = UpstreamError.for_status(upstream, f"{self._http.name} refused the credentials ({what})"
-                                       + (f": {said}" if said else ""))
+        err = UpstreamError.for_status(upstream, f"{self._http.name} answered {what}" + (f": {said}" if said else ""))
         err.upstream_status = upstream
         return err
 
