@@ -113,7 +113,7 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("kind", ["kind: anthropix", "label: x"])
 def test_a_wrong_or_missing_kind_lists_the_kinds(tmp_path: Path, kind: str) -> None:
-    with pytest.raises(ConfigError, match=r"\(kinds: anthropic, gemini, mock, openai\) - at `\$.providers.local-vllm"):
+    with pytest.raises(ConfigError, match=r"\(kinds: anthropic, azure, gemini, mock, openai\) - at `\$.providers.local-vllm"):
         load(write(tmp_path, GOOD.replace("kind: openai", kind, 1)), env={"VLLM_KEY": "k"})
 
 

@@ -35,6 +35,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
 PROFILES: dict[str, Profile] = {
     "generic": Profile(),
     "openai": Profile(),
+    # The `azure` kind's (workers/providers/azure.py): its deployments take what OpenAI's models take.
+    # `kind: openai` with `profile: azure` is read as that kind (broker/config/legacy.py).
+    "azure": Profile(),
     # vLLM: `suffix` unsupported; tools need --enable-auto-tool-choice on the server.
     "vllm": Profile(drop=frozenset({"suffix"})),
     # Ollama: no n, logit_bias, user, tool_choice or logprobs (`FromChatRequest` never reads them).

@@ -18,16 +18,12 @@ from collections.abc import AsyncIterator, Mapping
 
 from broker.config.providers import AzureProvider as AzureSettings
 from broker.errors import UpstreamError
-from broker.routing.profiles import Profile
+from broker.routing.profiles import PROFILES
 from broker.wire import ChatChunk, ChatRequest
 from workers.providers import azure_translate as az
 from workers.providers import openai_translate as tr
 from workers.providers.entra import ClientCredentials
 from workers.providers.openai import OpenAICompatible
-
-# Azure's deployments take what OpenAI's models take.
-PROFILE = Profile()
-
 
 class AzureOpenAI(OpenAICompatible):
     def __init__(self, name: str, settings: AzureSettings) -> None:
@@ -36,7 +32,7 @@ class AzureOpenAI(OpenAICompatible):
             headers["api-key"] = settings.api_key.reveal()
         elif settings.bearer_token is not None:
             headers["authorization"] = f"Bearer {settings.bearer_token.reveal()}"
-        self._connect(name, settings, az.base_url(settings.endpoint, v1=settings.v1), headers, PROFILE,
+        self._connect(name, settings, az.base_url(settings.endpoint, v1=settings.v1), headers, PROFILES["azure"],
                       stream_usage=settings.stream_usage, responses_api=settings.responses_api)
         self.api_version = settings.api_version
         self._tokens: ClientCredentials | None = None

@@ -158,8 +158,10 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     `retry-after` in seconds."""
     for name, per_s in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
+        if value is None:
+            continue
         try:
-            return float(value) / per_s if value is not None else None
+            return float(value) / per_s
         except ValueError:
             continue
     return None
