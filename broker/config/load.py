@@ -29,6 +29,17 @@ from broker.config.providers import KINDS, ProviderConfig
 from broker.config.types import Secret
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `2024-10-21` as a date; no setting is a date, and an Azure `api_version` is
+    written just so, so timestamps stay the strings they were written as."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 class ConfigError(Exception):
     """An invalid config file; the message names the file and the field path."""
 
@@ -135,7 +146,7 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML{_yaml_where(exc)}") from None
     if raw is None:  # nothing but comments, or nothing at all: a wrong or truncated file

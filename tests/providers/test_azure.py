@@ -12,13 +12,15 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 
-from broker.config import AzureProvider, ConfigError, Deployment, EntraAuth, Secret, validate
+from broker.config import AzureProvider, ConfigError, Deployment, EntraAuth, Secret, load, validate
 from broker.errors import UpstreamError
 from broker.money.pricing import SHIPPED, resolve
 from broker.wire import chat_request_decoder, completion_request_decoder, embedding_request_decoder
@@ -33,6 +35,7 @@ from workers.providers.azure import AzureOpenAI
 E2E = pytest.mark.parametrize("provider", [AZURE], ids=["azure"], indirect=True, scope="package")
 HELLO: Any = [{"role": "user", "content": "hello there"}]
 SECRET = AZURE.key
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def settings(server: AzureServer, url_style: str, auth: str, **extra: Any) -> AzureProvider:
@@ -282,3 +285,23 @@ def test_a_deployment_is_priced_by_the_model_it_runs() -> None:
     assert resolve(Deployment(provider="az", model="prod-chat"), provider) == SHIPPED["gpt-4o"]
     assert resolve(Deployment(provider="az", model="gpt-4o-mini"), provider) == SHIPPED["gpt-4o-mini"]
     assert resolve(Deployment(provider="az", model="my-custom-name"), provider) is None
+
+
+def test_the_readmes_azure_examples_load_as_written(tmp_path: Path) -> None:
+    block = README.read_text().split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    providers = {name: entry for name, entry in yaml.safe_load(block)["providers"].items() if entry["kind"] == "azure"}
+    assert set(providers) == {"azure-east", "azure-west"}
+    # Written as in the README, unquoted dates included (YAML would make `2024-10-21` a date).
+    text = "providers:\n" + "\n".join(line for line in block.split("providers:", 1)[1].splitlines()
+                                        if line.startswith("  ")).split("  mock:")[0]
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    env = {name: f"value-of-{name}" for name in ("OPENAI_API_KEY", "VLLM_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+                                                  "AZURE_OPENAI_API_KEY", "AZURE_TENANT_ID", "AZURE_CLIENT_ID",
+                                                  "AZURE_CLIENT_SECRET")}
+    config = load(path, env)
+    east, west = config.providers["azure-east"], config.providers["azure-west"]
+    assert isinstance(east, AzureProvider) and isinstance(west, AzureProvider)
+    assert east.v1 and east.api_key == "value-of-AZURE_OPENAI_API_KEY"
+    assert west.api_version == "2024-10-21" and west.entra is not None
+    assert west.entra.endpoint() == "https://login.microsoftonline.com/value-of-AZURE_TENANT_ID/oauth2/v2.0/token"
