@@ -23,7 +23,8 @@ bodies into `UpstreamError`s, the API turns `msgspec.ValidationError` into
 `InvalidRequest` and any Redis error a route lets through into `Unavailable`
 (api/unavailable.py). A `Failed` reply crossing Redis
 carries `ErrorInfo` and becomes the same class again on the API side, so an
-error raised in a worker reaches the client with its status intact.
+error raised in a worker reaches the client with its status intact, and with the upstream's
+`innererror` when an adapter kept one for the client (Azure's content-filter verdict).
 """
 
 from __future__ import annotations
