@@ -305,3 +305,25 @@ def test_the_readmes_azure_examples_load_as_written(tmp_path: Path) -> None:
     assert east.v1 and east.api_key == "value-of-AZURE_OPENAI_API_KEY"
     assert west.api_version == "2024-10-21" and west.entra is not None
     assert west.entra.endpoint() == "https://login.microsoftonline.com/value-of-AZURE_TENANT_ID/oauth2/v2.0/token"
+
+
+def test_every_azure_credential_is_redacted_from_what_leaves_the_broker(server: AzureServer) -> None:
+    from broker.ops.redaction import secrets_of
+
+    config = validate({"providers": {
+        "key": {"kind": "azure", "endpoint": "https://r", "api_key": "azure-api-key-123456"},
+        "bearer": {"kind": "azure", "endpoint": "https://r", "bearer_token": "eyJ-static-token-123456"},
+        "entra": {"kind": "azure", "endpoint": "https://r", "entra": {"tenant_id": "t", "client_id": "c",
+                                                                      "client_secret": "entra-secret-123456"}}}},
+        source="t")
+    assert set(secrets_of(config)) == {"azure-api-key-123456", "eyJ-static-token-123456", "entra-secret-123456"}
+
+
+async def test_an_expired_bearer_token_is_azures_401_without_the_token(server: AzureServer,
+                                                                       adapters: list[AzureOpenAI]) -> None:
+    token = server.tenant.issue(ttl_s=-1)
+    az = adapter(adapters, AzureProvider(endpoint=server.endpoint, bearer_token=Secret(token)))
+    with pytest.raises(UpstreamError) as info:
+        await az.complete(chat(), model="fake-model", deadline=soon())
+    assert info.value.status == 502 and info.value.upstream_status == 401 and info.value.code == "upstream_error"
+    assert "Access token is missing, invalid" in info.value.message and token not in str(info.value)
