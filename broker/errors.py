@@ -23,14 +23,16 @@ bodies into `UpstreamError`s, the API turns `msgspec.ValidationError` into
 `InvalidRequest` and any Redis error a route lets through into `Unavailable`
 (api/unavailable.py). A `Failed` reply crossing Redis
 carries `ErrorInfo` and becomes the same class again on the API side, so an
-error raised in a worker reaches the client with its status intact.
+error raised in a worker reaches the client with its status intact, and with the upstream's
+`innererror` when an adapter kept one for the client (Azure's content-filter verdict).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from broker.ops.redaction import (
     redact as redact,  # adapters import it from here, where their errors are made
@@ -48,6 +50,7 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True):
     param: str | None = None
     retryable: bool = False
     retry_after_s: float | None = None
+    innererror: dict[str, Any] | None = None
 
 
 class ErrorBody(msgspec.Struct):
@@ -55,6 +58,9 @@ class ErrorBody(msgspec.Struct):
     type: str
     param: str | None
     code: str | None
+    # The upstream's own detail the client needs to act on, under the name Azure OpenAI gives it
+    # (a content filter's verdict per category); absent from every other error.
+    innererror: dict[str, Any] | UnsetType = UNSET
 
 
 class ErrorEnvelope(msgspec.Struct):
@@ -77,6 +83,7 @@ class BrokerError(Exception):
         retryable: bool | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        innererror: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -86,6 +93,7 @@ class BrokerError(Exception):
         self.retryable = self.default_retryable if retryable is None else retryable
         # Extra response headers (x-ratelimit-*); edge-only, so not carried in ErrorInfo.
         self.headers = dict(headers or {})
+        self.innererror = innererror
         if status is not None:
             self.status = status  # type: ignore[misc]  # instance override of the class default
 
@@ -99,10 +107,12 @@ class BrokerError(Exception):
             param=self.param,
             retryable=self.retryable,
             retry_after_s=self.retry_after_s,
+            innererror=self.innererror,
         )
 
     def to_body(self) -> ErrorEnvelope:
-        return ErrorEnvelope(ErrorBody(self.message, self.type, self.param, self.code))
+        return ErrorEnvelope(ErrorBody(self.message, self.type, self.param, self.code,
+                                       UNSET if self.innererror is None else self.innererror))
 
     @staticmethod
     def from_info(info: ErrorInfo) -> BrokerError:
@@ -114,6 +124,7 @@ class BrokerError(Exception):
             retry_after_s=info.retry_after_s,
             retryable=info.retryable,
             status=info.status,
+            innererror=info.innererror,
         )
         return err
 

@@ -115,7 +115,7 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("kind", ["kind: anthropix", "label: x"])
 def test_a_wrong_or_missing_kind_lists_the_kinds(tmp_path: Path, kind: str) -> None:
-    assert {"anthropic", "bedrock", "cohere", "gemini", "mock", "openai", "vertex"} <= set(KINDS)
+    assert {"anthropic", "azure", "bedrock", "cohere", "gemini", "mock", "openai", "vertex"} <= set(KINDS)
     # Every registered kind, in order (providers.KINDS): each new provider joins the list.
     kinds = re.escape(", ".join(KINDS))
     with pytest.raises(ConfigError, match=rf"\(kinds: {kinds}\) - at `\$.providers.local-vllm"):

@@ -32,6 +32,8 @@ from broker.config.model import (
 )
 from broker.config.providers import (
     AnthropicProvider,
+    AzureProvider,
+    EntraAuth,
     BedrockProvider,
     GeminiProvider,
     MockProvider,
@@ -42,8 +44,9 @@ from broker.config.providers import (
 from broker.config.types import Secret, Strict
 
 __all__ = [
-    "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "BedrockProvider", "Budgets", "CircuitSettings", "Config",
-    "ConfigError", "Deployment", "GeminiProvider", "Limits", "MockProvider", "ModelGroup", "OpenAIProvider",
+    "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "AzureProvider", "BedrockProvider", "Budgets",
+    "CircuitSettings", "Config", "ConfigError", "Deployment", "EntraAuth", "GeminiProvider", "Limits", "MockProvider",
+    "ModelGroup", "OpenAIProvider",
     "ProviderConfig", "QueueSettings", "ResponsesSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
     "VertexProvider",
     "default_config", "hash_key", "load", "resolve", "validate", "with_files_dir", "with_redis_url",

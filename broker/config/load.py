@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from broker.config import checks as config_checks
+from broker.config import legacy
 from broker.config.model import (
     DEV_API_KEY,
     Config,
@@ -26,6 +27,17 @@ from broker.config.model import (
 )
 from broker.config.providers import KINDS, ProviderConfig
 from broker.config.types import Secret
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `2024-10-21` as a date; no setting is a date, and an Azure `api_version` is
+    written just so, so timestamps stay the strings they were written as."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 class ConfigError(Exception):
@@ -78,7 +90,8 @@ def _dec_hook(typ: type, obj: Any) -> Any:
 
 
 def validate(raw: Any, *, source: str, env: dict[str, str] | None = None) -> Config:
-    expanded = _expand(raw if raw is not None else {}, "$", dict(os.environ) if env is None else env, source)
+    expanded = legacy.migrate(_expand(raw if raw is not None else {}, "$", dict(os.environ) if env is None else env,
+                                      source))
     try:
         config = msgspec.convert(expanded, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
@@ -133,7 +146,7 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML{_yaml_where(exc)}") from None
     if raw is None:  # nothing but comments, or nothing at all: a wrong or truncated file

@@ -41,7 +41,6 @@ class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True
     profile: str = "generic"
     # Ask the upstream for a usage chunk on streams (we account by it); off for servers that reject it.
     stream_usage: bool = True
-    api_version: str | None = None  # Azure only: the `api-version` query parameter
     # The upstream serves POST /responses itself (OpenAI, Azure OpenAI, vLLM, Ollama): /v1/responses requests
     # go up as the client sent them instead of as Chat, and may use what only it runs (workers/responses.py).
     responses_api: bool = False
@@ -49,12 +48,66 @@ class OpenAIProvider(_HTTPProvider, tag_field="kind", tag="openai", kw_only=True
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; known: {', '.join(sorted(PROFILES))}")
-        if PROFILES[self.profile].azure and not self.api_version:
-            raise ValueError("the azure profile needs `api_version`")
 
     def capabilities(self) -> Capabilities:
         capabilities = PROFILES[self.profile].capabilities
         return msgspec.structs.replace(capabilities, responses_api=True) if self.responses_api else capabilities
+
+
+class EntraAuth(Strict, kw_only=True):
+    """A Microsoft Entra ID app (service principal) that gets Azure OpenAI bearer tokens by the OAuth2
+    client-credentials grant (https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow)."""
+
+    tenant_id: Annotated[str, Meta(min_length=1)]
+    client_id: Annotated[str, Meta(min_length=1)]
+    client_secret: Secret
+    scope: str = "https://cognitiveservices.azure.com/.default"
+    # Default https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token; set it for a sovereign
+    # cloud's authority (login.microsoftonline.us, login.chinacloudapi.cn) or a test's fake.
+    token_url: str | None = None
+
+    def endpoint(self) -> str:
+        return self.token_url or f"https://login.microsoftonline.com/{self.tenant_id}/oauth2/v2.0/token"
+
+
+# `v1`, or a dated version such as 2024-10-21 or 2025-04-01-preview.
+_API_VERSION = r"^(v1|\d{4}-\d{2}-\d{2}(-preview)?)$"
+
+
+class AzureProvider(_HTTPProvider, tag_field="kind", tag="azure", kw_only=True):
+    """Azure OpenAI: the OpenAI-compatible adapter with Azure's URLs, auth and content-filter results.
+
+    `api_version: v1` speaks the v1 API (`{endpoint}/openai/v1/chat/completions`, the deployment in the
+    body's `model`); a dated version speaks the classic one (`{endpoint}/openai/deployments/{deployment}/
+    chat/completions?api-version=...`). A deployment's `model` is the Azure deployment name. Auth is
+    exactly one of `api_key` (the `api-key` header), `bearer_token` (a static Entra token) or `entra`.
+    """
+
+    endpoint: str  # https://<resource>.openai.azure.com (or .cognitiveservices.azure.com)
+    api_version: Annotated[str, Meta(pattern=_API_VERSION)] = "v1"
+    bearer_token: Secret | None = None
+    entra: EntraAuth | None = None
+    stream_usage: bool = True  # off for API versions before 2024-09-01, which refuse stream_options
+    # The deployments serve POST /responses themselves (workers/responses.py), as OpenAI's do.
+    responses_api: bool = False
+    # Deployment name → the model it runs, for the shipped price table (broker/money/pricing.py)
+    # when the names differ: {prod-chat: gpt-4o}.
+    base_models: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("api_key", "bearer_token", "entra") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of `api_key`, `bearer_token` or `entra`"
+                             + (f" (got {' and '.join(given)})" if given else ""))
+
+    @property
+    def v1(self) -> bool:
+        return self.api_version == "v1"
+
+    def capabilities(self) -> Capabilities:
+        # Images go up through the adapter's JSON POST, which carries every auth mode; Azure's audio
+        # endpoints need their multipart and streamed calls to carry an Entra token first (not yet).
+        return Capabilities(completions=True, embeddings=True, responses_api=self.responses_api, images=True)
 
 
 class AnthropicProvider(_HTTPProvider, tag_field="kind", tag="anthropic", kw_only=True):
@@ -172,6 +225,6 @@ class MockProvider(Strict, tag_field="kind", tag="mock", kw_only=True):
                             speech=True, rerank=True)
 
 
-ProviderConfig = (OpenAIProvider | AnthropicProvider | GeminiProvider | BedrockProvider | VertexProvider
-                  | CohereProvider | MockProvider)
+ProviderConfig = (OpenAIProvider | AzureProvider | AnthropicProvider | GeminiProvider | BedrockProvider
+                  | VertexProvider | CohereProvider | MockProvider)
 KINDS = sorted(str(t.__struct_config__.tag) for t in get_args(ProviderConfig))

@@ -4,7 +4,9 @@ A deployment's price, in USD per million tokens, is the first of:
 1. its config (`input_per_mtok`, `output_per_mtok`, `cached_input_per_mtok`; cached input defaults
    to the input price);
 2. the shipped table below, for well-known hosted models (dated: prices change); Vertex AI
-   deployments look in Vertex's own table first;
+   deployments look in Vertex's own table first; an Azure OpenAI
+   deployment by the model it runs (`base_models`, else its name), at OpenAI's prices, which are
+   Azure's Global Standard prices (Data Zone and Regional deployments cost more: price them in config);
 3. zero for self-hosted servers (the `mock` kind, and OpenAI-compatible providers whose profile
    is a self-hosted server: vLLM, Ollama, LocalAI, llama.cpp);
 4. none: the deployment is *unpriced*, which is reported as such, never as free.
@@ -22,6 +24,7 @@ from typing import NamedTuple
 import msgspec
 
 from broker.config import (
+    AzureProvider,
     BedrockProvider,
     Config,
     Deployment,
@@ -187,6 +190,8 @@ def resolve(deployment: Deployment, provider: ProviderConfig) -> Price | None:
     if isinstance(provider, MockProvider) or (isinstance(provider, OpenAIProvider)
                                               and provider.profile in SELF_HOSTED_PROFILES):
         return FREE
+    if isinstance(provider, AzureProvider):
+        return shipped_price(provider.base_models.get(deployment.model, deployment.model))
     if isinstance(provider, BedrockProvider):
         # AWS charges nothing extra for a profile: "the price is calculated basis the region you made the
         # request in" (https://aws.amazon.com/bedrock/pricing/, cross-region inference).

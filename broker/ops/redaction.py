@@ -38,12 +38,25 @@ _known: re.Pattern[str] | None = None
 
 
 def secrets_of(config: Config) -> list[str]:
-    """Every upstream credential the config holds: its secrets (api keys, AWS secret keys and session
-    tokens...), and header values long enough to be one."""
+    """Every upstream credential the config holds: its secrets (api keys, AWS secret keys and session tokens,
+    bearer tokens, client secrets, in nested settings too), and header values long enough to be one."""
     found: list[str] = []
     for provider in config.providers.values():
-        found += [value.reveal() for value in msgspec.structs.astuple(provider) if isinstance(value, Secret) and value]
+        found += _secrets_in(provider)
         found += [value for value in getattr(provider, "headers", {}).values() if len(value) >= MIN_SECRET_LEN]
+    return found
+
+
+def _secrets_in(settings: Any) -> list[str]:
+    """The `Secret`s (broker/config/types.py: they have `reveal`) among a settings Struct's fields, nested ones too."""
+    found: list[str] = []
+    for name in getattr(settings, "__struct_fields__", ()):
+        value = getattr(settings, name)
+        if callable(getattr(value, "reveal", None)):
+            if value:
+                found.append(value.reveal())
+        elif hasattr(value, "__struct_fields__"):
+            found += _secrets_in(value)
     return found
 
 

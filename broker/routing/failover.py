@@ -113,4 +113,4 @@ def final_error(job: Job, err: BrokerError) -> BrokerError:
         return RateLimited(message, retry_after_s=min(waits) if waits else None)
     # E.g. every circuit open: a 503 whose Retry-After is when the first may be tried again.
     return type(err)(message, param=err.param, code=err.code, retry_after_s=soonest, retryable=err.retryable,
-                     status=err.status)
+                     status=err.status, innererror=err.innererror)

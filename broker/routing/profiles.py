@@ -30,19 +30,18 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     rename: tuple[tuple[str, str], ...] = ()
     # Knows max_completion_tokens; if not, it is sent as max_tokens.
     max_completion_tokens: bool = True
-    # Azure: `api-key` header, deployment in the path, `api-version` query parameter.
-    azure: bool = False
 
 
-# OpenAI serves every media endpoint (https://platform.openai.com/docs/api-reference); Azure OpenAI all but
-# moderations (https://learn.microsoft.com/azure/ai-foundry/openai/reference).
+# OpenAI serves every media endpoint (https://platform.openai.com/docs/api-reference).
 _MEDIA = {"images": True, "moderations": True, "transcriptions": True, "speech": True}
 
 PROFILES: dict[str, Profile] = {
     "generic": Profile(),
     "openai": Profile(capabilities=Capabilities(completions=True, embeddings=True, **_MEDIA)),
-    "azure": Profile(azure=True, capabilities=Capabilities(completions=True, embeddings=True,
-                                                           **(_MEDIA | {"moderations": False}))),
+    # The `azure` kind's (workers/providers/azure.py): its deployments take what OpenAI's models take; its
+    # capabilities are the kind's own (broker/config/providers.py `AzureProvider`).
+    # `kind: openai` with `profile: azure` is read as that kind (broker/config/legacy.py).
+    "azure": Profile(),
     # vLLM: `suffix` unsupported; tools need --enable-auto-tool-choice on the server.
     # vLLM serves Whisper models at /v1/audio/transcriptions and /translations.
     "vllm": Profile(drop=frozenset({"suffix"}),

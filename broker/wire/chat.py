@@ -207,7 +207,7 @@ def _positive(details: object, name: str) -> int:
 
 
 class ResponseMessage(msgspec.Struct):
-    content: str | None
+    content: str | None = None  # Azure may leave it out of an answer its content filter stopped
     role: str = "assistant"
     refusal: str | None = None
     tool_calls: list[ToolCall] | UnsetType = UNSET
@@ -219,6 +219,9 @@ class Choice(msgspec.Struct):
     message: ResponseMessage
     finish_reason: str | None
     logprobs: dict[str, Any] | None = None
+    # Azure OpenAI's content filter verdicts, passed through untouched: the client reads why an answer
+    # stopped at `content_filter` (https://learn.microsoft.com/azure/ai-foundry/openai/concepts/content-filter).
+    content_filter_results: dict[str, Any] | UnsetType = UNSET
 
 
 class ChatCompletion(msgspec.Struct):
@@ -230,6 +233,7 @@ class ChatCompletion(msgspec.Struct):
     object: str = "chat.completion"
     system_fingerprint: str | None | UnsetType = UNSET
     service_tier: str | None | UnsetType = UNSET
+    prompt_filter_results: list[dict[str, Any]] | UnsetType = UNSET  # Azure: the verdicts on the prompt
 
 
 # ---------------------------------------------------------------- streaming
@@ -256,9 +260,12 @@ class Delta(msgspec.Struct, omit_defaults=True):
 
 class ChunkChoice(msgspec.Struct):
     index: Int64
-    delta: Delta
+    # Azure's asynchronous filter sends choices that annotate text already streamed, with no delta.
+    delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None
+    content_filter_results: dict[str, Any] | UnsetType = UNSET  # Azure, as on Choice
+    content_filter_offsets: dict[str, Any] | UnsetType = UNSET  # Azure: the text those results cover
 
 
 class ChatChunk(msgspec.Struct):
@@ -269,6 +276,7 @@ class ChatChunk(msgspec.Struct):
     object: str = "chat.completion.chunk"
     usage: Usage | None | UnsetType = UNSET
     system_fingerprint: str | None | UnsetType = UNSET
+    prompt_filter_results: list[dict[str, Any]] | UnsetType = UNSET  # Azure, as on ChatCompletion
 
 
 # ---------------------------------------------------------------- models

@@ -85,6 +85,7 @@ class TextChoice(msgspec.Struct):
     text: str
     finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None
+    content_filter_results: dict[str, Any] | UnsetType = UNSET  # Azure OpenAI, as on chat choices
 
 
 class TextCompletion(msgspec.Struct):
@@ -97,6 +98,7 @@ class TextCompletion(msgspec.Struct):
     object: str = "text_completion"
     usage: Usage | None | UnsetType = UNSET
     system_fingerprint: str | None | UnsetType = UNSET
+    prompt_filter_results: list[dict[str, Any]] | UnsetType = UNSET  # Azure OpenAI, as on chat
 
 
 completion_request_decoder = msgspec.json.Decoder(CompletionRequest)

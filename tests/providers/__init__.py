@@ -6,6 +6,7 @@ import pytest
 
 from tests.providers.anthropic_case import AnthropicCase
 from tests.providers.bedrock_case import BedrockCase
+from tests.providers.azure_case import AzureCase, AzureV1Case
 from tests.providers.case import ProviderCase, Scenario
 from tests.providers.cohere_case import CohereCase
 from tests.providers.gemini_case import GeminiCase
@@ -14,7 +15,8 @@ from tests.providers.vertex_case import VertexClaudeCase, VertexGeminiCase
 
 OPENAI, ANTHROPIC, GEMINI, BEDROCK, COHERE = OpenAICase(), AnthropicCase(), GeminiCase(), BedrockCase(), CohereCase()
 VERTEX, VERTEX_CLAUDE = VertexGeminiCase(), VertexClaudeCase()
-CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, BEDROCK, VERTEX, VERTEX_CLAUDE, COHERE)
+AZURE, AZURE_V1 = AzureCase(), AzureV1Case()
+CASES: tuple[ProviderCase, ...] = (OPENAI, ANTHROPIC, GEMINI, AZURE, AZURE_V1, BEDROCK, VERTEX, VERTEX_CLAUDE, COHERE)
 
 
 def scenario(name: Scenario) -> pytest.MarkDecorator:

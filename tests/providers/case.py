@@ -97,13 +97,17 @@ class ProviderCase:
         """What the provider's `base_url` is for the fake."""
         return upstream.base_url
 
+    def settings(self, upstream: FakeServer, key: str) -> dict[str, Any]:
+        """The provider's config for the fake, authenticating with `key`."""
+        return {"kind": self.name, "base_url": self.base_url(upstream), "api_key": key, "timeout_s": self.timeout_s}
+
     def deployment(self, upstream: FakeServer) -> dict[str, Any]:
         """The provider's config for the fake."""
-        return {"kind": self.name, "base_url": self.base_url(upstream), "api_key": self.key, "timeout_s": self.timeout_s}
+        return self.settings(upstream, self.key)
 
     def misconfigured(self, deployment: dict[str, Any], upstream: FakeServer) -> dict[str, Any]:
         """The same provider with credentials its upstream refuses (the `misconfigured` model's)."""
-        return {**deployment, "api_key": WRONG_KEY}
+        return self.settings(upstream, WRONG_KEY)
 
     def start(self, make: StackFactory, upstream: FakeServer) -> str:
         """A stack serving every model the scenarios call; its API's base URL."""
@@ -114,6 +118,8 @@ class ProviderCase:
         models["misconfigured"] = [{"provider": "wrong-key", "model": self.models["chat"]}]
         if "overloaded" in self.models:
             models["overloaded-or-mock"] = [*models["overloaded"], {"provider": "mock", "model": "m"}]
+        if "limited" in self.models:
+            models["limited-or-mock"] = [*models["limited"], {"provider": "mock", "model": "m"}]
         return make(providers, models).up(self.name, "wrong-key", "mock")
 
     # The hooks of the scenarios a provider declares; `upstream.requests[-1]` is what it received last.

@@ -9,6 +9,7 @@ import msgspec
 
 from broker.config import ProviderConfig
 from workers.providers.anthropic import AnthropicMessages
+from workers.providers.azure import AzureOpenAI
 from workers.providers.base import EmbeddingsProvider, Provider, RerankProvider, TextCompletionProvider
 from workers.providers.bedrock import BedrockConverse
 from workers.providers.cohere import CohereV2
@@ -19,6 +20,7 @@ from workers.providers.vertex import vertex
 
 REGISTRY: dict[str, Callable[[str, Any], Provider]] = {
     "openai": OpenAICompatible,
+    "azure": AzureOpenAI,
     "mock": MockProvider,
     "gemini": GeminiGenerateContent,
     "anthropic": AnthropicMessages,

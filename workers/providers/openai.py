@@ -10,12 +10,12 @@ connections (http.py), bounded by `concurrency`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Protocol, TypeVar
 
 from broker.config.providers import OpenAIProvider as OpenAISettings
 from broker.errors import UpstreamError
-from broker.routing.profiles import PROFILES
+from broker.routing.profiles import PROFILES, Profile
 from broker.wire import (
     ChatChunk,
     ChatCompletion,
@@ -40,43 +40,64 @@ _LAST_EVENTS = frozenset({"response.completed", "response.incomplete", "response
 R = TypeVar("R", ChatRequest, CompletionRequest)
 
 
+class HTTPSettings(Protocol):
+    """What the connection pool is sized and timed by (every HTTP provider's settings have it)."""
+
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def connect_timeout_s(self) -> float: ...
+
+
 class OpenAICompatible:
+    """The adapter; Azure OpenAI (workers/providers/azure.py) is this with its own URLs, auth and errors,
+    given through the seams below (`_path`, `_responses_path`, `_auth`, `_error`)."""
+
     def __init__(self, name: str, settings: OpenAISettings) -> None:
-        self.name = name
-        self.settings = settings
-        self.profile = PROFILES[settings.profile]
         headers = dict(settings.headers)
         if settings.api_key:
-            if self.profile.azure:
-                headers["api-key"] = settings.api_key.reveal()
-            else:
-                headers["authorization"] = f"Bearer {settings.api_key.reveal()}"
-        self._http = UpstreamHTTP(name, settings.base_url, headers=headers, max_connections=settings.concurrency,
+            headers["authorization"] = f"Bearer {settings.api_key.reveal()}"
+        self._connect(name, settings, settings.base_url, headers, PROFILES[settings.profile],
+                      stream_usage=settings.stream_usage, responses_api=settings.responses_api)
+
+    def _connect(self, name: str, settings: HTTPSettings, base_url: str, headers: dict[str, str], profile: Profile, *,
+                 stream_usage: bool, responses_api: bool) -> None:
+        self.name = name
+        self.profile = profile
+        self.stream_usage = stream_usage
+        self.speaks_responses = responses_api
+        # Headers that change between requests (a bearer token that expires); None: the client's fixed ones do.
+        self._auth: Callable[[], Awaitable[Mapping[str, str]]] | None = None
+        self._http = UpstreamHTTP(name, base_url, headers=headers, max_connections=settings.concurrency,
                                   timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s)
-        self.speaks_responses = settings.responses_api
 
     def _path(self, endpoint: str, model: str) -> str:
-        if self.profile.azure:  # the deployment is in the path, the API version in the query
-            return f"/openai/deployments/{model}/{endpoint}?api-version={self.settings.api_version}"
         return f"/{endpoint}"
 
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return tr.error_from_response(status, body, headers)
+
     def _shape(self, req: R, model: str, stream: bool) -> bytes:
-        return tr.shape_request(req, model=model, stream=stream, stream_usage=self.settings.stream_usage,
+        return tr.shape_request(req, model=model, stream=stream, stream_usage=self.stream_usage,
                                 profile=self.profile)
 
     async def _post(self, path: str, body: bytes, deadline: float) -> bytes:
-        async with self._http.post(path, body, deadline=deadline) as resp:
+        headers = await self._auth() if self._auth is not None else None
+        async with self._http.post(path, body, deadline=deadline, headers=headers) as resp:
             content = await resp.read()
         if resp.status >= 400:
-            raise tr.error_from_response(resp.status, content, resp.headers)
+            raise self._error(resp.status, content, resp.headers)
         return content
 
     async def _events(self, path: str, body: bytes, deadline: float, decode: Callable[[SSEEvent], T],
                       last: frozenset[str] = frozenset()) -> AsyncIterator[T]:
         """The stream's events, decoded, through `[DONE]` or an event named in `last`."""
-        async with self._http.post(path, body, deadline=deadline) as resp:
+        headers = await self._auth() if self._auth is not None else None
+        async with self._http.post(path, body, deadline=deadline, headers=headers) as resp:
             if resp.status >= 400:
-                raise tr.error_from_response(resp.status, await resp.read(), resp.headers)
+                raise self._error(resp.status, await resp.read(), resp.headers)
             parser = SSEParser()
             async for raw in resp.iter_chunks():
                 for event in parser.feed(raw):
@@ -119,10 +140,6 @@ class OpenAICompatible:
     # ---- the Responses API, relayed (workers/responses.py) when the settings say the upstream serves it
 
     def _responses_path(self) -> str:
-        # Azure: the deployment is the body's `model`, not in the path
-        # (https://learn.microsoft.com/azure/ai-foundry/openai/how-to/responses).
-        if self.profile.azure:
-            return f"/openai/responses?api-version={self.settings.api_version}"
         return "/responses"
 
     async def relay_responses(self, body: bytes, *, deadline: float) -> bytes:

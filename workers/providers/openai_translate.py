@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from broker.errors import UpstreamError, redact
 from broker.routing.profiles import Profile
@@ -50,6 +50,7 @@ class ChatEvent(msgspec.Struct):
     usage: Usage | None = None
     system_fingerprint: str | None = None
     error: UpstreamErrorBody | None = None
+    prompt_filter_results: list[dict[str, Any]] | UnsetType = UNSET  # Azure OpenAI's, on a chunk of its own
 
 
 class TextEvent(msgspec.Struct):
@@ -153,11 +154,17 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    """`retry-after-ms` when sent (OpenAI and Azure OpenAI send it: the finer of the two), else
+    `retry-after` in seconds."""
+    for name, per_s in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return float(value) / per_s
+        except ValueError:
+            continue
+    return None
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes, what: str) -> Any:
@@ -177,7 +184,8 @@ def chat_chunk(data: bytes) -> ChatChunk:
     event: ChatEvent = _decode(_chat_event, data, "stream event")
     _raise_if_error(event.error)
     return ChatChunk(event.id, event.created, event.model, event.choices, usage=event.usage or UNSET,
-                     system_fingerprint=event.system_fingerprint or UNSET)
+                     system_fingerprint=event.system_fingerprint or UNSET,
+                     prompt_filter_results=event.prompt_filter_results)
 
 
 def text_chunk(data: bytes) -> TextCompletion:
