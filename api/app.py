@@ -29,6 +29,7 @@ from api.routes import (
     batches,
     chat,
     completions,
+    console,
     embeddings,
     files,
     health,
@@ -148,6 +149,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(status.router)
+    app.include_router(console.router)
     app.add_middleware(request_ids.EchoClientRequestId)
     app.add_middleware(metrics.ObserveRequests)  # it sees every answer's final status...
     server = config.server

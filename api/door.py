@@ -34,7 +34,7 @@ from broker.ops import metrics
 
 # Never refused: what an operator needs to see and steer an overloaded process.
 NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics", "/status", "/status/data"})
-NEVER_SHED_PREFIX = "/admin/"
+NEVER_SHED_PREFIX = ("/admin/", "/console")
 # Unknown when a stream will free a slot: one second is the SDKs' own first back-off (openai-python
 # `INITIAL_RETRY_DELAY` 0.5 s, doubled), so a refused client comes back about when it would anyway.
 IN_FLIGHT_RETRY_S = 1.0

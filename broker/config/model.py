@@ -130,6 +130,9 @@ class AdminSettings(Strict):
 
     # sha256:<64 hex> forms of the admin keys (`llm-broker hash-key`); they are not tenant keys.
     keys: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]], msgspec.Meta(min_length=1)]
+    # The console's charts (GET /console): per-minute and per-hour rollups written with the usage ledger
+    # (broker/ops/rollups.py). Off, or no admin section: not one field of them is written.
+    rollups: bool = True
 
 
 class ServerSettings(Strict):

@@ -1,0 +1,114 @@
+"""The console's time series: per-minute and per-hour counts of every request, kept in Redis.
+
+Written where usage is already recorded, never in a round trip of their own:
+
+- a job a worker ended: by ledger.lua, in the same script call that counts it in the ledger
+  (broker/money/ledger.py `entry`), so the series count exactly what the ledger counts;
+- an answer from the response cache: in the API's ledger pipeline (`ledger.record_hit`);
+- a request refused at the API (rate limit, budget, admission): api/refusals.py, batched once a second.
+
+Nothing is written unless `admin.rollups` is on (the default with an `admin` section): a broker with
+no console pays for none of it.
+
+    {ns}:ts:{tenant}:m:{YYYY-MM-DDTHH}  hash: per-minute buckets of one hour; expires MINUTES_KEPT_S after it
+    {ns}:ts:{tenant}:h:{YYYY-MM-DD}     hash: per-hour buckets of one day; expires HOURS_KEPT_S after it
+
+Field: "<minute or hour>\\t<metric>\\t<model>\\t<deployment>" → integer. Metrics:
+
+    n              requests, as the ledger counts them (errors and cancelled included)
+    x              cancelled (the client left)
+    e:<cause>      errors of jobs: upstream_4xx, upstream_5xx, timeout; and requests refused at the API,
+                   which the ledger never sees: rate_limit, budget, admission
+    ti, to         input and output tokens
+    l<i>, t<i>     latency and time to first token, bucket i of a histogram (below)
+
+Latency percentiles over time need more than sums: each bucket keeps a histogram, with fixed
+log-spaced bounds so any buckets (minutes into 5 minutes, tenants into a total) merge by adding.
+Bucket i holds [2^(i/3), 2^((i+1)/3)) ms, three per doubling, so a percentile read at the bucket's
+geometric middle is within 12 % of the truth; bucket 0 takes everything under 1.26 ms and bucket 62
+everything from 27 minutes up. So a (model, deployment) adds at most 3 + 7 + 2 x 63 fields to a
+bucket, and in practice 20 to 30: a minute's latencies span a few doublings. Memory: about 1.5 KB
+per (tenant, model, deployment) per minute it is used, 2 MB a day; the hourly series another 1.3 MB
+per month (README, "The operator console").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from broker.config import Config
+from broker.errors import ErrorInfo
+from broker.keys import Keys
+
+MINUTES_KEPT_S = 86_400  # a minute's bucket is read for 24 h, in the 1 h and 24 h charts
+HOURS_KEPT_S = 30 * 86_400  # an hour's for 30 days
+PER_OCTAVE = 3
+TOP_BUCKET = 62  # 2^(63/3) ms: 35 minutes, past any request's deadline but a week-long async job's
+SEP = "\t"
+JOB_CAUSES = ("upstream_4xx", "upstream_5xx", "timeout")
+REFUSAL_CAUSES = ("rate_limit", "budget", "admission")
+CAUSES = (*JOB_CAUSES, *REFUSAL_CAUSES)
+NO_DEPLOYMENT = "-"  # a refusal by the tenant's own limits or budget: no deployment is to blame
+
+
+def enabled(config: Config) -> bool:
+    return config.admin is not None and config.admin.rollups
+
+
+def bucket(ms: float) -> int:
+    """The histogram bucket of a duration in milliseconds."""
+    return 0 if ms < 1 else min(TOP_BUCKET, int(PER_OCTAVE * math.log2(ms)))
+
+
+def bucket_ms(i: int) -> float:
+    """The bucket's geometric middle: what a percentile that falls in it reads as."""
+    return float(2 ** ((i + 0.5) / PER_OCTAVE))
+
+
+def cause_of(error: ErrorInfo) -> str:
+    """Which of JOB_CAUSES an error a worker ended a job with counts as."""
+    if error.status in (408, 504) or "Timeout" in error.kind:
+        return "timeout"
+    return "upstream_4xx" if error.status < 500 else "upstream_5xx"
+
+
+def places(keys: Keys, tenant: str, now: float) -> list[tuple[str, str, int]]:
+    """The two hashes an event at `now` counts in: (key, its bucket's field prefix, when the key expires)."""
+    t = time.gmtime(now)
+    hour_ends = (int(now) // 3600 + 1) * 3600
+    day_ends = (int(now) // 86_400 + 1) * 86_400
+    return [(keys.rollup_minutes(tenant, time.strftime("%Y-%m-%dT%H", t)), f"{t.tm_min}{SEP}",
+             hour_ends + MINUTES_KEPT_S),
+            (keys.rollup_hours(tenant, time.strftime("%Y-%m-%d", t)), f"{t.tm_hour}{SEP}", day_ends + HOURS_KEPT_S)]
+
+
+def job_counts(model: str, deployment: str, *, cancelled: bool, error: ErrorInfo | None, input_tokens: int,
+               output_tokens: int, latency_ms: int, ttft_ms: int) -> list[tuple[str, int]]:
+    """What one ended job adds to its buckets: (field suffix, increment), zeros left out."""
+    tail = f"{SEP}{model}{SEP}{deployment}"
+    counts = [("n", 1), ("x", int(cancelled)), ("ti", input_tokens), ("to", output_tokens)]
+    if error is not None and not cancelled:
+        counts.append((f"e:{cause_of(error)}", 1))
+    if error is None and latency_ms > 0:  # a failure's latency says how fast it failed, not how the model answers
+        counts.append((f"l{bucket(latency_ms)}", 1))
+    if ttft_ms > 0:
+        counts.append((f"t{bucket(ttft_ms)}", 1))
+    return [(metric + tail, n) for metric, n in counts if n]
+
+
+def script_args(keys: Keys, tenant: str, now: float, counts: list[tuple[str, int]]) -> tuple[list[str], list[Any]]:
+    """ledger.lua's rollup KEYS (appended after its others) and ARGV (appended after its 13th)."""
+    where = places(keys, tenant, now)
+    return ([key for key, _, _ in where],
+            [len(where), *(v for _, prefix, expires in where for v in (prefix, expires)),
+             *(v for field, n in counts for v in (field, n))])
+
+
+def count_into(pipe: Any, keys: Keys, tenant: str, now: float, counts: list[tuple[str, int]]) -> None:
+    """The same counts as plain commands queued on a pipeline (the API's: no script to extend there)."""
+    for key, prefix, expires in places(keys, tenant, now):
+        for field, n in counts:
+            pipe.hincrby(key, prefix + field, n)
+        pipe.expireat(key, expires)
