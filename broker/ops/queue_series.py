@@ -1,9 +1,9 @@
 """The console's queue charts: each provider's depth and oldest job per lane, over time.
 
 No request passes a place that sees a queue whole, so the workers sample it: each worker process,
-every SAMPLE_S, reads its own provider's lanes (broker/ops/queue_stats.py, two pipelined round trips)
+every `admin.queue_sample_s` (10 s), reads its own provider's lanes (broker/ops/queue_stats.py, two pipelined round trips)
 and keeps the largest value of each minute and each hour (queue_sample.lua). A provider with N
-workers is sampled N times per SAMPLE_S; with none, its queues are not charted (and /status says so).
+workers is sampled N times as often; with none, its queues are not charted (and /status says so).
 
     {ns}:{p}:ts:q:m:{YYYY-MM-DDTHH}  field "<minute>\\t<lane>\\td|w": depth (jobs waiting), oldest (ms);
                                      expires 24 h after its hour
@@ -28,7 +28,6 @@ from broker.store.scripts import lua_script
 
 log = logging.getLogger(__name__)
 
-SAMPLE_S = 10.0
 _SAMPLE = lua_script("queue_sample")
 
 
@@ -54,7 +53,7 @@ async def sample_forever(redis: Redis, keys: Keys, config: Config, provider: str
             await sample(redis, keys, config, provider, time.time())
         except RedisError as exc:
             log.debug("queue sample skipped: %s", exc)
-        await asyncio.sleep(SAMPLE_S)
+        await asyncio.sleep(config.admin.queue_sample_s if config.admin else 10.0)
 
 
 async def read(redis: Redis, keys: Keys, providers: list[str], window: Window,
