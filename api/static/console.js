@@ -213,11 +213,13 @@ function detail(r) {
     : [["answer", r.outcome === "cancelled" ? "the client left before the answer" : "no error"]];
   lines.push(["path", [...r.path, r.deployment + (r.error ? " " + r.status : "")].join("  →  ")],
              ["request id", r.request_id], ["outcome", r.outcome]);
+  const box = el("div", null, "detail-box");  // pinned to the visible part of a table scrolled sideways
   for (const [k, v] of lines) {
     const pre = el("pre");
     pre.append(el("b", k + ": "), document.createTextNode(v));
-    td.append(pre);
+    box.append(pre);
   }
+  td.append(box);
   tr.append(td);
   return tr;
 }
