@@ -45,9 +45,9 @@ name and spread over the cluster.
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
 | {ns}:budget:{tenant}:{scope}:{period}:holds | zset | admit.lua, ledger.lua | one member per running request; lapsed ones given back at admission; same expiry |
 | {ns}:usage:log                        | stream  | workers (ledger.py), API (refusals) | MAXLEN ~ usage.log_maxlen |
-| {ns}:ts:{tenant}:m:{hour}             | hash    | ledger.lua, API (rollups.py) | console's per-minute series: <= 60 x (10 counts + 2 x 63 histogram buckets) fields per (model, deployment); expires 24 h after the hour |
-| {ns}:ts:{tenant}:h:{day}              | hash    | ledger.lua, API (rollups.py) | the same per hour: <= 24 x that; expires 30 days after the day |
-| {ns}:{p}:ts:q:m:{hour} / q:h:{day}    | hash    | workers (queue_series.py) | queue depth and oldest wait per lane, max per minute / per hour: <= 60 x 3 x 2 / 24 x 3 x 2 fields; expire 24 h / 30 days after the hour / day |
+| {ns}:ts:{tenant}:m:{hour}             | hash    | ledger.lua, API (rollups.py) | the console's per-minute series: <= 60 x (10 counts + 2 x 63 histogram buckets) fields per (model, deployment); expires 24 h after the hour |
+| {ns}:ts:{tenant}:h:{day}              | hash    | rollup_fold.lua (workers) | the same per hour, folded from the minutes once the hour is over: <= 24 x that; expires 30 days after the day |
+| {ns}:{p}:ts:q:m:{hour} / q:h:{day}    | hash    | workers (queue_sample.lua) | queue depth and oldest wait per lane, max per minute / per hour: <= 60 x 3 x 2 / 24 x 3 x 2 fields; expire 24 h / 30 days after the hour / day |
 | {ns}:layout                           | string  | key_migration.py        | one integer: the key layout version; no TTL |
 | {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
 | {ns}:{cache}:e:{scope}:{hash}         | string  | cache_store.lua (API)   | one answer (<= cache.max_entry_bytes); TTL cache ttl_s; DEL'd when trimmed from the index |

@@ -3,6 +3,8 @@ stay, and that nobody without the admin key sees any of them. The page itself: t
 
 from __future__ import annotations
 
+import asyncio
+import calendar
 import datetime as dt
 import time
 from collections import Counter
@@ -13,6 +15,7 @@ import httpx
 import openai
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from broker.config import hash_key
 from broker.keys import Keys
@@ -76,6 +79,14 @@ def _wait(condition: Any, timeout_s: float = 10) -> None:
         time.sleep(0.1)
 
 
+async def _fold_now(namespace: str) -> bool:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        return await rollups.fold(client, Keys(namespace), SECRET_TENANT, int(time.time()) // 3600 * 3600)
+    finally:
+        await client.aclose()
+
+
 def _series_keys(client: redis.Redis, namespace: str) -> list[bytes]:
     """Every rollup hash of the namespace: the tenants' and the queues' (broker/keys.py)."""
     return [*client.scan_iter(match=f"{namespace}:ts:*", count=1000),
@@ -89,11 +100,18 @@ def _hashes(client: redis.Redis, pattern: str) -> dict[str, dict[str, int]]:
 
 def test_rollups_count_what_the_ledger_counts_and_expire_as_documented(
         stack_factory: StackFactory, upstream: UpstreamServer, namespace: str, sync_redis: redis.Redis) -> None:
+    # An hour no worker folded into the hourly series (none ran then): the workers fold it when they start.
+    keys = Keys(namespace)
+    earlier = (int(time.time()) // 3600 - 2) * 3600
+    earlier_minutes = keys.rollup_minutes(SECRET_TENANT, rollups.hour_name(earlier))
+    sync_redis.hset(earlier_minutes, mapping={f"{m}\tn\t{SECRET_MODEL}\tmock/m": 2 for m in (0, 30, 59)})
+    sync_redis.expireat(earlier_minutes, earlier + 3600 + rollups.MINUTES_KEPT_S)  # as its writers set it
     base_url = _stack(stack_factory, upstream, admin={"keys": [hash_key(ADMIN_KEY)], "queue_sample_s": 0.2},
                       cache={"ttl_s": 60})
+    earlier_day = keys.rollup_hours(SECRET_TENANT, time.strftime("%Y-%m-%d", time.gmtime(earlier)))
+    _wait(lambda: sync_redis.hget(earlier_day, f"{time.gmtime(earlier).tm_hour}\tn\t{SECRET_MODEL}\tmock/m") == b"6")
     refused = _traffic(base_url)
     root = base_url.removesuffix("/v1")
-    keys = Keys(namespace)
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     usage = httpx.get(f"{base_url}/usage", params={"group_by": "model,deployment", "start": today, "end": today},
                       headers={"authorization": f"Bearer {TEST_KEY}"}).json()
@@ -102,15 +120,29 @@ def test_rollups_count_what_the_ledger_counts_and_expire_as_documented(
 
     # The minute buckets and the hour buckets each hold what the ledger holds, per model and deployment.
     def summed(kind: str) -> dict[tuple[str, str], Counter[str]]:
+        """Today's counts, but those made up above for the earlier hour."""
         found: dict[tuple[str, str], Counter[str]] = {}
-        for fields in _hashes(sync_redis, f"{namespace}:ts:{{{SECRET_TENANT}}}:{kind}:{today}*").values():
+        for key, fields in _hashes(sync_redis, f"{namespace}:ts:{{{SECRET_TENANT}}}:{kind}:{today}*").items():
             for field, n in fields.items():
+                if field == "folded" or key.endswith(rollups.hour_name(earlier)) or (
+                        kind == "h" and field.startswith(f"{time.gmtime(earlier).tm_hour}\t")):
+                    continue
                 _, metric, model, deployment = field.split("\t")
                 found.setdefault((model, deployment), Counter())[metric] += n
         return found
 
+    _wait(lambda: sum(c["e:rate_limit"] for c in summed("m").values()) == refused)  # sent once a second
+    def month_requests() -> int:
+        answer = httpx.get(f"{root}/console/series", params={"window": "30d", "tenant": SECRET_TENANT},
+                           headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+        return int(answer["totals"]["requests"])
+
+    # The 30 days' chart has the hour not folded yet (from its minutes), and the one folded (from its day).
+    assert month_requests() == sum(r["requests"] for r in ledger.values()) + 6
+    # The hour is not over, so no worker folded it yet: fold it here, as they will, to see what it holds.
+    assert asyncio.run(_fold_now(namespace))
+    assert month_requests() == sum(r["requests"] for r in ledger.values()) + 6
     for kind in ("m", "h"):
-        _wait(lambda: sum(c["e:rate_limit"] for c in summed(kind).values()) == refused)  # sent once a second
         counted = summed(kind)
         for where, row in ledger.items():
             c = counted[where]
@@ -134,15 +166,15 @@ def test_rollups_count_what_the_ledger_counts_and_expire_as_documented(
 
     # Expiry: a minute's hash 24 h after its hour ends, an hour's 30 days after its day ends; queues likewise.
     _wait(lambda: bool(_hashes(sync_redis, f"{namespace}:{{mock}}:ts:q:*")))
-    now = time.time()
-    hour_ends, day_ends = (int(now) // 3600 + 1) * 3600, (int(now) // 86_400 + 1) * 86_400
-    for key in _series_keys(sync_redis, namespace):
-        name = key.decode()
-        # A minute's hash may be the last hour's, should the traffic have crossed the hour.
-        expected = (hour_ends + 86_400) if ":m:" in name else (day_ends + 30 * 86_400)
-        assert expected - 3600 * (":m:" in name) <= sync_redis.expiretime(key) <= expected, name
-    assert keys.rollup_minutes(SECRET_TENANT, time.strftime("%Y-%m-%dT%H", time.gmtime(now))).encode() in set(
-        sync_redis.scan_iter(match=f"{namespace}:ts:*", count=1000))
+    found = _series_keys(sync_redis, namespace)
+    assert {k.decode().split(":")[-2] for k in found if b":ts:q:" not in k} == {"m", "h"}
+    for key in found:
+        name, _, when = key.decode().rpartition(":")
+        if name.endswith(":m"):
+            expected = calendar.timegm(time.strptime(when, "%Y-%m-%dT%H")) + 3600 + 86_400
+        else:
+            expected = calendar.timegm(time.strptime(when, "%Y-%m-%d")) + 86_400 + 30 * 86_400
+        assert sync_redis.expiretime(key) == expected, key
 
 
 def test_every_console_route_needs_the_admin_key_and_tells_nothing_without_it(

@@ -36,7 +36,7 @@ from broker.limits import circuit
 from broker.limits.ratelimit import Limiter
 from broker.money import ledger, pricing
 from broker.money.usage_sink import UsageSink
-from broker.ops import log_context, metrics, queue_series, redaction, rollups
+from broker.ops import log_context, metrics, redaction, rollups, series_upkeep
 from broker.queue import dead_letters
 from broker.queue.jobs import Job, decode_job
 from broker.queue.outbox import Outbox
@@ -112,9 +112,9 @@ class Worker:
         await self._beat()  # live before the first pull, so the API admits jobs for us
         self.outbox.start()
         helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeats())]
-        if self.rollups:  # the console's queue charts (broker/ops/queue_series.py)
-            helpers.append(asyncio.create_task(queue_series.sample_forever(self.redis, self.keys, self.config,
-                                                                           self.provider_name)))
+        if self.rollups:  # the console's queue charts and hourly series (broker/ops/series_upkeep.py)
+            helpers.append(asyncio.create_task(series_upkeep.run(self.redis, self.keys, self.config,
+                                                                 self.provider_name)))
         if self.config.usage.postgres_url is not None:  # durable usage records (broker/money/usage_sink.py)
             helpers.append(asyncio.create_task(UsageSink(self.redis, self.keys, self.config.usage, self.consumer).run()))
         log.info("worker %s serving provider %s (concurrency %d)", self.consumer, self.provider_name,

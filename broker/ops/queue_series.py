@@ -1,7 +1,7 @@
 """The console's queue charts: each provider's depth and oldest job per lane, over time.
 
-No request passes a place that sees a queue whole, so the workers sample it: each worker process,
-every `admin.queue_sample_s` (10 s), reads its own provider's lanes (broker/ops/queue_stats.py, two pipelined round trips)
+No request passes a place that sees a queue whole, so the workers sample it (broker/ops/series_upkeep.py):
+each worker process, every `admin.queue_sample_s` (10 s), reads its own provider's lanes (broker/ops/queue_stats.py, two pipelined round trips)
 and keeps the largest value of each minute and each hour (queue_sample.lua). A provider with N
 workers is sampled N times as often; with none, its queues are not charted (and /status says so).
 
@@ -12,21 +12,16 @@ workers is sampled N times as often; with none, its queues are not charted (and 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from broker.config import Config
 from broker.keys import LANES, Keys
 from broker.ops import queue_stats, rollups
 from broker.ops.series import Window
 from broker.store.scripts import lua_script
-
-log = logging.getLogger(__name__)
 
 _SAMPLE = lua_script("queue_sample")
 
@@ -44,16 +39,6 @@ async def sample(redis: Redis, keys: Keys, config: Config, provider: str, now: f
         args=[(int(now) // 3600 + 1) * 3600 + rollups.MINUTES_KEPT_S,
               (int(now) // 86_400 + 1) * 86_400 + rollups.HOURS_KEPT_S,
               f"{t.tm_min}{rollups.SEP}", f"{t.tm_hour}{rollups.SEP}", *values])
-
-
-async def sample_forever(redis: Redis, keys: Keys, config: Config, provider: str) -> None:
-    """A worker's sampling task (workers/loop.py), until cancelled; Redis away skips a sample."""
-    while True:
-        try:
-            await sample(redis, keys, config, provider, time.time())
-        except RedisError as exc:
-            log.debug("queue sample skipped: %s", exc)
-        await asyncio.sleep(config.admin.queue_sample_s if config.admin else 10.0)
 
 
 async def read(redis: Redis, keys: Keys, providers: list[str], window: Window,

@@ -1,8 +1,9 @@
 """The console's charts read from the rollups (broker/ops/rollups.py): one window, one filter.
 
 A window is a run of equal steps ending now: the last hour by minute, the last 24 hours by 5 minutes
-(from the per-minute buckets), the last 30 days by hour. Every tenant in scope has its buckets read in
-one pipelined round trip, a hash per hour (or per day) each: 2, 25 or 31 keys a tenant. Histograms of
+(from the per-minute buckets), the last 30 days by hour (and the last two hours' minutes, not folded into
+hours yet). Every tenant in scope has its buckets read in one pipelined round trip, a hash per hour (or
+per day) each: 2, 25 or 33 keys a tenant. Histograms of
 the buckets a point covers are added, then read for p50 and p99; rates are per second of the step.
 """
 
@@ -68,21 +69,29 @@ async def read(redis: Redis, keys: Keys, tenants: list[str], window: Window, *, 
                deployment: str | None = None, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     start, end = window.span(now)
-    hashes = list(window.hashes(now))
+    sources: list[tuple[int, int, str]] = []  # (the hash's start, its buckets' size, its key)
+    for tenant in tenants:
+        sources += [(at, window.bucket_s, keys.rollup_minutes(tenant, name) if window.bucket_s == 60
+                     else keys.rollup_hours(tenant, name)) for at, name in window.hashes(now)]
+        if window.bucket_s == 3600:  # the hours not folded yet (rollups.fold): read from their minutes
+            sources += [(at, 60, keys.rollup_minutes(tenant, rollups.hour_name(at)))
+                        for at in range((int(now) // 3600 - 1) * 3600, int(now) + 1, 3600)]
     async with redis.pipeline(transaction=False) as pipe:
-        for tenant in tenants:
-            for _, name in hashes:
-                pipe.hgetall(keys.rollup_minutes(tenant, name) if window.bucket_s == 60
-                             else keys.rollup_hours(tenant, name))
+        for _, _, key in sources:
+            pipe.hgetall(key)
         found: list[dict[bytes, bytes]] = await pipe.execute()
     points = [_Point() for _ in range(window.points)]
-    for i, fields in enumerate(found):
-        base = hashes[i % len(hashes)][0]
+    for (base, size, _), fields in zip(sources, found):
+        if size != window.bucket_s and b"folded" in fields:
+            continue  # already counted in its day's hash
         for field, value in fields.items():
-            bucket, metric, of_model, of_deployment = field.decode().split(rollups.SEP)
+            parts = field.decode().split(rollups.SEP)
+            if len(parts) != 4:
+                continue  # `folded`: an hour's mark (rollups.fold)
+            bucket, metric, of_model, of_deployment = parts
             if (model and of_model != model) or (deployment and of_deployment != deployment):
                 continue
-            at = base + int(bucket) * window.bucket_s
+            at = base + int(bucket) * size
             if not start <= at < end:
                 continue
             point = points[(at - start) // window.step_s]
