@@ -30,6 +30,7 @@ from api.routes import (
     batches,
     chat,
     completions,
+    console,
     embeddings,
     files,
     health,
@@ -156,6 +157,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(status.router)
+    app.include_router(console.router)
     app.add_middleware(request_ids.EchoClientRequestId)
     app.add_middleware(metrics.ObserveRequests)  # it sees every answer's final status...
     server = config.server

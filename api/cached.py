@@ -295,6 +295,6 @@ async def _hit(state: BrokerState, job: Job, entry: bytes, finalize: Finalizer |
 
 async def _count_hit(state: BrokerState, job: Job) -> None:
     try:
-        await ledger.record_hit(state.redis, state.keys, state.config.usage, job, time.time())
+        await ledger.record_hit(state.redis, state.keys, state.config.usage, job, time.time(), rollups=state.rollups)
     except RedisError as exc:
         log.warning("could not record a cache hit in the usage ledger: %s", exc)

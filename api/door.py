@@ -10,7 +10,7 @@ new streams a second one process spent its event loop on stream set-up and relay
 accepting in time, the kernel's accept queue (uvicorn's `backlog`) overflowed and clients saw
 connection resets and connect timeouts instead of an answer (issue 22).
 
-Health, readiness, metrics, the status page and the admin API are never refused: an operator
+Health, readiness, metrics, the status page, the console and the admin API are never refused: an operator
 must still see and steer an overloaded process. A pure ASGI middleware placed outermost, not
 Starlette's BaseHTTPMiddleware (a task and a memory stream per request); its hot path is an
 increment, a comparison, a bool read and a decrement. The count falls when the app call returns, which for a
@@ -34,7 +34,7 @@ from broker.ops import metrics
 
 # Never refused: what an operator needs to see and steer an overloaded process.
 NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics", "/status", "/status/data"})
-NEVER_SHED_PREFIX = "/admin/"
+NEVER_SHED_PREFIX = ("/admin/", "/console")
 # Unknown when a stream will free a slot: one second is the SDKs' own first back-off (openai-python
 # `INITIAL_RETRY_DELAY` 0.5 s, doubled), so a refused client comes back about when it would anyway.
 IN_FLIGHT_RETRY_S = 1.0

@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
+from api import refusals
 from api.auth import Principal
 from api.sse import EventStream
 from api.state import BrokerState
-from broker.errors import BrokerError
+from broker.errors import BrokerError, RateLimited
 from broker.limits.admission import admit
 from broker.limits.ratelimit import Admission
 from broker.queue.jobs import Job
@@ -33,12 +34,19 @@ log = logging.getLogger(__name__)
 async def admitted(state: BrokerState, principal: Principal, job: Job,
                    respond: Callable[[], Awaitable[Response]]) -> Response:
     """Admit `job` (429 if over a limit, charging nothing), then answer it with `respond()`."""
-    admission = await admit(state.limiter, state.router.prices, principal.tenant_name, principal.tenant,
-                            principal.key, job)  # a Redis error: the edge's 503 (api/unavailable.py)
+    try:
+        admission = await admit(state.limiter, state.router.prices, principal.tenant_name, principal.tenant,
+                                principal.key, job)  # a Redis error: the edge's 503 (api/unavailable.py)
+    except RateLimited as exc:
+        if state.refusals is not None:  # for the console (api/refusals.py): buffered, no round trip here
+            state.refusals.note(job, exc, refusals.cause(exc, queued=False))
+        raise
     try:
         response = await respond()
     except NotQueued as refused:
         # Nothing will run: the request costs the tenant nothing (its headers still say where it stands).
+        if state.refusals is not None:
+            state.refusals.note(job, refused.error, refusals.cause(refused.error, queued=True))
         await asyncio.shield(state.spawn(_refund(state, admission)))
         refused.error.headers = {**admission.headers, **refused.error.headers}
         raise refused.error from None

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
+from api.refusals import Refusals
 from broker.batches.files import FileStore
 from broker.cache.exact import ResponseCache
 from broker.config import Config
 from broker.keys import Keys
 from broker.limits.ratelimit import Limiter
-from broker.ops import redaction
+from broker.ops import redaction, rollups
 from broker.queue import job_events
 from broker.queue.jobs import Job
 from broker.queue.spool import Spool
@@ -57,6 +60,9 @@ class BrokerState:
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None
         self.flights: dict[str, asyncio.Future[bytes | None]] = {}
+        # The console's series (broker/ops/rollups.py) and the refusals it lists; none without it.
+        self.rollups = rollups.enabled(config)
+        self.refusals = Refusals(self.redis, self.keys, config.usage) if self.rollups else None
         # Cleanup that must reach Redis even when its request was cancelled: held here so the
         # tasks are not garbage-collected mid-flight, and awaited before Redis is closed.
         self.background: set[asyncio.Task[Any]] = set()
@@ -69,6 +75,8 @@ class BrokerState:
             await self.cache.load()
         await self.live_keys.start()
         await self.replies.start()
+        if self.refusals is not None:
+            self.refusals.start()
 
     def lua_scripts(self) -> dict[str, AsyncScript]:
         """Every script this process runs, by name (what /readyz checks Redis has)."""
@@ -103,6 +111,9 @@ class BrokerState:
     async def aclose(self) -> None:
         if self.background:  # releases and cancellations still on their way to Redis
             await asyncio.wait(set(self.background), timeout=5)
+        if self.refusals is not None:
+            with contextlib.suppress(RedisError):
+                await self.refusals.aclose()
         await self.live_keys.stop()
         await self.replies.stop()
         await self.readers.aclose()

@@ -46,7 +46,10 @@ name and spread over the cluster.
 | {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
 | {ns}:budget:{tenant}:{scope}:{period}:holds | zset | admit.lua, ledger.lua | one member per running request; lapsed ones given back at admission; same expiry |
-| {ns}:usage:log                        | stream  | workers (ledger.py)     | MAXLEN ~ usage.log_maxlen |
+| {ns}:usage:log                        | stream  | workers (ledger.py), API (refusals) | MAXLEN ~ usage.log_maxlen |
+| {ns}:ts:{tenant}:m:{hour}             | hash    | ledger.lua, API (rollups.py) | the console's per-minute series: <= 60 x (10 counts + 2 x 63 histogram buckets) fields per (model, deployment); expires 24 h after the hour |
+| {ns}:ts:{tenant}:h:{day}              | hash    | rollup_fold.lua (workers) | the same per hour, folded from the minutes once the hour is over: <= 24 x that; expires 30 days after the day |
+| {ns}:{p}:ts:q:m:{hour} / q:h:{day}    | hash    | workers (queue_sample.lua) | queue depth and oldest wait per lane, max per minute / per hour: <= 60 x 3 x 2 / 24 x 3 x 2 fields; expire 24 h / 30 days after the hour / day |
 | {ns}:layout                           | string  | key_migration.py        | one integer: the key layout version; no TTL |
 | {ns}:race:{job}                       | hash    | workers (hedging)       | 4 fields; expires at the job's deadline + 60 s |
 | {ns}:{cache}:e:{scope}:{hash}         | string  | cache_store.lua (API)   | one answer (<= cache.max_entry_bytes); TTL cache ttl_s; DEL'd when trimmed from the index |
@@ -211,6 +214,25 @@ class Keys:
 
     def usage_log(self) -> str:
         return f"{self.ns}:usage:log"
+
+    # The console's time series (broker/ops/rollups.py): a tenant's per-minute buckets, one hash per hour
+    # (field "<minute>\t<metric>\t<model>\t<deployment>"), and per-hour buckets, one hash per day. In the
+    # tenant's Cluster slot: ledger.lua writes them with its usage hash. A bucket per hash, not a key per
+    # bucket: a day's chart reads 25 keys per tenant, not 1,440.
+    def rollup_minutes(self, tenant: str, hour: str) -> str:
+        """`hour`: YYYY-MM-DDTHH (UTC); expires MINUTES_KEPT_S after the hour ends."""
+        return f"{self.ns}:ts:{{{tenant}}}:m:{hour}"
+
+    def rollup_hours(self, tenant: str, day: str) -> str:
+        """`day`: YYYY-MM-DD (UTC); expires HOURS_KEPT_S after the day ends."""
+        return f"{self.ns}:ts:{{{tenant}}}:h:{day}"
+
+    def queue_minutes(self, provider: str, hour: str) -> str:
+        """Queue depth and oldest wait per lane, sampled by workers (broker/ops/queue_series.py)."""
+        return f"{self.provider(provider)}ts:q:m:{hour}"
+
+    def queue_hours(self, provider: str, day: str) -> str:
+        return f"{self.provider(provider)}ts:q:h:{day}"
 
     def race(self, job_id: str) -> str:
         """A hedged job's race between its attempts (workers/hedging.py)."""

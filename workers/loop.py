@@ -36,7 +36,7 @@ from broker.limits import circuit
 from broker.limits.ratelimit import Limiter
 from broker.money import ledger, pricing
 from broker.money.usage_sink import UsageSink
-from broker.ops import log_context, metrics, redaction
+from broker.ops import log_context, metrics, redaction, rollups, series_upkeep
 from broker.queue import dead_letters
 from broker.queue.jobs import Job, decode_job
 from broker.queue.outbox import Outbox
@@ -97,6 +97,7 @@ class Worker:
                              responses_ttl_s=config.responses.store_ttl_s)
         self.hedging = Hedging(redis, self.scripts, self.keys, config)
         self.prices = pricing.PriceBook(config)
+        self.rollups = rollups.enabled(config)  # the console's series (broker/ops/rollups.py)
         self.jobs_done = 0
         self._in_flight: dict[str, tuple[asyncio.Task[None], Pulled]] = {}
         self._cancelled: set[str] = set()
@@ -111,6 +112,9 @@ class Worker:
         await self._beat()  # live before the first pull, so the API admits jobs for us
         self.outbox.start()
         helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeats())]
+        if self.rollups:  # the console's queue charts and hourly series (broker/ops/series_upkeep.py)
+            helpers.append(asyncio.create_task(series_upkeep.run(self.redis, self.keys, self.config,
+                                                                 self.provider_name)))
         if self.config.usage.postgres_url is not None:  # durable usage records (broker/money/usage_sink.py)
             helpers.append(asyncio.create_task(UsageSink(self.redis, self.keys, self.config.usage, self.consumer).run()))
         log.info("worker %s serving provider %s (concurrency %d)", self.consumer, self.provider_name,
@@ -276,7 +280,9 @@ class Worker:
                            elapsed_ms=int((time.monotonic() - started) * 1000))
         await self._finish(job, item, body=body, usage=usage, error=error, service_ms=service_ms, ttft_ms=ttft_ms,
                            timed=(job.provider, job.upstream_model) in self.call_gate.timed,
-                           ledger=ledger.entry(self.keys, job, charge, outcome, time.time(), self.config.usage))
+                           ledger=ledger.entry(self.keys, job, charge, outcome, time.time(), self.config.usage,
+                                               error=error, ttft_ms=ttft_ms and ttft_ms + int(waited_s * 1000),
+                                               rollups=self.rollups))
 
     async def _bow_out(self, job: Job, item: Pulled) -> None:
         """Another attempt of this hedged job answers it: acknowledge ours without a reply."""

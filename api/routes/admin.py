@@ -15,6 +15,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from api import admin_auth
 from api.decode import decode_body, read_body
 from api.state import BrokerState
 from broker import api_keys
@@ -41,9 +42,7 @@ class KeyDeleted(msgspec.Struct):
 
 
 def _admin(request: Request) -> BrokerState:
-    state: BrokerState = request.app.state.broker
-    state.auth.admin(request.headers.get("authorization"))
-    return state
+    return admin_auth.admin(request)  # Basic auth too: the console (api/routes/console.py) calls these
 
 
 def _json(body: object, status: int = 200) -> Response:

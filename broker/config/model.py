@@ -132,6 +132,11 @@ class AdminSettings(Strict):
 
     # sha256:<64 hex> forms of the admin keys (`llm-broker hash-key`); they are not tenant keys.
     keys: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]], msgspec.Meta(min_length=1)]
+    # The console's charts (GET /console): per-minute and per-hour rollups written with the usage ledger
+    # (broker/ops/rollups.py). Off, or no admin section: not one field of them is written.
+    rollups: bool = True
+    # How often each worker samples its provider's queues for the console's queue charts (queue_series.py).
+    queue_sample_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 10.0
 
 
 class ServerSettings(Strict):

@@ -8,7 +8,8 @@ leaves that one job uncounted, never counted twice.) A job handed to another dep
 hedge's loser is not counted there: the attempt that answers is.
 
     {ns}:usage:{{tenant}}:{day} hash, field "<key>\\t<model>\\t<deployment>\\t<metric>" → integer
-    {ns}:usage:log              stream of UsageRecord (msgpack), for export; trimmed to usage.log_maxlen
+    {ns}:usage:log              stream of UsageRecord (msgpack), for export and the console's request log
+                                (refusals at the API too: api/refusals.py); trimmed to usage.log_maxlen
 
 Costs are integer nano-dollars (broker/money/pricing.py), so sums are exact.
 """
@@ -26,8 +27,11 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from broker.config import UsageSettings
+from broker.errors import ErrorInfo
 from broker.keys import Keys
 from broker.money.pricing import Charge, usd
+from broker.ops import rollups as rollups_
+from broker.ops.redaction import redact
 from broker.queue.jobs import Job
 from broker.store.scripts import Queued, evalsha_into
 
@@ -60,6 +64,15 @@ class UsageRecord(msgspec.Struct, array_like=True):
     cached_tokens: int
     cost_nanos: int | None
     estimated: bool
+    # For the console's request log (broker/ops/request_log.py); appended, so older records still decode.
+    lane: str = ""
+    status: int = 0  # the HTTP status its client got (0: a record older than this field)
+    latency_ms: int = 0  # from the API's accepting it to its end
+    ttft_ms: int = 0  # from the API's accepting it to its first token (0: none)
+    calls: int = 0  # upstream calls made for it, failovers and hedges included
+    path: list[str] = []  # the deployments that failed it before the one that ended it, "<deployment> <status>"
+    error: str = ""  # its error's message, redacted of upstream secrets; never a prompt or an answer
+    cause: str = ""  # the error's kind for the console's charts (broker/ops/rollups.py CAUSES)
 
 
 record_encoder = msgspec.msgpack.Encoder()
@@ -78,12 +91,21 @@ class Entry(NamedTuple):
     record: bytes
 
 
-def entry(keys: Keys, job: Job, charge: Charge, outcome: Outcome, now: float, settings: UsageSettings) -> Entry:
+def entry(keys: Keys, job: Job, charge: Charge, outcome: Outcome, now: float, settings: UsageSettings, *,
+          error: ErrorInfo | None = None, ttft_ms: int = 0, rollups: bool = False) -> Entry:
+    """`error`: what the job ended with; `ttft_ms`: its first token, counted from the API's accepting it
+    (0: none); `rollups`: count it in the console's series too (broker/ops/rollups.py), in the same call."""
     day = utc_day(now)
     day_ends = (int(now) // 86_400 + 1) * 86_400  # unix time has no leap seconds: a UTC day is 86,400 s
     key = job.key or "-"
+    latency_ms = max(0, int((now - job.created) * 1000))  # `created` is the API's clock: never below zero
+    cancelled = outcome == "cancelled"
     record = UsageRecord(job.id, now, job.tenant, key, job.model, job.served_by, outcome, charge.input_tokens,
-                         charge.output_tokens, charge.cached_tokens, charge.cost_nanos, charge.estimated)
+                         charge.output_tokens, charge.cached_tokens, charge.cost_nanos, charge.estimated,
+                         job.lane, error.status if error else 200, latency_ms, ttft_ms, job.calls,
+                         [f"{f.provider}/{f.model} {f.status}" for f in job.failures],
+                         redact(error.message) if error else "",
+                         "" if error is None else "cancelled" if cancelled else rollups_.cause_of(error))
     prefix = SEP.join((key, job.model, job.served_by, ""))
     counts = {
         "requests": 1, "input_tokens": charge.input_tokens, "output_tokens": charge.output_tokens,
@@ -93,10 +115,16 @@ def entry(keys: Keys, job: Job, charge: Charge, outcome: Outcome, now: float, se
     }
     # The budgets' holds, replaced by what the job cost (broker/money/budgets.py).
     held = [k for counter in job.budget_counters for k in (counter, keys.budget_holds(counter))]
-    return Entry([keys.usage(job.tenant, day), *held],
-                 [prefix, day_ends + settings.retention_days * 86_400, *(counts[m] for m in METRICS),
-                  charge.cost_nanos or 0, f"{job.id}:{job.budget_reserved}"],
-                 record_encoder.encode(record))
+    args = [prefix, day_ends + settings.retention_days * 86_400, *(counts[m] for m in METRICS),
+            charge.cost_nanos or 0, f"{job.id}:{job.budget_reserved}"]
+    if rollups:
+        series = rollups_.job_counts(job.model, job.served_by, cancelled=cancelled, error=error,
+                                     input_tokens=charge.input_tokens, output_tokens=charge.output_tokens,
+                                     latency_ms=latency_ms, ttft_ms=ttft_ms)
+        more_keys, more_args = rollups_.script_args(keys, job.tenant, now, series)
+        held += more_keys
+        args += more_args
+    return Entry([keys.usage(job.tenant, day), *held], args, record_encoder.encode(record))
 
 
 def write_into(pipe: Pipeline, script: AsyncScript, keys: Keys, settings: UsageSettings,
@@ -109,17 +137,21 @@ def write_into(pipe: Pipeline, script: AsyncScript, keys: Keys, settings: UsageS
     return queued
 
 
-async def record_hit(redis: Redis, keys: Keys, settings: UsageSettings, job: Job, now: float) -> None:
+async def record_hit(redis: Redis, keys: Keys, settings: UsageSettings, job: Job, now: float, *,
+                     rollups: bool = False) -> None:
     """An answer from the response cache (broker/cache/exact.py): a request with no upstream tokens and no
     cost, and one cache hit. Not in ledger.lua: no worker saw it, and there is no entry to acknowledge."""
     key = job.key or "-"
     usage = keys.usage(job.tenant, utc_day(now))
     prefix = SEP.join((key, job.model, CACHE_DEPLOYMENT, ""))
-    record = UsageRecord(job.id, now, job.tenant, key, job.model, CACHE_DEPLOYMENT, "cache_hit", 0, 0, 0, 0, False)
+    record = UsageRecord(job.id, now, job.tenant, key, job.model, CACHE_DEPLOYMENT, "cache_hit", 0, 0, 0, 0, False,
+                         job.lane, 200, max(0, int((now - job.created) * 1000)))
     async with redis.pipeline(transaction=False) as pipe:  # the log is in another Cluster slot
         pipe.hincrby(usage, prefix + "requests", 1)
         pipe.hincrby(usage, prefix + CACHE_HITS, 1)
         pipe.expireat(usage, (int(now) // 86_400 + 1) * 86_400 + settings.retention_days * 86_400)
+        if rollups:  # a request the ledger counts, in the same round trip (no latency: no model answered it)
+            rollups_.count_into(pipe, keys, job.tenant, now, [(f"n{SEP}{job.model}{SEP}{CACHE_DEPLOYMENT}", 1)])
         if settings.log_maxlen > 0:
             pipe.xadd(keys.usage_log(), {"r": record_encoder.encode(record)}, maxlen=settings.log_maxlen,
                       approximate=True)

@@ -33,10 +33,11 @@ class QueueStats(msgspec.Struct):
     open_circuits: dict[str, bool]  # "provider/model" -> open
 
 
-async def read(redis: Redis, keys: Keys, config: Config) -> QueueStats:
+async def read(redis: Redis, keys: Keys, config: Config, providers: list[str] | None = None) -> QueueStats:
+    """Every configured provider's figures, or only those of `providers`."""
     now_ms = time.time() * 1000
     worker_ttl_ms = config.queue.worker_ttl_s * 1000
-    providers = list(config.providers)
+    providers = list(config.providers) if providers is None else providers
     pipe = redis.pipeline(transaction=False)
     for p in providers:
         pipe.hgetall(keys.backlog(p))
