@@ -12,7 +12,7 @@ from redis.commands.core import AsyncScript
 
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
-from broker.batches.files import FileStore
+from broker.batches.store import open_store
 from broker.cache.exact import ResponseCache
 from broker.config import Config
 from broker.keys import Keys
@@ -50,7 +50,7 @@ class BrokerState:
         # so they can never starve the request path of connections.
         self.readers = connect(config.redis_url, max_connections=EVENT_READERS, timeout=5)
         self.limiter = Limiter(self.redis, self.keys)
-        self.files = FileStore(config.batches.store_dir)
+        self.files = open_store(config.batches)  # the Batch API's file bodies: a directory or a bucket
         self.scripts = QueueScripts(self.redis)
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None
@@ -105,3 +105,4 @@ class BrokerState:
         await self.replies.stop()
         await self.readers.aclose()
         await self.redis.aclose()
+        await self.files.aclose()
