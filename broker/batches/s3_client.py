@@ -30,6 +30,7 @@ from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.credentials import Credentials, RefreshableCredentials  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
 from botocore.session import Session  # type: ignore[import-untyped]
+from yarl import URL
 
 from broker.config.batches import S3Store
 from broker.errors import Unavailable
@@ -145,7 +146,8 @@ class S3Client:
         url = self.url(key, query)
         try:
             signed = await self._signed(method, url, body, headers or {})
-            async with self._client().request(method, url, data=body or None, headers=signed,
+            # encoded=True: sent exactly as signed (yarl would otherwise re-quote the query's `%2F`).
+            async with self._client().request(method, URL(url, encoded=True), data=body or None, headers=signed,
                                               allow_redirects=False) as response:
                 if response.status == 404 and 404 not in ok:
                     why = await _describe(response, method)
