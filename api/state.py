@@ -12,7 +12,7 @@ from redis.commands.core import AsyncScript
 
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
-from broker.batches.store import open_store
+from broker.batches.files import open_store
 from broker.cache.exact import ResponseCache
 from broker.config import Config
 from broker.keys import Keys

@@ -21,6 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from broker.batches.store import FileStore
+from broker.config.batches import BatchSettings
 from broker.keys import Keys
 from broker.store.connection import get_many
 
@@ -50,6 +51,17 @@ class StoredFile(msgspec.Struct, array_like=True):
 
 _stored_encoder = msgspec.msgpack.Encoder()
 _stored_decoder = msgspec.msgpack.Decoder(StoredFile)
+
+
+def open_store(settings: BatchSettings) -> FileStore:
+    """The file store the config names (its connections open on first use)."""
+    if settings.s3 is not None:
+        from broker.batches.s3_store import S3FileStore  # botocore loads only where a bucket is configured
+
+        return S3FileStore(settings.s3)
+    from broker.batches.directory_store import DirectoryStore
+
+    return DirectoryStore(settings.store_dir)
 
 
 def new_file_id() -> str:

@@ -38,7 +38,6 @@ from broker.batches import records as batches
 from broker.batches.input import parse
 from broker.batches.reader import LineReader
 from broker.batches.records import BatchError, BatchErrors
-from broker.batches.store import open_store
 from broker.config import ApiKey, Config
 from broker.errors import BrokerError, OverBudget, RateLimited
 from broker.keys import Keys
@@ -74,7 +73,7 @@ class BatchContext:
         self.router = Router(config)
         self.limiter = Limiter(redis, self.keys)
         self.scripts = QueueScripts(redis)
-        self.store = open_store(config.batches)
+        self.store = files.open_store(config.batches)
         self.commit = redis.register_script(lua_script("batch_commit"))
 
 

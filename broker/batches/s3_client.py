@@ -70,7 +70,7 @@ class S3Client:
         self.settings = settings
         self.bucket = settings.bucket
         self.region = settings.region
-        path_style = settings.path_style if settings.path_style is not None else settings.endpoint_url is not None
+        path_style = settings.path_style if settings.path_style is not None else bool(settings.endpoint_url)
         if settings.endpoint_url:
             endpoint = settings.endpoint_url.rstrip("/")
         else:

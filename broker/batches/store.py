@@ -12,17 +12,16 @@ The calls are the few the Batch API needs, each of which S3 can do without a who
   piece written by a step that died before recording it is simply overwritten; `commit(id, size)`
   publishes the first `size` bytes. Both are idempotent, so a step re-run after a crash is safe.
 - `delete`, and `entries` for the sweep that deletes bodies whose metadata expired (files.sweep).
+
+`files.open_store` builds the one the config names.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import msgspec
-
-if TYPE_CHECKING:
-    from broker.config.batches import BatchSettings
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -67,17 +66,6 @@ class FileStore(Protocol):
 
     async def aclose(self) -> None:
         ...
-
-
-def open_store(settings: BatchSettings) -> FileStore:
-    """The store the config names (its connections open on first use)."""
-    if settings.s3 is not None:
-        from broker.batches.s3_store import S3FileStore  # botocore loads only where a bucket is configured
-
-        return S3FileStore(settings.s3)
-    from broker.batches.directory_store import DirectoryStore
-
-    return DirectoryStore(settings.store_dir)
 
 
 def valid_id(file_id: str) -> bool:

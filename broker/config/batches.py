@@ -22,7 +22,7 @@ class S3Store(Strict):
     bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=63)]
     prefix: str = ""  # every key starts with it, e.g. "llm-broker/files/"
     region: str = "us-east-1"
-    endpoint_url: str | None = None  # MinIO, Ceph, R2, GCS interop...; unset: AWS's https://s3.<region>.amazonaws.com
+    endpoint_url: str | None = None  # MinIO, Ceph, R2...; unset (or empty): AWS's https://s3.<region>.amazonaws.com
     # Bucket in the path (https://host/bucket/key) rather than the host name (https://bucket.host/key):
     # unset, path style with an endpoint_url (what most S3-compatible servers want), virtual-hosted on AWS.
     path_style: bool | None = None
