@@ -97,7 +97,9 @@ class S3Client:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:  # an aiohttp session belongs to its event loop
-            timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s, connect=min(10.0, self.settings.timeout_s))
+            # Per read, not per request: a 200 MB download to a slow client may take longer than any total.
+            timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, self.settings.timeout_s),
+                                            sock_read=self.settings.timeout_s)
             self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         return self._session
 

@@ -33,7 +33,7 @@ class S3Store(Strict):
     # Uploads past this go up as a multipart upload in parts of this size, so memory holds one part.
     # S3 refuses parts under 5 MiB (but the last): https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html
     part_bytes: Annotated[int, msgspec.Meta(ge=5 * 1024 * 1024, le=5 * 1024 * 1024 * 1024)] = 8 * 1024 * 1024
-    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # one request to the store
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # the longest wait for the store's next bytes
 
     def __post_init__(self) -> None:
         if (self.access_key_id is None) != (self.secret_access_key is None):
