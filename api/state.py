@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from api.auth import Authenticator
 from api.live_keys import LiveKeys
 from api.refusals import Refusals
-from broker.batches.files import FileStore
+from broker.batches.files import open_store
 from broker.cache.exact import ResponseCache
 from broker.config import Config
 from broker.keys import Keys
@@ -54,8 +54,10 @@ class BrokerState:
         # so they can never starve the request path of connections.
         self.readers = connect(config.redis_url, max_connections=EVENT_READERS, timeout=5)
         self.limiter = Limiter(self.redis, self.keys)
-        self.files = FileStore(config.batches.store_dir)
-        self.spool = Spool(config.batches.store_dir)  # uploads that travel with a job by reference
+        self.files = open_store(config.batches)  # the Batch API's file bodies: a directory or a bucket
+        # Uploads that travel with a job by reference (audio): a directory the API and the provider
+        # workers share, even when batch files live in a bucket (README, Kubernetes).
+        self.spool = Spool(config.batches.store_dir)
         self.scripts = QueueScripts(self.redis)
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None
@@ -118,3 +120,4 @@ class BrokerState:
         await self.replies.stop()
         await self.readers.aclose()
         await self.redis.aclose()
+        await self.files.aclose()

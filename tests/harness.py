@@ -135,7 +135,8 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
     # dozen processes share two cores, and an API process the scheduler starves lags for the machine's
     # sake, not for load it should refuse.
     doc["server"] = {"shed_lag_ms": 0, **doc.get("server", {})}
-    doc["batches"] = {"files_dir": str(path.parent / "files"), **(sections.get("batches") or {})}
+    batches = sections.get("batches") or {}
+    doc["batches"] = batches if "s3" in batches else {"files_dir": str(path.parent / "files"), **batches}
     path.write_text(yaml.safe_dump(doc))
     return path
 

@@ -4,15 +4,18 @@ As OpenAI's (https://platform.openai.com/docs/api-reference/files): multipart `f
 `expires_after[seconds]` from 3600 to 2592000, `GET /v1/files` with `after`, `limit` (1-10000),
 `order` and `purpose`.
 
-Bodies go to the file store (broker/batches/files.py), never into Redis. An upload is copied to the store
-as it arrives (Starlette spools it to disk past 1 MB), then validated line by line in a thread
-(broker/batches/input.py), so a 200 MB file costs the API neither its memory nor its event loop.
+Bodies go to the file store (broker/batches/store.py: a shared directory or an S3 bucket), never into
+Redis. Starlette spools an upload to disk past 1 MB; it is validated line by line from there in a thread
+(broker/batches/input.py), then streamed to the store, so a 200 MB file costs the API neither its
+memory nor its event loop, and a file that fails validation never reaches the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Iterator
+from typing import IO
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -82,17 +85,14 @@ async def upload(request: Request) -> Response:
         raise InvalidRequest("`file` must be a file part of the multipart body.", param="file")
     ttl_s = _expiry_s(form.get("expires_after[seconds]"), limits.file_ttl_days * 86_400)
     file_id = files.new_file_id()
-    size = 0
+    written = False
     try:
-        with state.files.create(file_id) as out:
-            while block := await upload.read(COPY_BLOCK):
-                size += len(block)
-                if size > limits.max_file_bytes:
-                    raise _too_large(limits.max_file_bytes)
-                out.write(block)
-        state.files.commit(file_id)
-        summary = await asyncio.to_thread(batch_input.validate, state.files.chunks(file_id),
-                                          max_lines=limits.max_lines)
+        if await asyncio.to_thread(_size, upload.file) > limits.max_file_bytes:
+            raise _too_large(limits.max_file_bytes)
+        summary = await asyncio.to_thread(batch_input.validate, _blocks(upload.file), max_lines=limits.max_lines)
+        await upload.seek(0)
+        written = True
+        size = await state.files.put(file_id, _uploaded(upload))
         now = int(time.time())
         stored = files.StoredFile(files.FileObject(id=file_id, bytes=size, created_at=now,
                                                    filename=upload.filename or "batch.jsonl", purpose="batch",
@@ -100,11 +100,28 @@ async def upload(request: Request) -> Response:
                                   principal.tenant_name, summary.lines, summary.endpoint)
         await files.save(state.redis, state.keys, stored)
     except BaseException:  # a Redis error too: no file without its record
-        state.files.discard(file_id)
+        if written:
+            state.spawn(state.files.delete(file_id))  # in a task of its own: this one may be cancelled
         raise
     finally:
         await form.close()
     return Response(json_encoder.encode(stored.file), media_type="application/json")
+
+
+def _size(spooled: IO[bytes]) -> int:
+    spooled.seek(0, 2)
+    return spooled.tell()
+
+
+def _blocks(spooled: IO[bytes]) -> Iterator[bytes]:
+    spooled.seek(0)
+    while block := spooled.read(COPY_BLOCK):
+        yield block
+
+
+async def _uploaded(upload: UploadFile) -> AsyncIterator[bytes]:
+    while block := await upload.read(COPY_BLOCK):
+        yield block
 
 
 @router.get("/v1/files")
@@ -138,17 +155,18 @@ async def get_file(request: Request, file_id: str) -> Response:
 async def file_content(request: Request, file_id: str) -> Response:
     state: BrokerState = request.app.state.broker
     stored = await _owned(state, request, file_id)
+    blocks = state.files.stream(stored.file.id)
     try:
-        chunks = state.files.chunks(stored.file.id)
-        first = next(chunks, b"")
-    except OSError:
+        first = await anext(blocks, b"")
+    except FileNotFoundError:
         raise _not_found(file_id) from None
 
-    def body() -> object:
+    async def body() -> AsyncIterator[bytes]:
         yield first
-        yield from chunks
+        async for block in blocks:
+            yield block
 
-    return StreamingResponse(body(), media_type="application/octet-stream",  # type: ignore[arg-type]
+    return StreamingResponse(body(), media_type="application/octet-stream",
                              headers={"content-length": str(stored.file.bytes)})
 
 

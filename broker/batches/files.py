@@ -1,10 +1,8 @@
 """Files for the Batch API: bodies in a file store, metadata in Redis.
 
 File bodies never enter Redis memory: a 200 MB batch input would not fit a cache. They live in
-a `FileStore`; the one shipped is a local directory (`batches.files_dir`) that every API and
-batch-worker process of a deployment shares (a volume). An S3-style object store maps onto the
-same four calls: `create` is a multipart upload finished by a rename (S3: complete the upload),
-`open`/`read` a ranged GET, `append` a part of the output's multipart upload, `delete` a DELETE.
+a `FileStore` (broker/batches/store.py): a directory every API and batch-worker process of a
+deployment shares (`batches.files_dir`), or an S3-compatible bucket (`batches.s3`).
 
     {ns}:file:<id>        msgpack `StoredFile`; expires with the file (`batches.file_ttl_days`)
     {ns}:files:<tenant>   ZSET of the tenant's file ids by creation; members past the longest
@@ -15,16 +13,15 @@ A file whose metadata expired is deleted from the store by the batch worker's sw
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import msgspec
 from redis.asyncio import Redis
 
+from broker.batches.store import FileStore
+from broker.config.batches import BatchSettings
 from broker.keys import Keys
 from broker.store.connection import get_many
 
@@ -56,65 +53,19 @@ _stored_encoder = msgspec.msgpack.Encoder()
 _stored_decoder = msgspec.msgpack.Decoder(StoredFile)
 
 
+def open_store(settings: BatchSettings) -> FileStore:
+    """The file store the config names (its connections open on first use)."""
+    if settings.s3 is not None:
+        from broker.batches.s3_store import S3FileStore  # botocore loads only where a bucket is configured
+
+        return S3FileStore(settings.s3)
+    from broker.batches.directory_store import DirectoryStore
+
+    return DirectoryStore(settings.store_dir)
+
+
 def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
-
-
-class FileStore:
-    """A directory of file bodies, one per id. Writes go to a temporary name first, so a reader
-    never sees half a file and a crash leaves no torn one under a real id."""
-
-    def __init__(self, directory: str) -> None:
-        self.root = Path(directory)  # made on the first write: a deployment without batches never has one
-
-    def path(self, file_id: str) -> Path:
-        if not file_id.startswith("file-") or not file_id[5:].isalnum():
-            raise KeyError(file_id)
-        return self.root / file_id
-
-    def create(self, file_id: str) -> IO[bytes]:
-        """A writer for a new file; `commit(file_id)` publishes it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return open(self.root / f".{file_id}.part", "wb")
-
-    def commit(self, file_id: str) -> None:
-        os.replace(self.root / f".{file_id}.part", self.path(file_id))
-
-    def discard(self, file_id: str) -> None:
-        for path in (self.root / f".{file_id}.part", self.path(file_id)):
-            path.unlink(missing_ok=True)
-
-    def open(self, file_id: str) -> IO[bytes]:
-        return open(self.path(file_id), "rb")
-
-    def chunks(self, file_id: str, size: int = 1 << 16) -> Iterator[bytes]:
-        with self.open(file_id) as f:
-            while block := f.read(size):
-                yield block
-
-    def append(self, file_id: str) -> IO[bytes]:
-        """An appender to a file not yet committed (a running batch's output)."""
-        return open(self.root / f".{file_id}.part", "ab")
-
-    def truncate(self, file_id: str, size: int) -> None:
-        """Cut an uncommitted file back to `size` bytes (what was recorded as written before a crash)."""
-        part = self.root / f".{file_id}.part"
-        with open(part, "ab") as f:
-            f.truncate(size)
-
-    def ids(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return [p.name for p in self.root.iterdir() if p.name.startswith("file-")]
-
-    def stale_parts(self, older_than_s: float) -> list[Path]:
-        now = time.time()
-        if not self.root.is_dir():
-            return []
-        return [p for p in self.root.glob(".file-*.part") if now - p.stat().st_mtime > older_than_s]
-
-    def age_s(self, file_id: str) -> float:
-        return time.time() - self.path(file_id).stat().st_mtime
 
 
 async def save(redis: Redis, keys: Keys, stored: StoredFile) -> None:
@@ -162,7 +113,7 @@ async def delete(redis: Redis, keys: Keys, store: FileStore, stored: StoredFile)
     pipe.delete(keys.file(stored.file.id))
     pipe.zrem(keys.files(stored.tenant), stored.file.id)
     await pipe.execute()
-    store.discard(stored.file.id)
+    await store.delete(stored.file.id)
 
 
 # A batch's output is written for at most its 24 h window (and its wind-down): an uncommitted file
@@ -171,13 +122,17 @@ STALE_PART_S = 7 * 86_400
 
 
 async def sweep(redis: Redis, keys: Keys, store: FileStore, *, min_age_s: float = 3600) -> int:
-    """Delete the bodies whose metadata is gone (expired or never committed); how many."""
+    """Delete the bodies whose metadata is gone (expired or never committed); how many.
+
+    `min_age_s` spares a file just written whose metadata is about to be saved (an upload between
+    its body and its record)."""
     removed = 0
-    for part in store.stale_parts(STALE_PART_S):
-        part.unlink(missing_ok=True)
-        removed += 1
-    for file_id in store.ids():
-        if store.age_s(file_id) >= min_age_s and not await redis.exists(keys.file(file_id)):
-            store.discard(file_id)
+    async for entry in store.entries():
+        if entry.committed:
+            gone = entry.age_s >= min_age_s and not await redis.exists(keys.file(entry.file_id))
+        else:
+            gone = entry.age_s > STALE_PART_S
+        if gone:
+            await store.remove(entry)
             removed += 1
     return removed

@@ -10,10 +10,11 @@ budgets, routing, failover and ledger as a live request, with an id derived from
 line number. Nothing is lost or written twice, whatever process dies when:
 - a line is queued, then recorded in flight with the cursor; a line queued whose record was lost
   is found by its job's own record when its line is read again, and not queued twice;
-- output lines are appended to the uncommitted output files, flushed to disk, and only then are
-  the lines removed from in flight together with the files' new sizes; a step starts by cutting
-  the files back to the recorded sizes, and lines still in flight are collected again from their
-  results, which are kept `server.async_result_ttl_s`.
+- output lines are appended to the uncommitted output files at their recorded sizes, made durable
+  in the file store (broker/batches/store.py), and only then are the lines removed from in flight
+  together with the files' new sizes; what a dead step appended past them is overwritten or left
+  out at commit, and lines still in flight are collected again from their results, which are kept
+  `server.async_result_ttl_s`.
 A tenant's rate limit or a full queue pauses the batch (backpressure); a budget that refuses a line
 fails that line. Cancelled or past its window, the lines in flight are cancelled upstream and the
 batch ends with what it has (past its window, every unfinished line is an error `batch_expired`).
@@ -24,10 +25,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
@@ -36,6 +36,7 @@ from broker import api_keys
 from broker.batches import files
 from broker.batches import records as batches
 from broker.batches.input import parse
+from broker.batches.reader import LineReader
 from broker.batches.records import BatchError, BatchErrors
 from broker.config import ApiKey, Config
 from broker.errors import BrokerError, OverBudget, RateLimited
@@ -72,7 +73,7 @@ class BatchContext:
         self.router = Router(config)
         self.limiter = Limiter(redis, self.keys)
         self.scripts = QueueScripts(redis)
-        self.store = files.FileStore(config.batches.store_dir)
+        self.store = files.open_store(config.batches)
         self.commit = redis.register_script(lua_script("batch_commit"))
 
 
@@ -105,7 +106,7 @@ class _Run:
         self.new_flight: dict[int, str] = {}
         self.done: list[int] = []
         self.out: list[list[bytes]] = [[], []]
-        self.input: IO[bytes] | None = None
+        self.input: LineReader | None = None
         # The error of a line cut short by the batch's end (expired sets its own).
         self.ending = {"code": "batch_cancelled", "message": "The batch was cancelled."}
 
@@ -118,30 +119,20 @@ class _Run:
         return self.ctx.keys.batch_done(self.batch.id)
 
     async def resume(self) -> None:
-        store = self.ctx.store
-        for file_id, size in zip((self.batch.output_file_id, self.batch.error_file_id), self.sizes):
-            assert file_id is not None
-            store.append(file_id).close()
-            store.truncate(file_id, size)  # lines written but never committed go: they are collected again
         self.key = await api_keys.limits_of(self.ctx.redis, self.ctx.keys, self.ctx.config, self.tenant_name,
                                             self.key_name)
         raw = await self.ctx.redis.hgetall(self.inflight_key)  # type: ignore[misc]
         self.in_flight = {int(k): v.decode() for k, v in raw.items()}
-        self.input = store.open(self.batch.input_file_id)
-        self.input.seek(self.offset)
-
-    def close(self) -> None:
-        if self.input is not None:
-            self.input.close()
+        self.input = LineReader(self.ctx.store, self.batch.input_file_id, self.offset)
 
     # -------------------------------------------------------------- queueing lines
 
-    def _next_lines(self, count: int) -> list[tuple[int, bytes, int]]:
+    async def _next_lines(self, count: int) -> list[tuple[int, bytes, int]]:
         """Up to `count` more lines: (number, line, the byte offset where it starts)."""
         assert self.input is not None
         found: list[tuple[int, bytes, int]] = []
         while len(found) < count:
-            raw = self.input.readline()
+            raw = await self.input.readline()
             if not raw:
                 self.exhausted = True
                 break
@@ -155,7 +146,7 @@ class _Run:
         """Queue lines until the batch has `max_in_flight` running, QUEUE_CONCURRENCY at a time."""
         room = self.ctx.config.batches.max_in_flight - len(self.in_flight) - len(self.new_flight)
         while not self.exhausted and room > 0 and time.monotonic() >= self.paused_until:
-            chunk = self._next_lines(min(room, QUEUE_CONCURRENCY))
+            chunk = await self._next_lines(min(room, QUEUE_CONCURRENCY))
             outcomes = await asyncio.gather(*(self._queue(number, raw) for number, raw, _ in chunk))
             for (number, raw, start), (outcome, custom_id, error) in zip(chunk, outcomes):
                 if outcome == "paused":
@@ -263,16 +254,14 @@ class _Run:
                                             "body": msgspec.to_builtins(err.to_body())}, None, ok=False)
 
     async def commit(self, **extra: Any) -> None:
-        """Outputs to disk first, then (atomically) what they account for."""
+        """Outputs to the file store first, then (atomically) what they account for."""
         ctx = self.ctx
         for i, file_id in enumerate((self.batch.output_file_id, self.batch.error_file_id)):
             if self.out[i]:
                 assert file_id is not None
-                with ctx.store.append(file_id) as f:
-                    f.write(b"".join(self.out[i]))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    self.sizes[i] = f.tell()
+                data = b"".join(self.out[i])
+                await ctx.store.append(file_id, self.sizes[i], data)
+                self.sizes[i] += len(data)
         fields = {"b": msgspec.json.encode(self.batch), "line": self.line, "offset": self.offset,
                   "out_bytes": self.sizes[0], "err_bytes": self.sizes[1], **extra}
         await ctx.commit(keys=[self.inflight_key, self.done_key, ctx.keys.batch(self.batch.id)], args=[
@@ -316,7 +305,7 @@ class _Run:
             self._write(number, custom_id, None, self.ending, ok=False)
         if status == "expired":  # lines never queued count as expired too
             while not self.exhausted:
-                for number, raw, _ in self._next_lines(1000):
+                for number, raw, _ in await self._next_lines(1000):
                     line, _ = parse(raw)
                     self._write(number, line.custom_id, None, self.ending, ok=False)
         await self.finalize(status)
@@ -329,10 +318,10 @@ class _Run:
         for i, attr in enumerate(("output_file_id", "error_file_id")):
             file_id = getattr(batch, attr)
             if self.sizes[i] == 0:  # no line of that kind: no file, as OpenAI does
-                ctx.store.discard(file_id)
+                await ctx.store.delete(file_id)
                 setattr(batch, attr, None)
                 continue
-            ctx.store.commit(file_id)
+            await ctx.store.commit(file_id, self.sizes[i])
             name = f"{batch.id}_{'output' if i == 0 else 'error'}.jsonl"
             await files.save(ctx.redis, ctx.keys, files.StoredFile(files.FileObject(
                 id=file_id, bytes=self.sizes[i], created_at=now, filename=name, purpose="batch_output",
@@ -357,8 +346,6 @@ async def start(ctx: BatchContext, loaded: batches.Loaded) -> bool:
     batch.status, batch.in_progress_at = "in_progress", now
     batch.request_counts.total = stored.lines
     batch.output_file_id, batch.error_file_id = files.new_file_id(), files.new_file_id()
-    ctx.store.create(batch.output_file_id).close()
-    ctx.store.create(batch.error_file_id).close()
     await batches.save(ctx.redis, ctx.keys, batch, ctx.config.batches.retention_days,
                        line=0, offset=0, out_bytes=0, err_bytes=0)
     return True
@@ -379,22 +366,19 @@ async def step(ctx: BatchContext, batch_id: str, *, step_s: float = STEP_S,
         assert loaded is not None
     run = _Run(ctx, loaded)
     await run.resume()
-    try:
-        end = time.monotonic() + step_s
-        while time.monotonic() < end:
-            if alive is not None:
-                await alive()
-            cancel_asked = (await ctx.redis.hmget(ctx.keys.batch(batch_id), ["cancel"]))[0] is not None  # type: ignore[misc]
-            if cancel_asked or time.time() >= run.batch.expires_at:
-                await run.wind_down("cancelled" if cancel_asked else "expired")
-                return True
-            await run.queue_more()
-            await run.collect()
-            await run.commit()
-            if run.finished():
-                await run.finalize("completed")
-                return True
-            await asyncio.sleep(POLL_S)
-        return False
-    finally:
-        run.close()
+    end = time.monotonic() + step_s
+    while time.monotonic() < end:
+        if alive is not None:
+            await alive()
+        cancel_asked = (await ctx.redis.hmget(ctx.keys.batch(batch_id), ["cancel"]))[0] is not None  # type: ignore[misc]
+        if cancel_asked or time.time() >= run.batch.expires_at:
+            await run.wind_down("cancelled" if cancel_asked else "expired")
+            return True
+        await run.queue_more()
+        await run.collect()
+        await run.commit()
+        if run.finished():
+            await run.finalize("completed")
+            return True
+        await asyncio.sleep(POLL_S)
+    return False

@@ -131,6 +131,8 @@ def worker(config: Config) -> Worker:
         await ctx["batches"].limiter.load()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "batches" in ctx:
+            await ctx["batches"].store.aclose()
         await redis.aclose()
         if pool.connection_pool is not getattr(redis, "connection_pool", None):
             await pool.aclose()

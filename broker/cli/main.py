@@ -284,6 +284,9 @@ def _run_batch_worker(config: config_module.Config) -> int:
     return 0
 
 
+# SIGTERM on the API: open requests and streams get this long to finish (deploy/kubernetes's grace period is longer).
+API_DRAIN_S = 30
+
 # httptools, answering unparseable requests in the OpenAI error shape (api/http_protocol.py).
 HTTP_PROTOCOL = "api.http_protocol:OpenAIErrorsHTTPProtocol"
 
@@ -307,7 +310,7 @@ def _run_api(args: argparse.Namespace, config: config_module.Config) -> int:
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
         loop="uvloop", http=HTTP_PROTOCOL, log_level=args.log_level, access_log=False,
-        timeout_graceful_shutdown=30, backlog=config.server.listen_backlog,
+        timeout_graceful_shutdown=API_DRAIN_S, backlog=config.server.listen_backlog,
     )
     return 0
 

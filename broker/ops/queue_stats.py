@@ -93,6 +93,15 @@ def exposition(stats: QueueStats) -> str:
     out += ["# HELP llm_broker_queue_pending Jobs pulled and not yet acknowledged (running, or awaiting reclaim)",
             "# TYPE llm_broker_queue_pending gauge"]
     out += [f'llm_broker_queue_pending{{provider="{_v(s.provider)}",lane="{s.lane}"}} {s.pending}' for s in stats.lanes]
+    # One sample per provider, for autoscalers that read one series (KEDA's metrics-api scaler with
+    # `format: prometheus` takes the first sample its selector matches: it cannot add lanes up).
+    # Waiting and running together: scaling on waiting alone would shed the workers that keep it at 0.
+    jobs: dict[str, int] = {}
+    for s in stats.lanes:
+        jobs[s.provider] = jobs.get(s.provider, 0) + s.waiting + s.pending
+    out += ["# HELP llm_broker_queue_jobs Jobs waiting or running, all lanes: the provider's workers' work",
+            "# TYPE llm_broker_queue_jobs gauge"]
+    out += [f'llm_broker_queue_jobs{{provider="{_v(p)}"}} {n}' for p, n in jobs.items()]
     out += ["# HELP llm_broker_queue_oldest_age_seconds Age of the oldest job in the lane's streams",
             "# TYPE llm_broker_queue_oldest_age_seconds gauge"]
     out += [f'llm_broker_queue_oldest_age_seconds{{provider="{_v(s.provider)}",lane="{s.lane}"}} {s.oldest_age_s:.3f}'

@@ -44,6 +44,8 @@ def secrets_of(config: Config) -> list[str]:
     for provider in config.providers.values():
         found += _secrets_in(provider)
         found += [value for value in getattr(provider, "headers", {}).values() if len(value) >= MIN_SECRET_LEN]
+    if config.batches.s3 is not None:  # the Batch API's file store
+        found += config.batches.s3.secrets()
     return found
 
 
