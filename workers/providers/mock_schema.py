@@ -72,6 +72,10 @@ class _Sampler:
             siblings = {k: v for k, v in schema.items() if k != "$ref"}
             schema = {**target, **siblings} if isinstance(target, dict) else target
             seen += 1
+        if isinstance(schema, dict) and "$ref" in schema:
+            # A reference that only leads back to itself (`"$ref": ""` or "#", the root that holds it):
+            # what it adds is already here, and kept, it would be followed again at every merge.
+            schema = {k: v for k, v in schema.items() if k != "$ref"}
         return schema
 
     def value(self, schema: Any, depth: int) -> Any:
