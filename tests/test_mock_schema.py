@@ -88,12 +88,17 @@ def test_enum_choices_vary_with_the_seed_and_repeat_with_it() -> None:
      "additionalProperties": False},
     {"$ref": "#/$defs/node", "$defs": {"node": {"type": ["object", "null"], "required": ["next"],
                                                 "properties": {"next": {"$ref": "#/$defs/node"}}}}},
-    # A reference to the root that holds it, beside a choice (hypothesis found it: it recursed forever).
-    {"type": "object", "properties": {}, "items": {"type": "string"}, "anyOf": [{"type": "string"}], "$ref": ""},
 ])
 def test_edge_schemas(schema: dict[str, Any]) -> None:
     for i in range(10):
         valid(sample(schema, f"s{i}", VOCABULARY), schema)
+
+
+def test_a_reference_to_the_root_that_holds_it_ends() -> None:
+    # hypothesis found it (test_fuzz.py): the `$ref` was followed again at every anyOf merge, forever. No
+    # validator can judge this schema (jsonschema recurses on it as well); the choice's branch is what counts.
+    schema = {"type": "object", "properties": {}, "items": {"type": "string"}, "anyOf": [{"type": "string"}], "$ref": ""}
+    assert all(isinstance(sample(schema, f"s{i}", VOCABULARY), str) for i in range(10))
 
 
 # ---------------------------------------------------------------- structured outputs through the broker
