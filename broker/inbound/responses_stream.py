@@ -87,6 +87,19 @@ class ResponsesStream:
         return [_CREATED.write(self._next(), response), _IN_PROGRESS.write(self._next(), response)]
 
     def on_chunk(self, chunk: ChatChunk) -> list[bytes]:
+        # Most chunks of a stream: one more piece of the text whose part is open, and nothing else.
+        # Written straight from the part's template (the general path below gives the same bytes, checked
+        # by tests/test_responses_translate.py, at three times the cost a chunk).
+        if self._text_part is not None and not self._closed and len(chunk.choices) == 1:
+            choice = chunk.choices[0]
+            delta = choice.delta
+            text = delta.content
+            if (isinstance(text, str) and text and choice.index == 0 and choice.finish_reason is None
+                    and not delta.refusal and not delta.tool_calls and not self._ended):
+                if isinstance(chunk.usage, ChatUsage):
+                    self._usage = chunk.usage
+                self._pieces.append(text)
+                return [self._text_part[1].write(self._next(), encoder.encode(text))]
         if self._ended:
             return []
         out = self.start()
