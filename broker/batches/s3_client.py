@@ -20,18 +20,15 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
 import aiohttp
 from botocore.auth import S3SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-from botocore.credentials import Credentials, RefreshableCredentials  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
-from botocore.session import Session  # type: ignore[import-untyped]
 from yarl import URL
 
+from broker.aws_credentials import AwsCredentials
 from broker.config.batches import S3Store
 from broker.errors import Unavailable
 from broker.ops import redaction
@@ -80,12 +77,8 @@ class S3Client:
         else:  # https://<bucket>.<host>
             scheme, _, host = endpoint.partition("://")
             self.base = f"{scheme}://{settings.bucket}.{host}"
-        self._credentials: Any = None
-        if settings.access_key_id is not None and settings.secret_access_key is not None:
-            token = settings.session_token.reveal() if settings.session_token else None
-            self._credentials = Credentials(settings.access_key_id.reveal(), settings.secret_access_key.reveal(), token)
-        self._resolving = asyncio.Lock()
-        self._seen: tuple[str, str | None] | None = None
+        self._credentials = AwsCredentials(settings.access_key_id, settings.secret_access_key, settings.session_token,
+                                           settings.profile, lambda why: store_error(f"no S3 credentials: {why}"))
         self._session: aiohttp.ClientSession | None = None
 
     def url(self, key: str = "", query: Mapping[str, str] | None = None) -> str:
@@ -109,33 +102,9 @@ class S3Client:
 
     # -------------------------------------------------------------- signing
 
-    async def _frozen(self) -> Any:
-        if self._credentials is None:
-            async with self._resolving:
-                if self._credentials is None:
-                    self._credentials = await asyncio.to_thread(self._resolve)
-        credentials = self._credentials
-        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
-            frozen = await asyncio.to_thread(credentials.get_frozen_credentials)  # may call STS: a thread
-        else:
-            frozen = credentials.get_frozen_credentials()
-        if self._seen != (frozen.secret_key, frozen.token):
-            self._seen = (frozen.secret_key, frozen.token)  # the chain's secrets are in no config: remember them
-            redaction.remember([frozen.secret_key, frozen.token or ""])
-        return frozen
-
-    def _resolve(self) -> Any:
-        try:
-            credentials = Session(profile=self.settings.profile).get_credentials()
-        except BotoCoreError as exc:
-            raise store_error(f"no S3 credentials: {exc}") from None
-        if credentials is None:
-            raise store_error("no S3 credentials in the config, the environment, the shared files or a role")
-        return credentials
-
     async def _signed(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str]:
         request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
-        S3SigV4Auth(await self._frozen(), "s3", self.region).add_auth(request)
+        S3SigV4Auth(await self._credentials.frozen(), "s3", self.region).add_auth(request)
         return {str(k): str(v) for k, v in request.headers.items()}
 
     # -------------------------------------------------------------- requests

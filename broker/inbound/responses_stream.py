@@ -92,10 +92,10 @@ class ResponsesStream:
         # by tests/test_responses_translate.py, at three times the cost a chunk).
         if self._text_part is not None and not self._closed and len(chunk.choices) == 1:
             choice = chunk.choices[0]
-            delta = choice.delta
-            text = delta.content
+            change = choice.delta
+            text = change.content
             if (isinstance(text, str) and text and choice.index == 0 and choice.finish_reason is None
-                    and not delta.refusal and not delta.tool_calls and not self._ended):
+                    and not change.refusal and not change.tool_calls and not self._ended):
                 if isinstance(chunk.usage, ChatUsage):
                     self._usage = chunk.usage
                 self._pieces.append(text)

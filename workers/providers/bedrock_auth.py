@@ -17,17 +17,13 @@ SigV4 with a bearer token.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-from typing import Any
 
 from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-from botocore.credentials import Credentials, RefreshableCredentials  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
-from botocore.session import Session  # type: ignore[import-untyped]
 from botocore.utils import percent_encode  # type: ignore[import-untyped]
 
+from broker.aws_credentials import AwsCredentials
 from broker.config import BedrockProvider
 from broker.errors import UpstreamError
 from broker.ops import redaction
@@ -43,49 +39,18 @@ def model_path(model: str, action: str) -> str:
 class Signer:
     def __init__(self, config: BedrockProvider) -> None:
         self.region = config.region
-        self._profile = config.profile
         self._bearer = config.api_key.reveal() if config.api_key else None
-        self._credentials: Any = None
-        if config.access_key_id is not None and config.secret_access_key is not None:
-            token = config.session_token.reveal() if config.session_token else None
-            self._credentials = Credentials(config.access_key_id.reveal(), config.secret_access_key.reveal(), token)
-        self._resolving = asyncio.Lock()
-        self._seen: tuple[str, str | None] | None = None
+        self._credentials = AwsCredentials(config.access_key_id, config.secret_access_key, config.session_token,
+                                           config.profile, _no_credentials)
 
     async def sign(self, url: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str]:
         """`headers` plus the authorization for POSTing `body` to `url` (which must be sent exactly so)."""
         if self._bearer is not None:
             return {**headers, "authorization": f"Bearer {self._bearer}"}
-        credentials = await self._frozen()
+        credentials = await self._credentials.frozen()
         request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
         SigV4Auth(credentials, SERVICE, self.region).add_auth(request)
         return {str(k): str(v) for k, v in request.headers.items()}
-
-    async def _frozen(self) -> Any:
-        if self._credentials is None:
-            async with self._resolving:
-                if self._credentials is None:
-                    self._credentials = await asyncio.to_thread(self._resolve)
-        credentials = self._credentials
-        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
-            frozen = await asyncio.to_thread(credentials.get_frozen_credentials)
-        else:
-            frozen = credentials.get_frozen_credentials()
-        if self._seen != (frozen.secret_key, frozen.token):
-            # The chain's secrets are in no config, yet must never reach a reply or a log either.
-            self._seen = (frozen.secret_key, frozen.token)
-            redaction.remember([frozen.secret_key, frozen.token or ""])
-        return frozen
-
-    def _resolve(self) -> Any:
-        """The standard chain, as the AWS SDKs walk it (runs in a thread: it may call out)."""
-        try:
-            credentials = Session(profile=self._profile).get_credentials()
-        except BotoCoreError as exc:
-            raise _no_credentials(str(exc)) from None
-        if credentials is None:
-            raise _no_credentials("none found in the environment, the shared files or an instance role")
-        return credentials
 
 
 def _no_credentials(why: str) -> UpstreamError:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Mapping
 
 import aiohttp
@@ -79,30 +79,28 @@ class UpstreamHTTP:
         with its body still unread. `encoded`: `path` is percent-encoded already and goes out byte for
         byte (yarl would otherwise decode `%3A` to `:`, and a SigV4 signature over the path would break)."""
         url = self.base_url + path
-        try:
+        with self._mapped_errors():
             # No redirects: following one could carry our upstream key to another host.
             async with self._client().post(
                 URL(url, encoded=True) if encoded else url, data=body, timeout=self._timeout(deadline), allow_redirects=False,
                 headers={"content-type": "application/json", **headers} if headers else _JSON,
             ) as response:
                 yield UpstreamResponse(response)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamTimeout(f"upstream {self.name} timed out") from None
-        except aiohttp.ClientPayloadError:
-            raise UpstreamError(f"upstream {self.name} cut the response short", retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"cannot reach upstream {self.name}: {type(exc).__name__}", retryable=True
-            ) from None
 
     @asynccontextmanager
     async def post_form(self, path: str, form: aiohttp.FormData, *, deadline: float) -> AsyncIterator[UpstreamResponse]:
         """POST multipart form data (an upload: aiohttp streams a file part from its file, a block at a
         time); yields the response with its body still unread. Errors mapped as `post`'s."""
-        try:
+        with self._mapped_errors():
             async with self._client().post(self.base_url + path, data=form, timeout=self._timeout(deadline),
                                            allow_redirects=False) as response:
                 yield UpstreamResponse(response)
+
+    @contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        """aiohttp's failures as the UpstreamErrors failover reads, naming only the upstream."""
+        try:
+            yield
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(f"upstream {self.name} timed out") from None
         except aiohttp.ClientPayloadError:
