@@ -138,6 +138,10 @@ class BedrockProvider(_HTTPProvider, tag_field="kind", tag="bedrock", kw_only=Tr
     given, else with the standard AWS chain as botocore resolves it (environment, `profile` and the shared
     files, web identity, ECS and instance roles), refreshed as they near expiry. `api_key` is a Bedrock
     API key instead (a bearer token, https://docs.aws.amazon.com/bedrock/latest/userguide/api-keys.html).
+
+    A deployment of a reranker (`cohere.rerank-v3-5:0`, `amazon.rerank-v1:0`) serves POST /v1/rerank through
+    InvokeModel when it says so, `capabilities: {rerank: true}`, as an OpenAI-compatible server's does: the
+    kind's defaults describe its chat models, and a model id is not guessed at when routing.
     """
 
     region: str
