@@ -6,7 +6,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from bench.overload import served_rate
@@ -49,3 +51,62 @@ def test_the_readme_lists_every_redis_key_as_broker_keys_does() -> None:
     readme = README.read_text()
     section = readme[readme.index("<!-- keys-table -->"):readme.index("<!-- /keys-table -->")]
     assert rows(section) == rows(broker.keys.__doc__ or "") and rows(section)
+
+
+# The endpoint table's columns: the capability routing checks, and the adapter method that serves it.
+_COLUMNS = (("chat", "complete"), ("completions", "complete_text"), ("embeddings", "embed"), ("rerank", "rerank"),
+            ("images", "generate_images"), ("moderations", "moderate"), ("transcriptions", "transcribe"),
+            ("speech", "speak"))
+
+
+def _expected_rows() -> dict[str, list[str]]:
+    """Each kind's (and profile's) row, from its settings' `capabilities()` and its adapter's methods."""
+    from broker.config.providers import (
+        AnthropicProvider,
+        AzureProvider,
+        BedrockProvider,
+        CohereProvider,
+        GeminiProvider,
+        MockProvider,
+        OpenAIProvider,
+        VertexProvider,
+    )
+    from broker.routing.profiles import PROFILES
+    from workers.providers import REGISTRY
+    from workers.providers.vertex import VertexClaude, VertexGemini
+
+    def row(settings: Any, adapter: type) -> list[str]:
+        caps = settings.capabilities()
+        cells = ["yes" if getattr(caps, flag) else "if marked" if hasattr(adapter, method) else "no"
+                 for flag, method in _COLUMNS]
+        responses = "yes" if caps.responses_api else "with `responses_api: true`" \
+            if hasattr(adapter, "relay_responses") else "no"
+        return [*cells, responses, "yes" if hasattr(adapter, "relay_messages") else "no"]
+
+    rows = {f"`openai` / `{name}`": row(OpenAIProvider(base_url="http://x", profile=name), REGISTRY["openai"])
+            for name in PROFILES if name != "azure"}  # `azure`: the azure kind's own (its row below)
+    rows["`azure`"] = row(msgspec.convert({"endpoint": "http://x", "api_key": "k"}, AzureProvider,
+                                          dec_hook=_secret), REGISTRY["azure"])
+    rows["`anthropic`"] = row(AnthropicProvider(), REGISTRY["anthropic"])
+    rows["`gemini`"] = row(GeminiProvider(), REGISTRY["gemini"])
+    rows["`bedrock`"] = row(BedrockProvider(region="us-east-1"), REGISTRY["bedrock"])
+    rows["`vertex` / `google`"] = row(VertexProvider(project="p", publisher="google"), VertexGemini)
+    rows["`vertex` / `anthropic`"] = row(VertexProvider(project="p", publisher="anthropic"), VertexClaude)
+    rows["`cohere`"] = row(CohereProvider(), REGISTRY["cohere"])
+    rows["`mock`"] = row(MockProvider(), REGISTRY["mock"])
+    return rows
+
+
+def _secret(typ: type, value: Any) -> Any:
+    from broker.config import Secret
+    return Secret(value) if typ is Secret else value
+
+
+def test_the_endpoint_table_says_what_each_kinds_capabilities_and_adapter_do() -> None:
+    table = README.read_text().split("<!-- endpoint-table -->", 1)[1].split("<!-- /endpoint-table -->", 1)[0]
+    lines = [line for line in table.strip().splitlines()[2:]]  # past the header and its rule
+    written = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+    expected = _expected_rows()
+    assert set(written) == set(expected)  # a row per kind and profile, none invented
+    for kind, cells in expected.items():
+        assert written[kind] == cells, kind

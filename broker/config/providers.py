@@ -105,9 +105,11 @@ class AzureProvider(_HTTPProvider, tag_field="kind", tag="azure", kw_only=True):
         return self.api_version == "v1"
 
     def capabilities(self) -> Capabilities:
-        # Images go up through the adapter's JSON POST, which carries every auth mode; Azure's audio
-        # endpoints need their multipart and streamed calls to carry an Entra token first (not yet).
-        return Capabilities(completions=True, embeddings=True, responses_api=self.responses_api, images=True)
+        # Images and audio (transcriptions, translations, speech) as Azure serves them for its DALL·E,
+        # gpt-image, Whisper, gpt-4o-transcribe and TTS deployments
+        # (https://learn.microsoft.com/azure/ai-foundry/openai/reference); Azure has no moderations endpoint.
+        return Capabilities(completions=True, embeddings=True, responses_api=self.responses_api, images=True,
+                            transcriptions=True, speech=True)
 
 
 class AnthropicProvider(_HTTPProvider, tag_field="kind", tag="anthropic", kw_only=True):
@@ -138,6 +140,10 @@ class BedrockProvider(_HTTPProvider, tag_field="kind", tag="bedrock", kw_only=Tr
     given, else with the standard AWS chain as botocore resolves it (environment, `profile` and the shared
     files, web identity, ECS and instance roles), refreshed as they near expiry. `api_key` is a Bedrock
     API key instead (a bearer token, https://docs.aws.amazon.com/bedrock/latest/userguide/api-keys.html).
+
+    A deployment of a reranker (`cohere.rerank-v3-5:0`, `amazon.rerank-v1:0`) serves POST /v1/rerank through
+    InvokeModel when it says so, `capabilities: {rerank: true}`, as an OpenAI-compatible server's does: the
+    kind's defaults describe its chat models, and a model id is not guessed at when routing.
     """
 
     region: str

@@ -134,6 +134,9 @@ SHIPPED: dict[str, Price] = {
     "mistral.mistral-large-2407": _p(2.00, 6.00),
     "cohere.command-r-plus": _p(3.00, 15.00),
     "cohere.command-r": _p(0.50, 1.50),
+    # Rerankers per 1,000 queries, a query being up to 100 documents: Cohere's search unit.
+    "cohere.rerank-v3-5": _searches(2.00),
+    "amazon.rerank-v1": _searches(1.00),
     # Cohere (https://cohere.com/pricing): chat and embed per token, rerank per 1,000 search units
     "command-a": _p(2.50, 10.00),
     "command-r-plus": _p(2.50, 10.00),

@@ -17,6 +17,10 @@ annotates as Azure does. What it checks:
   scope `https://cognitiveservices.azure.com/.default`) and answers Entra's errors (AADSTS codes).
 - Content filtering: `prompt_filter_results` and `content_filter_results` on every chat answer
   and stream (the prompt's on a first chunk of no choices, as Azure streams them).
+- Audio: `audio/transcriptions`, `audio/translations` (multipart) and `audio/speech` (JSON in, audio
+  streamed out) under both URL forms, behind the same auth and deployment checks (for v1 the
+  deployment is the form's or body's `model`), served by the OpenAI fake's media handlers
+  (openai_media.py) as they are: the upload streamed through, never parsed here first.
 
 Deployments (name → the OpenAI fake's model behind it, which picks its behaviour): the OpenAI
 fake's ids themselves (fake-model, fail-400, fail-500, fail-503, midstream-error, slow,
@@ -45,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tests.fakes.openai_media import media_routes
 from tests.fakes.openai_upstream import create_app
 from tests.fakes.server import EventStream, FakeServer, RecordedRequest
 
@@ -54,6 +59,7 @@ PASSED_THROUGH = ("fake-model", "fail-400", "fail-500", "fail-503", "midstream-e
 DEPLOYMENTS = {**{m: m for m in PASSED_THROUGH}, "filtered-prompt": "fake-model", "filtered-answer": "fake-model",
                "limited": "fake-model", "annotated": "fake-model"}
 OPERATIONS = ("chat/completions", "completions", "embeddings")
+AUDIO = ("audio/transcriptions", "audio/translations", "audio/speech")
 
 _encoder = msgspec.json.Encoder()
 _ids = itertools.count()
@@ -132,6 +138,20 @@ class Tenant:
         ttl = int(self.token_ttl_s) if self.token_ttl_s >= 1 else self.token_ttl_s
         return Response(_encoder.encode({"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl,
                                          "access_token": token}), media_type="application/json")
+
+
+class AudioForward(Response):
+    """Hands the request, body unread, to the media app under OpenAI's path; the media handlers' guard
+    and record read Azure's path and deployment from the scope."""
+
+    def __init__(self, app: ASGIApp, path: str, azure_path: str, deployment: str | None) -> None:
+        self.app, self.path, self.azure_path, self.deployment = app, path, azure_path, deployment
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        inner = {**scope, "path": self.path, "raw_path": self.path.encode(), "query_string": b"",
+                 "azure_path": self.azure_path, "azure_deployment": self.deployment}
+        await self.app(inner, receive, send)
 
 
 class Forward(Response):
@@ -261,6 +281,8 @@ class Azure:
         self.tenant = tenant
         self.openai = create_app(api_key=INNER_KEY, chunks=chunks)
         self.requests: collections.deque[RecordedRequest] = collections.deque(maxlen=1000)
+        # The OpenAI fake's media handlers behind Azure's door (`_guard_audio`), given the request untouched.
+        self.audio = Starlette(routes=media_routes(self._record_audio, self._guard_audio, EventStream))
 
     def _denied(self, request: Request) -> Response | None:
         if (key := request.headers.get("api-key")) is not None:
@@ -313,8 +335,27 @@ class Azure:
                        opening=PROMPT_ANNOTATIONS if chat else b"",
                        closing=LATE_ANNOTATION if chat and deployment == "annotated" else b"")
 
+    # ---- audio: the request goes to the media handlers as it came, auth and deployment checked there
+
+    def _record_audio(self, request: Request, body: Any) -> None:
+        self.requests.append(RecordedRequest(request.method, request.scope["azure_path"], dict(request.headers), body))
+
+    def _guard_audio(self, request: Request, body: Any) -> Response | None:
+        if (denied := self._denied(request)) is not None:
+            return denied
+        name = request.scope["azure_deployment"] or str(body.get("model", ""))
+        if name not in DEPLOYMENTS:
+            return azure_error(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        return None
+
+    def _audio(self, request: Request, operation: str, deployment: str | None) -> Response:
+        query = f"?{request.url.query}" if request.url.query else ""
+        return AudioForward(self.audio, f"/v1/{operation}", request.url.path + query, deployment)
+
     async def classic(self, request: Request) -> Response:
         operation = request.path_params["operation"]
+        if operation in AUDIO and _dated(request.query_params.get("api-version")):
+            return self._audio(request, operation, request.path_params["deployment"])
         if operation not in OPERATIONS or not _dated(request.query_params.get("api-version")):
             return azure_error(404, "404", "Resource not found")
         body, name, refused = await self._admit(request, operation, request.path_params["deployment"],
@@ -329,6 +370,8 @@ class Azure:
 
     async def v1(self, request: Request) -> Response:
         operation = request.path_params["operation"]
+        if operation in AUDIO:
+            return self._audio(request, operation, None)
         if operation not in (*OPERATIONS, "responses"):
             return azure_error(404, "404", "Resource not found")
         body, name, refused = await self._admit(request, operation, None, "v1")

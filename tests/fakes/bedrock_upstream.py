@@ -2,6 +2,7 @@
 
     POST /model/{modelId}/converse          JSON answer
     POST /model/{modelId}/converse-stream   application/vnd.amazon.eventstream frames with CRCs
+    POST /model/{modelId}/invoke            the rerankers' own bodies (bedrock_rerank.py)
 
 Every request must be SigV4-signed for this region and service `bedrock` (bedrock_sigv4.py: botocore
 recomputes the signature from what arrived) or carry one of its API keys; bodies decode into strict
@@ -41,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import bedrock_rerank
 from tests.fakes.bedrock_sigv4 import Keys, Refusal
 from tests.fakes.bedrock_wire import ConverseRequest, event, exception, validate
 from tests.fakes.server import FakeServer, RecordedRequest
@@ -57,6 +59,8 @@ INJECTED = {
     "fake.invalid": (400, "ValidationException", "Malformed input request: #: extraneous key [fake] is not "
                      "permitted, please reformat your input and try again."),
     "fake.throttled": (429, "ThrottlingException", "Too many requests, please wait before trying again."),
+    # A reranker's id (the adapter picks the body by the id's family), throttled.
+    "cohere.rerank-fake-throttled": (429, "ThrottlingException", "Too many requests, please wait before trying again."),
     "fake.not-ready": (429, "ModelNotReadyException", "Model is not ready to serve inference requests. The AWS SDK "
                        "will automatically retry the operation."),
     "fake.unavailable": (503, "ServiceUnavailableException", "Bedrock is unable to process your request."),
@@ -216,6 +220,20 @@ def _model_problem(model: str, req: ConverseRequest) -> str | None:
     return None
 
 
+def _invoke(model: str, body: Any) -> Response:
+    if model not in bedrock_rerank.RERANKERS:
+        if model in MODELS:  # a chat model's InvokeModel body is its maker's; this fake speaks only Converse to it
+            return aws_error(400, "ValidationException", "Malformed input request: this fake serves InvokeModel "
+                             "for its rerankers only, please reformat your input and try again.")
+        return aws_error(400, "ValidationException", "The provided model identifier is invalid.")
+    if body is None:
+        return aws_error(400, "SerializationException", "Unexpected content: the body is not JSON.")
+    status, answer = bedrock_rerank.invoke(model, body)
+    if status != 200:
+        return aws_error(status, "ValidationException", answer["message"])
+    return Response(json.dumps(answer), media_type="application/json")
+
+
 # ---- app ----
 
 
@@ -235,11 +253,13 @@ def create_app(keys: Keys) -> Starlette:
         except Refusal as refusal:
             return aws_error(403, refusal.kind, refusal.message)
         model, action = request.path_params["model"], request.path_params["action"]
-        if action not in ("converse", "converse-stream"):
+        if action not in ("converse", "converse-stream", "invoke"):
             return aws_error(404, "UnknownOperationException", "")
         if injected := INJECTED.get(model):
             return aws_error(*injected)
         base = next((model[len(p):] for p in PROFILE_PREFIXES if model.startswith(p)), model)
+        if action == "invoke":
+            return _invoke(base, body)
         if base not in MODELS:
             return aws_error(400, "ValidationException", "The provided model identifier is invalid.")
         if body is None:

@@ -26,10 +26,11 @@ from broker.config import AzureProvider, ConfigError, Deployment, EntraAuth, Sec
 from broker.errors import UpstreamError
 from broker.money.pricing import SHIPPED, resolve
 from broker.wire import chat_request_decoder, completion_request_decoder, embedding_request_decoder
+from broker.wire.audio import TranscriptionRequest, Upload, speech_request_decoder
 from tests.fakes.azure_upstream import FILTERED_ANSWER, FILTERED_PROMPT, PROMPT_SAFE, AzureServer
 from tests.fakes.openai_legacy import vector
 from tests.providers import AZURE
-from tests.providers.azure_case import API_KEY, CLIENT, TENANT
+from tests.providers.azure_case import API_KEY, API_VERSION, CLIENT, TENANT
 from tests.providers.case import last
 from workers.providers.azure import AzureOpenAI
 
@@ -331,3 +332,70 @@ async def test_an_expired_bearer_token_is_azures_401_without_the_token(server: A
         await az.complete(chat(), model="fake-model", deadline=soon())
     assert info.value.status == 502 and info.value.upstream_status == 401 and info.value.code == "upstream_error"
     assert "Access token is missing, invalid" in info.value.message and token not in str(info.value)
+
+
+# ---------------------------------------------------------------- audio (transcriptions, translations, speech)
+
+
+@E2E
+def test_audio_reaches_azures_audio_urls_with_an_entra_token(client: openai.OpenAI, upstream: AzureServer,
+                                                            tmp_path: Path) -> None:
+    audio = tmp_path / "hello.wav"
+    audio.write_bytes(b"RIFF" + bytes(31_996))  # 32,000 bytes: 2 s as the fake counts
+    with audio.open("rb") as file:
+        heard = client.audio.transcriptions.create(model="chat", file=file)
+    assert heard.text.startswith("heard 32000 bytes sha256 ") and heard.text.endswith(" transcribe")
+    sent = last(upstream)
+    assert sent.path == f"/openai/deployments/fake-model/audio/transcriptions?api-version={API_VERSION}"
+    assert upstream.tenant.valid(sent.headers["authorization"].removeprefix("Bearer "))
+    assert sent.body["file"]["filename"] == "hello.wav" and sent.body["file"]["bytes"] == 32_000  # whole
+    with audio.open("rb") as file:
+        translated = client.audio.translations.create(model="chat", file=file, response_format="text")
+    assert str(translated).strip().endswith(" translate")
+    assert last(upstream).path.startswith("/openai/deployments/fake-model/audio/translations?api-version=")
+    with client.audio.speech.with_streaming_response.create(model="chat", voice="alloy", input="hello there",
+                                                            response_format="wav") as spoken:
+        assert spoken.headers["content-type"] == "audio/wav"
+        wav = spoken.read()
+    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+    sent = last(upstream)
+    assert sent.path == f"/openai/deployments/fake-model/audio/speech?api-version={API_VERSION}"
+    assert upstream.tenant.valid(sent.headers["authorization"].removeprefix("Bearer "))
+    assert sent.body == {"model": "fake-model", "voice": "alloy", "input": "hello there", "response_format": "wav"}
+
+
+@pytest.mark.parametrize("auth", ["entra", "api_key"])
+async def test_v1_audio_goes_to_openai_v1_audio_with_each_calls_own_auth(server: AzureServer,
+                                                                         adapters: list[AzureOpenAI],
+                                                                         auth: str) -> None:
+    az = adapter(adapters, settings(server, "v1", auth))
+    speech = speech_request_decoder.decode(b'{"model": "tts", "input": "hi", "voice": "alloy", "response_format": "wav"}')
+    wav = b"".join([piece async for piece in az.speak(speech, b'{"model": "tts", "input": "hi", "voice": "alloy", '
+                                                              b'"response_format": "wav"}', model="fake-model",
+                                                      deadline=soon())])
+    assert wav[:4] == b"RIFF"
+    sent = last(server)
+    assert sent.path == "/openai/v1/audio/speech" and sent.body["model"] == "fake-model"
+    if auth == "entra":
+        assert server.tenant.valid(sent.headers["authorization"].removeprefix("Bearer "))
+    else:
+        assert sent.headers["api-key"] == API_KEY
+    # A deployment Azure does not have: its 404 in Azure's words, through the Azure error mapping.
+    with pytest.raises(UpstreamError) as info:
+        async for _ in az.speak(speech, b'{"model": "tts", "input": "hi", "voice": "alloy"}', model="no-such",
+                                deadline=soon()):
+            pass
+    assert info.value.upstream_status == 404 and "deployment for this resource does not exist" in info.value.message
+
+
+async def test_an_expired_token_is_azures_401_for_an_upload_too(server: AzureServer, adapters: list[AzureOpenAI],
+                                                                tmp_path: Path) -> None:
+    token = server.tenant.issue(ttl_s=-1)
+    az = adapter(adapters, AzureProvider(endpoint=server.endpoint, bearer_token=Secret(token)))
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(bytes(1600))
+    request = TranscriptionRequest(model="whisper", file=Upload(str(audio), "a.wav", "audio/wav", 1600))
+    with pytest.raises(UpstreamError) as info:
+        await az.transcribe(request, model="fake-model", deadline=soon())
+    assert info.value.upstream_status == 401 and "Access token is missing, invalid" in info.value.message
+    assert token not in str(info.value)

@@ -88,12 +88,14 @@ class UpstreamHTTP:
                 yield UpstreamResponse(response)
 
     @asynccontextmanager
-    async def post_form(self, path: str, form: aiohttp.FormData, *, deadline: float) -> AsyncIterator[UpstreamResponse]:
+    async def post_form(self, path: str, form: aiohttp.FormData, *, deadline: float,
+                        headers: Mapping[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
         """POST multipart form data (an upload: aiohttp streams a file part from its file, a block at a
-        time); yields the response with its body still unread. Errors mapped as `post`'s."""
+        time), with this request's own `headers` beside the client's; yields the response with its body
+        still unread. Errors mapped as `post`'s."""
         with self._mapped_errors():
             async with self._client().post(self.base_url + path, data=form, timeout=self._timeout(deadline),
-                                           allow_redirects=False) as response:
+                                           allow_redirects=False, headers=headers) as response:
                 yield UpstreamResponse(response)
 
     @contextmanager

@@ -83,8 +83,13 @@ class OpenAICompatible:
         return tr.shape_request(req, model=model, stream=stream, stream_usage=self.stream_usage,
                                 profile=self.profile)
 
+    async def _headers(self) -> Mapping[str, str] | None:
+        """This request's own headers (an Entra token), beside the pooled client's fixed ones: every
+        upstream call below goes out with them, JSON, streamed, multipart alike."""
+        return await self._auth() if self._auth is not None else None
+
     async def _post(self, path: str, body: bytes, deadline: float) -> bytes:
-        headers = await self._auth() if self._auth is not None else None
+        headers = await self._headers()
         async with self._http.post(path, body, deadline=deadline, headers=headers) as resp:
             content = await resp.read()
         if resp.status >= 400:
@@ -94,7 +99,7 @@ class OpenAICompatible:
     async def _events(self, path: str, body: bytes, deadline: float, decode: Callable[[SSEEvent], T],
                       last: frozenset[str] = frozenset()) -> AsyncIterator[T]:
         """The stream's events, decoded, through `[DONE]` or an event named in `last`."""
-        headers = await self._auth() if self._auth is not None else None
+        headers = await self._headers()
         async with self._http.post(path, body, deadline=deadline, headers=headers) as resp:
             if resp.status >= 400:
                 raise self._error(resp.status, await resp.read(), resp.headers)
@@ -159,20 +164,21 @@ class OpenAICompatible:
         return await self._post(self._path("moderations", model), media_tr.with_model(body, model), deadline)
 
     async def transcribe(self, req: TranscriptionRequest, *, model: str, deadline: float) -> Transcribed:
+        headers = await self._headers()
         with open(req.file.path, "rb") as audio:
             async with self._http.post_form(self._path(req.endpoint, model), media_tr.transcription_form(req, model, audio),
-                                            deadline=deadline) as resp:
+                                            deadline=deadline, headers=headers) as resp:
                 content = await resp.read()
         if resp.status >= 400:
-            raise tr.error_from_response(resp.status, content, resp.headers)
+            raise self._error(resp.status, content, resp.headers)
         seconds, tokens = reported_usage(content) if req.response_format in ("json", "verbose_json") else (None, None)
         return Transcribed(content, seconds=seconds, tokens=tokens)
 
     async def speak(self, req: SpeechRequest, body: bytes, *, model: str, deadline: float) -> AsyncIterator[bytes]:
         async with self._http.post(self._path("audio/speech", model), media_tr.with_model(body, model),
-                                   deadline=deadline) as resp:
+                                   deadline=deadline, headers=await self._headers()) as resp:
             if resp.status >= 400:
-                raise tr.error_from_response(resp.status, await resp.read(), resp.headers)
+                raise self._error(resp.status, await resp.read(), resp.headers)
             async for piece in resp.iter_chunks():
                 yield piece
 
