@@ -280,7 +280,9 @@ async def soak(system: System, opts: argparse.Namespace, namespace: str) -> int:
         memory.cancel()
     system.note(f"batch {batch.status}: {batch.counts}")
     primary = system.redis.primary()
-    report = chaos_checks.check(load.outcomes, system.api_kills, primary, namespace, batch, samples)
+    # A process the soak did not kill that is gone: what crashed on its own (its log says why).
+    died = [f"{r.name} (exit {r.proc.returncode}, see {r.log})" for r in system.procs() if r.proc.poll() is not None]
+    report = chaos_checks.check(load.outcomes, system.api_kills, primary, namespace, batch, samples, died)
     primary.close()
     print(report.text(), flush=True)
     return 0 if report.passed else 1

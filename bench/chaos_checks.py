@@ -5,7 +5,7 @@ error files, and the memory samples. Each check prints its figures; the failing 
 Fails the run: a client left hanging past its deadline; an answer that is neither an answer nor an
 honest refusal or explicit error; a dropped connection no API kill explains; an accepted async job
 that never ended; a request billed twice; a cost the client saw that the ledger does not say; a
-batch line missing or written twice; memory that keeps growing.
+batch line missing or written twice; memory that keeps growing; a process that exited on its own.
 Measured, not failed (README declares them): async jobs a failover lost, answers the ledger never
 recorded (a worker killed between its two end-of-job round trips, or a failover), answers billed whose
 client was cut off by an API kill.
@@ -76,8 +76,9 @@ def _cut_by_kill(o: Outcome, kills: list[tuple[float, float]]) -> bool:
 
 
 def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary: redis.Redis, namespace: str,
-          batch: BatchResult, samples: list[Sample]) -> Report:
+          batch: BatchResult, samples: list[Sample], died: list[str]) -> Report:
     report = Report()
+    report.fail_if(bool(died), "processes exited on their own: " + ", ".join(died))
     # -- clients
     report.say("\nClients")
     by_kind: dict[str, Counter[str]] = {}
