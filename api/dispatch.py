@@ -189,7 +189,11 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
     def on_close(finished: bool) -> None:
         state.replies.close(job.id)
         if not finished:  # the client may reconnect and resume it (broker/queue/job_events.py)
-            state.cancel_job(job, grace_s=state.config.server.stream_resume_grace_s)
+            # Unless its worker died mid-stream and the job restarted: the client was told `reply_lost`
+            # and holds events of the attempt that died, so it cannot resume the new one, whose upstream
+            # work would be paid for and thrown away. Cancelled at once, not after the grace.
+            grace_s = 0.0 if response.restarted else state.config.server.stream_resume_grace_s
+            state.cancel_job(job, grace_s=grace_s)
 
     response = sse.stream_response(waiter, first, dialect=dialect(job.payload.dialect),
                                    finalize=(lambda body: finalize(job, body)) if finalize else None,

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from broker.errors import BrokerError, RequestTimeout
 from broker.queue.jobs import Chunk, Failed, Final, Reply
-from broker.queue.replies import ReplyGap, Waiter
+from broker.queue.replies import AttemptRestarted, ReplyGap, Waiter
 from broker.wire import json_encoder
 
 DONE = b"data: [DONE]\n\n"
@@ -104,6 +104,9 @@ class EventStream(StreamingResponse):
     def __init__(self, content: AsyncIterator[bytes]) -> None:
         super().__init__(content, media_type="text/event-stream", headers=HEADERS)
         self.finished = False  # the job ended (answer, error or deadline); False: the client left first
+        # The stream ended because its job restarted after a worker died (`AttemptRestarted`): the
+        # client holds events of an attempt that no longer runs, so none can resume the new one.
+        self.restarted = False
         self._on_close: list[Callable[[bool], None]] = []
 
     def on_close(self, callback: Callable[[bool], None]) -> None:
@@ -159,6 +162,7 @@ def stream_response(
             try:
                 reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
             except ReplyGap as exc:
+                response.restarted = isinstance(exc, AttemptRestarted)
                 yield dialect.error_event(exc.as_error())
                 return
 

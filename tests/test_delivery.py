@@ -103,6 +103,46 @@ def test_stream_whose_worker_dies_mid_stream_ends_with_an_error_not_a_restart(st
     assert "".join(received) == "".join([words[0]] + [" " + w for w in words[1:len(received) - 1]])
 
 
+def test_a_stream_restarted_after_its_worker_died_is_cancelled_at_once_not_after_the_grace(
+        stack_factory: StackFactory, namespace: str) -> None:
+    # Issue 24: the client is told `reply_lost` and holds events of the attempt that died, so no client
+    # can resume the re-delivered one. Its upstream work (20 s here) must stop at once, not run on for
+    # the 5 s resume grace.
+    from broker.money.ledger import record_decoder
+
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 200, "token_delay_s": 0.1}},
+                          {"m": [{"provider": "mock", "model": "m"}]}, queue={**FAST_RECLAIM, "drain_timeout_s": 0},
+                          server={"stream_resume_grace_s": 5})
+    base_url = stack.up("mock")
+    doomed = stack.workers[0]
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "long story"}]}
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, headers=HEADERS, timeout=30) as resp:
+        job_id = resp.headers["x-request-id"].removeprefix("req_")
+        chunks, error = 0, None
+        for data in (line[len("data: "):] for line in resp.iter_lines() if line.startswith("data: ")):
+            if '"error"' in data:
+                error = data
+                break
+            chunks += 1
+            if chunks == 4:
+                doomed.kill()
+                stack.worker("mock")
+    told_at = time.time()
+    assert error is not None and '"reply_lost"' in error and "stopped mid-stream" in error
+
+    r = redis.Redis.from_url(REDIS_URL)
+    log = Keys(namespace).usage_log()
+    end = time.monotonic() + 10
+    while not (records := [record_decoder.decode(f[b"r"]) for _, f in r.xrange(log)
+                           if record_decoder.decode(f[b"r"]).job_id == job_id]):
+        assert time.monotonic() < end, "the restarted attempt never ended"
+        time.sleep(0.05)
+    [record] = records  # counted once, by the attempt that ended it
+    assert record.outcome == "cancelled"
+    assert record.at - told_at < 2.0, f"the restarted attempt ran {record.at - told_at:.1f} s after its client left"
+    assert record.output_tokens < 100  # cut well before its 200 tokens
+
+
 def test_job_failing_on_every_attempt_goes_to_the_dead_letter_stream(stack_factory: StackFactory,
                                                                       namespace: str) -> None:
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 3, "first_token_delay_s": 1.5}},

@@ -101,28 +101,34 @@ async def job_events_stream(request: Request, job_id: str) -> Response:
     def ended() -> None:
         response.finished = True
 
-    response = sse.EventStream(replay(state, job_id, after, deadline, ended, framing))
+    def restarted() -> None:
+        response.restarted = True
+
+    response = sse.EventStream(replay(state, job_id, after, deadline, ended, framing, restarted))
 
     def on_close(finished: bool) -> None:
         if owned:
-            state.spawn(_detach(state, job_id, providers, deadline, finished))
+            state.spawn(_detach(state, job_id, providers, deadline, finished, response.restarted))
 
     response.on_close(on_close)
     response.headers["x-request-id"] = f"req_{job_id}"
     return response
 
 
-async def _detach(state: BrokerState, job_id: str, providers: list[str], deadline: float, finished: bool) -> None:
+async def _detach(state: BrokerState, job_id: str, providers: list[str], deadline: float, finished: bool,
+                  restarted: bool) -> None:
     try:
         if await job_events.detach(state.redis, state.keys, job_id) <= 0 and not finished:
-            await job_events.cancel_unless_resumed(state.redis, state.keys, providers, job_id, deadline,
-                                                   state.config.server.stream_resume_grace_s)
+            # A reader that met a restarted attempt cannot come back for it (api/dispatch.py `run`): no grace.
+            grace_s = 0.0 if restarted else state.config.server.stream_resume_grace_s
+            await job_events.cancel_unless_resumed(state.redis, state.keys, providers, job_id, deadline, grace_s)
     except RedisError:  # the job still ends at its deadline
         pass
 
 
 async def replay(state: BrokerState, job_id: str, after: tuple[int, int] | None, deadline: float,
-                  ended: Callable[[], None], framing: sse.Dialect) -> AsyncIterator[bytes]:
+                  ended: Callable[[], None], framing: sse.Dialect,
+                  restarted: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
     """Replay from the job's event log, resuming after `after` = (attempt, index), in the stream's own
     dialect (an Anthropic client resumes an Anthropic stream)."""
     keepalive_s = state.config.server.keepalive_interval_s
@@ -146,6 +152,8 @@ async def replay(state: BrokerState, job_id: str, after: tuple[int, int] | None,
                         if sent:
                             error = AttemptRestarted("the job was restarted after a worker failure and its "
                                                      "stream cannot be resumed").as_error()
+                            if restarted is not None:
+                                restarted()
                             yield framing.error_event(error)
                             return
                         attempt, seen = reply.attempt, 0
