@@ -27,6 +27,7 @@ from arq import cron
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from broker.batches import files
 from broker.batches import runner as batch_runner
@@ -146,11 +147,32 @@ def worker(config: Config) -> Worker:
         health_check_key=Keys(config.namespace).arq_health(), handle_signals=False)
 
 
+RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0)  # after losing Redis: then every 5 s, for as long as it takes
+
+
 async def run(config: Config) -> None:
-    batch_worker = worker(config)
-    try:
-        await batch_worker.async_run()
-    except asyncio.CancelledError:
-        pass
-    finally:
-        await batch_worker.close()
+    """Run batches until cancelled. arq's worker stops on any Redis error, and a Sentinel failover (the
+    primary killed, a replica promoted) is one: so a worker that lost Redis is closed and started again,
+    which reconnects (a Sentinel URL to the new primary) and resumes the batches in progress from their
+    saved state, as a restarted process would (broker/batches/runner.py)."""
+    failures = 0
+    while True:
+        batch_worker = worker(config)
+        started = time.monotonic()
+        try:
+            await batch_worker.async_run()
+            return
+        except asyncio.CancelledError:
+            return
+        except (RedisError, OSError) as exc:
+            if time.monotonic() - started > 60:  # it had been running: a new outage starts its delays over
+                failures = 0
+            delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
+            failures += 1
+            log.warning("batch worker lost Redis (%s: %s); starting again in %.1f s", type(exc).__name__, exc, delay)
+        finally:
+            try:
+                await batch_worker.close()
+            except (RedisError, OSError):  # closing what is already broken
+                pass
+        await asyncio.sleep(delay)
