@@ -84,7 +84,8 @@ def test_the_console_charts_real_traffic_filters_it_lists_failures_and_manages_k
     failure, refusal = _traffic(base_url)
 
     browser.get(f"http://admin:{ADMIN_KEY}@{root.removeprefix('http://')}/console")  # Basic auth, as a prompt sends
-    wait = WebDriverWait(browser, 15)
+    # The page redraws its tiles and tables on every refresh: an element found just before one is gone after it.
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
     try:
         wait.until(lambda b: b.execute_script("return document.body.dataset.ready") == "1")
     except Exception:
@@ -113,8 +114,8 @@ def test_the_console_charts_real_traffic_filters_it_lists_failures_and_manages_k
     usage = httpx.get(f"{base_url}/usage", params={"start": today.replace(day=1).isoformat()},
                       headers={"authorization": f"Bearer {TEST_KEY}"}).json()
     wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#spend-table tbody tr")) == 2)
-    shown = {row.find_element(By.TAG_NAME, "td").text: int(row.get_attribute("data-nanos"))
-             for row in browser.find_elements(By.CSS_SELECTOR, "#spend-table tbody tr")}
+    shown = wait.until(lambda b: {row.find_element(By.TAG_NAME, "td").text: int(row.get_attribute("data-nanos"))
+                                  for row in b.find_elements(By.CSS_SELECTOR, "#spend-table tbody tr")})
     assert shown["test"] == usage["total"]["cost_nanos"] > 0
 
     wide = tmp_path / "console-wide.png"
@@ -143,9 +144,9 @@ def test_the_console_charts_real_traffic_filters_it_lists_failures_and_manages_k
     browser.find_element(By.ID, "r-failed").click()
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#log tr.row")
                and all("failed" in r.get_attribute("class") for r in b.find_elements(By.CSS_SELECTOR, "#log tr.row")))
-    assert browser.find_element(By.CSS_SELECTOR, "#log tr.row td:nth-child(2)").text.startswith("429")
+    assert wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#log tr.row td:nth-child(2)").text.startswith("429"))
     click_row("502")
-    shown_error = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#log tr.detail")).text
+    shown_error = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#log tr.detail").text)
     assert failure.split(" - ", 1)[1] in shown_error and "upstream_5xx" in shown_error and "up/fail-500@page" in shown_error
     click_row("429")
     wait.until(lambda b: refusal.split(" - ", 1)[1] in b.find_element(By.ID, "log").text)
