@@ -73,19 +73,22 @@ def media_routes(record: Callable[[Request, Any], None], guard: Callable[[Reques
                  events: Callable[[AsyncIterator[bytes]], Response]) -> list[Route]:
     images: dict[str, bytes] = {}
 
-    async def json_body(request: Request) -> Any:
+    async def admitted_json(request: Request) -> dict[str, Any] | Response:
+        """The request's JSON object, recorded; or what OpenAI answers a body it cannot parse, or a caller
+        the guard refuses."""
         try:
-            return msgspec.json.decode(await request.body())
+            body = msgspec.json.decode(await request.body())
         except msgspec.DecodeError:
-            return None
-
-    async def generations(request: Request) -> Response:
-        body = await json_body(request)
+            body = None
         record(request, body)
         if not isinstance(body, dict):
             return _error(400, "We could not parse the JSON body of your request.")
-        if (denied := guard(request, _unsuffixed(body))) is not None:
-            return denied
+        return denied if (denied := guard(request, _unsuffixed(body))) is not None else body
+
+    async def generations(request: Request) -> Response:
+        body = await admitted_json(request)
+        if isinstance(body, Response):
+            return body
         model = str(body.get("model", "dall-e-2")).split("@")[0]
         if not isinstance(body.get("prompt"), str) or not body["prompt"]:
             return _error(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
@@ -117,12 +120,9 @@ def media_routes(record: Callable[[Request, Any], None], guard: Callable[[Reques
         return Response(png, media_type="image/png") if png else _error(404, "No such image.")
 
     async def moderations(request: Request) -> Response:
-        body = await json_body(request)
-        record(request, body)
-        if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request.")
-        if (denied := guard(request, _unsuffixed(body))) is not None:
-            return denied
+        body = await admitted_json(request)
+        if isinstance(body, Response):
+            return body
         inputs = body.get("input")
         if not inputs:
             return _error(400, "Missing required parameter: 'input'.", "input", "missing_required_parameter")
@@ -180,12 +180,9 @@ def media_routes(record: Callable[[Request, Any], None], guard: Callable[[Reques
                         media_type="text/plain")
 
     async def speech(request: Request) -> Response:
-        body = await json_body(request)
-        record(request, body)
-        if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request.")
-        if (denied := guard(request, _unsuffixed(body))) is not None:
-            return denied
+        body = await admitted_json(request)
+        if isinstance(body, Response):
+            return body
         for name in ("model", "input", "voice"):
             if name not in body:
                 return _error(400, f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
