@@ -21,7 +21,7 @@ from broker.config import Config
 from broker.keys import Keys
 from broker.limits.ratelimit import Limiter
 from broker.ops import redaction, rollups
-from broker.queue import job_events
+from broker.queue import durability, job_events
 from broker.queue.jobs import Job
 from broker.queue.spool import Spool
 from broker.queue.replies import ReplyRouter
@@ -59,6 +59,7 @@ class BrokerState:
         # workers share, even when batch files live in a bucket (README, Kubernetes).
         self.spool = Spool(config.batches.store_dir)
         self.scripts = QueueScripts(self.redis)
+        self.durable = durability.of(config.redis)  # None unless `redis.durability: replicated`
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None
         self.flights: dict[str, asyncio.Future[bytes | None]] = {}

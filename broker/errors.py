@@ -182,6 +182,13 @@ class CircuitOpen(Unavailable):
     default_code = "circuit_open"
 
 
+class NotReplicated(Unavailable):
+    """`redis.durability: replicated`: a job's queueing was not acknowledged by enough replicas in time,
+    so it was withdrawn rather than accepted (broker/queue/durability.py)."""
+
+    default_code = "not_replicated"
+
+
 class Overloaded(Unavailable):
     """One API process holds all it may (`server.max_in_flight`, `server.max_new_per_s`,
     `server.shed_lag_ms`); another process, or this one a moment later, can serve the request."""

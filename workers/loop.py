@@ -37,7 +37,7 @@ from broker.limits.ratelimit import Limiter
 from broker.money import ledger, pricing
 from broker.money.usage_sink import UsageSink
 from broker.ops import log_context, metrics, redaction, rollups, series_upkeep
-from broker.queue import dead_letters
+from broker.queue import dead_letters, durability
 from broker.queue.jobs import Job, decode_job
 from broker.queue.outbox import Outbox
 from broker.queue.streams import (
@@ -94,7 +94,7 @@ class Worker:
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants, usage=config.usage,
                              resume_ttl_s=config.server.stream_resume_ttl_s,
-                             responses_ttl_s=config.responses.store_ttl_s)
+                             responses_ttl_s=config.responses.store_ttl_s, durable=durability.of(config.redis))
         self.hedging = Hedging(redis, self.scripts, self.keys, config)
         self.prices = pricing.PriceBook(config)
         self.rollups = rollups.enabled(config)  # the console's series (broker/ops/rollups.py)

@@ -24,6 +24,7 @@ from broker.config.model import (
     Limits,
     ModelGroup,
     QueueSettings,
+    RedisSettings,
     ResponsesSettings,
     ServerSettings,
     Tenant,
@@ -47,7 +48,7 @@ __all__ = [
     "DEV_API_KEY", "AdminSettings", "AnthropicProvider", "ApiKey", "AzureProvider", "BedrockProvider", "Budgets",
     "CircuitSettings", "Config", "ConfigError", "Deployment", "EntraAuth", "GeminiProvider", "Limits", "MockProvider",
     "ModelGroup", "OpenAIProvider",
-    "ProviderConfig", "QueueSettings", "ResponsesSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
+    "ProviderConfig", "QueueSettings", "RedisSettings", "ResponsesSettings", "Secret", "ServerSettings", "Strict", "Tenant", "UsageSettings",
     "VertexProvider",
     "default_config", "hash_key", "load", "resolve", "validate", "with_files_dir", "with_redis_url",
 ]

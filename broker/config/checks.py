@@ -13,7 +13,7 @@ from broker.store.sentinel_url import SCHEME as SENTINEL_SCHEME
 from broker.store.sentinel_url import parse_sentinel_url
 
 if TYPE_CHECKING:
-    from broker.config.model import Config
+    from broker.config.model import Config, RedisSettings
 
 # Provider and tenant names become parts of Redis keys and hash tags (broker/keys.py): no braces, no spaces.
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -35,10 +35,23 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
+def durability_problem(url: str, redis: RedisSettings) -> str | None:
+    """Why `redis.durability` cannot hold with this URL. WAIT counts the replicas of the one node its
+    connection talks to. A job's end writes on its queue's and its job's nodes and PUBLISHes on the node
+    of its API's channel; redis-py's cluster pipeline sends each node its commands in parallel, so the
+    PUBLISH cannot follow another node's WAIT in one round trip (a second one would cost every end)."""
+    if redis.durability == "replicated" and url.split("://", 1)[0].lower().endswith("+cluster"):
+        return ("`replicated` needs one primary (a redis:// or redis+sentinel:// URL): Redis WAIT counts the "
+                "replicas of one node, and a Cluster spreads a job's writes over several")
+    return None
+
+
 def first_problem(config: Config) -> str | None:
     """The first thing wrong with `config` that its types cannot say, ending with where: "... - at `$.path`"."""
     if problem := redis_url_problem(config.redis_url):
         return f"{problem} - at `$.redis_url`"
+    if problem := durability_problem(config.redis_url, config.redis):
+        return f"{problem} - at `$.redis.durability`"
     for section, names in (("providers", config.providers), ("tenants", config.tenants)):
         for name in names:
             if not NAME.fullmatch(name):

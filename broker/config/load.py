@@ -175,6 +175,8 @@ def resolve(path: str | None, env: dict[str, str] | None = None, *, dev_api_key:
     if env.get("REDIS_URL"):
         if problem := config_checks.redis_url_problem(env["REDIS_URL"]):
             raise ConfigError(f"$REDIS_URL: {problem}")
+        if problem := config_checks.durability_problem(env["REDIS_URL"], config.redis):
+            raise ConfigError(f"$REDIS_URL: {problem} (config `redis.durability`)")
         config = msgspec.structs.replace(config, redis_url=env["REDIS_URL"])
     return config
 

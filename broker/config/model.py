@@ -243,8 +243,25 @@ class ResponsesSettings(Strict):
     store_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=366 * 86400)] = 30 * 86400  # OpenAI keeps them 30 days
 
 
+class RedisSettings(Strict):
+    """How sure a write must be before a client is told of it (broker/queue/durability.py).
+
+    `async` (Redis's own way): a write is acknowledged once the primary has it; a failover in the next
+    instant can lose it. `replicated`: the API's enqueue and a worker's job end also wait, in the same
+    round trip, for `replicas` replicas to acknowledge them (Redis WAIT), at most `wait_timeout_ms`.
+    """
+
+    durability: Literal["async", "replicated"] = "async"
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    # A replica on the same network acknowledges in well under a millisecond; past this it is lagging or
+    # gone, and an enqueue is refused with 503 `not_replicated` rather than held (a bound on the wait).
+    wait_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 150
+
+
 class Config(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Durability of the writes clients are told of; only the default costs nothing (RedisSettings).
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     # Prefix of every Redis key this deployment owns (see broker/keys.py).
     namespace: str = "llmb"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)

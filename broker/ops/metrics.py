@@ -29,6 +29,10 @@ SHED = Counter("llm_broker_shed_total", "Requests an API process refused at its 
 # drowning one hundreds; the buckets span both so `server.shed_lag_ms` can be chosen from them.
 LOOP_LAG = Histogram("llm_broker_api_loop_lag_seconds", "How late an API process's event loop ran a 10 ms timer",
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+# `redis.durability: replicated` (broker/queue/durability.py): a WAIT that met fewer replicas than asked.
+# at: enqueue (API: the job was withdrawn, its client answered 503) or end (worker: the answer went out anyway).
+REPLICATION_SHORTFALL = Counter("llm_broker_replication_shortfall_total",
+                                "Writes Redis WAIT found acknowledged by fewer replicas than redis.replicas", ["at"])
 CACHE = Counter("llm_broker_cache_lookups_total", "Response cache lookups", ["model", "result"])
 
 # ---------------------------------------------------------------- workers

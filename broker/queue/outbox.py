@@ -39,7 +39,7 @@ from broker.keys import Keys
 from broker.limits.ratelimit import reconcile_into
 from broker.money import ledger
 from broker.ops.redaction import redact
-from broker.queue import async_jobs, job_events, stored_responses
+from broker.queue import async_jobs, durability, job_events, stored_responses
 from broker.queue.jobs import Chunk, Failed, Final, Job, key_limits, reply_encoder
 from broker.queue.payloads import ResponsesPayload
 from broker.queue.streams import QueueScripts
@@ -80,8 +80,9 @@ class _End:
 class Outbox:
     def __init__(self, redis: Redis, keys: Keys, scripts: QueueScripts, *, result_ttl_s: int,
                  tenants: dict[str, Tenant], usage: UsageSettings, resume_ttl_s: int = 60,
-                 responses_ttl_s: int = 30 * 86_400) -> None:
+                 responses_ttl_s: int = 30 * 86_400, durable: durability.Replicated | None = None) -> None:
         self.redis = redis
+        self.durable = durable  # `redis.durability: replicated`: ends wait for replicas (durability.py)
         self.keys = keys
         self.scripts = scripts
         self.tenants = tenants
@@ -201,6 +202,9 @@ class Outbox:
         # by the previous pipeline.
         scripted: list[Queued] = ledger.write_into(pipe, self.scripts.ledger, self.keys, self.usage, counts)
         counted = len(pipe)
+        # replicated: each end's PUBLISH and finish.lua held back, to follow the WAIT after every write here.
+        durable = self.durable
+        held: list[tuple[_End, bytes]] | None = None if durable is None else []
         for op in ops:
             job = op.job
             if isinstance(op, _Started):
@@ -237,12 +241,19 @@ class Outbox:
                 # Before the reply: its client cannot see it complete before it is readable (stored_responses.py).
                 if (kept := self._keep_response(pipe, job, job.payload, op.body)) is not None:
                     scripted.append(kept)
-            publish_into(pipe, job.reply_to, encoded)
-            pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
-            op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
-                                     [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
-                                      "1" if op.timed else "0"])
-            scripted.append(op.finish)
+            if held is None:
+                publish_into(pipe, job.reply_to, encoded)
+                pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
+                scripted.append(self._finish_into(pipe, op))
+            else:
+                pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
+                held.append((op, encoded))
+        waited = None
+        if durable is not None and held is not None and (held or counts):
+            waited = durable.wait_into(pipe)
+            for op, encoded in held:  # the PUBLISH before the XACK, as above (durability.py says why)
+                publish_into(pipe, op.job.reply_to, encoded)
+                scripted.append(self._finish_into(pipe, op))
         try:
             results = await pipe.execute(raise_on_error=False)
         except Exception as exc:
@@ -252,7 +263,11 @@ class Outbox:
             raise
         # Redis restarted and lost its scripts: only those commands failed (the chunks between them
         # went out), so send just those again, in order.
-        await resend_unknown(scripted, results)
+        if durable is None or waited is None:
+            await resend_unknown(scripted, results)
+        else:
+            await durability.settle(self.redis, durable, scripted, results, waited, ends=len(held or ()),
+                                    counts=len(counts))
         failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
         if lost := [r for r in results[:counted] if isinstance(r, Exception)]:
             log.error("usage of %d ended jobs not recorded: %s", len(counts), lost[0])
@@ -280,6 +295,14 @@ class Outbox:
             return None
         return evalsha_into(pipe, self.scripts.response_keep, [self.keys.response(payload.response_id)],
                             stored_responses.keep_args(self.responses_ttl_s, job.tenant, context, own, response=response))
+
+    def _finish_into(self, pipe: Pipeline, op: _End) -> Queued:
+        """finish.lua for the end (XACK, XDEL, service times), remembered on it."""
+        job = op.job
+        op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
+                                 [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
+                                  "1" if op.timed else "0"])
+        return op.finish
 
     def finish_keys(self, job: Job, stream: str | bytes) -> list[Any]:
         """finish.lua's KEYS, all in the provider's Cluster slot."""

@@ -27,9 +27,10 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from broker.config import Config, QueueSettings
-from broker.errors import BrokerError, CircuitOpen, RateLimited, Unavailable
+from broker.errors import BrokerError, CircuitOpen, NotReplicated, RateLimited, Unavailable
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
 from broker.limits.ratelimit import RECONCILE
+from broker.queue import durability
 from broker.queue.jobs import Job, job_encoder
 from broker.routing import failover
 from broker.store.scripts import lua_script, publish_into
@@ -62,9 +63,11 @@ class QueueScripts:
             await script.registered_client.script_load(script.script)
 
 
-async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> bytes:
+async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
+                  durable: durability.Replicated | None = None) -> bytes:
     """Admit and enqueue, or raise: 503 when no worker serves the provider or its circuit is open
-    (broker/store/lua/circuit.lua), 429 when the lane is full.
+    (broker/store/lua/circuit.lua), 429 when the lane is full; with `durable` (the API's, when
+    `redis.durability` is `replicated`), 503 `not_replicated` when too few replicas took the job.
 
     Before a provider's drain rate has ever been measured, each live worker is assumed to finish
     its configured `concurrency` jobs every `assumed_service_s`.
@@ -73,13 +76,20 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -
     cold_rate_per_worker = config.providers[p].concurrency / queue.assumed_service_s
     ms_left = int((job.deadline - time.time()) * 1000)
     probe_ms = int(config.circuit.open_s * 1000)
-    result = await scripts.enqueue(
-        keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
-              keys.workers(p), keys.circuit(p)],
-        args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
-              queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
-              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms],
-    )
+    script_keys = [keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
+                   keys.workers(p), keys.circuit(p)]
+    args: list[Any] = [job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
+                       queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
+                       *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model,
+                       probe_ms]
+    if durable is None:
+        result = await scripts.enqueue(keys=script_keys, args=args)
+    else:
+        redis = scripts.enqueue.registered_client
+        result, acks = await durability.run_script(redis, durable, scripts.enqueue, script_keys, args)
+        if result[0] == b"ok" and acks < durable.replicas:
+            await cancel(redis, keys, [p], job.id, job.deadline)  # pull.lua drops it; a worker that has it aborts
+            raise durable.not_replicated(acks)
     status = result[0].decode()
     if status == "ok":
         entry_id: bytes = result[1]
@@ -102,13 +112,16 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -
     )
 
 
-async def enqueue_first(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> tuple[Job, bytes]:
+async def enqueue_first(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
+                        durable: durability.Replicated | None = None) -> tuple[Job, bytes]:
     """Queue `job` on the first of its candidates that takes it: one refusing it (no live worker,
     circuit open, queue full) passes it to the next, as a failed call would (broker/routing/failover.py).
     Returns the job as queued and its entry id, or raises the error that lists every refusal."""
     while True:
         try:
-            return job, await enqueue(scripts, keys, config, job)
+            return job, await enqueue(scripts, keys, config, job, durable)
+        except NotReplicated:
+            raise  # Redis's fault, not the candidate's: the next one shares the same replicas
         except BrokerError as refused:
             nxt = failover.advance(job, refused)
             if nxt is None:
