@@ -117,6 +117,7 @@ class Sections(TypedDict, total=False):
     batches: dict[str, Any]  # files_dir defaults to a directory next to the config
     admin: dict[str, Any]
     cache: dict[str, Any]
+    redis: dict[str, Any]  # durability (broker/queue/durability.py)
 
 
 def write_config(path: Path, namespace: str, *, providers: dict[str, Any], models: dict[str, Any],
@@ -128,7 +129,7 @@ def write_config(path: Path, namespace: str, *, providers: dict[str, Any], model
         "models": models,
         "tenants": sections.get("tenants") or {"test": {"keys": [hash_key(TEST_KEY)]}},
     }
-    for name in ("server", "queue", "circuit", "usage", "admin", "cache"):
+    for name in ("server", "queue", "circuit", "usage", "admin", "cache", "redis"):
         if section := sections.get(name):
             doc[name] = section
     # The door's lag shedding (api/loop_lag.py) off unless a test turns it on (tests/test_door.py): here a
@@ -155,26 +156,31 @@ def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
 class RedisServer:
     """A redis-server on a free port in a temp dir, for tests that kill, restart or flush it."""
 
-    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False, replica_of: RedisServer | None = None) -> None:
         self.port = free_port()
         self.directory = directory
         self.persistent = persistent  # AOF, fsync'd on every write: a restart keeps everything
+        self.replica_of = replica_of  # a replica of that server (--replicaof), synced before start() returns
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        primary = ["--replicaof", "127.0.0.1", str(self.replica_of.port)] if self.replica_of else []
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
-             "--dir", str(self.directory)], stdout=subprocess.DEVNULL)
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof, *primary,
+             "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not after Redis's 5 s default
+             "--dir", str(self.directory), "--dbfilename", f"dump-{self.port}.rdb"], stdout=subprocess.DEVNULL)
         end = time.monotonic() + 10
         while True:
             try:
-                redis.Redis.from_url(self.url).ping()
-                return
+                info = redis.Redis.from_url(self.url).info("replication")
+                if not self.replica_of or info.get("master_link_status") == "up":
+                    return
             except redis.ConnectionError:
-                assert time.monotonic() < end
-                time.sleep(0.05)
+                pass
+            assert time.monotonic() < end, f"redis-server on {self.port} did not come up"
+            time.sleep(0.05)
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -164,3 +164,22 @@ tenants:""")
         load(write(tmp_path, group.replace("fallbacks: [fast-chat]", "fallbacks: [nowhere]")), env={"VLLM_KEY": "k"})
     with pytest.raises(ConfigError, match=r"\$\.models\.grouped\.strategy"):
         load(write(tmp_path, group.replace("strategy: weighted", "strategy: fastest")), env={"VLLM_KEY": "k"})
+
+
+def test_replicated_durability_decodes_and_is_refused_on_a_cluster(tmp_path: Path) -> None:
+    assert load(write(tmp_path, GOOD), env={"VLLM_KEY": "k"}).redis.durability == "async"  # the default
+    replicated = GOOD.replace("redis_url:", "redis: {durability: replicated, replicas: 2, wait_timeout_ms: 50}\nredis_url:")
+    settings = load(write(tmp_path, replicated), env={"VLLM_KEY": "k"}).redis
+    assert (settings.durability, settings.replicas, settings.wait_timeout_ms) == ("replicated", 2, 50)
+    sentinel = replicated.replace("redis://127.0.0.1:6379/0", "redis+sentinel://127.0.0.1:26379/mymaster")
+    assert load(write(tmp_path, sentinel), env={"VLLM_KEY": "k"}).redis.durability == "replicated"
+    cluster = replicated.replace("redis://127.0.0.1:6379/0", "redis+cluster://127.0.0.1:7000")
+    with pytest.raises(ConfigError, match=r"needs one primary .* Redis WAIT counts the replicas of one node"
+                                          r".* - at `\$.redis.durability`"):
+        load(write(tmp_path, cluster), env={"VLLM_KEY": "k"})
+    with pytest.raises(ConfigError, match=r"\$REDIS_URL: `replicated` needs one primary"):
+        resolve(str(write(tmp_path, replicated)), env={"VLLM_KEY": "k", "REDIS_URL": "redis+cluster://h:7000"})
+    for bad, field in (("{durability: sync}", "durability"), ("{replicas: 0}", "replicas"),
+                       ("{wait_timeout_ms: 0}", "wait_timeout_ms")):
+        with pytest.raises(ConfigError, match=re.escape(f"$.redis.{field}")):
+            load(write(tmp_path, GOOD.replace("redis_url:", f"redis: {bad}\nredis_url:")), env={"VLLM_KEY": "k"})
