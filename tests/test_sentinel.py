@@ -264,3 +264,26 @@ def test_a_stack_on_a_sentinel_url_answers_before_and_after_a_failover(
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == " ".join(
         mock_words("after", 4))
     assert setup.replica.client.xlen(keys.usage_log()) >= recorded + 3
+
+
+def test_replicated_durability_waits_for_the_replica_behind_a_sentinel_url(
+    sentinel_setup: SentinelSetup, stack_factory: StackFactory, namespace: str
+) -> None:
+    """`redis.durability: replicated` (broker/queue/durability.py) on its main ground: its WAITs go to the
+    primary the sentinel names, in the pipelines of the writes (tests/test_durability.py for the rest)."""
+    setup = sentinel_setup
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 4}}, {"m": [{"provider": "mock", "model": "m"}]},
+                          redis_url=setup.url, redis={"durability": "replicated", "wait_timeout_ms": 500})
+    keys = Keys(namespace)
+    stack.procs.append(Proc(["worker", "--config", str(stack.config_path), "--provider", "mock"],
+                            stack.log_dir / "worker-mock.log"))
+    wait_until(lambda: setup.primary.client.zcard(keys.workers("mock")), "the worker never registered")
+    client = openai.OpenAI(base_url=stack.api(), api_key=TEST_KEY, max_retries=0, timeout=10)
+
+    def waits() -> int:
+        return int(setup.primary.client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+    before = waits()
+    answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "kept"}])
+    assert answer.choices[0].message.content == " ".join(mock_words("kept", 4))
+    assert waits() >= before + 2  # the enqueue's and the end's
