@@ -168,7 +168,8 @@ tenants:""")
 
 def test_replicated_durability_decodes_and_is_refused_on_a_cluster(tmp_path: Path) -> None:
     assert load(write(tmp_path, GOOD), env={"VLLM_KEY": "k"}).redis.durability == "async"  # the default
-    replicated = GOOD.replace("redis_url:", "redis: {durability: replicated, replicas: 2, wait_timeout_ms: 50}\nredis_url:")
+    replicated = GOOD.replace("redis_url:",
+                              "redis: {durability: replicated, replicas: 2, wait_timeout_ms: 50}\nredis_url:")
     settings = load(write(tmp_path, replicated), env={"VLLM_KEY": "k"}).redis
     assert (settings.durability, settings.replicas, settings.wait_timeout_ms) == ("replicated", 2, 50)
     sentinel = replicated.replace("redis://127.0.0.1:6379/0", "redis+sentinel://127.0.0.1:26379/mymaster")

@@ -74,7 +74,8 @@ def test_replicated_writes_wait_for_the_replica_and_a_missing_replica_refuses_th
     assert waits(primary) >= before + 2  # the enqueue's and the end's (and the ledger flush's after it)
 
     before = waits(primary)
-    accepted = client.chat.completions.with_raw_response.create(model="m", messages=ASK, extra_headers=ASYNC)  # type: ignore[arg-type]
+    accepted = client.chat.completions.with_raw_response.create(
+        model="m", messages=ASK, extra_headers=ASYNC)  # type: ignore[arg-type]
     assert accepted.http_response.status_code == 202
     job_id = accepted.http_response.json()["id"]
     assert waits(primary) >= before + 1  # the 202 came after the enqueue's WAIT
@@ -83,8 +84,8 @@ def test_replicated_writes_wait_for_the_replica_and_a_missing_replica_refuses_th
 
     # A job that runs while the replica stops: its answer still comes, counted as a shortfall by its worker.
     slow: list[str | None] = []
-    running = threading.Thread(target=lambda: slow.append(
-        client.chat.completions.create(model="slow", messages=ASK).choices[0].message.content))  # type: ignore[arg-type]
+    running = threading.Thread(target=lambda: slow.append(client.chat.completions.create(
+        model="slow", messages=ASK).choices[0].message.content))  # type: ignore[arg-type]
     running.start()
     time.sleep(0.3)  # enqueued (and WAITed for) by now; the worker is still streaming its tokens
     assert replica.proc is not None
@@ -96,7 +97,8 @@ def test_replicated_writes_wait_for_the_replica_and_a_missing_replica_refuses_th
     took = time.monotonic() - started
     assert refused.value.status_code == 503 and took < 2.0, took  # WAIT's 150 ms, not a hang
     error = refused.value.body
-    assert isinstance(error, dict) and error["code"] == "not_replicated" and error["type"] == "service_unavailable_error"
+    assert isinstance(error, dict) and error["type"] == "service_unavailable_error"
+    assert error["code"] == "not_replicated"
     assert refused.value.response.headers["retry-after"] == "1"
 
     with pytest.raises(openai.APIStatusError) as async_refused:
@@ -118,14 +120,16 @@ def test_replicated_writes_wait_for_the_replica_and_a_missing_replica_refuses_th
     running.join(10)
     assert slow and slow[0]  # published though the replica never acknowledged its end
     worker_log = next(p for p in stack.workers if "mock-slow" in p.args).output()
-    assert "1 job end(s) published" in worker_log and "with 0 of 1 Redis replicas" in worker_log, worker_log
+    assert "1 job end(s) published" in worker_log and "with 0 of 1 Redis replicas" in worker_log
 
 
 def test_the_default_sends_no_wait(stack_factory: StackFactory, primary: RedisServer, replica: RedisServer) -> None:
     stack = stack_factory(PROVIDERS, MODELS, redis_url=primary.url)
     stack.up("mock")
     before = waits(primary)
-    assert sdk(stack).chat.completions.create(model="m", messages=ASK).choices[0].message.content  # type: ignore[arg-type]
-    accepted = sdk(stack).chat.completions.with_raw_response.create(model="m", messages=ASK, extra_headers=ASYNC)  # type: ignore[arg-type]
+    client = sdk(stack)
+    assert client.chat.completions.create(model="m", messages=ASK).choices[0].message.content  # type: ignore[arg-type]
+    accepted = client.chat.completions.with_raw_response.create(
+        model="m", messages=ASK, extra_headers=ASYNC)  # type: ignore[arg-type]
     assert accepted.http_response.status_code == 202
     assert waits(primary) == before

@@ -17,9 +17,10 @@ them and before what tells the client: one replica round trip, never one more cl
   settled token bucket and the ledger of the ends acknowledged before it; then WAIT; then the end's
   PUBLISH, then finish.lua (XACK, XDEL). The XACK stays after the PUBLISH, as without WAIT: a worker
   killed while its flush waits (Redis drops a blocked client's queued commands with its connection)
-  must leave the entry pending, to be reclaimed and answered, not acknowledged with its client never told. That XACK and the ledger entry it releases reach the
-  replicas under the next flush's WAIT, which the ledger entry sends at once; a failover in between
-  runs the job again (paid twice, answered once), as it would without WAIT. Short of replicas, the
+  must leave the entry pending, to be reclaimed and answered, not acknowledged with its client never
+  told. That XACK and the ledger entry it releases reach the replicas under the next flush's WAIT,
+  which the ledger entry sends at once; a failover in between runs the job again (paid twice,
+  answered once), as it would without WAIT. Short of replicas, the
   end is published anyway, counted (`llm_broker_replication_shortfall_total{at="end"}`, `at="ledger"`)
   and logged: the answer is computed and paid for, what a failover could then lose is what `async`
   loses, and withholding it would fail the client for a replica's lag.
