@@ -73,6 +73,13 @@ def test_replicated_writes_wait_for_the_replica_and_a_missing_replica_refuses_th
     assert answer.choices[0].message.content
     assert waits(primary) >= before + 2  # the enqueue's and the end's (and the ledger flush's after it)
 
+    # As on a replica just promoted (SCRIPT LOAD is not replicated): every script unknown. The enqueue's and
+    # the end's are loaded and sent again in a pipeline with a WAIT of its own (durability.py).
+    redis.Redis.from_url(primary.url).script_flush()
+    before = waits(primary)
+    assert client.chat.completions.create(model="m", messages=ASK).choices[0].message.content  # type: ignore[arg-type]
+    assert waits(primary) >= before + 4
+
     before = waits(primary)
     accepted = client.chat.completions.with_raw_response.create(
         model="m", messages=ASK, extra_headers=ASYNC)  # type: ignore[arg-type]
