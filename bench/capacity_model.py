@@ -12,6 +12,8 @@ The premises, each a fact about the code rather than a fit:
     shard: whatever the shard count, one provider and one tenant are each capped by one shard.
   - Little's law: calls in flight upstream = rate x upstream latency; a worker holds at most
     `concurrency` of them (providers' `concurrency`, default 64, broker/config/providers.py).
+  - Replies travel by classic PUBLISH, which a Cluster broadcasts to every node: each shard pays
+    for every reply in the cluster, a cost that does not shrink as shards are added.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ class Inputs(msgspec.Struct, kw_only=True):
     api_idle_rss_bytes: float
     worker_idle_rss_bytes: float
     worker_concurrency: int  # providers' `concurrency` default: calls in flight per worker process
+    api_max_in_flight: int = 2048  # `server.max_in_flight` default: requests one API process holds (api/door.py)
+    # CPU microseconds a Cluster node spends on a PUBLISH sent to another node: classic pub/sub is
+    # broadcast over the cluster bus to every node (https://redis.io/docs/latest/develop/interact/pubsub/,
+    # "Sharded Pub/Sub" is the alternative), so each shard pays it for every reply in the cluster.
+    bus_publish_us: float = 0.0
 
 
 class Load(msgspec.Struct, kw_only=True):
@@ -145,12 +152,15 @@ class Plan(msgspec.Struct, kw_only=True):
     api_cores: float
     worker_cores: float
     redis_cores: float
+    api_procs_cpu: int  # API processes needed for CPU
+    api_procs_conns: int  # ...and to hold the requests in flight under the door's cap
     api_procs: int
     worker_procs_cpu: int  # workers needed for CPU
     in_flight: float  # upstream calls in flight (Little's law)
     worker_procs_calls: int  # workers needed to hold the calls in flight at `concurrency` each
     worker_procs: int
-    redis_shards_cpu: int  # shards for Redis CPU, if the work spread evenly
+    redis_shards_cpu: int  # shards for Redis CPU, if the work spread evenly and PUBLISH were free
+    bus_cores_per_shard: float  # each shard's CPU for the PUBLISHes other shards forward to it
     hot_tag: str
     hot_rps_cap: float  # the rate one provider (or tenant) tops out at: its tag's share on one shard
     redis_shards: int
@@ -170,18 +180,28 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     api_cores = load.rps * cost.api_ms / 1000
     worker_cores = load.rps * cost.worker_ms / 1000
     redis_cores = load.rps * cost.redis_ms / 1000
-    api_procs = max(1, math.ceil(api_cores / u))
+    api_cpu = max(1, math.ceil(api_cores / u))
     worker_cpu = max(1, math.ceil(worker_cores / u))
     in_flight = load.rps * load.upstream_latency_s
+    api_conns = max(1, math.ceil(in_flight / inputs.api_max_in_flight))  # every request waits on its call
+    api_procs = max(api_cpu, api_conns)
     worker_calls = max(1, math.ceil(in_flight / inputs.worker_concurrency))
     shards_cpu = max(1, math.ceil(redis_cores / u))
     # One tag's work cannot leave its shard: the hottest tag's share of the commands must fit in one.
     tag, share = hot_share(inputs, load)
     shard_rps = u * 1000 / cost.redis_ms if cost.redis_ms > 0 else math.inf  # requests/s one shard serves
     hot_cap = shard_rps / share if share > 0 else math.inf
-    shards = shards_cpu
-    commands = load.rps * commands_per_request(inputs, load)
+    # On a Cluster each shard also takes every PUBLISH of the others: S shards need
+    # redis_cores / S + bus <= u, so S = redis_cores / (u - bus); past bus >= u no shard count will do.
     publishes = load.rps * publishes_per_request(inputs, load)
+    bus = publishes * inputs.bus_publish_us / 1e6
+    if shards_cpu == 1:
+        shards = 1
+    elif bus < u:
+        shards = max(2, math.ceil(redis_cores / (u - bus)))
+    else:
+        shards = 0  # no count of shards carries it: see first_bottleneck
+    commands = load.rps * commands_per_request(inputs, load)
     queued = load.rps * load.queued_s
     streams = in_flight * load.stream_share
     redis_bytes = streams * inputs.redis_bytes_per_open_stream + queued * inputs.redis_bytes_per_queued_job
@@ -190,24 +210,31 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     workers = max(worker_cpu, worker_calls)
     worker_bytes = workers * inputs.worker_idle_rss_bytes + in_flight * inputs.worker_bytes_per_call
     return Plan(load=load, cost=cost, api_cores=api_cores, worker_cores=worker_cores, redis_cores=redis_cores,
-                api_procs=api_procs, worker_procs_cpu=worker_cpu, in_flight=in_flight,
+                api_procs_cpu=api_cpu, api_procs_conns=api_conns, api_procs=api_procs, worker_procs_cpu=worker_cpu, in_flight=in_flight,
                 worker_procs_calls=worker_calls, worker_procs=workers, redis_shards_cpu=shards_cpu,
+                bus_cores_per_shard=bus if shards != 1 else 0.0,
                 hot_tag=tag, hot_rps_cap=hot_cap, redis_shards=shards, commands_per_s=commands,
-                commands_per_shard_s=commands / shards, publish_per_shard_s=publishes if shards > 1 else 0.0,
-                cores=(api_cores + worker_cores + redis_cores) / u, redis_bytes=redis_bytes, api_bytes=api_bytes,
+                commands_per_shard_s=commands / max(shards, 1), publish_per_shard_s=publishes if shards != 1 else 0.0,
+                cores=(api_cores + worker_cores + redis_cores) / u + (shards * bus if shards > 1 else 0.0),
+                redis_bytes=redis_bytes, api_bytes=api_bytes,
                 worker_bytes=worker_bytes, first_bottleneck=_bottleneck(load, shard_rps, hot_cap, worker_cpu,
-                                                                         worker_calls))
+                                                                         worker_calls, shards, api_cpu, api_conns))
 
 
-def _bottleneck(load: Load, shard_rps: float, hot_cap: float, worker_cpu: int, worker_calls: int) -> str:
+def _bottleneck(load: Load, shard_rps: float, hot_cap: float, worker_cpu: int, worker_calls: int,
+                shards: int, api_cpu: int, api_conns: int) -> str:
     """What gives out first if this load is run as planned, in the order a scale-out meets them."""
+    if shards == 0:
+        return ("Cluster pub/sub: every shard takes every reply's PUBLISH, more than a shard's CPU, so "
+                "adding shards no longer helps (sharded pub/sub, SPUBLISH, or several clusters)")
     if load.rps > hot_cap:
         return (f"one hash tag's shard: the hottest provider/tenant tag tops out at {hot_cap:,.0f} req/s, "
                 "so the load must spread over more providers/tenants (or the tag be split)")
     if load.rps > shard_rps:
         return f"Redis: one shard serves {shard_rps:,.0f} req/s, so a Cluster is needed"
-    if worker_calls > worker_cpu:
-        return "worker connections: calls in flight, not CPU, set the worker count"
+    if worker_calls > worker_cpu or api_conns > api_cpu:
+        return ("requests in flight, not CPU, set the process count (workers at `concurrency` calls each"
+                + (", API processes at `server.max_in_flight`" if api_conns > api_cpu else "") + ")")
     return "API and worker CPU (processes scale out; Redis has headroom)"
 
 

@@ -65,7 +65,8 @@ def test_plan_counts_processes_by_cpu_and_workers_by_calls_in_flight() -> None:
     # 3 idle API processes + 1000 open streams x 40 KB + (1000 non-stream waiting + 1000 queued) x 100 B
     assert p.api_bytes == pytest.approx(3 * 70e6 + 1000 * 40_000 + 2000 * 100)
     assert p.worker_bytes == pytest.approx(32 * 60e6 + 2000 * 20_000)
-    assert p.first_bottleneck.startswith("worker connections")
+    assert p.api_procs_conns == 1  # 2000 in flight, 2048 a process
+    assert p.first_bottleneck.startswith("requests in flight")
 
 
 def test_one_hash_tag_caps_a_provider_whatever_the_shard_count() -> None:
@@ -98,3 +99,24 @@ def test_on_box_takes_the_least_of_the_cores_and_each_single_threaded_role() -> 
 def test_shard_commands_put_tags_on_their_shard_and_spread_the_rest() -> None:
     tags = {"provider": 30.0, "tenant": 15.0, "": 3.0, "*": 3.0}
     assert shard_commands(tags, {"provider": 0, "tenant": 2}, 3) == pytest.approx([32.0, 2.0, 17.0])
+
+
+def test_cluster_shards_pay_every_publish_so_past_a_rate_no_shard_count_will_do() -> None:
+    # 5000/s x (0.5 x 2 + 0.5 x (3 + 50 chunks x 0.1)) = 25,000 PUBLISH/s, 10 us each on every shard:
+    # 0.25 core of each shard's 0.5, so 1.75 cores of work need ceil(1.75 / 0.25) = 7 shards, not 4
+    load = msgspec.structs.replace(LOAD, rps=5000, provider_tags=100, tenant_tags=100)
+    p = plan(inputs(bus_publish_us=10.0), load)
+    assert p.redis_shards_cpu == 4
+    assert p.bus_cores_per_shard == pytest.approx(0.25)
+    assert p.redis_shards == 7
+    # at 20 us a PUBLISH the broadcast alone fills the planned half core of every shard
+    worse = plan(inputs(bus_publish_us=20.0), load)
+    assert worse.redis_shards == 0
+    assert worse.first_bottleneck.startswith("Cluster pub/sub")
+
+
+def test_api_processes_hold_at_most_the_doors_in_flight_cap() -> None:
+    # 1000/s x 10 s upstream = 10,000 requests waiting on their calls, 2048 a process
+    p = plan(inputs(), msgspec.structs.replace(LOAD, upstream_latency_s=10.0))
+    assert (p.api_procs_cpu, p.api_procs_conns, p.api_procs) == (3, 5, 5)
+    assert "server.max_in_flight" in p.first_bottleneck
