@@ -579,14 +579,30 @@ def print_plan(p: Plan) -> None:
           f"upstream {load.upstream_latency_s:g} s, {load.provider_tags} provider(s), {load.tenant_tags} tenant(s), "
           f"planned at {load.utilisation:.0%} of a core")
     print(f"  CPU ms/req: API {p.cost.api_ms:.3f}, worker {p.cost.worker_ms:.3f}, Redis {p.cost.redis_ms:.3f}")
-    print(f"  API processes {p.api_procs} ({p.api_cores:.1f} cores)")
+    print(f"  API processes {p.api_procs} (CPU: {p.api_procs_cpu}, {p.api_cores:.1f} cores; "
+          f"in flight: {p.api_procs_conns})")
     print(f"  worker processes {p.worker_procs} (CPU: {p.worker_procs_cpu}, {p.worker_cores:.1f} cores; "
-          f"calls: {p.in_flight:,.0f} in flight / {p.load and p.worker_procs_calls} at the concurrency)")
+          f"calls: {p.in_flight:,.0f} in flight need {p.worker_procs_calls})")
     print(f"  Redis shards {p.redis_shards} ({p.redis_cores:.1f} cores; {p.commands_per_s:,.0f} commands/s, "
-          f"{p.commands_per_shard_s:,.0f} per shard; hottest tag '{p.hot_tag}' caps at {p.hot_rps_cap:,.0f} req/s)")
+          f"{p.commands_per_shard_s:,.0f} per shard; hottest tag '{p.hot_tag}' caps at {p.hot_rps_cap:,.0f} req/s; "
+          f"{p.bus_cores_per_shard:.2f} core a shard on the PUBLISH broadcast; Redis CPU/req {p.redis_ms_cluster:.3f} ms)")
     print(f"  cores {p.cores:.1f}; memory: Redis {p.redis_bytes / 1e6:,.0f} MB, API {p.api_bytes / 1e6:,.0f} MB, "
           f"workers {p.worker_bytes / 1e6:,.0f} MB")
     print(f"  first bottleneck: {p.first_bottleneck}")
+
+
+def plan_rows(plans: list[Plan]) -> list[str]:
+    """The worked table of docs/capacity.md, in Markdown."""
+    out = ["| req/s | API processes (CPU / in flight) | worker processes (CPU / calls) | Redis shards "
+           "| cores | Redis CPU ms/req | Redis memory | API memory | worker memory | first bottleneck |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in plans:
+        out.append(f"| {p.load.rps:,.0f} | {p.api_procs} ({p.api_procs_cpu} / {p.api_procs_conns}) "
+                   f"| {p.worker_procs} ({p.worker_procs_cpu} / {p.worker_procs_calls}) "
+                   f"| {p.redis_shards or 'none will do'} | {p.cores:.1f} | {p.redis_ms_cluster:.3f} "
+                   f"| {p.redis_bytes / 1e6:,.0f} MB | {p.api_bytes / 1e9:,.1f} GB | {p.worker_bytes / 1e9:,.1f} GB "
+                   f"| {p.first_bottleneck} |")
+    return out
 
 
 def main() -> None:
@@ -613,6 +629,8 @@ def main() -> None:
     pl.add_argument("--latency-s", type=float, default=5.0)
     pl.add_argument("--providers", type=int, default=1)
     pl.add_argument("--tenants", type=int, default=1)
+    pl.add_argument("--worker-concurrency", type=int, help="a provider's `concurrency` (default: the config's)")
+    pl.add_argument("--markdown", action="store_true", help="one table, as docs/capacity.md has it")
     opts = parser.parse_args()
     if opts.command == "measure":
         inputs = measure(opts)
@@ -622,10 +640,14 @@ def main() -> None:
         validate(opts)
     else:
         inputs = load_inputs(Path(opts.inputs))
-        for rps in opts.rps:
-            print_plan(plan(inputs, Load(rps=rps, stream_share=opts.stream_share, output_tokens=opts.tokens,
-                                         upstream_latency_s=opts.latency_s, provider_tags=opts.providers,
-                                         tenant_tags=opts.tenants)))
+        plans = [plan(inputs, Load(rps=rps, stream_share=opts.stream_share, output_tokens=opts.tokens,
+                                   upstream_latency_s=opts.latency_s, provider_tags=opts.providers,
+                                   tenant_tags=opts.tenants, worker_concurrency=opts.worker_concurrency))
+                 for rps in opts.rps]
+        if opts.markdown:
+            print("\n".join(plan_rows(plans)))
+        for p in plans if not opts.markdown else []:
+            print_plan(p)
 
 
 if __name__ == "__main__":

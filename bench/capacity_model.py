@@ -87,6 +87,7 @@ class Load(msgspec.Struct, kw_only=True):
     utilisation: float = 0.7  # the share of a core a process or shard is planned to use
     provider_tags: int = 1  # providers the load spreads over (one `{p}` hash tag each)
     tenant_tags: int = 1  # tenants it spreads over (one `{tenant}` hash tag each)
+    worker_concurrency: int | None = None  # a provider's `concurrency`, if not the default (Inputs')
 
 
 def chunks(load: Load) -> float:
@@ -161,6 +162,8 @@ class Plan(msgspec.Struct, kw_only=True):
     worker_procs: int
     redis_shards_cpu: int  # shards for Redis CPU, if the work spread evenly and PUBLISH were free
     bus_cores_per_shard: float  # each shard's CPU for the PUBLISHes other shards forward to it
+    redis_ms_cluster: float  # Redis CPU per request, the broadcast to every shard included
+    bus_rps_cap: float  # the rate at which the broadcast alone fills every shard's planned share
     hot_tag: str
     hot_rps_cap: float  # the rate one provider (or tenant) tops out at: its tag's share on one shard
     redis_shards: int
@@ -185,7 +188,7 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     in_flight = load.rps * load.upstream_latency_s
     api_conns = max(1, math.ceil(in_flight / inputs.api_max_in_flight))  # every request waits on its call
     api_procs = max(api_cpu, api_conns)
-    worker_calls = max(1, math.ceil(in_flight / inputs.worker_concurrency))
+    worker_calls = max(1, math.ceil(in_flight / (load.worker_concurrency or inputs.worker_concurrency)))
     shards_cpu = max(1, math.ceil(redis_cores / u))
     # One tag's work cannot leave its shard: the hottest tag's share of the commands must fit in one.
     tag, share = hot_share(inputs, load)
@@ -195,6 +198,7 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     # redis_cores / S + bus <= u, so S = redis_cores / (u - bus); past bus >= u no shard count will do.
     publishes = load.rps * publishes_per_request(inputs, load)
     bus = publishes * inputs.bus_publish_us / 1e6
+    bus_cap = load.rps * u / bus if bus > 0 else math.inf
     if shards_cpu == 1:
         shards = 1
     elif bus < u:
@@ -213,16 +217,20 @@ def plan(inputs: Inputs, load: Load) -> Plan:
                 api_procs_cpu=api_cpu, api_procs_conns=api_conns, api_procs=api_procs, worker_procs_cpu=worker_cpu, in_flight=in_flight,
                 worker_procs_calls=worker_calls, worker_procs=workers, redis_shards_cpu=shards_cpu,
                 bus_cores_per_shard=bus if shards != 1 else 0.0,
+                bus_rps_cap=bus_cap,
+                redis_ms_cluster=cost.redis_ms + (publishes / load.rps * shards * inputs.bus_publish_us / 1000
+                                                  if shards > 1 else 0.0),
                 hot_tag=tag, hot_rps_cap=hot_cap, redis_shards=shards, commands_per_s=commands,
                 commands_per_shard_s=commands / max(shards, 1), publish_per_shard_s=publishes if shards != 1 else 0.0,
                 cores=(api_cores + worker_cores + redis_cores) / u + (shards * bus if shards > 1 else 0.0),
                 redis_bytes=redis_bytes, api_bytes=api_bytes,
                 worker_bytes=worker_bytes, first_bottleneck=_bottleneck(load, shard_rps, hot_cap, worker_cpu,
-                                                                         worker_calls, shards, api_cpu, api_conns))
+                                                                         worker_calls, shards, api_cpu, api_conns,
+                                                                         bus / u, bus_cap))
 
 
 def _bottleneck(load: Load, shard_rps: float, hot_cap: float, worker_cpu: int, worker_calls: int,
-                shards: int, api_cpu: int, api_conns: int) -> str:
+                shards: int, api_cpu: int, api_conns: int, bus_share: float, bus_cap: float) -> str:
     """What gives out first if this load is run as planned, in the order a scale-out meets them."""
     if shards == 0:
         return ("Cluster pub/sub: every shard takes every reply's PUBLISH, more than a shard's CPU, so "
@@ -231,7 +239,8 @@ def _bottleneck(load: Load, shard_rps: float, hot_cap: float, worker_cpu: int, w
         return (f"one hash tag's shard: the hottest provider/tenant tag tops out at {hot_cap:,.0f} req/s, "
                 "so the load must spread over more providers/tenants (or the tag be split)")
     if load.rps > shard_rps:
-        return f"Redis: one shard serves {shard_rps:,.0f} req/s, so a Cluster is needed"
+        return (f"Redis: one shard serves {shard_rps:,.0f} req/s, so a Cluster of {shards}; the PUBLISH "
+                f"broadcast takes {bus_share:.0%} of each shard's planned share, all of it at {bus_cap:,.0f} req/s")
     if worker_calls > worker_cpu or api_conns > api_cpu:
         return ("requests in flight, not CPU, set the process count (workers at `concurrency` calls each"
                 + (", API processes at `server.max_in_flight`" if api_conns > api_cpu else "") + ")")

@@ -109,6 +109,9 @@ def test_cluster_shards_pay_every_publish_so_past_a_rate_no_shard_count_will_do(
     assert p.redis_shards_cpu == 4
     assert p.bus_cores_per_shard == pytest.approx(0.25)
     assert p.redis_shards == 7
+    assert p.bus_rps_cap == pytest.approx(10_000)  # where 25,000/s x 2 fills the 0.5 core
+    # every request pays 5 PUBLISH x 7 shards x 10 us on top of its own 0.35 ms
+    assert p.redis_ms_cluster == pytest.approx(0.35 + 5 * 7 * 10 / 1000)
     # at 20 us a PUBLISH the broadcast alone fills the planned half core of every shard
     worse = plan(inputs(bus_publish_us=20.0), load)
     assert worse.redis_shards == 0
