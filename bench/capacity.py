@@ -59,13 +59,15 @@ PROVIDER_NAME = "up"
 CONCURRENCY = 64
 
 
-def _config_defaults() -> tuple[int, int]:
-    """From the config itself: an HTTP provider's `concurrency` (calls in flight per worker process) and
-    `server.max_in_flight` (requests one API process holds before its door refuses)."""
+def _config_defaults() -> tuple[int, int, int, int]:
+    """From the config itself: an HTTP provider's `concurrency` (calls in flight per worker process),
+    `server.max_in_flight` (requests one API process holds before its door refuses), and how long a
+    result and a stream's event log are kept (`server.result_ttl_s`, `server.stream_resume_ttl_s`)."""
     from broker.config.model import ServerSettings
     from broker.config.providers import OpenAIProvider
     provider = msgspec.convert({"kind": "openai", "base_url": "http://x"}, OpenAIProvider)
-    return provider.concurrency, ServerSettings().max_in_flight
+    server = ServerSettings()
+    return provider.concurrency, server.max_in_flight, server.result_ttl_s, server.stream_resume_ttl_s
 
 
 class Stack:
@@ -344,6 +346,20 @@ def _bus_publish_us(tmp: Path, messages: int = 200_000, size: int = 500) -> floa
         cluster.stop()
 
 
+def _retained(r: redis.Redis, namespace: str, seen: set[bytes], requests: int) -> float:
+    """Bytes per request of what finished requests leave until their TTL: the `result:` and `ev:` keys
+    (broker/keys.py) made since the last call (`seen` holds the earlier ones), by MEMORY USAGE."""
+    total = 0
+    for kind in ("result", "ev"):
+        new = [k for k in r.scan_iter(match=f"{namespace}:{kind}:*", count=1000) if k not in seen]
+        seen.update(new)
+        pipe = r.pipeline(transaction=False)
+        for key in new:
+            pipe.execute_command("MEMORY", "USAGE", key, "SAMPLES", 0)  # type: ignore[no-untyped-call]
+        total += sum(int(size or 0) for size in pipe.execute())
+    return total / max(requests, 1)
+
+
 def _commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
@@ -391,18 +407,26 @@ def measure(opts: argparse.Namespace) -> Inputs:
             nodes = Nodes([r])
             stack.set_workers(PROVIDER_NAME, 1)
             c1 = _phase(stack, nodes, PROVIDER_NAME, opts.c1_requests, False, concurrency=1, warmup=50)
+            seen: set[bytes] = set()
+            _retained(r, stack.namespace, seen, 1)  # the earlier phases' keys, left out of what follows
+            # each phase's requests: its warm-up (200) and its run, errors included: each made its keys
             non_stream = _phase(stack, nodes, PROVIDER_NAME, opts.requests, False)
+            kept = {"non-stream": _retained(r, stack.namespace, seen, 200 + opts.requests)}
             low = _phase(stack, nodes, PROVIDER_NAME, opts.stream_requests, True)
+            kept[str(lo)] = _retained(r, stack.namespace, seen, 200 + opts.stream_requests)
             tags = _tag_commands(stack, r, opts.monitor_requests)
             print(f"    commands by slot owner, per request (c=1, MONITOR): {tags}", flush=True)
             stack.set_workers(PROVIDER_NAME, 0)
             stack.set_workers("long", 1)
+            _retained(r, stack.namespace, seen, 1)
             high = _phase(stack, nodes, "long", opts.stream_requests // 2, True)
+            kept[str(hi)] = _retained(r, stack.namespace, seen, 200 + opts.stream_requests // 2)
+            print(f"    kept until their TTL, bytes per request: {kept}", flush=True)
             stack.set_workers("long", 0)
         finally:
             stack.stop()
     bus_us = _bus_publish_us(tmp)
-    worker_concurrency, api_max_in_flight = _config_defaults()
+    worker_concurrency, api_max_in_flight, result_ttl_s, stream_ttl_s = _config_defaults()
     print(f"    Cluster: {bus_us:.2f} us of a node's CPU per PUBLISH sent to another node", flush=True)
     return Inputs(
         measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), machine=_machine(),
@@ -414,7 +438,9 @@ def measure(opts: argparse.Namespace) -> Inputs:
         redis_bytes_per_open_stream=redis_stream, api_bytes_per_open_stream=api_stream,
         worker_bytes_per_call=worker_call, redis_bytes_per_queued_job=redis_job, api_bytes_per_queued_request=api_job,
         api_idle_rss_bytes=api_idle, worker_idle_rss_bytes=worker_idle,
-        worker_concurrency=worker_concurrency, api_max_in_flight=api_max_in_flight, bus_publish_us=bus_us)
+        worker_concurrency=worker_concurrency, api_max_in_flight=api_max_in_flight, bus_publish_us=bus_us,
+        retained_bytes_non_stream=kept["non-stream"], retained_bytes_stream={lo: kept[str(lo)], hi: kept[str(hi)]},
+        result_ttl_s=result_ttl_s, stream_ttl_s=stream_ttl_s)
 
 
 def load_inputs(path: Path = INPUTS) -> Inputs:

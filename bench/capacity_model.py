@@ -66,6 +66,12 @@ class Inputs(msgspec.Struct, kw_only=True):
     api_bytes_per_open_stream: float
     worker_bytes_per_call: float  # worker RSS per upstream call in flight
     redis_bytes_per_queued_job: float
+    # What a finished request leaves in Redis until it expires (its `result:<job>`, a stream's
+    # `ev:<job>` log), and for how long: server.result_ttl_s, server.stream_resume_ttl_s (both 60 s).
+    retained_bytes_non_stream: float = 0.0
+    retained_bytes_stream: dict[int, float] = {}  # chunks -> bytes
+    result_ttl_s: float = 60.0
+    stream_ttl_s: float = 60.0
     api_bytes_per_queued_request: float
     api_idle_rss_bytes: float
     worker_idle_rss_bytes: float
@@ -208,7 +214,13 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     commands = load.rps * commands_per_request(inputs, load)
     queued = load.rps * load.queued_s
     streams = in_flight * load.stream_share
-    redis_bytes = streams * inputs.redis_bytes_per_open_stream + queued * inputs.redis_bytes_per_queued_job
+    # Finished requests stay until their TTL: rate x share x bytes x TTL (Little's law again).
+    retained = load.rps * ((1 - load.stream_share) * inputs.retained_bytes_non_stream * inputs.result_ttl_s
+                           + load.stream_share * inputs.stream_ttl_s
+                           * (max(0.0, _line(inputs.retained_bytes_stream, chunks(load)))
+                              if inputs.retained_bytes_stream else 0.0))
+    redis_bytes = (streams * inputs.redis_bytes_per_open_stream + queued * inputs.redis_bytes_per_queued_job
+                   + retained)
     api_bytes = (api_procs * inputs.api_idle_rss_bytes + streams * inputs.api_bytes_per_open_stream
                  + (in_flight - streams + queued) * inputs.api_bytes_per_queued_request)
     workers = max(worker_cpu, worker_calls)

@@ -24,6 +24,8 @@ def inputs(**over: object) -> Inputs:
         publishes_non_stream=2.0, publishes_stream={10: 3.0, 110: 13.0},
         redis_bytes_per_open_stream=1000.0, api_bytes_per_open_stream=40_000.0, worker_bytes_per_call=20_000.0,
         redis_bytes_per_queued_job=300.0, api_bytes_per_queued_request=100.0,
+        retained_bytes_non_stream=200.0, retained_bytes_stream={10: 500.0, 110: 1500.0},
+        result_ttl_s=60.0, stream_ttl_s=30.0,
         api_idle_rss_bytes=70e6, worker_idle_rss_bytes=60e6, worker_concurrency=64)
     fields.update(over)
     return Inputs(**fields)  # type: ignore[arg-type]
@@ -61,7 +63,8 @@ def test_plan_counts_processes_by_cpu_and_workers_by_calls_in_flight() -> None:
     assert p.redis_shards == 1
     assert p.cores == pytest.approx((1.25 + 1.25 + 0.35) / 0.5)
     # 1000 streams open (half the calls in flight) x 1000 B + 1 s of arrivals queued x 300 B
-    assert p.redis_bytes == pytest.approx(1000 * 1000 + 1000 * 300)
+    # + finished ones until they expire: 500/s x 200 B x 60 s + 500/s x 1000 B (60 chunks) x 30 s
+    assert p.redis_bytes == pytest.approx(1000 * 1000 + 1000 * 300 + 500 * 200 * 60 + 500 * 1000 * 30)
     # 3 idle API processes + 1000 open streams x 40 KB + (1000 non-stream waiting + 1000 queued) x 100 B
     assert p.api_bytes == pytest.approx(3 * 70e6 + 1000 * 40_000 + 2000 * 100)
     assert p.worker_bytes == pytest.approx(32 * 60e6 + 2000 * 20_000)
