@@ -296,9 +296,25 @@ def _queued(stack: Stack, r: redis.Redis, count: int) -> tuple[float, float]:
             stop(proc)
 
 
-def _held(stack: Stack, r: redis.Redis, count: int, rate: float) -> tuple[float, float, float, float]:
-    """Redis, API and worker bytes per open stream (bench/held.py's phase; the worker's RSS at its peak)."""
-    slow = SlowProvider("hold", "m-hold", stack.ports["hold"], 20, 0.5)
+class Held(msgspec.Struct, kw_only=True):
+    redis_bytes: float  # per open stream
+    api_bytes: float
+    worker_bytes: float  # per upstream call in flight, at the worker's peak RSS
+    worker_idle_bytes: float
+    chunks: int
+    cost: RoleCost  # CPU per stream, chunks paced (each its own flush)
+    commands: float  # Redis commands per stream
+    publishes: float
+    retained_bytes: float  # per stream, kept until its TTL
+
+
+def _held(stack: Stack, r: redis.Redis, count: int, rate: float, chunks: int = 20, delay_s: float = 0.5) -> Held:
+    """bench/held.py's phase: `count` streams of `chunks` chunks `delay_s` apart, held open at once.
+    Memory per open stream (Redis, the API; the worker's RSS at its peak), and what a stream whose
+    chunks come paced, as a model's tokens do, costs: the outbox (broker/queue/outbox.py) sends an idle
+    job's chunk as soon as it comes, so each is a flush of its own, where the fast fake's 20 chunks
+    leave in one or two."""
+    slow = SlowProvider("hold", "m-hold", stack.ports["hold"], chunks, delay_s)
     per_event = _text_per_event(f"http://127.0.0.1:{stack.ports[PROVIDER_NAME]}/v1")
     procs = _serving(slow, stack.config, stack.tmp)
     try:
@@ -313,11 +329,37 @@ def _held(stack: Stack, r: redis.Redis, count: int, rate: float) -> tuple[float,
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        held = asyncio.run(_hold(stack.url, BROKER_KEY, "m-hold", stack.api.pid, r, count, rate, 10, per_event))
+        seen: set[bytes] = set()
+        _retained(r, stack.namespace, seen, 1)  # the warm-up's
+        nodes, api, workers = Nodes([r]), Probe([stack.api.pid], None), Probe([worker], None)
+        # What the stack spends idle (heartbeats, polls, timers), per second: the phase lasts longer
+        # than its streams' work, so that rate times its duration is taken off each role's figure.
+        i0, j0, k0, t0 = api.snap(), workers.snap(), nodes.snap(), time.monotonic()
+        time.sleep(3.0)
+        idle_s = time.monotonic() - t0
+        idle_api = (api.snap().broker_cpu_s - i0.broker_cpu_s) / idle_s
+        idle_worker = (workers.snap().broker_cpu_s - j0.broker_cpu_s) / idle_s
+        idle_redis = (nodes.snap()[0][0] - k0[0][0]) / idle_s
+        a0, w0, f0, r0, c0 = api.snap(), workers.snap(), tree_cpu_s(procs[0].pid), nodes.snap(), time.process_time()
+        began = time.monotonic()
+        held = asyncio.run(_hold(stack.url, BROKER_KEY, "m-hold", stack.api.pid, r, count, rate, chunks // 2,
+                                 per_event))
         stopping.set()
         sampler.join()
+        a, w, r1 = api.record("api", a0, count), workers.record("worker", w0, count), nodes.snap()
+        idle_ms = (time.monotonic() - began) * 1000 / count  # of each role's idle second, per stream
         n = max(held.open_streams, 1)
-        return held.redis_bytes_per_stream or 0.0, held.api_rss_bytes_per_stream, (peak[0] - idle) / n, idle
+        print(f"    idle: API {idle_api:.2%}, worker {idle_worker:.2%}, Redis {idle_redis:.2%} of a core, taken off",
+              flush=True)
+        cost = RoleCost(api_ms=max(0.0, a.broker_cpu_ms - idle_api * idle_ms),
+                        worker_ms=max(0.0, w.broker_cpu_ms - idle_worker * idle_ms),
+                        redis_ms=max(0.0, (r1[0][0] - r0[0][0]) * 1000 / count - idle_redis * idle_ms),
+                        loadgen_ms=(time.process_time() - c0) * 1000 / count,
+                        upstream_ms=(tree_cpu_s(procs[0].pid) - f0) * 1000 / count)
+        return Held(redis_bytes=held.redis_bytes_per_stream or 0.0, api_bytes=held.api_rss_bytes_per_stream,
+                    worker_bytes=(peak[0] - idle) / n, worker_idle_bytes=idle, chunks=chunks, cost=cost,
+                    commands=(r1[0][1] - r0[0][1]) / count, publishes=(r1[0][2] - r0[0][2]) / count,
+                    retained_bytes=_retained(r, stack.namespace, seen, count))
     finally:
         for proc in procs:
             stop(proc)
@@ -399,9 +441,16 @@ def measure(opts: argparse.Namespace) -> Inputs:
             print(f"measuring on {_machine()} (load average {os.getloadavg()[0]:.2f}), logs in {tmp}", flush=True)
             # Memory first, as bench.compare does: later, the CPU phases' results would be expiring
             # (server.result_ttl_s) while Redis's memory is read.
-            redis_stream, api_stream, worker_call, worker_idle = _held(stack, r, opts.hold_streams, 500.0)
-            print(f"    held streams: Redis {redis_stream:.0f} B, API {api_stream:.0f} B, worker {worker_call:.0f} B "
-                  "per stream", flush=True)
+            held = _held(stack, r, opts.hold_streams, 500.0)
+            # a second paced point, so that a stream's paced cost is a line in its chunks (its fixed part,
+            # a new connection per stream here among it, apart from what each chunk adds)
+            held_long = _held(stack, r, opts.hold_streams // 4, 100.0, chunks=80, delay_s=0.05)
+            print(f"    held streams: Redis {held.redis_bytes:.0f} B, API {held.api_bytes:.0f} B, worker "
+                  f"{held.worker_bytes:.0f} B per stream", flush=True)
+            for h in (held, held_long):
+                print(f"    paced, per stream of {h.chunks} chunks: CPU ms API {h.cost.api_ms:.3f} worker "
+                      f"{h.cost.worker_ms:.3f} Redis {h.cost.redis_ms:.3f}, {h.commands:.1f} commands, "
+                      f"{h.publishes:.1f} PUBLISH, {h.retained_bytes:.0f} B kept", flush=True)
             redis_job, api_job = _queued(stack, r, opts.queued_jobs)
             print(f"    queued jobs: Redis {redis_job:.0f} B, API {api_job:.0f} B per waiting request", flush=True)
             nodes = Nodes([r])
@@ -435,9 +484,13 @@ def measure(opts: argparse.Namespace) -> Inputs:
         commands_non_stream={1: c1.commands, CONCURRENCY: non_stream.commands},
         commands_stream={lo: low.commands, hi: high.commands}, tag_commands=tags,
         publishes_non_stream=non_stream.publishes, publishes_stream={lo: low.publishes, hi: high.publishes},
-        redis_bytes_per_open_stream=redis_stream, api_bytes_per_open_stream=api_stream,
-        worker_bytes_per_call=worker_call, redis_bytes_per_queued_job=redis_job, api_bytes_per_queued_request=api_job,
-        api_idle_rss_bytes=api_idle, worker_idle_rss_bytes=worker_idle,
+        paced_stream={h.chunks: h.cost for h in (held, held_long)},
+        commands_paced_stream={h.chunks: h.commands for h in (held, held_long)},
+        publishes_paced_stream={h.chunks: h.publishes for h in (held, held_long)},
+        retained_bytes_paced_stream={h.chunks: h.retained_bytes for h in (held, held_long)},
+        redis_bytes_per_open_stream=held.redis_bytes, api_bytes_per_open_stream=held.api_bytes,
+        worker_bytes_per_call=held.worker_bytes, redis_bytes_per_queued_job=redis_job, api_bytes_per_queued_request=api_job,
+        api_idle_rss_bytes=api_idle, worker_idle_rss_bytes=held.worker_idle_bytes,
         worker_concurrency=worker_concurrency, api_max_in_flight=api_max_in_flight, bus_publish_us=bus_us,
         retained_bytes_non_stream=kept["non-stream"], retained_bytes_stream={lo: kept[str(lo)], hi: kept[str(hi)]},
         result_ttl_s=result_ttl_s, stream_ttl_s=stream_ttl_s)

@@ -54,6 +54,12 @@ class Inputs(msgspec.Struct, kw_only=True):
     concurrency: int  # the load generator's, for the CPU figures
     non_stream: RoleCost
     stream: dict[int, RoleCost]  # chunks per stream -> CPU per stream; two points give a line
+    # Streams whose chunks come paced (a slow fake), each a flush of its own as a real model's tokens
+    # are, where the fast fake's burst leaves in one or two: chunks -> per stream, two chunk counts.
+    paced_stream: dict[int, RoleCost]
+    commands_paced_stream: dict[int, float]
+    publishes_paced_stream: dict[int, float]
+    retained_bytes_paced_stream: dict[int, float]
     commands_non_stream: dict[int, float]  # client concurrency -> Redis commands per request
     commands_stream: dict[int, float]  # chunks -> Redis commands per stream (at `concurrency`)
     # Commands per non-stream request (MONITOR, c=1) by what picks their slot: "provider" (`{p}`),
@@ -68,10 +74,10 @@ class Inputs(msgspec.Struct, kw_only=True):
     redis_bytes_per_queued_job: float
     # What a finished request leaves in Redis until it expires (its `result:<job>`, a stream's
     # `ev:<job>` log), and for how long: server.result_ttl_s, server.stream_resume_ttl_s (both 60 s).
-    retained_bytes_non_stream: float = 0.0
-    retained_bytes_stream: dict[int, float] = {}  # chunks -> bytes
-    result_ttl_s: float = 60.0
-    stream_ttl_s: float = 60.0
+    retained_bytes_non_stream: float
+    retained_bytes_stream: dict[int, float]  # chunks -> bytes
+    result_ttl_s: float
+    stream_ttl_s: float
     api_bytes_per_queued_request: float
     api_idle_rss_bytes: float
     worker_idle_rss_bytes: float
@@ -89,6 +95,7 @@ class Load(msgspec.Struct, kw_only=True):
     output_tokens: float  # mean, per request
     upstream_latency_s: float  # mean duration of one upstream call (the whole answer, for a stream)
     tokens_per_chunk: float = 1.0  # OpenAI-style streams send about one token per content delta
+    paced: bool = True  # chunks come apart (a real model), not in one burst (the fast fake)
     queued_s: float = 1.0  # a backlog of this many seconds of arrivals is held in Redis (bursts)
     utilisation: float = 0.7  # the share of a core a process or shard is planned to use
     provider_tags: int = 1  # providers the load spreads over (one `{p}` hash tag each)
@@ -109,29 +116,31 @@ def _line(points: dict[int, float], x: float) -> float:
     return points[lo] + slope * (x - lo)
 
 
-def stream_cost(inputs: Inputs, n_chunks: float) -> RoleCost:
-    """CPU per stream of `n_chunks`, per role, on the line through the measured chunk counts."""
-    fields = ("api_ms", "worker_ms", "redis_ms", "loadgen_ms", "upstream_ms")
-    return RoleCost(**{f: max(0.0, _line({c: getattr(r, f) for c, r in inputs.stream.items()}, n_chunks))
-                       for f in fields})
+_FIELDS = ("api_ms", "worker_ms", "redis_ms", "loadgen_ms", "upstream_ms")
+
+
+def stream_cost(inputs: Inputs, n_chunks: float, paced: bool = False) -> RoleCost:
+    """CPU per stream of `n_chunks`, per role, on the line through the measured chunk counts, paced or burst."""
+    points = inputs.paced_stream if paced else inputs.stream
+    return RoleCost(**{f: max(0.0, _line({c: getattr(r, f) for c, r in points.items()}, n_chunks)) for f in _FIELDS})
 
 
 def request_cost(inputs: Inputs, load: Load) -> RoleCost:
     """CPU per request of the load's mix of streams and non-streams."""
     s = load.stream_share
     return RoleCost(api_ms=0, worker_ms=0, redis_ms=0).plus(inputs.non_stream, 1 - s).plus(
-        stream_cost(inputs, chunks(load)), s)
+        stream_cost(inputs, chunks(load), load.paced), s)
 
 
 def commands_per_request(inputs: Inputs, load: Load) -> float:
     high_c = max(inputs.commands_non_stream)  # the loaded figure: batching lowers it under load
     non_stream = inputs.commands_non_stream[high_c]
-    stream = max(0.0, _line(inputs.commands_stream, chunks(load)))
+    stream = max(0.0, _line(inputs.commands_paced_stream if load.paced else inputs.commands_stream, chunks(load)))
     return (1 - load.stream_share) * non_stream + load.stream_share * stream
 
 
 def publishes_per_request(inputs: Inputs, load: Load) -> float:
-    stream = max(0.0, _line(inputs.publishes_stream, chunks(load)))
+    stream = max(0.0, _line(inputs.publishes_paced_stream if load.paced else inputs.publishes_stream, chunks(load)))
     return (1 - load.stream_share) * inputs.publishes_non_stream + load.stream_share * stream
 
 
@@ -215,10 +224,10 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     queued = load.rps * load.queued_s
     streams = in_flight * load.stream_share
     # Finished requests stay until their TTL: rate x share x bytes x TTL (Little's law again).
+    kept_points = inputs.retained_bytes_paced_stream if load.paced else inputs.retained_bytes_stream
+    kept_stream = max(0.0, _line(kept_points, chunks(load)))
     retained = load.rps * ((1 - load.stream_share) * inputs.retained_bytes_non_stream * inputs.result_ttl_s
-                           + load.stream_share * inputs.stream_ttl_s
-                           * (max(0.0, _line(inputs.retained_bytes_stream, chunks(load)))
-                              if inputs.retained_bytes_stream else 0.0))
+                           + load.stream_share * inputs.stream_ttl_s * kept_stream)
     redis_bytes = (streams * inputs.redis_bytes_per_open_stream + queued * inputs.redis_bytes_per_queued_job
                    + retained)
     api_bytes = (api_procs * inputs.api_idle_rss_bytes + streams * inputs.api_bytes_per_open_stream

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from bench.capacity_model import (Inputs, Load, RoleCost, commands_per_request, hot_share, on_box, plan,
-                                  request_cost, shard_commands, stream_cost)
+                                  publishes_per_request, request_cost, shard_commands, stream_cost)
 
 
 def inputs(**over: object) -> Inputs:
@@ -19,6 +19,12 @@ def inputs(**over: object) -> Inputs:
         # 10 chunks -> 110 chunks: API +0.01 ms, worker +0.02 ms, Redis +0.005 ms per chunk
         stream={10: RoleCost(api_ms=1.0, worker_ms=1.0, redis_ms=0.2),
                 110: RoleCost(api_ms=2.0, worker_ms=3.0, redis_ms=0.7)},
+        # paced, 10 -> 110 chunks: per chunk 0.05 ms API, 0.1 ms worker, 0.01 ms Redis, 3 commands,
+        # 1 PUBLISH and 100 B kept
+        paced_stream={10: RoleCost(api_ms=1.5, worker_ms=2.0, redis_ms=0.3),
+                      110: RoleCost(api_ms=6.5, worker_ms=12.0, redis_ms=1.3)},
+        commands_paced_stream={10: 80.0, 110: 380.0}, publishes_paced_stream={10: 13.0, 110: 113.0},
+        retained_bytes_paced_stream={10: 1500.0, 110: 11_500.0},
         commands_non_stream={1: 60.0, 64: 50.0}, commands_stream={10: 55.0, 110: 75.0},
         tag_commands={"provider": 30.0, "tenant": 15.0, "": 3.0, "*": 2.0},
         publishes_non_stream=2.0, publishes_stream={10: 3.0, 110: 13.0},
@@ -31,7 +37,7 @@ def inputs(**over: object) -> Inputs:
     return Inputs(**fields)  # type: ignore[arg-type]
 
 
-LOAD = Load(rps=1000, stream_share=0.5, output_tokens=60, upstream_latency_s=2.0, utilisation=0.5)
+LOAD = Load(rps=1000, stream_share=0.5, output_tokens=60, upstream_latency_s=2.0, utilisation=0.5, paced=False)
 
 
 def test_stream_cost_is_the_line_through_the_two_measured_chunk_counts() -> None:
@@ -126,3 +132,16 @@ def test_api_processes_hold_at_most_the_doors_in_flight_cap() -> None:
     p = plan(inputs(), msgspec.structs.replace(LOAD, upstream_latency_s=10.0))
     assert (p.api_procs_cpu, p.api_procs_conns, p.api_procs) == (3, 5, 5)
     assert "server.max_in_flight" in p.first_bottleneck
+
+
+def test_paced_streams_follow_their_own_line() -> None:
+    paced = msgspec.structs.replace(LOAD, paced=True)
+    cost = stream_cost(inputs(), 60, paced=True)
+    # 10 chunks' figures + 50 chunks x (0.05, 0.1, 0.01)
+    assert (cost.api_ms, cost.worker_ms, cost.redis_ms) == pytest.approx((4.0, 7.0, 0.8))
+    # 0.5 x 50 + 0.5 x (80 + 50 x 3)
+    assert commands_per_request(inputs(), paced) == pytest.approx(0.5 * 50 + 0.5 * 230)
+    assert publishes_per_request(inputs(), paced) == pytest.approx(0.5 * 2 + 0.5 * 63)
+    # kept: 500/s x 200 B x 60 s + 500/s x (1500 + 50 x 100) B x 30 s, beside 1.3 MB in flight and queued
+    assert plan(inputs(), paced).redis_bytes == pytest.approx(1000 * 1000 + 1000 * 300 + 500 * 200 * 60
+                                                              + 500 * 6500 * 30)
