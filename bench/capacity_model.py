@@ -205,10 +205,13 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     api_procs = max(api_cpu, api_conns)
     worker_calls = max(1, math.ceil(in_flight / (load.worker_concurrency or inputs.worker_concurrency)))
     shards_cpu = max(1, math.ceil(redis_cores / u))
-    # One tag's work cannot leave its shard: the hottest tag's share of the commands must fit in one.
+    # One tag's work cannot leave its shard: the hottest tag's share of a request's own work (admission,
+    # queue, pull, finish, ledger: a non-stream request's commands; a stream's chunks add spread and
+    # keyless ones only) must fit in one.
     tag, share = hot_share(inputs, load)
     shard_rps = u * 1000 / cost.redis_ms if cost.redis_ms > 0 else math.inf  # requests/s one shard serves
-    hot_cap = shard_rps / share if share > 0 else math.inf
+    hot_ms = inputs.non_stream.redis_ms * share
+    hot_cap = u * 1000 / hot_ms if hot_ms > 0 else math.inf
     # On a Cluster each shard also takes every PUBLISH of the others: S shards need
     # redis_cores / S + bus <= u, so S = redis_cores / (u - bus); past bus >= u no shard count will do.
     publishes = load.rps * publishes_per_request(inputs, load)

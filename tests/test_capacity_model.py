@@ -79,17 +79,19 @@ def test_plan_counts_processes_by_cpu_and_workers_by_calls_in_flight() -> None:
 
 
 def test_one_hash_tag_caps_a_provider_whatever_the_shard_count() -> None:
-    # one shard serves 0.5 x 1000 / 0.35 = 1428.6 req/s; the provider's tag is 30 of 50 commands
+    # the provider's tag is 30 of 50 commands of a request's own work (0.25 ms, a non-stream request's):
+    # its shard tops out at 0.5 x 1000 / (0.25 x 0.6) = 3333 req/s
     p = plan(inputs(), msgspec.structs.replace(LOAD, rps=5000))
     assert p.hot_tag == "provider"
-    assert p.hot_rps_cap == pytest.approx(1000 * 0.5 / 0.35 / 0.6)
+    assert p.hot_rps_cap == pytest.approx(1000 * 0.5 / (0.25 * 0.6))
     assert p.first_bottleneck.startswith("one hash tag's shard")
     assert p.redis_shards == math.ceil(5000 * 0.35 / 1000 / 0.5)  # 4: enough CPU, but not for one tag
     # spread over 4 providers and 4 tenants, the hottest tag is a provider's 30/50/4 = 0.15
     spread = plan(inputs(), msgspec.structs.replace(LOAD, rps=5000, provider_tags=4, tenant_tags=4))
     tag, share = hot_share(inputs(), spread.load)
     assert tag == "provider" and share == pytest.approx(0.15)
-    assert spread.hot_rps_cap == pytest.approx(1000 * 0.5 / 0.35 / 0.15)
+    assert spread.hot_rps_cap == pytest.approx(1000 * 0.5 / (0.25 * 0.15))  # 13,333: past the load
+    # ...so the next limit is CPU: one shard serves 0.5 x 1000 / 0.35 = 1428.6 req/s of the mix
     assert spread.first_bottleneck.startswith("Redis: one shard")
 
 
