@@ -41,8 +41,8 @@ from typing import Any
 import msgspec
 import redis
 
-from bench.capacity_model import (KEYLESS, PROVIDER, SPREAD, TENANT, Inputs, Load, Plan, RoleCost, on_box, plan,
-                                  shard_commands, stream_cost)
+from bench.capacity_model import (KEYLESS, PROVIDER, SPREAD, TENANT, Inputs, Load, Plan, RoleCost, line_at,
+                                  on_box, plan, shard_commands, stream_cost)
 from bench.compare import BROKER_KEY
 from bench.held import SlowProvider, _hold, _serving, _text_per_event
 from bench.loadgen import LoadStats, run_load
@@ -619,14 +619,18 @@ def validate(opts: argparse.Namespace) -> None:
 
     shard_rows = [f"{'cluster':<10} {'node':>4} {'slots':>12} {'commands/req meas':>17} {'pred':>6} "
                   f"{'Redis CPU ms/req meas':>21} {'pred':>6}"]
+    bus_rows = [f"{'cluster':<10} {'node':>4} {'PUBLISH sent':>12} {'received over the bus: meas':>27} {'pred':>6} "
+                f"{'CPU ms/stream':>13} {'broadcast part (pred)':>21}"]
     for masters in (1, 3):  # (b) the same load on a Redis Cluster of 1 and of 3 masters
         directory = tmp / f"cluster-{masters}"
         directory.mkdir()
         cluster = Cluster(directory, masters)
-        stack = Stack(tmp, cluster.url, {PROVIDER_NAME: lo})
+        stack = Stack(tmp, cluster.url, {PROVIDER_NAME: lo}, slow={"hold": 4096})
         try:
             stack.set_workers(PROVIDER_NAME, 1)
             phase = _phase(stack, Nodes(cluster.clients), PROVIDER_NAME, opts.requests, False)
+            stack.set_workers(PROVIDER_NAME, 0)
+            bus_rows += _broadcast(stack, cluster, inputs, opts.paced_streams)
             tag_node = {t: cluster.node_of(_tag_key(t, stack.namespace))
                         for t in inputs.tag_commands if t not in (SPREAD, KEYLESS)}
             per_node = shard_commands(inputs.tag_commands, tag_node, masters)
@@ -649,7 +653,49 @@ def validate(opts: argparse.Namespace) -> None:
     print("\nper Redis Cluster node, non-stream (predicted: the inputs' commands by hash tag, each tag on the "
           "node owning its slot)")
     print("\n".join(shard_rows))
+    print(f"\nper Redis Cluster node, paced streams of {PACED_CHUNKS} chunks {PACED_GAP_S * 1000:.0f} ms apart, per "
+          "stream (predicted: every node receives every PUBLISH sent to another, the inputs' paced PUBLISH per "
+          "stream in all; its CPU at the inputs' bus_publish_us)")
+    print("\n".join(bus_rows))
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end; run took {time.monotonic() - began:.0f} s")
+
+
+PACED_CHUNKS, PACED_GAP_S = 80, 0.05
+
+
+def _bus_received(client: redis.Redis) -> int:
+    """PUBLISH messages this Cluster node got from the others over the bus (CLUSTER INFO's
+    cluster_stats_messages_publish_received)."""
+    return int(_cmd(client, "CLUSTER INFO").get("cluster_stats_messages_publish_received", 0))
+
+
+def _broadcast(stack: Stack, cluster: Cluster, inputs: Inputs, count: int) -> list[str]:
+    """Paced streams on the Cluster: what each node sent and received of their PUBLISHes, and its CPU
+    (its idle rate, measured first, taken off)."""
+    procs = _serving(SlowProvider("hold", "m-hold", stack.ports["hold"], PACED_CHUNKS, PACED_GAP_S), stack.config,
+                     stack.tmp)
+    try:
+        nodes = Nodes(cluster.clients)
+        asyncio.run(open_streams(stack.url, BROKER_KEY, "m-hold", count=5, rate=100))  # first-use paths
+        idle0, t0 = nodes.snap(), time.monotonic()
+        time.sleep(2.0)
+        idle = [(after[0] - before[0]) / (time.monotonic() - t0) for before, after in zip(idle0, nodes.snap())]
+        s0, b0, t1 = nodes.snap(), [_bus_received(c) for c in cluster.clients], time.monotonic()
+        outcomes = asyncio.run(open_streams(stack.url, BROKER_KEY, "m-hold", count=count, rate=100.0))
+        s1, b1, took = nodes.snap(), [_bus_received(c) for c in cluster.clients], time.monotonic() - t1
+    finally:
+        for proc in procs:
+            stop(proc)
+    done = max(sum(1 for o in outcomes if o.completed), 1)
+    sent = [(after[2] - before[2]) / done for before, after in zip(s0, s1)]
+    expected = line_at(inputs.publishes_paced_stream, PACED_CHUNKS)
+    rows = []
+    for i in range(len(cluster.clients)):
+        cpu = ((s1[i][0] - s0[i][0]) - idle[i] * took) * 1000 / done
+        others = expected * (1 - sent[i] / max(sum(sent), 1e-9))  # the PUBLISHes that left from other nodes
+        rows.append(f"{len(cluster.clients)}-master {i:>4} {sent[i]:12.1f} {(b1[i] - b0[i]) / done:27.1f} "
+                    f"{others:6.1f} {cpu:13.3f} {others * inputs.bus_publish_us / 1000:21.3f}")
+    return rows
 
 
 def print_plan(p: Plan) -> None:
@@ -700,6 +746,7 @@ def main() -> None:
     v.add_argument("--inputs", default=str(INPUTS))
     v.add_argument("--requests", type=int, default=4000)
     v.add_argument("--stream-requests", type=int, default=2000)
+    v.add_argument("--paced-streams", type=int, default=300, help="paced streams on each Cluster")
     pl = sub.add_parser("plan", help="what a load needs, from --inputs")
     pl.add_argument("--inputs", default=str(INPUTS))
     pl.add_argument("--rps", type=float, nargs="+", default=[1_000, 10_000, 100_000])

@@ -107,7 +107,7 @@ def chunks(load: Load) -> float:
     return load.output_tokens / load.tokens_per_chunk
 
 
-def _line(points: dict[int, float], x: float) -> float:
+def line_at(points: dict[int, float], x: float) -> float:
     """The straight line through the two outermost measured points, at x (cost = fixed + per-chunk x)."""
     lo, hi = min(points), max(points)
     if lo == hi:
@@ -122,7 +122,7 @@ _FIELDS = ("api_ms", "worker_ms", "redis_ms", "loadgen_ms", "upstream_ms")
 def stream_cost(inputs: Inputs, n_chunks: float, paced: bool = False) -> RoleCost:
     """CPU per stream of `n_chunks`, per role, on the line through the measured chunk counts, paced or burst."""
     points = inputs.paced_stream if paced else inputs.stream
-    return RoleCost(**{f: max(0.0, _line({c: getattr(r, f) for c, r in points.items()}, n_chunks)) for f in _FIELDS})
+    return RoleCost(**{f: max(0.0, line_at({c: getattr(r, f) for c, r in points.items()}, n_chunks)) for f in _FIELDS})
 
 
 def request_cost(inputs: Inputs, load: Load) -> RoleCost:
@@ -135,12 +135,12 @@ def request_cost(inputs: Inputs, load: Load) -> RoleCost:
 def commands_per_request(inputs: Inputs, load: Load) -> float:
     high_c = max(inputs.commands_non_stream)  # the loaded figure: batching lowers it under load
     non_stream = inputs.commands_non_stream[high_c]
-    stream = max(0.0, _line(inputs.commands_paced_stream if load.paced else inputs.commands_stream, chunks(load)))
+    stream = max(0.0, line_at(inputs.commands_paced_stream if load.paced else inputs.commands_stream, chunks(load)))
     return (1 - load.stream_share) * non_stream + load.stream_share * stream
 
 
 def publishes_per_request(inputs: Inputs, load: Load) -> float:
-    stream = max(0.0, _line(inputs.publishes_paced_stream if load.paced else inputs.publishes_stream, chunks(load)))
+    stream = max(0.0, line_at(inputs.publishes_paced_stream if load.paced else inputs.publishes_stream, chunks(load)))
     return (1 - load.stream_share) * inputs.publishes_non_stream + load.stream_share * stream
 
 
@@ -228,7 +228,7 @@ def plan(inputs: Inputs, load: Load) -> Plan:
     streams = in_flight * load.stream_share
     # Finished requests stay until their TTL: rate x share x bytes x TTL (Little's law again).
     kept_points = inputs.retained_bytes_paced_stream if load.paced else inputs.retained_bytes_stream
-    kept_stream = max(0.0, _line(kept_points, chunks(load)))
+    kept_stream = max(0.0, line_at(kept_points, chunks(load)))
     retained = load.rps * ((1 - load.stream_share) * inputs.retained_bytes_non_stream * inputs.result_ttl_s
                            + load.stream_share * inputs.stream_ttl_s * kept_stream)
     redis_bytes = (streams * inputs.redis_bytes_per_open_stream + queued * inputs.redis_bytes_per_queued_job
