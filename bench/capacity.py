@@ -10,12 +10,13 @@ request of the API, the worker and Redis separately, for non-stream requests and
 chunk counts (CPU per stream is a line in its chunks); Redis commands per request (INFO commandstats)
 at c=1 and at the loaded concurrency; which hash tag each command's slot follows (MONITOR, then Redis's
 own COMMAND GETKEYS for each command's keys); memory per open stream (bench/held.py's phase) in Redis,
-the API and the worker; memory per job waiting in the queue (a provider whose one worker holds one
-call at a time, so every other request waits in its stream).
+the API and the worker, and what streams whose chunks come paced cost (two chunk counts); memory per
+job waiting in the queue (a provider whose one worker holds one call at a time, so every other
+request waits in its stream); what a finished request keeps in Redis until its TTL; and the CPU a
+Redis Cluster node spends on a PUBLISH another node broadcasts to it (bench/cluster.py).
 
-`validate` runs one load generator (bench/loadgen.py, closed loop at c=64) against the same stack with
-1 and then 2 worker processes, and then on a Redis Cluster of 1 and of 3 masters of its own, and prints
-what it measured beside what bench/capacity_model.py predicts from the inputs file.
+`validate` (bench/capacity_validate.py) runs the model against the box it runs on; `plan` sizes a load
+from the inputs file (bench/capacity_model.py).
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ from typing import Any
 import msgspec
 import redis
 
-from bench.capacity_model import (KEYLESS, PROVIDER, SPREAD, TENANT, Inputs, Load, Plan, RoleCost, line_at,
-                                  on_box, plan, shard_commands, stream_cost)
+from bench.capacity_model import KEYLESS, PROVIDER, SPREAD, TENANT, Inputs, Load, Plan, RoleCost, plan
+from bench.cluster import Cluster, cmd
 from bench.compare import BROKER_KEY
-from bench.held import SlowProvider, _hold, _serving, _text_per_event
+from bench.held import SlowProvider, hold, serving, text_per_event
 from bench.loadgen import LoadStats, run_load
 from bench.openloop import open_streams
 from bench.probes import Probe, tree_cpu_s, tree_rss_bytes
 from bench.procs import REPO, start, stop, wait_ready
-from bench.timeline import _monitor
+from bench.timeline import monitor
 from broker.cli.embedded_redis import free_port, start_embedded_redis
 from broker.config import hash_key
 
@@ -73,7 +74,7 @@ def _config_defaults() -> tuple[int, int, int, int]:
 class Stack:
     """Fake upstreams, one API process and workers over one Redis URL; every process stopped on exit.
     `chunks`: the providers with a fast fake of their own (chunks per stream); `slow`: providers whose
-    slow fake and worker a phase starts itself (bench/held.py's `_serving`), with their `concurrency`."""
+    slow fake and worker a phase starts itself (bench/held.py's `serving`), with their `concurrency`."""
 
     def __init__(self, tmp: Path, redis_url: str, chunks: dict[str, int], slow: dict[str, int] | None = None) -> None:
         self.tmp, self.redis_url = tmp, redis_url
@@ -119,7 +120,7 @@ class Stack:
     def _until_served(self, model: str, timeout_s: float = 60.0) -> None:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            if not _load(self.url, model, 1, False, 1, quiet=True).errors:
+            if not closed_loop(self.url, model, 1, False, 1, quiet=True).errors:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"{model}: no answer after {timeout_s} s")
@@ -132,15 +133,11 @@ class Stack:
             stop(proc)
 
 
-def _cmd(client: redis.Redis, *args: object) -> Any:
-    return client.execute_command(*args)  # type: ignore[no-untyped-call]
-
-
-def _info(client: redis.Redis, section: str) -> dict[str, Any]:
+def info(client: redis.Redis, section: str) -> dict[str, Any]:
     return client.info(section)  # type: ignore[return-value]
 
 
-def _load(url: str, model: str, total: int, stream: bool, concurrency: int = CONCURRENCY,
+def closed_loop(url: str, model: str, total: int, stream: bool, concurrency: int = CONCURRENCY,
           quiet: bool = False) -> LoadStats:
     stats = asyncio.run(run_load(url, BROKER_KEY, model, concurrency=concurrency, total=total, stream=stream))
     if stats.errors and not quiet:
@@ -154,7 +151,7 @@ class Nodes:
 
     def __init__(self, clients: list[redis.Redis]) -> None:
         self.clients = clients
-        self.pids = [int(_info(c, "server")["process_id"]) for c in clients]
+        self.pids = [int(info(c, "server")["process_id"]) for c in clients]
 
     def snap(self) -> list[tuple[float, int, int]]:
         out = []
@@ -165,7 +162,7 @@ class Nodes:
         return out
 
 
-def _box_busy_s() -> float:
+def box_busy_s() -> float:
     """CPU seconds the whole box has spent busy (every core, every process: /proc/stat's first line,
     everything but idle and iowait), to tell what the stack used from what its neighbours took."""
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -186,17 +183,17 @@ class Phase(msgspec.Struct):
         return self.stats.throughput_rps * (c.broker_ms + c.loadgen_ms + c.upstream_ms) / 1000
 
 
-def _phase(stack: Stack, nodes: Nodes, provider: str, total: int, stream: bool, concurrency: int = CONCURRENCY,
+def run_phase(stack: Stack, nodes: Nodes, provider: str, total: int, stream: bool, concurrency: int = CONCURRENCY,
            warmup: int = 200) -> Phase:
     """One closed-loop run, CPU per request per role: the API, the provider's workers, Redis, and what
     only the benchmark runs (its load generator and the fake upstream)."""
     model = f"m-{provider}"
-    _load(stack.url, model, warmup, stream, concurrency)
+    closed_loop(stack.url, model, warmup, stream, concurrency)
     api, workers = Probe([stack.api.pid], None), Probe([p.pid for p in stack.workers[provider]], None)
     fake = stack.fakes[provider].pid
-    a0, w0, f0, r0, b0 = api.snap(), workers.snap(), tree_cpu_s(fake), nodes.snap(), _box_busy_s()
-    stats = _load(stack.url, model, total, stream, concurrency)
-    box = (_box_busy_s() - b0) / stats.elapsed_s if stats.elapsed_s > 0 else 0.0
+    a0, w0, f0, r0, b0 = api.snap(), workers.snap(), tree_cpu_s(fake), nodes.snap(), box_busy_s()
+    stats = closed_loop(stack.url, model, total, stream, concurrency)
+    box = (box_busy_s() - b0) / stats.elapsed_s if stats.elapsed_s > 0 else 0.0
     a, w, r1 = api.record("api", a0, stats.requests), workers.record("worker", w0, stats.requests), nodes.snap()
     n = max(stats.requests, 1)
     node_ms = [(after[0] - before[0]) * 1000 / n for before, after in zip(r0, r1)]
@@ -223,12 +220,12 @@ def _hash_tag(key: str) -> str | None:
 
 def _tag_commands(stack: Stack, r: redis.Redis, requests: int) -> dict[str, float]:
     """Commands per non-stream request at c=1 by what picks their slot (see Inputs.tag_commands)."""
-    _load(stack.url, f"m-{PROVIDER_NAME}", 20, False, 1)
+    closed_loop(stack.url, f"m-{PROVIDER_NAME}", 20, False, 1)
     ready, done, raw = threading.Event(), threading.Event(), []  # type: ignore[var-annotated]
-    reader = threading.Thread(target=_monitor, args=(stack.redis_url, ready, done, raw), daemon=True)
+    reader = threading.Thread(target=monitor, args=(stack.redis_url, ready, done, raw), daemon=True)
     reader.start()
     ready.wait(5)
-    _load(stack.url, f"m-{PROVIDER_NAME}", requests, False, 1)
+    closed_loop(stack.url, f"m-{PROVIDER_NAME}", requests, False, 1)
     done.set()
     reader.join(2)
     keys: list[str | None] = []
@@ -240,7 +237,7 @@ def _tag_commands(stack: Stack, r: redis.Redis, requests: int) -> dict[str, floa
         if not words or words[0].lower() in ("info", "monitor"):
             continue
         try:
-            found = _cmd(r, "COMMAND GETKEYS", *words)
+            found = cmd(r, "COMMAND GETKEYS", *words)
             keys.append((found[0].decode() if isinstance(found[0], bytes) else str(found[0])) if found else None)
         except redis.ResponseError:  # "the command has no key arguments"
             keys.append(None)
@@ -270,20 +267,20 @@ def _queued(stack: Stack, r: redis.Redis, count: int) -> tuple[float, float]:
     its slot in the tenant's in-flight set, not from used_memory, which the earlier phases' keys
     expiring meanwhile would pull down; used_memory's growth is printed beside it."""
     slow = SlowProvider("qslow", "m-qslow", stack.ports["qslow"], 2, 30.0)
-    procs = _serving(slow, stack.config, stack.tmp)
+    procs = serving(slow, stack.config, stack.tmp)
     try:
-        used0, rss0 = int(_info(r, "memory")["used_memory"]), tree_rss_bytes(stack.api.pid)
+        used0, rss0 = int(info(r, "memory")["used_memory"]), tree_rss_bytes(stack.api.pid)
 
         async def go() -> tuple[float, float, int, float]:
             task = asyncio.ensure_future(open_streams(stack.url, BROKER_KEY, "m-qslow", count=count, rate=500.0))
             await asyncio.sleep(count / 500.0 + 2.0)
-            used, rss = int(_info(r, "memory")["used_memory"]), tree_rss_bytes(stack.api.pid)
+            used, rss = int(info(r, "memory")["used_memory"]), tree_rss_bytes(stack.api.pid)
             queues = list(r.scan_iter(match=f"{stack.namespace}:{{qslow}}:q:*"))
-            entries = sum(int(_cmd(r, "XLEN", k)) for k in queues)
-            streams = sum(int(_cmd(r, "MEMORY", "USAGE", k, "SAMPLES", 0) or 0) for k in queues)
+            entries = sum(int(cmd(r, "XLEN", k)) for k in queues)
+            streams = sum(int(cmd(r, "MEMORY", "USAGE", k, "SAMPLES", 0) or 0) for k in queues)
             slots_key = f"{stack.namespace}:rl:{{{TENANT_NAME}}}:inflight"
-            slots = int(_cmd(r, "MEMORY", "USAGE", slots_key, "SAMPLES", 0) or 0)
-            per_job = streams / max(entries, 1) + slots / max(int(_cmd(r, "ZCARD", slots_key)), 1)
+            slots = int(cmd(r, "MEMORY", "USAGE", slots_key, "SAMPLES", 0) or 0)
+            per_job = streams / max(entries, 1) + slots / max(int(cmd(r, "ZCARD", slots_key)), 1)
             task.cancel()
             return per_job, (used - used0) / max(entries, 1), entries, (rss - rss0) / max(entries, 1)
 
@@ -315,8 +312,8 @@ def _held(stack: Stack, r: redis.Redis, count: int, rate: float, chunks: int = 2
     job's chunk as soon as it comes, so each is a flush of its own, where the fast fake's 20 chunks
     leave in one or two."""
     slow = SlowProvider("hold", "m-hold", stack.ports["hold"], chunks, delay_s)
-    per_event = _text_per_event(f"http://127.0.0.1:{stack.ports[PROVIDER_NAME]}/v1")
-    procs = _serving(slow, stack.config, stack.tmp)
+    per_event = text_per_event(f"http://127.0.0.1:{stack.ports[PROVIDER_NAME]}/v1")
+    procs = serving(slow, stack.config, stack.tmp)
     try:
         worker = procs[1].pid
         asyncio.run(open_streams(stack.url, BROKER_KEY, "m-hold", count=10, rate=100))  # first-use paths
@@ -342,7 +339,7 @@ def _held(stack: Stack, r: redis.Redis, count: int, rate: float, chunks: int = 2
         idle_redis = (nodes.snap()[0][0] - k0[0][0]) / idle_s
         a0, w0, f0, r0, c0 = api.snap(), workers.snap(), tree_cpu_s(procs[0].pid), nodes.snap(), time.process_time()
         began = time.monotonic()
-        held = asyncio.run(_hold(stack.url, BROKER_KEY, "m-hold", stack.api.pid, r, count, rate, chunks // 2,
+        held = asyncio.run(hold(stack.url, BROKER_KEY, "m-hold", stack.api.pid, r, count, rate, chunks // 2,
                                  per_event))
         stopping.set()
         sampler.join()
@@ -373,7 +370,7 @@ def _bus_publish_us(tmp: Path, messages: int = 200_000, size: int = 500) -> floa
     directory.mkdir()
     cluster = Cluster(directory, 3)
     try:
-        pids = [int(_info(c, "server")["process_id"]) for c in cluster.clients]
+        pids = [int(info(c, "server")["process_id"]) for c in cluster.clients]
         before = [tree_cpu_s(pid) for pid in pids]
         payload = b"x" * size
         for _ in range(messages // 1000):
@@ -418,7 +415,7 @@ def _quiet() -> bool:
 
 
 @contextmanager
-def _own_redis() -> Iterator[str]:
+def own_redis() -> Iterator[str]:
     own = start_embedded_redis(prefer_real=True)
     try:
         if not own.description.startswith("redis-server"):
@@ -432,7 +429,7 @@ def measure(opts: argparse.Namespace) -> Inputs:
     tmp = Path(tempfile.mkdtemp(prefix="llm-broker-capacity-"))
     lo, hi = opts.chunks
     quiet = _quiet()
-    with _own_redis() as url:
+    with own_redis() as url:
         r = redis.Redis.from_url(url)
         # hold: more slots than streams held, so none waits; qslow: one call at a time, so the rest wait
         stack = Stack(tmp, url, {PROVIDER_NAME: lo, "long": hi}, slow={"hold": 4096, "qslow": 1})
@@ -455,20 +452,20 @@ def measure(opts: argparse.Namespace) -> Inputs:
             print(f"    queued jobs: Redis {redis_job:.0f} B, API {api_job:.0f} B per waiting request", flush=True)
             nodes = Nodes([r])
             stack.set_workers(PROVIDER_NAME, 1)
-            c1 = _phase(stack, nodes, PROVIDER_NAME, opts.c1_requests, False, concurrency=1, warmup=50)
+            c1 = run_phase(stack, nodes, PROVIDER_NAME, opts.c1_requests, False, concurrency=1, warmup=50)
             seen: set[bytes] = set()
             _retained(r, stack.namespace, seen, 1)  # the earlier phases' keys, left out of what follows
             # each phase's requests: its warm-up (200) and its run, errors included: each made its keys
-            non_stream = _phase(stack, nodes, PROVIDER_NAME, opts.requests, False)
+            non_stream = run_phase(stack, nodes, PROVIDER_NAME, opts.requests, False)
             kept = {"non-stream": _retained(r, stack.namespace, seen, 200 + opts.requests)}
-            low = _phase(stack, nodes, PROVIDER_NAME, opts.stream_requests, True)
+            low = run_phase(stack, nodes, PROVIDER_NAME, opts.stream_requests, True)
             kept[str(lo)] = _retained(r, stack.namespace, seen, 200 + opts.stream_requests)
             tags = _tag_commands(stack, r, opts.monitor_requests)
             print(f"    commands by slot owner, per request (c=1, MONITOR): {tags}", flush=True)
             stack.set_workers(PROVIDER_NAME, 0)
             stack.set_workers("long", 1)
             _retained(r, stack.namespace, seen, 1)
-            high = _phase(stack, nodes, "long", opts.stream_requests // 2, True)
+            high = run_phase(stack, nodes, "long", opts.stream_requests // 2, True)
             kept[str(hi)] = _retained(r, stack.namespace, seen, 200 + opts.stream_requests // 2)
             print(f"    kept until their TTL, bytes per request: {kept}", flush=True)
             stack.set_workers("long", 0)
@@ -498,204 +495,6 @@ def measure(opts: argparse.Namespace) -> Inputs:
 
 def load_inputs(path: Path = INPUTS) -> Inputs:
     return msgspec.json.decode(path.read_bytes(), type=Inputs)
-
-
-class Cluster:
-    """`masters` redis-servers of its own in cluster mode, the 16,384 slots split evenly among them by
-    CLUSTER ADDSLOTSRANGE (`redis-cli --cluster create`, which tests/test_cluster.py uses, refuses fewer
-    than three masters), joined by CLUSTER MEET. No replicas, nothing persisted."""
-
-    SLOTS = 16384
-
-    def __init__(self, directory: Path, masters: int) -> None:
-        self.ports = [self._port() for _ in range(masters)]
-        self.procs: list[subprocess.Popen[bytes]] = []
-        for port in self.ports:
-            (directory / str(port)).mkdir()
-            self.procs.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
-                 "--dir", str(directory / str(port))], stdout=subprocess.DEVNULL, start_new_session=True))
-        self.clients = [redis.Redis(port=p, socket_timeout=10) for p in self.ports]
-        self._until(lambda: all(c.ping() for c in self.clients))
-        for i, client in enumerate(self.clients):
-            lo, hi = self.range(i)
-            _cmd(client, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for port in self.ports[1:]:
-            _cmd(self.clients[0], "CLUSTER", "MEET", "127.0.0.1", port)
-        self._until(lambda: all(_cmd(c, "CLUSTER INFO")["cluster_state"] == "ok"
-                                and int(_cmd(c, "CLUSTER INFO")["cluster_known_nodes"]) == masters
-                                for c in self.clients))
-        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
-
-    def range(self, i: int) -> tuple[int, int]:
-        per = self.SLOTS // len(self.ports)
-        return i * per, (self.SLOTS - 1 if i == len(self.ports) - 1 else (i + 1) * per - 1)
-
-    def node_of(self, key: str) -> int:
-        from redis.crc import key_slot  # the client's own CRC16 and hash-tag rule
-        slot = key_slot(key.encode())
-        return next(i for i in range(len(self.ports)) if self.range(i)[0] <= slot <= self.range(i)[1])
-
-    @staticmethod
-    def _port() -> int:
-        """A free port whose cluster bus port (10000 above it) is free too."""
-        import socket
-        while True:
-            port = free_port()
-            if port + 10000 < 65536:
-                with socket.socket() as bus:
-                    try:
-                        bus.bind(("127.0.0.1", port + 10000))
-                    except OSError:
-                        continue
-                return port
-
-    @staticmethod
-    def _until(check: object, timeout_s: float = 30.0) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            try:
-                if check():  # type: ignore[operator]
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("the cluster did not come up")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait()
-
-
-def _tag_key(tag: str, namespace: str) -> str:
-    """A key whose slot is the one `tag` (an Inputs.tag_commands entry) names, in `namespace`."""
-    if tag == PROVIDER:
-        return f"{namespace}:{{{PROVIDER_NAME}}}:x"
-    if tag == TENANT:
-        return f"{namespace}:rl:{{{TENANT_NAME}}}:x"
-    return tag.replace("{ns}", namespace)
-
-
-def _split(cost: RoleCost) -> str:
-    total = cost.broker_ms + cost.loadgen_ms + cost.upstream_ms
-    return (f"{cost.api_ms / total:4.0%} {cost.worker_ms / total:4.0%} {cost.redis_ms / total:4.0%} "
-            f"{(cost.loadgen_ms + cost.upstream_ms) / total:4.0%}")
-
-
-def validate(opts: argparse.Namespace) -> None:
-    inputs = load_inputs(Path(opts.inputs))
-    cores = float(os.cpu_count() or 1)
-    lo = min(inputs.stream)
-    tmp = Path(tempfile.mkdtemp(prefix="llm-broker-capacity-"))
-    began = time.monotonic()
-    print(f"inputs {opts.inputs}: measured {inputs.measured_at} on {inputs.machine}"
-          f"{'' if inputs.quiet else ' (under contention)'}; now load average {os.getloadavg()[0]:.2f}, "
-          f"{cores:.0f} cores; logs in {tmp}", flush=True)
-    table = [f"{'setup':<26} {'mode':<10} {'req/s':>6} {'pred':>5} {'pred*':>5}  {'limit (pred)':<23} "
-             f"{'ms/req':>6} {'pred':>5}  {'others':>6}  CPU split API/worker/Redis/bench: measured | predicted"]
-
-    def row(setup: str, stream: bool, phase: Phase, procs: tuple[int, int, int], spread: float = 1.0) -> None:
-        cost = stream_cost(inputs, lo) if stream else inputs.non_stream
-        pred = on_box(cost, cores, *procs, redis_spread=spread)
-        got = on_box(cost, max(0.1, cores - phase.others_cores), *procs, redis_spread=spread)
-        table.append(f"{setup:<26} {'stream' if stream else 'non-stream':<10} {phase.stats.throughput_rps:6.0f} "
-                     f"{pred.rps:5.0f} {got.rps:5.0f}  {pred.limit:<23} {phase.cost.broker_ms:6.3f} "
-                     f"{cost.broker_ms:5.3f}  {phase.others_cores:6.2f}  {_split(phase.cost)} | {_split(cost)}")
-
-    with _own_redis() as url:  # (a) 1 and 2 worker processes, one API process, one Redis
-        stack = Stack(tmp, url, {PROVIDER_NAME: lo})
-        try:
-            nodes = Nodes([redis.Redis.from_url(url)])
-            for workers in (1, 2):
-                stack.set_workers(PROVIDER_NAME, workers)
-                for stream in (False, True):
-                    total = opts.stream_requests if stream else opts.requests
-                    row(f"1 API + {workers} worker", stream, _phase(stack, nodes, PROVIDER_NAME, total, stream),
-                        (1, workers, 1))
-        finally:
-            stack.stop()
-
-    shard_rows = [f"{'cluster':<10} {'node':>4} {'slots':>12} {'commands/req meas':>17} {'pred':>6} "
-                  f"{'Redis CPU ms/req meas':>21} {'pred':>6}"]
-    bus_rows = [f"{'cluster':<10} {'node':>4} {'PUBLISH sent':>12} {'received over the bus: meas':>27} {'pred':>6} "
-                f"{'CPU ms/stream':>13} {'broadcast part (pred)':>21}"]
-    for masters in (1, 3):  # (b) the same load on a Redis Cluster of 1 and of 3 masters
-        directory = tmp / f"cluster-{masters}"
-        directory.mkdir()
-        cluster = Cluster(directory, masters)
-        stack = Stack(tmp, cluster.url, {PROVIDER_NAME: lo}, slow={"hold": 4096})
-        try:
-            stack.set_workers(PROVIDER_NAME, 1)
-            phase = _phase(stack, Nodes(cluster.clients), PROVIDER_NAME, opts.requests, False)
-            stack.set_workers(PROVIDER_NAME, 0)
-            bus_rows += _broadcast(stack, cluster, inputs, opts.paced_streams)
-            tag_node = {t: cluster.node_of(_tag_key(t, stack.namespace))
-                        for t in inputs.tag_commands if t not in (SPREAD, KEYLESS)}
-            per_node = shard_commands(inputs.tag_commands, tag_node, masters)
-            share = [n / sum(per_node) for n in per_node]
-            row(f"1 API + 1 worker, {masters}-master", False, phase, (1, 1, masters), max(share))
-            loaded = inputs.commands_non_stream[max(inputs.commands_non_stream)]
-            for i in range(masters):
-                first, last = cluster.range(i)
-                shard_rows.append(f"{masters}-master {i:>4} {first:>5}-{last:<6} {phase.node_commands[i]:17.1f} "
-                                  f"{loaded * share[i]:6.1f} {phase.node_redis_ms[i]:21.3f} "
-                                  f"{inputs.non_stream.redis_ms * share[i]:6.3f}")
-        finally:
-            stack.stop()
-            cluster.stop()
-    print(f"\nmeasured against predicted ({cores:.0f} cores, load generator closed loop at c={CONCURRENCY}, "
-          f"streams of {lo} chunks). pred: the model on the whole box; pred*: on the cores left by 'others', "
-          "the CPU the box spent outside the stack during the run (other users); ms/req: API + worker + Redis "
-          "CPU per request; 'bench' = load generator + fake upstream")
-    print("\n".join(table))
-    print("\nper Redis Cluster node, non-stream (predicted: the inputs' commands by hash tag, each tag on the "
-          "node owning its slot)")
-    print("\n".join(shard_rows))
-    print(f"\nper Redis Cluster node, paced streams of {PACED_CHUNKS} chunks {PACED_GAP_S * 1000:.0f} ms apart, per "
-          "stream (predicted: every node receives every PUBLISH sent to another, the inputs' paced PUBLISH per "
-          "stream in all; its CPU at the inputs' bus_publish_us)")
-    print("\n".join(bus_rows))
-    print(f"\nload average {os.getloadavg()[0]:.2f} at the end; run took {time.monotonic() - began:.0f} s")
-
-
-PACED_CHUNKS, PACED_GAP_S = 80, 0.05
-
-
-def _bus_received(client: redis.Redis) -> int:
-    """PUBLISH messages this Cluster node got from the others over the bus (CLUSTER INFO's
-    cluster_stats_messages_publish_received)."""
-    return int(_cmd(client, "CLUSTER INFO").get("cluster_stats_messages_publish_received", 0))
-
-
-def _broadcast(stack: Stack, cluster: Cluster, inputs: Inputs, count: int) -> list[str]:
-    """Paced streams on the Cluster: what each node sent and received of their PUBLISHes, and its CPU
-    (its idle rate, measured first, taken off)."""
-    procs = _serving(SlowProvider("hold", "m-hold", stack.ports["hold"], PACED_CHUNKS, PACED_GAP_S), stack.config,
-                     stack.tmp)
-    try:
-        nodes = Nodes(cluster.clients)
-        asyncio.run(open_streams(stack.url, BROKER_KEY, "m-hold", count=5, rate=100))  # first-use paths
-        idle0, t0 = nodes.snap(), time.monotonic()
-        time.sleep(2.0)
-        idle = [(after[0] - before[0]) / (time.monotonic() - t0) for before, after in zip(idle0, nodes.snap())]
-        s0, b0, t1 = nodes.snap(), [_bus_received(c) for c in cluster.clients], time.monotonic()
-        outcomes = asyncio.run(open_streams(stack.url, BROKER_KEY, "m-hold", count=count, rate=100.0))
-        s1, b1, took = nodes.snap(), [_bus_received(c) for c in cluster.clients], time.monotonic() - t1
-    finally:
-        for proc in procs:
-            stop(proc)
-    done = max(sum(1 for o in outcomes if o.completed), 1)
-    sent = [(after[2] - before[2]) / done for before, after in zip(s0, s1)]
-    expected = line_at(inputs.publishes_paced_stream, PACED_CHUNKS)
-    rows = []
-    for i in range(len(cluster.clients)):
-        cpu = ((s1[i][0] - s0[i][0]) - idle[i] * took) * 1000 / done
-        others = expected * (1 - sent[i] / max(sum(sent), 1e-9))  # the PUBLISHes that left from other nodes
-        rows.append(f"{len(cluster.clients)}-master {i:>4} {sent[i]:12.1f} {(b1[i] - b0[i]) / done:27.1f} "
-                    f"{others:6.1f} {cpu:13.3f} {others * inputs.bus_publish_us / 1000:21.3f}")
-    return rows
 
 
 def print_plan(p: Plan) -> None:
@@ -763,6 +562,7 @@ def main() -> None:
         Path(opts.out).write_bytes(msgspec.json.format(msgspec.json.encode(inputs)) + b"\n")
         print(f"wrote {opts.out}")
     elif opts.command == "validate":
+        from bench.capacity_validate import validate  # it imports this module's stack pieces
         validate(opts)
     else:
         inputs = load_inputs(Path(opts.inputs))
