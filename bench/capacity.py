@@ -556,6 +556,7 @@ def main() -> None:
     pl.add_argument("--tenants", type=int, default=1)
     pl.add_argument("--worker-concurrency", type=int, help="a provider's `concurrency` (default: the config's)")
     pl.add_argument("--markdown", action="store_true", help="one table, as docs/capacity.md has it")
+    pl.add_argument("--burst", action="store_true", help="streams' chunks come back to back, not paced")
     opts = parser.parse_args()
     if opts.command == "measure":
         inputs = measure(opts)
@@ -568,7 +569,8 @@ def main() -> None:
         inputs = load_inputs(Path(opts.inputs))
         plans = [plan(inputs, Load(rps=rps, stream_share=opts.stream_share, output_tokens=opts.tokens,
                                    upstream_latency_s=opts.latency_s, provider_tags=opts.providers,
-                                   tenant_tags=opts.tenants, worker_concurrency=opts.worker_concurrency))
+                                   tenant_tags=opts.tenants, worker_concurrency=opts.worker_concurrency,
+                                   paced=not opts.burst))
                  for rps in opts.rps]
         if opts.markdown:
             print("\n".join(plan_rows(plans)))

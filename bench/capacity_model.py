@@ -83,9 +83,9 @@ class Inputs(msgspec.Struct, kw_only=True):
     worker_idle_rss_bytes: float
     worker_concurrency: int  # providers' `concurrency` default: calls in flight per worker process
     api_max_in_flight: int = 2048  # `server.max_in_flight` default: requests one API process holds (api/door.py)
-    # CPU microseconds a Cluster node spends on a PUBLISH sent to another node: classic pub/sub is
-    # broadcast over the cluster bus to every node (https://redis.io/docs/latest/develop/interact/pubsub/,
-    # "Sharded Pub/Sub" is the alternative), so each shard pays it for every reply in the cluster.
+    # CPU microseconds a Cluster node spends on a PUBLISH sent to another node: a classic PUBLISH is
+    # forwarded over the cluster bus to every node (https://redis.io/commands/publish/; SPUBLISH,
+    # https://redis.io/commands/spublish/, stays within its shard), so each shard pays it for every reply.
     bus_publish_us: float = 0.0
 
 
