@@ -39,7 +39,7 @@ class SlowProvider(msgspec.Struct):
                 "concurrency: 4096}\n", f"  {self.model}: [{{provider: {self.name}, model: fake-model}}]\n")
 
 
-def _serving(provider: SlowProvider, config: Path, tmp: Path) -> list[subprocess.Popen[bytes]]:
+def serving(provider: SlowProvider, config: Path, tmp: Path) -> list[subprocess.Popen[bytes]]:
     fake = start([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(provider.port), "--chunks",
                   str(provider.chunks), "--chunk-delay-s", str(provider.chunk_delay_s)], tmp / f"{provider.name}.log")
     procs = [fake]
@@ -57,7 +57,7 @@ def _serving(provider: SlowProvider, config: Path, tmp: Path) -> list[subprocess
 
 def burst(provider: SlowProvider, config: Path, tmp: Path, broker_url: str, key: str, count: int,
           rate: float) -> BurstStats:
-    procs = _serving(provider, config, tmp)
+    procs = serving(provider, config, tmp)
     try:
         asyncio.run(open_streams(broker_url, key, provider.model, count=20, rate=100))  # first-use paths
         t0 = time.perf_counter()
@@ -79,7 +79,7 @@ class HeldMemory(msgspec.Struct, kw_only=True):
         return 1024 + 1.5 * self.text_bytes_per_stream
 
 
-def _text_per_event(upstream_url: str) -> float:
+def text_per_event(upstream_url: str) -> float:
     """Characters of content per SSE event (as loadgen counts events: every `data:` line but [DONE]), from one
     stream of the fast fake, which answers the same text in as many chunks."""
     body = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
@@ -95,19 +95,19 @@ def _text_per_event(upstream_url: str) -> float:
 
 def held_memory(provider: SlowProvider, config: Path, tmp: Path, broker_url: str, key: str, api_pid: int,
                 upstream_url: str, r: redis.Redis | None, count: int, rate: float) -> HeldMemory:
-    per_event = _text_per_event(upstream_url)
-    procs = _serving(provider, config, tmp)
+    per_event = text_per_event(upstream_url)
+    procs = serving(provider, config, tmp)
     try:
         # The API's first-use paths, on the fast upstream: a held stream would take the whole hold to warm up.
         asyncio.run(open_streams(broker_url, key, "fake-model", count=10, rate=100))
-        return asyncio.run(_hold(broker_url, key, provider.model, api_pid, r, count, rate, provider.chunks // 2,
+        return asyncio.run(hold(broker_url, key, provider.model, api_pid, r, count, rate, provider.chunks // 2,
                                  per_event))
     finally:
         for proc in procs:
             stop(proc)
 
 
-async def _hold(broker_url: str, key: str, model: str, api_pid: int, r: redis.Redis | None, count: int,
+async def hold(broker_url: str, key: str, model: str, api_pid: int, r: redis.Redis | None, count: int,
                 rate: float, halfway: int, per_event: float) -> HeldMemory:
     def used() -> int:
         return int(r.info("memory")["used_memory"]) if r is not None else 0

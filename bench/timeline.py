@@ -54,7 +54,7 @@ def _medians(exchanges: list[tuple[_Exchange, _Result]]) -> str:
     return line + f", last byte {last:6.2f} ms"
 
 
-def _monitor(redis_url: str, ready: threading.Event, stop: threading.Event, raw: list[bytes]) -> None:
+def monitor(redis_url: str, ready: threading.Event, stop: threading.Event, raw: list[bytes]) -> None:
     url = urlsplit(redis_url)
     with socket.create_connection((url.hostname, url.port or 6379)) as sock:
         sock.sendall(b"MONITOR\r\n")
@@ -114,7 +114,7 @@ def timeline(broker_url: str, direct_url: str, key: str, direct_key: str, model:
             out.append("  Redis hops: n/a (shared Redis: MONITOR would show other users' commands)")
             return out
         ready, stop, raw = threading.Event(), threading.Event(), []  # type: ignore[var-annotated]
-        reader = threading.Thread(target=_monitor, args=(redis_url, ready, stop, raw), daemon=True)
+        reader = threading.Thread(target=monitor, args=(redis_url, ready, stop, raw), daemon=True)
         reader.start()
         ready.wait(5)
         await asyncio.sleep(0.05)
