@@ -28,11 +28,17 @@ local out, taken, guard = {}, 0, 0
 local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
 local left_in = {}  -- 'lane:tenant' -> its backlog after them
 local lane_left = {}  -- lane index -> its backlog after the last job taken from it
-while taken < want and guard < 100000 do
+-- Every lane's credit, read once: only this script writes them (below), so later turns keep them here.
+-- Not read at all when every lane is empty (an idle worker's poll).
+local stored, any = nil, false
+for i = 1, nl do any = any or not done[i] end
+if any then stored = redis.call('HMGET', KEYS[1], unpack(lanes)) end
+-- The tenants' turn counter, taken only when a lane's round robin has more than one tenant to order.
+local function next_turn() return redis.call('HINCRBY', KEYS[1], 'turn', 1) end
+while stored and taken < want and guard < 100000 do
   guard = guard + 1
   local total, best, best_weight = 0, nil, nil
   local current = {}
-  local stored = redis.call('HMGET', KEYS[1], unpack(lanes))  -- one command for every lane's credit
   for i = 1, nl do
     if not done[i] then
       current[i] = tonumber(stored[i] or '0') + weights[i]
@@ -48,7 +54,6 @@ while taken < want and guard < 100000 do
     done[best] = true
   else
     local stream = prefix .. 'q:' .. lane .. ':' .. tenant
-    local turn = redis.call('HINCRBY', KEYS[1], 'turn', 1)
     -- A tenant in the lane's active set has its stream (enqueue.lua, finish.lua and this script add and
     -- remove both together); should it be gone anyway (evicted), XREADGROUP's NOGROUP error is a miss.
     local got = redis.pcall('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
@@ -58,15 +63,24 @@ while taken < want and guard < 100000 do
       -- The lane's last waiting job: no other tenant's queue in it has one to give, so the lane is not
       -- probed again in this call (the next call probes it as ever: a miscount costs a probe, no job).
       lane_left[best] = redis.call('HINCRBY', KEYS[2], lane, -1)
-      if lane_left[best] <= 0 then done[best] = true end
       local own_field = lane .. ':' .. tenant
-      local own_left = redis.call('HINCRBY', KEYS[2], own_field, -1)
-      if own_left <= 0 then
+      local own_left = 0
+      if lane_left[best] <= 0 then
+        -- Nothing left waiting in the lane, so nothing in this tenant's queue of it either: its count
+        -- goes without being counted down first.
+        done[best] = true
         redis.call('HDEL', KEYS[2], own_field)
-        own_left = 0
+      else
+        own_left = redis.call('HINCRBY', KEYS[2], own_field, -1)
+        if own_left <= 0 then
+          redis.call('HDEL', KEYS[2], own_field)
+          own_left = 0
+        end
       end
       left_in[own_field] = own_left
-      redis.call('ZADD', active, turn, tenant)  -- to the back of the lane's round robin
+      -- To the back of the lane's round robin; the lane's only tenant is there already (a tenant that
+      -- joins later enters at the front, score 0, as it would anyway).
+      if members[best] > 1 then redis.call('ZADD', active, next_turn(), tenant) end
       local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
       if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
         redis.call('XACK', stream, 'workers', entry[1])
@@ -88,14 +102,20 @@ while taken < want and guard < 100000 do
             credits[#credits + 1] = value
           end
         end
-        if #credits > 0 then redis.call('HSET', KEYS[1], unpack(credits)) end
+        if #credits > 0 then
+          redis.call('HSET', KEYS[1], unpack(credits))
+          for i, value in pairs(current) do
+            if i == best then value = value - total end
+            stored[i] = value
+          end
+        end
       end
     else
       if redis.call('XLEN', stream) == 0 then
         redis.call('ZREM', active, tenant)
         redis.call('DEL', stream)  -- its consumer group goes too; enqueue.lua recreates both
       else
-        redis.call('ZADD', active, turn, tenant)  -- only running jobs left: skip for now
+        redis.call('ZADD', active, next_turn(), tenant)  -- only running jobs left: skip for now
       end
       misses[best] = misses[best] + 1
       if misses[best] >= members[best] then done[best] = true end
