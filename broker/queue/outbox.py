@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,11 @@ from broker.store.scripts import Queued, evalsha_into, publish_into, resend_unkn
 from broker.wire import Usage
 
 log = logging.getLogger(__name__)
+
+# How often a worker stores its moving average of a provider's service time (finish.lua's ARGV[7]): the
+# average moves with every job, but enqueue.lua reads it only to judge a queue past `min_queue`, where a
+# figure a quarter of a second old is as good; per job it cost two commands (read, write) each time.
+SERVICE_WRITE_S = 0.25
 
 
 @dataclass(slots=True)
@@ -97,6 +103,8 @@ class Outbox:
         self._counts: list[ledger.Entry] = []  # acknowledged ends for the ledger: in the next pipeline
         self._idle = asyncio.Event()  # nothing queued, nothing being sent
         self._idle.set()
+        # provider -> (moving average of its jobs' service ms, when it was last stored: monotonic s)
+        self._service: dict[str, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -241,7 +249,7 @@ class Outbox:
             pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
             op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
                                      [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
-                                      "1" if op.timed else "0"])
+                                      "1" if op.timed else "0", self._service_average(job.provider, op.service_ms)])
             scripted.append(op.finish)
         try:
             results = await pipe.execute(raise_on_error=False)
@@ -267,6 +275,18 @@ class Outbox:
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)
+
+    def _service_average(self, provider: str, sample_ms: int) -> str:
+        """The provider's average service time to store with this end, or '' (not yet due): a moving
+        average of this worker's jobs (weights as finish.lua's own: 0.8 the average, 0.2 the sample)."""
+        if sample_ms <= 0:
+            return ""
+        now = time.monotonic()
+        average, stored_at = self._service.get(provider, (0.0, -SERVICE_WRITE_S))
+        average = 0.8 * average + 0.2 * sample_ms if average > 0 else float(sample_ms)
+        due = now - stored_at >= SERVICE_WRITE_S
+        self._service[provider] = (average, now if due else stored_at)
+        return f"{average:.3f}" if due else ""
 
     def _keep_response(self, pipe: Pipeline, job: Job, payload: ResponsesPayload, body: bytes) -> Queued | None:
         try:

@@ -8,7 +8,10 @@
 -- ARGV: 1 entry id, 2 tenant, 3 how long the job ran in ms (0: a failure, a cancellation or a hand-off,
 --       not a measure of the work), 4 the upstream model, 5 its time to first token in ms (0: not a
 --       stream), 6 '1' to keep the deployment's own averages too (its group routes by latency:
---       broker/routing/strategies.py)
+--       broker/routing/strategies.py), 7 the provider's average service time in ms to store (the
+--       worker's moving average, sent a few times a second, not per job: broker/queue/outbox.py); absent
+--       or '': the average as it was, moved here by ARGV[3] (a caller that keeps none, or the previous
+--       release's arguments)
 -- Returns 1 if this call acknowledged the entry, 0 if another delivery of the job already had: the
 -- ledger counts a job once, after the call that returned 1.
 local acked = redis.call('XACK', KEYS[1], 'workers', ARGV[1])
@@ -21,9 +24,13 @@ end
 local service = tonumber(ARGV[3] or '0')
 local took = service
 if service > 0 then
-  local average = tonumber(redis.call('HGET', KEYS[3], 'service_ms') or '0')
-  if average > 0 then service = 0.8 * average + 0.2 * service end
-  redis.call('HSET', KEYS[3], 'service_ms', tostring(service))
+  if ARGV[7] == nil then
+    local average = tonumber(redis.call('HGET', KEYS[3], 'service_ms') or '0')
+    if average > 0 then service = 0.8 * average + 0.2 * service end
+    redis.call('HSET', KEYS[3], 'service_ms', tostring(service))
+  elseif ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[3], 'service_ms', ARGV[7])
+  end
   if ARGV[6] == '1' then
     for field, sample in pairs({['total:' .. ARGV[4]] = took, ['ttft:' .. ARGV[4]] = tonumber(ARGV[5] or '0')}) do
       if sample > 0 then
