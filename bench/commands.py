@@ -35,12 +35,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from bench.loadgen import run_load
 from bench.probes import _tree
 from bench.procs import REPO, start, stop, wait_ready
 from broker.cli.embedded_redis import free_port, start_embedded_redis
 from broker.config import hash_key
+from broker.queue.streams import QueueScripts
 
 KEY = "sk-bench-broker"
 
@@ -55,7 +57,11 @@ def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 def _scripts() -> dict[str, str]:
-    return {hashlib.sha1(p.read_bytes()).hexdigest(): p.stem for p in (REPO / "broker/store/lua").glob("*.lua")}
+    named = {hashlib.sha1(p.read_bytes()).hexdigest(): p.stem for p in (REPO / "broker/store/lua").glob("*.lua")}
+    # Scripts made of several files (broker/store/scripts.py `composed`) are named by their main file.
+    named.update({script.sha: name
+                  for name, script in QueueScripts(AsyncRedis()).named().items()})
+    return named
 
 
 def _owners(pids: dict[str, int]) -> dict[int, str]:

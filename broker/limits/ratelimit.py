@@ -293,12 +293,19 @@ async def reconcile(redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, 
                                                    args=[scope.limits.tpm, actual - estimated])
 
 
+def settlements(keys: Keys, tenant_name: str, tenant: Tenant, estimated: int, actual: int, *,
+                key: ApiKey | None = None) -> list[tuple[str, int, int]]:
+    """reconcile.lua's calls for a job's real usage: (tokens bucket, its tpm, actual - estimated) each."""
+    if actual == estimated:
+        return []
+    return [(scope.tokens, scope.limits.tpm, actual - estimated)
+            for scope in scopes_of(keys, tenant_name, tenant, key) if scope.limits.tpm]
+
+
 def reconcile_into(pipe: Pipeline, script: AsyncScript, keys: Keys, tenant_name: str, tenant: Tenant,
                    estimated: int, actual: int, *, key: ApiKey | None = None) -> list[Queued]:
     """`reconcile` queued on an existing pipeline (the worker's end-of-job round trip), as EVALSHA of
     `script` (reconcile.lua, loaded at start); the caller resends the calls if Redis lost the script.
     """
-    if actual == estimated:
-        return []
-    return [evalsha_into(pipe, script, [scope.tokens], [scope.limits.tpm, actual - estimated])
-            for scope in scopes_of(keys, tenant_name, tenant, key) if scope.limits.tpm]
+    return [evalsha_into(pipe, script, [bucket], [tpm, delta])
+            for bucket, tpm, delta in settlements(keys, tenant_name, tenant, estimated, actual, key=key)]

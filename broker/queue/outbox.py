@@ -9,14 +9,16 @@ message; when idle a chunk leaves as soon as it is produced.
 
 A job's end (final reply, result key with its TTL, the tenant's token bucket settled with the real
 usage, and finish.lua: XACK, XDEL) goes in the same pipeline, after the job's last chunk, so the entry
-is acknowledged only once the client's answer has been handed to Redis. The ends finish.lua
-acknowledged then go to the ledger (broker/money/ledger.py) in the next pipeline: those keys live in the
-tenant's Cluster slot, and only the acknowledging delivery may count a job. Under load that pipeline
-carries the next burst anyway; when idle it leaves at once, on its own.
+is acknowledged only once the client's answer has been handed to Redis. Only the acknowledging delivery
+may count a job in the ledger (broker/money/ledger.py). On one Redis (standalone or Sentinel) the whole
+end is one script call, job_end.lua: settle, reply, store, acknowledge, and count if acknowledged. On a
+Cluster those keys live in three slots (the tenant's, the provider's, the result's own), so they stay
+separate commands and the ends finish.lua acknowledged go to the ledger in the next pipeline; under
+load that pipeline carries the next burst anyway; when idle it leaves at once, on its own.
 
-Every reply of a worker goes through PUBLISH commands in pipeline order, never from a script: under
-Redis Cluster, PUBLISH is sent to the node of its channel's slot, so one API process's messages
-all leave from one node, in order.
+Every reply of a worker goes through PUBLISH commands in pipeline order: under Redis Cluster never from
+a script, as PUBLISH is sent to the node of its channel's slot, so one API process's messages all leave
+from one node, in order. On one Redis, job_end.lua's PUBLISH is executed in its pipeline's order too.
 
 Sequence numbers are assigned here, at flush time, in send order.
 """
@@ -32,12 +34,13 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from broker.config import Tenant, UsageSettings
 from broker.errors import ErrorInfo
 from broker.keys import Keys
-from broker.limits.ratelimit import reconcile_into
+from broker.limits.ratelimit import settlements
 from broker.money import ledger
 from broker.ops.redaction import redact
 from broker.queue import async_jobs, job_events, stored_responses
@@ -80,7 +83,8 @@ class _End:
     ledger: ledger.Entry | None
     done: asyncio.Future[None]
     seq: int = -1  # assigned at flush
-    finish: Queued | None = None  # its finish.lua call in the flush's pipeline
+    finish: Queued | None = None  # its finish.lua (or job_end.lua) call in the flush's pipeline
+    whole: bool = False  # job_end.lua: its ledger is counted in that call, not in the next pipeline
 
 
 class Outbox:
@@ -105,6 +109,9 @@ class Outbox:
         self._idle.set()
         # provider -> (moving average of its jobs' service ms, when it was last stored: monotonic s)
         self._service: dict[str, tuple[float, float]] = {}
+        # One Redis, not a Cluster: a job's end (bucket, reply, result, acknowledgement, ledger) is one
+        # job_end.lua call, as its keys need not share a slot.
+        self._one_call = not isinstance(redis, RedisCluster)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -234,22 +241,29 @@ class Outbox:
             if job.streams:
                 self._log.record_end(pipe, job, seq, encoded, job.async_ttl_s or self.resume_ttl_s)
             tenant = self.tenants.get(job.tenant)
+            settle: list[tuple[str, int, int]] = []
             if tenant is not None and op.usage is not None:
                 # The TPM bucket was charged an estimate at admission; settle it with what was used,
                 # before the reply goes out, so the client's next request already sees it.
                 # (A job queued by an API older than `key_tpm` names a key whose limits are in config.)
                 key = key_limits(job) or tenant.api_key(job.key)
-                scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
-                                           job.estimated_tokens, op.usage.total_tokens, key=key)
+                settle = settlements(self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens,
+                                     key=key)
+            if not self._one_call:
+                scripted += [evalsha_into(pipe, self.scripts.reconcile, [bucket], [tpm, delta])
+                             for bucket, tpm, delta in settle]
             if op.error is None and isinstance(job.payload, ResponsesPayload) and job.payload.keep:
                 # Before the reply: its client cannot see it complete before it is readable (stored_responses.py).
                 if (kept := self._keep_response(pipe, job, job.payload, op.body)) is not None:
                     scripted.append(kept)
-            publish_into(pipe, job.reply_to, encoded)
-            pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
-            op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
-                                     [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
-                                      "1" if op.timed else "0", self._service_average(job.provider, op.service_ms)])
+            finish_args = [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
+                           "1" if op.timed else "0", self._service_average(job.provider, op.service_ms)]
+            if self._one_call:
+                op.finish, op.whole = self._job_end(pipe, op, encoded, finish_args, settle), True
+            else:
+                publish_into(pipe, job.reply_to, encoded)
+                pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
+                op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream), finish_args)
             scripted.append(op.finish)
         try:
             results = await pipe.execute(raise_on_error=False)
@@ -265,8 +279,16 @@ class Outbox:
         if lost := [r for r in results[:counted] if isinstance(r, Exception)]:
             log.error("usage of %d ended jobs not recorded: %s", len(counts), lost[0])
         # Before any failure is raised: an end acknowledged here is not acknowledged by its retry.
-        acknowledged = [op.ledger for op in ops if isinstance(op, _End) and op.ledger is not None
-                        and op.finish is not None and results[op.finish.position] == 1]
+        acknowledged = []
+        for op in ops:
+            if not isinstance(op, _End) or op.ledger is None or op.finish is None:
+                continue
+            answer = results[op.finish.position]
+            if not op.whole:
+                if answer == 1:
+                    acknowledged.append(op.ledger)
+            elif isinstance(answer, list) and answer[1]:  # job_end.lua counted it, or says why it could not
+                log.error("usage of job %s not recorded: %s", op.job.id, answer[1])
         if acknowledged:
             self._counts += acknowledged
             self._wake.set()
@@ -275,6 +297,17 @@ class Outbox:
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)
+
+    def _job_end(self, pipe: Pipeline, op: _End, reply: bytes, finish_args: list[Any],
+                 settle: list[tuple[str, int, int]]) -> Queued:
+        """job_end.lua for `op`, queued in `pipe` (its KEYS and ARGV layout are the script's)."""
+        job, entry = op.job, op.ledger
+        keys = [*self.finish_keys(job, op.stream), self.keys.result(job.id), self.keys.usage_log(),
+                *(bucket for bucket, _, _ in settle), *(entry.keys if entry else [])]
+        args = [len(settle), len(entry.keys) if entry else 0, len(finish_args), job.reply_to, reply,
+                job.async_ttl_s or self.result_ttl_s, self.usage.log_maxlen, entry.record if entry else b"",
+                *finish_args, *(v for _, tpm, delta in settle for v in (tpm, delta)), *(entry.args if entry else [])]
+        return evalsha_into(pipe, self.scripts.job_end, keys, args)
 
     def _service_average(self, provider: str, sample_ms: int) -> str:
         """The provider's average service time to store with this end, or '' (not yet due): a moving

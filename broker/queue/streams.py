@@ -32,7 +32,7 @@ from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
 from broker.limits.ratelimit import RECONCILE
 from broker.queue.jobs import Job, job_encoder
 from broker.routing import failover
-from broker.store.scripts import lua_script, publish_into
+from broker.store.scripts import composed, lua_script, publish_into
 
 
 class QueueScripts:
@@ -50,11 +50,13 @@ class QueueScripts:
         self.circuit: AsyncScript = redis.register_script(lua_script("circuit"))
         self.race: AsyncScript = redis.register_script(lua_script("race"))
         self.response_keep: AsyncScript = redis.register_script(lua_script("response_keep"))
+        # finish, reconcile and ledger in one call, where their keys may meet (not a Cluster): outbox.py
+        self.job_end: AsyncScript = redis.register_script(composed("job_end", "finish", "reconcile", "ledger"))
 
     def named(self) -> dict[str, AsyncScript]:
         return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "ledger": self.ledger,
                 "reclaim": self.reclaim, "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race,
-                "response_keep": self.response_keep}
+                "response_keep": self.response_keep, "job_end": self.job_end}
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""

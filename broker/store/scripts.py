@@ -23,6 +23,12 @@ def lua_script(name: str) -> str:
     return resources.files("broker.store").joinpath(f"lua/{name}.lua").read_text()
 
 
+def composed(main: str, *parts: str) -> str:
+    """One script made of several: each of `parts` wrapped as a local function of its own KEYS and ARGV
+    (named as its file), then `main`, which calls them. Each part stays the one file it runs from alone."""
+    return "".join(f"local function {part}(KEYS, ARGV)\n{lua_script(part)}\nend\n" for part in parts) + lua_script(main)
+
+
 class Queued(NamedTuple):
     """A script call queued in a pipeline, kept so it can be sent again after a NOSCRIPT."""
 
