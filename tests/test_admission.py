@@ -237,3 +237,37 @@ async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str)
         assert info.value.retry_after_s > 10**9
     finally:
         await client.aclose()
+
+
+async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(namespace: str) -> None:
+    # enqueue.lua makes a tenant's stream and group only when the tenant joins the lane's active set (the
+    # two live and go together). A stream gone while its tenant stays active (evicted) must not take the
+    # job in a stream without the workers' group, where no worker would ever read it.
+    from redis.asyncio import Redis as AsyncRedis
+
+    from broker.config import validate
+    from broker.queue.jobs import Job
+    from broker.queue.payloads import EmbeddingPayload
+    from broker.queue.streams import QueueScripts, enqueue, pull
+    from broker.wire import EmbeddingRequest
+
+    config = validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},
+                       "models": {"m": [{"provider": "mock", "model": "m"}]}, "tenants": {}}, source="test")
+    keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
+    try:
+        scripts = QueueScripts(client)
+        seconds, _ = await client.time()
+        await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a live worker
+
+        def job(n: int) -> Job:
+            return Job(id=f"j{n}", tenant="t", model="m", provider="mock", upstream_model="m", reply_to="",
+                       created=time.time(), deadline=time.time() + 600,
+                       payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
+
+        await enqueue(scripts, keys, config, job(1))  # the tenant joins the lane: its stream and group made
+        await client.delete(keys.queue("mock", "default", "t"))  # evicted; the tenant is still active
+        await enqueue(scripts, keys, config, job(2))
+        pulled = await pull(scripts, keys, config.queue, "mock", "w", 10)
+        assert [p.job_id for p in pulled] == ["j2"]
+    finally:
+        await client.aclose()

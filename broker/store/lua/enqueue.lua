@@ -83,12 +83,22 @@ if mine >= tonumber(ARGV[7]) then
             tostring(drain), tostring(service_ms)}
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
+-- A tenant is in the lane's active set exactly while its stream exists (this script, finish.lua and
+-- pull.lua add and retire both together), so the ZADD that marks it active also says whether the stream
+-- and its group must be made: no EXISTS first. Should the stream be gone anyway (evicted), the XADD,
+-- which never makes a stream here, says so, and it is made then: a stream without its group would hold
+-- the job where no worker reads it.
+if redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1]) == 1 then
+  -- pcall: a stream left behind by an eviction of the set keeps its group (BUSYGROUP), as it should.
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', now + tonumber(ARGV[5]),
+local dl = now + tonumber(ARGV[5])
+local id = redis.call('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl,
                       'job', ARGV[4])
-redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
+if not id then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl, 'job', ARGV[4])
+end
 redis.call('HINCRBY', KEYS[3], lane, 1)
 redis.call('HINCRBY', KEYS[3], own_field, 1)
 redis.call('PUBLISH', ARGV[9], lane)
