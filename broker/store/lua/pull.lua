@@ -15,12 +15,20 @@ local prefix = string.sub(KEYS[1], 1, -6)  -- without 'sched'
 local consumer, want = ARGV[1], tonumber(ARGV[2])
 local nl = tonumber(ARGV[3])
 local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
+-- Each lane's first two tenants in turn order: whether it has any, whether more than one, and the one
+-- whose turn it is, in one command. `heads[i]` stays valid until this script reorders the lane (a
+-- lane's only tenant is never moved, so it serves every turn of the call); members[i] is 0, 1 or 2
+-- ("2 or more") until a miss needs the exact count.
+local heads, counted, working = {}, {}, 0
 for i = 1, nl do
   lanes[i] = ARGV[3 + i]
   weights[i] = tonumber(ARGV[3 + nl + i])
-  members[i] = redis.call('ZCARD', prefix .. 'active:' .. lanes[i])
+  heads[i] = redis.call('ZRANGE', prefix .. 'active:' .. lanes[i], 0, 1)
+  members[i] = #heads[i]
+  counted[i] = members[i] < 2
   misses[i] = 0
   done[i] = members[i] == 0
+  if not done[i] then working = working + 1 end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -29,10 +37,11 @@ local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
 local left_in = {}  -- 'lane:tenant' -> its backlog after them
 local lane_left = {}  -- lane index -> its backlog after the last job taken from it
 -- Every lane's credit, read once: only this script writes them (below), so later turns keep them here.
--- Not read at all when every lane is empty (an idle worker's poll).
-local stored, any = nil, false
-for i = 1, nl do any = any or not done[i] end
-if any then stored = redis.call('HMGET', KEYS[1], unpack(lanes)) end
+-- Not read at all when every lane is empty (an idle worker's poll), nor when one lane alone has work:
+-- then that lane wins every turn and its credit comes back to what it was (+weight, -total), so zeros
+-- stand in for them all and nothing is written.
+local stored = nil
+if working == 1 then stored = {} elseif working > 1 then stored = redis.call('HMGET', KEYS[1], unpack(lanes)) end
 -- The tenants' turn counter, taken only when a lane's round robin has more than one tenant to order.
 local function next_turn() return redis.call('HINCRBY', KEYS[1], 'turn', 1) end
 while stored and taken < want and guard < 100000 do
@@ -49,7 +58,7 @@ while stored and taken < want and guard < 100000 do
   if best == nil then break end
   local lane = lanes[best]
   local active = prefix .. 'active:' .. lane
-  local tenant = redis.call('ZRANGE', active, 0, 0)[1]
+  local tenant = (heads[best] or redis.call('ZRANGE', active, 0, 0))[1]
   if not tenant then
     done[best] = true
   else
@@ -80,7 +89,10 @@ while stored and taken < want and guard < 100000 do
       left_in[own_field] = own_left
       -- To the back of the lane's round robin; the lane's only tenant is there already (a tenant that
       -- joins later enters at the front, score 0, as it would anyway).
-      if members[best] > 1 then redis.call('ZADD', active, next_turn(), tenant) end
+      if members[best] > 1 then
+        redis.call('ZADD', active, next_turn(), tenant)
+        heads[best] = nil
+      end
       local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
       if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
         redis.call('XACK', stream, 'workers', entry[1])
@@ -111,6 +123,9 @@ while stored and taken < want and guard < 100000 do
         end
       end
     else
+      -- How many tenants a full cycle is: counted before this miss retires any.
+      if not counted[best] then members[best], counted[best] = redis.call('ZCARD', active), true end
+      heads[best] = nil
       if redis.call('XLEN', stream) == 0 then
         redis.call('ZREM', active, tenant)
         redis.call('DEL', stream)  -- its consumer group goes too; enqueue.lua recreates both
