@@ -35,6 +35,13 @@ from broker.routing import failover
 from broker.store.scripts import composed, lua_script, publish_into
 
 
+# How long the API takes a live worker it saw at enqueue for granted (enqueue.lua's liveness check skipped):
+# a worker counts as live for `queue.worker_ttl_s` after its last heartbeat anyway, so a crashed one is
+# trusted that long already; this adds at most a second to a worker that left cleanly (its heartbeat
+# removed), and saves one command on every other request.
+LIVE_MEMO_S = 1.0
+
+
 class QueueScripts:
     """The Lua scripts a job's way through the queue runs, registered once per Redis client (EVALSHA
     afterwards). `reconcile` is the rate limiter's, here because it rides in the worker's finish pipeline;
@@ -52,6 +59,8 @@ class QueueScripts:
         self.response_keep: AsyncScript = redis.register_script(lua_script("response_keep"))
         # finish, reconcile and ledger in one call, where their keys may meet (not a Cluster): outbox.py
         self.job_end: AsyncScript = redis.register_script(composed("job_end", "finish", "reconcile", "ledger"))
+        # provider -> when (monotonic s) enqueue.lua last found a live worker for it (LIVE_MEMO_S)
+        self.live_seen: dict[str, float] = {}
 
     def named(self) -> dict[str, AsyncScript]:
         return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "ledger": self.ledger,
@@ -75,18 +84,24 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -
     cold_rate_per_worker = config.providers[p].concurrency / queue.assumed_service_s
     ms_left = int((job.deadline - time.time()) * 1000)
     probe_ms = int(config.circuit.open_s * 1000)
+    now = time.monotonic()
+    trusted = now - scripts.live_seen.get(p, -LIVE_MEMO_S) < LIVE_MEMO_S
     result = await scripts.enqueue(
         keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
               keys.workers(p), keys.circuit(p)],
         args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
               queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
-              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms],
+              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms,
+              "1" if trusted else "0"],
     )
     status = result[0].decode()
+    if status != "no_workers" and not trusted:  # every answer but that one saw a live worker
+        scripts.live_seen[p] = now
     if status == "ok":
         entry_id: bytes = result[1]
         return entry_id
     if status == "no_workers":
+        scripts.live_seen.pop(p, None)
         raise Unavailable(f"No worker is serving provider {p!r} right now; please retry shortly.",
                           retry_after_s=queue.heartbeat_interval_s)
     if status == "open" and len(result) > 2:  # cooling down after its upstream's 429

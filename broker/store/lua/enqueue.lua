@@ -5,14 +5,20 @@
 --       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
 --       10 n lanes, then the lane names, then their weights, then the jobs/s one worker is
 --       assumed to drain before the provider's rate has ever been measured, the upstream
---       model, and how long a half-open circuit's one probe may take (ms)
+--       model, how long a half-open circuit's one probe may take (ms), and '1' when the caller saw a live
+--       worker less than a second ago (broker/queue/streams.py LIVE_MEMO_S): the workers zset is not read
+--       then, unless the cold rate below needs their number
 -- Returns {'ok', entry id} | {'no_workers'} | {'open', ms until it may be tried[, 'cool': rate limited]}
 --       | {'full', retry_after_ms, jobs ahead, their drain rate, service time ms (0: not measured)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live_workers = redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf')
-if live_workers == 0 then
-  return {'no_workers'}
+local function count_live() return redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf') end
+local live_workers = nil
+if ARGV[14 + 2 * tonumber(ARGV[10])] ~= '1' then
+  live_workers = count_live()
+  if live_workers == 0 then
+    return {'no_workers'}
+  end
 end
 -- While several lanes have work each drains at its weighted share of the
 -- measured rate (pull.lua's smooth weighted round robin). The rate is measured
@@ -64,7 +70,7 @@ if mine >= tonumber(ARGV[7]) then
   local own = tonumber(backlog[1] or '0')
   local drains = redis.call('HMGET', KEYS[4], 'rate', own_field .. ':rate', 'service_ms')
   local rate = tonumber(drains[1] or '0')
-  if rate <= 0 then rate = live_workers * tonumber(ARGV[11 + 2 * nl]) end
+  if rate <= 0 then rate = (live_workers or count_live()) * tonumber(ARGV[11 + 2 * nl]) end
   local own_rate = tonumber(drains[2] or '0')
   local ahead, drain = own + 1, own_rate
   if own_rate <= 0 then
