@@ -9,13 +9,13 @@ must be atomic are Lua scripts (broker/store/lua/), registered once:
     pull.lua     worker: lanes by weighted round robin, tenants in a lane by
                  round robin, one job per turn; drops cancelled jobs; measures
                  the drain rate while work waits
-    finish.lua   worker: XACK, XDEL, retire empty streams, service times
+    finish.lua   worker: XACK, XDEL, service times (pull.lua retires empty streams)
                  (the reply, the result and the ledger ride beside it: broker/queue/outbox.py)
     reclaim.lua  worker: XAUTOCLAIM what dead workers left, with delivery counts
 
 Why per-tenant streams: a single FIFO per lane cannot let tenant B pass a
 1,000-job backlog of tenant A; per-tenant streams with round robin can, and
-an empty stream is deleted, so idle tenants cost no memory.
+an empty stream is deleted (by the next pull that meets it), so idle tenants cost no memory.
 """
 
 from __future__ import annotations
@@ -172,13 +172,10 @@ async def pull(scripts: QueueScripts, keys: Keys, queue: QueueSettings, provider
 async def reclaim(scripts: QueueScripts, redis: Redis, keys: Keys, queue: QueueSettings, provider: str,
                   consumer: str, count: int) -> list[Pulled]:
     """Entries idle past `claim_idle_s` on any of the provider's streams, now ours."""
-    streams: list[str] = []
-    for lane in LANES:
-        tenants = await redis.zrange(keys.active(provider, lane), 0, -1)
-        streams += [keys.queue(provider, lane, t.decode()) for t in tenants if isinstance(t, bytes)]
     claimed: list[Pulled] = []
-    for stream in streams:
-        rows = await scripts.reclaim(keys=[stream], args=[consumer, int(queue.claim_idle_s * 1000), count])
+    for stream, active, tenant in await _queues(redis, keys, provider):
+        rows = await scripts.reclaim(keys=[stream, active], args=[consumer, int(queue.claim_idle_s * 1000), count,
+                                                                 tenant])
         for entry_id, raw, delivered in rows:
             fields = _fields(raw)
             claimed.append(Pulled(stream, entry_id, fields[b"id"].decode(), fields[b"job"], int(delivered)))
@@ -197,8 +194,8 @@ async def heartbeat(redis: Redis, keys: Keys, provider: str, consumer: str,
         if entry_ids:
             pipe.xclaim(stream, WORKER_GROUP, consumer, 0, list[Any](entry_ids), justid=True)
     for result in await pipe.execute(raise_on_error=False):
-        # NOGROUP: the stream is gone with its group: its jobs finished (finish.lua retired the
-        # emptied stream after the snapshot of held entries was taken) or Redis lost its data.
+        # NOGROUP: the stream is gone with its group: its jobs finished (pull.lua, or a previous
+        # release's finish.lua, retired the emptied stream after the snapshot of held entries was taken) or Redis lost its data.
         # Nothing is left to keep alive there; any other error is real.
         if isinstance(result, Exception) and not str(result).startswith("NOGROUP"):
             raise result
@@ -224,5 +221,20 @@ async def cancel(redis: Redis, keys: Keys, providers: list[str], job_id: str, de
     await pipe.execute()
 
 
-async def leave(redis: Redis, keys: Keys, provider: str, consumer: str) -> None:
+async def _queues(redis: Redis, keys: Keys, provider: str) -> list[tuple[str, str, str]]:
+    """(stream, its lane's active set, tenant) of every tenant active in one of the provider's lanes."""
+    queues = []
+    for lane in LANES:
+        tenants = await redis.zrange(keys.active(provider, lane), 0, -1)
+        queues += [(keys.queue(provider, lane, t.decode()), keys.active(provider, lane), t.decode())
+                   for t in tenants if isinstance(t, bytes)]
+    return queues
+
+
+async def leave(redis: Redis, keys: Keys, provider: str, consumer: str, scripts: QueueScripts | None = None) -> None:
+    """A worker that stops: out of the live set, and the streams its jobs left empty retired (reclaim.lua,
+    claiming nothing), which no live worker's heartbeat may be left to do."""
     await redis.zrem(keys.workers(provider), consumer)
+    if scripts is not None:
+        for stream, active, tenant in await _queues(redis, keys, provider):
+            await scripts.reclaim(keys=[stream, active], args=[consumer, 0, 0, tenant])

@@ -1,11 +1,16 @@
--- End a job in its provider's queue: acknowledge and delete its entry, retire the tenant's stream when
--- it is empty, and keep the provider's service times and circuit (broker/queue/outbox.py). Atomic, so
--- enqueue.lua never sees half of it. Every key is in the provider's Cluster slot; the reply and the
+-- End a job in its provider's queue: acknowledge and delete its entry, and keep the provider's service
+-- times and circuit (broker/queue/outbox.py). Atomic, so enqueue.lua never sees half of it. A stream
+-- left empty is not retired here: pull.lua retires it (with its tenant's place in the lane) when its
+-- turn finds it empty, and reclaim.lua at every live worker's heartbeat and when a worker stops
+-- (broker/queue/streams.py `leave`). Retiring it here cost
+-- three commands per job (XLEN, ZREM, DEL), and the next job of the tenant a fourth to make it again
+-- (XGROUP CREATE): a tenant sending one request at a time paid them all on every request. Every key is in the provider's Cluster slot; the reply and the
 -- result are commands of the same round trip, and the ledger (ledger.lua, in the tenant's slot)
 -- follows only for the call that acknowledged the entry.
--- KEYS: 1 the job's stream, 2 the lane's active zset, 3 the provider's drain hash,
+-- KEYS: 1 the job's stream, 2 the lane's active zset (unused since streams are retired by pull.lua;
+--       kept so every caller's layout stays one), 3 the provider's drain hash,
 --       4 the provider's circuit hash (circuit.lua)
--- ARGV: 1 entry id, 2 tenant, 3 how long the job ran in ms (0: a failure, a cancellation or a hand-off,
+-- ARGV: 1 entry id, 2 tenant (unused, as KEYS[2]), 3 how long the job ran in ms (0: a failure, a cancellation or a hand-off,
 --       not a measure of the work), 4 the upstream model, 5 its time to first token in ms (0: not a
 --       stream), 6 '1' to keep the deployment's own averages too (its group routes by latency:
 --       broker/routing/strategies.py), 7 the provider's average service time in ms to store (the
@@ -16,10 +21,6 @@
 -- ledger counts a job once, after the call that returned 1.
 local acked = redis.call('XACK', KEYS[1], 'workers', ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
-if redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('DEL', KEYS[1])
-end
 -- The provider's service time, a moving average: enqueue.lua admits by when a job would finish.
 local service = tonumber(ARGV[3] or '0')
 local took = service

@@ -63,8 +63,8 @@ while stored and taken < want and guard < 100000 do
     done[best] = true
   else
     local stream = prefix .. 'q:' .. lane .. ':' .. tenant
-    -- A tenant in the lane's active set has its stream (enqueue.lua, finish.lua and this script add and
-    -- remove both together); should it be gone anyway (evicted), XREADGROUP's NOGROUP error is a miss.
+    -- A tenant in the lane's active set has its stream (enqueue.lua makes both together, this script
+    -- retires both together); should it be gone anyway (evicted), XREADGROUP's NOGROUP error is a miss.
     local got = redis.pcall('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
     if type(got) == 'table' and got.err then got = nil end
     if got then
