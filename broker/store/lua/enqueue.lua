@@ -39,20 +39,10 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
     redis.call('HSET', KEYS[6], m .. ':probe', now + tonumber(ARGV[13 + 2 * nl]))
   end
 end
-local mine, my_weight, weights = 0, 1, 0
 local own_field = lane .. ':' .. ARGV[1]
--- Every lane's backlog and this tenant's own in one command: the lanes' names are ARGV[11..10+nl].
-local backlog = redis.call('HMGET', KEYS[3], own_field, unpack(ARGV, 11, 10 + nl))
-for i = 1, nl do
-  local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
-  local waiting = tonumber(backlog[1 + i] or '0')
-  if name == lane then
-    mine, my_weight = waiting, weight
-    weights = weights + weight
-  elseif waiting > 0 then
-    weights = weights + weight
-  end
-end
+-- The lane's backlog counted up front: its answer is the backlog this job joins, so below min_queue
+-- (the usual case) nothing more is read. A refusal below takes the count back.
+local mine = redis.call('HINCRBY', KEYS[3], lane, 1) - 1
 -- Admit only what should *finish* in time: its wait plus the provider's
 -- average service time (finish.lua measures it) within 90% of the time left.
 -- Before any job has finished, only the start can be estimated: within 70%
@@ -67,6 +57,18 @@ end
 -- all admitted to time out.
 -- (Read only past min_queue: below it nothing here is needed, and a quiet queue reads nothing more.)
 if mine >= tonumber(ARGV[7]) then
+  -- Every other lane's backlog and this tenant's own in one command: the lanes' names are ARGV[11..10+nl].
+  local backlog = redis.call('HMGET', KEYS[3], own_field, unpack(ARGV, 11, 10 + nl))
+  local my_weight, weights = 1, 0
+  for i = 1, nl do
+    local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
+    if name == lane then
+      my_weight = weight
+      weights = weights + weight
+    elseif tonumber(backlog[1 + i] or '0') > 0 then
+      weights = weights + weight
+    end
+  end
   local own = tonumber(backlog[1] or '0')
   local drains = redis.call('HMGET', KEYS[4], 'rate', own_field .. ':rate', 'service_ms')
   local rate = tonumber(drains[1] or '0')
@@ -84,16 +86,17 @@ if mine >= tonumber(ARGV[7]) then
   local budget = tonumber(ARGV[5]) * 0.7
   if service_ms > 0 then budget = tonumber(ARGV[5]) * 0.9 - service_ms end
   if wait_ms > budget then
+    redis.call('HINCRBY', KEYS[3], lane, -1)
     -- '%.0f', not tostring: past 1e14 Lua writes '1e+14', which the caller's int() refuses.
     return {'full', string.format('%.0f', math.ceil(wait_ms - budget)), string.format('%.0f', ahead - 1),
             tostring(drain), tostring(service_ms)}
   end
 end
--- A tenant is in the lane's active set exactly while its stream exists (this script, finish.lua and
--- pull.lua add and retire both together), so the ZADD that marks it active also says whether the stream
--- and its group must be made: no EXISTS first. Should the stream be gone anyway (evicted), the XADD,
--- which never makes a stream here, says so, and it is made then: a stream without its group would hold
--- the job where no worker reads it.
+-- A tenant is in the lane's active set exactly while its stream exists (this script makes both together,
+-- pull.lua retires both together; the previous release's finish.lua did too), so the ZADD that marks it
+-- active also says whether the stream and its group must be made: no EXISTS first. Should the stream be
+-- gone anyway (evicted), the XADD, which never makes a stream here, says so, and it is made then: a
+-- stream without its group would hold the job where no worker reads it.
 if redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1]) == 1 then
   -- pcall: a stream left behind by an eviction of the set keeps its group (BUSYGROUP), as it should.
   redis.pcall('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
@@ -105,7 +108,6 @@ if not id then
   redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl, 'job', ARGV[4])
 end
-redis.call('HINCRBY', KEYS[3], lane, 1)
 redis.call('HINCRBY', KEYS[3], own_field, 1)
 redis.call('PUBLISH', ARGV[9], lane)
 return {'ok', id}
