@@ -195,7 +195,8 @@ async def heartbeat(redis: Redis, keys: Keys, provider: str, consumer: str,
             pipe.xclaim(stream, WORKER_GROUP, consumer, 0, list[Any](entry_ids), justid=True)
     for result in await pipe.execute(raise_on_error=False):
         # NOGROUP: the stream is gone with its group: its jobs finished (pull.lua, or a previous
-        # release's finish.lua, retired the emptied stream after the snapshot of held entries was taken) or Redis lost its data.
+        # release's finish.lua, retired the emptied stream after the snapshot of held entries was
+        # taken) or Redis lost its data.
         # Nothing is left to keep alive there; any other error is real.
         if isinstance(result, Exception) and not str(result).startswith("NOGROUP"):
             raise result

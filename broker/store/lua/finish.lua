@@ -2,21 +2,21 @@
 -- times and circuit (broker/queue/outbox.py). Atomic, so enqueue.lua never sees half of it. A stream
 -- left empty is not retired here: pull.lua retires it (with its tenant's place in the lane) when its
 -- turn finds it empty, and reclaim.lua at every live worker's heartbeat and when a worker stops
--- (broker/queue/streams.py `leave`). Retiring it here cost
--- three commands per job (XLEN, ZREM, DEL), and the next job of the tenant a fourth to make it again
--- (XGROUP CREATE): a tenant sending one request at a time paid them all on every request. Every key is in the provider's Cluster slot; the reply and the
--- result are commands of the same round trip, and the ledger (ledger.lua, in the tenant's slot)
--- follows only for the call that acknowledged the entry.
+-- (broker/queue/streams.py `leave`). Retiring it here cost three commands per job (XLEN, ZREM, DEL),
+-- and the tenant's next job a fourth to make it again (XGROUP CREATE): a tenant sending one request at
+-- a time paid them all on every request. Every key is in the provider's Cluster slot; the reply and
+-- the result are commands of the same round trip, and the ledger (ledger.lua, in the tenant's slot)
+-- follows only for the call that acknowledged the entry (on one Redis, all in job_end.lua).
 -- KEYS: 1 the job's stream, 2 the lane's active zset (unused since streams are retired by pull.lua;
 --       kept so every caller's layout stays one), 3 the provider's drain hash,
 --       4 the provider's circuit hash (circuit.lua)
--- ARGV: 1 entry id, 2 tenant (unused, as KEYS[2]), 3 how long the job ran in ms (0: a failure, a cancellation or a hand-off,
---       not a measure of the work), 4 the upstream model, 5 its time to first token in ms (0: not a
---       stream), 6 '1' to keep the deployment's own averages too (its group routes by latency:
---       broker/routing/strategies.py), 7 the provider's average service time in ms to store (the
---       worker's moving average, sent a few times a second, not per job: broker/queue/outbox.py); absent
---       or '': the average as it was, moved here by ARGV[3] (a caller that keeps none, or the previous
---       release's arguments)
+-- ARGV: 1 entry id, 2 tenant (unused, as KEYS[2]), 3 how long the job ran in ms (0: a failure, a
+--       cancellation or a hand-off, not a measure of the work), 4 the upstream model, 5 its time to
+--       first token in ms (0: not a stream), 6 '1' to keep the deployment's own averages too (its group
+--       routes by latency: broker/routing/strategies.py), 7 the provider's average service time in ms to
+--       store (the worker's moving average, sent a few times a second, not per job:
+--       broker/queue/outbox.py); absent or '': the average as it was, moved here by ARGV[3] (a caller
+--       that keeps none, or the previous release's arguments)
 -- Returns 1 if this call acknowledged the entry, 0 if another delivery of the job already had: the
 -- ledger counts a job once, after the call that returned 1.
 local acked = redis.call('XACK', KEYS[1], 'workers', ARGV[1])

@@ -29,7 +29,8 @@ local failed = ''
 if acked == 1 and counted > 0 then
   -- A ledger that fails (a key of the wrong type) must not fail the end the client already has: as a
   -- script of its own it would not have.
-  local ok, err = pcall(ledger, slice(KEYS, 7 + buckets, 6 + buckets + counted), slice(ARGV, at + 2 * buckets + 1, #ARGV))
+  local ok, err = pcall(ledger, slice(KEYS, 7 + buckets, 6 + buckets + counted),
+                        slice(ARGV, at + 2 * buckets + 1, #ARGV))
   if not ok then failed = type(err) == 'table' and tostring(err.err) or tostring(err) end
   if tonumber(ARGV[7]) > 0 then redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'r', ARGV[8]) end
 end
