@@ -122,7 +122,7 @@ async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
     """Queue the job on the first candidate that takes it (broker/queue/streams.py `enqueue_first`); if none
     does, or Redis is away, NotQueued refunds its admission."""
     try:
-        return await enqueue_first(state.scripts, state.keys, state.config, job)
+        return await enqueue_first(state.scripts, state.keys, state.config, job, state.admitting.pop(job.id, None))
     except RedisError as exc:
         raise _queue_unavailable("queue", exc) from None
     except BrokerError as refused:
@@ -310,7 +310,7 @@ async def respond(state: BrokerState, request: Request, principal: Principal, pa
               else None)
     try:
         if policy is None:
-            response = await limits.admitted(state, principal, job, answer)
+            response = await limits.admitted(state, principal, job, answer, enqueues=not asynchronous)
         else:
             response = await cached.respond(state, request, job, policy, stream_timings(state, request),
                                             lambda tap: limits.admitted(

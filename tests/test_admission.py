@@ -271,3 +271,47 @@ async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(nam
         assert [p.job_id for p in pulled] == ["j2"]
     finally:
         await client.aclose()
+
+
+async def test_an_admission_riding_with_the_enqueue_queues_only_what_it_admits(namespace: str) -> None:
+    # On one Redis the request's admission and its job's enqueue are one call (admit_enqueue.lua): a
+    # request the rate limit refuses is refused before anything is queued or counted, as in two calls.
+    from redis.asyncio import Redis as AsyncRedis
+
+    from broker.config import Tenant, validate
+    from broker.errors import RateLimited
+    from broker.limits.ratelimit import Deferred, Limiter, scopes_of
+    from broker.queue.jobs import Job
+    from broker.queue.payloads import EmbeddingPayload
+    from broker.queue.streams import QueueScripts, Refused, enqueue
+    from broker.wire import EmbeddingRequest
+
+    config = validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},
+                       "models": {"m": [{"provider": "mock", "model": "m"}]}, "tenants": {}}, source="test")
+    keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
+    try:
+        scripts, limiter = QueueScripts(client), Limiter(client, keys)
+        assert scripts.one_redis
+        seconds, _ = await client.time()
+        await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a live worker
+        tenant = Tenant(keys=[], rpm=1, max_concurrent=5)
+
+        async def send(n: int) -> tuple[Deferred, bytes]:
+            job = Job(id=f"j{n}", tenant="t", model="m", provider="mock", upstream_model="m", reply_to="",
+                      created=time.time(), deadline=time.time() + 600,
+                      payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
+            call = limiter.deferred(scopes_of(keys, "t", tenant, None), 1, job.id, job.deadline, tenant_name="t")
+            assert isinstance(call, Deferred)
+            return call, await enqueue(scripts, keys, config, job, call)
+
+        first, entry = await send(1)
+        assert first.admission is not None and first.admission.slots == [keys.in_flight("t")]
+        assert await client.xlen(keys.queue("mock", "default", "t")) == 1 and entry
+        with pytest.raises(Refused) as refused:  # the second request in the minute: over its 1 RPM
+            await send(2)
+        assert isinstance(refused.value.error, RateLimited) and refused.value.error.headers
+        assert await client.xlen(keys.queue("mock", "default", "t")) == 1  # nothing more queued
+        assert int(await client.hget(keys.backlog("mock"), "default") or 0) == 1  # nor counted
+        assert await client.zrange(keys.in_flight("t"), 0, -1) == [b"j1"]  # nor a slot taken
+    finally:
+        await client.aclose()

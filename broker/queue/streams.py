@@ -5,7 +5,8 @@ consumer group "workers", so a job goes to exactly one worker. The steps that
 must be atomic are Lua scripts (broker/store/lua/), registered once:
 
     enqueue.lua  API: live workers? room before the deadline? → XADD, mark the
-                 tenant active, count the backlog, ring the workers' bell
+                 tenant active, count the backlog, ring the workers' bell (on one
+                 Redis with the request's admission: admit_enqueue.lua)
     pull.lua     worker: lanes by weighted round robin, tenants in a lane by
                  round robin, one job per turn; drops cancelled jobs; measures
                  the drain rate while work waits
@@ -24,12 +25,13 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from broker.config import Config, QueueSettings
 from broker.errors import BrokerError, CircuitOpen, RateLimited, Unavailable
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
-from broker.limits.ratelimit import RECONCILE
+from broker.limits.ratelimit import RECONCILE, Deferred
 from broker.queue.jobs import Job, job_encoder
 from broker.routing import failover
 from broker.store.scripts import composed, lua_script, publish_into
@@ -59,13 +61,17 @@ class QueueScripts:
         self.response_keep: AsyncScript = redis.register_script(lua_script("response_keep"))
         # finish, reconcile and ledger in one call, where their keys may meet (not a Cluster): outbox.py
         self.job_end: AsyncScript = redis.register_script(composed("job_end", "finish", "reconcile", "ledger"))
+        # admit and enqueue in one call, on one Redis (`enqueue`)
+        self.admit_enqueue: AsyncScript = redis.register_script(composed("admit_enqueue", "admit", "enqueue"))
+        # One Redis, not a Cluster: scripts may touch keys of any hash tag (job_end, admit_enqueue).
+        self.one_redis = not isinstance(redis, RedisCluster)
         # provider -> when (monotonic s) enqueue.lua last found a live worker for it (LIVE_MEMO_S)
         self.live_seen: dict[str, float] = {}
 
     def named(self) -> dict[str, AsyncScript]:
         return {"enqueue": self.enqueue, "pull": self.pull, "finish": self.finish, "ledger": self.ledger,
                 "reclaim": self.reclaim, "reconcile": self.reconcile, "circuit": self.circuit, "race": self.race,
-                "response_keep": self.response_keep, "job_end": self.job_end}
+                "response_keep": self.response_keep, "job_end": self.job_end, "admit_enqueue": self.admit_enqueue}
 
     async def load(self) -> None:
         """Load every script now (pipelines use EVALSHA directly and cannot load on a miss)."""
@@ -73,9 +79,22 @@ class QueueScripts:
             await script.registered_client.script_load(script.script)
 
 
-async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> bytes:
+class Refused(Exception):
+    """The admission sent with an enqueue (`admitting`) refused the request: nothing was charged or queued.
+    Not a BrokerError, so no failover takes it for a candidate's refusal."""
+
+    def __init__(self, error: BrokerError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
+                  admitting: Deferred | None = None) -> bytes:
     """Admit and enqueue, or raise: 503 when no worker serves the provider or its circuit is open
     (broker/store/lua/circuit.lua), 429 when the lane is full.
+
+    `admitting`: the request's admission (broker/limits/admission.py `prepare`), sent in the same call
+    (admit_enqueue.lua, one Redis only); settled there, or Refused raised before anything is queued.
 
     Before a provider's drain rate has ever been measured, each live worker is assumed to finish
     its configured `concurrency` jobs every `assumed_service_s`.
@@ -86,14 +105,22 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -
     probe_ms = int(config.circuit.open_s * 1000)
     now = time.monotonic()
     trusted = now - scripts.live_seen.get(p, -LIVE_MEMO_S) < LIVE_MEMO_S
-    result = await scripts.enqueue(
-        keys=[keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
-              keys.workers(p), keys.circuit(p)],
-        args=[job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
-              queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
-              *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms,
-              "1" if trusted else "0"],
-    )
+    queue_keys = [keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
+                  keys.workers(p), keys.circuit(p)]
+    args = [job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
+            queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
+            *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms,
+            "1" if trusted else "0"]
+    if admitting is None:
+        result = await scripts.enqueue(keys=queue_keys, args=args)
+    else:
+        answer = await scripts.admit_enqueue(keys=[*admitting.keys, *queue_keys],
+                                             args=[len(admitting.keys), len(admitting.args), *admitting.args, *args])
+        try:
+            admitting.settle(answer[0])
+        except BrokerError as refused:
+            raise Refused(refused) from None
+        result = answer[1]
     status = result[0].decode()
     if status != "no_workers" and not trusted:  # every answer but that one saw a live worker
         scripts.live_seen[p] = now
@@ -119,14 +146,17 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -
     )
 
 
-async def enqueue_first(scripts: QueueScripts, keys: Keys, config: Config, job: Job) -> tuple[Job, bytes]:
+async def enqueue_first(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
+                        admitting: Deferred | None = None) -> tuple[Job, bytes]:
     """Queue `job` on the first of its candidates that takes it: one refusing it (no live worker,
     circuit open, queue full) passes it to the next, as a failed call would (broker/routing/failover.py).
-    Returns the job as queued and its entry id, or raises the error that lists every refusal."""
+    Returns the job as queued and its entry id, or raises the error that lists every refusal.
+    `admitting` (see `enqueue`) rides with the first candidate's call; the request stays admitted after."""
     while True:
         try:
-            return job, await enqueue(scripts, keys, config, job)
+            return job, await enqueue(scripts, keys, config, job, admitting)
         except BrokerError as refused:
+            admitting = None
             nxt = failover.advance(job, refused)
             if nxt is None:
                 raise failover.final_error(job, refused) from None
