@@ -121,9 +121,12 @@ async def _client_gone(request: Request) -> None:
 async def _enqueue(state: BrokerState, job: Job) -> tuple[Job, bytes]:
     """Queue the job on the first candidate that takes it (broker/queue/streams.py `enqueue_first`); if none
     does, or Redis is away, NotQueued refunds its admission."""
+    admitting = state.admitting.pop(job.id, None)  # the request's admission, if it rides with the enqueue
     try:
-        return await enqueue_first(state.scripts, state.keys, state.config, job, state.durable)
+        return await enqueue_first(state.scripts, state.keys, state.config, job, admitting, state.durable)
     except RedisError as exc:
+        if admitting is not None and admitting.admission is None:
+            raise  # the call that carried the admission: the edge's 503 as for an admission, nothing to refund
         raise _queue_unavailable("queue", exc) from None
     except BrokerError as refused:
         raise limits.NotQueued(refused) from None
@@ -310,7 +313,7 @@ async def respond(state: BrokerState, request: Request, principal: Principal, pa
               else None)
     try:
         if policy is None:
-            response = await limits.admitted(state, principal, job, answer)
+            response = await limits.admitted(state, principal, job, answer, enqueues=not asynchronous)
         else:
             response = await cached.respond(state, request, job, policy, stream_timings(state, request),
                                             lambda tap: limits.admitted(

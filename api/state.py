@@ -25,6 +25,7 @@ from broker.queue import durability, job_events
 from broker.queue.jobs import Job
 from broker.queue.spool import Spool
 from broker.queue.replies import ReplyRouter
+from broker.limits.ratelimit import Deferred
 from broker.queue.streams import QueueScripts, cancel
 from broker.routing.router import Router
 from broker.store import key_migration
@@ -60,6 +61,8 @@ class BrokerState:
         self.spool = Spool(config.batches.store_dir)
         self.scripts = QueueScripts(self.redis)
         self.durable = durability.of(config.redis)  # None unless `redis.durability: replicated`
+        # Admissions waiting to ride with their job's first enqueue (api/limits.py `admitted`), by job id.
+        self.admitting: dict[str, Deferred] = {}
         # The response cache, if configured, and this process's flights of identical requests (api/cached.py).
         self.cache = ResponseCache(self.redis, self.keys, config, config.cache) if config.cache is not None else None
         self.flights: dict[str, asyncio.Future[bytes | None]] = {}

@@ -17,7 +17,7 @@ name and spread over the cluster.
 
 | key                                   | type    | owner / writer          | bound |
 |---------------------------------------|---------|-------------------------|-------|
-| {ns}:{p}:q:{lane}:{tenant}            | stream  | enqueue.lua, workers    | entries XDEL'd at finish; key DEL'd when empty |
+| {ns}:{p}:q:{lane}:{tenant}            | stream  | enqueue.lua, workers    | entries XDEL'd at finish; key DEL'd when empty by the next pull.lua turn or worker heartbeat (reclaim.lua) that meets it, or by a worker that stops |
 | {ns}:{p}:active:{lane}                | zset    | enqueue.lua, pull.lua   | tenants with queued or running jobs in the lane |
 | {ns}:{p}:sched                        | hash    | pull.lua                | one field per lane (weighted round robin state) + turn |
 | {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: per lane, per lane:tenant (deleted at 0) |

@@ -193,13 +193,14 @@ async def test_the_end_of_a_job_replaces_its_hold_with_its_cost_even_after_it_la
                   created=0, deadline=0, budget_counters=admission.budget_counters,
                   budget_reserved=admission.budget_nanos, payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
         stream = f"{ns}:{{p}}:q:default:t"
-        await r.xgroup_create(stream, "workers", id="0", mkstream=True)
+        if not await r.exists(stream):  # an emptied stream stays until a pull.lua turn retires it
+            await r.xgroup_create(stream, "workers", id="0", mkstream=True)
         entry = await r.xadd(stream, {"j": b""})
         await r.xreadgroup("workers", "w", {stream: ">"})
         counted = ledger.entry(limiter.keys, job, Charge(cost_nanos=cost), "ok", time.time(), UsageSettings())
         for _ in range(2):
             await outbox.finish(job, entry, stream, body=b"{}", ledger=counted)
-        assert await outbox.settled(5)  # the ledger rides the pipeline after the end's
+        assert await outbox.settled(5)  # on a Cluster the ledger rides the pipeline after the end's
 
     running = await limiter.admit("t", tenant, 1, "running", time.time() + 60, hold=hold)
     await end("running", running, 3 * 10**9)  # $8 held, $3 spent
@@ -212,3 +213,36 @@ async def test_the_end_of_a_job_replaces_its_hold_with_its_cost_even_after_it_la
     await end("late", late, 10**9)  # the late job's real cost still counts, once
     assert await spent(limiter, hold) == (6 * 10**9, 1)
     await outbox.aclose()
+
+
+async def test_on_one_redis_a_ledger_that_fails_leaves_the_end_whole(limiter: Limiter) -> None:
+    # On one Redis a job's end is one job_end.lua call (broker/queue/outbox.py); its ledger part failing
+    # (here: the day's usage key is not a hash) must not fail what its client already has: the reply is
+    # published, the result stored, the entry acknowledged, the usage-log record written, the call answered.
+    r, keys = limiter.redis, limiter.keys
+    outbox = Outbox(r, keys, QueueScripts(r), result_ttl_s=60, tenants={}, usage=UsageSettings())
+    outbox.start()
+    job = Job(id="broken-ledger", tenant="t", model="m", provider="p", upstream_model="m", reply_to=f"{keys.ns}:r",
+              created=0, deadline=0, payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
+    stream = keys.queue("p", "default", "t")
+    await r.xgroup_create(stream, "workers", id="0", mkstream=True)
+    entry = await r.xadd(stream, {"j": b""})
+    await r.xreadgroup("workers", "w", {stream: ">"})
+    counted = ledger.entry(keys, job, Charge(cost_nanos=10), "ok", time.time(), UsageSettings())
+    await r.set(counted.keys[0], "not a hash")
+    pubsub = r.pubsub()
+    await pubsub.subscribe(job.reply_to)
+    try:
+        await outbox.finish(job, entry, stream, body=b"{}", ledger=counted)
+        assert await outbox.settled(5)
+        message = None
+        while message is None or message["type"] != "message":
+            message = await pubsub.get_message(timeout=2)
+        assert message["data"] == await r.get(keys.result(job.id))
+        assert await r.xlen(stream) == 0  # acknowledged and deleted
+        assert (await r.xpending(stream, "workers"))["pending"] == 0
+        assert [job.id.encode() in fields[b"r"] for _, fields in await r.xrange(keys.usage_log())] == [True]
+        assert await r.get(counted.keys[0]) == b"not a hash"
+    finally:
+        await pubsub.aclose()
+        await outbox.aclose()

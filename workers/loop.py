@@ -150,7 +150,7 @@ class Worker:
                 helper.cancel()
             await self._drain()
             with suppress(Exception):
-                await leave(self.redis, self.keys, self.provider_name, self.consumer)
+                await leave(self.redis, self.keys, self.provider_name, self.consumer, self.scripts)
             await self.outbox.aclose()
             await self.provider.aclose()
 

@@ -9,10 +9,24 @@ a Redis error propagates as it is, for the caller to answer or retry.
 from __future__ import annotations
 
 from broker.config import ApiKey, Tenant
-from broker.limits.ratelimit import Admission, Limiter, estimate_request_tokens
+from broker.limits.ratelimit import Admission, Deferred, Limiter, estimate_request_tokens, scopes_of
 from broker.money import budgets
 from broker.money.pricing import PriceBook
 from broker.queue.jobs import Job, key_tpm
+
+
+def prepare(limiter: Limiter, prices: PriceBook, tenant_name: str, tenant: Tenant, key: ApiKey | None,
+            job: Job) -> Admission | Deferred:
+    """`admit`'s call, built but not sent, for the job's first enqueue to carry (broker/queue/streams.py);
+    the job already says what it will be charged, as after `admit`. An Admission when nothing is to be."""
+    request = job.request
+    hold = budgets.hold_for(limiter.keys, tenant_name, tenant, key, request, prices.of(job))
+    call = limiter.deferred(scopes_of(limiter.keys, tenant_name, tenant, key), estimate_request_tokens(request),
+                            job.id, job.deadline, tenant_name=tenant_name, hold=hold)
+    job.estimated_tokens, job.key_tpm = call.tokens, key_tpm(key)
+    if hold is not None and hold.nanos > 0:
+        job.budget_counters, job.budget_reserved = [b.counter for b in hold.budgets], hold.nanos
+    return call
 
 
 async def admit(limiter: Limiter, prices: PriceBook, tenant_name: str, tenant: Tenant, key: ApiKey | None,

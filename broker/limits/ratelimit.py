@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -136,6 +138,23 @@ class Admission(msgspec.Struct, kw_only=True):
         return bool(self.slots)
 
 
+class Deferred:
+    """An admit.lua call built but not sent (`Limiter.deferred`): its KEYS and ARGV, the tokens it charges,
+    and, once `settle` has read its answer, the Admission."""
+
+    __slots__ = ("keys", "args", "tokens", "_read", "admission")
+
+    def __init__(self, keys: list[str], args: list[Any], tokens: int,
+                 read: Callable[[list[Any]], Admission]) -> None:
+        self.keys, self.args, self.tokens, self._read = keys, args, tokens, read
+        self.admission: Admission | None = None
+
+    def settle(self, answer: list[Any]) -> Admission:
+        """The Admission admit.lua's `answer` makes, or RateLimited / OverBudget, charging nothing."""
+        self.admission = self._read(answer)
+        return self.admission
+
+
 class _ScopeState(msgspec.Struct, array_like=True):
     requests_remaining: int
     requests_reset_ms: int
@@ -222,6 +241,16 @@ class Limiter:
 
     async def admit_scopes(self, scopes: list[Scope], tokens: int, request_id: str, expires_at: float, *,
                            tenant_name: str, hold: budgets.Hold | None = None) -> Admission:
+        call = self.deferred(scopes, tokens, request_id, expires_at, tenant_name=tenant_name, hold=hold)
+        if isinstance(call, Admission):
+            return call
+        return call.settle(await self._admit(keys=call.keys, args=call.args))
+
+    def deferred(self, scopes: list[Scope], tokens: int, request_id: str, expires_at: float, *,
+                 tenant_name: str, hold: budgets.Hold | None = None) -> Admission | Deferred:
+        """admit_scopes' admit.lua call, built but not sent: for a caller that sends it within a script of
+        its own (broker/queue/streams.py: with the job's first enqueue), then has it `settle` the answer.
+        An Admission at once when there is nothing to charge."""
         for scope in scopes:
             if scope.limits.tpm:
                 # Never ask for more than a full bucket, or the request could never be admitted;
@@ -233,30 +262,10 @@ class Limiter:
         ttl_ms = max(1, math.ceil((expires_at - time.time() + SLOT_GRACE_S) * 1000))
         limits = [v or 0 for scope in scopes
                   for v in (scope.limits.rpm, scope.limits.tpm, scope.limits.max_concurrent)]
-        raw = [int(v) for v in await self._admit(
-            keys=[k for scope in scopes for k in (scope.requests, scope.tokens, scope.in_flight)]
-                 + (hold.keys() if hold else []),
-            args=[tokens, request_id, ttl_ms, len(scopes), *limits, *(hold.args() if hold else [])],
-        )]
-        admitted, reason, wait_ms, culprit = raw[:4]
-        states = [_ScopeState(*raw[4 + 5 * i: 9 + 5 * i]) for i in range(len(scopes))]
-        headers = _headers(scopes, states)
-        if hold is not None:
-            headers.update(budgets.remaining_header(raw[-1]))
-        if not admitted:
-            if reason == 4 and hold is not None:
-                raise budgets.over_budget(hold, culprit, raw[-1], headers)
-            raise _rejection(scopes[culprit - 1], states[culprit - 1], reason, wait_ms, tokens, headers)
-        charges = [Charge(bucket, limit, cost) for scope in scopes
-                   for bucket, limit, cost in ((scope.requests, scope.limits.rpm, 1),
-                                               (scope.tokens, scope.limits.tpm, tokens))
-                   if limit and cost > 0]
-        admission = Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens, headers=headers,
-                              slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent],
-                              charges=charges)
-        if hold is not None and hold.nanos > 0:
-            admission.budget_counters, admission.budget_nanos = [b.counter for b in hold.budgets], hold.nanos
-        return admission
+        return Deferred([k for scope in scopes for k in (scope.requests, scope.tokens, scope.in_flight)]
+                        + (hold.keys() if hold else []),
+                        [tokens, request_id, ttl_ms, len(scopes), *limits, *(hold.args() if hold else [])],
+                        tokens, lambda answer: _admission(scopes, tokens, request_id, tenant_name, hold, answer))
 
     async def end_call(self, deployment: Deployment, admission: Admission, actual_tokens: int | None) -> None:
         """A call admitted by `admit_call` is over: free its slot, settle its tokens with the real usage."""
@@ -284,6 +293,31 @@ class Limiter:
                 await pipe.execute()
 
 
+def _admission(scopes: list[Scope], tokens: int, request_id: str, tenant_name: str,
+               hold: budgets.Hold | None, answer: list[Any]) -> Admission:
+    """What admit.lua's answer means: the Admission, or RateLimited / OverBudget (with headers)."""
+    raw = [int(v) for v in answer]
+    admitted, reason, wait_ms, culprit = raw[:4]
+    states = [_ScopeState(*raw[4 + 5 * i: 9 + 5 * i]) for i in range(len(scopes))]
+    headers = _headers(scopes, states)
+    if hold is not None:
+        headers.update(budgets.remaining_header(raw[-1]))
+    if not admitted:
+        if reason == 4 and hold is not None:
+            raise budgets.over_budget(hold, culprit, raw[-1], headers)
+        raise _rejection(scopes[culprit - 1], states[culprit - 1], reason, wait_ms, tokens, headers)
+    charges = [Charge(bucket, limit, cost) for scope in scopes
+               for bucket, limit, cost in ((scope.requests, scope.limits.rpm, 1),
+                                           (scope.tokens, scope.limits.tpm, tokens))
+               if limit and cost > 0]
+    admission = Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens, headers=headers,
+                          slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent],
+                          charges=charges)
+    if hold is not None and hold.nanos > 0:
+        admission.budget_counters, admission.budget_nanos = [b.counter for b in hold.budgets], hold.nanos
+    return admission
+
+
 async def reconcile(redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, estimated: int, actual: int,
                     *, key: ApiKey | None = None) -> None:
     """Credit back (actual < estimated) or debit (actual > estimated) the TPM buckets."""
@@ -293,12 +327,19 @@ async def reconcile(redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, 
                                                    args=[scope.limits.tpm, actual - estimated])
 
 
+def settlements(keys: Keys, tenant_name: str, tenant: Tenant, estimated: int, actual: int, *,
+                key: ApiKey | None = None) -> list[tuple[str, int, int]]:
+    """reconcile.lua's calls for a job's real usage: (tokens bucket, its tpm, actual - estimated) each."""
+    if actual == estimated:
+        return []
+    return [(scope.tokens, scope.limits.tpm, actual - estimated)
+            for scope in scopes_of(keys, tenant_name, tenant, key) if scope.limits.tpm]
+
+
 def reconcile_into(pipe: Pipeline, script: AsyncScript, keys: Keys, tenant_name: str, tenant: Tenant,
                    estimated: int, actual: int, *, key: ApiKey | None = None) -> list[Queued]:
     """`reconcile` queued on an existing pipeline (the worker's end-of-job round trip), as EVALSHA of
     `script` (reconcile.lua, loaded at start); the caller resends the calls if Redis lost the script.
     """
-    if actual == estimated:
-        return []
-    return [evalsha_into(pipe, script, [scope.tokens], [scope.limits.tpm, actual - estimated])
-            for scope in scopes_of(keys, tenant_name, tenant, key) if scope.limits.tpm]
+    return [evalsha_into(pipe, script, [bucket], [tpm, delta])
+            for bucket, tpm, delta in settlements(keys, tenant_name, tenant, estimated, actual, key=key)]

@@ -9,14 +9,16 @@ message; when idle a chunk leaves as soon as it is produced.
 
 A job's end (final reply, result key with its TTL, the tenant's token bucket settled with the real
 usage, and finish.lua: XACK, XDEL) goes in the same pipeline, after the job's last chunk, so the entry
-is acknowledged only once the client's answer has been handed to Redis. The ends finish.lua
-acknowledged then go to the ledger (broker/money/ledger.py) in the next pipeline: those keys live in the
-tenant's Cluster slot, and only the acknowledging delivery may count a job. Under load that pipeline
-carries the next burst anyway; when idle it leaves at once, on its own.
+is acknowledged only once the client's answer has been handed to Redis. Only the acknowledging delivery
+may count a job in the ledger (broker/money/ledger.py). On one Redis (standalone or Sentinel) the whole
+end is one script call, job_end.lua: settle, reply, store, acknowledge, and count if acknowledged. On a
+Cluster those keys live in three slots (the tenant's, the provider's, the result's own), so they stay
+separate commands and the ends finish.lua acknowledged go to the ledger in the next pipeline; under
+load that pipeline carries the next burst anyway; when idle it leaves at once, on its own.
 
-Every reply of a worker goes through PUBLISH commands in pipeline order, never from a script: under
-Redis Cluster, PUBLISH is sent to the node of its channel's slot, so one API process's messages
-all leave from one node, in order.
+Every reply of a worker goes through PUBLISH commands in pipeline order: under Redis Cluster never from
+a script, as PUBLISH is sent to the node of its channel's slot, so one API process's messages all leave
+from one node, in order. On one Redis, job_end.lua's PUBLISH is executed in its pipeline's order too.
 
 Sequence numbers are assigned here, at flush time, in send order.
 """
@@ -25,18 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from broker.config import Tenant, UsageSettings
 from broker.errors import ErrorInfo
 from broker.keys import Keys
-from broker.limits.ratelimit import reconcile_into
+from broker.limits.ratelimit import settlements
 from broker.money import ledger
 from broker.ops.redaction import redact
 from broker.queue import async_jobs, durability, job_events, stored_responses
@@ -47,6 +51,11 @@ from broker.store.scripts import Queued, evalsha_into, publish_into, resend_unkn
 from broker.wire import Usage
 
 log = logging.getLogger(__name__)
+
+# How often a worker stores its moving average of a provider's service time (finish.lua's ARGV[7]): the
+# average moves with every job, but enqueue.lua reads it only to judge a queue past `min_queue`, where a
+# figure a quarter of a second old is as good; per job it cost two commands (read, write) each time.
+SERVICE_WRITE_S = 0.25
 
 
 @dataclass(slots=True)
@@ -74,7 +83,8 @@ class _End:
     ledger: ledger.Entry | None
     done: asyncio.Future[None]
     seq: int = -1  # assigned at flush
-    finish: Queued | None = None  # its finish.lua call in the flush's pipeline
+    finish: Queued | None = None  # its finish.lua (or job_end.lua) call in the flush's pipeline
+    whole: bool = False  # job_end.lua: its ledger is counted in that call, not in the next pipeline
 
 
 class Outbox:
@@ -98,6 +108,12 @@ class Outbox:
         self._counts: list[ledger.Entry] = []  # acknowledged ends for the ledger: in the next pipeline
         self._idle = asyncio.Event()  # nothing queued, nothing being sent
         self._idle.set()
+        # provider -> (moving average of its jobs' service ms, when it was last stored: monotonic s)
+        self._service: dict[str, tuple[float, float]] = {}
+        # One Redis, not a Cluster: a job's end (bucket, reply, result, acknowledgement, ledger) is one
+        # job_end.lua call, as its keys need not share a slot. Not with replicated durability: there the
+        # end's PUBLISH must follow a WAIT, which no script can run (durability.py).
+        self._one_call = not isinstance(redis, RedisCluster) and durable is None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -204,7 +220,7 @@ class Outbox:
         counted = len(pipe)
         # replicated: each end's PUBLISH and finish.lua held back, to follow the WAIT after every write here.
         durable = self.durable
-        held: list[tuple[_End, bytes]] | None = None if durable is None else []
+        held: list[tuple[_End, bytes, list[Any]]] | None = None if durable is None else []
         for op in ops:
             job = op.job
             if isinstance(op, _Started):
@@ -230,30 +246,39 @@ class Outbox:
             if job.streams:
                 self._log.record_end(pipe, job, seq, encoded, job.async_ttl_s or self.resume_ttl_s)
             tenant = self.tenants.get(job.tenant)
+            settle: list[tuple[str, int, int]] = []
             if tenant is not None and op.usage is not None:
                 # The TPM bucket was charged an estimate at admission; settle it with what was used,
                 # before the reply goes out, so the client's next request already sees it.
                 # (A job queued by an API older than `key_tpm` names a key whose limits are in config.)
                 key = key_limits(job) or tenant.api_key(job.key)
-                scripted += reconcile_into(pipe, self.scripts.reconcile, self.keys, job.tenant, tenant,
-                                           job.estimated_tokens, op.usage.total_tokens, key=key)
+                settle = settlements(self.keys, job.tenant, tenant, job.estimated_tokens, op.usage.total_tokens,
+                                     key=key)
+            if not self._one_call:
+                scripted += [evalsha_into(pipe, self.scripts.reconcile, [bucket], [tpm, delta])
+                             for bucket, tpm, delta in settle]
             if op.error is None and isinstance(job.payload, ResponsesPayload) and job.payload.keep:
                 # Before the reply: its client cannot see it complete before it is readable (stored_responses.py).
                 if (kept := self._keep_response(pipe, job, job.payload, op.body)) is not None:
                     scripted.append(kept)
-            if held is None:
+            finish_args = [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
+                           "1" if op.timed else "0", self._service_average(job.provider, op.service_ms)]
+            if self._one_call:
+                op.finish, op.whole = self._job_end(pipe, op, encoded, finish_args, settle), True
+                scripted.append(op.finish)
+            elif held is None:
                 publish_into(pipe, job.reply_to, encoded)
                 pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
-                scripted.append(self._finish_into(pipe, op))
+                scripted.append(self._finish_into(pipe, op, finish_args))
             else:
                 pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
-                held.append((op, encoded))
+                held.append((op, encoded, finish_args))
         waited = None
         if durable is not None and held is not None and (held or counts):
             waited = durable.wait_into(pipe)
-            for op, encoded in held:  # the PUBLISH before the XACK, as above (durability.py says why)
+            for op, encoded, finish_args in held:  # the PUBLISH before the XACK, as above (durability.py says why)
                 publish_into(pipe, op.job.reply_to, encoded)
-                scripted.append(self._finish_into(pipe, op))
+                scripted.append(self._finish_into(pipe, op, finish_args))
         try:
             results = await pipe.execute(raise_on_error=False)
         except Exception as exc:
@@ -272,8 +297,16 @@ class Outbox:
         if lost := [r for r in results[:counted] if isinstance(r, Exception)]:
             log.error("usage of %d ended jobs not recorded: %s", len(counts), lost[0])
         # Before any failure is raised: an end acknowledged here is not acknowledged by its retry.
-        acknowledged = [op.ledger for op in ops if isinstance(op, _End) and op.ledger is not None
-                        and op.finish is not None and results[op.finish.position] == 1]
+        acknowledged = []
+        for op in ops:
+            if not isinstance(op, _End) or op.ledger is None or op.finish is None:
+                continue
+            answer = results[op.finish.position]
+            if not op.whole:
+                if answer == 1:
+                    acknowledged.append(op.ledger)
+            elif isinstance(answer, list) and answer[1]:  # job_end.lua counted it, or says why it could not
+                log.error("usage of job %s not recorded: %s", op.job.id, answer[1])
         if acknowledged:
             self._counts += acknowledged
             self._wake.set()
@@ -282,6 +315,29 @@ class Outbox:
         for op in ops:
             if isinstance(op, _End) and not op.done.done():
                 op.done.set_result(None)
+
+    def _job_end(self, pipe: Pipeline, op: _End, reply: bytes, finish_args: list[Any],
+                 settle: list[tuple[str, int, int]]) -> Queued:
+        """job_end.lua for `op`, queued in `pipe` (its KEYS and ARGV layout are the script's)."""
+        job, entry = op.job, op.ledger
+        keys = [*self.finish_keys(job, op.stream), self.keys.result(job.id), self.keys.usage_log(),
+                *(bucket for bucket, _, _ in settle), *(entry.keys if entry else [])]
+        args = [len(settle), len(entry.keys) if entry else 0, len(finish_args), job.reply_to, reply,
+                job.async_ttl_s or self.result_ttl_s, self.usage.log_maxlen, entry.record if entry else b"",
+                *finish_args, *(v for _, tpm, delta in settle for v in (tpm, delta)), *(entry.args if entry else [])]
+        return evalsha_into(pipe, self.scripts.job_end, keys, args)
+
+    def _service_average(self, provider: str, sample_ms: int) -> str:
+        """The provider's average service time to store with this end, or '' (not yet due): a moving
+        average of this worker's jobs (weights as finish.lua's own: 0.8 the average, 0.2 the sample)."""
+        if sample_ms <= 0:
+            return ""
+        now = time.monotonic()
+        average, stored_at = self._service.get(provider, (0.0, -SERVICE_WRITE_S))
+        average = 0.8 * average + 0.2 * sample_ms if average > 0 else float(sample_ms)
+        due = now - stored_at >= SERVICE_WRITE_S
+        self._service[provider] = (average, now if due else stored_at)
+        return f"{average:.3f}" if due else ""
 
     def _keep_response(self, pipe: Pipeline, job: Job, payload: ResponsesPayload, body: bytes) -> Queued | None:
         try:
@@ -296,12 +352,9 @@ class Outbox:
         return evalsha_into(pipe, self.scripts.response_keep, [self.keys.response(payload.response_id)],
                             stored_responses.keep_args(self.responses_ttl_s, job.tenant, context, own, response=response))
 
-    def _finish_into(self, pipe: Pipeline, op: _End) -> Queued:
+    def _finish_into(self, pipe: Pipeline, op: _End, finish_args: list[Any]) -> Queued:
         """finish.lua for the end (XACK, XDEL, service times), remembered on it."""
-        job = op.job
-        op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(job, op.stream),
-                                 [op.entry_id, job.tenant, op.service_ms, job.upstream_model, op.ttft_ms,
-                                  "1" if op.timed else "0"])
+        op.finish = evalsha_into(pipe, self.scripts.finish, self.finish_keys(op.job, op.stream), finish_args)
         return op.finish
 
     def finish_keys(self, job: Job, stream: str | bytes) -> list[Any]:

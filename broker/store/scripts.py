@@ -23,6 +23,21 @@ def lua_script(name: str) -> str:
     return resources.files("broker.store").joinpath(f"lua/{name}.lua").read_text()
 
 
+# The server clock as the parts read it; in a composed script, read once for them all. A script runs
+# atomically (Redis even stops the clock for key expiry while one runs), so its parts are at one instant.
+_TIME = "redis.call('TIME')"
+_SHARED_TIME = ("local clock\nlocal function server_time()\n  clock = clock or " + _TIME + "\n  return clock\nend\n")
+
+
+def composed(main: str, *parts: str) -> str:
+    """One script made of several: each of `parts` wrapped as a local function of its own KEYS and ARGV
+    (named as its file), then `main`, which calls them. Each part stays the one file it runs from alone;
+    their reads of the server's TIME become one."""
+    bodies = {part: lua_script(part).replace(_TIME, "server_time()") for part in parts}
+    return (_SHARED_TIME + "".join(f"local function {part}(KEYS, ARGV)\n{body}\nend\n" for part, body in bodies.items())
+            + lua_script(main))
+
+
 class Queued(NamedTuple):
     """A script call queued in a pipeline, kept so it can be sent again after a NOSCRIPT."""
 

@@ -23,6 +23,8 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local costs = {1, tonumber(ARGV[1])}
 local scopes = {}
 local reason, worst, culprit = 0, 0, 0
+-- Every bucket that has a limit, read in one MGET (all of one call's keys share a Cluster slot).
+local buckets = {}
 for s = 1, tonumber(ARGV[4]) do
   local base = 4 + (s - 1) * 3
   local scope = {limits = {tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])},
@@ -30,8 +32,16 @@ for s = 1, tonumber(ARGV[4]) do
                  keys = {KEYS[(s - 1) * 3 + 1], KEYS[(s - 1) * 3 + 2], KEYS[(s - 1) * 3 + 3]}}
   scopes[s] = scope
   for i = 1, 2 do
+    if scope.limits[i] > 0 then buckets[#buckets + 1] = scope.keys[i] end
+  end
+end
+local levels = #buckets > 0 and redis.call('MGET', unpack(buckets)) or {}
+local read = 0
+for s, scope in ipairs(scopes) do
+  for i = 1, 2 do
     if scope.limits[i] > 0 then
-      local stored = tonumber(redis.call('GET', scope.keys[i]) or now)
+      read = read + 1
+      local stored = tonumber(levels[read] or now)
       scope.full_at[i] = math.max(stored, now)
       -- Time this request must wait for the bucket to hold its cost; 1 µs of slack for float error.
       local over = scope.full_at[i] - now + costs[i] * WINDOW / scope.limits[i] - WINDOW

@@ -5,14 +5,20 @@
 --       6 worker liveness window ms, 7 min_queue, 8 stream maxlen, 9 bell channel,
 --       10 n lanes, then the lane names, then their weights, then the jobs/s one worker is
 --       assumed to drain before the provider's rate has ever been measured, the upstream
---       model, and how long a half-open circuit's one probe may take (ms)
+--       model, how long a half-open circuit's one probe may take (ms), and '1' when the caller saw a live
+--       worker less than a second ago (broker/queue/streams.py LIVE_MEMO_S): the workers zset is not read
+--       then, unless the cold rate below needs their number
 -- Returns {'ok', entry id} | {'no_workers'} | {'open', ms until it may be tried[, 'cool': rate limited]}
 --       | {'full', retry_after_ms, jobs ahead, their drain rate, service time ms (0: not measured)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live_workers = redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf')
-if live_workers == 0 then
-  return {'no_workers'}
+local function count_live() return redis.call('ZCOUNT', KEYS[5], now - tonumber(ARGV[6]), '+inf') end
+local live_workers = nil
+if ARGV[14 + 2 * tonumber(ARGV[10])] ~= '1' then
+  live_workers = count_live()
+  if live_workers == 0 then
+    return {'no_workers'}
+  end
 end
 -- While several lanes have work each drains at its weighted share of the
 -- measured rate (pull.lua's smooth weighted round robin). The rate is measured
@@ -33,20 +39,10 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
     redis.call('HSET', KEYS[6], m .. ':probe', now + tonumber(ARGV[13 + 2 * nl]))
   end
 end
-local mine, my_weight, weights = 0, 1, 0
 local own_field = lane .. ':' .. ARGV[1]
--- Every lane's backlog and this tenant's own in one command: the lanes' names are ARGV[11..10+nl].
-local backlog = redis.call('HMGET', KEYS[3], own_field, unpack(ARGV, 11, 10 + nl))
-for i = 1, nl do
-  local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
-  local waiting = tonumber(backlog[1 + i] or '0')
-  if name == lane then
-    mine, my_weight = waiting, weight
-    weights = weights + weight
-  elseif waiting > 0 then
-    weights = weights + weight
-  end
-end
+-- The lane's backlog counted up front: its answer is the backlog this job joins, so below min_queue
+-- (the usual case) nothing more is read. A refusal below takes the count back.
+local mine = redis.call('HINCRBY', KEYS[3], lane, 1) - 1
 -- Admit only what should *finish* in time: its wait plus the provider's
 -- average service time (finish.lua measures it) within 90% of the time left.
 -- Before any job has finished, only the start can be estimated: within 70%
@@ -61,10 +57,22 @@ end
 -- all admitted to time out.
 -- (Read only past min_queue: below it nothing here is needed, and a quiet queue reads nothing more.)
 if mine >= tonumber(ARGV[7]) then
+  -- Every other lane's backlog and this tenant's own in one command: the lanes' names are ARGV[11..10+nl].
+  local backlog = redis.call('HMGET', KEYS[3], own_field, unpack(ARGV, 11, 10 + nl))
+  local my_weight, weights = 1, 0
+  for i = 1, nl do
+    local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
+    if name == lane then
+      my_weight = weight
+      weights = weights + weight
+    elseif tonumber(backlog[1 + i] or '0') > 0 then
+      weights = weights + weight
+    end
+  end
   local own = tonumber(backlog[1] or '0')
   local drains = redis.call('HMGET', KEYS[4], 'rate', own_field .. ':rate', 'service_ms')
   local rate = tonumber(drains[1] or '0')
-  if rate <= 0 then rate = live_workers * tonumber(ARGV[11 + 2 * nl]) end
+  if rate <= 0 then rate = (live_workers or count_live()) * tonumber(ARGV[11 + 2 * nl]) end
   local own_rate = tonumber(drains[2] or '0')
   local ahead, drain = own + 1, own_rate
   if own_rate <= 0 then
@@ -78,18 +86,28 @@ if mine >= tonumber(ARGV[7]) then
   local budget = tonumber(ARGV[5]) * 0.7
   if service_ms > 0 then budget = tonumber(ARGV[5]) * 0.9 - service_ms end
   if wait_ms > budget then
+    redis.call('HINCRBY', KEYS[3], lane, -1)
     -- '%.0f', not tostring: past 1e14 Lua writes '1e+14', which the caller's int() refuses.
     return {'full', string.format('%.0f', math.ceil(wait_ms - budget)), string.format('%.0f', ahead - 1),
             tostring(drain), tostring(service_ms)}
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
+-- A tenant is in the lane's active set exactly while its stream exists (this script makes both together,
+-- pull.lua retires both together; the previous release's finish.lua did too), so the ZADD that marks it
+-- active also says whether the stream and its group must be made: no EXISTS first. Should the stream be
+-- gone anyway (evicted), the XADD, which never makes a stream here, says so, and it is made then: a
+-- stream without its group would hold the job where no worker reads it.
+if redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1]) == 1 then
+  -- pcall: a stream left behind by an eviction of the set keeps its group (BUSYGROUP), as it should.
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', now + tonumber(ARGV[5]),
+local dl = now + tonumber(ARGV[5])
+local id = redis.call('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl,
                       'job', ARGV[4])
-redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
-redis.call('HINCRBY', KEYS[3], lane, 1)
+if not id then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl, 'job', ARGV[4])
+end
 redis.call('HINCRBY', KEYS[3], own_field, 1)
 redis.call('PUBLISH', ARGV[9], lane)
 return {'ok', id}

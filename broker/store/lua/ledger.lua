@@ -10,10 +10,22 @@
 --       (field, increment) pairs added to each
 local metrics = {'requests', 'input_tokens', 'output_tokens', 'cached_tokens', 'cost_nanos', 'errors',
                  'cancelled', 'estimated', 'unpriced'}
-for i, metric in ipairs(metrics) do
-  if ARGV[2 + i] ~= '0' then redis.call('HINCRBY', KEYS[1], ARGV[1] .. metric, ARGV[2 + i]) end
+-- A hash's expiry is set when the hash is made, not at every count: its first write then is the first of
+-- its fields, whose HINCRBY answers just its increment. So the expiry is set whenever the first field
+-- written here is new (a new hash, or a new field of one: the same instant again, harmless), never
+-- skipped for a new hash. (The instant is a function of the hash's day, so one write suffices.)
+local function count(key, field, by, first)
+  local value = redis.call('HINCRBY', key, field, by)
+  return first and tonumber(value) == tonumber(by)
 end
-redis.call('EXPIREAT', KEYS[1], ARGV[2])
+local fresh, first = false, true
+for i, metric in ipairs(metrics) do
+  if ARGV[2 + i] ~= '0' then
+    fresh = count(KEYS[1], ARGV[1] .. metric, ARGV[2 + i], first) or fresh
+    first = false
+  end
+end
+if fresh then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
 local rollups = tonumber(ARGV[14] or '0')
 for k = 2, #KEYS - rollups - 1, 2 do
   -- The hold still there is replaced by the real cost; one admit.lua already gave back (its
@@ -29,7 +41,11 @@ for k = 2, #KEYS - rollups - 1, 2 do
 end
 for r = 1, rollups do
   local key, prefix = KEYS[#KEYS - rollups + r], ARGV[13 + 2 * r]
-  for i = 15 + 2 * rollups, #ARGV - 1, 2 do redis.call('HINCRBY', key, prefix .. ARGV[i], ARGV[i + 1]) end
-  redis.call('EXPIREAT', key, ARGV[14 + 2 * r])
+  fresh, first = false, true
+  for i = 15 + 2 * rollups, #ARGV - 1, 2 do
+    fresh = count(key, prefix .. ARGV[i], ARGV[i + 1], first) or fresh
+    first = false
+  end
+  if fresh then redis.call('EXPIREAT', key, ARGV[14 + 2 * r]) end
 end
 return 1

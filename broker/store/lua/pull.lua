@@ -15,12 +15,20 @@ local prefix = string.sub(KEYS[1], 1, -6)  -- without 'sched'
 local consumer, want = ARGV[1], tonumber(ARGV[2])
 local nl = tonumber(ARGV[3])
 local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
+-- Each lane's first two tenants in turn order: whether it has any, whether more than one, and the one
+-- whose turn it is, in one command. `heads[i]` stays valid until this script reorders the lane (a
+-- lane's only tenant is never moved, so it serves every turn of the call); members[i] is 0, 1 or 2
+-- ("2 or more") until a miss needs the exact count.
+local heads, counted, working = {}, {}, 0
 for i = 1, nl do
   lanes[i] = ARGV[3 + i]
   weights[i] = tonumber(ARGV[3 + nl + i])
-  members[i] = redis.call('ZCARD', prefix .. 'active:' .. lanes[i])
+  heads[i] = redis.call('ZRANGE', prefix .. 'active:' .. lanes[i], 0, 1)
+  members[i] = #heads[i]
+  counted[i] = members[i] < 2
   misses[i] = 0
   done[i] = members[i] == 0
+  if not done[i] then working = working + 1 end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -28,11 +36,18 @@ local out, taken, guard = {}, 0, 0
 local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
 local left_in = {}  -- 'lane:tenant' -> its backlog after them
 local lane_left = {}  -- lane index -> its backlog after the last job taken from it
-while taken < want and guard < 100000 do
+-- Every lane's credit, read once: only this script writes them (below), so later turns keep them here.
+-- Not read at all when every lane is empty (an idle worker's poll), nor when one lane alone has work:
+-- then that lane wins every turn and its credit comes back to what it was (+weight, -total), so zeros
+-- stand in for them all and nothing is written.
+local stored = nil
+if working == 1 then stored = {} elseif working > 1 then stored = redis.call('HMGET', KEYS[1], unpack(lanes)) end
+-- The tenants' turn counter, taken only when a lane's round robin has more than one tenant to order.
+local function next_turn() return redis.call('HINCRBY', KEYS[1], 'turn', 1) end
+while stored and taken < want and guard < 100000 do
   guard = guard + 1
   local total, best, best_weight = 0, nil, nil
   local current = {}
-  local stored = redis.call('HMGET', KEYS[1], unpack(lanes))  -- one command for every lane's credit
   for i = 1, nl do
     if not done[i] then
       current[i] = tonumber(stored[i] or '0') + weights[i]
@@ -43,14 +58,13 @@ while taken < want and guard < 100000 do
   if best == nil then break end
   local lane = lanes[best]
   local active = prefix .. 'active:' .. lane
-  local tenant = redis.call('ZRANGE', active, 0, 0)[1]
+  local tenant = (heads[best] or redis.call('ZRANGE', active, 0, 0))[1]
   if not tenant then
     done[best] = true
   else
     local stream = prefix .. 'q:' .. lane .. ':' .. tenant
-    local turn = redis.call('HINCRBY', KEYS[1], 'turn', 1)
-    -- A tenant in the lane's active set has its stream (enqueue.lua, finish.lua and this script add and
-    -- remove both together); should it be gone anyway (evicted), XREADGROUP's NOGROUP error is a miss.
+    -- A tenant in the lane's active set has its stream (enqueue.lua makes both together, this script
+    -- retires both together); should it be gone anyway (evicted), XREADGROUP's NOGROUP error is a miss.
     local got = redis.pcall('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', 1, 'STREAMS', stream, '>')
     if type(got) == 'table' and got.err then got = nil end
     if got then
@@ -58,15 +72,27 @@ while taken < want and guard < 100000 do
       -- The lane's last waiting job: no other tenant's queue in it has one to give, so the lane is not
       -- probed again in this call (the next call probes it as ever: a miscount costs a probe, no job).
       lane_left[best] = redis.call('HINCRBY', KEYS[2], lane, -1)
-      if lane_left[best] <= 0 then done[best] = true end
       local own_field = lane .. ':' .. tenant
-      local own_left = redis.call('HINCRBY', KEYS[2], own_field, -1)
-      if own_left <= 0 then
+      local own_left = 0
+      if lane_left[best] <= 0 then
+        -- Nothing left waiting in the lane, so nothing in this tenant's queue of it either: its count
+        -- goes without being counted down first.
+        done[best] = true
         redis.call('HDEL', KEYS[2], own_field)
-        own_left = 0
+      else
+        own_left = redis.call('HINCRBY', KEYS[2], own_field, -1)
+        if own_left <= 0 then
+          redis.call('HDEL', KEYS[2], own_field)
+          own_left = 0
+        end
       end
       left_in[own_field] = own_left
-      redis.call('ZADD', active, turn, tenant)  -- to the back of the lane's round robin
+      -- To the back of the lane's round robin; the lane's only tenant is there already (a tenant that
+      -- joins later enters at the front, score 0, as it would anyway).
+      if members[best] > 1 then
+        redis.call('ZADD', active, next_turn(), tenant)
+        heads[best] = nil
+      end
       local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
       if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
         redis.call('XACK', stream, 'workers', entry[1])
@@ -88,14 +114,23 @@ while taken < want and guard < 100000 do
             credits[#credits + 1] = value
           end
         end
-        if #credits > 0 then redis.call('HSET', KEYS[1], unpack(credits)) end
+        if #credits > 0 then
+          redis.call('HSET', KEYS[1], unpack(credits))
+          for i, value in pairs(current) do
+            if i == best then value = value - total end
+            stored[i] = value
+          end
+        end
       end
     else
+      -- How many tenants a full cycle is: counted before this miss retires any.
+      if not counted[best] then members[best], counted[best] = redis.call('ZCARD', active), true end
+      heads[best] = nil
       if redis.call('XLEN', stream) == 0 then
         redis.call('ZREM', active, tenant)
         redis.call('DEL', stream)  -- its consumer group goes too; enqueue.lua recreates both
       else
-        redis.call('ZADD', active, turn, tenant)  -- only running jobs left: skip for now
+        redis.call('ZADD', active, next_turn(), tenant)  -- only running jobs left: skip for now
       end
       misses[best] = misses[best] + 1
       if misses[best] >= members[best] then done[best] = true end
