@@ -31,6 +31,7 @@ def test_the_two_minute_chaos_soak_passes() -> None:
     run = subprocess.run([sys.executable, "-m", "bench.chaos", *ARGS], cwd=REPO, capture_output=True, text=True,
                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     out = run.stdout + run.stderr
+    print(run.stdout)  # the soak's report: shown for a pass with `-rP`, and in the assertion for a failure
     assert run.returncode == 0, out
     plan = re.search(r"^chaos soak: 2 min, seed 3, (\d+) faults: (.*)$", out, re.M)
     assert plan and int(plan.group(1)) == 12, out
