@@ -31,8 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files in the order xdist should hand them out (README's test command: `--dist loadfile
-    --no-loadscope-reorder`): the chaos soak first (tests/test_chaos_soak.py, ~3 minutes, most of it
-    waiting), so one worker starts it at once while the others run everything else, then the files with
+    --no-loadscope-reorder`): the chaos soak first (tests/test_chaos_soak.py, ~130 s in a subprocess
+    of its own), so one worker starts it at once while the others run everything else, then the files with
     the most tests first (xdist's own reorder, which would put the one-test soak last), so the run does not
     end waiting on one big file. A plain run takes them in the same order; each test keeps its place in
     its file."""

@@ -3,8 +3,8 @@ Sentinel, 2 API processes, 3 workers, the batch worker, storm-switchable upstrea
 seeded schedule of faults, judged by its own checks (bench/chaos_checks.py: clients, jobs, billing, batch,
 memory, processes that died on their own).
 
-It runs as a subprocess, as a user would run it, and takes ~3 minutes (start, 2 minutes of load, the
-batch's drain), most of it waiting: tests/conftest.py schedules it first, so under xdist one worker
+It runs as a subprocess, as a user would run it, and takes ~130 s (start, 2 minutes of load, the
+batch's drain): tests/conftest.py schedules it first, so under xdist one worker
 carries it while the others run the rest of the suite.
 """
 
