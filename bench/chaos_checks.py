@@ -75,6 +75,14 @@ def _cut_by_kill(o: Outcome, kills: list[tuple[float, float]]) -> bool:
     return any(o.started <= killed <= o.ended + 0.5 for killed, _ in kills)
 
 
+def _drop(o: Outcome, kills: list[tuple[float, float]]) -> str:
+    """What is known of a drop, to look for its cause in the logs: its kind, error, how long the request
+    had run, and how far the nearest API kill was from its end."""
+    nearest = min((killed - o.ended for killed, _ in kills), key=abs, default=None)
+    near = "no API kill" if nearest is None else f"nearest API kill {nearest:+.1f} s from its end"
+    return f"{o.kind} {o.detail} after {o.ended - o.started:.1f} s, {near}"
+
+
 def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary: redis.Redis, namespace: str,
           batch: BatchResult, samples: list[Sample], died: list[str]) -> Report:
     report = Report()
@@ -95,7 +103,8 @@ def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary
     report.fail_if(bool(hangs), f"{len(hangs)} requests hung past their deadline")
     report.fail_if(bool(dishonest), f"{len(dishonest)} answers were neither an answer nor an honest refusal/error: "
                    + "; ".join(sorted({o.detail for o in dishonest})[:3]))
-    report.fail_if(bool(unexplained), f"{len(unexplained)} connections dropped with no API kill to explain it")
+    report.fail_if(bool(unexplained), f"{len(unexplained)} connections dropped with no API kill to explain it: "
+                   + "; ".join(_drop(o, api_kills) for o in unexplained[:3]))
 
     # -- jobs: every accepted one (a 200 started, a 202 given) ended
     accepted = [o for o in outcomes if o.job_id and o.result in ("ok", "error", "hang", "dishonest", "lost")]

@@ -3,6 +3,7 @@ tests/stacks.py (broker processes)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def pytest_configure(config: pytest.Config) -> None:
     share_the_default_ssl_context()
     config.addinivalue_line("markers", "upstream(serve=None, **options): the module's fake upstream: what "
                             "`serve()` returns, else the OpenAI fake with create_app's options (chunks=3, ...)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files in the order xdist should hand them out (README's test command: `--dist loadfile
+    --no-loadscope-reorder`): the chaos soak first (tests/test_chaos_soak.py, ~130 s in a subprocess
+    of its own), so one worker starts it at once while the others run everything else, then the files with
+    the most tests first (xdist's own reorder, which would put the one-test soak last), so the run does not
+    end waiting on one big file. A plain run takes them in the same order; each test keeps its place in
+    its file."""
+    per_file = Counter(item.path for item in items)
+    first_seen = {path: i for i, path in reversed(list(enumerate(item.path for item in items)))}
+    items.sort(key=lambda item: (item.path.name != "test_chaos_soak.py", -per_file[item.path], first_seen[item.path]))
 
 
 @pytest.fixture(scope="session", autouse=True)

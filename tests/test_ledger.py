@@ -141,6 +141,12 @@ def until_counted(base_url: str, model: str, requests: int, timeout_s: float = 5
         time.sleep(0.05)
 
 
+def counted(base_url: str, model: str) -> int:
+    """The model's requests in the ledger now: a test that adds one waits for this + 1, since the module's
+    earlier tests may have counted some already."""
+    return sum(r["requests"] for r in usage_report(base_url, group_by="model")["data"] if r["model"] == model)
+
+
 def test_answers_carry_their_cost_and_the_ledger_adds_them_up_to_the_cent(client: openai.OpenAI,
                                                                           base_url: str) -> None:
     costs = []
@@ -198,8 +204,9 @@ def test_a_cancelled_stream_is_charged_for_what_was_sent(base_url: str) -> None:
 
 
 def test_usage_is_tenant_scoped_and_its_query_is_checked(client: openai.OpenAI, base_url: str) -> None:
+    before = counted(base_url, "priced")
     client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "mine"}])
-    until_counted(base_url, "priced", 1)
+    until_counted(base_url, "priced", before + 1)
     theirs = usage_report(base_url, OTHER_KEY, group_by="model")
     assert theirs["data"] == [] and theirs["total"]["requests"] == 0
     for params, param in (({"start": "2026-13-01"}, "start"), ({"group_by": "colour"}, "group_by"),
@@ -214,8 +221,11 @@ def test_usage_is_tenant_scoped_and_its_query_is_checked(client: openai.OpenAI, 
 def test_the_cli_prints_the_same_report_and_check_config_warns_of_unpriced_deployments(
     client: openai.OpenAI, base_url: str, stack: Stack
 ) -> None:
+    # The module's earlier tests counted "priced" requests already: wait for this one's own record, or the
+    # CLI may read the ledger after it lands and the API before (a run on 3 xdist workers met that).
+    before = counted(base_url, "priced")
     client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "cli"}])
-    api = until_counted(base_url, "priced", 1)
+    api = until_counted(base_url, "priced", before + 1)
     cli = [sys.executable, "-m", "broker.cli"]
     printed = subprocess.run([*cli, "usage", "--config", str(stack.config_path), "--tenant", "test", "--group-by",
                               "model", "--json"], capture_output=True, text=True, check=True).stdout

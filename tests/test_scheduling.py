@@ -43,11 +43,13 @@ def start_stack(stack_factory: StackFactory, upstream: UpstreamServer) -> tuple[
     return stack, stack.up(("up", "--concurrency", "4"))
 
 
-async def wait_for(namespace: str, check: Any) -> None:
+async def wait_for(namespace: str, check: Any, timeout_s: float = 60) -> None:
     client = redis.asyncio.Redis.from_url(REDIS_URL)
     keys = Keys(namespace)
+    end = asyncio.get_running_loop().time() + timeout_s
     try:
         while not await check(client, keys):
+            assert asyncio.get_running_loop().time() < end, f"{check.__qualname__}: not met in {timeout_s} s"
             await asyncio.sleep(0.02)
     finally:
         await client.aclose()
