@@ -2,6 +2,7 @@
 
     python -m bench.chaos                         # 30 minutes, seed 1
     python -m bench.chaos --minutes 1 --seed 7 --batch-lines 1000
+    python -m bench.chaos --hosts-apart           # as root: each host a network namespace of its own
 
 One run starts: Redis as a primary and a replica under 3 Sentinels (bench/chaos_redis.py); two fake
 OpenAI upstreams whose storms it switches (bench/chaos_upstream.py); 2 API processes; workers for 2
@@ -13,6 +14,12 @@ back as a replica), and upstream storms of 429, 500, hangs and cut streams.
 
 It prints what it saw and exits 1 if a check fails (bench/chaos_checks.py): clients, jobs, billing,
 batch, memory.
+
+`--hosts-apart` runs the same on HOSTS_APART, network namespaces on a bridge (bench/hosts.py): the
+Redis primary and replica on hosts of their own (killing the primary is one host's Redis going away),
+the third Sentinel alone, two API hosts, two worker hosts, and a storage host with the upstreams and
+an S3 server (moto's) that holds the Batch API's files. Every role has its own directory, config copy
+and TMPDIR; every address in a config is a 10.231.X.Y one. The load runs in the root namespace.
 """
 
 from __future__ import annotations
