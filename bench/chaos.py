@@ -169,8 +169,9 @@ class System:
 def launch(role: Role) -> None:
     # Its own working directory and TMPDIR: nothing a role writes is where another reads. The code is
     # this checkout's, as an installed package is every host's own copy.
+    # The log is appended to: a restarted role's log still holds what happened before its kill.
     role.proc = start(role.args, role.log, {"PYTHONPATH": str(REPO), "TMPDIR": str(role.directory)},
-                      cwd=role.directory)
+                      cwd=role.directory, append=True)
 
 
 def await_ready(role: Role) -> None:

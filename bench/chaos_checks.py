@@ -13,6 +13,7 @@ client was cut off by an API kill.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -96,6 +97,9 @@ def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary
     report.fail_if(bool(dishonest), f"{len(dishonest)} answers were neither an answer nor an honest refusal/error: "
                    + "; ".join(sorted({o.detail for o in dishonest})[:3]))
     report.fail_if(bool(unexplained), f"{len(unexplained)} connections dropped with no API kill to explain it")
+    for o in unexplained[:10]:  # where to look in the API's log (kept across its restarts)
+        report.say(f"    unexplained drop: {o.kind} to {o.api} at {time.strftime('%H:%M:%S', time.gmtime(o.wall))} UTC, "
+                   f"{o.ended - o.started:.1f} s in, {o.detail}")
 
     # -- jobs: every accepted one (a 200 started, a 202 given) ended
     accepted = [o for o in outcomes if o.job_id and o.result in ("ok", "error", "hang", "dishonest", "lost")]
