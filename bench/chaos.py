@@ -406,7 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     namespace = f"chaos-{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix="llm-broker-chaos-"))
     # SIGTERM as Ctrl-C: the same way out, through every `finally` below (processes, namespaces, files).
+    # SIGINT too, explicitly: a shell starts a background job with SIGINT ignored, and `kill -INT` must
+    # still end it cleanly.
     signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     code = 1
     try:
         with ExitStack() as stack:
@@ -419,6 +422,10 @@ def main(argv: list[str] | None = None) -> None:
                 layout = Layout.one_host(tmp)
             system = stack.enter_context(running(tmp / "load", namespace, layout))
             code = asyncio.run(soak(system, opts, namespace))
+    except KeyboardInterrupt as exc:  # everything is stopped and removed by now (the `with` above)
+        print(f"interrupted ({exc or 'SIGINT'}): every process stopped"
+              + (", every namespace removed" if opts.hosts_apart else ""), file=sys.stderr, flush=True)
+        code = 130
     finally:
         if opts.keep:
             print(f"logs in {tmp}")
