@@ -138,7 +138,8 @@ class System:
     apis: list[Role] = field(default_factory=list)
     workers: list[Role] = field(default_factory=list)
     others: list[Role] = field(default_factory=list)
-    api_kills: list[tuple[float, float]] = field(default_factory=list)  # (killed, serving again), monotonic
+    # (SIGKILL sent, the process reaped, serving again), monotonic
+    api_kills: list[tuple[float, float, float]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     t0: float = 0.0
 
@@ -248,11 +249,17 @@ def schedule(rng: random.Random, minutes: float) -> list[tuple[float, str]]:
 async def inject(system: System, rng: random.Random, kind: str) -> None:
     if kind == "kill_api":
         role = rng.choice(system.apis)
-        os.kill(role.pid, signal.SIGKILL)
+        old = role.proc
+        assert old is not None
         killed = time.monotonic()
-        system.note(f"SIGKILL {role.name} (pid {role.pid}), restarting it")
+        os.kill(old.pid, signal.SIGKILL)
+        # Until the kernel has torn the killed process down, its listening socket still completes
+        # handshakes, then resets them: a request sent in that moment is cut by this kill too.
+        await asyncio.to_thread(old.wait)
+        gone = time.monotonic()
+        system.note(f"SIGKILL {role.name} (pid {old.pid}; gone after {(gone - killed) * 1000:.0f} ms), restarting it")
         await asyncio.to_thread(spawn, role)
-        system.api_kills.append((killed, time.monotonic()))
+        system.api_kills.append((killed, gone, time.monotonic()))
         system.note(f"{role.name} serving again after {time.monotonic() - killed:.1f} s")
     elif kind == "kill_worker":
         role = rng.choice(system.workers)

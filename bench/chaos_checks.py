@@ -72,11 +72,12 @@ def usage_records(primary: redis.Redis, namespace: str) -> list[UsageRecord]:
         cursor = "(" + entries[-1][0].decode()
 
 
-def _cut_by_kill(o: Outcome, kills: list[tuple[float, float]]) -> bool:
-    return any(o.started <= killed <= o.ended + 0.5 for killed, _ in kills)
+def _cut_by_kill(o: Outcome, kills: list[tuple[float, float, float]]) -> bool:
+    """Sent before the killed API process was gone, and not over before the kill."""
+    return any(o.started <= gone and killed <= o.ended + 0.5 for killed, gone, _ in kills)
 
 
-def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary: redis.Redis, namespace: str,
+def check(outcomes: list[Outcome], api_kills: list[tuple[float, float, float]], primary: redis.Redis, namespace: str,
           batch: BatchResult, samples: list[Sample], died: list[str]) -> Report:
     report = Report()
     report.fail_if(bool(died), "processes exited on their own: " + ", ".join(died))
@@ -98,7 +99,7 @@ def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary
                    + "; ".join(sorted({o.detail for o in dishonest})[:3]))
     report.fail_if(bool(unexplained), f"{len(unexplained)} connections dropped with no API kill to explain it")
     for o in unexplained[:10]:  # where to look in the API's log (kept across its restarts)
-        report.say(f"    unexplained drop: {o.kind} to {o.api} at {time.strftime('%H:%M:%S', time.gmtime(o.wall))} UTC, "
+        report.say(f"    unexplained drop: {o.kind} to {o.api} at {time.strftime('%H:%M:%S', time.gmtime(o.wall))}.{int(o.wall * 1000) % 1000:03d} UTC, "
                    f"{o.ended - o.started:.1f} s in, {o.detail}")
 
     # -- jobs: every accepted one (a 200 started, a 202 given) ended
