@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-lines", type=int, default=10_000)
     parser.add_argument("--drain-s", type=float, default=180, help="how long the batch may take after the load")
     parser.add_argument("--hosts-apart", action="store_true",
-                        help="each host a network namespace of its own, on a bridge (root only): " + ", ".join(HOSTS_APART))
+                        help="each host a network namespace of its own, on a bridge (root only): "
+                        + ", ".join(HOSTS_APART))
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs) and say where")
     opts = parser.parse_args(argv)
     if opts.hosts_apart:

@@ -99,8 +99,8 @@ def check(outcomes: list[Outcome], api_kills: list[tuple[float, float, float]], 
                    + "; ".join(sorted({o.detail for o in dishonest})[:3]))
     report.fail_if(bool(unexplained), f"{len(unexplained)} connections dropped with no API kill to explain it")
     for o in unexplained[:10]:  # where to look in the API's log (kept across its restarts)
-        report.say(f"    unexplained drop: {o.kind} to {o.api} at {time.strftime('%H:%M:%S', time.gmtime(o.wall))}.{int(o.wall * 1000) % 1000:03d} UTC, "
-                   f"{o.ended - o.started:.1f} s in, {o.detail}")
+        at = f"{time.strftime('%H:%M:%S', time.gmtime(o.wall))}.{int(o.wall * 1000) % 1000:03d}"
+        report.say(f"    unexplained drop: {o.kind} to {o.api} at {at} UTC, {o.ended - o.started:.1f} s in, {o.detail}")
 
     # -- jobs: every accepted one (a 200 started, a 202 given) ended
     accepted = [o for o in outcomes if o.job_id and o.result in ("ok", "error", "hang", "dishonest", "lost")]

@@ -41,7 +41,8 @@ class RedisNode:
         _wait(self.answers, f"redis on {self.address} did not start")
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        data = ["--replica-announce-ip", self.host.ip, "--masterauth", self.password] if "--sentinel" not in args else []
+        sentinel = "--sentinel" in args
+        data = [] if sentinel else ["--replica-announce-ip", self.host.ip, "--masterauth", self.password]
         return subprocess.Popen(self.host.cmd(["redis-server", *args, "--port", str(self.port), "--bind", self.host.ip,
                                                "--requirepass", self.password, *data, "--dir", str(self.directory)]),
                                 stdout=open(self.directory / "log", "ab"), stderr=subprocess.STDOUT,

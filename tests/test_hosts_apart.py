@@ -48,9 +48,10 @@ def test_a_chat_and_a_batch_cross_hosts(tmp_path: Path) -> None:
         layout = Layout((h["redis"], h["redis"]), (h["redis"], h["redis"], h["redis"]), h["storage"], h["storage"],
                         (h["api"],), (("a", h["worker"]),), h["worker"])
         with running(tmp_path / "client", f"apart-{secrets.token_hex(4)}", layout) as system:
-            for role in system.procs():
-                config = (role.directory / "broker.yaml").read_text() if role.name.startswith(("api", "worker", "batch")) \
-                    else ""
+            broker_roles = [*system.apis, *system.workers, *[r for r in system.others if r.name == "batch-worker"]]
+            assert len(broker_roles) == 3
+            for role in broker_roles:
+                config = (role.directory / "broker.yaml").read_text()
                 assert "127.0.0.1" not in config and "localhost" not in config, role.name
             client = openai.OpenAI(base_url=system.api_urls()[0], api_key=BROKER_KEY, max_retries=0, timeout=20)
 
