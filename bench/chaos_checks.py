@@ -13,6 +13,7 @@ client was cut off by an API kill.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -71,19 +72,20 @@ def usage_records(primary: redis.Redis, namespace: str) -> list[UsageRecord]:
         cursor = "(" + entries[-1][0].decode()
 
 
-def _cut_by_kill(o: Outcome, kills: list[tuple[float, float]]) -> bool:
-    return any(o.started <= killed <= o.ended + 0.5 for killed, _ in kills)
+def _cut_by_kill(o: Outcome, kills: list[tuple[float, float, float]]) -> bool:
+    """Sent before the killed API process was gone, and not over before the kill."""
+    return any(o.started <= gone and killed <= o.ended + 0.5 for killed, gone, _ in kills)
 
 
-def _drop(o: Outcome, kills: list[tuple[float, float]]) -> str:
+def _drop(o: Outcome, kills: list[tuple[float, float, float]]) -> str:
     """What is known of a drop, to look for its cause in the logs: its kind, error, how long the request
     had run, and how far the nearest API kill was from its end."""
-    nearest = min((killed - o.ended for killed, _ in kills), key=abs, default=None)
+    nearest = min((killed - o.ended for killed, _, _ in kills), key=abs, default=None)
     near = "no API kill" if nearest is None else f"nearest API kill {nearest:+.1f} s from its end"
     return f"{o.kind} {o.detail} after {o.ended - o.started:.1f} s, {near}"
 
 
-def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary: redis.Redis, namespace: str,
+def check(outcomes: list[Outcome], api_kills: list[tuple[float, float, float]], primary: redis.Redis, namespace: str,
           batch: BatchResult, samples: list[Sample], died: list[str]) -> Report:
     report = Report()
     report.fail_if(bool(died), "processes exited on their own: " + ", ".join(died))
@@ -105,6 +107,9 @@ def check(outcomes: list[Outcome], api_kills: list[tuple[float, float]], primary
                    + "; ".join(sorted({o.detail for o in dishonest})[:3]))
     report.fail_if(bool(unexplained), f"{len(unexplained)} connections dropped with no API kill to explain it: "
                    + "; ".join(_drop(o, api_kills) for o in unexplained[:3]))
+    for o in unexplained[:10]:  # where to look in the API's log (kept across its restarts)
+        at = f"{time.strftime('%H:%M:%S', time.gmtime(o.wall))}.{int(o.wall * 1000) % 1000:03d}"
+        report.say(f"    unexplained drop: {o.kind} to {o.api} at {at} UTC, {o.ended - o.started:.1f} s in, {o.detail}")
 
     # -- jobs: every accepted one (a 200 started, a 202 given) ended
     accepted = [o for o in outcomes if o.job_id and o.result in ("ok", "error", "hang", "dishonest", "lost")]

@@ -38,6 +38,8 @@ class Outcome:
     job_id: str = ""
     cost: float | None = None  # usage.cost the client saw with its answer
     detail: str = ""
+    api: str = ""  # the base URL it went to
+    wall: float = field(default_factory=time.time)  # when it started, to find it in the roles' logs
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Load:
             kind = self.rng.choices(KINDS, WEIGHTS)[0]
             outcome = Outcome(kind, time.monotonic())
             self.outcomes.append(outcome)
-            api = self.rng.choice(self.apis)
+            api = outcome.api = self.rng.choice(self.apis)
             try:
                 run = {"nonstream": self.nonstream, "stream": self.stream, "async": self.async_job,
                        "resume": self.resume}[kind]

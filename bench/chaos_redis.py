@@ -2,6 +2,13 @@
 redis-sentinel), each a process of its own on a free port, so the soak can SIGKILL the primary, watch
 Sentinel promote the replica, and bring the old primary back as a replica of the new one.
 
+Each node runs on a `Host` (bench/hosts.py): all on this machine, or primary and replica on two hosts
+apart so that killing the primary is one host's Redis going away. Every node binds its host's address
+and announces it (`replica-announce-ip`, `sentinel announce-ip`): what Sentinel hands the broker is
+the address other hosts reach, never a loopback one. Every node and Sentinel asks for a password
+(`requirepass`; `masterauth`, `sentinel auth-pass`): Redis's protected mode refuses a password-less
+server's clients from any address but loopback, as a deployment across hosts would meet it.
+
 As tests/test_sentinel.py sets them up, with a quorum of 2 of 3 (a real deployment's), 1 s to call a
 primary down (`down-after-milliseconds`) and no persistence: what a failover loses is what had not
 reached the replica yet (README, "What a Sentinel failover can lose").
@@ -9,13 +16,14 @@ reached the replica yet (README, "What a Sentinel failover can lose").
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import redis
 
+from bench.hosts import Host
 from broker.cli.embedded_redis import free_port
 
 SERVICE = "mymaster"
@@ -24,17 +32,21 @@ DATA = ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]
 
 
 class RedisNode:
-    def __init__(self, directory: Path, port: int, *args: str) -> None:
-        self.directory, self.port, self.args = directory, port, args
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, host: Host, name: str, port: int, password: str, *args: str) -> None:
+        self.host, self.port, self.args, self.password = host, port, args, password
+        self.directory = host.role_dir(name)
+        self.address = f"{host.ip}:{port}"
         self.proc = self._spawn(*args)
-        self.client = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
-        _wait(self.answers, f"redis on {port} did not start")
+        self.client = redis.Redis(host=host.ip, port=port, password=password, socket_timeout=2, decode_responses=True)
+        _wait(self.answers, f"redis on {self.address} did not start")
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["redis-server", *args, "--port", str(self.port), "--bind", "127.0.0.1",
-                                 "--dir", str(self.directory)], stdout=open(self.directory / "log", "ab"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        sentinel = "--sentinel" in args
+        data = [] if sentinel else ["--replica-announce-ip", self.host.ip, "--masterauth", self.password]
+        return subprocess.Popen(self.host.cmd(["redis-server", *args, "--port", str(self.port), "--bind", self.host.ip,
+                                               "--requirepass", self.password, *data, "--dir", str(self.directory)]),
+                                stdout=open(self.directory / "log", "ab"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
     def answers(self) -> bool:
         try:
@@ -48,7 +60,7 @@ class RedisNode:
 
     def restart(self, *args: str) -> None:
         self.proc = self._spawn(*args)
-        _wait(self.answers, f"redis on {self.port} did not come back")
+        _wait(self.answers, f"redis on {self.address} did not come back")
 
     def stop(self) -> None:
         self.client.close()
@@ -58,27 +70,32 @@ class RedisNode:
 
 
 class SentinelRedis:
-    """Primary + replica + 3 sentinels. `url` is the broker's `redis+sentinel://` URL."""
+    """Primary + replica + 3 sentinels, each on its host. `url` is the broker's `redis+sentinel://` URL."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, nodes: tuple[Host, Host], sentinels: tuple[Host, Host, Host]) -> None:
         for tool in ("redis-server", "redis-sentinel"):
             if not shutil.which(tool):
                 raise SystemExit(f"the chaos soak needs {tool} (Debian: apt-get install redis-server redis-sentinel)")
-        self.nodes = {}
-        primary = RedisNode(directory / "a", free_port(), *DATA)
-        replica = RedisNode(directory / "b", free_port(), *DATA, "--replicaof", "127.0.0.1", str(primary.port))
-        self.nodes = {primary.port: primary, replica.port: replica}
+        self.password = password = secrets.token_hex(16)
+        primary = RedisNode(nodes[0], "redis-a", free_port(), password, *DATA)
+        replica = RedisNode(nodes[1], "redis-b", free_port(), password, *DATA, "--replicaof", primary.host.ip,
+                            str(primary.port))
+        self.nodes = {primary.address: primary, replica.address: replica}
         self.sentinels: list[RedisNode] = []
-        for i in range(3):
-            conf = directory / f"sentinel-{i}" / "sentinel.conf"  # Sentinel rewrites its config: one each
-            conf.parent.mkdir(parents=True)
-            conf.write_text(f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
+        for i, host in enumerate(sentinels):
+            conf = host.role_dir(f"sentinel-{i}") / "sentinel.conf"  # Sentinel rewrites its config: one each
+            port = free_port()
+            conf.write_text(f"sentinel monitor {SERVICE} {primary.host.ip} {primary.port} 2\n"
                             f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                             f"sentinel failover-timeout {SERVICE} 5000\n"
-                            f"sentinel parallel-syncs {SERVICE} 1\n")
-            self.sentinels.append(RedisNode(conf.parent, free_port(), str(conf), "--sentinel"))
-        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+                            f"sentinel parallel-syncs {SERVICE} 1\n"
+                            f"sentinel auth-pass {SERVICE} {password}\n"
+                            f"sentinel announce-ip {host.ip}\n"
+                            f"sentinel announce-port {port}\n")
+            # A Sentinel's requirepass is also what it gives the other Sentinels (Redis 6.2+, sentinel.conf).
+            self.sentinels.append(RedisNode(host, f"sentinel-{i}", port, password, str(conf), "--sentinel"))
+        self.url = (f"redis+sentinel://:{password}@{','.join(s.address for s in self.sentinels)}/{SERVICE}/0"
+                    f"?sentinel_password={password}")
         _wait(lambda: self._replica_seen(replica), "the sentinels never saw the replica in sync", 30)
 
     def _replica_seen(self, replica: RedisNode) -> bool:
@@ -88,23 +105,25 @@ class SentinelRedis:
         except redis.RedisError:
             return False
 
-    def primary_port(self) -> int:
+    def primary_address(self) -> str:
         for sentinel in self.sentinels:
             try:
-                return int(sentinel.client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)[1])
-            except (redis.RedisError, TypeError):
+                host, port = sentinel.client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+                return f"{host}:{port}"
+            except (redis.RedisError, TypeError, ValueError):
                 continue
         raise RuntimeError("no sentinel answers")
 
     def primary(self) -> redis.Redis:
         """A client of the primary as the sentinels see it now (for the soak's own reads)."""
-        return redis.Redis(port=self.primary_port(), socket_timeout=5)
+        host, port = self.primary_address().rsplit(":", 1)
+        return redis.Redis(host=host, port=int(port), password=self.password, socket_timeout=5)
 
     def fail_over(self) -> tuple[float, int]:
         """SIGKILL the primary; wait for Sentinel to promote the replica; bring the old primary back as a
         replica of the new one. Returns (seconds until the promotion, writes the replica had not got)."""
-        old = self.nodes[self.primary_port()]
-        new = next(node for port, node in self.nodes.items() if port != old.port)
+        old = self.nodes[self.primary_address()]
+        new = next(node for address, node in self.nodes.items() if address != old.address)
         try:
             behind = int(old.client.info("replication")["master_repl_offset"]) - \
                 int(new.client.info("replication")["slave_repl_offset"])
@@ -112,9 +131,9 @@ class SentinelRedis:
             behind = -1
         old.kill()
         killed = time.monotonic()
-        _wait(lambda: self.primary_port() == new.port, "Sentinel never promoted the replica", 60)
+        _wait(lambda: self.primary_address() == new.address, "Sentinel never promoted the replica", 60)
         promoted_s = time.monotonic() - killed
-        old.restart(*DATA, "--replicaof", "127.0.0.1", str(new.port))
+        old.restart(*DATA, "--replicaof", new.host.ip, str(new.port))
         return promoted_s, behind
 
     def stop(self) -> None:

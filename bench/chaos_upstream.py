@@ -8,7 +8,7 @@ While a storm blows, every chat call gets it: a 429 with `retry-after` (OpenAI's
 or a cut stream (the SSE response ends after its third body write, with neither a finish_reason nor
 `[DONE]`; a non-stream call then gets the 500). `GET /v1/fake/stats` counts the calls, as the fake does.
 
-    python -m bench.chaos_upstream --port 9100
+    python -m bench.chaos_upstream --port 9100 [--host 10.231.0.12]
 """
 
 from __future__ import annotations
@@ -100,12 +100,13 @@ async def _send_json(send: Send, value: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--chunk-delay-s", type=float, default=0.05)
     args = parser.parse_args(argv)
     app = Storms(create_app(chunks=args.chunks, chunk_delay_s=args.chunk_delay_s))
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,15 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.Popen[bytes]:
+def start(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO,
+          append: bool = False) -> subprocess.Popen[bytes]:
     # An llm-broker installed from another checkout must not be what runs: `python -m` from cwd=REPO
     # already finds this one first; PYTHONPATH says so to anything those processes start too. Not for a
     # tool run elsewhere (LiteLLM, cwd=tmp), whose imports are its own venv's.
     extra = {}
     if cwd == REPO:
         extra["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=cwd,
+    return subprocess.Popen(args, stdout=open(log, "ab" if append else "wb"), stderr=subprocess.STDOUT, cwd=cwd,
                             env={**os.environ, **extra, **(env or {})}, start_new_session=True)
 
 

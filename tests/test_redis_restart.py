@@ -170,6 +170,7 @@ def test_waiting_requests_fail_at_once_when_redis_comes_back_without_their_jobs(
         for answer in (running.result(), queued.result()):
             assert answer.status_code == 503, answer.text
             assert answer.json()["error"]["code"] == "job_lost"
+            assert answer.headers["retry-after"] == "1"  # a 503 that says "retry" says when
         assert time.monotonic() - restarted < 5
     end = time.monotonic() + 5
     while len(openai_upstream.DISCONNECTS) <= disconnects:  # the worker was told to stop paying for it

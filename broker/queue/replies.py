@@ -55,6 +55,9 @@ LOCAL_FAILURE = -1
 # How long waiting requests wait for a lost reply channel to come back.
 RECOVERY_GRACE_S = 5.0
 LOST_RECHECK_S = 0.25  # see _recover
+# A 503 that says "please retry" says when (RFC 9110 §10.2.3): the Redis that lost the job or reply
+# answers again, so a retry can go almost at once, as the API's other Redis 503s say (api/unavailable.py).
+RETRY_AFTER_S = 1.0
 
 
 class ReplyGap(Exception):
@@ -62,7 +65,7 @@ class ReplyGap(Exception):
 
     def as_error(self) -> BrokerError:
         """What the client is told: the answer cannot be completed here, a retry will be."""
-        return Unavailable(f"{self}; please retry", code="reply_lost")
+        return Unavailable(f"{self}; please retry", code="reply_lost", retry_after_s=RETRY_AFTER_S)
 
 
 class AttemptRestarted(ReplyGap):
@@ -269,7 +272,7 @@ class ReplyRouter:
                 continue
             lost += 1
             waiter.give_up(Unavailable("Redis lost this request's job (it restarted without its data); "
-                                       "please retry", code="job_lost"))
+                                       "please retry", code="job_lost", retry_after_s=RETRY_AFTER_S))
             waiter.abandon()  # a worker may still hold it in memory
         if lost:
             log.error("Redis lost %d waiting jobs (restarted without its data); their clients were told to retry",

@@ -25,9 +25,13 @@ UNSIGNED_SETUP_CALLS = 3
 
 
 class S3Server:
-    def __init__(self, log_path: Path) -> None:
+    """`host` is the address it binds (and is reached at); `prefix` what runs it there (bench/hosts.py's
+    `ip netns exec NAME`, when the storage is a host apart)."""
+
+    def __init__(self, log_path: Path, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> None:
         self.port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.endpoint_url = f"http://{host}:{self.port}"
+        self.host, self.prefix = host, prefix
         self.log_path = log_path
         self.access_key_id = self.secret_access_key = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -36,7 +40,7 @@ class S3Server:
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(UNSIGNED_SETUP_CALLS)}
         moto_server = Path(sys.executable).parent / "moto_server"
         with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(self.port)],
+            self._proc = subprocess.Popen([*self.prefix, str(moto_server), "-H", self.host, "-p", str(self.port)],
                                           stdout=log, stderr=subprocess.STDOUT, env=env)
         end = time.monotonic() + 30
         while True:
@@ -53,6 +57,10 @@ class S3Server:
         key = iam.create_access_key(UserName="broker")["AccessKey"]
         self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
         return self
+
+    def returncode(self) -> int | None:
+        """None while the server runs; its exit status once it has exited."""
+        return self._proc.poll() if self._proc is not None else None
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
