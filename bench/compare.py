@@ -187,6 +187,9 @@ def main() -> None:
                        help="Redis memory and API RSS per open stream, --hold-streams held open")
     goals.add_argument("--hold-streams", type=int, default=1000)
     goals.add_argument("--hold-stream-s", type=float, default=10.0, help="how long each held stream lasts")
+    parser.add_argument("--durability", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure what `redis.durability: replicated` adds at c=1 (bench/durability.py, "
+                             "on a primary and a replica of its own, ~20 s)")
     opts = parser.parse_args()
     began = time.monotonic()  # the whole run's wall time is printed: the default run should stay ~5 minutes
 
@@ -348,6 +351,12 @@ def main() -> None:
                  probe.costs, burst, held)
     print("\nissue 22's goals (added = broker minus direct, same run; LiteLLM: its first --litellm-workers run)")
     print("\n".join(render(table)))
+    if opts.durability:
+        # A cost only when configured (README, "What replicated durability costs"): its own stack, since
+        # it needs a replica, with the same c=1 load, alternating rounds against the default.
+        print("\nredis.durability: replicated against async, c=1, one primary and one replica (bench.durability)",
+              flush=True)
+        subprocess.run([sys.executable, "-m", "bench.durability", "--rounds", "4"], check=False)
     print(f"  run took {time.monotonic() - began:.0f} s")
 
 
