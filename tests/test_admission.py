@@ -11,6 +11,7 @@ import aiohttp
 import httpx
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from bench.loadgen import run_load
 from broker.config import hash_key
@@ -208,29 +209,42 @@ def test_keys_return_to_baseline_after_5000_jobs(stack_factory: StackFactory, na
             == {k for k in baseline if not k.endswith(b":sched")})
 
 
+# -- enqueue.lua and admit_enqueue.lua called directly: one mock provider, a live worker, tenant t's jobs
+
+def _one_mock_provider(namespace: str) -> Any:
+    from broker.config import validate
+    return validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},
+                     "models": {"m": [{"provider": "mock", "model": "m"}]}, "tenants": {}}, source="test")
+
+
+async def _live_worker(client: Any, keys: Keys) -> None:
+    seconds, _ = await client.time()
+    await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a heartbeat a minute ahead
+
+
+def _embedding_job(job_id: str) -> Any:
+    from broker.queue.jobs import Job
+    from broker.queue.payloads import EmbeddingPayload
+    from broker.wire import EmbeddingRequest
+    return Job(id=job_id, tenant="t", model="m", provider="mock", upstream_model="m", reply_to="",
+               created=time.time(), deadline=time.time() + 600,
+               payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
+
+
 async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str) -> None:
     # A drain rate measured near zero put the wait at ~1e17 ms: Lua's tostring wrote it as "1e+17", which
     # the reply's int() parse refused, and the request got a 500 instead of the queue's 429.
-    from redis.asyncio import Redis as AsyncRedis
-
-    from broker.config import validate
     from broker.errors import RateLimited
-    from broker.queue.jobs import Job
-    from broker.queue.payloads import EmbeddingPayload
     from broker.queue.streams import QueueScripts, enqueue
-    from broker.wire import EmbeddingRequest
 
-    config = validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},
-                       "models": {"m": [{"provider": "mock", "model": "m"}]}, "tenants": {}}, source="test")
+    config = _one_mock_provider(namespace)
     keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
     try:
         scripts = QueueScripts(client)
-        seconds, _ = await client.time()
-        await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a live worker
+        await _live_worker(client, keys)
         await client.hset(keys.backlog("mock"), mapping={"default": 100, "default:t": 100})
         await client.hset(keys.drain("mock"), mapping={"default:t:rate": 1e-15})
-        job = Job(id="j", tenant="t", model="m", provider="mock", upstream_model="m", reply_to="", created=time.time(),
-                  deadline=time.time() + 600, payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
+        job = _embedding_job("j")
         with pytest.raises(RateLimited) as info:
             await enqueue(scripts, keys, config, job)
         assert info.value.code == "queue_full" and info.value.retry_after_s is not None
@@ -243,30 +257,17 @@ async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(nam
     # enqueue.lua makes a tenant's stream and group only when the tenant joins the lane's active set (the
     # two live and go together). A stream gone while its tenant stays active (evicted) must not take the
     # job in a stream without the workers' group, where no worker would ever read it.
-    from redis.asyncio import Redis as AsyncRedis
-
-    from broker.config import validate
-    from broker.queue.jobs import Job
-    from broker.queue.payloads import EmbeddingPayload
     from broker.queue.streams import QueueScripts, enqueue, pull
-    from broker.wire import EmbeddingRequest
 
-    config = validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},
-                       "models": {"m": [{"provider": "mock", "model": "m"}]}, "tenants": {}}, source="test")
+    config = _one_mock_provider(namespace)
     keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
     try:
         scripts = QueueScripts(client)
-        seconds, _ = await client.time()
-        await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a live worker
-
-        def job(n: int) -> Job:
-            return Job(id=f"j{n}", tenant="t", model="m", provider="mock", upstream_model="m", reply_to="",
-                       created=time.time(), deadline=time.time() + 600,
-                       payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
-
-        await enqueue(scripts, keys, config, job(1))  # the tenant joins the lane: its stream and group made
+        await _live_worker(client, keys)
+        # The tenant joins the lane: its stream and group are made.
+        await enqueue(scripts, keys, config, _embedding_job("j1"))
         await client.delete(keys.queue("mock", "default", "t"))  # evicted; the tenant is still active
-        await enqueue(scripts, keys, config, job(2))
+        await enqueue(scripts, keys, config, _embedding_job("j2"))
         pulled = await pull(scripts, keys, config.queue, "mock", "w", 10)
         assert [p.job_id for p in pulled] == ["j2"]
     finally:
@@ -276,30 +277,21 @@ async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(nam
 async def test_an_admission_riding_with_the_enqueue_queues_only_what_it_admits(namespace: str) -> None:
     # On one Redis the request's admission and its job's enqueue are one call (admit_enqueue.lua): a
     # request the rate limit refuses is refused before anything is queued or counted, as in two calls.
-    from redis.asyncio import Redis as AsyncRedis
-
-    from broker.config import Tenant, validate
+    from broker.config import Tenant
     from broker.errors import RateLimited
     from broker.limits.ratelimit import Deferred, Limiter, scopes_of
-    from broker.queue.jobs import Job
-    from broker.queue.payloads import EmbeddingPayload
     from broker.queue.streams import QueueScripts, Refused, enqueue
-    from broker.wire import EmbeddingRequest
 
-    config = validate({"namespace": namespace, "providers": {"mock": {"kind": "mock"}},
-                       "models": {"m": [{"provider": "mock", "model": "m"}]}, "tenants": {}}, source="test")
+    config = _one_mock_provider(namespace)
     keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
     try:
         scripts, limiter = QueueScripts(client), Limiter(client, keys)
         assert scripts.one_redis
-        seconds, _ = await client.time()
-        await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a live worker
+        await _live_worker(client, keys)
         tenant = Tenant(keys=[], rpm=1, max_concurrent=5)
 
         async def send(n: int) -> tuple[Deferred, bytes]:
-            job = Job(id=f"j{n}", tenant="t", model="m", provider="mock", upstream_model="m", reply_to="",
-                      created=time.time(), deadline=time.time() + 600,
-                      payload=EmbeddingPayload(EmbeddingRequest(model="m", input="x")))
+            job = _embedding_job(f"j{n}")
             call = limiter.deferred(scopes_of(keys, "t", tenant, None), 1, job.id, job.deadline, tenant_name="t")
             assert isinstance(call, Deferred)
             return call, await enqueue(scripts, keys, config, job, call)

@@ -35,11 +35,8 @@ ASK = [{"role": "user", "content": "kept?"}]
 
 
 @pytest.fixture
-def primary(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
+def primary(own_redis: RedisServer) -> RedisServer:
+    return own_redis  # a Redis of the test's own (tests/conftest.py), which the replica follows
 
 
 @pytest.fixture
