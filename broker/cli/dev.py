@@ -84,7 +84,8 @@ async def _serve(config: Config, args: argparse.Namespace, sock: socket.socket, 
     tasks = [asyncio.create_task(w.run()) for w in workers]
     batches = asyncio.create_task(batch_worker.run(config))  # the Batch API's batches
     server = Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on",
-                                   http=OpenAIErrorsHTTPProtocol, backlog=config.server.listen_backlog))
+                                   http=OpenAIErrorsHTTPProtocol, backlog=config.server.listen_backlog,
+                                   timeout_keep_alive=config.server.keep_alive_s))
     serving = asyncio.create_task(serve())
     try:
         while not server.started and not serving.done():

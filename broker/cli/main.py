@@ -311,6 +311,7 @@ def _run_api(args: argparse.Namespace, config: config_module.Config) -> int:
         "api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
         loop="uvloop", http=HTTP_PROTOCOL, log_level=args.log_level, access_log=False,
         timeout_graceful_shutdown=API_DRAIN_S, backlog=config.server.listen_backlog,
+        timeout_keep_alive=config.server.keep_alive_s,  # outlasts clients' idle expiry (config/model.py)
     )
     return 0
 

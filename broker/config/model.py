@@ -166,6 +166,14 @@ class ServerSettings(Strict):
     # back before its job is cancelled (0: cancel at once, as with no resumption).
     stream_resume_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
     stream_resume_grace_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 5.0
+    # How long the API keeps an idle keep-alive connection open (uvicorn's `timeout_keep_alive`, 5 s by
+    # default). It must outlast every client's own idle expiry: httpx, and so the OpenAI and Anthropic
+    # SDKs, drop an idle pooled connection after 5 s (https://www.python-httpx.org/advanced/resource-limits/),
+    # so with the server's 5 s too a request sent on a connection the server is closing at that instant
+    # meets a connection closed without an answer (the chaos soak's "unexplained" ReadErrors). Load
+    # balancers idle out after 60 s (AWS ALB's default), so 75 s, nginx's `keepalive_timeout` default.
+    # Idle connections are not requests: the door below does not count them.
+    keep_alive_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 75.0
     # The door (api/door.py): past this many requests in flight in one API process (open streams
     # included), a new one is refused at once with 503 + Retry-After (Anthropic's 529 on /v1/messages)
     # rather than taken on and drowned: a burst of 500 new streams a second left one process too busy
