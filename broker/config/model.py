@@ -173,7 +173,7 @@ class ServerSettings(Strict):
     # meets a connection closed without an answer (the chaos soak's "unexplained" ReadErrors). Load
     # balancers idle out after 60 s (AWS ALB's default), so 75 s, nginx's `keepalive_timeout` default.
     # Idle connections are not requests: the door below does not count them.
-    keep_alive_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 75.0
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 75  # uvicorn takes whole seconds
     # The door (api/door.py): past this many requests in flight in one API process (open streams
     # included), a new one is refused at once with 503 + Retry-After (Anthropic's 529 on /v1/messages)
     # rather than taken on and drowned: a burst of 500 new streams a second left one process too busy
