@@ -64,7 +64,7 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
         raise refused.error from None
     except NotQueued as refused:
         # Nothing will run: the request costs the tenant nothing (its headers still say where it stands).
-        admission = admission or (pending.admission if pending else None)
+        admission = _held(admission, pending)
         if state.refusals is not None:
             state.refusals.note(job, refused.error, refusals.cause(refused.error, queued=True))
         if admission is not None:
@@ -73,7 +73,7 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
         raise refused.error from None
     except BaseException as exc:
         # Unknown when the call that carried the admission failed unanswered: its slot lapses at the deadline.
-        admission = admission or (pending.admission if pending else None)
+        admission = _held(admission, pending)
         if admission is not None:
             if isinstance(exc, BrokerError):
                 exc.headers = {**admission.headers, **exc.headers}
@@ -81,7 +81,7 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
         raise
     finally:
         state.admitting.pop(job.id, None)
-    admission = admission or (pending.admission if pending else None)
+    admission = _held(admission, pending)
     if admission is None:
         raise RuntimeError(f"job {job.id} was answered without its admission")  # `respond` did not enqueue first
     response.headers.update(admission.headers)
@@ -93,6 +93,11 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
     else:
         await _release(state, admission)
     return response
+
+
+def _held(admission: Admission | None, pending: Deferred | None) -> Admission | None:
+    """The request's admission: made before `respond`, or settled by the enqueue it rode with (if it was)."""
+    return admission or (pending.admission if pending else None)
 
 
 def _refused(state: BrokerState, job: Job, exc: RateLimited) -> None:

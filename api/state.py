@@ -19,13 +19,12 @@ from broker.batches.files import open_store
 from broker.cache.exact import ResponseCache
 from broker.config import Config
 from broker.keys import Keys
-from broker.limits.ratelimit import Limiter
+from broker.limits.ratelimit import Deferred, Limiter
 from broker.ops import redaction, rollups
 from broker.queue import durability, job_events
 from broker.queue.jobs import Job
 from broker.queue.spool import Spool
 from broker.queue.replies import ReplyRouter
-from broker.limits.ratelimit import Deferred
 from broker.queue.streams import QueueScripts, cancel
 from broker.routing.router import Router
 from broker.store import key_migration

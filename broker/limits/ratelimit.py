@@ -321,10 +321,8 @@ def _admission(scopes: list[Scope], tokens: int, request_id: str, tenant_name: s
 async def reconcile(redis: Redis, keys: Keys, tenant_name: str, tenant: Tenant, estimated: int, actual: int,
                     *, key: ApiKey | None = None) -> None:
     """Credit back (actual < estimated) or debit (actual > estimated) the TPM buckets."""
-    for scope in scopes_of(keys, tenant_name, tenant, key):
-        if scope.limits.tpm and actual != estimated:
-            await redis.register_script(RECONCILE)(keys=[scope.tokens],
-                                                   args=[scope.limits.tpm, actual - estimated])
+    for bucket, tpm, delta in settlements(keys, tenant_name, tenant, estimated, actual, key=key):
+        await redis.register_script(RECONCILE)(keys=[bucket], args=[tpm, delta])
 
 
 def settlements(keys: Keys, tenant_name: str, tenant: Tenant, estimated: int, actual: int, *,
