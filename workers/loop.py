@@ -38,7 +38,7 @@ from broker.money import ledger, pricing
 from broker.money.usage_sink import UsageSink
 from broker.ops import log_context, metrics, redaction, rollups, series_upkeep
 from broker.queue import dead_letters, durability
-from broker.queue.jobs import Job, decode_job
+from broker.queue.jobs import Job, decode_queued
 from broker.queue.outbox import Outbox
 from broker.queue.streams import (
     Pulled,
@@ -183,7 +183,7 @@ class Worker:
 
     def _start(self, item: Pulled, *, attempt: int = 1) -> None:
         try:
-            job = decode_job(item.payload)
+            job = decode_queued(item.payload, item.job_id, self.keys.replies(""))
         except msgspec.DecodeError:
             log.error("dropping undecodable entry %r on %s", item.entry_id, item.stream)
             job = None

@@ -33,7 +33,7 @@ from broker.errors import BrokerError, CircuitOpen, NotReplicated, RateLimited, 
 from broker.keys import LANES, STREAM_MAXLEN, WORKER_GROUP, Keys
 from broker.limits.ratelimit import RECONCILE, Deferred
 from broker.queue import durability
-from broker.queue.jobs import Job, job_encoder
+from broker.queue.jobs import Job, encode_queued
 from broker.routing import failover
 from broker.store.scripts import composed, lua_script, publish_into
 
@@ -110,7 +110,7 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
     trusted = now - scripts.live_seen.get(p, -LIVE_MEMO_S) < LIVE_MEMO_S
     queue_keys = [keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
                   keys.workers(p), keys.circuit(p)]
-    args = [job.tenant, job.lane, job.id, job_encoder.encode(job), ms_left, int(queue.worker_ttl_s * 1000),
+    args = [job.tenant, job.lane, job.id, encode_queued(job, keys.replies(""), queue.job_layout), ms_left, int(queue.worker_ttl_s * 1000),
             queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
             *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms,
             "1" if trusted else "0"]
