@@ -5,6 +5,7 @@ failed flush never garbles what follows."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -15,8 +16,8 @@ from redis.asyncio import Redis
 from broker.errors import ErrorInfo
 from broker.keys import Keys
 from broker.queue import event_deltas, job_events
-from broker.queue.jobs import Chunk, Failed, Final, Job, Reply, reply_encoder
-from broker.queue.payloads import ChatPayload
+from broker.queue.jobs import Chunk, Failed, Final, Job, Reply, Target, reply_encoder
+from broker.queue.payloads import ChatPayload, MessagesPayload
 from broker.wire.chat import ChatRequest
 from tests.harness import REDIS_URL
 from tests.test_event_deltas import chat_events
@@ -71,6 +72,24 @@ async def test_what_a_worker_records_a_reader_gets_back_byte_for_byte(redis: Red
     assert size is not None and size < 1024 + sum(len(e) for e in stream) // 4, size
     assert await redis.ttl(keys.event_log(j.id)) > 0
     assert not await redis.exists(keys.event_bell(j.id))  # no reader waited: the worker's bell made nothing
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_the_origin_reads_as_the_job_s_in_every_release(redis: Redis, namespace: str, dialect: str) -> None:
+    """The `o` element is a short array (whole seconds, no default dialect) that the Origin decoder, this
+    release's and the one before's alike, reads as the job's origin."""
+    keys, j = Keys(namespace), job()
+    if dialect == "anthropic":
+        j.payload = MessagesPayload(j.payload.request, b"{}")
+    j.fallbacks = [Target("p2", "u2"), Target("p", "u3")]
+    pipe = redis.pipeline(transaction=False)
+    job_events.EventLog(keys).record(pipe, j, 0, chat_events()[:1])
+    await pipe.execute()
+    first = await redis.lindex(keys.event_log(j.id), 0)  # type: ignore[misc]
+    assert first[:1] == b"o" and len(first) <= 20 + (len(dialect) + 1) * (dialect != "openai")
+    found = await job_events.origin(redis, keys, j.id)
+    assert found == job_events.Origin("t", ["p", "p2"], float(math.ceil(j.deadline)), dialect)
+    assert j.deadline <= found.deadline < j.deadline + 1
 
 
 async def test_a_waiting_reader_wakes_on_the_next_burst_not_on_its_keepalive(redis: Redis, namespace: str) -> None:

@@ -38,6 +38,7 @@ A client that drops no longer cancels its job at once: `cancel_unless_resumed` w
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -62,12 +63,18 @@ class Origin(msgspec.Struct, frozen=True, array_like=True):
     tenant: str
     providers: list[str]
     deadline: float
-    dialect: str = "openai"  # how its events are framed (broker/queue/payloads.py)
+    dialect: str = "openai"  # how its events are framed (broker/queue/payloads.py); _origin leaves it out
 
 
-def _origin(job: Job) -> Origin:
+def _origin(job: Job) -> bytes:
+    """The `o` element: an Origin as a short array, which every release's reader decodes to the same Origin.
+    Its deadline in whole seconds, rounded up (5 bytes, not a double's 9: it bounds a cancel's and a
+    reader's wait); its dialect left out when it is the default (Origin's trailing field)."""
     providers = list(dict.fromkeys([job.provider, *(t.provider for t in job.fallbacks)]))
-    return Origin(job.tenant, providers, job.deadline, job.payload.dialect)
+    fields: list[object] = [job.tenant, providers, math.ceil(job.deadline)]
+    if job.payload.dialect != "openai":  # Origin's default
+        fields.append(job.payload.dialect)
+    return b"o" + _origin_encoder.encode(fields)
 
 
 class EventLog:
@@ -90,7 +97,7 @@ class EventLog:
         if events:
             self._last[job.id] = events[-1]
         if seq == 0:  # an attempt's first burst: who may read it, once, and an expiry past any end
-            pipe.rpush(key, b"o" + _origin_encoder.encode(_origin(job)), entry)
+            pipe.rpush(key, _origin(job), entry)
             pipe.expireat(key, int(job.deadline) + max(job.async_ttl_s, EXPIRY_MARGIN_S))
         else:
             pipe.rpush(key, entry)
@@ -103,7 +110,7 @@ class EventLog:
         self._last.pop(job.id, None)
         key = self.keys.event_log(job.id)
         if seq == 0:
-            pipe.rpush(key, b"o" + _origin_encoder.encode(_origin(job)), b"r" + encoded_terminal)
+            pipe.rpush(key, _origin(job), b"r" + encoded_terminal)
         else:
             pipe.rpush(key, b"r" + encoded_terminal)
         pipe.expire(key, ttl_s)
