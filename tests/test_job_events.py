@@ -192,3 +192,65 @@ async def test_after_a_failed_flush_the_next_entry_stands_alone(redis: Redis, na
     await pipe.execute()
     replies = await read_all(redis, keys, j.id)
     assert events_of(replies) == stream[:3] + stream[6:9]  # a gap, as before; never garbled bytes
+
+
+@pytest.mark.parametrize("write_format", [1, 2])
+async def test_one_event_bursts_read_back_byte_for_byte_and_format_2_keeps_them_smaller(
+        redis: Redis, namespace: str, write_format: int) -> None:
+    """A stream at a model's pace flushes one event at a time: format 2 writes those as `d` elements,
+    format 1 (for the release before's readers) as `e`; both read back the same events."""
+    keys, j, stream = Keys(namespace), job(), chat_events()
+    log = job_events.EventLog(keys, write_format)
+    pipe = redis.pipeline(transaction=False)
+    for seq, event in enumerate(stream):
+        log.record(pipe, j, seq, [event])
+    await pipe.execute()
+    elements = await redis.lrange(keys.event_log(j.id), 0, -1)  # type: ignore[misc]
+    kinds = [e[:1] for e in elements]
+    assert kinds[:2] == [b"o", b"e"]  # who may read it, then the first event whole
+    if write_format == 1:
+        assert set(kinds[1:]) == {b"e"}
+    else:
+        assert kinds.count(b"d") >= len(stream) - 3  # all but the whole ones (the first, a finish or usage chunk)
+        # Against the same events as `e` elements: 4 bytes or more saved on each (attempt, copy, skip, insert
+        # kept; msgpack's array headers and the insert's bin header gone).
+        one_hole = [event_deltas.delta(a, b) for a, b in zip(stream, stream[1:])]
+        as_e = {len(b"e" + msgspec.msgpack.encode([1, edit])) for edit in one_hole if len(edit) == 3}
+        assert max(len(e) for e in elements if e[:1] == b"d") <= max(as_e) - 4
+    replies = await read_all(redis, keys, j.id)
+    assert events_of(replies) == stream
+    assert [(r.attempt, r.seq) for r in replies] == [(1, n) for n in range(len(stream))]
+
+
+async def test_one_event_bursts_of_a_restarted_attempt_read_after_the_first(redis: Redis, namespace: str) -> None:
+    keys, stream = Keys(namespace), chat_events()
+    log = job_events.EventLog(keys)
+    pipe = redis.pipeline(transaction=False)
+    for seq in range(4):
+        log.record(pipe, job(), seq, [stream[seq]])
+    log.forget(job().id)  # the first worker is gone; the next one starts over from a whole event
+    for seq in range(6):
+        log.record(pipe, job(attempt=2), seq, [stream[seq]])
+    await pipe.execute()
+    replies = await read_all(redis, keys, job().id)
+    assert events_of(replies, 1) == stream[:4] and events_of(replies, 2) == stream[:6]
+    # An edit of the first attempt appended after the second began (a worker thought dead, still writing)
+    # is refused as an edit without its event, never applied to the other attempt's event.
+    pipe = redis.pipeline(transaction=False)
+    log.record(pipe, job(), 0, [stream[0]])
+    log.record(pipe, job(), 1, [stream[1]])
+    await pipe.execute()
+    assert (await redis.lindex(keys.event_log(job().id), -1))[:1] == b"d"  # type: ignore[misc]
+    reader = job_events._Reader(job().id)
+    elements = await redis.lrange(keys.event_log(job().id), 0, -1)  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        for element in elements[:-3] + elements[-1:]:  # the zombie's edit without its whole event
+            reader.element(element)
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16_383, 16_384, 2**35 + 7])
+def test_varints_read_back(n: int) -> None:
+    encoded = job_events._varint(n) + b"rest"
+    assert job_events._read_varint(encoded, 0) == (n, len(encoded) - 4)
+    with pytest.raises(ValueError):
+        job_events._read_varint(encoded[:len(encoded) - 5], 0)  # cut short

@@ -6,7 +6,7 @@ payload (its Job had three optional fields, `request`, `completion` and `embeddi
 msgpack bytes as that release's encoder wrote them, and the same jobs as JSON to compare with.
 tests/fixtures/jobs/map_layout.json holds the same jobs as the release before the array wrote them
 (a map of field names, at f0f3a72 and up to 334abfd): what a rolling upgrade from it leaves in a stream,
-and what `queue.job_layout: 1` must write for that release's workers.
+and what `queue.write_format: 1` must write for that release's workers.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from tests.harness import REDIS_URL, TEST_KEY
 
 FROZEN = json.loads((Path(__file__).parent / "fixtures" / "jobs" / "previous_layout.json").read_text())
 MAP_LAYOUT = json.loads((Path(__file__).parent / "fixtures" / "jobs" / "map_layout.json").read_text())
-PREFIX = "llmb:replies:"
+PREFIX = "llmb:replies:"  # the frozen jobs' namespace is `llmb`
 # What a field of a job left at its default reads as (the map layouts left those fields out).
 DEFAULTS = {f.name: msgspec.to_builtins(f.default_factory() if f.default_factory is not msgspec.NODEFAULT
-                                        else f.default) for f in msgspec.structs.fields(Job) if not f.required}  # the frozen jobs' namespace is `llmb`
+                                        else f.default) for f in msgspec.structs.fields(Job) if not f.required}
 REQUEST_TYPES = {"request": ChatRequest, "completion": CompletionRequest, "embedding": EmbeddingRequest}
 PAYLOAD_TYPES = {"request": ChatPayload, "completion": CompletionPayload, "embedding": EmbeddingPayload}
 
@@ -72,8 +72,8 @@ def test_a_job_in_the_map_layout_decodes_from_a_queue_entry_and_a_dead_letter(na
 
 
 @pytest.mark.parametrize("name", ["chat", "completion", "embedding"])
-def test_job_layout_1_writes_the_bytes_the_release_before_wrote(name: str) -> None:
-    """What a worker of that release reads while a rolling upgrade runs with `queue.job_layout: 1`."""
+def test_write_format_1_writes_the_bytes_the_release_before_wrote(name: str) -> None:
+    """What a worker of that release reads while a rolling upgrade runs with `queue.write_format: 1`."""
     frozen = base64.b64decode(MAP_LAYOUT[name]["msgpack_b64"])
     assert encode_queued(decode_job(frozen), PREFIX, layout=1) == frozen
 
@@ -189,13 +189,13 @@ def test_a_job_an_earlier_release_left_in_a_stream_is_served_by_this_worker(
     assert answer and answer == fresh.json()["choices"][0]["message"]["content"]
 
 
-@pytest.mark.parametrize("job_layout", [1, 2])
+@pytest.mark.parametrize("write_format", [1, 2])
 def test_jobs_queued_in_either_layout_are_served_and_held_as_written(
-        stack_factory: Any, namespace: str, job_layout: int) -> None:
-    """`queue.job_layout: 1` (a rolling upgrade from the release before) queues the map its workers read;
+        stack_factory: Any, namespace: str, write_format: int) -> None:
+    """`queue.write_format: 1` (a rolling upgrade from the release before) queues the map its workers read;
     2 the array; this release's workers serve both, read while the stream runs from the entry itself."""
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 12, "token_delay_s": 0.05}},
-                          {"m": [{"provider": "mock", "model": "m"}]}, queue={"job_layout": job_layout})
+                          {"m": [{"provider": "mock", "model": "m"}]}, queue={"write_format": write_format})
     base_url = stack.up("mock")
     keys = Keys(namespace)
     client = openai.OpenAI(base_url=base_url, api_key=TEST_KEY, max_retries=0)
@@ -214,7 +214,7 @@ def test_jobs_queued_in_either_layout_are_served_and_held_as_written(
     text += [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert "".join(text).strip() and stream.response.headers["x-request-id"] == f"req_{job_id}"
     written = msgspec.msgpack.decode(queued)
-    if job_layout == 1:
+    if write_format == 1:
         assert isinstance(written, dict) and written["id"] == job_id
     else:
         assert isinstance(written, list) and job_id.encode() not in queued

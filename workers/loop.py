@@ -94,7 +94,8 @@ class Worker:
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants, usage=config.usage,
                              resume_ttl_s=config.server.stream_resume_ttl_s,
-                             responses_ttl_s=config.responses.store_ttl_s, durable=durability.of(config.redis))
+                             responses_ttl_s=config.responses.store_ttl_s, durable=durability.of(config.redis),
+                             write_format=config.queue.write_format)
         self.hedging = Hedging(redis, self.scripts, self.keys, config)
         self.prices = pricing.PriceBook(config)
         self.rollups = rollups.enabled(config)  # the console's series (broker/ops/rollups.py)

@@ -230,11 +230,11 @@ class QueueSettings(Strict):
     dead_letter_retention_s: Annotated[float, msgspec.Meta(ge=1, le=31_536_000)] = 7 * 86_400.0
     # ...and at most about this many per provider (each holds its whole request).
     dead_letter_maxlen: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
-    # How queued jobs are written (broker/queue/jobs.py `encode_queued`): 2, the compact array this release
-    # writes; 1, the map the release before wrote, and its workers read. Every process reads both. A rolling
-    # upgrade from the release before runs with 1 until no worker of it is left, then with 2, as Kafka's
-    # `inter.broker.protocol.version` is pinned during its rolling upgrades (Kafka docs, "Upgrading").
-    job_layout: Literal[1, 2] = 2
+    # How queued jobs and event logs are written (broker/queue/jobs.py `encode_queued`, job_events.py): 2, as
+    # this release writes them; 1, as the release before did, which its workers and APIs read. Every process
+    # reads both. A rolling upgrade from the release before runs with 1 until no process of it is left, then
+    # with 2, as Kafka pins `inter.broker.protocol.version` during its rolling upgrades (Kafka docs, "Upgrading").
+    write_format: Literal[1, 2] = 2
 
 
 class UsageSettings(Strict):

@@ -14,7 +14,10 @@ an explicit error instead (as the live path does: broker/queue/replies.py `Attem
 An element keeps what a resume needs, not the reply as published: a burst is `e` + msgpack
 `[attempt, *events]`, each event as its edit of the event before (broker/queue/event_deltas.py), which
 makes an event of a long stream cost tens of bytes instead of its whole JSON, or whole, deflated
-against a dictionary of the protocols' field names (broker/queue/whole_events.py). The terminal
+against a dictionary of the protocols' field names (broker/queue/whole_events.py). A burst of one
+event that is a one-hole edit, a long stream's usual element, is `d` + its attempt, copy and skip as
+varints + the inserted bytes (`_edit_element`: about 6 bytes + the text, not 11; `queue.write_format:
+1` writes `e` instead, for the release before's readers during a rolling upgrade). The terminal
 reply is `r` + the whole msgpack reply. An edit chains to the previous element, so after a failed
 flush (an element maybe lost) the worker starts the chain again from a whole event (`EventLog.reset`).
 Each attempt's first burst is preceded by an `o` element: who may read the stream (its tenant) and how
@@ -81,8 +84,9 @@ class EventLog:
     """A worker's writer of its streamed jobs' events: it holds the last event each job logged,
     which that job's next event is written as an edit of."""
 
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: Keys, write_format: int = 2) -> None:
         self.keys = keys
+        self.write_format = write_format  # 1: no `d` elements, which the release before cannot read
         self._last: dict[str, bytes] = {}
 
     def record(self, pipe: Pipeline, job: Job, seq: int, events: list[bytes]) -> None:
@@ -93,7 +97,10 @@ class EventLog:
         previous = self._last.get(job.id) if seq > 0 else None  # an attempt starts from a whole event
         items = [whole_events.pack(item) if isinstance(item, bytes) else item
                  for item in event_deltas.compact(previous, events)]
-        entry = b"e" + _entry_encoder.encode([job.attempt, *items])
+        if seq > 0 and len(items) == 1 and isinstance(items[0], list) and len(items[0]) == 3 and self.write_format > 1:
+            entry = _edit_element(job.attempt, items[0])  # the usual element of a long stream
+        else:
+            entry = b"e" + _entry_encoder.encode([job.attempt, *items])
         if events:
             self._last[job.id] = events[-1]
         if seq == 0:  # an attempt's first burst: who may read it, once, and an expiry past any end
@@ -124,6 +131,40 @@ class EventLog:
         self._last.clear()
 
 
+def _edit_element(attempt: int, edit: event_deltas.Edit) -> bytes:
+    """`d`: one event as a one-hole edit of the event before, in the bytes an `e` element spends on its text
+    less five: attempt, copy and skip as varints, then the inserted bytes to the element's end. One event
+    a burst is what a stream at a model's pace mostly flushes, so this is most of a long stream's log."""
+    copy, skip, insert = edit
+    if not isinstance(copy, int) or not isinstance(skip, int) or not isinstance(insert, bytes):
+        raise TypeError("not a one-hole edit")
+    return b"d" + _varint(attempt) + _varint(copy) + _varint(skip) + insert
+
+
+def _varint(n: int) -> bytes:
+    """`n` >= 0 in LEB128, as protobuf's varints: 7 bits a byte, low first, the high bit set on all but the last."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """A varint at `at`: its value and the offset after it."""
+    n = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ValueError("a varint cut short")
+        byte = data[at]
+        n |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return n, at
+        shift += 7
+
+
 def _ring(pipe: Pipeline, keys: Keys, job_id: str) -> None:
     # NOMKSTREAM: no-op unless a waiting reader made the bell exist (Redis >= 6.2).
     pipe.xadd(keys.event_bell(job_id), {"b": b""}, maxlen=1, approximate=False, nomkstream=True)
@@ -146,6 +187,11 @@ class _Reader:
     def element(self, element: bytes) -> Reply | None:
         """A list element's reply; None for an origin."""
         kind, body = element[:1], element[1:]
+        if kind == b"d":
+            attempt, at = _read_varint(body, 0)
+            copy, at = _read_varint(body, at)
+            skip, at = _read_varint(body, at)
+            return self._chunk(attempt, [[copy, skip, body[at:]]])
         if kind == b"e":
             return self._events(body)
         if kind == b"r":
@@ -172,6 +218,9 @@ class _Reader:
                  for item in rest if not isinstance(item, int)]
         if not isinstance(attempt, int) or len(items) != len(rest):
             raise ValueError(f"job {self.job_id}: not an event log entry")
+        return self._chunk(attempt, items)
+
+    def _chunk(self, attempt: int, items: list[event_deltas.Item]) -> Reply:
         self._turn(attempt)
         reply = Chunk(self.job_id, attempt, self.seq, event_deltas.expand(self.previous, items))
         self.seq += 1

@@ -13,7 +13,7 @@ Jobs sit in Redis while API and worker versions roll independently: `decode_queu
 `decode_job` still read the map layout of the release before (and, for a job left waiting
 longer, the one before it: three optional request fields instead of one tagged payload). A
 worker of the release before cannot read the queued form, so while such workers may still pull,
-`queue.job_layout: 1` makes APIs and workers write the map layout (broker/config/model.py).
+`queue.write_format: 1` makes APIs and workers write the map layout (broker/config/model.py).
 
 Replies travel over pub/sub to the API process named in `Job.reply_to`:
 `Chunk* (Final | Failed)`. Every reply carries the job's attempt number and a
@@ -171,7 +171,7 @@ _job_decoder = msgspec.msgpack.Decoder(Job)
 
 class _MapJob(Job, array_like=False, omit_defaults=True):
     """A Job in the map layout (field names as keys) of the release before: written while
-    `queue.job_layout` is 1, read while such jobs may wait in a stream or a dead-letter stream."""
+    `queue.write_format` is 1, read while such jobs may wait in a stream or a dead-letter stream."""
 
 
 _FIELDS = msgspec.structs.fields(Job)

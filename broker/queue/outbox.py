@@ -90,7 +90,8 @@ class _End:
 class Outbox:
     def __init__(self, redis: Redis, keys: Keys, scripts: QueueScripts, *, result_ttl_s: int,
                  tenants: dict[str, Tenant], usage: UsageSettings, resume_ttl_s: int = 60,
-                 responses_ttl_s: int = 30 * 86_400, durable: durability.Replicated | None = None) -> None:
+                 responses_ttl_s: int = 30 * 86_400, durable: durability.Replicated | None = None,
+                 write_format: int = 2) -> None:
         self.redis = redis
         self.durable = durable  # `redis.durability: replicated`: ends wait for replicas (durability.py)
         self.keys = keys
@@ -103,7 +104,7 @@ class Outbox:
         self._ops: list[_Chunks | _Started | _End] = []
         self._open: dict[str, _Chunks] = {}
         self._seq: dict[str, int] = {}
-        self._log = job_events.EventLog(keys)  # streamed jobs' resumable event logs
+        self._log = job_events.EventLog(keys, write_format)  # streamed jobs' resumable event logs
         self._wake = asyncio.Event()
         self._counts: list[ledger.Entry] = []  # acknowledged ends for the ledger: in the next pipeline
         self._idle = asyncio.Event()  # nothing queued, nothing being sent

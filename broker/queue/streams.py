@@ -110,7 +110,8 @@ async def enqueue(scripts: QueueScripts, keys: Keys, config: Config, job: Job,
     trusted = now - scripts.live_seen.get(p, -LIVE_MEMO_S) < LIVE_MEMO_S
     queue_keys = [keys.queue(p, job.lane, job.tenant), keys.active(p, job.lane), keys.backlog(p), keys.drain(p),
                   keys.workers(p), keys.circuit(p)]
-    args = [job.tenant, job.lane, job.id, encode_queued(job, keys.replies(""), queue.job_layout), ms_left, int(queue.worker_ttl_s * 1000),
+    queued = encode_queued(job, keys.replies(""), queue.write_format)
+    args = [job.tenant, job.lane, job.id, queued, ms_left, int(queue.worker_ttl_s * 1000),
             queue.min_queue, STREAM_MAXLEN, keys.bell(p), len(LANES), *LANES,
             *(queue.lane_weights[lane] for lane in LANES), cold_rate_per_worker, job.upstream_model, probe_ms,
             "1" if trusted else "0"]
