@@ -264,8 +264,9 @@ def main() -> None:
             held = held_memory(slow["hold"], config, tmp, broker_url, BROKER_KEY, broker_procs[-1].pid, upstream_url,
                                probe.redis, opts.hold_streams, opts.burst_rate)
             print(f"  {'held streams':<30} {held.open_streams} open, {held.text_bytes_per_stream:.0f} B text each: "
-                  f"Redis {held.redis_bytes_per_stream or 0:.0f} B, API RSS {held.api_rss_bytes_per_stream:.0f} B "
-                  "per stream", flush=True)
+                  f"Redis {held.redis_bytes_per_stream or 0:.0f} B (client buffers "
+                  f"{held.redis_client_bytes_per_stream or 0:+.0f} B of it), "
+                  f"API RSS {held.api_rss_bytes_per_stream:.0f} B per stream", flush=True)
         direct = measure("upstream direct", upstream_url, "fake", "fake-model", opts)
         broker = measure("llm-broker", broker_url, BROKER_KEY, "fake-model", opts, probe=probe)
         if opts.goals:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -72,6 +73,9 @@ class HeldMemory(msgspec.Struct, kw_only=True):
     open_streams: int
     text_bytes_per_stream: float  # streamed so far, on average, when memory was read
     redis_bytes_per_stream: float | None  # None on a shared Redis
+    # ...of which the change in the clients' query and reply buffers (MEMORY STATS `clients.normal`): not held
+    # for the streams, and swinging by ~100 B a stream from one reading to the next (bench/held_keys.py)
+    redis_client_bytes_per_stream: float | None = None
     api_rss_bytes_per_stream: float
 
     @property
@@ -112,6 +116,11 @@ async def hold(broker_url: str, key: str, model: str, api_pid: int, r: redis.Red
     def used() -> int:
         return int(r.info("memory")["used_memory"]) if r is not None else 0
 
+    def clients() -> int:
+        stats: Any = r.execute_command("MEMORY", "STATS") if r is not None else []
+        return int(dict(zip(stats[::2], stats[1::2])).get(b"clients.normal", 0))
+
+    clients_before = clients()
     redis_before, rss_before = used(), tree_rss_bytes(api_pid)
     live: list[_Exchange] = []
     streams = asyncio.ensure_future(open_streams(broker_url, key, model, count=count, rate=rate, live=live))
@@ -123,10 +132,12 @@ async def hold(broker_url: str, key: str, model: str, api_pid: int, r: redis.Red
             live[-1].status != 200 or (live[-1].sse is not None and live[-1].sse.events >= halfway))):
         await asyncio.sleep(0.02)
     redis_during, rss_during = used(), tree_rss_bytes(api_pid)
+    clients_during = clients()
     held = [e for e in live if e.status == 200 and e.sse is not None and not e.done.done()]
     events = sum(e.sse.events for e in held if e.sse is not None)
     await streams
     n = max(len(held), 1)
     return HeldMemory(open_streams=len(held), text_bytes_per_stream=events * per_event / n,
                       redis_bytes_per_stream=(redis_during - redis_before) / n if r is not None else None,
+                      redis_client_bytes_per_stream=(clients_during - clients_before) / n if r is not None else None,
                       api_rss_bytes_per_stream=(rss_during - rss_before) / n)
