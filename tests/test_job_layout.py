@@ -192,8 +192,8 @@ def test_a_job_an_earlier_release_left_in_a_stream_is_served_by_this_worker(
 @pytest.mark.parametrize("write_format", [1, 2])
 def test_jobs_queued_in_either_layout_are_served_and_held_as_written(
         stack_factory: Any, namespace: str, write_format: int) -> None:
-    """`queue.write_format: 1` (a rolling upgrade from the release before) queues the map its workers read;
-    2 the array; this release's workers serve both, read while the stream runs from the entry itself."""
+    """`queue.write_format: 1` (a rolling upgrade from the release before) queues the map its workers read
+    and logs events as its APIs read them; 2 the array and `d` elements; this release serves both."""
     stack = stack_factory({"mock": {"kind": "mock", "tokens": 12, "token_delay_s": 0.05}},
                           {"m": [{"provider": "mock", "model": "m"}]}, queue={"write_format": write_format})
     base_url = stack.up("mock")
@@ -220,3 +220,14 @@ def test_jobs_queued_in_either_layout_are_served_and_held_as_written(
         assert isinstance(written, list) and job_id.encode() not in queued
     job = decode_queued(queued, job_id, keys.replies(""))
     assert job.id == job_id and job.reply_to.startswith(keys.replies("")) and job.streams
+
+    async def log_kinds() -> set[bytes]:  # the stream's event log, as the worker wrote it
+        r = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            return {e[:1] for e in await r.lrange(keys.event_log(job_id), 0, -1)}  # type: ignore[misc]
+        finally:
+            await r.aclose()
+
+    kinds = asyncio.run(log_kinds())
+    # One event a flush at the mock's pace: `d` elements, which the release before cannot read, only in format 2.
+    assert {b"o", b"e", b"r"} <= kinds and (b"d" in kinds) == (write_format == 2)
