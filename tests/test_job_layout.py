@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from broker.config import load
 from broker.keys import Keys
 from broker.queue import async_jobs, streams
-from broker.queue.jobs import Job, Target, decode_job, decode_queued, encode_queued, job_encoder
+from broker.queue.jobs import Job, Target, decode_job, decode_queued, encode_queued, encode_whole, job_encoder
 from broker.queue.payloads import ChatPayload, CompletionPayload, EmbeddingPayload, payload_for
 from broker.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 from tests.harness import REDIS_URL, TEST_KEY
@@ -76,6 +76,15 @@ def test_write_format_1_writes_the_bytes_the_release_before_wrote(name: str) -> 
     """What a worker of that release reads while a rolling upgrade runs with `queue.write_format: 1`."""
     frozen = base64.b64decode(MAP_LAYOUT[name]["msgpack_b64"])
     assert encode_queued(decode_job(frozen), PREFIX, layout=1) == frozen
+
+
+@pytest.mark.parametrize("name", ["chat", "completion", "embedding"])
+def test_a_dead_letter_keeps_the_whole_job_in_either_format(name: str) -> None:
+    """A dead letter's job is whole (its id and reply channel in it); format 1 writes it as the release before."""
+    frozen = base64.b64decode(MAP_LAYOUT[name]["msgpack_b64"])
+    job = decode_job(frozen)
+    assert encode_whole(job, 1) == frozen
+    assert isinstance(msgspec.msgpack.decode(encode_whole(job)), list) and decode_job(encode_whole(job)) == job
 
 
 def _full_job() -> Job:

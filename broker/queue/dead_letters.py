@@ -38,7 +38,7 @@ from broker.errors import ErrorInfo, InvalidRequest
 from broker.keys import Keys
 from broker.ops.redaction import redact
 from broker.queue import async_jobs, job_factory
-from broker.queue.jobs import Job, decode_job, job_encoder
+from broker.queue.jobs import Job, decode_job, encode_whole
 from broker.queue.streams import QueueScripts, enqueue_first
 from broker.routing.router import Router
 
@@ -54,8 +54,8 @@ async def add(redis: Redis, keys: Keys, settings: QueueSettings, job: Job, error
     key = keys.dead_letters(job.provider)
     retention_ms = int(settings.dead_letter_retention_s * 1000)
     pipe = redis.pipeline(transaction=False)
-    pipe.xadd(key, {"job": job_encoder.encode(job), "error": redact(error.message), "status": error.status,
-                    "code": error.code or "", "attempts": attempts},
+    pipe.xadd(key, {"job": encode_whole(job, settings.write_format), "error": redact(error.message),
+                    "status": error.status, "code": error.code or "", "attempts": attempts},
               maxlen=settings.dead_letter_maxlen, approximate=True)
     # Stream ids are the server's milliseconds; a worker's clock a little off moves the cut by as much.
     pipe.xtrim(key, minid=f"{int(time.time() * 1000) - retention_ms}-0", approximate=False)

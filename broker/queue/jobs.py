@@ -7,7 +7,7 @@ ever appends fields, each with a default (msgspec docs/schema-evolution: an olde
 as the defaults of the fields it lacks). The queued form (`encode_queued`) leaves out two values
 the entry has anyway: the job's id (the entry's `id` field, which pull.lua reads) and its reply
 channel's namespace prefix; and its trailing defaults. A chat job of the bench: 305 B as a map,
-164 B queued.
+160 B queued.
 
 Jobs sit in Redis while API and worker versions roll independently: `decode_queued` and
 `decode_job` still read the map layout of the release before (and, for a job left waiting
@@ -183,6 +183,18 @@ _DEFAULTS = [f.default_factory() if f.default_factory is not msgspec.NODEFAULT e
 assert all(f.required for f in _FIELDS[:_REQUIRED]) and not any(f.required for f in _FIELDS[_REQUIRED:])
 
 
+def _is_map(data: bytes) -> bool:
+    """Whether msgpack `data` starts with a map (fixmap 0x80-0x8f, map16 0xde, map32 0xdf: the msgpack
+    spec's formats), which the release before wrote a job as; this release writes an array."""
+    return bool(data) and (data[0] & 0xF0 == 0x80 or data[0] in (0xDE, 0xDF))
+
+
+def encode_whole(job: Job, layout: int = 2) -> bytes:
+    """The whole job, its id and reply channel in it (a dead letter's): the array, or (layout 1) the map the
+    release before wrote."""
+    return job_encoder.encode(_MapJob(**msgspec.structs.asdict(job)) if layout == 1 else job)
+
+
 def encode_queued(job: Job, replies_prefix: str, layout: int = 2) -> bytes:
     """The job as a queue entry's `job` field holds it (enqueue.lua adds its id as the `id` field).
 
@@ -190,7 +202,7 @@ def encode_queued(job: Job, replies_prefix: str, layout: int = 2) -> bytes:
     process's channel starts with it: Keys.replies), and no trailing defaults. Layout 1: the whole
     job as a map, which the release before reads. `decode_queued` reads either."""
     if layout == 1:
-        return job_encoder.encode(_MapJob(**msgspec.structs.asdict(job)))
+        return encode_whole(job, layout)
     values = list(msgspec.structs.astuple(job))
     values[_ID] = ""
     instance = job.reply_to[len(replies_prefix):]
@@ -207,7 +219,7 @@ def encode_queued(job: Job, replies_prefix: str, layout: int = 2) -> bytes:
 def decode_queued(data: bytes, job_id: str, replies_prefix: str) -> Job:
     """A job from a queue entry (`encode_queued`'s either layout, or the release before's); `job_id`
     is the entry's `id` field."""
-    if data[:1] and data[0] & 0xF0 != 0x80 and data[0] != 0xDE and data[0] != 0xDF:  # not a msgpack map
+    if not _is_map(data):
         job = _job_decoder.decode(data)
         job.id = job_id
         job.reply_to = job.reply_to[1:] if job.reply_to.startswith("=") else replies_prefix + job.reply_to
@@ -228,7 +240,7 @@ def decode_job(data: bytes) -> Job:
     and short-lived, so they take a slower path: decoded loosely, given the payload their field
     names, converted.
     """
-    if data[:1] and data[0] & 0xF0 != 0x80 and data[0] != 0xDE and data[0] != 0xDF:
+    if not _is_map(data):
         return _job_decoder.decode(data)
     try:
         mapped = _map_job_decoder.decode(data)
