@@ -22,9 +22,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from inspect import isawaitable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -58,7 +60,7 @@ class HotPath:
         scope["app"], scope["route"] = self.app, route  # as Starlette and FastAPI set them
         status, headers = 500, []  # what ObserveRequests counts for an answer never started
         try:
-            request = Request(scope, receive)
+            request = _Request(scope, receive)
             theirs = request_ids.sent_by_client(scope)
             if theirs:
                 log_context.bind("", theirs)
@@ -82,6 +84,36 @@ class HotPath:
                 response = handler(request, exc)
                 return await response if isawaitable(response) else response
         raise exc
+
+
+class _Headers(Headers):
+    """Starlette's Headers, looked up in a dict built at the first lookup. A job's request is asked for
+    a dozen headers (key, timeouts, priority, Prefer, ids...), most of them absent: Headers scans its
+    list for each, and Mapping.get pays a raised KeyError for each absent one."""
+
+    _by_name: dict[str, str] | None = None
+
+    def _names(self) -> dict[str, str]:
+        if self._by_name is None:  # the first of repeated headers wins, as in Headers
+            self._by_name = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(self._list)}
+        return self._by_name
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._names().get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._names()[key.lower()]
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._names()
+
+
+class _Request(Request):
+    @property
+    def headers(self) -> Headers:
+        if not hasattr(self, "_headers"):
+            self._headers = _Headers(scope=self.scope)
+        return self._headers
 
 
 class BrokerAPI(FastAPI):

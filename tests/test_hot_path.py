@@ -178,7 +178,8 @@ def test_every_job_backed_post_is_hot(tmp_path: Path) -> None:
 
 
 def test_redis_down_is_the_same_503_on_both(stack_factory: StackFactory, own_redis: RedisServer) -> None:
-    servers = [stack_factory(PROVIDERS, MODELS, redis_url=own_redis.url, server={"hot_path": on}) for on in (True, False)]
+    servers = [stack_factory(PROVIDERS, MODELS, redis_url=own_redis.url, server={"hot_path": on})
+               for on in (True, False)]
     roots = [stack.api().removesuffix("/v1") for stack in servers]
     own_redis.kill()
     answers = [masked(send(root, *CASES["chat"])) for root in roots]
