@@ -112,6 +112,9 @@ async def new_job(state: BrokerState, request: Request, principal: Principal, pa
         client_request_id=request_ids.client_request_id(request.headers.get(request_ids.CLIENT_REQUEST_ID)))
 
 
+_CLIENT_LEFT = BrokerError("The client disconnected before its answer.")
+
+
 async def _client_gone(request: Request) -> None:
     """Returns when the client disconnects (the body is already read, so nothing else arrives)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -156,20 +159,29 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
     )
 
     if not job.streams:
-        gone = asyncio.ensure_future(_client_gone(request))
-        answer = asyncio.ensure_future(waiter.next(max(job.deadline - time.time(), 0)))
+        # The client leaving ends the wait at once, as a local failure would (then it is answered 499,
+        # which nobody reads): one task per request rather than three (asyncio.wait over the answer's
+        # task, which itself waited in another for its timeout, and this one).
+        left = False
+
+        def leave(_: object) -> None:
+            nonlocal left
+            left = True
+            waiter.give_up(_CLIENT_LEFT)
+
+        gone = asyncio.get_running_loop().create_task(_client_gone(request))
+        gone.add_done_callback(leave)
         try:
-            await asyncio.wait({gone, answer}, return_when=asyncio.FIRST_COMPLETED)
-            if not answer.done():
-                answer.cancel()
-                state.cancel_job(job)
-                return Response(status_code=499)  # nobody reads it; uvicorn drops it
-            reply = answer.result()
+            reply = await waiter.next(max(job.deadline - time.time(), 0))
         except ReplyGap as exc:
             raise exc.as_error() from None
         finally:
+            gone.remove_done_callback(leave)
             gone.cancel()
             state.replies.close(job.id)
+        if left:
+            state.cancel_job(job)
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
         match reply:
             case Final(body=body):
                 if finalize is not None:
@@ -322,8 +334,19 @@ async def respond(state: BrokerState, request: Request, principal: Principal, pa
     except BrokerError as exc:
         exc.headers.update(headers)
         raise
-    response.headers.update(headers)
+    _add_headers(response, headers)
     return response
+
+
+def _add_headers(response: Response, headers: dict[str, str]) -> None:
+    """`response.headers.update(headers)`, without a MutableHeaders and its scan per header when none
+    of them is there yet (the common case: only an async job's 202 may carry its id already)."""
+    names = {name.encode("latin-1") for name in headers}
+    if any(name in names for name, _ in response.raw_headers):
+        response.headers.update(headers)
+    else:
+        response.raw_headers.extend((name.encode("latin-1"), value.encode("latin-1"))
+                                    for name, value in headers.items())
 
 
 # The request Structs' JSON schemas, as OpenAPI components: msgspec's own `#/$defs/...` references

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -22,6 +23,8 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
+    Counter,
+    Histogram,
     generate_latest,
     multiprocess,
 )
@@ -55,32 +58,46 @@ class ObserveRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status, request_id = 500, ""
+        status, headers = 500, ()
 
         async def sending(message: Message) -> None:
-            nonlocal status, request_id
+            nonlocal status, headers
             if message["type"] == "http.response.start":
-                status = message["status"]
-                request_id = next((v.decode() for k, v in message.get("headers", ()) if k == b"x-request-id"), "")
+                status, headers = message["status"], message.get("headers", ())
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            took = time.perf_counter() - started
-            path = getattr(scope.get("route"), "path", "unmatched")
-            facts: Facts | None = scope.get(SCOPE_KEY)
-            model, tenant = (facts.model, facts.tenant) if facts else ("", "")
-            metrics.REQUESTS.labels(path, str(status), model, tenant).inc()
-            metrics.REQUEST_SECONDS.labels(path, model).observe(took)
-            level = logging.WARNING if status >= 500 else logging.INFO
-            if access_log.isEnabledFor(level):
-                fields = {"request_id": request_id, "method": scope.get("method"), "route": path, "status": status,
-                          "latency_ms": round(took * 1000, 1)}
-                if facts:
-                    fields.update(tenant=facts.tenant, key=facts.key, model=model, lane=facts.lane,
-                                  tokens=facts.tokens)
-                access_log.log(level, "%s %s %d", scope.get("method"), path, status, extra={"fields": fields})
+            record(scope, status, headers, time.perf_counter() - started)
+
+
+def record(scope: Scope, status: int, headers: Iterable[tuple[bytes, bytes]], took_s: float) -> None:
+    """Count and log one answered request (`headers`: its response's, read only for the log line). Shared
+    by ObserveRequests and the hot routes' path (api/hot_path.py), so both label alike."""
+    path = getattr(scope.get("route"), "path", "unmatched")
+    facts: Facts | None = scope.get(SCOPE_KEY)
+    model, tenant = (facts.model, facts.tenant) if facts else ("", "")
+    counted = _series.get((path, status, model, tenant))
+    if counted is None:
+        counted = _series[(path, status, model, tenant)] = (
+            metrics.REQUESTS.labels(path, str(status), model, tenant), metrics.REQUEST_SECONDS.labels(path, model))
+    counted[0].inc()
+    counted[1].observe(took_s)
+    level = logging.WARNING if status >= 500 else logging.INFO
+    if access_log.isEnabledFor(level):
+        request_id = next((v.decode() for k, v in headers if k == b"x-request-id"), "")
+        fields = {"request_id": request_id, "method": scope.get("method"), "route": path, "status": status,
+                  "latency_ms": round(took_s * 1000, 1)}
+        if facts:
+            fields.update(tenant=facts.tenant, key=facts.key, model=model, lane=facts.lane, tokens=facts.tokens)
+        access_log.log(level, "%s %s %d", scope.get("method"), path, status, extra={"fields": fields})
+
+
+# Each (route, status, model, tenant)'s children, looked up once: prometheus-client's `labels()` takes a
+# lock, checks and stringifies its values on every call. As bounded as the series themselves (config, not
+# traffic: broker/ops/metrics.py).
+_series: dict[tuple[str, int, str, str], tuple[Counter, Histogram]] = {}
 
 
 def _registry() -> CollectorRegistry:

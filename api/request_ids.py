@@ -37,6 +37,11 @@ def client_request_id(value: str | bytes | None) -> str:
     return value
 
 
+def sent_by_client(scope: Scope) -> str:
+    """The request's acceptable `X-Client-Request-Id`, else "" (a scan of its header list)."""
+    return next((client_request_id(v) for k, v in scope["headers"] if k == _CLIENT_HEADER), "")
+
+
 class EchoClientRequestId:
     """ASGI middleware: a request that sent an acceptable `X-Client-Request-Id` gets it back on
     its response, and its log lines carry it. A request without one passes straight through:
@@ -46,9 +51,7 @@ class EchoClientRequestId:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        theirs = ""
-        if scope["type"] == "http":
-            theirs = next((client_request_id(v) for k, v in scope["headers"] if k == _CLIENT_HEADER), "")
+        theirs = sent_by_client(scope) if scope["type"] == "http" else ""
         if not theirs:
             await self.app(scope, receive, send)
             return

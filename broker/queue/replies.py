@@ -113,9 +113,10 @@ class Waiter:
         while True:
             if self.queue.empty():
                 try:
-                    reply = await asyncio.wait_for(self.queue.get(),
-                                                   max(deadline - asyncio.get_running_loop().time(), 0))
-                except asyncio.TimeoutError:
+                    # Not wait_for: before Python 3.12 it runs the get in a task of its own.
+                    async with asyncio.timeout_at(deadline):
+                        reply = await self.queue.get()
+                except TimeoutError:
                     return None
             else:
                 reply = self.queue.get_nowait()
