@@ -45,6 +45,7 @@ class Slots:
         self.redis.config_set("notify-keyspace-events", "Kzgx")
         self.removed: list[str] = []  # in-flight key of each real removal, in order
         self.zrems: list[tuple[str, str, str]] = []  # (client type, key, member) of each ZREM sent
+        self.senders: dict[str, str] = {}  # ZREM's member, or a result key -> the connection that sent it
         self._stop = threading.Event()
         self._events = self.redis.pubsub(ignore_subscribe_messages=True)
         self._events.psubscribe(f"__keyspace@0__:{namespace}:rl:*")
@@ -66,9 +67,13 @@ class Slots:
             for command in monitor.listen():
                 if self._stop.is_set():
                     return
-                words = command["command"].split(" ")
+                words = [word.strip('"') for word in command["command"].split(" ")]
+                sender = f"{command.get('client_address')}:{command.get('client_port')}"
                 if words[0].upper() == "ZREM" and len(words) >= 3:
-                    self.zrems.append((command["client_type"], words[1].strip('"'), words[2].strip('"')))
+                    self.zrems.append((command["client_type"], words[1], words[2]))
+                    self.senders[f"zrem:{words[2]}"] = sender
+                elif words[0].upper() == "SET" and len(words) >= 2 and ":result:" in words[1]:
+                    self.senders[words[1]] = sender
 
     def in_flight(self, tenant: str) -> int:
         return int(self.redis.zcard(self.keys.in_flight(tenant)))
@@ -240,3 +245,32 @@ def test_a_job_whose_worker_dies_keeps_its_slot_until_the_reclaimed_job_ends(tmp
             assert (slots.removals("crash"), slots.sent("crash")) == (1, ["lua"])
         finally:
             slots.close()
+
+
+def test_with_replicated_durability_the_worker_frees_the_slot_before_the_wait(tmp_path: Path, server: RedisServer,
+                                                                              namespace: str) -> None:
+    """No job_end.lua there (the reply must follow a WAIT): the ZREM rides in the end's pipeline, with the
+    result, before the WAIT and the PUBLISH, from the worker's connection, not the API's."""
+    replica = RedisServer(tmp_path, replica_of=server)
+    replica.start()
+    try:
+        with stacks(tmp_path, namespace) as make:
+            stack = make({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
+                         redis_url=server.url, redis={"durability": "replicated", "replicas": 1, "wait_timeout_ms": 150},
+                         tenants={"durable": {"keys": [hash_key(key_of("durable"))], "max_concurrent": 2}})
+            base_url = stack.up("mock")
+            slots = Slots(server.url, namespace)
+            try:
+                answer = sdk(base_url, "durable").chat.completions.with_raw_response.create(
+                    model="m", messages=HI)  # type: ignore[arg-type]
+                assert slots.in_flight("durable") == 0
+                job_id = answer.headers["x-request-id"].removeprefix("req_")
+                slots.wait(lambda: slots.removals("durable") == 1)
+                time.sleep(0.3)
+                assert (slots.removals("durable"), slots.sent("durable")) == (1, ["tcp"])
+                # Sent by the connection that stored the job's result: the worker's.
+                assert slots.senders[f"zrem:{job_id}"] == slots.senders[Keys(namespace).result(job_id)]
+            finally:
+                slots.close()
+    finally:
+        replica.kill()
