@@ -60,8 +60,8 @@ name and spread over the cluster.
 | {ns}:{apikeys}:names                  | hash    | api_keys.py             | the same keys' names: one field each, deleted with the key |
 | {ns}:{apikeys}:version                | string  | api_keys.py             | one counter, bumped by every create and revoke |
 | {ns}:{apikeys}:changed                | channel | api_keys.py publishes, API subscribes | pub/sub: holds nothing |
-| {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
-| {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
+| {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again (a refund's credit leaves it): <= 60 s |
+| {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same (a settlement's credit leaves it too); past 60 s only while repaying usage above the estimate |
 | {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API)      | <= max_concurrent ids; TTL = its latest slot deadline |
 | {ns}:rl:{tenant}:key:{name}:*         | as above | ratelimit.py           | the same three, for a key with limits of its own |
 | {ns}:{p}:dl:{model}:*                 | as above | ratelimit.py (workers) | the same three, for a deployment with limits of its own |

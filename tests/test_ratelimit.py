@@ -48,6 +48,13 @@ class Deployment:
     def in_flight(self, tenant: str) -> int:
         return int(self.redis.zcard(self.keys.in_flight(tenant)))
 
+    def full(self, tenant: str) -> bool:
+        """The tenant's RPM and TPM buckets are full: absent, or holding an instant past (a credit, as a
+        refund, moves it back and leaves the key until its TTL: reconcile.lua)."""
+        seconds, micros = self.redis.time()
+        return all(int(self.redis.get(bucket) or 0) <= seconds * 1_000_000 + micros
+                   for bucket in (self.keys.rate_requests(tenant), self.keys.rate_tokens(tenant)))
+
     def wait_for(self, condition: Any, timeout_s: float = 5) -> None:
         end = time.monotonic() + timeout_s
         while not condition():
@@ -228,8 +235,7 @@ def test_a_request_refused_before_it_was_queued_is_not_charged(deployment: Deplo
     for refused in asyncio.run(main()):
         assert refused.status_code == 503, refused.text
         assert "No worker is serving provider 'unserved'" in refused.json()["error"]["message"]
-    assert not deployment.redis.exists(deployment.keys.rate_requests("refused"))
-    assert not deployment.redis.exists(deployment.keys.rate_tokens("refused"))
+    assert deployment.full("refused")
     assert deployment.in_flight("refused") == 0
 
 

@@ -50,6 +50,12 @@ async def limiter(namespace: str) -> Any:
     await client.aclose()
 
 
+async def full_in_ms(limiter: Limiter, bucket: str) -> float:
+    """How long until `bucket` is full again: its stored instant (µs, server clock) from now; 0 if full."""
+    stored, (seconds, micros) = await limiter.redis.get(bucket), await limiter.redis.time()
+    return max(0.0, (int(stored or 0) - (seconds * 1_000_000 + micros)) / 1000)
+
+
 async def remaining_tokens(limiter: Limiter, tenant: Tenant) -> int:
     try:
         headers = (await limiter.admit("t", tenant, 0, "peek", time.time() + 60)).headers
@@ -140,8 +146,9 @@ async def test_reconcile_settles_the_keys_token_bucket_too(limiter: Limiter) -> 
     admission = await limiter.admit("t", tenant, 400, "a", time.time() + 60, key=tenant.api_key("ci"))
     assert admission.headers["x-ratelimit-remaining-tokens"] in ("200", "201")
     await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=400, actual=100, key=tenant.api_key("ci"))
-    key_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t", "ci"))
-    tenant_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t"))
+    # (A credit leaves the key's TTL as it was: the bucket's stored instant says when it is full.)
+    key_state = await full_in_ms(limiter, limiter.keys.rate_tokens("t", "ci"))
+    tenant_state = await full_in_ms(limiter, limiter.keys.rate_tokens("t"))
     # 100 tokens left to refill: 10 s for the key at 10/s, 1 s for the tenant at 100/s.
     assert 9_000 < key_state <= 10_000 and 900 < tenant_state <= 1_000
 
