@@ -62,7 +62,7 @@ name and spread over the cluster.
 | {ns}:{apikeys}:changed                | channel | api_keys.py publishes, API subscribes | pub/sub: holds nothing |
 | {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again (a refund's credit leaves it): <= 60 s |
 | {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same (a settlement's credit leaves it too); past 60 s only while repaying usage above the estimate |
-| {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API)      | <= max_concurrent ids; TTL = its latest slot deadline |
+| {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API), job_end.lua (workers) | <= max_concurrent ids, + `~expires`; TTL: past its latest slot deadline, to the next whole minute (`~expires`' score) |
 | {ns}:rl:{tenant}:key:{name}:*         | as above | ratelimit.py           | the same three, for a key with limits of its own |
 | {ns}:{p}:dl:{model}:*                 | as above | ratelimit.py (workers) | the same three, for a deployment with limits of its own |
 """
@@ -296,5 +296,6 @@ class Keys:
         return self._deployment_limit(provider, model) + "inflight"
 
     def in_flight(self, tenant: str, key: str | None = None) -> str:
-        # Request ids scored by deadline (ms): slots of a crashed API process expire with them.
+        # Request ids scored by deadline (ms): slots of a crashed API process expire with them; and
+        # `~expires` (admit.lua), scored by the set's own expiry.
         return self._limit(tenant, key) + "inflight"

@@ -24,6 +24,7 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
+from broker.limits.ratelimit import EXPIRES_MEMBER
 from tests.harness import RedisServer
 from tests.stacks import StackFactory, stacks
 
@@ -76,7 +77,8 @@ class Slots:
                     self.senders[words[1]] = sender
 
     def in_flight(self, tenant: str) -> int:
-        return int(self.redis.zcard(self.keys.in_flight(tenant)))
+        """Slots held: the set's members but `~expires` (admit.lua)."""
+        return len([m for m in self.redis.zrange(self.keys.in_flight(tenant), 0, -1) if m != EXPIRES_MEMBER.encode()])
 
     def removals(self, tenant: str) -> int:
         return sum(key == self.keys.in_flight(tenant) for key in self.removed)

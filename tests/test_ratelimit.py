@@ -16,6 +16,7 @@ import redis
 
 from broker.config import hash_key
 from broker.keys import Keys
+from broker.limits.ratelimit import EXPIRES_MEMBER
 from tests.harness import REDIS_URL
 from tests.stacks import StackFactory
 
@@ -46,7 +47,8 @@ class Deployment:
         self.redis = redis.Redis.from_url(REDIS_URL)
 
     def in_flight(self, tenant: str) -> int:
-        return int(self.redis.zcard(self.keys.in_flight(tenant)))
+        """Slots held: the set's members but `~expires` (admit.lua)."""
+        return len([m for m in self.redis.zrange(self.keys.in_flight(tenant), 0, -1) if m != EXPIRES_MEMBER.encode()])
 
     def full(self, tenant: str) -> bool:
         """The tenant's RPM and TPM buckets are full: absent, or holding an instant past (a credit, as a

@@ -9,9 +9,11 @@ continuously: capacity = the per-minute limit, refill = limit/60 per second.
 
 Tokens are charged at admission from an estimate (`estimate_tokens`) and
 corrected by `reconcile` / `reconcile_into` when the worker learns real usage.
-The concurrency slot is a ZSET member scored by the request's deadline: the API
-removes it when the response ends (`Limiter.release`), and if that process
-crashed, the next admission reclaims every slot whose deadline passed.
+The concurrency slot is a ZSET member scored by the request's deadline: the job's end removes it
+(job_end.lua, on one Redis), or the API when the response ends otherwise (`Limiter.release`), and if
+that process crashed, the next admission at the limit reclaims every slot whose deadline passed. The set
+also holds `~expires`, scored by its own expiry, so that its TTL is lengthened about once a minute
+rather than with every slot (admit.lua): `EXPIRES_MEMBER`, the one member that is no slot.
 
 Keys owned (broker/keys.py): `rate_requests`, `rate_tokens`, `in_flight`, per tenant and per limited key.
 """
@@ -49,6 +51,9 @@ OUTPUT_ESTIMATE_CAP = 4096
 # A crashed process's slot outlives the request's deadline by this much, so a
 # response still being written at its deadline is not counted out early.
 SLOT_GRACE_S = 5.0
+
+# The one member of an in-flight set that is no slot (admit.lua's EXPIRES).
+EXPIRES_MEMBER = "~expires"
 
 _REASONS = {1: ("requests per min (RPM)", "rpm"), 2: ("tokens per min (TPM)", "tpm"),
             3: ("concurrent requests", "max_concurrent")}
