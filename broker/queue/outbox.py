@@ -11,7 +11,8 @@ A job's end (final reply, result key with its TTL, the tenant's token bucket set
 usage, and finish.lua: XACK, XDEL) goes in the same pipeline, after the job's last chunk, so the entry
 is acknowledged only once the client's answer has been handed to Redis. Only the acknowledging delivery
 may count a job in the ledger (broker/money/ledger.py). On one Redis (standalone or Sentinel) the whole
-end is one script call, job_end.lua: settle, reply, store, acknowledge, and count if acknowledged. On a
+end is one script call, job_end.lua: settle, free the job's concurrency slots (Job.slots; the reply says so,
+Final.freed, and the API releases nothing), reply, store, acknowledge, and count if acknowledged. On a
 Cluster those keys live in three slots (the tenant's, the provider's, the result's own), so they stay
 separate commands and the ends finish.lua acknowledged go to the ledger in the next pipeline; under
 load that pipeline carries the next burst anyway; when idle it leaves at once, on its own.
