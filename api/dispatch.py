@@ -188,7 +188,9 @@ async def run(state: BrokerState, request: Request, job: Job, tap: cached.Tap | 
                     body = await finalize(job, body)
                 if reply.usage is not None and (facts := request.scope.get(SCOPE_KEY)) is not None:
                     facts.tokens = reply.usage.total_tokens
-                return Response(body, media_type="application/json", headers=_served(reply))
+                # Its worker freed its concurrency slots before this reply left (Final.freed): nothing to release.
+                answered = limits.Freed if reply.freed else Response
+                return answered(body, media_type="application/json", headers=_served(reply))
             case Failed(error=info):
                 raise BrokerError.from_info(info)
             case _:

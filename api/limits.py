@@ -1,9 +1,14 @@
 """Rate limits and budgets at the door: admit a job, put the x-ratelimit-* headers on whatever answers it,
-and free its concurrency slot when the answer is over.
+and free its concurrency slot when the answer is over, unless its job's end already has.
 
-The slot is freed when the JSON body is ready, when the error is raised, or (for
-SSE) when the stream's response ends: finished, failed or the client gone. The
-release runs in a task of its own (`BrokerState.spawn`): a client that leaves
+A job its client waits for carries its slots (Job.slots): on one Redis its worker frees them in the call
+that publishes its last reply (job_end.lua), before that reply leaves, and the reply says so
+(Final.freed / Failed.freed). The API then answers without a release of its own: no round trip between
+the answer and its client. Otherwise (a Cluster, a worker of the previous release, the client gone,
+a timeout, a refusal, an error raised here, an async job's 202) the API frees the slot itself, as
+before: when the JSON body is ready, when the error is raised, or (for SSE) when the stream's response
+ends. A second release of a slot already freed removes nothing (ZREM of the job's own member).
+The release runs in a task of its own (`BrokerState.spawn`): a client that leaves
 cancels the request, and a release awaited inside that cancelled request would
 never be sent, leaving the tenant one slot short until the job's deadline. If
 this process dies first, the slot expires at the job's deadline
@@ -86,13 +91,20 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
         raise RuntimeError(f"job {job.id} was answered without its admission")  # `respond` did not enqueue first
     response.headers.update(admission.headers)
     if isinstance(response, EventStream) and admission.holds_slot:
+        stream = response
+
         def release(_finished: bool) -> None:
-            state.spawn(_release_now(state, admission))
+            if not stream.freed:  # its job's end freed it already (job_end.lua)
+                state.spawn(_release_now(state, admission))
 
         response.on_close(release)
-    else:
+    elif not isinstance(response, Freed):
         await _release(state, admission)
     return response
+
+
+class Freed(Response):
+    """A job's JSON answer whose worker freed the job's concurrency slots before answering (Final.freed)."""
 
 
 def _held(admission: Admission | None, pending: Deferred | None) -> Admission | None:

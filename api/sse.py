@@ -107,6 +107,8 @@ class EventStream(StreamingResponse):
         # The stream ended because its job restarted after a worker died (`AttemptRestarted`): the
         # client holds events of an attempt that no longer runs, so none can resume the new one.
         self.restarted = False
+        # Its job's end freed its concurrency slots with its last reply (Final.freed, job_end.lua).
+        self.freed = False
         self._on_close: list[Callable[[bool], None]] = []
 
     def on_close(self, callback: Callable[[bool], None]) -> None:
@@ -149,14 +151,14 @@ def stream_response(
                     yield dialect.frame_with_ids(chunks, attempt, index)
                     keepalive, index = dialect.keepalive_after_ids, index + len(chunks)
                 case Final(body=body):
-                    response.finished = True
+                    response.finished, response.freed = True, reply.freed
                     if body:  # a stream's last events, held back by the worker until its answer is kept
                         yield await finalize(body) if finalize is not None else body
                     if dialect.done:
                         yield dialect.done
                     return
                 case Failed(error=info):
-                    response.finished = True
+                    response.finished, response.freed = True, reply.freed
                     yield dialect.error_event(BrokerError.from_info(info))
                     return
             try:

@@ -20,7 +20,7 @@ name and spread over the cluster.
 | {ns}:{p}:q:{lane}:{tenant}            | stream  | enqueue.lua, workers    | entries XDEL'd at finish; key DEL'd when empty by the next pull.lua turn or worker heartbeat (reclaim.lua) that meets it, or by a worker that stops |
 | {ns}:{p}:active:{lane}                | zset    | enqueue.lua, pull.lua   | tenants with queued or running jobs in the lane |
 | {ns}:{p}:sched                        | hash    | pull.lua                | one field per lane (weighted round robin state) + turn |
-| {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: per lane, per lane:tenant (deleted at 0) |
+| {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: one field per lane (a tenant's own, when asked past min_queue, is its stream's length less its pending entries; a previous release's per lane:tenant field is deleted when its stream is retired) |
 | {ns}:{p}:drain                        | hash    | pull.lua, finish.lua    | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config); service_ms; ttft:/total: per deployment |
 | {ns}:{p}:workers                      | zset    | worker heartbeats       | live workers; entries older than a minute trimmed |
 | {ns}:{p}:circuit                      | hash    | circuit.lua, finish.lua | 4 fields per failing upstream model; TTL: 2 x open time after the last failure |
@@ -60,9 +60,9 @@ name and spread over the cluster.
 | {ns}:{apikeys}:names                  | hash    | api_keys.py             | the same keys' names: one field each, deleted with the key |
 | {ns}:{apikeys}:version                | string  | api_keys.py             | one counter, bumped by every create and revoke |
 | {ns}:{apikeys}:changed                | channel | api_keys.py publishes, API subscribes | pub/sub: holds nothing |
-| {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again: <= 60 s |
-| {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same; past 60 s only while repaying usage above the estimate |
-| {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API)      | <= max_concurrent ids; TTL = its latest slot deadline |
+| {ns}:rl:{tenant}:rpm                  | string  | ratelimit.py (API)      | TTL = time until the bucket is full again (a refund's credit leaves it): <= 60 s |
+| {ns}:rl:{tenant}:tpm                  | string  | ratelimit.py (API, worker) | same (a settlement's credit leaves it too); past 60 s only while repaying usage above the estimate |
+| {ns}:rl:{tenant}:inflight             | zset    | ratelimit.py (API), job_end.lua (workers) | <= max_concurrent ids, + `~expires`; TTL: past its latest slot deadline, to the next whole minute (`~expires`' score) |
 | {ns}:rl:{tenant}:key:{name}:*         | as above | ratelimit.py           | the same three, for a key with limits of its own |
 | {ns}:{p}:dl:{model}:*                 | as above | ratelimit.py (workers) | the same three, for a deployment with limits of its own |
 """
@@ -296,5 +296,6 @@ class Keys:
         return self._deployment_limit(provider, model) + "inflight"
 
     def in_flight(self, tenant: str, key: str | None = None) -> str:
-        # Request ids scored by deadline (ms): slots of a crashed API process expire with them.
+        # Request ids scored by deadline (ms): slots of a crashed API process expire with them; and
+        # `~expires` (admit.lua), scored by the set's own expiry.
         return self._limit(tenant, key) + "inflight"

@@ -15,6 +15,7 @@ from broker.errors import RateLimited, TokensRateLimited
 from broker.keys import Keys
 from broker.limits.ratelimit import (
     DEFAULT_OUTPUT_TOKENS,
+    EXPIRES_MEMBER,
     SLOT_GRACE_S,
     Limiter,
     estimate_request_tokens,
@@ -48,6 +49,17 @@ async def limiter(namespace: str) -> Any:
     client = AsyncRedis.from_url(REDIS_URL)
     yield Limiter(client, Keys(namespace))
     await client.aclose()
+
+
+async def slots_held(limiter: Limiter, in_flight: str) -> int:
+    """An in-flight set's slots: its members but `~expires` (admit.lua)."""
+    return len([m for m in await limiter.redis.zrange(in_flight, 0, -1) if m != EXPIRES_MEMBER.encode()])
+
+
+async def full_in_ms(limiter: Limiter, bucket: str) -> float:
+    """How long until `bucket` is full again: its stored instant (µs, server clock) from now; 0 if full."""
+    stored, (seconds, micros) = await limiter.redis.get(bucket), await limiter.redis.time()
+    return max(0.0, (int(stored or 0) - (seconds * 1_000_000 + micros)) / 1000)
 
 
 async def remaining_tokens(limiter: Limiter, tenant: Tenant) -> int:
@@ -99,7 +111,7 @@ async def test_a_crashed_processs_concurrency_slot_expires_at_its_deadline(limit
     await asyncio.sleep(0.3)
     admission = await limiter.admit("t", tenant, 1, "next", time.time() + 60)
     await limiter.release(admission)
-    assert await limiter.redis.zcard(limiter.keys.in_flight("t")) == 0
+    assert await slots_held(limiter, limiter.keys.in_flight("t")) == 0
 
 
 def keyed_tenant(**key_limits: int) -> Tenant:
@@ -132,7 +144,7 @@ async def test_a_keys_concurrency_slot_is_released_with_the_tenants(limiter: Lim
     assert info.value.message.startswith("Rate limit reached for concurrent requests of key 'ci': Limit 1, Used 1")
     await limiter.release(first)
     for key in (None, "ci"):
-        assert await limiter.redis.zcard(limiter.keys.in_flight("t", key)) == 0
+        assert await slots_held(limiter, limiter.keys.in_flight("t", key)) == 0
 
 
 async def test_reconcile_settles_the_keys_token_bucket_too(limiter: Limiter) -> None:
@@ -140,8 +152,9 @@ async def test_reconcile_settles_the_keys_token_bucket_too(limiter: Limiter) -> 
     admission = await limiter.admit("t", tenant, 400, "a", time.time() + 60, key=tenant.api_key("ci"))
     assert admission.headers["x-ratelimit-remaining-tokens"] in ("200", "201")
     await reconcile(limiter.redis, limiter.keys, "t", tenant, estimated=400, actual=100, key=tenant.api_key("ci"))
-    key_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t", "ci"))
-    tenant_state = await limiter.redis.pttl(limiter.keys.rate_tokens("t"))
+    # (A credit leaves the key's TTL as it was: the bucket's stored instant says when it is full.)
+    key_state = await full_in_ms(limiter, limiter.keys.rate_tokens("t", "ci"))
+    tenant_state = await full_in_ms(limiter, limiter.keys.rate_tokens("t"))
     # 100 tokens left to refill: 10 s for the key at 10/s, 1 s for the tenant at 100/s.
     assert 9_000 < key_state <= 10_000 and 900 < tenant_state <= 1_000
 
@@ -176,3 +189,38 @@ async def test_the_smallest_limits_work_too(limiter: Limiter) -> None:
         await limiter.admit("t", tenant, 1, "two", time.time() + 60)
     assert info.value.retry_after_s is not None and 0 < info.value.retry_after_s <= 60
     await limiter.release(first)
+
+
+async def test_an_in_flight_sets_ttl_covers_its_latest_slot_and_is_written_once_a_minute(limiter: Limiter) -> None:
+    tenant, key = Tenant(keys=[], max_concurrent=2), limiter.keys.in_flight("t")
+    now = time.time()
+    first = await limiter.admit("t", tenant, 1, "a", now + 30)
+    expires = await limiter.redis.zscore(key, EXPIRES_MEMBER)
+    ttl_at = (await limiter.redis.pexpiretime(key))
+    # The set expires at `~expires`' score: the first slot's deadline (+ grace), up to the next whole minute.
+    assert ttl_at == expires and expires % 60_000 == 0
+    assert (now + 30 + SLOT_GRACE_S) * 1000 <= expires <= (now + 30 + SLOT_GRACE_S + 60) * 1000 + 1000
+    # Two slots are the limit: `~expires` is no slot.
+    await limiter.admit("t", tenant, 1, "b", now + 31)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit("t", tenant, 1, "c", now + 31)
+    assert "Limit 2, Used 2" in refused.value.message
+    await limiter.release(first)
+    # A slot with a later deadline moves the expiry on, never back.
+    await limiter.admit("t", tenant, 1, "d", now + 300)
+    later = await limiter.redis.zscore(key, EXPIRES_MEMBER)
+    assert later is not None and later >= (now + 300 + SLOT_GRACE_S) * 1000
+    assert await limiter.redis.pexpiretime(key) == later
+    assert await slots_held(limiter, key) == 2
+
+
+async def test_a_previous_releases_in_flight_set_keeps_its_longer_ttl(limiter: Limiter) -> None:
+    # A set written before `~expires` existed: one slot a day away, the set's TTL a day. The next
+    # admission adds `~expires` for its own, nearer, deadline; the TTL stays the day (PEXPIREAT ... GT).
+    tenant, key = Tenant(keys=[], max_concurrent=5), limiter.keys.in_flight("t")
+    seconds, _ = await limiter.redis.time()
+    await limiter.redis.zadd(key, {"old": (seconds + 86_400) * 1000})
+    await limiter.redis.pexpire(key, 86_400_000)
+    await limiter.admit("t", tenant, 1, "new", time.time() + 30)
+    assert await limiter.redis.pttl(key) > 86_000_000
+    assert await slots_held(limiter, key) == 2

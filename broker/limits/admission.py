@@ -24,6 +24,7 @@ def prepare(limiter: Limiter, prices: PriceBook, tenant_name: str, tenant: Tenan
     call = limiter.deferred(scopes_of(limiter.keys, tenant_name, tenant, key), estimate_request_tokens(request),
                             job.id, job.deadline, tenant_name=tenant_name, hold=hold)
     job.estimated_tokens, job.key_tpm = call.tokens, key_tpm(key)
+    job.slots = _freed_at_end(job, call.slots)
     if hold is not None and hold.nanos > 0:
         job.budget_counters, job.budget_reserved = [b.counter for b in hold.budgets], hold.nanos
     return call
@@ -38,5 +39,12 @@ async def admit(limiter: Limiter, prices: PriceBook, tenant_name: str, tenant: T
     admission = await limiter.admit(tenant_name, tenant, estimate_request_tokens(request), job.id, job.deadline,
                                     key=key, hold=hold)
     job.estimated_tokens, job.key_tpm = admission.tokens, key_tpm(key)
+    job.slots = _freed_at_end(job, admission.slots)
     job.budget_counters, job.budget_reserved = admission.budget_counters, admission.budget_nanos
     return admission
+
+
+def _freed_at_end(job: Job, slots: list[str]) -> list[str]:
+    """The slots the job's end frees (its worker, job_end.lua): those of a job whose client waits for it. An
+    async job's (or a batch line's) slot ends when it is accepted (api/limits.py, broker/batches/runner.py)."""
+    return [] if job.async_ttl_s else slots

@@ -9,9 +9,11 @@ continuously: capacity = the per-minute limit, refill = limit/60 per second.
 
 Tokens are charged at admission from an estimate (`estimate_tokens`) and
 corrected by `reconcile` / `reconcile_into` when the worker learns real usage.
-The concurrency slot is a ZSET member scored by the request's deadline: the API
-removes it when the response ends (`Limiter.release`), and if that process
-crashed, the next admission reclaims every slot whose deadline passed.
+The concurrency slot is a ZSET member scored by the request's deadline: the job's end removes it
+(job_end.lua, on one Redis), or the API when the response ends otherwise (`Limiter.release`), and if
+that process crashed, the next admission at the limit reclaims every slot whose deadline passed. The set
+also holds `~expires`, scored by its own expiry, so that its TTL is lengthened about once a minute
+rather than with every slot (admit.lua): `EXPIRES_MEMBER`, the one member that is no slot.
 
 Keys owned (broker/keys.py): `rate_requests`, `rate_tokens`, `in_flight`, per tenant and per limited key.
 """
@@ -49,6 +51,9 @@ OUTPUT_ESTIMATE_CAP = 4096
 # A crashed process's slot outlives the request's deadline by this much, so a
 # response still being written at its deadline is not counted out early.
 SLOT_GRACE_S = 5.0
+
+# The one member of an in-flight set that is no slot (admit.lua's EXPIRES).
+EXPIRES_MEMBER = "~expires"
 
 _REASONS = {1: ("requests per min (RPM)", "rpm"), 2: ("tokens per min (TPM)", "tpm"),
             3: ("concurrent requests", "max_concurrent")}
@@ -142,11 +147,11 @@ class Deferred:
     """An admit.lua call built but not sent (`Limiter.deferred`): its KEYS and ARGV, the tokens it charges,
     and, once `settle` has read its answer, the Admission."""
 
-    __slots__ = ("keys", "args", "tokens", "_read", "admission")
+    __slots__ = ("keys", "args", "tokens", "slots", "_read", "admission")
 
-    def __init__(self, keys: list[str], args: list[Any], tokens: int,
+    def __init__(self, keys: list[str], args: list[Any], tokens: int, slots: list[str],
                  read: Callable[[list[Any]], Admission]) -> None:
-        self.keys, self.args, self.tokens, self._read = keys, args, tokens, read
+        self.keys, self.args, self.tokens, self.slots, self._read = keys, args, tokens, slots, read
         self.admission: Admission | None = None
 
     def settle(self, answer: list[Any]) -> Admission:
@@ -265,7 +270,7 @@ class Limiter:
         return Deferred([k for scope in scopes for k in (scope.requests, scope.tokens, scope.in_flight)]
                         + (hold.keys() if hold else []),
                         [tokens, request_id, ttl_ms, len(scopes), *limits, *(hold.args() if hold else [])],
-                        tokens, lambda answer: _admission(scopes, tokens, request_id, tenant_name, hold, answer))
+                        tokens, slots_of(scopes), lambda answer: _admission(scopes, tokens, request_id, tenant_name, hold, answer))
 
     async def end_call(self, deployment: Deployment, admission: Admission, actual_tokens: int | None) -> None:
         """A call admitted by `admit_call` is over: free its slot, settle its tokens with the real usage."""
@@ -293,6 +298,11 @@ class Limiter:
                 await pipe.execute()
 
 
+def slots_of(scopes: list[Scope]) -> list[str]:
+    """The in-flight sets an admission of these scopes takes a slot in."""
+    return [scope.in_flight for scope in scopes if scope.limits.max_concurrent]
+
+
 def _admission(scopes: list[Scope], tokens: int, request_id: str, tenant_name: str,
                hold: budgets.Hold | None, answer: list[Any]) -> Admission:
     """What admit.lua's answer means: the Admission, or RateLimited / OverBudget (with headers)."""
@@ -311,7 +321,7 @@ def _admission(scopes: list[Scope], tokens: int, request_id: str, tenant_name: s
                                            (scope.tokens, scope.limits.tpm, tokens))
                if limit and cost > 0]
     admission = Admission(tenant_name=tenant_name, request_id=request_id, tokens=tokens, headers=headers,
-                          slots=[scope.in_flight for scope in scopes if scope.limits.max_concurrent],
+                          slots=slots_of(scopes),
                           charges=charges)
     if hold is not None and hold.nanos > 0:
         admission.budget_counters, admission.budget_nanos = [b.counter for b in hold.budgets], hold.nanos

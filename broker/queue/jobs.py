@@ -100,6 +100,10 @@ class Job(msgspec.Struct, array_like=True, kw_only=True):
     # The TPM limit of its key's own bucket (0: none), charged at admission: the worker settles that
     # bucket from here, since a key made at run time (broker/api_keys.py) is not in its config.
     key_tpm: int = 0
+    # The in-flight sets (broker/limits/ratelimit.py) holding its concurrency slot, when its client waits for
+    # its end: the worker's end frees them in the call that publishes its answer (job_end.lua), so the API
+    # answers without a round trip of its own. Empty for an async job (its slot ends with its 202).
+    slots: list[str] = []
 
     @property
     def request(self) -> AnyRequest:
@@ -154,6 +158,11 @@ class Final(msgspec.Struct, tag="final", array_like=True):
     usage: Usage | None = None
     served_by: str = ""
     calls: int = 0
+    # The job's concurrency slots (Job.slots) were freed before this reply was published, in the same
+    # atomic call (job_end.lua): the API has nothing left to release. False (the previous release's
+    # workers, a Cluster): the API frees them itself. An older API ignores the field (array_like: extra
+    # trailing values are skipped).
+    freed: bool = False
 
 
 class Failed(msgspec.Struct, tag="failed", array_like=True):
@@ -161,6 +170,7 @@ class Failed(msgspec.Struct, tag="failed", array_like=True):
     attempt: int
     seq: int
     error: ErrorInfo
+    freed: bool = False  # as Final's
 
 
 Reply = Chunk | Final | Failed

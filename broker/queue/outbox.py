@@ -11,7 +11,8 @@ A job's end (final reply, result key with its TTL, the tenant's token bucket set
 usage, and finish.lua: XACK, XDEL) goes in the same pipeline, after the job's last chunk, so the entry
 is acknowledged only once the client's answer has been handed to Redis. Only the acknowledging delivery
 may count a job in the ledger (broker/money/ledger.py). On one Redis (standalone or Sentinel) the whole
-end is one script call, job_end.lua: settle, reply, store, acknowledge, and count if acknowledged. On a
+end is one script call, job_end.lua: settle, free the job's concurrency slots (Job.slots; the reply says so,
+Final.freed, and the API releases nothing), reply, store, acknowledge, and count if acknowledged. On a
 Cluster those keys live in three slots (the tenant's, the provider's, the result's own), so they stay
 separate commands and the ends finish.lua acknowledged go to the ledger in the next pipeline; under
 load that pipeline carries the next burst anyway; when idle it leaves at once, on its own.
@@ -114,7 +115,8 @@ class Outbox:
         # One Redis, not a Cluster: a job's end (bucket, reply, result, acknowledgement, ledger) is one
         # job_end.lua call, as its keys need not share a slot. Not with replicated durability: there the
         # end's PUBLISH must follow a WAIT, which no script can run (durability.py).
-        self._one_call = not isinstance(redis, RedisCluster) and durable is None
+        self._one_redis = not isinstance(redis, RedisCluster)
+        self._one_call = self._one_redis and durable is None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -237,11 +239,15 @@ class Outbox:
                 continue
             seq = op.seq = self._next_seq(job.id)
             del self._seq[job.id]
+            # Its concurrency slots freed before its reply is published, in order on one Redis: in
+            # job_end.lua, or (replicated) among the writes before the WAIT. On a Cluster the API frees them.
+            freed = bool(job.slots) and self._one_redis
             terminal = (
                 # Every error a worker sends passes here: the last place an upstream's echo of our key is caught.
-                Failed(job.id, job.attempt, seq, msgspec.structs.replace(op.error, message=redact(op.error.message)))
+                Failed(job.id, job.attempt, seq, msgspec.structs.replace(op.error, message=redact(op.error.message)),
+                       freed)
                 if op.error is not None
-                else Final(job.id, job.attempt, seq, op.body, op.usage, job.served_by, job.calls)
+                else Final(job.id, job.attempt, seq, op.body, op.usage, job.served_by, job.calls, freed)
             )
             encoded = reply_encoder.encode(terminal)
             if job.streams:
@@ -273,6 +279,9 @@ class Outbox:
                 scripted.append(self._finish_into(pipe, op, finish_args))
             else:
                 pipe.set(self.keys.result(job.id), encoded, ex=job.async_ttl_s or self.result_ttl_s)
+                if freed:
+                    for slots in job.slots:
+                        pipe.zrem(slots, job.id)
                 held.append((op, encoded, finish_args))
         waited = None
         if durable is not None and held is not None and (held or counts):
@@ -322,10 +331,10 @@ class Outbox:
         """job_end.lua for `op`, queued in `pipe` (its KEYS and ARGV layout are the script's)."""
         job, entry = op.job, op.ledger
         keys = [*self.finish_keys(job, op.stream), self.keys.result(job.id), self.keys.usage_log(),
-                *(bucket for bucket, _, _ in settle), *(entry.keys if entry else [])]
+                *(bucket for bucket, _, _ in settle), *job.slots, *(entry.keys if entry else [])]
         args = [len(settle), len(entry.keys) if entry else 0, len(finish_args), job.reply_to, reply,
                 job.async_ttl_s or self.result_ttl_s, self.usage.log_maxlen, entry.record if entry else b"",
-                *finish_args, *(v for _, tpm, delta in settle for v in (tpm, delta)), *(entry.args if entry else [])]
+                len(job.slots), job.id, *finish_args, *(v for _, tpm, delta in settle for v in (tpm, delta)), *(entry.args if entry else [])]
         return evalsha_into(pipe, self.scripts.job_end, keys, args)
 
     def _service_average(self, provider: str, sample_ms: int) -> str:

@@ -2,7 +2,7 @@
 -- its key's when the key has its own), atomically: all buckets or none.
 -- The request's budgets (broker/money/budgets.py) are held in the same step: its worst-case cost is
 -- reserved against each, all or none, and only when every rate limit admitted it.
--- KEYS: 3 per scope: requests bucket, tokens bucket, in-flight ZSET;
+-- KEYS: 3 per scope: requests bucket, tokens bucket, in-flight ZSET (its slots, and EXPIRES below);
 --       then 2 per budget: its counter (nano-dollars spent + held), its holds ZSET
 -- ARGV: [1] tokens, [2] request id, [3] slot TTL in ms (the request's deadline, from now),
 --       [4] number of scopes, then per scope: rpm, tpm, max_concurrent (0 = no such limit);
@@ -18,6 +18,8 @@
 -- so continuous refill needs no timer, and the key's TTL is exactly the time
 -- until it is full. Server TIME, not a client clock, so every API process agrees.
 local WINDOW = 60000000 -- µs: a bucket refills completely in one minute
+-- An in-flight set's member that is no slot: scored by the set's expiry (unix ms), always in the future.
+local EXPIRES, EXPIRY_STEP_MS = '~expires', 60000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local costs = {1, tonumber(ARGV[1])}
@@ -49,12 +51,16 @@ for s, scope in ipairs(scopes) do
     end
   end
   if scope.max_concurrent > 0 then
-    scope.in_flight = redis.call('ZCARD', scope.keys[3])
+    -- Every member but EXPIRES is a slot (a set of the previous release has none: one slot fewer is
+    -- counted for the first admission that meets it, which adds it).
+    scope.members = redis.call('ZCARD', scope.keys[3])
+    scope.in_flight = math.max(scope.members - 1, 0)
     if scope.in_flight >= scope.max_concurrent then
       -- Slots of requests whose deadline passed belong to crashed or stuck processes: reclaimed when
       -- they would refuse one (below the limit they refuse nothing; the set never holds more than it).
+      -- EXPIRES is scored at the set's own expiry, in the future, so it stays.
       redis.call('ZREMRANGEBYSCORE', scope.keys[3], '-inf', math.floor(now / 1000))
-      scope.in_flight = redis.call('ZCARD', scope.keys[3])
+      scope.in_flight = math.max(redis.call('ZCARD', scope.keys[3]) - 1, 0)
     end
     -- When a slot frees is unknowable here; a second is the retry hint.
     if scope.in_flight >= scope.max_concurrent and worst < 1000000 then reason, worst, culprit = 3, 1000000, s end
@@ -112,13 +118,21 @@ if reason == 0 then
       end
     end
     if scope.max_concurrent > 0 then
-      redis.call('ZADD', scope.keys[3], math.floor(now / 1000) + ttl, ARGV[2])
-      -- The set lives as long as its latest slot could: a new set gets its TTL, an existing one's is
-      -- only ever lengthened (GT, Redis 7), one command either way.
-      if scope.in_flight == 0 then
-        redis.call('PEXPIRE', scope.keys[3], ttl)
-      else
-        redis.call('PEXPIRE', scope.keys[3], ttl, 'GT')
+      -- The set lives at least as long as its latest slot could: until EXPIRES's score, which is its
+      -- expiry (PEXPIREAT), rounded up to the next whole minute past this slot's deadline. The ZADD that
+      -- takes the slot moves EXPIRES on only if that is later (GT) and says so (CH: 2 changed, the slot
+      -- and EXPIRES), so the set's TTL is written about once a minute, not with every slot.
+      -- (Request ids are unique: an id already there, with a later deadline, cannot move EXPIRES on.)
+      local slot_at = math.floor(now / 1000) + ttl
+      local expires = math.ceil(slot_at / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
+      if redis.call('ZADD', scope.keys[3], 'GT', 'CH', expires, EXPIRES, slot_at, ARGV[2]) > 1 then
+        -- A new set has no TTL, which GT takes for an infinite one; an existing set's is only lengthened
+        -- (one of the previous release may hold a slot with a later deadline).
+        if scope.members == 0 then
+          redis.call('PEXPIREAT', scope.keys[3], expires)
+        else
+          redis.call('PEXPIREAT', scope.keys[3], expires, 'GT')
+        end
       end
       scope.in_flight = scope.in_flight + 1
     end

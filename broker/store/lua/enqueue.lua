@@ -39,7 +39,7 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
     redis.call('HSET', KEYS[6], m .. ':probe', now + tonumber(ARGV[13 + 2 * nl]))
   end
 end
-local own_field = lane .. ':' .. ARGV[1]
+local own_field = lane .. ':' .. ARGV[1]  -- this tenant's queue of the lane, as the drain hash names it
 -- The lane's backlog counted up front: its answer is the backlog this job joins, so below min_queue
 -- (the usual case) nothing more is read. A refusal below takes the count back.
 local mine = redis.call('HINCRBY', KEYS[3], lane, 1) - 1
@@ -57,19 +57,27 @@ local mine = redis.call('HINCRBY', KEYS[3], lane, 1) - 1
 -- all admitted to time out.
 -- (Read only past min_queue: below it nothing here is needed, and a quiet queue reads nothing more.)
 if mine >= tonumber(ARGV[7]) then
-  -- Every other lane's backlog and this tenant's own in one command: the lanes' names are ARGV[11..10+nl].
-  local backlog = redis.call('HMGET', KEYS[3], own_field, unpack(ARGV, 11, 10 + nl))
+  -- Every other lane's backlog in one command: the lanes' names are ARGV[11..10+nl].
+  local backlog = redis.call('HMGET', KEYS[3], unpack(ARGV, 11, 10 + nl))
   local my_weight, weights = 1, 0
   for i = 1, nl do
     local name, weight = ARGV[10 + i], tonumber(ARGV[10 + nl + i])
     if name == lane then
       my_weight = weight
       weights = weights + weight
-    elseif tonumber(backlog[1 + i] or '0') > 0 then
+    elseif tonumber(backlog[i] or '0') > 0 then
       weights = weights + weight
     end
   end
-  local own = tonumber(backlog[1] or '0')
+  -- This tenant's own waiting jobs in the lane, from its stream: its entries are the jobs waiting and
+  -- those running (pending; every other is deleted as it ends or is dropped). Counted here, on this
+  -- path only, rather than kept in a counter that every job moved twice (up here, down at its pull).
+  local own = 0
+  local queued = redis.call('XLEN', KEYS[1])
+  if queued > 0 then
+    local pending = redis.pcall('XPENDING', KEYS[1], 'workers')
+    if type(pending) == 'table' and not pending.err then own = math.max(queued - tonumber(pending[1]), 0) end
+  end
   local drains = redis.call('HMGET', KEYS[4], 'rate', own_field .. ':rate', 'service_ms')
   local rate = tonumber(drains[1] or '0')
   if rate <= 0 then rate = (live_workers or count_live()) * tonumber(ARGV[11 + 2 * nl]) end
@@ -108,6 +116,5 @@ if not id then
   redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl, 'job', ARGV[4])
 end
-redis.call('HINCRBY', KEYS[3], own_field, 1)
 redis.call('PUBLISH', ARGV[9], lane)
 return {'ok', id}

@@ -34,7 +34,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out, taken, guard = {}, 0, 0
 local taken_from = {}  -- 'lane:tenant' -> jobs taken from that queue now
-local left_in = {}  -- 'lane:tenant' -> its backlog after them
+local last_in = {}  -- 'lane:tenant' -> {its stream, the entry taken from it last, its lane's index}
 local lane_left = {}  -- lane index -> its backlog after the last job taken from it
 -- Every lane's credit, read once: only this script writes them (below), so later turns keep them here.
 -- Not read at all when every lane is empty (an idle worker's poll), nor when one lane alone has work:
@@ -73,20 +73,10 @@ while stored and taken < want and guard < 100000 do
       -- probed again in this call (the next call probes it as ever: a miscount costs a probe, no job).
       lane_left[best] = redis.call('HINCRBY', KEYS[2], lane, -1)
       local own_field = lane .. ':' .. tenant
-      local own_left = 0
-      if lane_left[best] <= 0 then
-        -- Nothing left waiting in the lane, so nothing in this tenant's queue of it either: its count
-        -- goes without being counted down first.
-        done[best] = true
-        redis.call('HDEL', KEYS[2], own_field)
-      else
-        own_left = redis.call('HINCRBY', KEYS[2], own_field, -1)
-        if own_left <= 0 then
-          redis.call('HDEL', KEYS[2], own_field)
-          own_left = 0
-        end
-      end
-      left_in[own_field] = own_left
+      if lane_left[best] <= 0 then done[best] = true end
+      -- Whether this tenant's queue still has work waiting is asked once per queue, after the turns
+      -- (below), and only while its lane has: the entry taken last is the one to look past.
+      last_in[own_field] = {stream, entry[1], best}
       -- To the back of the lane's round robin; the lane's only tenant is there already (a tenant that
       -- joins later enters at the front, score 0, as it would anyway).
       if members[best] > 1 then
@@ -129,6 +119,8 @@ while stored and taken < want and guard < 100000 do
       if redis.call('XLEN', stream) == 0 then
         redis.call('ZREM', active, tenant)
         redis.call('DEL', stream)  -- its consumer group goes too; enqueue.lua recreates both
+        -- The previous release counted each tenant's queue in the backlog hash too: a count it left goes.
+        redis.call('HDEL', KEYS[2], lane .. ':' .. tenant)
       else
         redis.call('ZADD', active, next_turn(), tenant)  -- only running jobs left: skip for now
       end
@@ -176,7 +168,11 @@ if not known then
 end
 measure('', waiting, taken)
 for own_field, n in pairs(taken_from) do
-  measure(own_field .. ':', left_in[own_field], n)
+  -- Work still waits in a tenant's queue when an entry follows the last one delivered from it (entries
+  -- are delivered in order; none after it has been). Not asked when its lane has none waiting at all.
+  local last, left = last_in[own_field], 0
+  if (lane_left[last[3]] or 0) > 0 then left = #redis.call('XRANGE', last[1], '(' .. last[2], '+', 'COUNT', 1) end
+  measure(own_field .. ':', left, n)
 end
 if #resets > 0 then redis.call('HSET', KEYS[3], unpack(resets)) end
 return out
