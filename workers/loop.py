@@ -100,6 +100,7 @@ class Worker:
         self.rollups = rollups.enabled(config)  # the console's series (broker/ops/rollups.py)
         self.jobs_done = 0
         self._in_flight: dict[str, tuple[asyncio.Task[None], Pulled]] = {}
+        self._in_flight_gauge = metrics.JOBS_IN_FLIGHT.labels(provider_name)  # one child: not looked up per job
         self._cancelled: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._bell = asyncio.Event()
@@ -189,12 +190,12 @@ class Worker:
             job = None
         task = asyncio.create_task(self._run_job(item, job, attempt))
         self._in_flight[item.job_id] = (task, item)
-        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).inc()
+        self._in_flight_gauge.inc()
         task.add_done_callback(lambda _: self._job_done(item.job_id))
 
     def _job_done(self, job_id: str) -> None:
         self._in_flight.pop(job_id, None)
-        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).dec()
+        self._in_flight_gauge.dec()
         self._cancelled.discard(job_id)
         self.jobs_done += 1
         self._slot_freed.set()
