@@ -112,10 +112,12 @@ class Waiter:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             if self.queue.empty():
+                # A timeout scope, not wait_for: Python 3.11's wait_for wraps the get in a task of its
+                # own, on every reply of every request.
                 try:
-                    reply = await asyncio.wait_for(self.queue.get(),
-                                                   max(deadline - asyncio.get_running_loop().time(), 0))
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout_at(deadline):
+                        reply = await self.queue.get()
+                except TimeoutError:
                     return None
             else:
                 reply = self.queue.get_nowait()

@@ -32,25 +32,26 @@ from workers.providers import http1
 class UpstreamResponse:
     """What adapters read of an answer: status, headers (case-insensitive), the body whole or in pieces."""
 
-    __slots__ = ("status", "headers", "_response")
+    __slots__ = ("status", "_response")
 
     def __init__(self, response: aiohttp.ClientResponse | http1.Response) -> None:
         self.status = response.status
-        self.headers: Mapping[str, str] = response.headers
         self._response = response
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers  # built when asked (errors, mostly): most answers never are
 
     async def read(self) -> bytes:
         return await self._response.read()
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive (any slicing; SSE parsing copes with that)."""
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive (any slicing; SSE parsing copes with that). The client's own
+        iterator, not one wrapping it: a stream takes one hop fewer per read."""
         response = self._response
         if isinstance(response, http1.Response):
-            async for data in response.iter_chunks():
-                yield data
-        else:
-            async for data in response.content.iter_any():
-                yield data
+            return response.iter_chunks()
+        return response.content.iter_any()
 
 
 class UpstreamHTTP:
