@@ -81,3 +81,28 @@ def test_an_argument_redis_py_refuses_is_refused_as_before() -> None:
             await redis.aclose()
 
     asyncio.run(run())
+
+
+def test_a_pinned_connection_serves_every_pipeline_and_survives_a_broken_socket() -> None:
+    async def run() -> None:
+        redis = Redis.from_url(REDIS_URL)
+        key = f"t-packed-{uuid.uuid4().hex}"
+        try:
+            connection = await redis.connection_pool.get_connection()
+            for n in range(3):
+                pipe = pipeline(redis, connection)
+                pipe.incr(key)
+                pipe.expire(key, 60)
+                assert await pipe.execute() == [n + 1, True]
+                assert pipe.connection is None  # reset, and not handed back to the pool:
+                assert connection not in redis.connection_pool._available_connections  # type: ignore[attr-defined]
+            await connection.disconnect()  # as after a Redis restart: the next pipeline reconnects
+            pipe = pipeline(redis, connection)
+            pipe.incr(key)
+            assert await pipe.execute() == [4]
+            await redis.connection_pool.release(connection)
+        finally:
+            await redis.delete(key)
+            await redis.aclose()
+
+    asyncio.run(run())

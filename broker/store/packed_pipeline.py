@@ -23,11 +23,20 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ResponseError
 
 
 class PackedPipeline(Pipeline):
-    """A non-transactional pipeline (the outbox's kind) packed by hiredis."""
+    """A non-transactional pipeline (the outbox's kind) packed by hiredis, on a connection of its
+    caller's if given one (`pinned`), else on one from the pool."""
+
+    pinned = False
+
+    async def reset(self) -> None:
+        if self.pinned:
+            self.connection = None  # its caller's: not for the pool to take back
+        await super().reset()  # type: ignore[no-untyped-call]
 
     async def _execute_pipeline(  # type: ignore[no-untyped-def]
         self, connection: Connection, commands: Any, raise_on_error: bool
@@ -56,13 +65,29 @@ def _split(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return args
 
 
-def pipeline(redis: Redis) -> Pipeline:
-    """A non-transactional pipeline on `redis`: packed by hiredis on one Redis (standalone or Sentinel);
-    on a Cluster, redis-py's cluster pipeline (it routes each command to its slot's node)."""
+def packs(redis: Redis) -> bool:
+    """Whether `pipeline` packs for `redis` with hiredis: one Redis (standalone or Sentinel), not a
+    Cluster (redis-py's cluster pipeline routes each command to its slot's node), text in UTF-8."""
     if isinstance(redis, RedisCluster):
-        cluster: Pipeline = redis.pipeline(transaction=False)
-        return cluster
+        return False
     encoding = str(redis.connection_pool.connection_kwargs.get("encoding", "utf-8"))
-    if encoding.lower().replace("-", "") != "utf8":  # hiredis writes str as UTF-8 only
-        return redis.pipeline(transaction=False)
-    return PackedPipeline(redis.connection_pool, redis.response_callbacks, False, None)
+    return encoding.lower().replace("-", "") == "utf8"  # hiredis writes str as UTF-8 only
+
+
+def pins(redis: Redis) -> bool:
+    """Whether a single writer may keep one connection of `redis`'s for its pipelines: where it packs,
+    and not under Sentinel, whose pool moves its connections to a new primary after a failover only as
+    they come back to it (a connection kept out of it would go on writing to the old primary)."""
+    return packs(redis) and not isinstance(redis.connection_pool, SentinelConnectionPool)
+
+
+def pipeline(redis: Redis, connection: Connection | None = None) -> Pipeline:
+    """A non-transactional pipeline on `redis`, packed by hiredis where it `packs`; on `connection`
+    if given (a single writer's own: one pipeline at a time on it), which is then left to its caller."""
+    if not packs(redis):
+        plain: Pipeline = redis.pipeline(transaction=False)
+        return plain
+    pipe = PackedPipeline(redis.connection_pool, redis.response_callbacks, False, None)
+    if connection is not None:
+        pipe.connection, pipe.pinned = connection, True
+    return pipe
