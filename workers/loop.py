@@ -51,7 +51,7 @@ from broker.queue.streams import (
     reclaim,
 )
 from broker.routing.capabilities import estimate_tokens
-from broker.store import key_migration
+from broker.store import key_migration, packed_pipeline
 from broker.store.connection import subscriber
 from workers import attempts, observed
 from workers.hedging import Hedging
@@ -91,6 +91,11 @@ class Worker:
         self.provider: Provider = build_provider(provider_name, config.providers[provider_name],
                                                  concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
+        # The pull loop's own connection (it pulls one batch at a time), as the outbox's flusher keeps
+        # one: no pool checkout, socket probe and release per pull (at c=1, per job). Not under Sentinel.
+        self._puller = (Redis(connection_pool=redis.connection_pool, single_connection_client=True)
+                        if packed_pipeline.pins(redis) else None)
+        self._pull_scripts = QueueScripts(self._puller) if self._puller is not None else self.scripts
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants, usage=config.usage,
                              resume_ttl_s=config.server.stream_resume_ttl_s,
@@ -132,7 +137,7 @@ class Worker:
                 self._bell.clear()  # before pulling: a bell rung during the pull is not lost
                 asked = min(free, 64)
                 try:
-                    pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer, asked)
+                    pulled = await pull(self._pull_scripts, self.keys, self.queue, self.provider_name, self.consumer, asked)
                 except RedisError as exc:  # Redis restarting or unreachable: keep the jobs we hold, retry
                     log.warning("cannot pull jobs: %s", exc)
                     self._redis_lost = True
@@ -154,6 +159,8 @@ class Worker:
                 await leave(self.redis, self.keys, self.provider_name, self.consumer, self.scripts)
             await self.outbox.aclose()
             await self.provider.aclose()
+            if self._puller is not None:
+                await self._puller.aclose()  # its connection back to the shared pool
 
     def stop(self) -> None:
         """Stop pulling new jobs; `run` returns once in-flight jobs are done."""
