@@ -4,13 +4,17 @@ The OpenAI fake (uvicorn, as a real upstream's server) for what adapters rely on
 keep-alive reuse after whole answers and after streams read to `[DONE]`, timeouts. A raw asyncio
 server for the wire shapes a real server may write and uvicorn never does: a body delimited by the
 connection's end, chunks split anywhere, a connection cut inside a body or before any answer, a
-redirect, bytes that are not HTTP.
+redirect, bytes that are not HTTP. A TLS server with a self-signed certificate: refused untrusted,
+served trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -306,5 +310,58 @@ def test_nobody_listening_is_a_retryable_upstream_error() -> None:
         with pytest.raises(UpstreamError, match="cannot reach upstream up") as info:
             await post(url)
         assert info.value.retryable
+
+    run(test)
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl's command line: no Python package needed)."""
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@asynccontextmanager
+async def tls_server(cert: str, key: str) -> AsyncIterator[str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            body = await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    try:
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        server.close()
+
+
+def test_https_verifies_the_upstreams_certificate(tls_cert: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = tls_cert
+
+    async def test() -> None:
+        async with tls_server(cert, key) as url:
+            # Not trusted: refused before a byte of the request (and its key) is sent.
+            with pytest.raises(UpstreamError, match="cannot reach upstream up: SSLCertVerificationError"):
+                await post(url)
+            # Trusted (OpenSSL reads SSL_CERT_FILE for its default store): the request goes over TLS.
+            monkeypatch.setenv("SSL_CERT_FILE", cert)
+            assert await post(url) == (200, CHAT)
 
     run(test)
