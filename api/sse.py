@@ -137,6 +137,10 @@ def stream_response(
     async def events() -> AsyncIterator[bytes]:
         reply = first
         keepalive, attempt, index = dialect.keepalive, 0, 0
+        # What goes out in one write: this reply's bytes and those of the replies that arrived with it
+        # (under load a burst's chunks and the answer's end come in one read), one ASGI send and one
+        # socket write for them all. Never held for one that has not arrived.
+        out: list[bytes] = []
         while True:
             match reply:
                 case None:
@@ -144,28 +148,36 @@ def stream_response(
                         response.finished = True  # the worker drops the job itself once past its deadline
                         yield dialect.error_event(RequestTimeout(timeout_message))
                         return
-                    yield keepalive
+                    out.append(keepalive)
                 case Chunk(events=chunks):
                     if reply.attempt != attempt:  # a new attempt took over before anything was sent
                         attempt, index = reply.attempt, 0
-                    yield dialect.frame_with_ids(chunks, attempt, index)
+                    out.append(dialect.frame_with_ids(chunks, attempt, index))
                     keepalive, index = dialect.keepalive_after_ids, index + len(chunks)
                 case Final(body=body):
                     response.finished, response.freed = True, reply.freed
                     if body:  # a stream's last events, held back by the worker until its answer is kept
-                        yield await finalize(body) if finalize is not None else body
+                        out.append(await finalize(body) if finalize is not None else body)
                     if dialect.done:
-                        yield dialect.done
+                        out.append(dialect.done)
+                    if out:
+                        yield b"".join(out)
                     return
                 case Failed(error=info):
                     response.finished, response.freed = True, reply.freed
-                    yield dialect.error_event(BrokerError.from_info(info))
+                    out.append(dialect.error_event(BrokerError.from_info(info)))
+                    yield b"".join(out)
                     return
             try:
-                reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
+                reply = waiter.ready()
+                if reply is None:
+                    yield b"".join(out)
+                    out = []
+                    reply = await waiter.next(max(min(keepalive_s, deadline - time.time()), 0))
             except ReplyGap as exc:
                 response.restarted = isinstance(exc, AttemptRestarted)
-                yield dialect.error_event(exc.as_error())
+                out.append(dialect.error_event(exc.as_error()))
+                yield b"".join(out)
                 return
 
     response = EventStream(events())

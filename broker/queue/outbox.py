@@ -36,6 +36,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError
 
 from broker.config import Tenant, UsageSettings
@@ -48,6 +49,7 @@ from broker.queue import async_jobs, durability, job_events, stored_responses
 from broker.queue.jobs import Chunk, Failed, Final, Job, key_limits, reply_encoder
 from broker.queue.payloads import ResponsesPayload
 from broker.queue.streams import QueueScripts
+from broker.store import packed_pipeline
 from broker.store.scripts import Queued, evalsha_into, publish_into, resend_unknown
 from broker.wire import Usage
 
@@ -118,6 +120,9 @@ class Outbox:
         self._one_redis = not isinstance(redis, RedisCluster)
         self._one_call = self._one_redis and durable is None
         self._task: asyncio.Task[None] | None = None
+        # The flusher's own connection, kept (one flush at a time): a pooled one is checked out and its
+        # socket probed for stray data (a read syscall) on every flush. Reconnects itself after an error.
+        self._connection: Connection | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_forever(), name="outbox")
@@ -131,6 +136,9 @@ class Outbox:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await self.redis.connection_pool.release(connection)
 
     async def settled(self, timeout_s: float) -> bool:
         """Wait until everything queued has been sent (True), or `timeout_s` passed (False)."""
@@ -216,7 +224,9 @@ class Outbox:
                 self._idle.set()
 
     async def _flush(self, ops: list[_Chunks | _Started | _End], counts: list[ledger.Entry]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        if self._connection is None and packed_pipeline.pins(self.redis):
+            self._connection = await self.redis.connection_pool.get_connection()
+        pipe = packed_pipeline.pipeline(self.redis, self._connection)
         # EVALSHA calls, sent again if Redis lost its scripts; first the ledger of the ends acknowledged
         # by the previous pipeline.
         scripted: list[Queued] = ledger.write_into(pipe, self.scripts.ledger, self.keys, self.usage, counts)

@@ -112,35 +112,48 @@ class Waiter:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             if self.queue.empty():
+                # A timeout scope, not wait_for: Python 3.11's wait_for wraps the get in a task of its
+                # own, on every reply of every request.
                 try:
-                    # Not wait_for: before Python 3.12 it runs the get in a task of its own.
                     async with asyncio.timeout_at(deadline):
                         reply = await self.queue.get()
                 except TimeoutError:
                     return None
             else:
                 reply = self.queue.get_nowait()
-            if isinstance(reply, Chunk):
-                self.buffered -= event_bytes(reply)
-            if reply.seq == LOCAL_FAILURE:
-                return reply
-            if reply.attempt < self._attempt:
-                continue
-            if reply.attempt > self._attempt:
-                if self._streamed:
-                    raise AttemptRestarted(
-                        "the worker running this request stopped mid-stream and the request was retried "
-                        "from the start; the output already sent cannot be continued")
-                self._attempt, self._next_seq = reply.attempt, 0
-            if reply.seq != self._next_seq:
-                raise ReplyGap(f"part of the answer was lost between the worker and the API (expected reply "
-                               f"{self._next_seq}, got {reply.seq}): its Redis connection broke")
-            self._next_seq += 1
-            if isinstance(reply, Chunk):
-                self._streamed = True
-            if self.tap is not None:
-                self.tap(reply)
+            if (taken := self._take(reply)) is not None:
+                return taken
+
+    def ready(self) -> Reply | None:
+        """The next reply if it has arrived already (checked as `next` checks it), else None: never waits."""
+        while not self.queue.empty():
+            if (taken := self._take(self.queue.get_nowait())) is not None:
+                return taken
+        return None
+
+    def _take(self, reply: Reply) -> Reply | None:
+        """`reply` taken in order, or None if it is to be dropped (an older attempt's)."""
+        if isinstance(reply, Chunk):
+            self.buffered -= event_bytes(reply)
+        if reply.seq == LOCAL_FAILURE:
             return reply
+        if reply.attempt < self._attempt:
+            return None
+        if reply.attempt > self._attempt:
+            if self._streamed:
+                raise AttemptRestarted(
+                    "the worker running this request stopped mid-stream and the request was retried "
+                    "from the start; the output already sent cannot be continued")
+            self._attempt, self._next_seq = reply.attempt, 0
+        if reply.seq != self._next_seq:
+            raise ReplyGap(f"part of the answer was lost between the worker and the API (expected reply "
+                           f"{self._next_seq}, got {reply.seq}): its Redis connection broke")
+        self._next_seq += 1
+        if isinstance(reply, Chunk):
+            self._streamed = True
+        if self.tap is not None:
+            self.tap(reply)
+        return reply
 
 
 def event_bytes(chunk: Chunk) -> int:
