@@ -43,7 +43,7 @@ name and spread over the cluster.
 | {ns}:evbell:{job}                     | stream  | API readers (job_events.py), workers | only while a resumed or async reader waits on the job: MAXLEN 1 (workers XADD NOMKSTREAM, never creating it); TTL the job's deadline + 60 s |
 | {ns}:events:{job}                     | stream  | the previous release's workers | read only, as a fallback, until its TTL (as ev:{job}'s) lets it go |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
-| {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
+| {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 1 packed field per (key, model, deployment) used that day; expires usage.retention_days after the day |
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
 | {ns}:budget:{tenant}:{scope}:{period}:holds | zset | admit.lua, ledger.lua | one member per running request; lapsed ones given back at admission; same expiry |
 | {ns}:usage:log                        | stream  | workers (ledger.py), API (refusals) | MAXLEN ~ usage.log_maxlen |

@@ -7,7 +7,10 @@ provider's Cluster slot and the ledger in the tenant's; a worker killed between 
 leaves that one job uncounted, never counted twice.) A job handed to another deployment (failover) or a
 hedge's loser is not counted there: the attempt that answers is.
 
-    {ns}:usage:{{tenant}}:{day} hash, field "<key>\\t<model>\\t<deployment>\\t<metric>" → integer
+    {ns}:usage:{{tenant}}:{day} hash, field "<key>\\t<model>\\t<deployment>\\t*" → the job counts of METRICS,
+                                packed ("<requests>,<input_tokens>,...": ledger.lua reads and writes it back, two
+                                commands per job); field "<key>\\t<model>\\t<deployment>\\t<metric>" → integer
+                                (cache hits, a packed sum that would pass 2^53, the previous release's fields)
     {ns}:usage:log              stream of UsageRecord (msgpack), for export and the console's request log
                                 (refusals at the API too: api/refusals.py); trimmed to usage.log_maxlen
 
@@ -45,6 +48,7 @@ METRICS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_n
 CACHE_HITS = "cache_hits"
 CACHE_DEPLOYMENT = "cache"
 REPORTED = (*METRICS, CACHE_HITS)
+PACKED = "*"  # the metric part of a packed field's name: not a metric, so a previous release's reader skips it
 SEP = "\t"  # in no key, model or provider name (config validates names; model ids hold no tabs)
 MAX_DAYS = 366  # one report's range
 
@@ -214,7 +218,11 @@ async def report(redis: Redis, keys: Keys, tenant: str, start: dt.date, end: dt.
     for day, fields in zip(span, found):
         for field, value in fields.items():
             key, model, deployment, metric = field.decode().split(SEP)
-            if metric not in REPORTED:
+            if metric == PACKED:
+                counts = list(zip(METRICS, map(int, value.split(b","))))
+            elif metric in REPORTED:
+                counts = [(metric, int(value))]
+            else:
                 continue
             where = {"day": day, "model": model, "key": key, "deployment": deployment}
             group = tuple(where[g] for g in wanted)
@@ -223,6 +231,7 @@ async def report(redis: Redis, keys: Keys, tenant: str, start: dt.date, end: dt.
                 row = rows[group] = UsageRow()
                 for g in wanted:
                     setattr(row, g, where[g])
-            row.add(metric, int(value))
-            total.add(metric, int(value))
+            for name, count in counts:
+                row.add(name, count)
+                total.add(name, count)
     return UsageReport([rows[g] for g in sorted(rows)], total)

@@ -1,0 +1,107 @@
+"""The ledger's counts of a (key, model, deployment) packed in one hash field (ledger.lua): a job costs two
+commands there whatever it counted, the sums stay exact past what Lua's doubles hold, and a report adds
+the packed field to the per-metric fields a previous release wrote, each job counted once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from broker.config import hash_key
+from broker.keys import Keys
+from broker.money import ledger
+from broker.store.scripts import lua_script
+from tests.harness import REDIS_URL, RedisServer
+from tests.stacks import StackFactory
+
+pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+KEY = "sk-ledger-packed-0123456789"
+DAY = "2026-12-08"
+
+
+def run_ledger(client: redis.Redis, usage: str, prefix: str, counts: dict[str, int]) -> Any:
+    """ledger.lua for one job of no budget, as job_end.lua and the Cluster path call it."""
+    args: list[Any] = [prefix, 4_102_444_800, *(counts.get(m, 0) for m in ledger.METRICS),
+                       counts.get("cost_nanos", 0), "job:0"]
+    return client.eval(lua_script("ledger"), 1, usage, *args)
+
+
+def report(url: str, keys: Keys, tenant: str) -> ledger.UsageReport:
+    async def read() -> ledger.UsageReport:
+        client = aioredis.Redis.from_url(url)
+        try:
+            day = dt.date.fromisoformat(DAY)
+            return await ledger.report(client, keys, tenant, day, day, ["model", "deployment"])
+        finally:
+            await client.aclose()
+    return asyncio.run(read())
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def test_a_job_is_two_commands_in_one_packed_field_added_to_the_previous_releases_fields(
+        own_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    keys = Keys("t")
+    usage = keys.usage("acme", DAY)
+    prefix = ledger.SEP.join(("k1", "m", "p/m", ""))
+    # What a worker of the previous release counted before the upgrade: a field per metric.
+    client.hset(usage, mapping={prefix + "requests": 2, prefix + "input_tokens": 30, prefix + "cost_nanos": 7})
+    before = commandstats(client)
+    run_ledger(client, usage, prefix, {"requests": 1, "input_tokens": 10, "output_tokens": 4, "cost_nanos": 5})
+    run_ledger(client, usage, prefix, {"requests": 1, "input_tokens": 11, "errors": 1, "unpriced": 1})
+    after = commandstats(client)
+    # Two jobs, two commands each inside the script; the expiry set once, with the field's making.
+    assert {name: after.get(name, 0) - before.get(name, 0) for name in ("hget", "hset", "hincrby", "expireat")} == {
+        "hget": 2, "hset": 2, "hincrby": 0, "expireat": 1}
+    assert client.hget(usage, prefix + "*") == b"2,21,4,0,5,1,0,0,1"
+    assert 0 < client.ttl(usage)
+    total = report(own_redis.url, keys, "acme").total
+    assert (total.requests, total.input_tokens, total.output_tokens, total.cost_nanos, total.errors,
+            total.unpriced) == (4, 51, 4, 12, 1, 1)
+
+
+def test_a_sum_past_what_a_double_holds_is_counted_exactly_in_its_own_field(own_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    keys = Keys("t")
+    usage = keys.usage("acme", DAY)
+    prefix = ledger.SEP.join(("k1", "m", "p/m", ""))
+    big = 2**53 - 1  # nano-dollars: about $9M, exact as a double; one more is not
+    run_ledger(client, usage, prefix, {"requests": 1, "cost_nanos": big})
+    run_ledger(client, usage, prefix, {"requests": 1, "cost_nanos": 3})
+    run_ledger(client, usage, prefix, {"requests": 1, "cost_nanos": big})
+    assert report(own_redis.url, keys, "acme").total.cost_nanos == 2 * big + 3
+    assert report(own_redis.url, keys, "acme").total.requests == 3
+
+
+def test_requests_through_the_broker_land_in_one_field_per_deployment(stack_factory: StackFactory,
+                                                                     namespace: str) -> None:
+    stack = stack_factory({"mock": {"kind": "mock", "tokens": 3}}, {"m": [{"provider": "mock", "model": "m"}]},
+                          tenants={"packed": {"keys": [hash_key(KEY)]}})
+    base_url = stack.up("mock")
+    headers = {"authorization": f"Bearer {KEY}"}
+    for i in range(5):
+        reply = httpx.post(f"{base_url}/chat/completions", headers=headers, timeout=10,
+                           json={"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]})
+        assert reply.status_code == 200, reply.text
+    client = redis.Redis.from_url(REDIS_URL)
+    usage = Keys(namespace).usage("packed", ledger.utc_day(time.time()))
+    for _ in range(100):  # the ledger lands with the job's end, which may follow the client's answer
+        total = httpx.get(f"{base_url}/usage", headers=headers).json()["total"]
+        if total["requests"] == 5:
+            break
+        time.sleep(0.05)
+    assert total["requests"] == 5 and total["output_tokens"] == 15
+    fields = client.hgetall(usage)
+    assert len(fields) == 1 and next(iter(fields)).endswith(b"\t*"), fields
