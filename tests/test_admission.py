@@ -274,6 +274,41 @@ async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(nam
         await client.aclose()
 
 
+async def test_a_job_joining_its_tenants_stream_costs_no_zadd_and_a_lost_active_set_heals(
+        namespace: str, own_redis: Any) -> None:
+    # enqueue.lua marks a tenant active only when its XADD finds no stream (the two live and go together):
+    # a tenant already queued pays no ZADD NX. Should the active set be lost while the stream lives (an
+    # allkeys-* eviction), one job in eight puts the tenant back, and every job is then pulled.
+    from broker.queue.streams import QueueScripts, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+    active = keys.active("mock", "default")
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        await enqueue(scripts, keys, config, _embedding_job("j0"))
+        assert await client.zscore(active, "t") == 0  # joined the lane, at the front
+        zadds = (await client.info("commandstats"))["cmdstat_zadd"]["calls"]
+        for n in range(1, 41):
+            await enqueue(scripts, keys, config, _embedding_job(f"j{n}"))
+        # One ZADD NX per job before; now about one in eight (the heal below), never most of them.
+        assert (await client.info("commandstats"))["cmdstat_zadd"]["calls"] - zadds < 20
+        await client.delete(active)  # lost; the stream lives on with its 41 jobs
+        sent = 41
+        while await client.zscore(active, "t") is None and sent < 400:
+            await enqueue(scripts, keys, config, _embedding_job(f"j{sent}"))
+            sent += 1
+            await asyncio.sleep(0.0015)  # the next job lands on another of the server's milliseconds
+        assert await client.zscore(active, "t") is not None, "the tenant never came back to its lane"
+        pulled: list[str] = []
+        while batch := await pull(scripts, keys, config.queue, "mock", "w", 50):
+            pulled += [p.job_id for p in batch]
+        assert pulled == [f"j{n}" for n in range(sent)]
+    finally:
+        await client.aclose()
+
+
 async def test_an_admission_riding_with_the_enqueue_queues_only_what_it_admits(namespace: str) -> None:
     # On one Redis the request's admission and its job's enqueue are one call (admit_enqueue.lua): a
     # request the rate limit refuses is refused before anything is queued or counted, as in two calls.
