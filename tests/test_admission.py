@@ -309,6 +309,36 @@ async def test_a_job_joining_its_tenants_stream_costs_no_zadd_and_a_lost_active_
         await client.aclose()
 
 
+async def test_a_pull_looks_only_at_lanes_with_work_and_still_finds_jobs_their_count_lost(
+        namespace: str, own_redis: Any) -> None:
+    # pull.lua reads every lane's backlog in one HMGET and looks (ZRANGE) only at the lanes it counts work
+    # in; when it counts none anywhere, it looks at every lane, so a count gone wrong strands no job.
+    from broker.queue.streams import QueueScripts, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+
+    async def zranges() -> int:
+        return int((await client.info("commandstats")).get("cmdstat_zrange", {}).get("calls", 0))
+
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        await enqueue(scripts, keys, config, _embedding_job("j1"))
+        before = await zranges()
+        assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 10)] == ["j1"]
+        assert await zranges() - before == 1  # the default lane only, of three
+        # The backlog hash lost (or counting elsewhere): the job is still seen, every lane looked at.
+        await enqueue(scripts, keys, config, _embedding_job("j2"))
+        await enqueue(scripts, keys, config, _embedding_job("j3"))
+        await client.delete(keys.backlog("mock"))
+        # The count, gone below zero, ends each call after one job (as a miscount always did): one pull each.
+        pulled = [p.job_id for _ in range(2) for p in await pull(scripts, keys, config.queue, "mock", "w", 10)]
+        assert pulled == ["j2", "j3"]
+    finally:
+        await client.aclose()
+
+
 async def test_an_admission_riding_with_the_enqueue_queues_only_what_it_admits(namespace: str) -> None:
     # On one Redis the request's admission and its job's enqueue are one call (admit_enqueue.lua): a
     # request the rate limit refuses is refused before anything is queued or counted, as in two calls.

@@ -19,11 +19,26 @@ local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
 -- whose turn it is, in one command. `heads[i]` stays valid until this script reorders the lane (a
 -- lane's only tenant is never moved, so it serves every turn of the call); members[i] is 0, 1 or 2
 -- ("2 or more") until a miss needs the exact count.
+-- Only lanes whose backlog counts work waiting are looked at (one HMGET for them all, where a ZRANGE per
+-- lane cost one command per lane even with one lane at work). The count is kept by the scripts that
+-- move jobs (enqueue.lua up, this one down), atomically with the entries; should it read no work in any
+-- lane, every lane is looked at all the same: a count gone wrong (a lost hash, a previous release's
+-- enqueue.lua counting elsewhere) then costs a lane its turns only while other lanes count work, and
+-- never leaves its jobs unseen once they are done.
 local heads, counted, working = {}, {}, 0
 for i = 1, nl do
   lanes[i] = ARGV[3 + i]
   weights[i] = tonumber(ARGV[3 + nl + i])
-  heads[i] = redis.call('ZRANGE', prefix .. 'active:' .. lanes[i], 0, 1)
+end
+local backlog, any = redis.call('HMGET', KEYS[2], unpack(lanes)), false
+for i = 1, nl do
+  backlog[i] = tonumber(backlog[i] or '0') or 0
+  if backlog[i] > 0 then any = true end
+end
+for i = 1, nl do
+  if any and backlog[i] <= 0 then heads[i] = {} else
+    heads[i] = redis.call('ZRANGE', prefix .. 'active:' .. lanes[i], 0, 1)
+  end
   members[i] = #heads[i]
   counted[i] = members[i] < 2
   misses[i] = 0
@@ -155,16 +170,12 @@ local function measure(prefix_, still_waiting, n)
     resets[#resets + 1] = 0
   end
 end
--- Jobs still waiting in every lane: known without a read when each lane was either empty from the
--- start (no tenant active) or left as its last HINCRBY said.
-local waiting, known = 0, true
+-- Jobs still waiting in every lane: as its last HINCRBY left it, else as read at the start (only this
+-- call has written the hash since); none in a lane without an active tenant, whatever its count says.
+local waiting = 0
 for i = 1, nl do
   if lane_left[i] ~= nil then waiting = waiting + math.max(lane_left[i], 0)
-  elseif members[i] > 0 then known = false end
-end
-if not known then
-  waiting = 0
-  for _, count in ipairs(redis.call('HMGET', KEYS[2], unpack(lanes))) do waiting = waiting + tonumber(count or '0') end
+  elseif members[i] > 0 then waiting = waiting + math.max(backlog[i], 0) end
 end
 measure('', waiting, taken)
 for own_field, n in pairs(taken_from) do
