@@ -339,6 +339,42 @@ async def test_a_pull_looks_only_at_lanes_with_work_and_still_finds_jobs_their_c
         await client.aclose()
 
 
+async def test_a_pull_that_leaves_nothing_waiting_writes_no_drain_interval_unless_one_is_open(
+        namespace: str, own_redis: Any) -> None:
+    # pull.lua measures the drain rate over intervals in which work kept waiting. A pull that leaves none
+    # closes the open interval (its `since` back to 0); with none open (the backlog hash's `~measuring`
+    # unset), as at one request at a time, it writes nothing.
+    from broker.queue.streams import QueueScripts, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+    drain, backlog = keys.drain("mock"), keys.backlog("mock")
+
+    async def hsets() -> int:
+        return int((await client.info("commandstats")).get("cmdstat_hset", {}).get("calls", 0))
+
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        for n in range(3):  # one at a time: nothing is ever left waiting
+            await enqueue(scripts, keys, config, _embedding_job(f"a{n}"))
+            before = await hsets()
+            assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 1)] == [f"a{n}"]
+            assert await hsets() == before
+        assert await client.hget(drain, "since") is None and await client.hget(backlog, "~measuring") is None
+        # Three queued, one pulled: work left waiting opens an interval, flagged.
+        for n in range(3):
+            await enqueue(scripts, keys, config, _embedding_job(f"b{n}"))
+        assert len(await pull(scripts, keys, config.queue, "mock", "w", 1)) == 1
+        assert int(await client.hget(drain, "since") or 0) > 0 and await client.hget(backlog, "~measuring")
+        # The rest pulled: the interval closed, the flag gone.
+        assert len(await pull(scripts, keys, config.queue, "mock", "w", 5)) == 2
+        assert await client.hget(drain, "since") == b"0" and await client.hget(backlog, "~measuring") is None
+        assert await client.hget(drain, "default:t:since") == b"0"
+    finally:
+        await client.aclose()
+
+
 async def test_an_admission_riding_with_the_enqueue_queues_only_what_it_admits(namespace: str) -> None:
     # On one Redis the request's admission and its job's enqueue are one call (admit_enqueue.lua): a
     # request the rate limit refuses is refused before anything is queued or counted, as in two calls.

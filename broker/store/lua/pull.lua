@@ -25,12 +25,17 @@ local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
 -- lane, every lane is looked at all the same: a count gone wrong (a lost hash, a previous release's
 -- enqueue.lua counting elsewhere) then costs a lane its turns only while other lanes count work, and
 -- never leaves its jobs unseen once they are done.
+local MEASURING = '~measuring'  -- the backlog hash's field set while a drain interval may be open
 local heads, counted, working = {}, {}, 0
 for i = 1, nl do
   lanes[i] = ARGV[3 + i]
   weights[i] = tonumber(ARGV[3 + nl + i])
 end
-local backlog, any = redis.call('HMGET', KEYS[2], unpack(lanes)), false
+-- Read with them: whether a drain interval may be open (MEASURING, below).
+local asked = {unpack(lanes)}
+asked[nl + 1] = MEASURING
+local backlog, any = redis.call('HMGET', KEYS[2], unpack(asked)), false
+local measuring = backlog[nl + 1] ~= false
 for i = 1, nl do
   backlog[i] = tonumber(backlog[i] or '0') or 0
   if backlog[i] > 0 then any = true end
@@ -148,9 +153,18 @@ end
 -- waiting: then pulls are limited by capacity and competition, not by
 -- arrivals. One for the provider, one per tenant queue of a lane (fields
 -- '<lane>:<tenant>:rate|since|count'); enqueue.lua uses them.
+-- An interval is open from the pull that first sees work left waiting until the one that leaves none. The
+-- backlog hash's field MEASURING is set while one may be open (set by the first pull that measures, read
+-- by every pull in its HMGET above, deleted by the pull that leaves the provider no work waiting): a pull
+-- that finds it unset has no interval to close, and writes nothing here. At one request at a time that
+-- is every pull, which wrote the same zeros back each time. (Intervals a previous release's pull.lua
+-- opened are flagged by the first pull here that measures them; one that closes before that keeps its
+-- start, and its next sample, over the gap, reads low once.)
+local flag = false  -- an interval measured by this call: MEASURING to be set if it was not
 local resets = {}  -- fields of queues with nothing waiting now: zeroed in one HSET at the end
 local function measure(prefix_, still_waiting, n)
   if still_waiting > 0 and n > 0 then
+    flag = true
     local since = tonumber(redis.call('HGET', KEYS[3], prefix_ .. 'since') or '0')
     if since == 0 then
       redis.call('HSET', KEYS[3], prefix_ .. 'since', now, prefix_ .. 'count', 0)
@@ -163,7 +177,7 @@ local function measure(prefix_, still_waiting, n)
         redis.call('HSET', KEYS[3], prefix_ .. 'rate', tostring(rate), prefix_ .. 'since', now, prefix_ .. 'count', 0)
       end
     end
-  elseif still_waiting == 0 then
+  elseif still_waiting == 0 and measuring then
     resets[#resets + 1] = prefix_ .. 'since'
     resets[#resets + 1] = 0
     resets[#resets + 1] = prefix_ .. 'count'
@@ -186,4 +200,8 @@ for own_field, n in pairs(taken_from) do
   measure(own_field .. ':', left, n)
 end
 if #resets > 0 then redis.call('HSET', KEYS[3], unpack(resets)) end
+-- Every queue's interval closed by now once none has work waiting: each was closed by the pull that took
+-- its last job (above, flagged all along, since the flag goes only here).
+if flag and not measuring then redis.call('HSET', KEYS[2], MEASURING, 1)
+elseif measuring and not flag and waiting == 0 then redis.call('HDEL', KEYS[2], MEASURING) end
 return out
