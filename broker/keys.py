@@ -20,12 +20,12 @@ name and spread over the cluster.
 | {ns}:{p}:q:{lane}:{tenant}            | stream  | enqueue.lua, workers    | entries XDEL'd at finish; key DEL'd when empty by the next pull.lua turn or worker heartbeat (reclaim.lua) that meets it, or by a worker that stops |
 | {ns}:{p}:active:{lane}                | zset    | enqueue.lua, pull.lua   | tenants with queued or running jobs in the lane |
 | {ns}:{p}:sched                        | hash    | pull.lua                | one field per lane (weighted round robin state) + turn |
-| {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: one field per lane, and `~measuring` while pull.lua's drain interval may be open (a tenant's own, when asked past min_queue, is its stream's length less its pending entries; a previous release's per lane:tenant field is deleted when its stream is retired) |
+| {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: one field per lane, `~measuring` while pull.lua's drain interval may be open, `~cancels` until when a cancellation marker may live (cancel.lua) (a tenant's own, when asked past min_queue, is its stream's length less its pending entries; a previous release's per lane:tenant field is deleted when its stream is retired) |
 | {ns}:{p}:drain                        | hash    | pull.lua, finish.lua    | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config); service_ms; ttft:/total: per deployment |
 | {ns}:{p}:workers                      | zset    | worker heartbeats       | live workers; entries older than a minute trimmed |
 | {ns}:{p}:circuit                      | hash    | circuit.lua, finish.lua | 4 fields per failing upstream model; TTL: 2 x open time after the last failure |
 | {ns}:{p}:busy:{model}                 | zset    | workers (least-busy)    | calls running, scored by deadline; expired ones trimmed on read; TTL the latest deadline |
-| {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
+| {ns}:{p}:cancelled:{job}              | string  | API on disconnect (cancel.lua) | TTL: the job's remaining deadline |
 | {ns}:{p}:dead                         | stream  | workers, `dead replay`  | MAXLEN ~ queue.dead_letter_maxlen and MINID now - queue.dead_letter_retention_s at each XADD; key expires that long after its newest entry |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
 | {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s (async jobs: async_result_ttl_s) |

@@ -375,6 +375,40 @@ async def test_a_pull_that_leaves_nothing_waiting_writes_no_drain_interval_unles
         await client.aclose()
 
 
+async def test_a_pull_asks_about_cancellation_markers_only_while_one_may_live(
+        namespace: str, own_redis: Any) -> None:
+    # cancel.lua marks a job and says until when a marker may live (the backlog hash's `~cancels`);
+    # pull.lua looks for markers only before that instant: no EXISTS per job on a provider with no
+    # cancellation lately, and a job cancelled while queued is still dropped unrun.
+    from broker.queue.streams import QueueScripts, cancel, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+
+    async def exists() -> int:
+        return int((await client.info("commandstats")).get("cmdstat_exists", {}).get("calls", 0))
+
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        await enqueue(scripts, keys, config, _embedding_job("j1"))
+        before = await exists()
+        assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 5)] == ["j1"]
+        assert await exists() == before  # no cancellation ever: nothing asked
+        gone, kept = _embedding_job("j2"), _embedding_job("j3")
+        await enqueue(scripts, keys, config, gone)
+        await enqueue(scripts, keys, config, kept)
+        await cancel(client, keys, ["mock"], gone.id, gone.deadline)
+        seconds, _ = await client.time()
+        assert int(await client.hget(keys.backlog("mock"), "~cancels") or 0) > seconds * 1000 + 500_000
+        assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 5)] == ["j3"]
+        # A shorter-lived cancel leaves the later instant as it was.
+        await cancel(client, keys, ["mock"], "other", time.time() + 1)
+        assert int(await client.hget(keys.backlog("mock"), "~cancels") or 0) > seconds * 1000 + 500_000
+    finally:
+        await client.aclose()
+
+
 async def test_an_admission_riding_with_the_enqueue_queues_only_what_it_admits(namespace: str) -> None:
     # On one Redis the request's admission and its job's enqueue are one call (admit_enqueue.lua): a
     # request the rate limit refuses is refused before anything is queued or counted, as in two calls.

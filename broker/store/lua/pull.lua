@@ -4,7 +4,10 @@
 -- job per turn, so a flood from one tenant waits behind one job of each other.
 -- Entries of cancelled jobs, and of jobs already past their deadline (their
 -- client has had its timeout error from the API), are dropped here, unrun and
--- uncounted, so the drain rate measures real work only.
+-- uncounted, so the drain rate measures real work only. A job's cancellation marker is looked for only
+-- while one may live (cancel.lua's `~cancels`): a previous release's API marks without it, so in a
+-- rolling upgrade its APIs go first (until then a job one of them cancels while queued may run; the
+-- worker then hears of it only if its pub/sub reconnects, as for a cancel after the pull).
 -- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
 -- The tenants' streams and cancellation markers are found at run time, so their names (and the
 -- lanes' active sets') are built here, from the prefix of KEYS[1] (Keys.sched): it
@@ -31,11 +34,12 @@ for i = 1, nl do
   lanes[i] = ARGV[3 + i]
   weights[i] = tonumber(ARGV[3 + nl + i])
 end
--- Read with them: whether a drain interval may be open (MEASURING, below).
+-- Read with them: whether a drain interval may be open (MEASURING, below), and until when a job's
+-- cancellation marker may live (cancel.lua): past that instant none does, and no job is asked about.
 local asked = {unpack(lanes)}
-asked[nl + 1] = MEASURING
+asked[nl + 1], asked[nl + 2] = MEASURING, '~cancels'
 local backlog, any = redis.call('HMGET', KEYS[2], unpack(asked)), false
-local measuring = backlog[nl + 1] ~= false
+local measuring, cancels = backlog[nl + 1] ~= false, tonumber(backlog[nl + 2] or '0') or 0
 for i = 1, nl do
   backlog[i] = tonumber(backlog[i] or '0') or 0
   if backlog[i] > 0 then any = true end
@@ -104,7 +108,8 @@ while stored and taken < want and guard < 100000 do
         heads[best] = nil
       end
       local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
-      if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
+      if tonumber(fields[4]) < now
+         or (cancels >= now and redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1) then
         redis.call('XACK', stream, 'workers', entry[1])
         redis.call('XDEL', stream, entry[1])
       else
