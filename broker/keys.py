@@ -43,7 +43,8 @@ name and spread over the cluster.
 | {ns}:evbell:{job}                     | stream  | API readers (job_events.py), workers | only while a resumed or async reader waits on the job: MAXLEN 1 (workers XADD NOMKSTREAM, never creating it); TTL the job's deadline + 60 s |
 | {ns}:events:{job}                     | stream  | the previous release's workers | read only, as a fallback, until its TTL (as ev:{job}'s) lets it go |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
-| {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 1 packed field per (key, model, deployment) used that day; expires usage.retention_days after the day |
+| {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | lists the counters keys below: a field per group, tab-separated `<key> <model> <deployment> #` (and a previous release's per-metric fields, cache hits); expires usage.retention_days after the day |
+| {ns}:usage:{tenant}:{day}:{group}    | string  | ledger.lua (ledger.py)  | 9 signed 64-bit counters (BITFIELD) of one (key, model, deployment) that day; the same expiry |
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
 | {ns}:budget:{tenant}:{scope}:{period}:holds | zset | admit.lua, ledger.lua | one member per running request; lapsed ones given back at admission; same expiry |
 | {ns}:usage:log                        | stream  | workers (ledger.py), API (refusals) | MAXLEN ~ usage.log_maxlen |
@@ -131,6 +132,11 @@ class Keys:
         """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/money/ledger.py. In the tenant's
         Cluster slot, with its budgets: ledger.lua touches both."""
         return f"{self.ns}:usage:{{{tenant}}}:{day}"
+
+    def usage_counts(self, tenant: str, day: str, group: str) -> str:
+        """The day's ledger counters of one `group` ("<key>\\t<model>\\t<deployment>"): ledger.lua's BITFIELD,
+        listed in `usage`. In the tenant's Cluster slot too."""
+        return f"{self.ns}:usage:{{{tenant}}}:{day}:{group}"
 
     def file(self, file_id: str) -> str:
         return f"{self.ns}:file:{file_id}"

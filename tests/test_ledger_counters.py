@@ -1,6 +1,6 @@
-"""The ledger's counts of a (key, model, deployment) packed in one hash field (ledger.lua): a job costs two
-commands there whatever it counted, the sums stay exact past what Lua's doubles hold, and a report adds
-the packed field to the per-metric fields a previous release wrote, each job counted once."""
+"""The ledger's counts of a (key, model, deployment) and day in one string of 64-bit counters (ledger.lua's
+BITFIELD): a job costs one command there whatever it counted, the sums stay exact to 2^63 (past what Lua's
+doubles hold), and a report adds them to the per-metric fields a previous release wrote, each job once."""
 
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ KEY = "sk-ledger-packed-0123456789"
 DAY = "2026-12-08"
 
 
-def run_ledger(client: redis.Redis, usage: str, prefix: str, counts: dict[str, int]) -> Any:
+def run_ledger(client: redis.Redis, keys: Keys, prefix: str, counts: dict[str, int]) -> Any:
     """ledger.lua for one job of no budget, as job_end.lua and the Cluster path call it."""
     args: list[Any] = [prefix, 4_102_444_800, *(counts.get(m, 0) for m in ledger.METRICS),
                        counts.get("cost_nanos", 0), "job:0"]
-    return client.eval(lua_script("ledger"), 1, usage, *args)
+    return client.eval(lua_script("ledger"), 2, keys.usage("acme", DAY),
+                       keys.usage_counts("acme", DAY, prefix[:-1]), *args)
 
 
 def report(url: str, keys: Keys, tenant: str) -> ledger.UsageReport:
@@ -50,8 +51,7 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def test_a_job_is_two_commands_in_one_packed_field_added_to_the_previous_releases_fields(
-        own_redis: RedisServer) -> None:
+def test_a_job_is_one_command_added_to_the_previous_releases_fields(own_redis: RedisServer) -> None:
     client = redis.Redis.from_url(own_redis.url)
     keys = Keys("t")
     usage = keys.usage("acme", DAY)
@@ -59,30 +59,34 @@ def test_a_job_is_two_commands_in_one_packed_field_added_to_the_previous_release
     # What a worker of the previous release counted before the upgrade: a field per metric.
     client.hset(usage, mapping={prefix + "requests": 2, prefix + "input_tokens": 30, prefix + "cost_nanos": 7})
     before = commandstats(client)
-    run_ledger(client, usage, prefix, {"requests": 1, "input_tokens": 10, "output_tokens": 4, "cost_nanos": 5})
-    run_ledger(client, usage, prefix, {"requests": 1, "input_tokens": 11, "errors": 1, "unpriced": 1})
-    after = commandstats(client)
-    # Two jobs, two commands each inside the script; the expiry set once, with the field's making.
-    assert {name: after.get(name, 0) - before.get(name, 0) for name in ("hget", "hset", "hincrby", "expireat")} == {
-        "hget": 2, "hset": 2, "hincrby": 0, "expireat": 1}
-    assert client.hget(usage, prefix + "*") == b"2,21,4,0,5,1,0,0,1"
-    assert 0 < client.ttl(usage)
+    run_ledger(client, keys, prefix, {"requests": 1, "input_tokens": 10, "output_tokens": 4, "cost_nanos": 5})
+    first = commandstats(client)
+    run_ledger(client, keys, prefix, {"requests": 1, "input_tokens": 11, "errors": 1, "unpriced": 1})
+    second = commandstats(client)
+    inside = ("bitfield", "hset", "hincrby", "hget", "expireat")
+    # The group's first job: its counters, listed in the hash, both keys' expiry set. Every later one: one.
+    assert {n: first.get(n, 0) - before.get(n, 0) for n in inside} == {
+        "bitfield": 1, "hset": 1, "hincrby": 0, "hget": 0, "expireat": 2}
+    assert {n: second.get(n, 0) - first.get(n, 0) for n in inside} == {
+        "bitfield": 1, "hset": 0, "hincrby": 0, "hget": 0, "expireat": 0}
+    assert 0 < client.ttl(keys.usage_counts("acme", DAY, prefix[:-1])) and 0 < client.ttl(usage)
     total = report(own_redis.url, keys, "acme").total
     assert (total.requests, total.input_tokens, total.output_tokens, total.cost_nanos, total.errors,
             total.unpriced) == (4, 51, 4, 12, 1, 1)
 
 
-def test_a_sum_past_what_a_double_holds_is_counted_exactly_in_its_own_field(own_redis: RedisServer) -> None:
+def test_sums_are_exact_to_2_63_and_refused_past_it(own_redis: RedisServer) -> None:
     client = redis.Redis.from_url(own_redis.url)
     keys = Keys("t")
-    usage = keys.usage("acme", DAY)
     prefix = ledger.SEP.join(("k1", "m", "p/m", ""))
     big = 2**53 - 1  # nano-dollars: about $9M, exact as a double; one more is not
-    run_ledger(client, usage, prefix, {"requests": 1, "cost_nanos": big})
-    run_ledger(client, usage, prefix, {"requests": 1, "cost_nanos": 3})
-    run_ledger(client, usage, prefix, {"requests": 1, "cost_nanos": big})
-    assert report(own_redis.url, keys, "acme").total.cost_nanos == 2 * big + 3
-    assert report(own_redis.url, keys, "acme").total.requests == 3
+    run_ledger(client, keys, prefix, {"requests": 1, "cost_nanos": big})
+    run_ledger(client, keys, prefix, {"requests": 1, "cost_nanos": 3})
+    run_ledger(client, keys, prefix, {"requests": 1, "cost_nanos": big})
+    total = report(own_redis.url, keys, "acme").total
+    assert (total.requests, total.cost_nanos) == (3, 2 * big + 3)
+    with pytest.raises(redis.ResponseError, match="2\\^63"):
+        run_ledger(client, keys, prefix, {"requests": 1, "cost_nanos": 2**63 - 1})
 
 
 def test_requests_through_the_broker_land_in_one_field_per_deployment(stack_factory: StackFactory,
@@ -104,4 +108,6 @@ def test_requests_through_the_broker_land_in_one_field_per_deployment(stack_fact
         time.sleep(0.05)
     assert total["requests"] == 5 and total["output_tokens"] == 15
     fields = client.hgetall(usage)
-    assert len(fields) == 1 and next(iter(fields)).endswith(b"\t*"), fields
+    assert len(fields) == 1 and next(iter(fields)).endswith(b"\t#"), fields
+    group = next(iter(fields)).decode()[:-2]
+    assert 0 < client.strlen(Keys(namespace).usage_counts("packed", usage.rsplit(":", 1)[1], group)) <= 9 * 8
