@@ -20,12 +20,12 @@ name and spread over the cluster.
 | {ns}:{p}:q:{lane}:{tenant}            | stream  | enqueue.lua, workers    | entries XDEL'd at finish; key DEL'd when empty by the next pull.lua turn or worker heartbeat (reclaim.lua) that meets it, or by a worker that stops |
 | {ns}:{p}:active:{lane}                | zset    | enqueue.lua, pull.lua   | tenants with queued or running jobs in the lane |
 | {ns}:{p}:sched                        | hash    | pull.lua                | one field per lane (weighted round robin state) + turn |
-| {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: one field per lane (a tenant's own, when asked past min_queue, is its stream's length less its pending entries; a previous release's per lane:tenant field is deleted when its stream is retired) |
+| {ns}:{p}:backlog                      | hash    | enqueue.lua, pull.lua   | jobs waiting, not yet pulled: one field per lane, `~measuring` while pull.lua's drain interval may be open, `~cancels` until when a cancellation marker may live (cancel.lua) (a tenant's own, when asked past min_queue, is its stream's length less its pending entries; a previous release's per lane:tenant field is deleted when its stream is retired) |
 | {ns}:{p}:drain                        | hash    | pull.lua, finish.lua    | drain rates: 3 fields, + 3 per lane:tenant (tenants come from config); service_ms; ttft:/total: per deployment |
 | {ns}:{p}:workers                      | zset    | worker heartbeats       | live workers; entries older than a minute trimmed |
 | {ns}:{p}:circuit                      | hash    | circuit.lua, finish.lua | 4 fields per failing upstream model; TTL: 2 x open time after the last failure |
 | {ns}:{p}:busy:{model}                 | zset    | workers (least-busy)    | calls running, scored by deadline; expired ones trimmed on read; TTL the latest deadline |
-| {ns}:{p}:cancelled:{job}              | string  | API on disconnect       | TTL: the job's remaining deadline |
+| {ns}:{p}:cancelled:{job}              | string  | API on disconnect (cancel.lua) | TTL: the job's remaining deadline |
 | {ns}:{p}:dead                         | stream  | workers, `dead replay`  | MAXLEN ~ queue.dead_letter_maxlen and MINID now - queue.dead_letter_retention_s at each XADD; key expires that long after its newest entry |
 | {ns}:{p}:bell / {ns}:{p}:cancel       | channel | API publishes           | pub/sub: holds nothing |
 | {ns}:result:{job}                     | string  | workers                 | TTL server.result_ttl_s (async jobs: async_result_ttl_s) |
@@ -43,7 +43,8 @@ name and spread over the cluster.
 | {ns}:evbell:{job}                     | stream  | API readers (job_events.py), workers | only while a resumed or async reader waits on the job: MAXLEN 1 (workers XADD NOMKSTREAM, never creating it); TTL the job's deadline + 60 s |
 | {ns}:events:{job}                     | stream  | the previous release's workers | read only, as a fallback, until its TTL (as ev:{job}'s) lets it go |
 | {ns}:readers:{job}                    | string  | API (job_events.py)     | clients attached to a stream by reconnecting; TTL the job's deadline |
-| {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | 9 fields per (key, model, deployment) used that day; expires usage.retention_days after the day |
+| {ns}:usage:{tenant}:{day}            | hash    | ledger.lua (ledger.py)  | lists the counters keys below: a field per group, tab-separated `<key> <model> <deployment> #` (and a previous release's per-metric fields, cache hits); expires usage.retention_days after the day |
+| {ns}:usage:{tenant}:{day}:{group}    | string  | ledger.lua (ledger.py)  | 9 signed 64-bit counters (BITFIELD) of one (key, model, deployment) that day; the same expiry |
 | {ns}:budget:{tenant}:{scope}:{period} | string | admit.lua, ledger.lua  | expires two days after its day or month |
 | {ns}:budget:{tenant}:{scope}:{period}:holds | zset | admit.lua, ledger.lua | one member per running request; lapsed ones given back at admission; same expiry |
 | {ns}:usage:log                        | stream  | workers (ledger.py), API (refusals) | MAXLEN ~ usage.log_maxlen |
@@ -131,6 +132,11 @@ class Keys:
         """A tenant's usage aggregates of one UTC day (YYYY-MM-DD): broker/money/ledger.py. In the tenant's
         Cluster slot, with its budgets: ledger.lua touches both."""
         return f"{self.ns}:usage:{{{tenant}}}:{day}"
+
+    def usage_counts(self, tenant: str, day: str, group: str) -> str:
+        """The day's ledger counters of one `group` ("<key>\\t<model>\\t<deployment>"): ledger.lua's BITFIELD,
+        listed in `usage`. In the tenant's Cluster slot too."""
+        return f"{self.ns}:usage:{{{tenant}}}:{day}:{group}"
 
     def file(self, file_id: str) -> str:
         return f"{self.ns}:file:{file_id}"

@@ -205,8 +205,12 @@ def test_keys_return_to_baseline_after_5000_jobs(stack_factory: StackFactory, na
     # A provider's scheduler state (`{p}:sched`, broker/keys.py: a field per lane and the turn) is written
     # only once there is an order to keep (two tenants in a lane, several lanes, a queue with only running
     # jobs), which the one warm-up job per provider is not: per provider and bounded, whenever it appears.
-    assert ({k for k in namespace_keys(namespace) if not k.endswith(b":sched")}
-            == {k for k in baseline if not k.endswith(b":sched")})
+    # So are the ledger's counters of a (key, model, deployment) and day (ledger.lua), made by the first
+    # job the group ends that day (here the cancelled ones of `slow`), kept for usage.retention_days.
+    def bounded(key: bytes) -> bool:
+        return key.endswith(b":sched") or re.search(rb":usage:\{[^}]*\}:\d{4}-\d{2}-\d{2}:", key) is not None
+
+    assert {k for k in namespace_keys(namespace) if not bounded(k)} == {k for k in baseline if not bounded(k)}
 
 
 # -- enqueue.lua and admit_enqueue.lua called directly: one mock provider, a live worker, tenant t's jobs
@@ -270,6 +274,141 @@ async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(nam
         await enqueue(scripts, keys, config, _embedding_job("j2"))
         pulled = await pull(scripts, keys, config.queue, "mock", "w", 10)
         assert [p.job_id for p in pulled] == ["j2"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_job_joining_its_tenants_stream_costs_no_zadd_and_a_lost_active_set_heals(
+        namespace: str, own_redis: Any) -> None:
+    # enqueue.lua marks a tenant active only when its XADD finds no stream (the two live and go together):
+    # a tenant already queued pays no ZADD NX. Should the active set be lost while the stream lives (an
+    # allkeys-* eviction), one job in eight puts the tenant back, and every job is then pulled.
+    from broker.queue.streams import QueueScripts, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+    active = keys.active("mock", "default")
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        await enqueue(scripts, keys, config, _embedding_job("j0"))
+        assert await client.zscore(active, "t") == 0  # joined the lane, at the front
+        zadds = (await client.info("commandstats"))["cmdstat_zadd"]["calls"]
+        for n in range(1, 41):
+            await enqueue(scripts, keys, config, _embedding_job(f"j{n}"))
+        # One ZADD NX per job before; now about one in eight (the heal below), never most of them.
+        assert (await client.info("commandstats"))["cmdstat_zadd"]["calls"] - zadds < 20
+        await client.delete(active)  # lost; the stream lives on with its 41 jobs
+        sent = 41
+        while await client.zscore(active, "t") is None and sent < 400:
+            await enqueue(scripts, keys, config, _embedding_job(f"j{sent}"))
+            sent += 1
+            await asyncio.sleep(0.0015)  # the next job lands on another of the server's milliseconds
+        assert await client.zscore(active, "t") is not None, "the tenant never came back to its lane"
+        pulled: list[str] = []
+        while batch := await pull(scripts, keys, config.queue, "mock", "w", 50):
+            pulled += [p.job_id for p in batch]
+        assert pulled == [f"j{n}" for n in range(sent)]
+    finally:
+        await client.aclose()
+
+
+async def test_a_pull_looks_only_at_lanes_with_work_and_still_finds_jobs_their_count_lost(
+        namespace: str, own_redis: Any) -> None:
+    # pull.lua reads every lane's backlog in one HMGET and looks (ZRANGE) only at the lanes it counts work
+    # in; when it counts none anywhere, it looks at every lane, so a count gone wrong strands no job.
+    from broker.queue.streams import QueueScripts, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+
+    async def zranges() -> int:
+        return int((await client.info("commandstats")).get("cmdstat_zrange", {}).get("calls", 0))
+
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        await enqueue(scripts, keys, config, _embedding_job("j1"))
+        before = await zranges()
+        assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 10)] == ["j1"]
+        assert await zranges() - before == 1  # the default lane only, of three
+        # The backlog hash lost (or counting elsewhere): the job is still seen, every lane looked at.
+        await enqueue(scripts, keys, config, _embedding_job("j2"))
+        await enqueue(scripts, keys, config, _embedding_job("j3"))
+        await client.delete(keys.backlog("mock"))
+        # The count, gone below zero, ends each call after one job (as a miscount always did): one pull each.
+        pulled = [p.job_id for _ in range(2) for p in await pull(scripts, keys, config.queue, "mock", "w", 10)]
+        assert pulled == ["j2", "j3"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_pull_that_leaves_nothing_waiting_writes_no_drain_interval_unless_one_is_open(
+        namespace: str, own_redis: Any) -> None:
+    # pull.lua measures the drain rate over intervals in which work kept waiting. A pull that leaves none
+    # closes the open interval (its `since` back to 0); with none open (the backlog hash's `~measuring`
+    # unset), as at one request at a time, it writes nothing.
+    from broker.queue.streams import QueueScripts, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+    drain, backlog = keys.drain("mock"), keys.backlog("mock")
+
+    async def hsets() -> int:
+        return int((await client.info("commandstats")).get("cmdstat_hset", {}).get("calls", 0))
+
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        for n in range(3):  # one at a time: nothing is ever left waiting
+            await enqueue(scripts, keys, config, _embedding_job(f"a{n}"))
+            before = await hsets()
+            assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 1)] == [f"a{n}"]
+            assert await hsets() == before
+        assert await client.hget(drain, "since") is None and await client.hget(backlog, "~measuring") is None
+        # Three queued, one pulled: work left waiting opens an interval, flagged.
+        for n in range(3):
+            await enqueue(scripts, keys, config, _embedding_job(f"b{n}"))
+        assert len(await pull(scripts, keys, config.queue, "mock", "w", 1)) == 1
+        assert int(await client.hget(drain, "since") or 0) > 0 and await client.hget(backlog, "~measuring")
+        # The rest pulled: the interval closed, the flag gone.
+        assert len(await pull(scripts, keys, config.queue, "mock", "w", 5)) == 2
+        assert await client.hget(drain, "since") == b"0" and await client.hget(backlog, "~measuring") is None
+        assert await client.hget(drain, "default:t:since") == b"0"
+    finally:
+        await client.aclose()
+
+
+async def test_a_pull_asks_about_cancellation_markers_only_while_one_may_live(
+        namespace: str, own_redis: Any) -> None:
+    # cancel.lua marks a job and says until when a marker may live (the backlog hash's `~cancels`);
+    # pull.lua looks for markers only before that instant: no EXISTS per job on a provider with no
+    # cancellation lately, and a job cancelled while queued is still dropped unrun.
+    from broker.queue.streams import QueueScripts, cancel, enqueue, pull
+
+    config = _one_mock_provider(namespace)
+    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
+
+    async def exists() -> int:
+        return int((await client.info("commandstats")).get("cmdstat_exists", {}).get("calls", 0))
+
+    try:
+        scripts = QueueScripts(client)
+        await _live_worker(client, keys)
+        await enqueue(scripts, keys, config, _embedding_job("j1"))
+        before = await exists()
+        assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 5)] == ["j1"]
+        assert await exists() == before  # no cancellation ever: nothing asked
+        gone, kept = _embedding_job("j2"), _embedding_job("j3")
+        await enqueue(scripts, keys, config, gone)
+        await enqueue(scripts, keys, config, kept)
+        await cancel(client, keys, ["mock"], gone.id, gone.deadline)
+        seconds, _ = await client.time()
+        assert int(await client.hget(keys.backlog("mock"), "~cancels") or 0) > seconds * 1000 + 500_000
+        assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 5)] == ["j3"]
+        # A shorter-lived cancel leaves the later instant as it was.
+        await cancel(client, keys, ["mock"], "other", time.time() + 1)
+        assert int(await client.hget(keys.backlog("mock"), "~cancels") or 0) > seconds * 1000 + 500_000
     finally:
         await client.aclose()
 

@@ -7,7 +7,12 @@ provider's Cluster slot and the ledger in the tenant's; a worker killed between 
 leaves that one job uncounted, never counted twice.) A job handed to another deployment (failover) or a
 hedge's loser is not counted there: the attempt that answers is.
 
-    {ns}:usage:{{tenant}}:{day} hash, field "<key>\\t<model>\\t<deployment>\\t<metric>" → integer
+    {ns}:usage:{{tenant}}:{day} hash, field "<key>\\t<model>\\t<deployment>\\t#" → 1: the group's counters below;
+                                field "<key>\\t<model>\\t<deployment>\\t<metric>" → integer (cache hits, and every
+                                metric as the previous release counted it)
+    {ns}:usage:{{tenant}}:{day}:<key>\\t<model>\\t<deployment>
+                                string of nine signed 64-bit big-endian counters, METRICS order (ledger.lua's
+                                BITFIELD: one command per job)
     {ns}:usage:log              stream of UsageRecord (msgpack), for export and the console's request log
                                 (refusals at the API too: api/refusals.py); trimmed to usage.log_maxlen
 
@@ -17,6 +22,7 @@ Costs are integer nano-dollars (broker/money/pricing.py), so sums are exact.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 import time
 from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
@@ -45,6 +51,9 @@ METRICS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_n
 CACHE_HITS = "cache_hits"
 CACHE_DEPLOYMENT = "cache"
 REPORTED = (*METRICS, CACHE_HITS)
+COUNTERS = "#"  # the metric part of a field that lists a group's counters: no metric, so a previous release's
+# reader skips it
+COUNTERS_LAYOUT = struct.Struct(">9q")  # ledger.lua's BITFIELD i64 #0..#8
 SEP = "\t"  # in no key, model or provider name (config validates names; model ids hold no tabs)
 MAX_DAYS = 366  # one report's range
 
@@ -133,7 +142,8 @@ def entry(keys: Keys, job: Job, charge: Charge, outcome: Outcome, now: float, se
         more_keys, more_args = rollups_.script_args(keys, job.tenant, now, series)
         held += more_keys
         args += more_args
-    return Entry([keys.usage(job.tenant, day), *held], args, record_encoder.encode(record))
+    return Entry([keys.usage(job.tenant, day), keys.usage_counts(job.tenant, day, prefix[:-1]), *held], args,
+                 record_encoder.encode(record))
 
 
 def write_into(pipe: Pipeline, script: AsyncScript, keys: Keys, settings: UsageSettings,
@@ -218,20 +228,35 @@ async def report(redis: Redis, keys: Keys, tenant: str, start: dt.date, end: dt.
         for day in span:
             pipe.hgetall(keys.usage(tenant, day))
         found: list[dict[bytes, bytes]] = await pipe.execute()
-    rows: dict[tuple[str, ...], UsageRow] = {}
-    total = UsageRow()
+    # (day, group, metric, value) of every count; a group's counters (its "#" field) read in one more round trip.
+    counts: list[tuple[str, str, str, int]] = []
+    groups: list[tuple[str, str]] = []
     for day, fields in zip(span, found):
         for field, value in fields.items():
-            key, model, deployment, metric = field.decode().split(SEP)
-            if metric not in REPORTED:
-                continue
-            where = {"day": day, "model": model, "key": key, "deployment": deployment}
-            group = tuple(where[g] for g in wanted)
-            row = rows.get(group)
-            if row is None:
-                row = rows[group] = UsageRow()
-                for g in wanted:
-                    setattr(row, g, where[g])
-            row.add(metric, int(value))
-            total.add(metric, int(value))
+            group, _, metric = field.decode().rpartition(SEP)
+            if metric == COUNTERS:
+                groups.append((day, group))
+            elif metric in REPORTED:
+                counts.append((day, group, metric, int(value)))
+    if groups:
+        async with redis.pipeline(transaction=False) as pipe:  # every key in the tenant's Cluster slot
+            for day, group in groups:
+                pipe.get(keys.usage_counts(tenant, day, group))
+            packed: list[bytes | None] = await pipe.execute()
+        for (day, group), raw in zip(groups, packed):
+            sums = COUNTERS_LAYOUT.unpack((raw or b"").ljust(COUNTERS_LAYOUT.size, b"\0"))
+            counts += [(day, group, metric, n) for metric, n in zip(METRICS, sums) if n]
+    rows: dict[tuple[str, ...], UsageRow] = {}
+    total = UsageRow()
+    for day, group, metric, count in counts:
+        key, model, deployment = group.split(SEP)
+        where = {"day": day, "model": model, "key": key, "deployment": deployment}
+        row_key = tuple(where[g] for g in wanted)
+        row = rows.get(row_key)
+        if row is None:
+            row = rows[row_key] = UsageRow()
+            for g in wanted:
+                setattr(row, g, where[g])
+        row.add(metric, count)
+        total.add(metric, count)
     return UsageReport([rows[g] for g in sorted(rows)], total)

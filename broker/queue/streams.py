@@ -35,7 +35,7 @@ from broker.limits.ratelimit import RECONCILE, Deferred
 from broker.queue import durability
 from broker.queue.jobs import Job, encode_queued
 from broker.routing import failover
-from broker.store.scripts import composed, lua_script, publish_into
+from broker.store.scripts import composed, evalsha_into, lua_script, publish_into, resend_unknown
 
 
 # How long the API takes a live worker it saw at enqueue for granted (enqueue.lua's liveness check skipped):
@@ -260,14 +260,25 @@ async def cancelled(redis: Redis, keys: Keys, provider: str, job_ids: list[str])
     return [job_id for job_id, marked in zip(job_ids, await pipe.execute()) if marked]
 
 
+CANCEL = lua_script("cancel")
+
+
 async def cancel(redis: Redis, keys: Keys, providers: list[str], job_id: str, deadline: float) -> None:
-    """Drop the job if still queued on any of `providers`, abort it where it runs."""
+    """Drop the job if still queued on any of `providers` (cancel.lua: its marker, which pull.lua looks
+    for while the backlog hash's `~cancels` says one may live), abort it where it runs."""
     ttl_ms = max(int((deadline - time.time()) * 1000), 1)
+    script = redis.register_script(CANCEL)  # rare (a client that left): no need to keep it registered
     pipe = redis.pipeline(transaction=False)
+    queued = []
     for provider in dict.fromkeys(providers):
-        pipe.set(keys.cancelled(provider, job_id), 1, px=ttl_ms)  # pull.lua skips it
+        queued.append(evalsha_into(pipe, script, [keys.cancelled(provider, job_id), keys.backlog(provider)],
+                                   [ttl_ms]))
         publish_into(pipe, keys.cancel_channel(provider), job_id.encode())  # the running worker aborts it
-    await pipe.execute()
+    results = await pipe.execute(raise_on_error=False)
+    await resend_unknown(queued, results)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
 
 
 async def _queues(redis: Redis, keys: Keys, provider: str) -> list[tuple[str, str, str]]:

@@ -101,20 +101,24 @@ if mine >= tonumber(ARGV[7]) then
   end
 end
 -- A tenant is in the lane's active set exactly while its stream exists (this script makes both together,
--- pull.lua retires both together; the previous release's finish.lua did too), so the ZADD that marks it
--- active also says whether the stream and its group must be made: no EXISTS first. Should the stream be
--- gone anyway (evicted), the XADD, which never makes a stream here, says so, and it is made then: a
--- stream without its group would hold the job where no worker reads it.
-if redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1]) == 1 then
-  -- pcall: a stream left behind by an eviction of the set keeps its group (BUSYGROUP), as it should.
-  redis.pcall('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
-end
+-- pull.lua and reclaim.lua retire both together, as the previous release's finish.lua did), so an XADD
+-- that finds the stream (NOMKSTREAM: it never makes one here) needs no ZADD: the tenant is active. Only
+-- when it finds none are the stream, its group and the tenant's place made: a stream without its group
+-- would hold the job where no worker reads it. That saves the ZADD NX every job paid.
+-- The set can be lost while the stream lives only to an allkeys-* eviction policy (neither key has a
+-- TTL, so volatile-* ones never take them; the default, noeviction, never does): then the tenant's jobs
+-- would wait unseen by pull.lua. One job in eight (by the server's millisecond) puts the tenant back
+-- (ZADD NX, a no-op otherwise), so such a loss heals within a few of the tenant's jobs, where the ZADD on
+-- every job healed it at the next one.
 local dl = now + tonumber(ARGV[5])
 local id = redis.call('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl,
                       'job', ARGV[4])
 if not id then
   redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '$', 'MKSTREAM')
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[3], 'dl', dl, 'job', ARGV[4])
+  redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
+elseif now % 8 == 0 then
+  redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[1])
 end
 redis.call('PUBLISH', ARGV[9], lane)
 return {'ok', id}

@@ -4,7 +4,10 @@
 -- job per turn, so a flood from one tenant waits behind one job of each other.
 -- Entries of cancelled jobs, and of jobs already past their deadline (their
 -- client has had its timeout error from the API), are dropped here, unrun and
--- uncounted, so the drain rate measures real work only.
+-- uncounted, so the drain rate measures real work only. A job's cancellation marker is looked for only
+-- while one may live (cancel.lua's `~cancels`): a previous release's API marks without it, so in a
+-- rolling upgrade its APIs go first (until then a job one of them cancels while queued may run; the
+-- worker then hears of it only if its pub/sub reconnects, as for a cancel after the pull).
 -- KEYS: 1 sched hash, 2 backlog hash, 3 drain hash
 -- The tenants' streams and cancellation markers are found at run time, so their names (and the
 -- lanes' active sets') are built here, from the prefix of KEYS[1] (Keys.sched): it
@@ -19,11 +22,32 @@ local lanes, weights, members, misses, done = {}, {}, {}, {}, {}
 -- whose turn it is, in one command. `heads[i]` stays valid until this script reorders the lane (a
 -- lane's only tenant is never moved, so it serves every turn of the call); members[i] is 0, 1 or 2
 -- ("2 or more") until a miss needs the exact count.
+-- Only lanes whose backlog counts work waiting are looked at (one HMGET for them all, where a ZRANGE per
+-- lane cost one command per lane even with one lane at work). The count is kept by the scripts that
+-- move jobs (enqueue.lua up, this one down), atomically with the entries; should it read no work in any
+-- lane, every lane is looked at all the same: a count gone wrong (a lost hash, a previous release's
+-- enqueue.lua counting elsewhere) then costs a lane its turns only while other lanes count work, and
+-- never leaves its jobs unseen once they are done.
+local MEASURING = '~measuring'  -- the backlog hash's field set while a drain interval may be open
 local heads, counted, working = {}, {}, 0
 for i = 1, nl do
   lanes[i] = ARGV[3 + i]
   weights[i] = tonumber(ARGV[3 + nl + i])
-  heads[i] = redis.call('ZRANGE', prefix .. 'active:' .. lanes[i], 0, 1)
+end
+-- Read with them: whether a drain interval may be open (MEASURING, below), and until when a job's
+-- cancellation marker may live (cancel.lua): past that instant none does, and no job is asked about.
+local asked = {unpack(lanes)}
+asked[nl + 1], asked[nl + 2] = MEASURING, '~cancels'
+local backlog, any = redis.call('HMGET', KEYS[2], unpack(asked)), false
+local measuring, cancels = backlog[nl + 1] ~= false, tonumber(backlog[nl + 2] or '0') or 0
+for i = 1, nl do
+  backlog[i] = tonumber(backlog[i] or '0') or 0
+  if backlog[i] > 0 then any = true end
+end
+for i = 1, nl do
+  if any and backlog[i] <= 0 then heads[i] = {} else
+    heads[i] = redis.call('ZRANGE', prefix .. 'active:' .. lanes[i], 0, 1)
+  end
   members[i] = #heads[i]
   counted[i] = members[i] < 2
   misses[i] = 0
@@ -84,7 +108,8 @@ while stored and taken < want and guard < 100000 do
         heads[best] = nil
       end
       local fields = entry[2]  -- id, <job id>, dl, <deadline ms>, job, <msgpack>
-      if tonumber(fields[4]) < now or redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1 then
+      if tonumber(fields[4]) < now
+         or (cancels >= now and redis.call('EXISTS', prefix .. 'cancelled:' .. fields[2]) == 1) then
         redis.call('XACK', stream, 'workers', entry[1])
         redis.call('XDEL', stream, entry[1])
       else
@@ -133,9 +158,18 @@ end
 -- waiting: then pulls are limited by capacity and competition, not by
 -- arrivals. One for the provider, one per tenant queue of a lane (fields
 -- '<lane>:<tenant>:rate|since|count'); enqueue.lua uses them.
+-- An interval is open from the pull that first sees work left waiting until the one that leaves none. The
+-- backlog hash's field MEASURING is set while one may be open (set by the first pull that measures, read
+-- by every pull in its HMGET above, deleted by the pull that leaves the provider no work waiting): a pull
+-- that finds it unset has no interval to close, and writes nothing here. At one request at a time that
+-- is every pull, which wrote the same zeros back each time. (Intervals a previous release's pull.lua
+-- opened are flagged by the first pull here that measures them; one that closes before that keeps its
+-- start, and its next sample, over the gap, reads low once.)
+local flag = false  -- an interval measured by this call: MEASURING to be set if it was not
 local resets = {}  -- fields of queues with nothing waiting now: zeroed in one HSET at the end
 local function measure(prefix_, still_waiting, n)
   if still_waiting > 0 and n > 0 then
+    flag = true
     local since = tonumber(redis.call('HGET', KEYS[3], prefix_ .. 'since') or '0')
     if since == 0 then
       redis.call('HSET', KEYS[3], prefix_ .. 'since', now, prefix_ .. 'count', 0)
@@ -148,23 +182,19 @@ local function measure(prefix_, still_waiting, n)
         redis.call('HSET', KEYS[3], prefix_ .. 'rate', tostring(rate), prefix_ .. 'since', now, prefix_ .. 'count', 0)
       end
     end
-  elseif still_waiting == 0 then
+  elseif still_waiting == 0 and measuring then
     resets[#resets + 1] = prefix_ .. 'since'
     resets[#resets + 1] = 0
     resets[#resets + 1] = prefix_ .. 'count'
     resets[#resets + 1] = 0
   end
 end
--- Jobs still waiting in every lane: known without a read when each lane was either empty from the
--- start (no tenant active) or left as its last HINCRBY said.
-local waiting, known = 0, true
+-- Jobs still waiting in every lane: as its last HINCRBY left it, else as read at the start (only this
+-- call has written the hash since); none in a lane without an active tenant, whatever its count says.
+local waiting = 0
 for i = 1, nl do
   if lane_left[i] ~= nil then waiting = waiting + math.max(lane_left[i], 0)
-  elseif members[i] > 0 then known = false end
-end
-if not known then
-  waiting = 0
-  for _, count in ipairs(redis.call('HMGET', KEYS[2], unpack(lanes))) do waiting = waiting + tonumber(count or '0') end
+  elseif members[i] > 0 then waiting = waiting + math.max(backlog[i], 0) end
 end
 measure('', waiting, taken)
 for own_field, n in pairs(taken_from) do
@@ -175,4 +205,8 @@ for own_field, n in pairs(taken_from) do
   measure(own_field .. ':', left, n)
 end
 if #resets > 0 then redis.call('HSET', KEYS[3], unpack(resets)) end
+-- Every queue's interval closed by now once none has work waiting: each was closed by the pull that took
+-- its last job (above, flagged all along, since the flag goes only here).
+if flag and not measuring then redis.call('HSET', KEYS[2], MEASURING, 1)
+elseif measuring and not flag and waiting == 0 then redis.call('HDEL', KEYS[2], MEASURING) end
 return out
