@@ -19,9 +19,10 @@ import random
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from broker.store.pool import QuickCheckoutPool
 from broker.store.sentinel import connect_sentinel
 
 PROTOCOL = 2
@@ -33,7 +34,8 @@ CLUSTER_POOL_FACTOR = 4
 
 def connect(url: str, *, max_connections: int | None = None, **options: Any) -> Redis:
     """A client for `url`; with `max_connections`, callers wait for a pooled connection (up to
-    `timeout` s) rather than opening more."""
+    `timeout` s) rather than opening more (broker/store/pool.py: redis-py's blocking pool, whose
+    checkout of a free connection costs nothing)."""
     if is_cluster(url):
         return _cluster(url, max_connections, options)
     if url.startswith("redis+sentinel://"):
@@ -41,7 +43,7 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
     if max_connections is None:
         client: Redis = Redis.from_url(url, protocol=PROTOCOL, **options)
         return client
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, protocol=PROTOCOL, **options)
+    pool = QuickCheckoutPool.from_url(url, max_connections=max_connections, protocol=PROTOCOL, **options)
     return Redis(connection_pool=pool)
 
 
