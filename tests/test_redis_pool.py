@@ -1,6 +1,7 @@
 """broker/store/pool.py against a real Redis of the test's own: a free connection is checked out without
 redis-py's probe, yet a connection the server dropped while idle (CLIENT KILL, a restart) is found dead
-and replaced before a command is sent on it; an exhausted pool still waits, in order, and times out."""
+and replaced before a command is sent on it; an exhausted pool still waits, in order, and times out.
+And broker/store/packing.py: its connections' commands, packed by hiredis, are redis-py's bytes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import asyncio
 
 import pytest
 import redis.asyncio
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ConnectionError
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.exceptions import ConnectionError, DataError
 
 from broker.store.connection import connect
+from broker.store.packing import pack
 from broker.store.pool import QuickCheckoutPool
 from tests.harness import RedisServer
 
@@ -88,5 +90,35 @@ async def test_an_exhausted_pool_waits_and_times_out(own_redis: RedisServer) -> 
             await client.ping()
         await blocked
         assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+ARGS = ("é", b"\x00\xff", 3, -7, 10**20, 1.5, 0.1, 1e-7, float("inf"), memoryview(b"view"), b"x" * 100_000)
+
+
+def test_hiredis_packs_the_bytes_redis_py_packs() -> None:
+    reference = Connection()  # redis-py's own Python packer
+    for command in [("EVALSHA", "abc", 2, "k1", b"k2", *ARGS), ("CONFIG GET", "maxmemory"), (b"SET", "a", "b")]:
+        assert b"".join(pack(*command)) == b"".join(bytes(part) for part in reference.pack_command(*command))
+    with pytest.raises(DataError):  # a type neither accepts: redis-py's error, not hiredis's TypeError
+        pack("SET", "a", object())
+
+
+async def test_commands_and_pipelines_packed_by_hiredis_reach_redis_intact(own_redis: RedisServer) -> None:
+    client = connect(own_redis.url, max_connections=2, timeout=1)
+    try:
+        connection = await client.connection_pool.get_connection()
+        assert type(connection).pack_command is not Connection.pack_command  # the hiredis packer is in use
+        await client.connection_pool.release(connection)
+        echoed = await client.eval("return ARGV", 0, *ARGS)
+        expected = [bytes(a) if isinstance(a, (bytes, memoryview)) else str(a).encode() if isinstance(a, str)
+                    else repr(a).encode() for a in ARGS]
+        assert echoed == expected
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.set("k", "é").get("k").rpush("l", *ARGS[:3]).lrange("l", 0, -1)
+            assert await pipe.execute() == [True, "é".encode(), 3, expected[:3]]
+        with pytest.raises(DataError):
+            await client.set("k", True)  # type: ignore[arg-type]
     finally:
         await client.aclose()

@@ -24,9 +24,17 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import AbstractConnection
 
+from broker.store.packing import packed_by_hiredis
+
 
 class QuickCheckoutPool(BlockingConnectionPool):
+    """Its connections also pack their commands with hiredis (broker/store/packing.py)."""
+
     _waiting = 0  # tasks inside redis-py's blocking checkout
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_class = packed_by_hiredis(self.connection_class)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         if not self._available_connections or self._waiting:
