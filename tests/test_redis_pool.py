@@ -122,3 +122,11 @@ async def test_commands_and_pipelines_packed_by_hiredis_reach_redis_intact(own_r
             await client.set("k", True)  # type: ignore[arg-type]
     finally:
         await client.aclose()
+    unpooled = connect(own_redis.url)  # the workers' kind of client: redis-py's plain pool, packed by hiredis too
+    try:
+        assert unpooled.connection_pool.connection_class.pack_command is not Connection.pack_command
+        async with unpooled.pipeline(transaction=False) as pipe:
+            pipe.eval("return ARGV", 0, *ARGS).publish("channel", ARGS[-1])
+            assert await pipe.execute() == [expected, 0]
+    finally:
+        await unpooled.aclose()

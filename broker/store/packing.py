@@ -38,6 +38,8 @@ _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 def packed_by_hiredis(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
     """`connection_class`, packing its commands (pipelines' too: `pack_commands` calls `pack_command`)
     with hiredis; one subclass per class, made once."""
+    if connection_class in _PACKED.values():
+        return connection_class
     packed = _PACKED.get(connection_class)
     if packed is None:
         def pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
