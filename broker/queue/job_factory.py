@@ -6,8 +6,8 @@ Built the same way for every way a job enters the broker: a live request or an a
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Mapping
 
 import msgspec
@@ -43,6 +43,12 @@ def _client_fallbacks(payload: Payload) -> tuple[Payload, list[str]]:
     return msgspec.structs.replace(payload, request=request), names
 
 
+def new_job_id() -> str:
+    """128 random bits as 32 hex digits, the shape uuid4().hex had: 0.5 us against uuid4's 3.7 (it builds
+    a UUID object and sets version bits nobody reads), on every request."""
+    return os.urandom(16).hex()
+
+
 async def _strategy_stats(redis: Redis, keys: Keys, group: ModelGroup, streams: bool) -> Stats:
     """What the model group's strategy compares, read from Redis only for strategies that need it."""
     if group.strategy not in strategies.READS_REDIS:
@@ -70,7 +76,7 @@ async def build(router: Router, redis: Redis, keys: Keys, tenant_name: str, tena
         return router.capabilities(d).max_context_tokens or 0
     now = time.time()
     return Job(
-        id=job_id or uuid.uuid4().hex,
+        id=job_id or new_job_id(),
         tenant=tenant_name,
         key=key_name,
         model=request.model,

@@ -19,9 +19,11 @@ import random
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from broker.store.packing import packed_by_hiredis
+from broker.store.pool import QuickCheckoutPool
 from broker.store.sentinel import connect_sentinel
 
 PROTOCOL = 2
@@ -33,16 +35,21 @@ CLUSTER_POOL_FACTOR = 4
 
 def connect(url: str, *, max_connections: int | None = None, **options: Any) -> Redis:
     """A client for `url`; with `max_connections`, callers wait for a pooled connection (up to
-    `timeout` s) rather than opening more."""
+    `timeout` s) rather than opening more (broker/store/pool.py: redis-py's blocking pool, whose
+    checkout of a free connection costs nothing)."""
     if is_cluster(url):
         return _cluster(url, max_connections, options)
     if url.startswith("redis+sentinel://"):
-        return connect_sentinel(url, protocol=PROTOCOL, max_connections=max_connections, **options)
-    if max_connections is None:
-        client: Redis = Redis.from_url(url, protocol=PROTOCOL, **options)
-        return client
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, protocol=PROTOCOL, **options)
-    return Redis(connection_pool=pool)
+        client: Redis = connect_sentinel(url, protocol=PROTOCOL, max_connections=max_connections, **options)
+    elif max_connections is None:
+        client = Redis.from_url(url, protocol=PROTOCOL, **options)
+    else:
+        client = Redis(connection_pool=QuickCheckoutPool.from_url(url, max_connections=max_connections,
+                                                                  protocol=PROTOCOL, **options))
+    # Commands packed in C (broker/store/packing.py), whatever the pool; before its first connection.
+    pool = client.connection_pool
+    pool.connection_class = packed_by_hiredis(pool.connection_class)
+    return client
 
 
 def is_cluster(url: str) -> bool:

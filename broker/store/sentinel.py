@@ -20,11 +20,12 @@ import socket
 import time
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
+from broker.store.pool import QuickCheckoutPool
 from broker.store.sentinel_url import parse_sentinel_url
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ def _cut(connection: AbstractConnection) -> None:
         pass
 
 
-class _BlockingSentinelPool(_SentinelPool, BlockingConnectionPool):
+class _BlockingSentinelPool(_SentinelPool, QuickCheckoutPool):
     """`master_for`'s pool with BlockingConnectionPool's wait for a free connection (see
-    broker/store/connection.py). redis-py's Sentinel pool overrides neither get_connection nor release,
+    broker/store/connection.py and broker/store/pool.py). redis-py's Sentinel pool overrides neither get_connection nor release,
     and ours defers to them, so the MRO puts the blocking ones in charge."""
 
 
