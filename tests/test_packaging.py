@@ -24,7 +24,7 @@ MODULE_OF = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "openai
 # requirement could only disagree with FastAPI's pin), uvicorn[standard] uvloop and httptools (the
 # workers' upstream client parses responses with it: workers/providers/http1.py), aiohttp yarl and
 # multidict (URLs and case-insensitive headers, its client's and http1.py's), redis[hiredis] hiredis
-# (the outbox packs its pipelines with it: broker/store/packed_pipeline.py).
+# (every connection packs its commands with it: broker/store/packing.py).
 BROUGHT_BY = {"starlette": "fastapi", "uvloop": "uvicorn", "httptools": "uvicorn", "yarl": "aiohttp",
               "multidict": "aiohttp", "hiredis": "redis"}
 # Declared for a library that imports it on our behalf: Starlette parses multipart bodies (POST

@@ -51,7 +51,7 @@ from broker.queue.streams import (
     reclaim,
 )
 from broker.routing.capabilities import estimate_tokens
-from broker.store import key_migration, packed_pipeline
+from broker.store import key_migration, pinned_pipeline
 from broker.store.connection import subscriber
 from workers import attempts, observed
 from workers.hedging import Hedging
@@ -94,7 +94,7 @@ class Worker:
         # The pull loop's own connection (it pulls one batch at a time), as the outbox's flusher keeps
         # one: no pool checkout, socket probe and release per pull (at c=1, per job). Not under Sentinel.
         self._puller = (Redis(connection_pool=redis.connection_pool, single_connection_client=True)
-                        if packed_pipeline.pins(redis) else None)
+                        if pinned_pipeline.pins(redis) else None)
         self._pull_scripts = QueueScripts(self._puller) if self._puller is not None else self.scripts
         self.outbox = Outbox(redis, self.keys, self.scripts, result_ttl_s=config.server.result_ttl_s,
                              tenants=config.tenants, usage=config.usage,

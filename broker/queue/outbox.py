@@ -49,7 +49,7 @@ from broker.queue import async_jobs, durability, job_events, stored_responses
 from broker.queue.jobs import Chunk, Failed, Final, Job, key_limits, reply_encoder
 from broker.queue.payloads import ResponsesPayload
 from broker.queue.streams import QueueScripts
-from broker.store import packed_pipeline
+from broker.store import pinned_pipeline
 from broker.store.scripts import Queued, evalsha_into, publish_into, resend_unknown
 from broker.wire import Usage
 
@@ -224,9 +224,9 @@ class Outbox:
                 self._idle.set()
 
     async def _flush(self, ops: list[_Chunks | _Started | _End], counts: list[ledger.Entry]) -> None:
-        if self._connection is None and packed_pipeline.pins(self.redis):
+        if self._connection is None and pinned_pipeline.pins(self.redis):
             self._connection = await self.redis.connection_pool.get_connection()
-        pipe = packed_pipeline.pipeline(self.redis, self._connection)
+        pipe = pinned_pipeline.pipeline(self.redis, self._connection)
         # EVALSHA calls, sent again if Redis lost its scripts; first the ledger of the ends acknowledged
         # by the previous pipeline.
         scripted: list[Queued] = ledger.write_into(pipe, self.scripts.ledger, self.keys, self.usage, counts)
