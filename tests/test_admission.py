@@ -278,6 +278,11 @@ async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(nam
         await client.aclose()
 
 
+
+async def _calls(client: AsyncRedis, command: str) -> int:
+    """How many times Redis ran `command` so far (INFO commandstats, scripts' inner calls included)."""
+    return int((await client.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0))
+
 async def test_a_job_joining_its_tenants_stream_costs_no_zadd_and_a_lost_active_set_heals(
         namespace: str, own_redis: Any) -> None:
     # enqueue.lua marks a tenant active only when its XADD finds no stream (the two live and go together):
@@ -293,11 +298,11 @@ async def test_a_job_joining_its_tenants_stream_costs_no_zadd_and_a_lost_active_
         await _live_worker(client, keys)
         await enqueue(scripts, keys, config, _embedding_job("j0"))
         assert await client.zscore(active, "t") == 0  # joined the lane, at the front
-        zadds = (await client.info("commandstats"))["cmdstat_zadd"]["calls"]
+        zadds = await _calls(client, "zadd")
         for n in range(1, 41):
             await enqueue(scripts, keys, config, _embedding_job(f"j{n}"))
         # One ZADD NX per job before; now about one in eight (the heal below), never most of them.
-        assert (await client.info("commandstats"))["cmdstat_zadd"]["calls"] - zadds < 20
+        assert await _calls(client, "zadd") - zadds < 20
         await client.delete(active)  # lost; the stream lives on with its 41 jobs
         sent = 41
         while await client.zscore(active, "t") is None and sent < 400:
@@ -322,16 +327,13 @@ async def test_a_pull_looks_only_at_lanes_with_work_and_still_finds_jobs_their_c
     config = _one_mock_provider(namespace)
     keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
 
-    async def zranges() -> int:
-        return int((await client.info("commandstats")).get("cmdstat_zrange", {}).get("calls", 0))
-
     try:
         scripts = QueueScripts(client)
         await _live_worker(client, keys)
         await enqueue(scripts, keys, config, _embedding_job("j1"))
-        before = await zranges()
+        before = await _calls(client, "zrange")
         assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 10)] == ["j1"]
-        assert await zranges() - before == 1  # the default lane only, of three
+        assert await _calls(client, "zrange") - before == 1  # the default lane only, of three
         # The backlog hash lost (or counting elsewhere): the job is still seen, every lane looked at.
         await enqueue(scripts, keys, config, _embedding_job("j2"))
         await enqueue(scripts, keys, config, _embedding_job("j3"))
@@ -354,17 +356,14 @@ async def test_a_pull_that_leaves_nothing_waiting_writes_no_drain_interval_unles
     keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
     drain, backlog = keys.drain("mock"), keys.backlog("mock")
 
-    async def hsets() -> int:
-        return int((await client.info("commandstats")).get("cmdstat_hset", {}).get("calls", 0))
-
     try:
         scripts = QueueScripts(client)
         await _live_worker(client, keys)
         for n in range(3):  # one at a time: nothing is ever left waiting
             await enqueue(scripts, keys, config, _embedding_job(f"a{n}"))
-            before = await hsets()
+            before = await _calls(client, "hset")
             assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 1)] == [f"a{n}"]
-            assert await hsets() == before
+            assert await _calls(client, "hset") == before
         assert await client.hget(drain, "since") is None and await client.hget(backlog, "~measuring") is None
         # Three queued, one pulled: work left waiting opens an interval, flagged.
         for n in range(3):
@@ -389,16 +388,13 @@ async def test_a_pull_asks_about_cancellation_markers_only_while_one_may_live(
     config = _one_mock_provider(namespace)
     keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
 
-    async def exists() -> int:
-        return int((await client.info("commandstats")).get("cmdstat_exists", {}).get("calls", 0))
-
     try:
         scripts = QueueScripts(client)
         await _live_worker(client, keys)
         await enqueue(scripts, keys, config, _embedding_job("j1"))
-        before = await exists()
+        before = await _calls(client, "exists")
         assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 5)] == ["j1"]
-        assert await exists() == before  # no cancellation ever: nothing asked
+        assert await _calls(client, "exists") == before  # no cancellation ever: nothing asked
         gone, kept = _embedding_job("j2"), _embedding_job("j3")
         await enqueue(scripts, keys, config, gone)
         await enqueue(scripts, keys, config, kept)
