@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -19,6 +21,10 @@ from broker.keys import Keys
 from tests.fakes.openai_upstream import UpstreamServer
 from tests.harness import REDIS_URL, TEST_KEY
 from tests.stacks import StackFactory
+
+if TYPE_CHECKING:
+    from broker.config import Config
+    from broker.queue.streams import QueueScripts
 
 HEADERS = {"authorization": f"Bearer {TEST_KEY}"}
 pytestmark = pytest.mark.upstream(chunks=3)
@@ -226,6 +232,19 @@ async def _live_worker(client: Any, keys: Keys) -> None:
     await client.zadd(keys.workers("mock"), {"w": seconds * 1000 + 60_000})  # a heartbeat a minute ahead
 
 
+@asynccontextmanager
+async def _mock_queue(namespace: str, url: str) -> AsyncIterator[tuple[Config, Keys, AsyncRedis, QueueScripts]]:
+    """The `mock` provider's queue on the Redis at `url`, a live worker seen on it; the client closed after."""
+    from broker.queue.streams import QueueScripts
+
+    config, keys, client = _one_mock_provider(namespace), Keys(namespace), AsyncRedis.from_url(url)
+    try:
+        await _live_worker(client, keys)
+        yield config, keys, client, QueueScripts(client)
+    finally:
+        await client.aclose()
+
+
 def _embedding_job(job_id: str) -> Any:
     from broker.queue.jobs import Job
     from broker.queue.payloads import EmbeddingPayload
@@ -239,13 +258,9 @@ async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str)
     # A drain rate measured near zero put the wait at ~1e17 ms: Lua's tostring wrote it as "1e+17", which
     # the reply's int() parse refused, and the request got a 500 instead of the queue's 429.
     from broker.errors import RateLimited
-    from broker.queue.streams import QueueScripts, enqueue
+    from broker.queue.streams import enqueue
 
-    config = _one_mock_provider(namespace)
-    keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
-    try:
-        scripts = QueueScripts(client)
-        await _live_worker(client, keys)
+    async with _mock_queue(namespace, REDIS_URL) as (config, keys, client, scripts):
         await client.hset(keys.backlog("mock"), mapping={"default": 100})
         await client.hset(keys.drain("mock"), mapping={"default:t:rate": 1e-15})
         job = _embedding_job("j")
@@ -253,30 +268,21 @@ async def test_a_queue_that_would_take_ages_gets_a_429_not_a_500(namespace: str)
             await enqueue(scripts, keys, config, job)
         assert info.value.code == "queue_full" and info.value.retry_after_s is not None
         assert info.value.retry_after_s > 10**9
-    finally:
-        await client.aclose()
 
 
 async def test_a_job_queued_while_its_tenants_stream_is_gone_is_still_pulled(namespace: str) -> None:
     # enqueue.lua makes a tenant's stream and group only when the tenant joins the lane's active set (the
     # two live and go together). A stream gone while its tenant stays active (evicted) must not take the
     # job in a stream without the workers' group, where no worker would ever read it.
-    from broker.queue.streams import QueueScripts, enqueue, pull
+    from broker.queue.streams import enqueue, pull
 
-    config = _one_mock_provider(namespace)
-    keys, client = Keys(namespace), AsyncRedis.from_url(REDIS_URL)
-    try:
-        scripts = QueueScripts(client)
-        await _live_worker(client, keys)
+    async with _mock_queue(namespace, REDIS_URL) as (config, keys, client, scripts):
         # The tenant joins the lane: its stream and group are made.
         await enqueue(scripts, keys, config, _embedding_job("j1"))
         await client.delete(keys.queue("mock", "default", "t"))  # evicted; the tenant is still active
         await enqueue(scripts, keys, config, _embedding_job("j2"))
         pulled = await pull(scripts, keys, config.queue, "mock", "w", 10)
         assert [p.job_id for p in pulled] == ["j2"]
-    finally:
-        await client.aclose()
-
 
 
 async def _calls(client: AsyncRedis, command: str) -> int:
@@ -288,14 +294,11 @@ async def test_a_job_joining_its_tenants_stream_costs_no_zadd_and_a_lost_active_
     # enqueue.lua marks a tenant active only when its XADD finds no stream (the two live and go together):
     # a tenant already queued pays no ZADD NX. Should the active set be lost while the stream lives (an
     # allkeys-* eviction), one job in eight puts the tenant back, and every job is then pulled.
-    from broker.queue.streams import QueueScripts, enqueue, pull
+    from broker.queue.streams import enqueue, pull
 
-    config = _one_mock_provider(namespace)
-    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
-    active = keys.active("mock", "default")
-    try:
-        scripts = QueueScripts(client)
-        await _live_worker(client, keys)
+    # A Redis of its own: commands are counted below.
+    async with _mock_queue(namespace, own_redis.url) as (config, keys, client, scripts):
+        active = keys.active("mock", "default")
         await enqueue(scripts, keys, config, _embedding_job("j0"))
         assert await client.zscore(active, "t") == 0  # joined the lane, at the front
         zadds = await _calls(client, "zadd")
@@ -314,22 +317,16 @@ async def test_a_job_joining_its_tenants_stream_costs_no_zadd_and_a_lost_active_
         while batch := await pull(scripts, keys, config.queue, "mock", "w", 50):
             pulled += [p.job_id for p in batch]
         assert pulled == [f"j{n}" for n in range(sent)]
-    finally:
-        await client.aclose()
 
 
 async def test_a_pull_looks_only_at_lanes_with_work_and_still_finds_jobs_their_count_lost(
         namespace: str, own_redis: Any) -> None:
     # pull.lua reads every lane's backlog in one HMGET and looks (ZRANGE) only at the lanes it counts work
     # in; when it counts none anywhere, it looks at every lane, so a count gone wrong strands no job.
-    from broker.queue.streams import QueueScripts, enqueue, pull
+    from broker.queue.streams import enqueue, pull
 
-    config = _one_mock_provider(namespace)
-    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
-
-    try:
-        scripts = QueueScripts(client)
-        await _live_worker(client, keys)
+    # A Redis of its own: commands are counted below.
+    async with _mock_queue(namespace, own_redis.url) as (config, keys, client, scripts):
         await enqueue(scripts, keys, config, _embedding_job("j1"))
         before = await _calls(client, "zrange")
         assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 10)] == ["j1"]
@@ -341,8 +338,6 @@ async def test_a_pull_looks_only_at_lanes_with_work_and_still_finds_jobs_their_c
         # The count, gone below zero, ends each call after one job (as a miscount always did): one pull each.
         pulled = [p.job_id for _ in range(2) for p in await pull(scripts, keys, config.queue, "mock", "w", 10)]
         assert pulled == ["j2", "j3"]
-    finally:
-        await client.aclose()
 
 
 async def test_a_pull_that_leaves_nothing_waiting_writes_no_drain_interval_unless_one_is_open(
@@ -350,15 +345,11 @@ async def test_a_pull_that_leaves_nothing_waiting_writes_no_drain_interval_unles
     # pull.lua measures the drain rate over intervals in which work kept waiting. A pull that leaves none
     # closes the open interval (its `since` back to 0); with none open (the backlog hash's `~measuring`
     # unset), as at one request at a time, it writes nothing.
-    from broker.queue.streams import QueueScripts, enqueue, pull
+    from broker.queue.streams import enqueue, pull
 
-    config = _one_mock_provider(namespace)
-    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
-    drain, backlog = keys.drain("mock"), keys.backlog("mock")
-
-    try:
-        scripts = QueueScripts(client)
-        await _live_worker(client, keys)
+    # A Redis of its own: commands are counted below.
+    async with _mock_queue(namespace, own_redis.url) as (config, keys, client, scripts):
+        drain, backlog = keys.drain("mock"), keys.backlog("mock")
         for n in range(3):  # one at a time: nothing is ever left waiting
             await enqueue(scripts, keys, config, _embedding_job(f"a{n}"))
             before = await _calls(client, "hset")
@@ -374,8 +365,6 @@ async def test_a_pull_that_leaves_nothing_waiting_writes_no_drain_interval_unles
         assert len(await pull(scripts, keys, config.queue, "mock", "w", 5)) == 2
         assert await client.hget(drain, "since") == b"0" and await client.hget(backlog, "~measuring") is None
         assert await client.hget(drain, "default:t:since") == b"0"
-    finally:
-        await client.aclose()
 
 
 async def test_a_pull_asks_about_cancellation_markers_only_while_one_may_live(
@@ -383,14 +372,10 @@ async def test_a_pull_asks_about_cancellation_markers_only_while_one_may_live(
     # cancel.lua marks a job and says until when a marker may live (the backlog hash's `~cancels`);
     # pull.lua looks for markers only before that instant: no EXISTS per job on a provider with no
     # cancellation lately, and a job cancelled while queued is still dropped unrun.
-    from broker.queue.streams import QueueScripts, cancel, enqueue, pull
+    from broker.queue.streams import cancel, enqueue, pull
 
-    config = _one_mock_provider(namespace)
-    keys, client = Keys(namespace), AsyncRedis.from_url(own_redis.url)  # its own: commands counted below
-
-    try:
-        scripts = QueueScripts(client)
-        await _live_worker(client, keys)
+    # A Redis of its own: commands are counted below.
+    async with _mock_queue(namespace, own_redis.url) as (config, keys, client, scripts):
         await enqueue(scripts, keys, config, _embedding_job("j1"))
         before = await _calls(client, "exists")
         assert [p.job_id for p in await pull(scripts, keys, config.queue, "mock", "w", 5)] == ["j1"]
@@ -405,8 +390,6 @@ async def test_a_pull_asks_about_cancellation_markers_only_while_one_may_live(
         # A shorter-lived cancel leaves the later instant as it was.
         await cancel(client, keys, ["mock"], "other", time.time() + 1)
         assert int(await client.hget(keys.backlog("mock"), "~cancels") or 0) > seconds * 1000 + 500_000
-    finally:
-        await client.aclose()
 
 
 async def test_an_admission_riding_with_the_enqueue_queues_only_what_it_admits(namespace: str) -> None:
