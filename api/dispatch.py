@@ -20,7 +20,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import cached, limits, request_ids, sse, unavailable
+from api import answer_headers, cached, limits, request_ids, sse, unavailable
 from api.auth import Principal, credentials
 from api.decode import decode_body, read_body
 from api.dialects import dialect
@@ -336,19 +336,8 @@ async def respond(state: BrokerState, request: Request, principal: Principal, pa
     except BrokerError as exc:
         exc.headers.update(headers)
         raise
-    _add_headers(response, headers)
+    answer_headers.add(response, headers)
     return response
-
-
-def _add_headers(response: Response, headers: dict[str, str]) -> None:
-    """`response.headers.update(headers)`, without a MutableHeaders and its scan per header when none
-    of them is there yet (the common case: only an async job's 202 may carry its id already)."""
-    names = {name.encode("latin-1") for name in headers}
-    if any(name in names for name, _ in response.raw_headers):
-        response.headers.update(headers)
-    else:
-        response.raw_headers.extend((name.encode("latin-1"), value.encode("latin-1"))
-                                    for name, value in headers.items())
 
 
 # The request Structs' JSON schemas, as OpenAPI components: msgspec's own `#/$defs/...` references

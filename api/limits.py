@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from api import refusals
+from api import answer_headers, refusals
 from api.auth import Principal
 from api.sse import EventStream
 from api.state import BrokerState
@@ -89,7 +89,7 @@ async def admitted(state: BrokerState, principal: Principal, job: Job,
     admission = _held(admission, pending)
     if admission is None:
         raise RuntimeError(f"job {job.id} was answered without its admission")  # `respond` did not enqueue first
-    response.headers.update(admission.headers)
+    answer_headers.add(response, admission.headers)
     if isinstance(response, EventStream) and admission.holds_slot:
         stream = response
 
